@@ -1,0 +1,1 @@
+"""infer-orch's driver side: plans, Ray connection, scheduling, results."""

@@ -1,0 +1,152 @@
+"""Connecting to Ray, reading what the cluster has, and starting one worker per GPU.
+
+With no address, ``ray.init()`` starts an embedded local Ray: nothing to set up on one machine.
+``--address auto`` joins the cluster this machine belongs to, ``ray://host:10001`` a remote one.
+A Ray that is already initialised in this process (tests, notebooks) is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import ClusterError
+
+ACCEL_PREFIX = "accelerator_type:"
+
+
+@dataclass
+class Node:
+    node_id: str
+    host: str
+    cpus: float
+    gpus: int
+    accelerators: list[str] = field(default_factory=list)
+
+
+def connect(address: str | None = None) -> bool:
+    """Initialise Ray unless it already is; returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": os.environ.get("INFER_ORCH_WORKER_LOGS") == "1",
+        # Workers import the user's `python:` model factories from where the run was started.
+        "runtime_env": {"env_vars": {"PYTHONPATH": _worker_pythonpath()}},
+    }
+    if address:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:
+        where = f"Ray at {address!r}" if address else "an embedded local Ray"
+        raise ClusterError(f"could not start or reach {where}: {type(exc).__name__}: {exc}") from None
+    return True
+
+
+def _worker_pythonpath() -> str:
+    parts = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+def nodes() -> list[Node]:
+    """The alive nodes of the cluster with their CPUs, GPUs and accelerator types."""
+    import ray
+
+    out = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        out.append(
+            Node(
+                node_id=n["NodeID"],
+                host=n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
+                cpus=float(res.get("CPU", 0)),
+                gpus=int(res.get("GPU", 0)),
+                accelerators=sorted(k[len(ACCEL_PREFIX):] for k in res if k.startswith(ACCEL_PREFIX)),
+            )
+        )
+    return out
+
+
+def resolve_device(declared: str, cluster: list[Node]) -> str:
+    """``auto`` -> cuda where the cluster has GPUs, else cpu; a cuda plan needs GPUs."""
+    gpus = sum(n.gpus for n in cluster)
+    if declared == "auto":
+        return "cuda" if gpus else "cpu"
+    if declared == "cuda" and not gpus:
+        raise ClusterError("the plan asks for device: cuda but the cluster has no GPUs; use device: cpu or auto")
+    return declared
+
+
+def select_nodes(cluster: list[Node], device: str, accelerator_type: str | None) -> list[Node]:
+    """The nodes the run may use; stops with the GPU models found when none match."""
+    if device != "cuda" or not accelerator_type:
+        return cluster
+    chosen = [n for n in cluster if n.gpus and accelerator_type in n.accelerators]
+    if not chosen:
+        found = sorted({a for n in cluster for a in n.accelerators}) or ["none reported"]
+        raise ClusterError(
+            f"the plan asks for accelerator_type: {accelerator_type} but the cluster's GPUs are: "
+            f"{', '.join(found)}; nothing was run"
+        )
+    return chosen
+
+
+def start_workers(
+    cluster: list[Node], device: str, max_workers: int | None, seed: int
+) -> list[tuple[Any, str]]:
+    """Start the worker actors; returns [(actor handle, worker name)].
+
+    cuda: one actor per GPU (``num_gpus=1``), pinned to its node, each with an even share of
+    the node's CPUs. cpu: ``max_workers`` actors (default 1), sharing the CPUs evenly.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from workers.actor import Worker
+
+    remote = ray.remote(Worker)
+    slots: list[tuple[Node, int, float]] = []
+    if device == "cuda":
+        for n in cluster:
+            share = _share(n.cpus, n.gpus)
+            slots += [(n, i, share) for i in range(n.gpus)]
+        if max_workers:
+            slots = slots[:max_workers]
+    else:
+        total = max_workers or 1
+        # Spread CPU workers over the nodes in turn, each with an even share of its node.
+        per_node: dict[str, int] = {}
+        order = [cluster[i % len(cluster)] for i in range(total)]
+        for n in order:
+            per_node[n.node_id] = per_node.get(n.node_id, 0) + 1
+        seen: dict[str, int] = {}
+        for n in order:
+            seen[n.node_id] = seen.get(n.node_id, 0) + 1
+            slots.append((n, seen[n.node_id] - 1, _share(n.cpus, per_node[n.node_id])))
+    workers = []
+    for n, i, share in slots:
+        name = f"{n.host}/{device}{i}"
+        opts: dict[str, Any] = {
+            "num_cpus": share,
+            "num_gpus": 1 if device == "cuda" else 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(n.node_id, soft=False),
+            "max_restarts": 0,
+        }
+        workers.append((remote.options(**opts).remote(name, device, share, seed), name))
+    return workers
+
+
+def _share(cpus: float, parts: int) -> float:
+    """An even share of ``cpus`` over ``parts`` workers, rounded down to 1/100 of a CPU."""
+    if parts <= 0:
+        return 0.0
+    return max(0.01, math.floor(cpus / parts * 100) / 100)

@@ -1,0 +1,377 @@
+"""Plans: a YAML file read with ``yaml.safe_load`` and validated into typed, frozen objects.
+
+Every error names the file, the key path (``matrix.backends[2].options.io_binding``) and what
+was expected. Validation is pure: it reads the plan (and an ONNX file's header) and nothing
+else; no device, no network, no environment writes.
+
+A plan, all keys shown::
+
+    name: quickstart
+    device: auto                 # cuda | cpu | auto (cuda where the cluster has GPUs)
+    accelerator_type: null       # e.g. T4, H100: run only on that GPU model
+    seed: 0                      # weights and inputs
+    models:
+      - torchvision:resnet18     # shorthand; or a mapping:
+      - torchvision: resnet50
+        input_shape: [3, 224, 224]
+      - onnx: models/net.onnx    # ORT only; path relative to the plan file
+      - python: mypkg.models:make_net   # imports your code, like a Makefile runs commands
+        input_shape: [3, 32, 32]
+    matrix:
+      batch_sizes: [1, 8]
+      dtypes: [fp32]             # fp32 | fp16 | bf16
+      io: [device]               # device | host
+      backends:
+        - torch-eager            # shorthand; or a mapping:
+        - backend: ort
+          label: ort-tuned       # names this configuration in results (default: backend)
+          io: [device]           # overrides matrix.io for this entry
+          options: {io_binding: true}
+      exclude:
+        - {backend: ort, dtype: bf16}
+    measure:
+      warmup_iters: 10
+      iters: 50                  # at least this many timed iterations...
+      min_time_s: 0              # ...and at least this long
+      max_time_s: 60             # but never longer than this
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from orchestrator.errors import PlanError
+from workers.config import StrictModel
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+Io = Literal["device", "host"]
+DEFAULT_IMAGE_SHAPE = (3, 224, 224)
+# torchvision models whose stem or pooling needs a bigger input than the default.
+TORCHVISION_SHAPES = {"inception_v3": (3, 299, 299)}
+EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io")
+
+
+Strict = StrictModel
+
+
+class ModelSpec(Strict):
+    kind: Literal["torchvision", "onnx", "python"]
+    ref: str
+    name: str
+    input_shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class MeasureSpec(Strict):
+    warmup_iters: int = Field(10, ge=0)
+    iters: int = Field(50, ge=1)
+    min_time_s: float = Field(0.0, ge=0)
+    max_time_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MeasureSpec:
+        if self.min_time_s > self.max_time_s:
+            raise ValueError(f"min_time_s ({self.min_time_s}) is larger than max_time_s ({self.max_time_s})")
+        return self
+
+
+class ExcludeRule(Strict):
+    model: str | list[str] | None = None
+    backend: str | list[str] | None = None
+    label: str | list[str] | None = None
+    batch_size: int | list[int] | None = None
+    dtype: Dtype | list[Dtype] | None = None
+    io: Io | list[Io] | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ExcludeRule:
+        if all(getattr(self, k) is None for k in EXCLUDE_KEYS):
+            raise ValueError(f"an exclude rule needs at least one of: {', '.join(EXCLUDE_KEYS)}")
+        return self
+
+    def matches(self, trial: dict[str, Any]) -> bool:
+        for key in EXCLUDE_KEYS:
+            want = getattr(self, key)
+            if want is None:
+                continue
+            got = trial["model"]["name"] if key == "model" else trial[key]
+            if got not in (want if isinstance(want, list) else [want]):
+                return False
+        return True
+
+
+class BackendEntry(Strict):
+    """Common part of a matrix.backends entry; ``options`` is typed per backend (see below)."""
+
+    backend: str
+    label: str | None = None
+    io: list[Io] | None = None
+
+
+@functools.cache
+def backend_entry_type() -> Any:
+    """The discriminated union of backend entries, one member per registered backend."""
+    from workers.backends import registry
+
+    members = []
+    for name, runner in sorted(registry().items()):
+        members.append(
+            create_model(
+                f"Entry_{name.replace('-', '_')}",
+                __base__=BackendEntry,
+                backend=(Literal[name], ...),
+                options=(runner.Options, runner.Options()),
+            )
+        )
+    return Annotated[Union[tuple(members)], Field(discriminator="backend")]  # noqa: UP007
+
+
+class Matrix(Strict):
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    dtypes: list[Dtype] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    io: list[Io] = Field(default_factory=lambda: ["device"], min_length=1)
+    backends: list[Any] = Field(min_length=1)
+    exclude: list[ExcludeRule] = Field(default_factory=list)
+
+
+class Plan(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    device: Literal["cuda", "cpu", "auto"] = "auto"
+    accelerator_type: str | None = None
+    seed: int = 0
+    models: list[Annotated[ModelSpec, BeforeValidator(lambda v, info: _model_from_yaml(v, info))]] = Field(
+        min_length=1
+    )
+    matrix: Matrix
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+
+
+def _parse_backends(raw: Any) -> Any:
+    """Expand the ``- torch-eager`` shorthand to ``{backend: torch-eager}``."""
+    if isinstance(raw, list):
+        return [{"backend": b} if isinstance(b, str) else b for b in raw]
+    return raw
+
+
+def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
+    """Turn the shorthand and mapping forms of a model into ModelSpec fields (or leave for errors)."""
+    base_dir = (info.context or {}).get("base_dir", ".")
+    if isinstance(item, str):
+        if item.startswith(("torchvision:", "python:", "onnx:")):
+            kind, _, ref = item.partition(":")
+            item = {kind: ref}
+        elif item.endswith(".onnx"):
+            item = {"onnx": item}
+        else:
+            raise PydanticCustomError(
+                "model_form",
+                "'{item}' is not a model: expected torchvision:<name>, python:<module>:<factory> or a .onnx path",
+                {"item": item},
+            )
+    if not isinstance(item, dict):
+        return item
+    kinds = [k for k in ("torchvision", "onnx", "python") if k in item]
+    if len(kinds) != 1:
+        if "kind" in item:
+            return item
+        raise PydanticCustomError(
+            "model_form",
+            "a model mapping needs exactly one of the keys torchvision, onnx, python (got: {keys})",
+            {"keys": ", ".join(map(str, item)) or "none"},
+        )
+    kind = kinds[0]
+    rest = {k: v for k, v in item.items() if k != kind}
+    ref = str(item[kind]).strip()
+    if kind == "torchvision":
+        _check_torchvision(ref)
+        shape = rest.pop("input_shape", TORCHVISION_SHAPES.get(ref, DEFAULT_IMAGE_SHAPE))
+        name = rest.pop("name", ref)
+    elif kind == "python":
+        module, sep, attr = ref.partition(":")
+        if not sep or not module or not attr.isidentifier():
+            raise PydanticCustomError(
+                "model_form", "python model '{ref}' must be written package.module:factory", {"ref": ref}
+            )
+        if "input_shape" not in rest:
+            raise PydanticCustomError("model_form", "python model '{ref}' needs an input_shape", {"ref": ref})
+        shape = rest.pop("input_shape")
+        name = rest.pop("name", attr)
+    else:
+        path = Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref
+        ref = str(path.resolve())
+        file_shape = _onnx_input_shape(path)
+        shape = rest.pop("input_shape", file_shape)
+        if shape is None:
+            raise PydanticCustomError(
+                "model_form",
+                "the ONNX model {ref} has symbolic input dimensions; declare input_shape",
+                {"ref": ref},
+            )
+        if file_shape is not None and tuple(shape) != tuple(file_shape):
+            raise PydanticCustomError(
+                "model_form",
+                "input_shape {declared} does not match the ONNX model's input {found} in {ref}",
+                {"declared": list(shape), "found": list(file_shape), "ref": ref},
+            )
+        name = rest.pop("name", path.stem)
+    return {"kind": kind, "ref": ref, "name": name, "input_shape": shape, **rest}
+
+
+@functools.cache
+def _torchvision_models() -> tuple[str, ...]:
+    import torchvision
+
+    return tuple(torchvision.models.list_models())
+
+
+def _check_torchvision(ref: str) -> None:
+    known = _torchvision_models()
+    if ref not in known:
+        close = difflib.get_close_matches(ref, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise PydanticCustomError(
+            "model_name", "unknown torchvision model '{ref}'{hint}", {"ref": ref, "hint": hint}
+        )
+
+
+def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
+    """The per-sample input shape stored in an ONNX file, or None when it is symbolic."""
+    if not path.is_file():
+        raise PydanticCustomError("model_file", "ONNX file not found: {path}", {"path": str(path)})
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise PydanticCustomError(
+            "model_file", "{path} is not a readable ONNX model ({exc})", {"path": str(path), "exc": str(exc)}
+        ) from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise PydanticCustomError(
+            "model_file", "{path} has {n} inputs; infer-orch feeds models with one",
+            {"path": str(path), "n": len(inputs)},
+        )
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    if any(not d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(d.dim_value for d in dims)
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """('matrix', 'backends', 2, 'ort', 'options', 'x') -> 'matrix.backends[2].options.x'."""
+    out = ""
+    prev: Any = None
+    for part in loc:
+        in_backends = out.startswith("matrix.backends") and isinstance(prev, int)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif in_backends and part in _backend_names():
+            pass  # the discriminator's tag: the index already says which entry
+        elif str(part).startswith("function-"):
+            pass
+        else:
+            out += f".{part}" if out else str(part)
+        prev = part
+    return out or "(top level)"
+
+
+def _backend_names() -> set[str]:
+    from workers.backends import registry
+
+    return set(registry())
+
+
+def _describe(err: dict[str, Any]) -> str:
+    msg = err["msg"]
+    if err["type"] in ("union_tag_invalid",):
+        from workers.backends import registry
+
+        tag = err.get("ctx", {}).get("tag", "")
+        close = difflib.get_close_matches(str(tag), list(registry()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown backend '{tag}'{hint}; known: {', '.join(sorted(registry()))}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):
+        inp = err.get("input")
+        if not isinstance(inp, (dict, list)):
+            msg += f" (got {inp!r})"
+    return msg
+
+
+def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
+    """Validate an already-loaded YAML document into a Plan, or raise PlanError."""
+    if not isinstance(data, dict):
+        raise PlanError(
+            f"{source}: a plan must be a mapping of keys (name, models, matrix, ...), got {type(data).__name__}"
+        )
+    data = dict(data)
+    if isinstance(data.get("matrix"), dict):
+        matrix = dict(data["matrix"])
+        matrix["backends"] = _parse_backends(matrix.get("backends"))
+        data["matrix"] = matrix
+    try:
+        plan = Plan.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise PlanError(_format_errors(source, exc, prefix=())) from None
+    try:
+        entries = TypeAdapter(list[backend_entry_type()]).validate_python(plan.matrix.backends)
+    except ValidationError as exc:
+        raise PlanError(_format_errors(source, exc, prefix=("matrix", "backends"))) from None
+    labels = [e.label or e.backend for e in entries]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise PlanError(
+                f"{source}: matrix.backends[{i}]: label '{label}' is already used by "
+                f"matrix.backends[{labels.index(label)}]; give each entry of one backend its own `label`"
+            )
+    matrix = plan.matrix.model_copy(update={"backends": entries})
+    return plan.model_copy(update={"matrix": matrix})
+
+
+def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:
+    lines = []
+    for err in exc.errors():
+        lines.append(f"{source}: {format_loc(prefix + tuple(err['loc']))}: {_describe(err)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """Read and validate a plan file. Raises PlanError with a located message."""
+    p = Path(path)
+    if not p.is_file():
+        raise PlanError(f"{p}: plan file not found" if not p.exists() else f"{p}: not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{p}: can't read the plan: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlanError(f"{p}{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        raise PlanError(f"{p}: the plan is empty")
+    return parse_plan(data, source=str(p), base_dir=str(p.parent))

@@ -1,0 +1,89 @@
+"""The result table: one row per trial, the same Arrow schema in every part file.
+
+``SCHEMA_VERSION`` goes into each file's schema metadata (with the plan and the environment),
+so readers can tell which columns to expect; bump it when a column changes meaning or type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+STATUSES = ("ok", "failed", "skipped")
+
+_F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+
+#: (name, type, description). The README's schema table is generated from this list.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("run_id", _STR, "the run this row belongs to (one per `infer-orch run`)"),
+    ("trial_id", _STR, "hash of the trial's full spec: the same trial has the same id in every run"),
+    ("plan", _STR, "the plan's name"),
+    ("model", _STR, "model name (torchvision name, ONNX file stem, or factory name)"),
+    ("model_source", _STR, "kind:reference, e.g. torchvision:resnet50"),
+    ("input_shape", pa.list_(_I64), "per-sample input shape"),
+    ("backend", _STR, "backend registry name: torch-eager, torch-cudagraph, ort, ..."),
+    ("label", _STR, "the plan's label for this backend configuration (default: the backend name)"),
+    ("options", _STR, "the backend options, resolved with their defaults, as JSON text"),
+    ("batch_size", _I64, "samples per inference"),
+    ("dtype", _STR, "fp32, fp16 or bf16"),
+    ("io", _STR, "device (inputs and outputs stay on the device) or host (copies included)"),
+    ("device", _STR, "cuda or cpu: where the trial ran"),
+    ("device_name", _STR, "GPU model (e.g. NVIDIA H100 80GB HBM3) or CPU model"),
+    ("gpu_uuid", _STR, "UUID of the GPU the trial ran on"),
+    ("node", _STR, "host name of the node"),
+    ("worker", _STR, "the worker actor that ran the trial"),
+    ("cuda_visible_devices", _STR, "CUDA_VISIBLE_DEVICES of the worker (Ray pins each worker to one GPU)"),
+    ("status", _STR, "ok, failed or skipped"),
+    ("error", _STR, "why the trial failed or was skipped"),
+    ("traceback", _STR, "tail of the traceback of a failed trial"),
+    ("warmup_iters", _I64, "warm-up iterations run before timing"),
+    ("iters", _I64, "timed iterations"),
+    ("latency_ms_median", _F64, "median latency per inference, ms (device clock on GPUs)"),
+    ("latency_ms_mean", _F64, "mean latency, ms"),
+    ("latency_ms_p90", _F64, "90th percentile (linear interpolation), ms"),
+    ("latency_ms_p99", _F64, "99th percentile (linear interpolation), ms"),
+    ("latency_ms_min", _F64, "fastest iteration, ms"),
+    ("latency_ms_max", _F64, "slowest iteration, ms"),
+    ("throughput", _F64, "samples per second at the median latency"),
+    ("host_ms_median", _F64, "median host wall time per iteration (launch + sync included), ms"),
+    ("gpu_mem_peak_bytes", _I64, "peak GPU memory of the trial: torch's allocator peak, or the device's "
+                                 "used memory growth for backends with their own allocator (ORT)"),
+    ("samples_ms", pa.list_(_F64), "every timed iteration's latency, ms"),
+    ("host_samples_ms", pa.list_(_F64), "every timed iteration's host wall time, ms"),
+    ("hit_max_time", _BOOL, "timing stopped at measure.max_time_s before reaching measure.iters"),
+    ("setup_s", _F64, "seconds spent building the runner (model copy, export, session, capture)"),
+    ("export_cached", _BOOL, "ORT: the ONNX export came from this node's cache"),
+    ("providers_used", pa.list_(_STR), "ORT: the session's providers, as ORT reports them"),
+    ("torch_version", _STR, "torch.__version__ on the worker"),
+    ("ort_version", _STR, "onnxruntime.__version__ on the worker"),
+    ("cuda_version", _STR, "CUDA version torch was built with"),
+    ("driver_version", _STR, "NVIDIA driver version"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "when the trial started"),
+    ("duration_s", _F64, "wall time of the whole trial, setup included"),
+]
+
+SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
+NAMES = frozenset(SCHEMA.names)
+
+
+def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Rows (dicts) -> a RecordBatch of SCHEMA. Unknown keys are an error, missing ones null."""
+    for row in rows:
+        extra = set(row) - NAMES
+        if extra:
+            raise KeyError(f"row has columns not in the schema: {sorted(extra)}")
+    return pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
+
+
+def markdown_table() -> str:
+    """The schema as the README's Markdown table (``python -m orchestrator.schema``)."""
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{n}` | {str(t).replace('item: ', '')} | {d} |" for n, t, d in COLUMNS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,86 @@
+"""Writing a run: one Parquet part file per trial, the resolved plan beside them.
+
+Layout of a run directory::
+
+    results/quickstart-20261124-153012/
+        _plan.yaml          the plan as resolved (defaults filled in)
+        _run.json           run id, start, device, workers, and the final counts
+        part-<trial_id>.parquet   one per trial, all with the same schema
+
+Files starting with ``_`` are ignored by Arrow datasets, so ``pandas.read_parquet(dir)`` reads
+the parts alone; polars and DuckDB read ``dir/*.parquet``. Each part is written under a
+temporary name and renamed, so a crash never leaves a torn file in the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.errors import OutputError
+from orchestrator.schema import SCHEMA, SCHEMA_VERSION, to_batch
+
+PLAN_FILE = "_plan.yaml"
+RUN_FILE = "_run.json"
+
+
+def check_writable(out: Path) -> None:
+    """Fail early, before anything runs, when ``out`` can't be used. Creates nothing."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"output directory {out}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {out}: {probe} is not writable")
+    if out.exists() and any(out.glob("part-*.parquet")):
+        raise OutputError(f"output directory {out} already holds results; choose another --out")
+
+
+class ResultSink:
+    def __init__(self, out: Path, run_id: str, plan_yaml: str, metadata: dict[str, Any]) -> None:
+        self.out, self.run_id = out, run_id
+        self.rows: list[dict[str, Any]] = []
+        meta = {"infer_orch.schema_version": SCHEMA_VERSION, "infer_orch.run_id": run_id,
+                **{f"infer_orch.{k}": json.dumps(v, default=str) for k, v in metadata.items()}}
+        self.schema = SCHEMA.with_metadata(meta)
+        self._plan_yaml = plan_yaml
+        self._opened = False
+
+    def _open(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.out / PLAN_FILE, self._plan_yaml.encode())
+        except OSError as exc:
+            raise OutputError(f"output directory {self.out}: {exc.strerror or exc}") from None
+        self._opened = True
+
+    def write(self, row: dict[str, Any]) -> Path:
+        """Persist one trial's row now, as its own part file."""
+        if not self._opened:
+            self._open()
+        row = {**row, "run_id": self.run_id}
+        table = pa.Table.from_batches([to_batch([row])]).cast(self.schema)
+        path = self.out / f"part-{row['trial_id']}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.rows.append(row)
+        return path
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if not self._opened:
+            self._open()
+        _atomic_write(self.out / RUN_FILE, json.dumps({"run_id": self.run_id, **summary},
+                                                      indent=2, default=str).encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

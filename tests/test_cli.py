@@ -1,0 +1,78 @@
+"""The CLI as a user runs it: a real subprocess, a real embedded Ray, Parquet read three ways."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def infer_orch(*args, cwd=REPO, timeout=300):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    proc = infer_orch("run", "plans/quickstart.yaml", "--out", out)
+    return proc, out
+
+
+def test_quickstart_runs_and_every_row_is_ok(quickstart):
+    proc, out = quickstart
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 trials: 4 ok" in proc.stdout and str(out) in proc.stdout
+
+
+def test_results_read_in_pandas_polars_and_duckdb(quickstart):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    _, out = quickstart
+    df = pd.read_parquet(out)
+    assert len(df) == 4 and set(df["status"]) == {"ok"} and set(df["backend"]) == {"torch-eager", "ort"}
+    assert (df["latency_ms_median"] > 0).all()
+    assert pl.read_parquet(f"{out}/*.parquet").height == 4
+    [(n,)] = duckdb.sql(f"select count(*) from read_parquet('{out}/*.parquet') where status = 'ok'").fetchall()
+    assert n == 4
+
+
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
+    proc = infer_orch("run", "plans/quickstart.yaml", "--dry-run", "--out", tmp_path / "o")
+    assert proc.returncode == 0 and "4 trials (dry run" in proc.stdout
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_plan_exits_2_with_located_message_and_no_traceback(tmp_path):
+    plan = tmp_path / "bad.yaml"
+    plan.write_text((REPO / "plans/quickstart.yaml").read_text().replace("iters: 10", "iterz: 10"))
+    proc = infer_orch("run", plan, "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "measure: unknown key 'iterz' (did you mean 'iters'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("plan", ["plans/quickstart.yaml", "plans/t4.yaml", "plans/h100.yaml"])
+def test_shipped_plans_validate(plan):
+    proc = infer_orch("validate", plan)
+    assert proc.returncode == 0, proc.stderr
+    assert "valid" in proc.stdout
+
+
+def test_backends_lists_registry_and_versions():
+    proc = infer_orch("backends")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("torch-eager", "torch-cudagraph", "ort", "onnxruntime", "torch"):
+        assert name in proc.stdout
+
+
+def test_readme_schema_table_is_current():
+    from orchestrator.schema import markdown_table
+
+    assert markdown_table() in (REPO / "README.md").read_text()

@@ -1,0 +1,1 @@
+"""infer-orch's worker side: the per-GPU actor, the backend runners, the timing loop."""

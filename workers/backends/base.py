@@ -1,0 +1,95 @@
+"""The one interface every backend runner implements.
+
+A runner owns one trial on one device: ``setup`` builds whatever the backend needs (a session,
+a captured graph, static buffers), ``step`` runs one inference, ``output`` gives the last result
+as a host array, ``teardown`` frees what setup took. The timing loop (``workers.timing``) calls
+``step`` and nothing else while it measures, so setup cost never leaks into the numbers.
+
+Heavy libraries (torch, onnxruntime) are imported inside methods, not at module level: the
+driver imports this package only to validate plans and must stay light.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from workers.config import StrictModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from workers.context import TrialContext
+
+
+class BackendOptions(StrictModel):
+    """Options of one backend. Unknown keys are rejected; every field has a default."""
+
+
+class SkipTrial(Exception):
+    """Raised by a runner when a trial can't run here, with the reason; the row says ``skipped``."""
+
+
+class Runner(ABC):
+    """Base class of backend runners. Subclasses set ``name`` and ``Options`` and register."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    #: dtypes this backend can run, per device type ("cuda", "cpu").
+    dtypes: ClassVar[dict[str, frozenset[str]]] = {
+        "cuda": frozenset({"fp32", "fp16", "bf16"}),
+        "cpu": frozenset({"fp32", "bf16"}),
+    }
+    #: model kinds this backend accepts ("torchvision", "python", "onnx").
+    model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python"})
+    #: True when the backend needs no model at all (fault injection, scheduling benchmarks).
+    modelless: ClassVar[bool] = False
+
+    def __init__(self, ctx: TrialContext, options: BackendOptions) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this backend can't run in this process at all (a missing library), or None."""
+        return None
+
+    @classmethod
+    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+        """Why this trial can't run on ``device_type`` ("cuda"/"cpu"), or None when it can."""
+        kind = trial["model"]["kind"]
+        if not cls.modelless and kind not in cls.model_kinds:
+            return f"backend {cls.name} can't run a model of kind '{kind}'"
+        allowed = cls.dtypes.get(device_type, frozenset())
+        if trial["dtype"] not in allowed:
+            return (
+                f"backend {cls.name} does not support dtype {trial['dtype']} on {device_type} "
+                f"(supported there: {', '.join(sorted(allowed)) or 'none'})"
+            )
+        return None
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Build everything one ``step`` needs. Not timed."""
+
+    @abstractmethod
+    def step(self) -> None:
+        """Run one inference. Timed; must do nothing but the work being measured."""
+
+    @abstractmethod
+    def output(self) -> np.ndarray:
+        """The last step's output as a float32 host array (for parity checks)."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Free what ``setup`` took. Called even when setup or timing failed."""
+
+    def extra_columns(self) -> dict[str, Any]:
+        """Backend-specific facts for the row (e.g. the providers ORT really used)."""
+        return {}
+
+    def __enter__(self) -> Runner:
+        self.setup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()

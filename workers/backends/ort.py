@@ -1,0 +1,189 @@
+"""ort: ONNX Runtime on an ONNX export of the torch model (or a given ``.onnx`` file).
+
+How the session is driven is explicit in every row, because it decides the answer:
+
+- ``io: host`` and ``io_binding: false``: ``session.run`` with a numpy array in and numpy out,
+  ORT's default path; the host<->device copies are part of each step.
+- ``io_binding: true``: inputs and outputs are device buffers (torch tensors) bound to the
+  session by pointer, so the step is the model alone (``io: device``), or the model plus one
+  torch copy in and one out (``io: host``).
+- ``cuda_graph: true``: ORT's own CUDA graph (``enable_cuda_graph``), which needs IO binding at
+  fixed addresses.
+
+After the session is created its providers are checked: a trial that asked for CUDA and got
+the CPU fails with that message rather than publishing a CPU number as a GPU one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import model_validator
+
+from workers.backends import register
+from workers.backends.base import BackendOptions, Runner, SkipTrial
+
+PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
+
+
+class OrtOptions(BackendOptions):
+    providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = None
+    """Execution providers in order; default: [cuda] on a cuda trial, [cpu] on a cpu trial."""
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] | None = None
+    """Session graph optimisations; default: ORT's own default (all)."""
+    intra_op_num_threads: int | None = None
+    inter_op_num_threads: int | None = None
+    io_binding: bool = False
+    """Bind device buffers by pointer instead of passing numpy arrays to session.run."""
+    cuda_graph: bool = False
+    """ORT's own CUDA graph capture (enable_cuda_graph); requires io_binding."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    """torch.onnx exporter used for torch models."""
+    opset: int | None = None
+
+    @model_validator(mode="after")
+    def _graph_needs_binding(self) -> OrtOptions:
+        if self.cuda_graph and not self.io_binding:
+            raise ValueError("cuda_graph: true requires io_binding: true (ORT captures at fixed addresses)")
+        if self.intra_op_num_threads is not None and self.intra_op_num_threads < 0:
+            raise ValueError("intra_op_num_threads must be >= 0 (0 = ORT's default)")
+        return self
+
+
+@register
+class OrtRunner(Runner):
+    name = "ort"
+    Options = OrtOptions
+    dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
+    model_kinds = frozenset({"torchvision", "python", "onnx"})
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"onnxruntime is not installed ({exc})"
+        return None
+
+    @classmethod
+    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+        opts = trial["options"]
+        providers = opts.get("providers") or [device_type]
+        if device_type == "cpu" and any(p != "cpu" for p in providers):
+            return f"providers {providers} need a GPU; this trial runs on cpu"
+        if opts.get("cuda_graph") and device_type != "cuda":
+            return "ORT cuda_graph needs a CUDA device"
+        if trial["io"] == "device" and not opts.get("io_binding") and device_type == "cuda":
+            return "io: device needs io_binding: true (session.run takes host arrays only)"
+        return super().skip_reason(trial, device_type)
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+        import torch
+
+        self._torch = torch
+        o = self.options
+        device = self.ctx.device
+        providers = o.providers or [device]
+        path = self.ctx.onnx_path(o.exporter, o.opset)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if o.graph_optimization_level is not None:
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[o.graph_optimization_level])
+        threads = o.intra_op_num_threads
+        if threads is None and device == "cpu":
+            # ORT would take every core of the node; neighbouring actors own some of them.
+            threads = max(1, int(self.ctx.cpus))
+        if threads is not None:
+            so.intra_op_num_threads = threads
+        if o.inter_op_num_threads is not None:
+            so.inter_op_num_threads = o.inter_op_num_threads
+        device_id = torch.cuda.current_device() if device == "cuda" else 0
+        prov_list: list[Any] = []
+        for p in providers:
+            name = PROVIDERS[p]
+            if p == "cuda":
+                prov_list.append((name, {"device_id": device_id, "enable_cuda_graph": "1" if o.cuda_graph else "0"}))
+            elif p == "tensorrt":
+                prov_list.append((name, {"device_id": device_id}))
+            else:
+                prov_list.append(name)
+        sess = ort.InferenceSession(path, sess_options=so, providers=prov_list)
+        got = sess.get_providers()
+        missing = [PROVIDERS[p] for p in providers if PROVIDERS[p] not in got]
+        if missing:
+            raise RuntimeError(
+                f"asked for {', '.join(missing)} but the session runs on {', '.join(got)}; "
+                f"available in this onnxruntime build: {', '.join(ort.get_available_providers())}"
+            )
+        self.sess, self.providers_used = sess, got
+        inp = sess.get_inputs()
+        if len(inp) != 1:
+            raise SkipTrial(f"the ONNX model has {len(inp)} inputs; infer-orch feeds models with one")
+        self.in_name = inp[0].name
+        want = TRIAL_DTYPE.get(self.ctx.dtype)
+        if inp[0].type != want:
+            raise SkipTrial(f"the ONNX model's input is {inp[0].type}, not {want} ({self.ctx.dtype})")
+        x = self.ctx.input(device="cpu")
+        self.x_np = x.numpy()
+        # One plain run learns the output shapes and types (and serves as the first warm-up).
+        outs = sess.run(None, {self.in_name: self.x_np})
+        self.out_meta = [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
+        self.y: Any = outs[0]
+        self.binding = None
+        if o.io_binding:
+            self._bind(device, device_id, x)
+
+    def _bind(self, device: str, device_id: int, x: Any) -> None:
+        torch = self._torch
+        self.dev_x = x.to(device).contiguous()
+        self.dev_outs = [
+            torch.empty(tuple(shape), dtype=torch.from_numpy(np.empty(0, dtype=dt)).dtype, device=device)
+            for _, shape, dt in self.out_meta
+        ]
+        torch.cuda.synchronize() if device == "cuda" else None
+        b = self.sess.io_binding()
+        b.bind_input(self.in_name, device, device_id, self.x_np.dtype, tuple(self.dev_x.shape), self.dev_x.data_ptr())
+        for (name, shape, dt), t in zip(self.out_meta, self.dev_outs):
+            b.bind_output(name, device, device_id, dt, tuple(shape), t.data_ptr())
+        self.binding = b
+        self.host_x = x if self.ctx.io == "host" else None
+
+    def step(self) -> None:
+        if self.binding is None:
+            self.y = self.sess.run(None, {self.in_name: self.x_np})[0]
+            return
+        if self.host_x is not None:
+            self.dev_x.copy_(self.host_x)
+            self.sess.run_with_iobinding(self.binding)
+            self.y = self.dev_outs[0].cpu()
+        else:
+            self.sess.run_with_iobinding(self.binding)
+            self.y = self.dev_outs[0]
+
+    def output(self) -> np.ndarray:
+        y = self.y
+        if not isinstance(y, np.ndarray):
+            y = y.float().cpu().numpy()
+        return y.astype(np.float32)
+
+    def extra_columns(self) -> dict[str, Any]:
+        return {"providers_used": list(getattr(self, "providers_used", []))}
+
+    def teardown(self) -> None:
+        self.binding = self.sess = None
+        self.dev_x = self.dev_outs = self.y = self.host_x = None

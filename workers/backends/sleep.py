@@ -1,0 +1,39 @@
+"""sleep: a model-less backend whose every step sleeps a fixed time.
+
+A testing and benchmarking aid: it lets the scheduler be exercised and measured (trials spread
+over GPUs, per-trial overhead) with no device work, on machines with no GPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from pydantic import Field
+
+from workers.backends import register
+from workers.backends.base import BackendOptions, Runner
+
+ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
+
+
+class SleepOptions(BackendOptions):
+    step_s: float = Field(0.01, ge=0)
+    """Seconds each step sleeps."""
+
+
+@register
+class SleepRunner(Runner):
+    name = "sleep"
+    Options = SleepOptions
+    modelless = True
+    dtypes = {"cuda": ALL_DTYPES, "cpu": ALL_DTYPES}
+
+    def setup(self) -> None:
+        pass
+
+    def step(self) -> None:
+        time.sleep(self.options.step_s)
+
+    def output(self) -> np.ndarray:
+        return np.zeros(1, dtype=np.float32)

@@ -1,0 +1,67 @@
+"""torch-cudagraph: the eager model captured once into a CUDA graph; each step is a replay.
+
+Static input and output buffers; warm-up runs on a side stream before capture (as the PyTorch
+docs require, so lazy initialisation and cuDNN autotuning are not captured). With ``io: host``
+each step copies the host input into the static buffer and the output back to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workers.backends import register
+from workers.backends.base import Runner
+from workers.backends.torch_eager import TorchOptions, prepare_torch
+
+CAPTURE_WARMUP_ITERS = 3
+
+
+@register
+class TorchCudaGraph(Runner):
+    name = "torch-cudagraph"
+    Options = TorchOptions
+    dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
+
+    @classmethod
+    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+        if device_type != "cuda":
+            return "torch-cudagraph needs a CUDA device; skipped rather than run as eager"
+        return super().skip_reason(trial, device_type)
+
+    def setup(self) -> None:
+        import torch
+
+        model, x = prepare_torch(self.ctx, self.options.channels_last)
+        self.host_x = x if self.ctx.io == "host" else None
+        static_x = x.to(self.ctx.device) if self.ctx.io == "host" else x
+        if self.host_x is not None:
+            static_x = static_x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(CAPTURE_WARMUP_ITERS):
+                model(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            static_y = model(static_x)
+        torch.cuda.synchronize()
+        self.model, self.graph, self.static_x, self.static_y = model, graph, static_x, static_y
+        self.y: Any = static_y
+
+    def step(self) -> None:
+        if self.host_x is not None:
+            self.static_x.copy_(self.host_x)
+            self.graph.replay()
+            self.y = self.static_y.cpu()
+        else:
+            self.graph.replay()
+
+    def output(self) -> np.ndarray:
+        return self.y.float().cpu().numpy()
+
+    def teardown(self) -> None:
+        self.graph = self.model = self.static_x = self.static_y = self.y = self.host_x = None

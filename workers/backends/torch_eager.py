@@ -1,0 +1,57 @@
+"""torch-eager: the model run op by op, as most PyTorch code serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workers.backends import register
+from workers.backends.base import BackendOptions, Runner
+
+
+class TorchOptions(BackendOptions):
+    channels_last: bool = False
+    """Convert the model and 4-D inputs to channels_last (NHWC) memory format."""
+
+
+def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
+    """The trial's model and input, on the device, in channels_last when asked for 4-D inputs.
+
+    With ``io: host`` the input stays a CPU tensor: the copy in is part of every step.
+    """
+    import torch
+
+    model = ctx.torch_model()
+    x = ctx.input(device=ctx.device if ctx.io == "device" else "cpu")
+    if channels_last and x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+@register
+class TorchEager(Runner):
+    name = "torch-eager"
+    Options = TorchOptions
+
+    def setup(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.model, self.x = prepare_torch(self.ctx, self.options.channels_last)
+        self.y: Any = None
+
+    def step(self) -> None:
+        with self._torch.inference_mode():
+            if self.ctx.io == "host":
+                y = self.model(self.x.to(self.ctx.device))
+                self.y = y.cpu()
+            else:
+                self.y = self.model(self.x)
+
+    def output(self) -> np.ndarray:
+        return self.y.float().cpu().numpy()
+
+    def teardown(self) -> None:
+        self.model = self.x = self.y = None

@@ -1,0 +1,31 @@
+"""The base of every typed configuration object (plans and backend options)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+class StrictModel(BaseModel):
+    """Frozen, and rejects unknown keys with a 'did you mean' and the list of known keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key '{key}'{hint}; expected one of: {known}",
+                        {"key": key, "hint": hint, "known": ", ".join(known) or "none"},
+                    )
+        return data

@@ -1,0 +1,51 @@
+"""What a runner is given: the trial's spec, the device, and the actor's model store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.models import ModelStore, make_input, onnx_export
+
+
+@dataclass
+class TrialContext:
+    trial: dict[str, Any]
+    device: str  # "cuda" or "cpu"
+    store: ModelStore
+    cpus: float = 1.0
+    #: facts a runner learns during setup that belong in the row (export cache hit, ...).
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.trial["model"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.trial["batch_size"])
+
+    @property
+    def dtype(self) -> str:
+        return self.trial["dtype"]
+
+    @property
+    def io(self) -> str:
+        return self.trial["io"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.trial.get("seed", 0))
+
+    def torch_model(self) -> Any:
+        """A fresh copy of the trial's model on the trial's device and dtype, in eval mode."""
+        return self.store.torch_model(self.model, self.device, self.dtype)
+
+    def input(self, device: str | None = None) -> Any:
+        """The trial's input tensor: on ``device`` (default: the trial's device)."""
+        return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
+
+    def onnx_path(self, exporter: str = "dynamo", opset: int | None = None) -> str:
+        path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset)
+        self.facts["export_cached"] = cached
+        return str(path)
