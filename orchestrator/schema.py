@@ -16,8 +16,8 @@ STATUSES = ("ok", "failed", "skipped")
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
-#: (name, type, description). The README's schema table is generated from this list.
-COLUMNS: list[tuple[str, pa.DataType, str]] = [
+#: (name, type, description), in groups; the README's schema table is generated from them.
+_CORE: list[tuple[str, pa.DataType, str]] = [
     ("run_id", _STR, "the run this row belongs to (one per `infer-orch run`)"),
     ("trial_id", _STR, "hash of the trial's full spec: the same trial has the same id in every run"),
     ("plan", _STR, "the plan's name"),
@@ -64,6 +64,20 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("started_at", pa.timestamp("us", tz="UTC"), "when the trial started"),
     ("duration_s", _F64, "wall time of the whole trial, setup included"),
 ]
+
+#: Statistics, parity and environment columns (measurement fidelity).
+_STATS: list[tuple[str, pa.DataType, str]] = []
+
+#: Fault handling: attempts, timeouts, out-of-memory.
+_FAULTS: list[tuple[str, pa.DataType, str]] = []
+
+#: Cluster and scheduling facts.
+_CLUSTER: list[tuple[str, pa.DataType, str]] = []
+
+#: Compilation and engine builds (torch.compile, TensorRT).
+_BUILD: list[tuple[str, pa.DataType, str]] = []
+
+COLUMNS = _CORE + _STATS + _FAULTS + _CLUSTER + _BUILD
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)
