@@ -12,7 +12,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = ("ok", "skipped", "failed", "parity_failed", "timeout", "oom")
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -36,7 +36,7 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("node", _STR, "host name of the node"),
     ("worker", _STR, "the worker actor that ran the trial"),
     ("cuda_visible_devices", _STR, "CUDA_VISIBLE_DEVICES of the worker (Ray pins each worker to one GPU)"),
-    ("status", _STR, "ok, failed or skipped"),
+    ("status", _STR, "ok, skipped, failed, parity_failed (NaN/Inf or wrong output), timeout or oom"),
     ("error", _STR, "why the trial failed or was skipped"),
     ("traceback", _STR, "tail of the traceback of a failed trial"),
     ("warmup_iters", _I64, "warm-up iterations run before timing"),

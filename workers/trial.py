@@ -9,6 +9,8 @@ import time
 import traceback
 from typing import Any
 
+import numpy as np
+
 from workers import envinfo
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
@@ -55,6 +57,8 @@ def run_trial(
         row["status"] = "ok"
     except SkipTrial as exc:
         row.update(status="skipped", error=str(exc))
+    except ParityFailure as exc:
+        row.update(status="parity_failed", error=str(exc))
     except Exception as exc:  # the trial's failure is data, not a crash of the run
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
@@ -88,7 +92,7 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
             warmup_iters=m["warmup_iters"], iters=m["iters"],
             min_time_s=m["min_time_s"], max_time_s=m["max_time_s"],
         )
-        runner.output()  # a runner whose output can't be read has not really run
+        output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
         peak = mem.peak()  # before teardown: ORT's arena is freed with its session
     finally:
@@ -108,7 +112,14 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
     }
     del runner
     mem.release()
+    bad = int(output.size - np.isfinite(output).sum())
+    if bad:
+        raise ParityFailure(f"output has {bad} NaN/Inf values of {output.size}; latency not published")
     return out
+
+
+class ParityFailure(Exception):
+    """The trial ran but its output is wrong (NaN/Inf, or off the reference): no latency published."""
 
 
 class _MemoryWatch:
