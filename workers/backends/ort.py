@@ -95,6 +95,13 @@ class OrtOptions(BackendOptions):
         return self
 
 
+def _ort_version() -> tuple[int, int]:
+    import onnxruntime
+
+    major, minor = onnxruntime.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 @register
 class OrtRunner(Runner):
     name = "ort"
@@ -123,6 +130,9 @@ class OrtRunner(Runner):
         cuda_opts = [k for k in CUDA_OPTIONS if opts.get(k) not in (None, False)]
         if cuda_opts and "cuda" not in providers:
             return f"{', '.join(cuda_opts)}: CUDA provider options; this trial's providers are {providers}"
+        if opts.get("prefer_nhwc") and _ort_version() < (1, 20):
+            # Before 1.20 the option was accepted but default builds had no NHWC kernels: a no-op.
+            return "prefer_nhwc needs onnxruntime >= 1.20 (earlier default builds have no CUDA NHWC kernels)"
         if "tensorrt" in providers:
             missing = tensorrt_missing()
             if missing:
@@ -188,7 +198,7 @@ class OrtRunner(Runner):
         self.provider_options = {p: effective.get(p, {}) for p in got if p != PROVIDERS["cpu"] or len(got) == 1}
         if o.prefer_nhwc and effective.get(PROVIDERS["cuda"], {}).get("prefer_nhwc") != "1":
             raise SkipTrial("this onnxruntime build's CUDA provider does not support prefer_nhwc (it is not "
-                            "among the options the session reports; ORT builds it with onnxruntime_USE_CUDA_NHWC_OPS)")
+                            "among the options the session reports)")
         inp = sess.get_inputs()
         if len(inp) != 1:
             raise SkipTrial(f"the ONNX model has {len(inp)} inputs; infer-orch feeds models with one")
