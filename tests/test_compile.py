@@ -22,7 +22,7 @@ def compile_trials(options=None, model="python:tinynet:make", **kw):
     return trials_for([{"backend": "torch-compile", "options": options or {}}], models=(model,), io=("device",), **kw)
 
 
-def test_compiles_in_setup_and_a_second_trial_finds_the_node_cache_warm(tmp_path, monkeypatch):
+def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path / "node-cache"))
     (trial,) = compile_trials()
     store = ModelStore()
@@ -35,12 +35,9 @@ def test_compiles_in_setup_and_a_second_trial_finds_the_node_cache_warm(tmp_path
     assert first["compile_cache_warm"] is False and second["compile_cache_warm"] is True
     assert second["compile_time_s"] < first["compile_time_s"]
     assert any((tmp_path / "node-cache" / "inductor").iterdir()), "Inductor wrote outside the node cache"
-
-
-def test_compiled_output_matches_eager():
-    store = ModelStore()
+    # and the compiled model computes what eager computes
     outs = []
-    for t in trials_for(["torch-eager", "torch-compile"], io=("device",)):
+    for t in (*trials_for(["torch-eager"], io=("device",)), trial):
         cls = get(t["backend"])
         with cls(TrialContext(t, "cpu", store), cls.Options.model_validate(t["options"])) as r:
             r.step()
@@ -94,13 +91,14 @@ def test_bad_options_are_located(options, message):
 
 
 def test_run_path_writes_the_build_columns(ray_gpus, write_plan, tmp_path):
+    # Dynamo with its eager backend (no code generation: fast); Inductor is exercised above.
     plan = write_plan("""\
         name: compile
         device: cpu
         models: [{python: "tinynet:make", input_shape: [3, 16, 16]}]
         matrix:
           batch_sizes: [2]
-          backends: [{backend: torch-compile, label: compiled, options: {mode: reduce-overhead}}]
+          backends: [{backend: torch-compile, label: compiled, options: {backend: eager}}]
         measure: {warmup_iters: 2, iters: 5}
         """)
     result = run_plan(plan, out=tmp_path / "out")
@@ -109,7 +107,9 @@ def test_run_path_writes_the_build_columns(ray_gpus, write_plan, tmp_path):
     table = pq.read_table(tmp_path / "out")
     assert table.column("compile_time_s")[0].as_py() > 0
     assert table.column("recompiles_during_timing")[0].as_py() == 0
-    assert table.column("compile_cache_warm")[0].as_py() in (True, False)
+    # Dynamo's eager backend: no Inductor, so no FX graph cache to be warm or cold
+    assert table.column("compile_cache_warm")[0].as_py() is None
+    assert table.column("graph_breaks")[0].as_py() == 0
 
 
 @pytest.mark.gpu
