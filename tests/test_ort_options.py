@@ -72,7 +72,7 @@ def test_tensorrt_without_its_libraries_is_skipped_naming_them():
                                                           "io_binding": True}}], io=("device",), device="cuda")
     row = run_trial(trial, "cuda", ModelStore(), cuda_ok=False)
     assert row["status"] == "skipped", row.get("error")
-    assert row["error"].startswith("providers [tensorrt]: the TensorRT libraries are not installed")
+    assert row["error"].startswith("TensorRT provider: the TensorRT libraries are not installed")
     assert "libnvinfer.so" in row["error"] and "libnvonnxparser.so" in row["error"]
 
 

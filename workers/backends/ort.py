@@ -136,7 +136,7 @@ class OrtRunner(Runner):
         if "tensorrt" in providers:
             missing = tensorrt_missing()
             if missing:
-                return f"providers [tensorrt]: {missing}"
+                return f"TensorRT provider: {missing}"
         return super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
