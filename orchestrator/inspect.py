@@ -14,6 +14,17 @@ def local_gpus() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
+def _ort_tensorrt(gpus: list[str], cuda_dtypes: str) -> dict[str, Any]:
+    """The ort backend with providers [tensorrt]: a row of its own, as it needs libraries of its own."""
+    from workers.backends.trt_libs import tensorrt_missing
+
+    reason = tensorrt_missing()
+    if reason is None and not gpus:
+        reason = "needs a CUDA GPU; none is visible here"
+    return {"name": "ort + tensorrt", "available": reason is None, "dtypes": f"{cuda_dtypes} / -",
+            "note": reason or "ort with providers tensorrt, cuda; engines cached per node"}
+
+
 def describe(address: str | None = None) -> dict[str, Any]:
     """Backends with availability and dtypes, nodes with GPUs, and library versions."""
     import torch
@@ -28,6 +39,8 @@ def describe(address: str | None = None) -> dict[str, Any]:
             reason = "needs a CUDA GPU; none is visible here"
         dtypes = " / ".join(",".join(sorted(runner.dtypes.get(d, ()))) or "-" for d in ("cuda", "cpu"))
         backends.append({"name": name, "available": reason is None, "dtypes": dtypes, "note": reason or ""})
+        if name == "ort" and reason is None:
+            backends.append(_ort_tensorrt(gpus, dtypes.split(" / ")[0]))
     try:
         import onnxruntime
 

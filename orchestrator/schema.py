@@ -75,7 +75,18 @@ _FAULTS: list[tuple[str, pa.DataType, str]] = []
 _CLUSTER: list[tuple[str, pa.DataType, str]] = []
 
 #: Compilation and engine builds (torch.compile, TensorRT).
-_BUILD: list[tuple[str, pa.DataType, str]] = []
+_BUILD: list[tuple[str, pa.DataType, str]] = [
+    ("compile_time_s", _F64, "torch-compile: seconds of the setup calls that compiled the model (not timed)"),
+    ("compile_cache_warm", _BOOL, "torch-compile: every FX graph came from Inductor's per-node cache; ORT "
+                                  "TensorRT: the engine came from the per-node engine cache (no new engine file)"),
+    ("graph_breaks", _I64, "torch-compile: graph breaks while compiling (the model ran as several graphs)"),
+    ("graph_break_reasons", pa.list_(_STR), "torch-compile: first line of each distinct graph-break reason"),
+    ("recompiles_during_timing", _I64, "torch-compile: frames compiled after setup (warm-up or timed "
+                                       "iterations); any makes the trial failed"),
+    ("engine_build_s", _F64, "ORT TensorRT: seconds to create the session and run it once (engine build "
+                             "or engine-cache load), part of setup_s"),
+    ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
+]
 
 COLUMNS = _CORE + _STATS + _FAULTS + _CLUSTER + _BUILD
 

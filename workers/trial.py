@@ -60,6 +60,7 @@ def run_trial(
     except ParityFailure as exc:
         row.update(status="parity_failed", error=str(exc))
     except Exception as exc:  # the trial's failure is data, not a crash of the run
+        row.update(getattr(exc, "columns", None) or {})  # InvalidMeasurement: the facts behind it
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0

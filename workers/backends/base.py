@@ -30,6 +30,16 @@ class SkipTrial(Exception):
     """Raised by a runner when a trial can't run here, with the reason; the row says ``skipped``."""
 
 
+class InvalidMeasurement(Exception):
+    """Raised by a runner when timing ran but did not measure what the trial claims (for example
+    torch.compile recompiled while being timed). The row is ``failed`` with this message, no latency
+    is published, and ``columns`` (the facts that show why) still go into the row."""
+
+    def __init__(self, message: str, columns: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.columns = dict(columns or {})
+
+
 class Runner(ABC):
     """Base class of backend runners. Subclasses set ``name`` and ``Options`` and register."""
 
@@ -84,7 +94,11 @@ class Runner(ABC):
         """Free what ``setup`` took. Called even when setup or timing failed."""
 
     def extra_columns(self) -> dict[str, Any]:
-        """Backend-specific facts for the row (e.g. the providers ORT really used)."""
+        """Backend-specific facts for the row (e.g. the providers ORT really used).
+
+        Called after timing; raises ``InvalidMeasurement`` when those facts show the timed
+        iterations did not measure what the trial claims.
+        """
         return {}
 
     def __enter__(self) -> Runner:

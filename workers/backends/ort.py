@@ -10,12 +10,28 @@ How the session is driven is explicit in every row, because it decides the answe
 - ``cuda_graph: true``: ORT's own CUDA graph (``enable_cuda_graph``), which needs IO binding at
   fixed addresses.
 
+CUDA provider options users tune for speed (``cudnn_conv_algo_search``, ``prefer_nhwc``,
+``arena_extend_strategy``) are passed only when set, so unset means ORT's own default; the row's
+``ort_provider_options`` records what the session really used. ``prefer_nhwc`` on a build whose
+CUDA provider doesn't report it is skipped with that reason.
+
+fp16 trials run an ONNX graph exported from the fp16 model (its input and weights are float16,
+checked on the session), never an fp32 graph fed cast inputs.
+
+TensorRT (``providers: [tensorrt, cuda]``) needs the TensorRT libraries the provider library
+links to (``libnvinfer.so.10``...). They are looked for by loading them (no GPU, no session);
+when missing, the trial is skipped naming them. Engines and timing caches go to the per-node
+``<node cache>/tensorrt`` directory; ``engine_build_s`` is the session creation plus first run
+(where the engine is built or loaded) and ``compile_cache_warm`` whether no new engine was written.
+
 After the session is created its providers are checked: a trial that asked for CUDA and got
 the CPU fails with that message rather than publishing a CPU number as a GPU one.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +39,8 @@ from pydantic import model_validator
 
 from workers.backends import register
 from workers.backends.base import BackendOptions, Runner, SkipTrial
+from workers.backends.trt_libs import tensorrt_missing
+from workers.models import cache_dir
 
 PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
@@ -38,8 +56,7 @@ OPT_LEVELS = {
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
 TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
-
-
+CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy")
 class OrtOptions(BackendOptions):
     providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = None
     """Execution providers in order; default: [cuda] on a cuda trial, [cpu] on a cpu trial."""
@@ -51,6 +68,14 @@ class OrtOptions(BackendOptions):
     """Bind device buffers by pointer instead of passing numpy arrays to session.run."""
     cuda_graph: bool = False
     """ORT's own CUDA graph capture (enable_cuda_graph); requires io_binding."""
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] | None = None
+    """CUDA provider: how cuDNN convolution algorithms are chosen; default: ORT's (EXHAUSTIVE)."""
+    prefer_nhwc: bool = False
+    """CUDA provider: NHWC convolution kernels (a build with them; else the trial is skipped)."""
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] | None = None
+    """CUDA provider: how its memory arena grows; default: ORT's (kNextPowerOfTwo)."""
+    trt_fp16: bool = False
+    """TensorRT provider: let TensorRT pick fp16 kernels (trt_fp16_enable), also for an fp32 model."""
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """torch.onnx exporter used for torch models."""
     opset: int | None = None
@@ -61,7 +86,20 @@ class OrtOptions(BackendOptions):
             raise ValueError("cuda_graph: true requires io_binding: true (ORT captures at fixed addresses)")
         if self.intra_op_num_threads is not None and self.intra_op_num_threads < 0:
             raise ValueError("intra_op_num_threads must be >= 0 (0 = ORT's default)")
+        cuda_opts = [k for k in CUDA_OPTIONS if getattr(self, k) not in (None, False)]
+        if cuda_opts and self.providers is not None and "cuda" not in self.providers:
+            raise ValueError(f"{', '.join(cuda_opts)}: CUDA provider options, but providers is "
+                             f"{self.providers}; add cuda to providers or drop them")
+        if self.trt_fp16 and "tensorrt" not in (self.providers or []):
+            raise ValueError("trt_fp16: true is a TensorRT provider option; set providers: [tensorrt, cuda]")
         return self
+
+
+def _ort_version() -> tuple[int, int]:
+    import onnxruntime
+
+    major, minor = onnxruntime.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 @register
@@ -89,6 +127,16 @@ class OrtRunner(Runner):
             return "ORT cuda_graph needs a CUDA device"
         if trial["io"] == "device" and not opts.get("io_binding") and device_type == "cuda":
             return "io: device needs io_binding: true (session.run takes host arrays only)"
+        cuda_opts = [k for k in CUDA_OPTIONS if opts.get(k) not in (None, False)]
+        if cuda_opts and "cuda" not in providers:
+            return f"{', '.join(cuda_opts)}: CUDA provider options; this trial's providers are {providers}"
+        if opts.get("prefer_nhwc") and _ort_version() < (1, 20):
+            # Before 1.20 the option was accepted but default builds had no NHWC kernels: a no-op.
+            return "prefer_nhwc needs onnxruntime >= 1.20 (earlier default builds have no CUDA NHWC kernels)"
+        if "tensorrt" in providers:
+            missing = tensorrt_missing()
+            if missing:
+                return f"TensorRT provider: {missing}"
         return super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
@@ -114,15 +162,30 @@ class OrtRunner(Runner):
             so.inter_op_num_threads = o.inter_op_num_threads
         device_id = torch.cuda.current_device() if device == "cuda" else 0
         prov_list: list[Any] = []
+        engines = cache_dir() / "tensorrt"
         for p in providers:
             name = PROVIDERS[p]
             if p == "cuda":
-                prov_list.append((name, {"device_id": device_id, "enable_cuda_graph": "1" if o.cuda_graph else "0"}))
+                prov_list.append((name, self._cuda_options(device_id)))
             elif p == "tensorrt":
-                prov_list.append((name, {"device_id": device_id}))
+                engines.mkdir(parents=True, exist_ok=True)
+                prov_list.append((name, {
+                    "device_id": device_id,
+                    "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(engines),
+                    "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(engines),
+                    "trt_fp16_enable": "1" if o.trt_fp16 else "0",
+                }))
             else:
                 prov_list.append(name)
-        sess = ort.InferenceSession(path, sess_options=so, providers=prov_list)
+        trt = "tensorrt" in providers
+        engines_before = set(engines.glob("*.engine")) if trt else set()
+        t_session = time.perf_counter()
+        try:
+            sess = ort.InferenceSession(path, sess_options=so, providers=prov_list)
+        except Exception as exc:
+            if o.prefer_nhwc and "nhwc" in str(exc).lower():
+                raise SkipTrial(f"this onnxruntime build can't do prefer_nhwc: {exc}") from exc
+            raise
         got = sess.get_providers()
         missing = [PROVIDERS[p] for p in providers if PROVIDERS[p] not in got]
         if missing:
@@ -131,6 +194,11 @@ class OrtRunner(Runner):
                 f"available in this onnxruntime build: {', '.join(ort.get_available_providers())}"
             )
         self.sess, self.providers_used = sess, got
+        effective = sess.get_provider_options()
+        self.provider_options = {p: effective.get(p, {}) for p in got if p != PROVIDERS["cpu"] or len(got) == 1}
+        if o.prefer_nhwc and effective.get(PROVIDERS["cuda"], {}).get("prefer_nhwc") != "1":
+            raise SkipTrial("this onnxruntime build's CUDA provider does not support prefer_nhwc (it is not "
+                            "among the options the session reports)")
         inp = sess.get_inputs()
         if len(inp) != 1:
             raise SkipTrial(f"the ONNX model has {len(inp)} inputs; infer-orch feeds models with one")
@@ -142,11 +210,28 @@ class OrtRunner(Runner):
         self.x_np = x.numpy()
         # One plain run learns the output shapes and types (and serves as the first warm-up).
         outs = sess.run(None, {self.in_name: self.x_np})
+        self.build: dict[str, Any] = {}
+        if trt:
+            new = set(engines.glob("*.engine")) - engines_before
+            self.build = {"engine_build_s": time.perf_counter() - t_session,
+                          "compile_cache_warm": None if not (new or engines_before) else not new}
         self.out_meta = [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
         self.y: Any = outs[0]
         self.binding = None
         if o.io_binding:
             self._bind(device, device_id, x)
+
+    def _cuda_options(self, device_id: int) -> dict[str, str]:
+        """The CUDA provider's options: only those set, so unset ones stay ORT's defaults."""
+        o = self.options
+        opts = {"device_id": str(device_id), "enable_cuda_graph": "1" if o.cuda_graph else "0"}
+        if o.cudnn_conv_algo_search is not None:
+            opts["cudnn_conv_algo_search"] = o.cudnn_conv_algo_search
+        if o.prefer_nhwc:
+            opts["prefer_nhwc"] = "1"
+        if o.arena_extend_strategy is not None:
+            opts["arena_extend_strategy"] = o.arena_extend_strategy
+        return opts
 
     def _bind(self, device: str, device_id: int, x: Any) -> None:
         torch = self._torch
@@ -182,7 +267,9 @@ class OrtRunner(Runner):
         return y.astype(np.float32)
 
     def extra_columns(self) -> dict[str, Any]:
-        return {"providers_used": list(getattr(self, "providers_used", []))}
+        return {"providers_used": list(getattr(self, "providers_used", [])),
+                "ort_provider_options": json.dumps(getattr(self, "provider_options", {}), sort_keys=True),
+                **getattr(self, "build", {})}
 
     def teardown(self) -> None:
         self.binding = self.sess = None

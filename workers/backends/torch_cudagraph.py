@@ -13,7 +13,7 @@ import numpy as np
 
 from workers.backends import register
 from workers.backends.base import Runner
-from workers.backends.torch_eager import TorchOptions, prepare_torch
+from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 
 CAPTURE_WARMUP_ITERS = 3
 
@@ -28,7 +28,7 @@ class TorchCudaGraph(Runner):
     def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
         if device_type != "cuda":
             return "torch-cudagraph needs a CUDA device; skipped rather than run as eager"
-        return super().skip_reason(trial, device_type)
+        return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
         import torch

@@ -15,6 +15,15 @@ class TorchOptions(BackendOptions):
     """Convert the model and 4-D inputs to channels_last (NHWC) memory format."""
 
 
+def layout_skip_reason(trial: dict[str, Any]) -> str | None:
+    """channels_last is a layout of 4-D tensors: asked for on another input, the trial is skipped."""
+    shape = trial["model"]["input_shape"]
+    if trial["options"].get("channels_last") and len(shape) != 3:
+        return (f"channels_last needs 4-D inputs (batch, C, H, W); this model's input is "
+                f"{len(shape) + 1}-D (batch, {', '.join(map(str, shape))})")
+    return None
+
+
 def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
     """The trial's model and input, on the device, in channels_last when asked for 4-D inputs.
 
@@ -34,6 +43,10 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
 class TorchEager(Runner):
     name = "torch-eager"
     Options = TorchOptions
+
+    @classmethod
+    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+        return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
         import torch

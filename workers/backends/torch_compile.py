@@ -1,0 +1,146 @@
+"""torch-compile: the model through ``torch.compile`` (TorchDynamo + Inductor by default).
+
+Compilation happens in ``setup``: the compiled model is called ``COMPILE_CALLS`` times there
+(the first call compiles; with ``mode: reduce-overhead`` the second records the CUDA graph and
+the third replays it), so no compilation is inside the timed part. ``compile_time_s`` is the
+wall time of those calls.
+
+Inductor's cache directory is per node, ``<node cache>/inductor`` (``$INFER_ORCH_CACHE`` or
+``~/.cache/infer-orch``), shared by the trials and runs on that node. ``compile_cache_warm``
+says whether every FX graph Inductor compiled came from that on-disk cache (Dynamo tracing,
+Triton autotuning and CUDA graph recording still happen each time, so a warm compile is faster,
+not free).
+
+Dynamo's state is reset before each trial (so trials don't pile up in one code object's
+recompile limit and fall back to eager) and its counters give:
+
+- ``graph_breaks``: graph breaks while compiling (the model runs as several graphs with Python
+  between them); recorded, not an error, unless ``fullgraph: true`` makes it one.
+- ``recompiles_during_timing``: frames Dynamo compiled after setup, during warm-up or timed
+  iterations. Any makes the trial ``failed``: its samples would include compile time and a
+  different graph than the one set up, so the latency is not published.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import model_validator
+
+from workers.backends import register
+from workers.backends.base import InvalidMeasurement, Runner
+from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
+from workers.models import cache_dir
+
+COMPILE_CALLS = 3
+
+
+class CompileOptions(TorchOptions):
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode; reduce-overhead adds CUDA graphs (cudagraph trees) on the GPU."""
+    dynamic: bool = False
+    """False: shapes are specialised (one batch size per trial, as infer-orch runs them)."""
+    fullgraph: bool = False
+    """True: a graph break is a compile error (the trial fails) instead of a split graph."""
+    backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = "inductor"
+    """torch.compile backend; the others are for debugging (no code generation)."""
+
+    @model_validator(mode="after")
+    def _mode_is_inductors(self) -> CompileOptions:
+        if self.mode != "default" and self.backend != "inductor":
+            raise ValueError(f"mode '{self.mode}' is an inductor mode; backend is '{self.backend}'")
+        return self
+
+
+def use_node_cache() -> str:
+    """Point Inductor (and the Triton kernels it writes) at this node's cache directory."""
+    path = str(cache_dir() / "inductor")
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") != path:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+        try:  # Inductor memoises paths under the old directory
+            from torch._inductor.utils import clear_caches
+
+            clear_caches()
+        except ImportError:  # pragma: no cover - older torch
+            pass
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _first_line(reason: str) -> str:
+    return reason.strip().splitlines()[0][:200] if reason.strip() else ""
+
+
+@register
+class TorchCompile(Runner):
+    name = "torch-compile"
+    Options = CompileOptions
+
+    @classmethod
+    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+        return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
+
+    def setup(self) -> None:
+        import torch
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        self._torch, self._counters = torch, counters
+        o = self.options
+        use_node_cache()
+        torch._dynamo.reset()
+        counters.clear()
+        model, self.x = prepare_torch(self.ctx, o.channels_last)
+        self.model = torch.compile(model, mode=None if o.mode == "default" else o.mode, dynamic=o.dynamic,
+                                   fullgraph=o.fullgraph, backend=o.backend)
+        self.y: Any = None
+        t0 = time.perf_counter()
+        for _ in range(COMPILE_CALLS):
+            self.step()
+        if self.ctx.device == "cuda":
+            torch.cuda.synchronize()
+        self.compile_time_s = time.perf_counter() - t0
+        breaks = counters["graph_break"]
+        self.graph_breaks = int(sum(breaks.values()))
+        self.break_reasons = list(dict.fromkeys(_first_line(r) for r in breaks))
+        ind = counters["inductor"]
+        hits, misses = ind.get("fxgraph_cache_hit", 0), ind.get("fxgraph_cache_miss", 0)
+        # None: nothing went through the FX graph cache (another backend, or caches disabled).
+        self.cache_warm = None if hits + misses == 0 else misses == 0
+        self.frames_after_setup = counters["frames"]["total"]
+
+    def step(self) -> None:
+        with self._torch.inference_mode():
+            if self.ctx.io == "host":
+                self.y = self.model(self.x.to(self.ctx.device)).cpu()
+            else:
+                self.y = self.model(self.x)
+
+    def output(self) -> np.ndarray:
+        return self.y.float().cpu().numpy()
+
+    def extra_columns(self) -> dict[str, Any]:
+        recompiles = int(self._counters["frames"]["total"] - self.frames_after_setup)
+        cols = {
+            "compile_time_s": self.compile_time_s,
+            "compile_cache_warm": self.cache_warm,
+            "graph_breaks": self.graph_breaks,
+            "graph_break_reasons": self.break_reasons,
+            "recompiles_during_timing": recompiles,
+        }
+        if recompiles:
+            raise InvalidMeasurement(
+                f"torch.compile compiled {recompiles} more frame(s) after setup, during warm-up or timing "
+                "(a guard failed: the model's Python state or input properties changed between calls); "
+                "the samples include compile time, latency not published. Try dynamic: true, or make the "
+                "model's forward independent of Python state that changes.", cols)
+        return cols
+
+    def teardown(self) -> None:
+        self.model = self.x = self.y = None
+        torch = getattr(self, "_torch", None)
+        if torch is not None:
+            torch._dynamo.reset()  # frees the compiled code and, with reduce-overhead, the CUDA graph pool
