@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -19,7 +20,8 @@ from orchestrator.errors import InferOrchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
-console = Console()
+# Piped output (CI logs, files) gets a wide table rather than Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 PlanArg = Annotated[Path, typer.Argument(help="YAML plan file.", show_default=False)]
@@ -27,7 +29,7 @@ PlanArg = Annotated[Path, typer.Argument(help="YAML plan file.", show_default=Fa
 
 def _fail(exc: InferOrchError) -> typer.Exit:
     for line in str(exc).splitlines():
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=exc.exit_code)
 
 
@@ -56,7 +58,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]
-        note = (r.get("error") or "")[:80]
+        note = escape((r.get("error") or "")[:80])
         t.add_row(r["model"], r["label"], str(r["batch_size"]), r["dtype"], r["io"],
                   f"[{style.get(s, 'red')}]{s}[/]", _fmt(r.get("latency_ms_median")),
                   _fmt(r.get("latency_ms_p99")), _fmt(r.get("throughput"), ".1f"), note)
@@ -96,7 +98,8 @@ def run(
             progress.advance(task[0])
             if row["status"] == "failed":
                 progress.console.print(f"[red]failed[/] {row['label']} {row['model']} bs={row['batch_size']} "
-                                       f"{row['dtype']} {row['io']}: {row.get('error')}", highlight=False)
+                                       f"{row['dtype']} {row['io']}: {escape(str(row.get('error')))}",
+                                       highlight=False)
 
         try:
             result = run_plan(plan, out=out, address=address, workers=workers, on_start=on_start, on_row=on_row)
@@ -141,7 +144,7 @@ def backends(
     t.add_column("dtypes (cuda / cpu)")
     t.add_column("note")
     for b in info["backends"]:
-        t.add_row(b["name"], "yes" if b["available"] else "[red]no[/]", b["dtypes"], b["note"])
+        t.add_row(b["name"], "yes" if b["available"] else "[red]no[/]", b["dtypes"], escape(b["note"]))
     console.print(t)
     n = Table(title="Nodes", title_justify="left")
     for col in ("node", "CPUs", "GPUs", "GPU models"):

@@ -58,7 +58,7 @@ def test_bad_plan_exits_2_with_located_message_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("plan", ["plans/quickstart.yaml", "plans/t4.yaml", "plans/h100.yaml"])
+@pytest.mark.parametrize("plan", ["plans/quickstart.yaml", "plans/t4.yaml", "plans/h100.yaml", "plans/multigpu.yaml"])
 def test_shipped_plans_validate(plan):
     proc = infer_orch("validate", plan)
     assert proc.returncode == 0, proc.stderr
