@@ -46,6 +46,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
     trials = []
     m = plan.matrix
     measure = plan.measure.model_dump(mode="json")
+    parity = plan.parity.model_dump(mode="json")
     for model, bs, dtype, entry in itertools.product(plan.models, m.batch_sizes, m.dtypes, m.backends):
         for io in entry.io or m.io:
             trial = {
@@ -60,6 +61,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
                 "device": plan.device,
                 "accelerator_type": plan.accelerator_type,
                 "measure": measure,
+                "parity": parity,
                 "seed": plan.seed,
             }
             if any(rule.matches(trial) for rule in m.exclude):
