@@ -161,6 +161,11 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     return sorted(pids)[1:] if pids else []
 
 
+#: The per-trial NVML columns (null on a CPU trial or without NVML).
+GPU_COLUMNS = tuple(f"gpu_{k}_{when}" for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")
+                    for when in ("start", "end")) + ("contended", "gpu_other_pids")
+
+
 class GpuWatch:
     """NVML facts at the start and end of a trial's timing, and the contention check."""
 

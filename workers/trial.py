@@ -136,10 +136,11 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu:
         timer = CudaTimer() if on_gpu else HostTimer()
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
         samples = measure(runner.step, timer, **m)
-        gpu = watch.finish() if watch else {}
+        gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
         copies = _copy_times(runner_cls, ctx, output) if on_gpu and first else {}
+        copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
         peak = mem.peak()  # before teardown: ORT's arena is freed with its session
     finally:
         runner.teardown()
