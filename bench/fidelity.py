@@ -95,32 +95,45 @@ def ratios(cfg: dict[str, Any], store: Any, log: Any) -> list[dict[str, Any]]:
                 if time.perf_counter() - started > RATIO_BUDGET_S:
                     log(f"{variant} b{batch} {dtype}: not run, past the {RATIO_BUDGET_S} s budget")
                     continue
-                trial = make_trial(cfg, variant, batch, dtype)
-                t0 = time.perf_counter()
-                if variant.startswith("ort"):
-                    onnx_export(store, trial["model"], batch, dtype)  # the export is neither side's time
-                step, cleanup = hand.make_step(variant, store, trial["model"], batch, dtype, device, trial["seed"])
-                # hand, infer-orch, hand: drift within the process (clocks, the VM's neighbours) hits both
-                before = hand.median(hand.time_loop(step, device, **cfg["hand"]))
-                t1 = time.perf_counter()
-                row = run_trial(trial, device, store)
-                t2 = time.perf_counter()
-                after = hand.median(hand.time_loop(step, device, **cfg["hand"]))
-                hand_ms = (before + after) / 2
-                cleanup()
-                del step
-                _free(device)
-                ours = row.get("latency_ms_median")
-                rec = {"variant": variant, "batch": batch, "dtype": dtype, "status": row["status"],
-                       "hand_ms": hand_ms, "infer_orch_ms": ours, "ratio": ours / hand_ms if ours else None,
-                       "iters": row.get("iters"), "converged": row.get("converged"),
-                       "ci_rel": _ci_rel(row), "parity_max_rel_err": row.get("parity_max_rel_err"),
-                       "hand_ms_before": before, "hand_ms_after": after, "error": row.get("error"),
-                       "trial_s": t2 - t1, "case_s": time.perf_counter() - t0}
+                try:
+                    rec = _case(cfg, store, variant, batch, dtype, onnx_export, run_trial)
+                except Exception as exc:  # a broken case is a result too; the others still run
+                    rec = {"variant": variant, "batch": batch, "dtype": dtype, "status": "bench_error",
+                           "hand_ms": None, "infer_orch_ms": None, "ratio": None,
+                           "error": f"{type(exc).__name__}: {exc}"}
+                    _free(device)
                 out.append(rec)
-                log(f"{variant:17s} b{batch:<4d} {dtype}: hand {hand_ms:9.4f} ms  infer-orch "
-                    f"{ours if ours is None else round(ours, 4)} ms  ratio {_fmt(rec['ratio'])}  {row['status']}")
+                log(f"{variant:17s} b{batch:<4d} {dtype}: hand {_fmt(rec['hand_ms'], '.4f')} ms  infer-orch "
+                    f"{_fmt(rec['infer_orch_ms'], '.4f')} ms  ratio {_fmt(rec['ratio'])}  {rec['status']}"
+                    + (f"  {rec['error']}" if rec.get("error") else ""))
     return out
+
+
+def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str, onnx_export: Any,
+          run_trial: Any) -> dict[str, Any]:
+    device = cfg["device"]
+    trial = make_trial(cfg, variant, batch, dtype)
+    t0 = time.perf_counter()
+    if variant.startswith("ort"):
+        onnx_export(store, trial["model"], batch, dtype)  # the export is neither side's time
+    step, cleanup = hand.make_step(variant, store, trial["model"], batch, dtype, device, trial["seed"])
+    # hand, infer-orch, hand: drift within the process (clocks, the VM's neighbours) hits both alike
+    before = hand.median(hand.time_loop(step, device, **cfg["hand"]))
+    t1 = time.perf_counter()
+    row = run_trial(trial, device, store)
+    t2 = time.perf_counter()
+    after = hand.median(hand.time_loop(step, device, **cfg["hand"]))
+    hand_ms = (before + after) / 2
+    cleanup()
+    del step
+    _free(device)
+    ours = row.get("latency_ms_median")
+    return {"variant": variant, "batch": batch, "dtype": dtype, "status": row["status"],
+            "hand_ms": hand_ms, "infer_orch_ms": ours, "ratio": ours / hand_ms if ours else None,
+            "iters": row.get("iters"), "converged": row.get("converged"),
+            "ci_rel": _ci_rel(row), "parity_max_rel_err": row.get("parity_max_rel_err"),
+            "hand_ms_before": before, "hand_ms_after": after, "error": row.get("error"),
+            "trial_s": t2 - t1, "case_s": time.perf_counter() - t0}
 
 
 def _ci_rel(row: dict[str, Any]) -> float | None:
@@ -250,15 +263,21 @@ def table(res: dict[str, Any]) -> str:
              f"{'variant':17s} {'batch':>5s} {'dtype':5s} {'hand ms':>10s} {'ours ms':>10s} {'ratio':>6s}  ok?"]
     for r in res["ratios"]:
         ok = r["ratio"] is not None and abs(r["ratio"] - 1) <= 0.02
-        lines.append(f"{r['variant']:17s} {r['batch']:5d} {r['dtype']:5s} {r['hand_ms']:10.4f} "
+        lines.append(f"{r['variant']:17s} {r['batch']:5d} {r['dtype']:5s} {_fmt(r['hand_ms'], '10.4f'):>10s} "
                      f"{_fmt(r['infer_orch_ms'], '10.4f'):>10s} {_fmt(r['ratio']):>6s}  "
                      f"{'yes' if ok else 'NO ' + (r['status'] if r['status'] != 'ok' else '')}")
     o = res["overhead"]
-    lines.append(f"harness overhead ({o['variant']}, tiny model, step {o['step_device_us']:.1f} us device): "
-                 f"{o['overhead_us']:.2f} us/iter (goal <= 5)")
+    if "error" in o:
+        lines.append(f"harness overhead: failed: {o['error']}")
+    else:
+        lines.append(f"harness overhead ({o['variant']}, tiny model, step {o['step_device_us']:.1f} us device): "
+                     f"{o['overhead_us']:.2f} us/iter (goal <= 5)")
     p = res["repro"]
-    lines.append(f"reproducibility ({p['variant']} b{p['batch']} {p['dtype']}, {p['runs']} fresh processes): "
-                 f"CV of medians {100 * p['cv']:.2f}% (goal <= 1%)")
+    if "error" in p:
+        lines.append(f"reproducibility: failed: {p['error']}")
+    else:
+        lines.append(f"reproducibility ({p['variant']} b{p['batch']} {p['dtype']}, {p['runs']} fresh processes): "
+                     f"CV of medians {100 * p['cv']:.2f}% (goal <= 1%)")
     return "\n".join(lines)
 
 
@@ -290,12 +309,16 @@ def main() -> None:
     res: dict[str, Any] = {"device": cfg["device"], "device_name": env.get("device_name"), "environment": env,
                            "config": cfg}
     res["ratios"] = ratios(cfg, store, log)
-    res["overhead"] = overhead(cfg, store)
-    res["repro"] = repro(cfg, log)
+    for key, fn in (("overhead", lambda: overhead(cfg, store)), ("repro", lambda: repro(cfg, log))):
+        try:
+            res[key] = fn()
+        except Exception as exc:
+            res[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"{key} failed: {res[key]['error']}")
     res["total_s"] = time.perf_counter() - t0
     (out / "fidelity.json").write_text(json.dumps(res, indent=2, default=str))
     with open(out / "fidelity.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(res["ratios"][0]))
+        w = csv.DictWriter(f, fieldnames=list(max(res["ratios"], key=len)), extrasaction="ignore")
         w.writeheader()
         w.writerows(res["ratios"])
     print(table(res))

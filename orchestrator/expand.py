@@ -5,6 +5,7 @@ everything that decides what is measured: the model (kind, reference, input shap
 file by its content), the backend and its resolved options, batch size, dtype, io, the plan's
 device setting, the measurement settings and the seed. The plan's name and the entry's label
 are not part of it, so renaming either keeps the ids, and the same trial in two plans matches.
+Nor is the ``parity`` section: it judges the output, it doesn't change what is measured.
 """
 
 from __future__ import annotations

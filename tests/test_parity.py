@@ -174,3 +174,58 @@ def test_on_cuda_every_backend_passes_parity_and_rows_carry_gpu_facts():
     host = [r for r in rows if r["label"] == "eager-host"]
     assert host and all(r["copy_in_ms"] > 0 and r["copy_out_ms"] > 0 for r in host)
     assert all(r["copy_in_ms"] is None for r in rows if r["label"] == "torch-eager")
+
+
+class FakeNvml:
+    """NVML as seen from a GPU shared with ``pids`` (fault injection: no GPU here)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return uuid
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(pid=p) for p in self.pids]
+
+    def nvmlDeviceGetClockInfo(self, h, which):
+        return 1980 if which == 1 else 2619
+
+    def nvmlDeviceGetTemperature(self, h, which):
+        return 41
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 123_456
+
+
+@pytest.mark.parametrize("pids, contended, others", [
+    ("me", False, []),                 # only us on the GPU
+    ("me+1", True, [1]),               # another process too
+    ([4242], False, []),               # in a container: one host PID, taken to be us
+    ([4242, 4343], True, [4343]),      # in a container: two processes, so someone else is there
+])
+def test_a_gpu_shared_with_another_process_is_flagged_contended(monkeypatch, pids, contended, others):
+    import os
+
+    from workers import envinfo
+
+    me = os.getpid()
+    pids = {"me": [me], "me+1": [me, 1]}[pids] if isinstance(pids, str) else pids
+    monkeypatch.setattr(envinfo, "_nvml", lambda: FakeNvml(pids))
+    watch = envinfo.GpuWatch("GPU-x")
+    cols = watch.finish()
+    assert cols["contended"] is contended and cols["gpu_other_pids"] == others
+    assert cols["gpu_sm_clock_mhz_start"] == 1980 and cols["gpu_power_w_end"] == pytest.approx(123.456)
+    assert set(cols) == set(envinfo.GPU_COLUMNS)
+
+
+def test_without_nvml_the_gpu_columns_are_null(monkeypatch):
+    from workers import envinfo
+
+    monkeypatch.setattr(envinfo, "_nvml", lambda: None)
+    cols = envinfo.GpuWatch("GPU-x").finish()
+    assert cols == dict.fromkeys(envinfo.GPU_COLUMNS)
