@@ -111,7 +111,7 @@ def test_every_backend_on_cuda():
                                     {"backend": "ort", "label": "ort-bind", "options": {"io_binding": True}},
                                     {"backend": "ort", "label": "ort-graph",
                                      "options": {"io_binding": True, "cuda_graph": True}}]},
-            "measure": {"warmup_iters": 5, "iters": 20}}
+            "measure": {"warmup_iters": 5, "iters": 20, "warmup_max_s": 1, "max_time_s": 2}}
     store = ModelStore()
     rows = [run_trial(t, "cuda", store) for t in expand(parse_plan(data))]
     for r in rows:

@@ -154,9 +154,9 @@ def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[
     """For ``io: host`` on runners that do the copies themselves (torch runners, ORT with IO
     binding): the host->device copy of the input and device->host copy of the output, timed
     alone. ORT's ``session.run`` copies inside ORT, where they can't be timed apart."""
-    if ctx.io != "host" or runner_cls.modelless:
-        return {}
-    if runner_cls.name == "ort" and not ctx.trial["options"].get("io_binding"):
+    torch_runner = runner_cls.name.startswith("torch")
+    bound_ort = runner_cls.name == "ort" and ctx.trial["options"].get("io_binding")
+    if ctx.io != "host" or not (torch_runner or bound_ort):
         return {}
     import torch
 
