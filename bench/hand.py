@@ -37,9 +37,10 @@ def make_step(variant: str, store: Any, spec: dict[str, Any], batch: int, dtype:
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(g):
-            model(x)
+            y = model(x)
         torch.cuda.synchronize()
-        return g.replay, lambda: None
+        alive = [model, x, y]  # the graph reads and writes these addresses on every replay
+        return g.replay, alive.clear
 
     import onnxruntime as ort
 
