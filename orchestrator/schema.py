@@ -74,8 +74,8 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("latency_ms_iqr", _F64, "interquartile range p75 - p25 (linear interpolation), ms"),
     ("latency_ms_p50", _F64, "50th percentile (= the median), ms"),
     ("latency_ms_p95", _F64, "95th percentile (linear interpolation), ms"),
-    ("latency_ms_ci_low", _F64, "95% CI of the median, low end: percentile bootstrap, 1000 resamples, "
-                                "seeded with the plan's seed, ms"),
+    ("latency_ms_ci_low", _F64, "95% CI of the median, low end: percentile bootstrap, 1000 resamples seeded "
+                                "with the plan's seed (order statistics above 100,000 samples), ms"),
     ("latency_ms_ci_high", _F64, "95% CI of the median, high end, ms"),
     ("outliers", _I64, "samples outside Tukey's fences (Q1 - 1.5 IQR, Q3 + 1.5 IQR)"),
     ("launch_overhead_ms", _F64, "host_ms_median - latency_ms_median: launch and synchronisation cost on "

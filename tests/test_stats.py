@@ -143,3 +143,10 @@ def test_warm_up_runs_windows_until_the_latency_is_steady():
     # warmup_max_iters = warmup_iters (or left out): a fixed warm-up
     _, out = run(lambda i: 1.0 + 4.0 * math.exp(-i / 10), warmup_max_iters=10)
     assert out.warmup_iters == 10
+
+
+def test_very_large_rows_use_the_order_statistic_interval():
+    a = np.random.default_rng(3).normal(5.0, 0.5, stats.BOOTSTRAP_MAX_N + 1)
+    s = stats.latency_stats(a, 1)
+    assert (s["latency_ms_ci_low"], s["latency_ms_ci_high"]) == stats.median_ci_distribution_free(np.sort(a))
+    assert s["latency_ms_ci_low"] < 5.0 < s["latency_ms_ci_high"]
