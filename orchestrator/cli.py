@@ -48,6 +48,16 @@ def trial_table(trials: list[dict[str, Any]], title: str) -> Table:
     return t
 
 
+def _caveats(row: dict[str, Any]) -> str:
+    """What makes an ok row's numbers less trustworthy, in a few words."""
+    notes = []
+    if row.get("converged") is False:
+        notes.append("CI target not met")
+    if row.get("contended"):
+        notes.append("GPU shared with another process")
+    return "; ".join(notes)
+
+
 def summary_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="Results", title_justify="left")
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"),
@@ -58,7 +68,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]
-        note = escape((r.get("error") or "")[:80])
+        note = escape((r.get("error") or _caveats(r))[:80])
         t.add_row(r["model"], r["label"], str(r["batch_size"]), r["dtype"], r["io"],
                   f"[{style.get(s, 'red')}]{s}[/]", _fmt(r.get("latency_ms_median")),
                   _fmt(r.get("latency_ms_p99")), _fmt(r.get("throughput"), ".1f"), note)

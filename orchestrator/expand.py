@@ -5,6 +5,7 @@ everything that decides what is measured: the model (kind, reference, input shap
 file by its content), the backend and its resolved options, batch size, dtype, io, the plan's
 device setting, the measurement settings and the seed. The plan's name and the entry's label
 are not part of it, so renaming either keeps the ids, and the same trial in two plans matches.
+Nor is the ``parity`` section: it judges the output, it doesn't change what is measured.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
     trials = []
     m = plan.matrix
     measure = plan.measure.model_dump(mode="json")
+    parity = plan.parity.model_dump(mode="json")
     for model, bs, dtype, entry in itertools.product(plan.models, m.batch_sizes, m.dtypes, m.backends):
         for io in entry.io or m.io:
             trial = {
@@ -60,6 +62,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
                 "device": plan.device,
                 "accelerator_type": plan.accelerator_type,
                 "measure": measure,
+                "parity": parity,
                 "seed": plan.seed,
             }
             if any(rule.matches(trial) for rule in m.exclude):

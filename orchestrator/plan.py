@@ -30,10 +30,20 @@ A plan, all keys shown::
       exclude:
         - {backend: ort, dtype: bf16}
     measure:
-      warmup_iters: 10
+      warmup_iters: 10           # untimed iterations first, then windows until steady:
+      warmup_window: 10          #   iterations per warm-up window
+      warmup_rel_tol: 0.02       #   steady = two consecutive windows' medians within 2%
+      warmup_max_iters: 1000     #   cap (= warmup_iters: a fixed warm-up)
+      warmup_max_s: 10           #   time cap
       iters: 50                  # at least this many timed iterations...
-      min_time_s: 0              # ...and at least this long
+      min_time_s: 0              # ...and at least this long...
+      target_rel_ci: 0.01        # ...and the 95% CI of the median within 1% of it (null: don't wait)
       max_time_s: 60             # but never longer than this
+      max_iters: 20000           # nor more iterations than this
+      repeats: 1                 # measure N times, a fresh runner each time
+    parity:
+      check: true                # compare each output with torch eager fp32 on the same device
+      tolerance: {fp32: 0.01, fp16: 0.1, bf16: 0.25}  # max |y - ref| / max |ref|
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
 from workers.config import StrictModel
+from workers.parity import DEFAULT_TOLERANCE
 
 Dtype = Literal["fp32", "fp16", "bf16"]
 Io = Literal["device", "host"]
@@ -81,16 +92,49 @@ class ModelSpec(Strict):
 
 
 class MeasureSpec(Strict):
+    """How each trial is timed (``workers.timing.measure`` documents the policy)."""
+
     warmup_iters: int = Field(10, ge=0)
+    warmup_window: int = Field(10, ge=1)
+    warmup_rel_tol: float = Field(0.02, gt=0)
+    warmup_max_iters: int = Field(1000, ge=0)
+    warmup_max_s: float = Field(10.0, ge=0)
     iters: int = Field(50, ge=1)
     min_time_s: float = Field(0.0, ge=0)
+    target_rel_ci: float | None = Field(0.01, gt=0, lt=1)
     max_time_s: float = Field(60.0, gt=0)
+    max_iters: int = Field(20_000, ge=1)
+    repeats: int = Field(1, ge=1, le=100)
 
     @model_validator(mode="after")
     def _bounds(self) -> MeasureSpec:
         if self.min_time_s > self.max_time_s:
             raise ValueError(f"min_time_s ({self.min_time_s}) is larger than max_time_s ({self.max_time_s})")
+        if self.iters > self.max_iters:
+            raise ValueError(f"iters ({self.iters}) is larger than max_iters ({self.max_iters})")
+        if self.warmup_max_iters < self.warmup_iters:
+            raise ValueError(
+                f"warmup_max_iters ({self.warmup_max_iters}) is smaller than warmup_iters ({self.warmup_iters}); "
+                "set them equal for a fixed warm-up"
+            )
         return self
+
+
+#: Default parity tolerances: max |y - ref| / max |ref| against torch eager fp32 on the same device.
+PARITY_TOLERANCE = DEFAULT_TOLERANCE
+
+
+class ParityTolerance(Strict):
+    fp32: float = Field(PARITY_TOLERANCE["fp32"], gt=0)
+    fp16: float = Field(PARITY_TOLERANCE["fp16"], gt=0)
+    bf16: float = Field(PARITY_TOLERANCE["bf16"], gt=0)
+
+
+class ParitySpec(Strict):
+    """Each trial's output against a torch eager fp32 reference (``workers.parity``)."""
+
+    check: bool = True
+    tolerance: ParityTolerance = Field(default_factory=ParityTolerance)
 
 
 class ExcludeRule(Strict):
@@ -162,6 +206,7 @@ class Plan(Strict):
     )
     matrix: Matrix
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    parity: ParitySpec = Field(default_factory=ParitySpec)
 
 
 def _parse_backends(raw: Any) -> Any:

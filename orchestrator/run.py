@@ -48,6 +48,15 @@ def resolved_yaml(plan: Plan) -> str:
     return yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
 
 
+def _environment(pool: list[Any]) -> dict[str, Any]:
+    """The driver's and every worker's environment (versions, hosts, GPUs), for the metadata."""
+    import ray
+
+    from workers.envinfo import environment
+
+    return {"driver": environment("cpu"), "workers": ray.get([a.environment.remote() for a, _ in pool])}
+
+
 def run_plan(
     plan_path: str | Path,
     *,
@@ -78,7 +87,8 @@ def run_plan(
         run_id = f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool])
         sink = ResultSink(out_dir, run_id, resolved_yaml(plan),
-                          metadata={"plan": plan.model_dump(mode="json"), "device": device})
+                          metadata={"plan": plan.model_dump(mode="json"), "device": device,
+                                    "environment": _environment(pool)})
         if on_start:
             on_start(len(trials), result.workers, device)
 

@@ -39,7 +39,7 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("status", _STR, "ok, skipped, failed, parity_failed (NaN/Inf or wrong output), timeout or oom"),
     ("error", _STR, "why the trial failed or was skipped"),
     ("traceback", _STR, "tail of the traceback of a failed trial"),
-    ("warmup_iters", _I64, "warm-up iterations run before timing"),
+    ("warmup_iters", _I64, "warm-up iterations run before timing (adaptive: until steady; all repeats)"),
     ("iters", _I64, "timed iterations"),
     ("latency_ms_median", _F64, "median latency per inference, ms (device clock on GPUs)"),
     ("latency_ms_mean", _F64, "mean latency, ms"),
@@ -53,7 +53,7 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
                                  "used memory growth for backends with their own allocator (ORT)"),
     ("samples_ms", pa.list_(_F64), "every timed iteration's latency, ms"),
     ("host_samples_ms", pa.list_(_F64), "every timed iteration's host wall time, ms"),
-    ("hit_max_time", _BOOL, "timing stopped at measure.max_time_s before reaching measure.iters"),
+    ("hit_max_time", _BOOL, "timing stopped at measure.max_time_s, before measure.iters or the CI target was met"),
     ("setup_s", _F64, "seconds spent building the runner (model copy, export, session, capture)"),
     ("export_cached", _BOOL, "ORT: the ONNX export came from this node's cache"),
     ("providers_used", pa.list_(_STR), "ORT: the session's providers, as ORT reports them"),
@@ -66,7 +66,48 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
 ]
 
 #: Statistics, parity and environment columns (measurement fidelity).
-_STATS: list[tuple[str, pa.DataType, str]] = []
+_STATS: list[tuple[str, pa.DataType, str]] = [
+    ("converged", _BOOL, "timing stopped because the 95% CI of the median was within measure.target_rel_ci "
+                         "(with min iters and time met); false: it stopped at max_time_s or max_iters"),
+    ("latency_ms_std", _F64, "sample standard deviation of the latency (ddof=1), ms"),
+    ("latency_ms_cv", _F64, "coefficient of variation: std / mean"),
+    ("latency_ms_iqr", _F64, "interquartile range p75 - p25 (linear interpolation), ms"),
+    ("latency_ms_p50", _F64, "50th percentile (= the median), ms"),
+    ("latency_ms_p95", _F64, "95th percentile (linear interpolation), ms"),
+    ("latency_ms_ci_low", _F64, "95% CI of the median, low end: percentile bootstrap, 1000 resamples seeded "
+                                "with the plan's seed (order statistics above 100,000 samples), ms"),
+    ("latency_ms_ci_high", _F64, "95% CI of the median, high end, ms"),
+    ("outliers", _I64, "samples outside Tukey's fences (Q1 - 1.5 IQR, Q3 + 1.5 IQR)"),
+    ("launch_overhead_ms", _F64, "host_ms_median - latency_ms_median: launch and synchronisation cost on "
+                                 "the host beyond the device time (0 on CPU)"),
+    ("copy_in_ms", _F64, "io: host on a GPU, torch runners and ORT with IO binding: median device time of "
+                         "the input's host->device copy, timed alone in a separate loop"),
+    ("copy_out_ms", _F64, "like copy_in_ms, for the output's device->host copy"),
+    ("repeats", _I64, "times the trial was measured, each with a fresh runner (samples_ms holds them all)"),
+    ("repeat_medians_ms", pa.list_(_F64), "the median latency of each repeat, ms"),
+    ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
+    ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device); "
+                               "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
+    ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),
+    ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
+    ("parity_tolerance", _F64, "the largest parity_max_rel_err allowed for this dtype (plan's parity.tolerance)"),
+    ("cpu_model", _STR, "CPU model of the node"),
+    ("cudnn_version", _STR, "cuDNN version torch uses"),
+    ("onnx_version", _STR, "onnx.__version__ on the worker"),
+    ("ray_version", _STR, "ray.__version__ on the worker"),
+    ("python_version", _STR, "Python version on the worker"),
+    ("gpu_sm_clock_mhz_start", _F64, "NVML: SM clock when timing started, MHz"),
+    ("gpu_sm_clock_mhz_end", _F64, "NVML: SM clock when timing ended, MHz"),
+    ("gpu_mem_clock_mhz_start", _F64, "NVML: memory clock when timing started, MHz"),
+    ("gpu_mem_clock_mhz_end", _F64, "NVML: memory clock when timing ended, MHz"),
+    ("gpu_temp_c_start", _F64, "NVML: GPU temperature when timing started, C"),
+    ("gpu_temp_c_end", _F64, "NVML: GPU temperature when timing ended, C"),
+    ("gpu_power_w_start", _F64, "NVML: power draw when timing started, W"),
+    ("gpu_power_w_end", _F64, "NVML: power draw when timing ended, W"),
+    ("contended", _BOOL, "another process had a compute context on this GPU when timing started or ended "
+                         "(NVML); null without NVML"),
+    ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
+]
 
 #: Fault handling: attempts, timeouts, out-of-memory.
 _FAULTS: list[tuple[str, pa.DataType, str]] = []

@@ -49,6 +49,8 @@ def test_run_writes_a_parquet_dataset_with_one_schema(ray_gpus, write_plan, tmp_
         assert schema.remove_metadata().equals(SCHEMA.remove_metadata())
         assert schema.metadata[b"infer_orch.schema_version"] == b"1"
         assert json.loads(schema.metadata[b"infer_orch.plan"])["name"] == "spread"
+        env = json.loads(schema.metadata[b"infer_orch.environment"])
+        assert len(env["workers"]) == 4 and env["driver"]["torch_version"] and env["driver"]["cpu_model"]
     table = pq.read_table(out)
     assert table.num_rows == 8 and set(table.column("run_id").to_pylist()) == {result.run_id}
     assert (out / "_plan.yaml").is_file() and json.loads((out / "_run.json").read_text())["counts"] == {"ok": 8}

@@ -39,6 +39,12 @@ class Worker:
             info["device_name"] = torch.cuda.get_device_name()
         return info
 
+    def environment(self) -> dict[str, Any]:
+        """This worker's versions, host and device (the run's Parquet metadata holds them)."""
+        from workers.envinfo import environment
+
+        return {"worker": self.name, **environment(self.device if self.cuda_ok else "cpu")}
+
     def run(self, trial: dict[str, Any]) -> dict[str, Any]:
         row = run_trial(trial, self.device, self.store, self.cpus, cuda_ok=self.cuda_ok)
         row["worker"] = self.name

@@ -6,6 +6,13 @@ ONNX file's path; ``input_shape`` the per-sample shape.
 
 Torch models are built on the CPU in fp32 with a fixed seed (no hub downloads: torchvision
 models get ``weights=None``), cached by the actor, and copied to the trial's device and dtype.
+
+Random weights alone make some networks' activations grow layer after layer until fp16
+overflows (MobileNetV3-Large gives NaN in fp16 on an H100). So after building a torchvision
+model, its BatchNorm running statistics are re-estimated on one seeded random batch (the same
+distribution as the trial inputs: standard normal): every BatchNorm then normalises its input
+to about unit scale, as trained weights do, and every shipped model stays finite in fp16 and
+bf16 (tests/test_parity.py checks it).
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+#: Bumped whenever the weights a spec builds to change (part of the export cache key).
+BUILD_VERSION = 2
+#: Samples in the batch that re-estimates BatchNorm statistics.
+CALIBRATION_BATCH = 8
 
 
 def torch_dtype(name: str) -> Any:
@@ -42,6 +53,7 @@ def build_torch_model(spec: dict[str, Any], seed: int) -> Any:
         import torchvision
 
         model = torchvision.models.get_model(spec["ref"], weights=None)
+        calibrate_batchnorm(model, spec, seed)
     elif spec["kind"] == "python":
         module_name, _, attr = spec["ref"].partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
@@ -51,6 +63,26 @@ def build_torch_model(spec: dict[str, Any], seed: int) -> Any:
     else:
         raise ValueError(f"a model of kind {spec['kind']!r} has no torch form")
     return model.eval()
+
+
+def calibrate_batchnorm(model: Any, spec: dict[str, Any], seed: int) -> None:
+    """Re-estimate every BatchNorm's running mean/var on one seeded standard-normal batch."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: one batch sets the statistics exactly
+    gen = torch.Generator().manual_seed(seed + 2)
+    x = torch.randn((CALIBRATION_BATCH, *spec["input_shape"]), generator=gen)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
 
 
 class ModelStore:
@@ -63,6 +95,7 @@ class ModelStore:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._cache: dict[str, Any] = {}
+        self._refs: dict[Any, Any] = {}
 
     def holds(self, spec: dict[str, Any]) -> bool:
         return model_key(spec) in self._cache
@@ -72,12 +105,21 @@ class ModelStore:
         if key not in self._cache:
             # One model at a time: an actor that moves to another model drops the old one.
             self._cache.clear()
+            self._refs.clear()
             self._cache[key] = build_torch_model(spec, self.seed)
         return self._cache[key]
 
     def torch_model(self, spec: dict[str, Any], device: str, dtype: str) -> Any:
         model = copy.deepcopy(self.base_model(spec))
         return model.to(device=device, dtype=torch_dtype(dtype))
+
+    def reference(self, spec: dict[str, Any], key: Any, compute: Any) -> Any:
+        """The parity reference output for ``spec`` under ``key``; ``compute()`` makes it once."""
+        self.base_model(spec)  # a change of model drops the old model's references too
+        full = (model_key(spec), key)
+        if full not in self._refs:
+            self._refs[full] = compute()
+        return self._refs[full]
 
 
 def cache_dir() -> Path:
@@ -109,7 +151,7 @@ def onnx_export(
         return Path(spec["ref"]), True
     key = hashlib.sha256(
         json.dumps(
-            [model_key(spec), store.seed, batch_size, dtype, exporter, opset, torch.__version__],
+            [model_key(spec), store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]

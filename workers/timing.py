@@ -1,22 +1,31 @@
 """The timing loop and its clocks.
 
-Policy, in the order it runs::
+Policy, in the order it runs (``measure``)::
 
-    for i in range(warmup_iters):         # cuDNN autotuning, lazy allocation, clock ramp-up
-        step()
+    run warmup_iters iterations                        # at least this many, untimed
+    while warm-up is not steady:                       # cuDNN autotuning, lazy allocation, clock ramp-up
+        time one window of warmup_window iterations
+        steady = |median(window) - median(previous window)| <= warmup_rel_tol * median(previous)
+        stop at warmup_max_iters or warmup_max_s (the row's warmup_iters says how many were run)
     synchronize()
     while True:
-        device_ms, host_ms = timer.time(step)   # one timed iteration
-        keep both
-        if n >= iters and elapsed >= min_time_s: break
-        if elapsed >= max_time_s: break          # a bound on slow trials; the row says so
+        device_ms, host_ms = timer.time(step)          # one timed iteration; keep both
+        enough = n >= iters and elapsed >= min_time_s
+        if enough and (target_rel_ci is None or ci95(median) <= target_rel_ci * median):
+            converged; break
+        if elapsed >= max_time_s or n >= max_iters:    # a bound on slow or noisy trials; the row says so
+            break
 
-Each timed iteration on the GPU records a CUDA event before and after ``step`` on the
-current stream, then synchronizes on the end event before reading the host clock, so the
-device time comes from the events and the host time includes the whole launch. Iterations are
-not pipelined into each other: every sample is the latency of one inference.
+The confidence interval used to stop is the distribution-free order-statistic interval of the
+median (``workers.stats.median_ci_distribution_free``); it is evaluated every ~10% more samples,
+between timed iterations, so checking costs the samples nothing.
 
-The timer is a seam (as in ``torch.utils.benchmark``): tests pass a fake with known samples.
+Each timed iteration on the GPU records a CUDA event before and after ``step`` on the current
+stream, then synchronizes on the end event before reading the host clock: the device time comes
+from the events, the host time includes the whole launch. Iterations are not pipelined into each
+other: every sample is the latency of one inference.
+
+The timer and the clock are seams (as in ``torch.utils.benchmark``): tests pass fakes.
 """
 
 from __future__ import annotations
@@ -24,7 +33,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
+
+from workers.stats import relative_ci
 
 
 class Timer(Protocol):
@@ -78,6 +91,30 @@ class Samples:
     device_ms: list[float] = field(default_factory=list)
     host_ms: list[float] = field(default_factory=list)
     hit_max_time: bool = False
+    converged: bool = False
+
+
+def _steady(prev: list[float], cur: list[float], rel_tol: float) -> bool:
+    a, b = float(np.median(prev)), float(np.median(cur))
+    return a > 0 and abs(b - a) <= rel_tol * a
+
+
+def warm_up(step: Callable[[], None], timer: Timer, *, warmup_iters: int, warmup_window: int,
+            warmup_rel_tol: float, warmup_max_iters: int, warmup_max_s: float,
+            clock: Callable[[], float]) -> int:
+    """Run the warm-up policy; return the iterations it ran."""
+    t0 = clock()
+    for _ in range(warmup_iters):
+        step()
+    done = warmup_iters
+    prev: list[float] | None = None
+    while done + warmup_window <= warmup_max_iters and clock() - t0 < warmup_max_s:
+        cur = [timer.time(step)[0] for _ in range(warmup_window)]
+        done += warmup_window
+        if prev is not None and _steady(prev, cur, warmup_rel_tol):
+            break
+        prev = cur
+    return done
 
 
 def measure(
@@ -88,22 +125,64 @@ def measure(
     iters: int,
     min_time_s: float = 0.0,
     max_time_s: float = 60.0,
+    warmup_window: int = 10,
+    warmup_rel_tol: float = 0.02,
+    warmup_max_iters: int | None = None,
+    warmup_max_s: float = 10.0,
+    target_rel_ci: float | None = 0.01,
+    max_iters: int = 20_000,
     clock: Callable[[], float] = time.perf_counter,
+    **_ignored: Any,
 ) -> Samples:
-    """Warm up, then time ``step`` until ``iters`` and ``min_time_s`` are both met."""
-    for _ in range(warmup_iters):
-        step()
+    """Warm up until steady, then time ``step`` until the answer is stable (see the module doc).
+
+    ``warmup_max_iters`` defaults to ``warmup_iters`` (a fixed warm-up); set it higher to let
+    the warm-up run windows until steady. Unknown keywords (the plan's ``repeats``) are ignored,
+    so a plan's ``measure`` mapping can be passed as it is.
+    """
+    cap = warmup_iters if warmup_max_iters is None else max(warmup_iters, warmup_max_iters)
+    used = warm_up(step, timer, warmup_iters=warmup_iters, warmup_window=max(1, warmup_window),
+                   warmup_rel_tol=warmup_rel_tol, warmup_max_iters=cap, warmup_max_s=warmup_max_s, clock=clock)
     timer.synchronize()
-    out = Samples(warmup_iters=warmup_iters)
+    out = Samples(warmup_iters=used)
+    dev_ms, host_ms = out.device_ms, out.host_ms
+    next_check = max(iters, 10)
     t_start = clock()
     while True:
         dev, host = timer.time(step)
-        out.device_ms.append(dev)
-        out.host_ms.append(host)
+        dev_ms.append(dev)
+        host_ms.append(host)
+        n = len(dev_ms)
         elapsed = clock() - t_start
-        if len(out.device_ms) >= iters and elapsed >= min_time_s:
-            break
+        if n >= iters and elapsed >= min_time_s:
+            if target_rel_ci is None:
+                out.converged = True
+                break
+            if n >= next_check:
+                next_check = n + max(10, n // 10)
+                if relative_ci(dev_ms) <= target_rel_ci:
+                    out.converged = True
+                    break
         if elapsed >= max_time_s:
             out.hit_max_time = True
             break
+        if n >= max_iters:
+            break
     return out
+
+
+def measure_copies(host_x: Any, dev_y: Any, device: str, iters: int = 20) -> dict[str, float]:
+    """Median device time (CUDA events) of the host->device copy of the input and the
+    device->host copy of the output, each timed alone in its own short loop.
+
+    The copies are the ones the torch runners and ORT with IO binding do in an ``io: host``
+    step (``x.to(device)``, ``y.cpu()``, from and to pageable host memory).
+    """
+    timer = CudaTimer()
+    timer.synchronize()
+    ins = [timer.time(lambda: host_x.to(device))[0] for _ in range(iters + 2)][2:]
+    outs = [timer.time(lambda: dev_y.cpu())[0] for _ in range(iters + 2)][2:]
+    return {"copy_in_ms": float(np.median(ins)), "copy_out_ms": float(np.median(outs))}
+
+
+__all__ = ["CudaTimer", "HostTimer", "Samples", "Timer", "measure", "measure_copies", "warm_up"]

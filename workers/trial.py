@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from workers import envinfo
+from workers import envinfo, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.models import ModelStore
-from workers.stats import latency_stats
-from workers.timing import CudaTimer, HostTimer, measure
+from workers.parity import ParityFailure
+from workers.timing import CudaTimer, HostTimer, measure, measure_copies
 
 TRACEBACK_TAIL = 4000
 
@@ -58,6 +58,7 @@ def run_trial(
     except SkipTrial as exc:
         row.update(status="skipped", error=str(exc))
     except ParityFailure as exc:
+        row.update(exc.columns)
         row.update(status="parity_failed", error=str(exc))
     except Exception as exc:  # the trial's failure is data, not a crash of the run
         row.update(getattr(exc, "columns", None) or {})  # InvalidMeasurement: the facts behind it
@@ -79,48 +80,91 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
             "this worker was given a GPU but CUDA can't see it "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
         )
-    ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
-    runner = runner_cls(ctx, runner_cls.Options.model_validate(trial["options"]))
+    on_gpu = device == "cuda" and cuda_ok
     m = trial["measure"]
-    mem = _MemoryWatch(device if cuda_ok else "cpu")
+    ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
+    repeats = [_measure_once(runner_cls, ctx, m, on_gpu, first=i == 0) for i in range(int(m.get("repeats", 1)))]
+    first = repeats[0]
+    dev = [x for r in repeats for x in r["samples"].device_ms]
+    host = [x for r in repeats for x in r["samples"].host_ms]
+    medians = [stats.median(r["samples"].device_ms) for r in repeats]
+    lat = stats.latency_stats(dev, ctx.batch_size, seed=ctx.seed)
+    host_median = stats.median(host)
+    out = {
+        "warmup_iters": sum(r["samples"].warmup_iters for r in repeats),
+        "iters": len(dev),
+        "samples_ms": dev,
+        "host_samples_ms": host,
+        "host_ms_median": host_median,
+        "launch_overhead_ms": host_median - lat["latency_ms_median"],
+        "hit_max_time": any(r["samples"].hit_max_time for r in repeats),
+        "converged": all(r["samples"].converged for r in repeats),
+        "repeats": len(repeats),
+        "repeat_medians_ms": medians,
+        "repeat_cv": stats.between_run_cv(medians),
+        "setup_s": first["setup_s"],
+        "gpu_mem_peak_bytes": max((r["peak"] for r in repeats if r["peak"] is not None), default=None),
+        **first["copies"],
+        **first["gpu"],
+        **lat,
+        **ctx.facts,
+        **first["extra"],
+    }
+    outputs = [r["output"] for r in repeats]
+    del repeats
+    try:
+        out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
+    except parity.ParityFailure as exc:
+        keep = {k: v for k, v in out.items() if k in _KEPT_ON_PARITY_FAILURE or k.startswith("gpu_")}
+        raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
+    return out
+
+
+#: Columns a parity_failed row keeps: what ran, not how fast.
+_KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "gpu_mem_peak_bytes",
+                                     "contended", "export_cached", "providers_used"})
+
+
+def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu: bool, first: bool) -> dict[str, Any]:
+    """One repeat: a fresh runner, set up, timed, its output read, torn down."""
+    runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial["options"]))
+    mem = _MemoryWatch("cuda" if on_gpu else "cpu")
+    gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     t_setup = time.perf_counter()
     try:
         runner.setup()
         setup_s = time.perf_counter() - t_setup
-        timer = CudaTimer() if device == "cuda" and cuda_ok else HostTimer()
-        samples = measure(
-            runner.step, timer,
-            warmup_iters=m["warmup_iters"], iters=m["iters"],
-            min_time_s=m["min_time_s"], max_time_s=m["max_time_s"],
-        )
+        timer = CudaTimer() if on_gpu else HostTimer()
+        watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
+        samples = measure(runner.step, timer, **m)
+        gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
+        copies = _copy_times(runner_cls, ctx, output) if on_gpu and first else {}
+        copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
         peak = mem.peak()  # before teardown: ORT's arena is freed with its session
     finally:
         runner.teardown()
-    out = {
-        "warmup_iters": samples.warmup_iters,
-        "iters": len(samples.device_ms),
-        "samples_ms": samples.device_ms,
-        "host_samples_ms": samples.host_ms,
-        "host_ms_median": latency_stats(samples.host_ms, 1)["latency_ms_median"],
-        "hit_max_time": samples.hit_max_time,
-        "setup_s": setup_s,
-        "gpu_mem_peak_bytes": peak,
-        **latency_stats(samples.device_ms, ctx.batch_size),
-        **ctx.facts,
-        **extra,
-    }
     del runner
     mem.release()
-    bad = int(output.size - np.isfinite(output).sum())
-    if bad:
-        raise ParityFailure(f"output has {bad} NaN/Inf values of {output.size}; latency not published")
-    return out
+    return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
+            "copies": copies, "peak": peak}
 
 
-class ParityFailure(Exception):
-    """The trial ran but its output is wrong (NaN/Inf, or off the reference): no latency published."""
+def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
+    """For ``io: host`` on runners that do the copies themselves (torch runners, ORT with IO
+    binding): the host->device copy of the input and device->host copy of the output, timed
+    alone. ORT's ``session.run`` copies inside ORT, where they can't be timed apart."""
+    torch_runner = runner_cls.name.startswith("torch")
+    bound_ort = runner_cls.name == "ort" and ctx.trial["options"].get("io_binding")
+    if ctx.io != "host" or not (torch_runner or bound_ort):
+        return {}
+    import torch
+
+    from workers.models import torch_dtype
+
+    y = torch.empty(output.shape, dtype=torch_dtype(ctx.dtype), device="cuda")
+    return measure_copies(ctx.input(device="cpu"), y, "cuda")
 
 
 class _MemoryWatch:

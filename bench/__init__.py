@@ -1,0 +1,1 @@
+"""Benchmarks of infer-orch itself (their figures are in BENCHMARKS.md)."""

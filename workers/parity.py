@@ -1,0 +1,110 @@
+"""Parity: is a trial's output the model's output, or did the backend compute something else?
+
+Every trial's output is compared with a reference computed on the same device, from the same
+weights and the same input: torch eager in fp32 (TF32 off) on the trial's seeded input in fp32.
+The reference is computed once per (model, batch size, device) and cached in the worker's
+``ModelStore`` (after the trial's runner is torn down, so it never shares the GPU with timing).
+
+Errors are recorded in the row:
+
+- ``parity_max_abs_err`` = max |y - ref|
+- ``parity_max_rel_err`` = max |y - ref| / max |ref|: relative to the output's scale, because
+  element-wise relative error is meaningless for logits near zero.
+
+A trial fails (``status: parity_failed``, latency not published) when its output holds NaN/Inf,
+has another shape than the reference, or when ``parity_max_rel_err`` is above the plan's
+``parity.tolerance`` for its dtype (defaults in ``orchestrator.plan.PARITY_TOLERANCE``).
+Models with no torch form (``onnx:`` files) and model-less backends have no reference: their
+parity columns are null (not checked), which is not a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: max |y - ref| / max |ref|. Random-weight ResNet-50 on a CPU gives ~0.035 in fp16 and ~0.13 in
+#: bf16 (its logits are small and close together); a wrong output gives ~1.
+DEFAULT_TOLERANCE = {"fp32": 0.01, "fp16": 0.1, "bf16": 0.25}
+REFERENCE = "torch-eager fp32"
+
+
+class ParityFailure(Exception):
+    """The trial ran but its output is wrong (NaN/Inf, or off the reference): no latency published.
+
+    ``columns`` carries what was learnt (the errors, the environment) for the row.
+    """
+
+    def __init__(self, message: str, columns: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.columns = columns or {}
+
+
+def reference_output(trial: dict[str, Any], device: str, store: Any) -> np.ndarray:
+    """Torch eager fp32 output for the trial's model, batch and input on ``device`` (TF32 off)."""
+    import torch
+
+    from workers.models import make_input
+
+    spec, bs, seed = trial["model"], int(trial["batch_size"]), int(trial.get("seed", 0))
+
+    def compute() -> np.ndarray:
+        model = store.torch_model(spec, device, "fp32")
+        # The trial's input before it is cast to the trial's dtype (the same seeded values), so one
+        # reference serves every dtype; the cast's rounding is part of what the tolerance allows.
+        x = make_input(spec, bs, "fp32", device, seed)
+        prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.inference_mode():
+                y = model(x)
+            return y.float().cpu().numpy()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+            del model
+    return store.reference(spec, (bs, seed, device), compute)
+
+
+def compare(output: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """max abs and max rel (to max |ref|) error of ``output`` against ``ref``."""
+    y = np.asarray(output, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    abs_err = float(np.max(np.abs(y - r))) if y.size else 0.0
+    scale = float(np.max(np.abs(r))) if r.size else 0.0
+    return {"parity_max_abs_err": abs_err, "parity_max_rel_err": abs_err / scale if scale > 0 else abs_err}
+
+
+def nonfinite(output: np.ndarray) -> int:
+    return int(output.size - np.isfinite(output).sum())
+
+
+def check(trial: dict[str, Any], device: str, store: Any, outputs: list[np.ndarray],
+          modelless: bool) -> dict[str, Any]:
+    """Parity columns for the trial's outputs (one per repeat); raises ParityFailure when wrong."""
+    for y in outputs:
+        bad = nonfinite(y)
+        if bad:
+            raise ParityFailure(f"output has {bad} NaN/Inf values of {y.size}; latency not published")
+    spec = trial.get("parity") or {"check": True, "tolerance": DEFAULT_TOLERANCE}
+    cols: dict[str, Any] = {"parity_reference": None, "parity_max_abs_err": None,
+                            "parity_max_rel_err": None, "parity_tolerance": None}
+    if not spec.get("check", True) or modelless or trial["model"]["kind"] == "onnx":
+        return cols
+    tol = float({**DEFAULT_TOLERANCE, **(spec.get("tolerance") or {})}[trial["dtype"]])
+    ref = reference_output(trial, device, store)
+    cols.update(parity_reference=f"{REFERENCE} on {device}", parity_tolerance=tol)
+    worst: dict[str, float] = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0}
+    for y in outputs:
+        if y.shape != ref.shape:
+            raise ParityFailure(f"output shape {list(y.shape)} differs from the reference's {list(ref.shape)}", cols)
+        err = compare(y, ref)
+        worst = {k: max(worst[k], err[k]) for k in worst}
+    cols.update(worst)
+    if worst["parity_max_rel_err"] > tol:
+        raise ParityFailure(
+            f"output differs from the {REFERENCE} reference: max |y - ref| / max |ref| = "
+            f"{worst['parity_max_rel_err']:.3g} > tolerance {tol:g} for {trial['dtype']}; latency not published",
+            cols,
+        )
+    return cols
