@@ -87,6 +87,9 @@ def run_plan(
                              "give only --resume")
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed)
         trials = [t for t in trials if t["trial_id"] not in previous.kept]
+        if not trials:  # everything is stored already: no cluster needed
+            return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
+                             kept=previous.kept)
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
