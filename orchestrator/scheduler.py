@@ -22,6 +22,7 @@ The workers belong to the scheduler once given: it kills every one it still hold
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ class _Scheduler:
         try:
             result = ray.get(ref, timeout=30)
         except (RayActorError, GetTimeoutError) as exc:
-            cause = _first_line(exc)
+            cause = _death_cause(exc)
             if f.trial is None:
                 self.start_failed(f.slot, cause)
                 return
@@ -234,6 +235,20 @@ def _poisons_context(row: dict[str, Any]) -> bool:
     """A CUDA error (illegal address, launch failure) leaves the process's context unusable."""
     text = row.get("error") or ""
     return row["status"] == "failed" and ("CUDA error" in text or "cudaError" in text)
+
+
+def _death_cause(exc: BaseException) -> str:
+    """Ray's long story of an actor's death, cut to what a row needs: pid, exit type, the first detail."""
+    text = str(exc)
+    pid = re.search(r"\bpid: (\d+)", text)
+    kind = re.search(r"Worker exit type: (\w+)", text)
+    detail = re.search(r"Worker exit detail: (.+?\.)(?:\s|$)", text)
+    if not (pid or kind or detail):
+        return _first_line(exc)
+    parts = [f"its process (pid {pid.group(1) if pid else '?'}) exited"]
+    if kind:
+        parts.append(f"({kind.group(1)}{': ' + detail.group(1) if detail else ''})")
+    return " ".join(parts) + "; a crash (segfault, abort), the OOM killer, or a kill"
 
 
 def _first_line(exc: BaseException) -> str:
