@@ -100,3 +100,24 @@ def test_bad_timeout_and_retries_are_located(write_plan, snippet, message):
     entry = "{backend: fault, label: hang, timeout_s: 4,"
     with pytest.raises(PlanError, match=r"matrix\.backends\[5\]\.timeout_s: 0\.5 s leaves no time"):
         load_plan(write_plan(FAULTS_PLAN.replace(entry, "{backend: fault, label: hang, timeout_s: 0.5,"), "b.yaml"))
+
+
+@pytest.mark.gpu
+def test_real_cuda_oom_is_status_oom_and_the_next_trial_runs():
+    import torch
+
+    from orchestrator.plan import parse_plan
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    data = {"name": "g", "device": "cuda", "models": [{"python": "hognet:make", "input_shape": [8]},
+                                                      "torchvision:resnet18"],
+            "matrix": {"batch_sizes": [2], "backends": ["torch-eager"]},
+            "measure": {"warmup_iters": 1, "iters": 3}}
+    store = ModelStore()
+    before = torch.cuda.memory_allocated()
+    hog, ok = [run_trial(t, "cuda", store) for t in expand(parse_plan(data))]
+    assert hog["status"] == "oom" and "Tried to allocate 1024.00 GiB" in hog["error"], hog["error"]
+    assert ok["status"] == "ok", ok.get("error")
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() - before < 64 << 20  # the failed trial's tensors were freed
