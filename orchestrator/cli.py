@@ -7,6 +7,7 @@ directory, cluster) and nothing was run or written. User errors print one line, 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.errors import InferOrchError
+from orchestrator.errors import InferOrchError, InputError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -28,8 +29,9 @@ PlanArg = Annotated[Path, typer.Argument(help="YAML plan file.", show_default=Fa
 
 
 def _fail(exc: InferOrchError) -> typer.Exit:
+    prefix = "" if isinstance(exc, Interrupted) else "[bold red]error:[/] "
     for line in str(exc).splitlines():
-        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        err_console.print(f"{prefix}{escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=exc.exit_code)
 
 
@@ -84,6 +86,11 @@ def run(
     workers: Annotated[int | None, typer.Option(
         min=1, help="Number of workers: at most this many GPUs; CPU workers for a cpu plan (default 1).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded trials; run nothing.")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run in this directory: run only the trials not stored there yet.")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="With --resume: also run again the trials stored as failed, timeout, oom "
+                               "or parity_failed (their rows are replaced).")] = False,
 ) -> None:
     """Run every trial of PLAN and write one Parquet row per trial."""
     from orchestrator.expand import expand
@@ -106,13 +113,16 @@ def run(
 
         def on_row(row: dict[str, Any]) -> None:
             progress.advance(task[0])
-            if row["status"] == "failed":
-                progress.console.print(f"[red]failed[/] {row['label']} {row['model']} bs={row['batch_size']} "
+            if row["status"] not in ("ok", "skipped"):
+                progress.console.print(f"[red]{row['status']}[/] {row['label']} {row['model']} bs={row['batch_size']} "
                                        f"{row['dtype']} {row['io']}: {escape(str(row.get('error')))}",
                                        highlight=False)
 
         try:
-            result = run_plan(plan, out=out, address=address, workers=workers, on_start=on_start, on_row=on_row)
+            if retry_failed and resume is None:
+                raise InputError("--retry-failed needs --resume DIR: it re-runs the failed trials of that run")
+            result = run_plan(plan, out=out, address=address, workers=workers, on_start=on_start, on_row=on_row,
+                              resume=resume, retry_failed=retry_failed)
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -120,7 +130,10 @@ def run(
     console.print(summary_table(result.rows))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     console.print(f"{len(result.rows)} trials: {counts}. Results: {result.out}", highlight=False)
-    if result.failed:
+    if result.kept:
+        kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
+        console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
+    if result.failed or any(s not in ("ok", "skipped") for s in result.kept.values()):
         raise typer.Exit(code=1)
 
 

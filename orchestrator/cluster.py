@@ -7,9 +7,13 @@ A Ray that is already initialised in this process (tests, notebooks) is used as 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +46,52 @@ def connect(address: str | None = None) -> bool:
     }
     if address:
         kwargs["address"] = address
+        _wait_for(address)
     try:
         ray.init(**kwargs)
     except Exception as exc:
         where = f"Ray at {address!r}" if address else "an embedded local Ray"
         raise ClusterError(f"could not start or reach {where}: {type(exc).__name__}: {exc}") from None
     return True
+
+
+#: How long to wait for a Ray address to answer before giving up (Ray itself would wait minutes).
+CONNECT_WAIT_S = float(os.environ.get("INFER_ORCH_CONNECT_WAIT_S", "15"))
+
+
+def _wait_for(address: str) -> None:
+    """Wait at most CONNECT_WAIT_S for something to listen at ``address``; ClusterError if not."""
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        target = _auto_address()
+        if target is None:
+            return  # ray.init("auto") itself says at once that no cluster runs here
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r}: expected host:port, ray://host:port or auto")
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"no Ray cluster answers at {address!r} (waited {CONNECT_WAIT_S:g} s: {exc.strerror or exc}); "
+                    "check the address and that `ray start --head` runs there, or leave out --address "
+                    "to start a local Ray"
+                ) from None
+            time.sleep(0.5)
+
+
+def _auto_address() -> str | None:
+    """The address ``ray.init(address="auto")`` would use, or None when there is none."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # no cluster recorded on this machine, or a Ray without this helper
+        return None
 
 
 def _worker_pythonpath() -> str:
@@ -141,8 +185,22 @@ def start_workers(
             "scheduling_strategy": NodeAffinitySchedulingStrategy(n.node_id, soft=False),
             "max_restarts": 0,
         }
-        workers.append((remote.options(**opts).remote(name, device, share, seed), name))
+        _SPAWN[name] = functools.partial(remote.options(**opts).remote, name, device, share, seed)
+        workers.append((_SPAWN[name](), name))
     return workers
+
+
+#: worker name -> how to start it again (same node, same CPU share, a GPU of that node).
+_SPAWN: dict[str, Callable[[], Any]] = {}
+
+
+def respawn(name: str) -> Any:
+    """A fresh actor in place of the worker ``name`` (crashed, hung, or out of memory).
+
+    Its GPU comes back to Ray once the old actor is gone, so the new one lands on that node and,
+    with one worker per GPU, on the GPU the old one freed.
+    """
+    return _SPAWN[name]()
 
 
 def _share(cpus: float, parts: int) -> float:

@@ -5,7 +5,8 @@
     │   ├── PlanError              a plan file that can't be read or doesn't validate
     │   ├── ClusterError           Ray can't be reached, or lacks what the plan needs
     │   └── OutputError            the output directory can't be used
-    └── RunError                   exit code 1: the run went ahead but something in it failed
+    ├── RunError                   exit code 1: the run went ahead but something in it failed
+    └── Interrupted                exit code 130: Ctrl-C; results so far kept, resumable
 
 Errors raised inside a trial never reach this hierarchy: they become the trial's row
 (``status: failed`` with the error), so one bad trial never takes a run down.
@@ -38,3 +39,9 @@ class OutputError(InputError):
 
 class RunError(InferOrchError):
     exit_code = 1
+
+
+class Interrupted(InferOrchError):
+    """The user stopped the run (Ctrl-C): what ran is stored; the message says how to resume."""
+
+    exit_code = 130

@@ -64,6 +64,9 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
                 "measure": measure,
                 "parity": parity,
                 "seed": plan.seed,
+                # How to survive faults; not part of the id: they don't change what is measured.
+                "timeout_s": entry.timeout_s if entry.timeout_s is not None else plan.timeout_s,
+                "retries": entry.retries if entry.retries is not None else plan.retries,
             }
             if any(rule.matches(trial) for rule in m.exclude):
                 continue

@@ -44,6 +44,9 @@ A plan, all keys shown::
     parity:
       check: true                # compare each output with torch eager fp32 on the same device
       tolerance: {fp32: 0.01, fp16: 0.1, bf16: 0.25}  # max |y - ref| / max |ref|
+    timeout_s: 900               # a trial running longer is killed (worker replaced): status timeout
+    retries: 0                   # tries again of a trial whose worker died or that timed out
+                                 # (both may also be set on a matrix.backends entry)
 """
 
 from __future__ import annotations
@@ -168,6 +171,8 @@ class BackendEntry(Strict):
     backend: str
     label: str | None = None
     io: list[Io] | None = None
+    timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
+    retries: int | None = Field(None, ge=0)
 
 
 @functools.cache
@@ -207,6 +212,8 @@ class Plan(Strict):
     matrix: Matrix
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     parity: ParitySpec = Field(default_factory=ParitySpec)
+    timeout_s: float = Field(900.0, gt=0)
+    retries: int = Field(0, ge=0)
 
 
 def _parse_backends(raw: Any) -> Any:
@@ -390,8 +397,20 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
                 f"{source}: matrix.backends[{i}]: label '{label}' is already used by "
                 f"matrix.backends[{labels.index(label)}]; give each entry of one backend its own `label`"
             )
+    _check_timeouts(plan, entries, source)
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
+
+
+def _check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
+    """A trial's timeout must leave room for its timing loop, or every trial would time out."""
+    limit = plan.measure.max_time_s
+    where = [("timeout_s", plan.timeout_s)]
+    where += [(f"matrix.backends[{i}].timeout_s", e.timeout_s) for i, e in enumerate(entries) if e.timeout_s]
+    for key, value in where:
+        if value <= limit:
+            raise PlanError(f"{source}: {key}: {value:g} s leaves no time to measure: it must be larger "
+                            f"than measure.max_time_s ({limit:g} s), plus setup time")
 
 
 def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:

@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 from orchestrator import cluster
+from orchestrator.errors import InputError, Interrupted
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, load_plan
+from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
 from orchestrator.sink import ResultSink, check_writable
 
@@ -30,10 +32,16 @@ class RunResult:
     device: str
     workers: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(Counter(r["status"] for r in self.rows))
+
+    @property
+    def total_counts(self) -> dict[str, int]:
+        """Statuses of every trial in the directory: the ones kept and the ones run now."""
+        return dict(Counter([r["status"] for r in self.rows] + list(self.kept.values())))
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -65,28 +73,45 @@ def run_plan(
     workers: int | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    resume: str | Path | None = None,
+    retry_failed: bool = False,
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
+    ``resume``: a run directory of this plan; only the trials not stored there run (with
+    ``retry_failed``, also those stored with a status other than ok or skipped), into it.
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
-    directory, or a cluster that can't run the plan.
+    directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
+    what ran and with the command that resumes the run.
     """
     import ray
 
     plan = load_plan(plan_path)
     trials = expand(plan, source=str(plan_path))
     now = dt.datetime.now(dt.timezone.utc)
-    out_dir = Path(out) if out else default_out(plan, now)
-    check_writable(out_dir)
+    previous = None
+    if resume is not None:
+        if out is not None and Path(out) != Path(resume):
+            raise InputError(f"--out {out} and --resume {resume}: a resumed run writes into its own directory; "
+                             "give only --resume")
+        previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed)
+        trials = [t for t in trials if t["trial_id"] not in previous.kept]
+        if not trials:  # everything is stored already: no cluster needed
+            return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
+                             kept=previous.kept)
+    out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
+    if previous is None:
+        check_writable(out_dir)
     started_ray = cluster.connect(address)
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
         pool = cluster.start_workers(nodes, device, workers, plan.seed)
-        run_id = f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool])
-        sink = ResultSink(out_dir, run_id, resolved_yaml(plan),
+        run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
+                           kept=previous.kept if previous else {})
+        sink = ResultSink(out_dir, run_id, None if previous else resolved_yaml(plan),
                           metadata={"plan": plan.model_dump(mode="json"), "device": device,
                                     "environment": _environment(pool)})
         if on_start:
@@ -99,11 +124,17 @@ def run_plan(
             if on_row:
                 on_row(row)
 
-        schedule(pool, trials, take)
-        sink.finish({"plan": plan.name, "device": device, "workers": result.workers,
-                     "started_at": now.isoformat(), "counts": result.counts})
-        for actor, _ in pool:
-            ray.kill(actor)
+        summary = {"plan": plan.name, "device": device, "workers": result.workers, "started_at": now.isoformat()}
+        try:
+            schedule(pool, trials, take, respawn=cluster.respawn)  # kills its workers when it returns
+        except KeyboardInterrupt:
+            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts})
+            stored = len(result.rows) + len(result.kept)
+            raise Interrupted(
+                f"interrupted: {stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
+                f"resume with: {resume_command(plan_path, out_dir, address, workers)}"
+            ) from None
+        sink.finish({**summary, "state": "finished", "counts": result.total_counts})
         return result
     finally:
         if started_ray:

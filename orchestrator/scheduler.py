@@ -1,20 +1,42 @@
-"""Trials from a queue to whichever worker is free, collected in completion order.
+"""Trials from a queue to whichever worker is free, collected in completion order; faults survived.
 
 Three pieces of state, as in Ray's ``ActorPool``: the idle workers, the in-flight futures
-(future -> worker, trial) and the pending trials. A worker takes, in this order of preference,
-a pending trial of the model it last ran (no rebuild, a warm export cache), a trial of a model
-no other worker is busy with, or the first pending one: a GPU never idles while trials remain.
-A worker that dies is not reused; its trial becomes a failed row.
+(future -> worker, trial, deadline) and the pending trials. A worker takes, in this order of
+preference, a pending trial of the model it last ran (no rebuild, a warm export cache), a trial of
+a model no other worker is busy with, or the first pending one: a GPU never idles while trials remain.
+
+Faults, and what becomes of the worker and the trial::
+
+    the worker process dies (segfault, abort, OOM killer)  -> replaced; trial failed, or retried
+    the trial runs past its timeout_s                       -> killed, replaced; trial timeout, or retried
+    the trial runs out of device memory                     -> replaced (a clean GPU); trial oom
+    a CUDA error (may poison the process's context)          -> replaced; trial failed
+    the trial raises                                        -> worker kept; trial failed
+
+"Replaced" is a fresh actor from ``respawn(name)`` in the old one's place (same node; the GPU the old
+one freed); it takes trials once it answers. ``retries`` (per trial) re-queues a trial whose worker
+died or timed out; its row then says which ``attempt`` it is and the ``earlier_errors``.
+The scheduler never waits on a dead or hung actor: every wait is bounded by the nearest deadline.
+The workers belong to the scheduler once given: it kills every one it still holds when it returns.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.models import model_key
 from workers.trial import base_row
+
+#: How long a fresh worker may take to start (import torch, reach its GPU) before it counts as failed.
+START_TIMEOUT_S = 300.0
+#: A worker that fails to start this many times in a row is given up.
+MAX_START_FAILURES = 3
+#: The longest single wait, so that ``should_stop`` is polled.
+POLL_S = 1.0
 
 
 @dataclass
@@ -22,6 +44,14 @@ class Slot:
     actor: Any
     name: str
     model: str | None = None  # key of the model it ran last
+
+
+@dataclass
+class Flight:
+    slot: Slot
+    trial: dict[str, Any] | None  # None: a readiness probe of a fresh worker
+    deadline: float
+    errors: list[str] = field(default_factory=list)
 
 
 def pick(pending: list[dict[str, Any]], slot: Slot, busy_models: set[str]) -> int:
@@ -41,39 +71,184 @@ def schedule(
     trials: list[dict[str, Any]],
     on_row: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool] = lambda: False,
+    respawn: Callable[[str], Any] | None = None,
 ) -> None:
-    """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready."""
-    import ray
-    from ray.exceptions import RayActorError
+    """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready.
 
-    idle = [Slot(actor, name) for actor, name in workers]
-    pending = list(trials)
-    in_flight: dict[Any, tuple[Slot, dict[str, Any]]] = {}
-    while (pending and not should_stop()) or in_flight:
-        while idle and pending and not should_stop():
-            slot = idle.pop(0)
-            busy = {s.model for s, _ in in_flight.values() if s.model}
-            trial = pending.pop(pick(pending, slot, busy))
-            slot.model = model_key(trial["model"])
-            in_flight[slot.actor.run.remote(trial)] = (slot, trial)
-        if not in_flight:
-            if pending and not idle:
-                for t in pending:
-                    on_row({**base_row(t), "status": "failed", "error": "no worker left to run this trial"})
-                pending.clear()
-            break
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in done:
-            slot, trial = in_flight.pop(ref)
-            try:
-                row = ray.get(ref)
-            except RayActorError as exc:
-                row = {**base_row(trial), "status": "failed", "worker": slot.name,
-                       "error": f"worker {slot.name} died while running this trial: {_first_line(exc)}"}
-                on_row(row)
-                continue  # a dead worker never returns to the idle set
-            idle.append(slot)
-            on_row(row)
+    ``respawn(name)`` starts a fresh actor in place of a dead or killed worker; without it such a
+    worker is gone for the rest of the run. ``should_stop()`` true: no new trial starts.
+    """
+    s = _Scheduler(trials, on_row, respawn)
+    try:
+        for actor, name in workers:
+            s.probe(Slot(actor, name))
+        s.loop(should_stop)
+    finally:
+        s.kill_all()
+
+
+class _Scheduler:
+    def __init__(self, trials: list[dict[str, Any]], on_row: Callable[[dict[str, Any]], None],
+                 respawn: Callable[[str], Any] | None) -> None:
+        self.pending = list(trials)
+        self.on_row = on_row
+        self.respawn = respawn
+        self.idle: list[Slot] = []
+        self.in_flight: dict[Any, Flight] = {}
+        self.errors: dict[str, list[str]] = {}  # trial id -> errors of its earlier attempts
+        self.start_failures: dict[str, int] = {}
+        self.lost: dict[str, str] = {}  # worker name -> why it was given up
+
+    def probe(self, slot: Slot) -> None:
+        """Wait for a (fresh) worker to answer before giving it a trial: its start-up is not
+        counted against a trial's timeout."""
+        self.in_flight[slot.actor.info.remote()] = Flight(slot, None, time.monotonic() + START_TIMEOUT_S)
+
+    def loop(self, should_stop: Callable[[], bool]) -> None:
+        import ray
+
+        while (self.pending and not should_stop()) or any(f.trial for f in self.in_flight.values()):
+            while self.idle and self.pending and not should_stop():
+                self.dispatch(self.idle.pop(0))
+            if not self.in_flight:
+                break
+            now = time.monotonic()
+            wait = min(min(f.deadline for f in self.in_flight.values()) - now, POLL_S)
+            done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=max(wait, 0))
+            for ref in done:
+                self.collect(ref, self.in_flight.pop(ref))
+            now = time.monotonic()
+            for ref, f in list(self.in_flight.items()):
+                if f.deadline <= now:
+                    del self.in_flight[ref]
+                    self.expire(f)
+        if self.pending and not should_stop():
+            why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
+            for t in self.pending:
+                self.record(t, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
+            self.pending.clear()
+
+    def dispatch(self, slot: Slot) -> None:
+        busy = {f.slot.model for f in self.in_flight.values() if f.trial and f.slot.model}
+        trial = self.pending.pop(pick(self.pending, slot, busy))
+        slot.model = model_key(trial["model"])
+        limit = trial.get("timeout_s")
+        deadline = time.monotonic() + limit if limit else float("inf")
+        self.in_flight[slot.actor.run.remote(trial)] = Flight(slot, trial, deadline)
+
+    def collect(self, ref: Any, f: Flight) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            result = ray.get(ref, timeout=30)
+        except (RayActorError, GetTimeoutError) as exc:
+            cause = _death_cause(exc)
+            if f.trial is None:
+                self.start_failed(f.slot, cause)
+                return
+            self.replace(f.slot)
+            self.retry_or_record(f.trial, "failed", f"worker {f.slot.name} died while running this trial: {cause}",
+                                 f.slot)
+            return
+        except Exception as exc:  # the call itself failed (e.g. a trial that can't be serialised)
+            if f.trial is None:
+                self.start_failed(f.slot, _first_line(exc))
+                return
+            self.idle.append(f.slot)
+            self.record(f.trial, "failed", f"{type(exc).__name__}: {_first_line(exc)}", f.slot, replaced=False)
+            return
+        if f.trial is None:  # a fresh worker answered
+            self.start_failures.pop(f.slot.name, None)
+            self.idle.append(f.slot)
+            return
+        row = result
+        replace = row["status"] == "oom" or _poisons_context(row)
+        if replace:
+            self.replace(f.slot)
+        else:
+            self.idle.append(f.slot)
+        self.on_row(self.annotate(row, f.trial, replaced=replace))
+
+    def expire(self, f: Flight) -> None:
+        if f.trial is None:
+            self.start_failed(f.slot, f"did not start within {START_TIMEOUT_S:g} s")
+            return
+        self.replace(f.slot)
+        limit = f.trial["timeout_s"]
+        self.retry_or_record(f.trial, "timeout", f"ran past its timeout_s ({limit:g} s) on worker {f.slot.name}; "
+                             "the worker was killed and replaced", f.slot)
+
+    def retry_or_record(self, trial: dict[str, Any], status: str, error: str, slot: Slot) -> None:
+        earlier = self.errors.setdefault(trial["trial_id"], [])
+        if len(earlier) < int(trial.get("retries") or 0):
+            earlier.append(error)
+            self.pending.insert(0, trial)  # next free worker takes it
+            return
+        self.record(trial, status, error, slot, replaced=True)
+
+    def record(self, trial: dict[str, Any], status: str, error: str, slot: Slot | None, replaced: bool) -> None:
+        row = {**base_row(trial), "status": status, "error": error}
+        if slot is not None:
+            row["worker"] = slot.name
+        self.on_row(self.annotate(row, trial, replaced))
+
+    def annotate(self, row: dict[str, Any], trial: dict[str, Any], replaced: bool) -> dict[str, Any]:
+        earlier = self.errors.get(trial["trial_id"], [])
+        row.update(attempt=len(earlier) + 1, earlier_errors=list(earlier), timeout_s=trial.get("timeout_s"),
+                   worker_replaced=replaced)
+        return row
+
+    def replace(self, slot: Slot) -> None:
+        """Kill ``slot``'s actor (it may be hung, or poisoned) and start a fresh one in its place."""
+        _kill(slot.actor)
+        if self.respawn is None:
+            self.lost[slot.name] = "died, and no way to start it again"
+            return
+        self.probe(Slot(self.respawn(slot.name), slot.name))
+
+    def start_failed(self, slot: Slot, cause: str) -> None:
+        _kill(slot.actor)
+        n = self.start_failures[slot.name] = self.start_failures.get(slot.name, 0) + 1
+        if self.respawn is None or n >= MAX_START_FAILURES:
+            self.lost[slot.name] = f"failed to start {n} time(s): {cause}"
+            return
+        self.probe(Slot(self.respawn(slot.name), slot.name))
+
+    def kill_all(self) -> None:
+        for slot in self.idle + [f.slot for f in self.in_flight.values()]:
+            _kill(slot.actor)
+        self.idle.clear()
+        self.in_flight.clear()
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already gone
+        pass
+
+
+def _poisons_context(row: dict[str, Any]) -> bool:
+    """A CUDA error (illegal address, launch failure) leaves the process's context unusable."""
+    text = row.get("error") or ""
+    return row["status"] == "failed" and ("CUDA error" in text or "cudaError" in text)
+
+
+def _death_cause(exc: BaseException) -> str:
+    """Ray's long story of an actor's death, cut to what a row needs: pid, exit type, the first detail."""
+    text = str(exc)
+    pid = re.search(r"\bpid: (\d+)", text)
+    kind = re.search(r"Worker exit type: (\w+)", text)
+    detail = re.search(r"Worker exit detail: (.+?\.)(?:\s|$)", text)
+    if not (pid or kind or detail):
+        return _first_line(exc)
+    parts = [f"its process (pid {pid.group(1) if pid else '?'}) exited"]
+    if kind:
+        parts.append(f"({kind.group(1)}{': ' + detail.group(1) if detail else ''})")
+    return " ".join(parts) + "; a crash (segfault, abort), the OOM killer, or a kill"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -110,7 +110,13 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 #: Fault handling: attempts, timeouts, out-of-memory.
-_FAULTS: list[tuple[str, pa.DataType, str]] = []
+_FAULTS: list[tuple[str, pa.DataType, str]] = [
+    ("attempt", _I64, "which attempt this row is (1 = first); a trial whose worker died or timed out "
+                      "is tried again up to `retries` times"),
+    ("earlier_errors", pa.list_(_STR), "the errors of the earlier attempts of this trial, oldest first"),
+    ("timeout_s", _F64, "the trial's time limit, seconds; past it the worker is killed and replaced"),
+    ("worker_replaced", _BOOL, "the worker was killed or died during this trial and a fresh one took its GPU"),
+]
 
 #: Cluster and scheduling facts.
 _CLUSTER: list[tuple[str, pa.DataType, str]] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from orchestrator.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
 RUN_FILE = "_run.json"
+TRIAL_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def check_writable(out: Path) -> None:
@@ -39,11 +41,44 @@ def check_writable(out: Path) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {out}: {probe} is not writable")
     if out.exists() and any(out.glob("part-*.parquet")):
-        raise OutputError(f"output directory {out} already holds results; choose another --out")
+        raise OutputError(f"output directory {out} already holds results: continue that run with "
+                          f"`--resume {out}` (the same plan), or choose another --out")
+
+
+def stored_trials(out: Path) -> dict[str, str]:
+    """trial id -> status of every part file in ``out`` that reads; a torn or foreign file counts as absent."""
+    found = {}
+    for part in sorted(out.glob("part-*.parquet")):
+        tid = part.name[len("part-"):-len(".parquet")]
+        if not TRIAL_ID.fullmatch(tid):
+            continue
+        try:
+            t = pq.read_table(part, columns=["trial_id", "status"]).to_pylist()
+        except Exception:  # unreadable: the trial runs again and its part is replaced
+            continue
+        if len(t) == 1 and t[0]["trial_id"] == tid:
+            found[tid] = t[0]["status"]
+    return found
+
+
+def stored_run_id(out: Path) -> str | None:
+    """The run id of the run in ``out`` (from _run.json, else from a part file's metadata)."""
+    try:
+        return json.loads((out / RUN_FILE).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        pass
+    for part in out.glob("part-*.parquet"):
+        try:
+            return pq.read_schema(part).metadata[b"infer_orch.run_id"].decode()
+        except Exception:
+            continue
+    return None
 
 
 class ResultSink:
-    def __init__(self, out: Path, run_id: str, plan_yaml: str, metadata: dict[str, Any]) -> None:
+    """Writes one run's directory. ``plan_yaml=None`` (resuming) keeps the ``_plan.yaml`` there."""
+
+    def __init__(self, out: Path, run_id: str, plan_yaml: str | None, metadata: dict[str, Any]) -> None:
         self.out, self.run_id = out, run_id
         self.rows: list[dict[str, Any]] = []
         meta = {"infer_orch.schema_version": SCHEMA_VERSION, "infer_orch.run_id": run_id,
@@ -55,7 +90,10 @@ class ResultSink:
     def _open(self) -> None:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.out / PLAN_FILE, self._plan_yaml.encode())
+            if self._plan_yaml is not None:
+                _atomic_write(self.out / PLAN_FILE, self._plan_yaml.encode())
+            for stale in self.out.glob(".part-*.tmp"):  # left by a driver killed mid-write
+                stale.unlink()
         except OSError as exc:
             raise OutputError(f"output directory {self.out}: {exc.strerror or exc}") from None
         self._opened = True
@@ -65,8 +103,11 @@ class ResultSink:
         if not self._opened:
             self._open()
         row = {**row, "run_id": self.run_id}
+        tid = str(row["trial_id"])
+        if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
+            raise ValueError(f"trial id {tid!r} is not a trial id")
         table = pa.Table.from_batches([to_batch([row])]).cast(self.schema)
-        path = self.out / f"part-{row['trial_id']}.parquet"
+        path = self.out / f"part-{tid}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)

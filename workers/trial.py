@@ -14,6 +14,7 @@ import numpy as np
 from workers import envinfo, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
+from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
 from workers.timing import CudaTimer, HostTimer, measure, measure_copies
@@ -62,7 +63,8 @@ def run_trial(
         row.update(status="parity_failed", error=str(exc))
     except Exception as exc:  # the trial's failure is data, not a crash of the run
         row.update(getattr(exc, "columns", None) or {})  # InvalidMeasurement: the facts behind it
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+        oom = oom_message(exc)
+        row.update(status="oom" if oom else "failed", error=oom or f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0
     return row

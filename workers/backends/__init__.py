@@ -12,7 +12,7 @@ from workers.backends.base import BackendOptions, Runner, SkipTrial
 
 __all__ = ["BackendOptions", "Runner", "SkipTrial", "get", "register", "registry"]
 
-_MODULES = ("torch_eager", "torch_cudagraph", "torch_compile", "ort", "sleep")
+_MODULES = ("torch_eager", "torch_cudagraph", "torch_compile", "ort", "sleep", "fault")
 _REGISTRY: dict[str, type[Runner]] = {}
 
 

@@ -1,0 +1,167 @@
+"""Nothing lost: a driver killed or interrupted mid-run, then ``--resume``; resume's refusals.
+
+The drivers are real ``infer-orch`` subprocesses joined to the tests' Ray (4 logical GPUs), killed
+with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.errors import InputError, OutputError
+from orchestrator.expand import expand
+from orchestrator.plan import load_plan
+from orchestrator.run import run_plan
+
+SLOW_PLAN = """\
+name: slow
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2, 3, 4, 5, 6]
+  dtypes: [fp32, fp16]
+  backends:
+    - backend: sleep
+      options: {step_s: 0.05}
+measure: {warmup_iters: 0, iters: 8, max_time_s: 5}
+"""
+
+
+def cli(*args):
+    return [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
+
+
+def start_driver(plan, out, address):
+    env = {**os.environ, "COLUMNS": "300"}
+    return subprocess.Popen(cli("run", plan, "--out", out, "--address", address, "--workers", 2), cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_parts(out, n, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(out.glob("part-*.parquet"))) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} part files in {timeout} s")
+
+
+def assert_complete(out, plan):
+    ids = sorted(t["trial_id"] for t in expand(load_plan(plan)))
+    parts = sorted(out.glob("part-*.parquet"))
+    rows = [pq.read_table(p).to_pylist()[0] for p in parts]  # every part file reads
+    assert sorted(r["trial_id"] for r in rows) == ids  # every trial exactly once
+    assert len({r["run_id"] for r in rows}) == 1  # one run, continued
+    assert pq.read_table(out).num_rows == len(ids) and not list(out.glob(".*tmp"))
+    return rows
+
+
+@pytest.fixture
+def address(ray_gpus):
+    return ray_gpus.get_runtime_context().gcs_address
+
+
+def test_driver_killed_mid_run_then_resume_runs_only_the_missing_trials(address, write_plan, tmp_path):
+    plan, out = write_plan(SLOW_PLAN), tmp_path / "out"
+    proc = start_driver(plan, out, address)
+    try:
+        wait_for_parts(out, 2, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 2 <= len(before) < 12
+
+    result = run_plan(plan, resume=out, workers=2)
+    assert len(result.rows) == 12 - len(before) and set(result.counts) == {"ok"}
+    assert sorted(result.kept.values()) == ["ok"] * len(before)
+    assert_complete(out, plan)
+    # the stored parts were not run again
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())
+
+
+def test_ctrl_c_keeps_results_and_prints_the_resume_command(address, write_plan, tmp_path):
+    plan, out = write_plan(SLOW_PLAN), tmp_path / "out"
+    proc = start_driver(plan, out, address)
+    try:
+        wait_for_parts(out, 1, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    stored = len(list(out.glob("part-*.parquet")))
+    assert f"interrupted: {stored} of 12 trials are stored in {out}" in stderr
+    assert json.loads((out / "_run.json").read_text())["state"] == "interrupted"
+    command = next(line for line in stderr.splitlines() if line.startswith("resume with: "))
+    args = shlex.split(command.removeprefix("resume with: "))
+    assert args[:5] == ["infer-orch", "run", str(plan), "--resume", str(out)]
+
+    assert args[5:] == ["--address", address, "--workers", "2"]
+    done = CliRunner().invoke(app, args[1:])  # that very command (in this process: Ray is already up)
+    assert done.exit_code == 0, done.output
+    assert f"{12 - stored} trials: {12 - stored} ok" in done.stdout
+    assert f"{stored} trials already stored there were kept: {stored} ok" in done.stdout
+    assert_complete(out, plan)
+
+
+FLAKY_PLAN = """\
+name: flaky
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - {backend: sleep, options: {step_s: 0.01}}
+    - {backend: fault, options: {mode: raise}}
+measure: {warmup_iters: 0, iters: 2, max_time_s: 1}
+"""
+
+
+def test_resume_keeps_failed_rows_unless_retry_failed(ray_gpus, write_plan, tmp_path):
+    plan, out = write_plan(FLAKY_PLAN), tmp_path / "out"
+    first = run_plan(plan, out=out, workers=1)
+    assert sorted(first.counts.items()) == [("failed", 1), ("ok", 1)]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+
+    again = run_plan(plan, resume=out, workers=1)
+    assert again.rows == [] and sorted(again.kept.values()) == ["failed", "ok"]
+
+    # renaming the plan and raising timeouts keep the trial ids: still the same run
+    renamed = write_plan(FLAKY_PLAN.replace("name: flaky", "name: flaky2\ntimeout_s: 60"), "renamed.yaml")
+    retried = run_plan(renamed, resume=out, retry_failed=True, workers=1)
+    assert [r["backend"] for r in retried.rows] == ["fault"] and retried.kept == {
+        r["trial_id"]: "ok" for r in first.rows if r["status"] == "ok"}
+    now = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert now.keys() == mtimes.keys() and sum(now[k] != mtimes[k] for k in now) == 1  # the failed part replaced
+    assert pq.read_table(out).num_rows == 2 and "name: flaky\n" in (out / "_plan.yaml").read_text()
+
+
+def test_resume_refuses_a_plan_that_changes_trial_ids_and_writes_nothing(ray_gpus, write_plan, tmp_path):
+    plan, out = write_plan(FLAKY_PLAN), tmp_path / "out"
+    run_plan(plan, out=out, workers=1)
+    snapshot = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    changed = write_plan(FLAKY_PLAN.replace("batch_sizes: [1]", "batch_sizes: [1, 2]"), "changed.yaml")
+    with pytest.raises(InputError, match=r"does not describe the run stored there: 2 of its trials are not in "
+                                         r"that run and 0 of the run's are not in the plan \(changed: matrix"
+                                         r"\.batch_sizes\)"):
+        run_plan(changed, resume=out)
+    with pytest.raises(OutputError, match=f"already holds results: continue that run with `--resume {out}`"):
+        run_plan(plan, out=out)
+    with pytest.raises(OutputError, match="not a run directory"):
+        run_plan(plan, resume=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == snapshot

@@ -1,0 +1,80 @@
+"""fault: a model-less backend that fails on purpose. A testing aid, not a benchmark.
+
+It lets the fault handling be exercised on any machine, GPU or not::
+
+    matrix:
+      backends:
+        - backend: fault
+          label: crash
+          options: {mode: abort}
+
+``mode`` says how the trial goes wrong, in ``setup`` (``where: setup``) or in the first timed
+``step`` (``where: step``, the default):
+
+- ``raise``: raises a RuntimeError -> the row is ``failed`` with the error and traceback;
+- ``abort``: ``os.abort()`` kills the worker process, as a segfault would -> ``failed``, the
+  worker is replaced, the trial is retried ``retries`` times;
+- ``hang``: sleeps forever -> ``timeout`` after the trial's ``timeout_s``, the worker is replaced;
+- ``nan``: runs, but its output is NaN -> ``parity_failed``;
+- ``oom``: raises ``torch.cuda.OutOfMemoryError`` with the message CUDA's caching allocator
+  gives (simulated: nothing is allocated) -> ``oom``, the worker is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+import numpy as np
+
+from workers.backends import register
+from workers.backends.base import BackendOptions, Runner
+
+ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
+
+
+class FaultOptions(BackendOptions):
+    mode: Literal["raise", "abort", "hang", "nan", "oom"] = "raise"
+    """How the trial fails."""
+    where: Literal["setup", "step"] = "step"
+    """In which phase it fails."""
+
+
+@register
+class FaultRunner(Runner):
+    name = "fault"
+    Options = FaultOptions
+    modelless = True
+    dtypes = {"cuda": ALL_DTYPES, "cpu": ALL_DTYPES}
+
+    def setup(self) -> None:
+        if self.options.where == "setup":
+            self._fail()
+
+    def step(self) -> None:
+        if self.options.where == "step":
+            self._fail()
+
+    def output(self) -> np.ndarray:
+        value = np.nan if self.options.mode == "nan" else 0.0
+        return np.full(4, value, dtype=np.float32)
+
+    def _fail(self) -> None:
+        mode = self.options.mode
+        if mode == "raise":
+            raise RuntimeError("fault backend: injected error (mode: raise)")
+        if mode == "abort":
+            os.abort()
+        if mode == "hang":
+            while True:
+                time.sleep(3600)
+        if mode == "oom":
+            import torch
+
+            # The text of a real one, so the row reads as it would on a GPU.
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+                "of which 2.95 GiB is free. Of the allocated memory 74.02 GiB is allocated by PyTorch "
+                "(simulated by the fault backend, mode: oom)"
+            )
