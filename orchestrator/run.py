@@ -30,6 +30,7 @@ class RunResult:
     device: str
     workers: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)  # as expanded, budgets included
 
     @property
     def counts(self) -> dict[str, int]:
@@ -76,7 +77,8 @@ def run_plan(
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
         pool = cluster.start_workers(nodes, device, workers, plan.seed)
         run_id = f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool])
+        result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
+                           trials=trials)
         sink = ResultSink(out_dir, run_id, resolved_yaml(plan),
                           metadata={"plan": plan.model_dump(mode="json"), "device": device})
         if on_start:
