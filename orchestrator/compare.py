@@ -1,8 +1,9 @@
 """Two runs, trial by trial: did the candidate get slower than the base?
 
 Trials are matched by ``trial_id`` (a hash of the spec, the same in every run of the same
-trial); a trial left unmatched is then matched on (model, input shape, backend, label, options,
-batch size, dtype, io), so a run with other measurement settings still compares.
+trial). A trial left unmatched is then matched on its named configuration (model, input shape,
+backend, label, batch size, dtype, io): a plan whose ``ort-tuned`` entry got new options, or
+whose measurement settings changed, still compares entry by entry (``matched_by: label``).
 
 For each pair, the ratio of medians (candidate / base) with a bootstrap confidence interval::
 
@@ -25,12 +26,13 @@ import pyarrow as pa
 
 DEFAULT_THRESHOLD = 0.03
 SPEC_KEYS = ("model", "input_shape", "backend", "label", "options", "batch_size", "dtype", "io")
+CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
 
 
-def _spec(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(tuple(v) if isinstance(v, list) else v for v in (row.get(k) for k in SPEC_KEYS))
+def _config(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (row.get(k) for k in CONFIG_KEYS))
 
 
 def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
@@ -44,10 +46,10 @@ def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[
             left.append(b)
         else:
             pairs.append((b, c))
-    by_spec = {_spec(r): r for r in by_id.values()}
+    by_config = {_config(r): r for r in by_id.values()}
     for b in left:
-        pairs.append((b, by_spec.pop(_spec(b), None)))
-    pairs += [(None, c) for c in by_spec.values()]
+        pairs.append((b, by_config.pop(_config(b), None)))
+    pairs += [(None, c) for c in by_config.values()]
     return pairs
 
 
@@ -88,7 +90,10 @@ def compare(
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
             "ratio": None, "ci_low": None, "ci_high": None,
+            "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
+        if item["matched_by"] == "label" and b["options"] != c["options"]:
+            item["cand_options"] = c["options"]
         if b is None or c is None:
             item["verdict"] = "only in candidate" if b is None else "only in base"
         elif b["status"] == "ok" and c["status"] != "ok":
