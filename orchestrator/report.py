@@ -170,6 +170,7 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
     """(section, caption, svg) for one model: latency vs batch size, throughput bars, distributions."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     series, colors = _series(rows)
     if not series:
@@ -226,6 +227,7 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
                 finite = [v for d in data for v in d if v == v and v > 0]
                 if finite and max(finite) / min(finite) > 20:  # eager at 40 ms beside ORT at 0.01 ms
                     ax.set_xscale("log")
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.set_title(f"{dtype} batch {bs}", fontsize=8)
                 ax.set_xlabel("latency (ms)" if i == len(dtypes) - 1 else "")
                 ax.grid(True, axis="x", alpha=.3)
@@ -298,7 +300,11 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE) -> str:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_model[str(r.get("model"))].append(r)
-    figures = [p for model in sorted(by_model) for p in _plots(model, by_model[model])]
+    try:
+        figures = [p for model in sorted(by_model) for p in _plots(model, by_model[model])]
+    except ImportError:  # matplotlib is a dependency, but a bare GPU image may lack it: keep the table
+        figures = []
+        parts.append("<p class=bad>No plots: matplotlib is not installed (pip install matplotlib).</p>")
     sections = {"latency": "Latency vs batch size", "throughput": "Throughput",
                 "distribution": "Latency distributions"}
     for key, heading in sections.items():

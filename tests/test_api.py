@@ -43,7 +43,7 @@ def results(ray_gpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     for name, step in (("base", "0.002"), ("candidate", "0.003")):
         (root / f"{name}.yaml").write_text(PLAN.replace("STEP", step))
-        assert run_plan(root / f"{name}.yaml", out=root / "results" / name).counts == {"ok": 4}
+        assert run_plan(root / f"{name}.yaml", out=root / "results" / name, workers=1).counts == {"ok": 4}
     return root
 
 

@@ -47,7 +47,7 @@ def junit_run(tmp_path_factory):
     (d / "plan.yaml").write_text(PLAN)
     with pytest.MonkeyPatch.context() as mp:  # the workers import the tests' model factories
         mp.setenv("PYTHONPATH", str(REPO / "tests"))
-        proc = infer_orch("run", d / "plan.yaml", "--out", d / "run", "--workers", "2", "--junit", d / "out.xml")
+        proc = infer_orch("run", d / "plan.yaml", "--out", d / "run", "--workers", "1", "--junit", d / "out.xml")
     return proc, d / "out.xml"
 
 

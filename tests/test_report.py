@@ -117,3 +117,12 @@ def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
     width, height = _png_size(loaded.screenshot)
     assert width == 1280 and height > 1500  # the table, three kinds of plot, the environment
     assert len(loaded.screenshot) > 50_000  # not a blank page
+
+
+def test_html_without_matplotlib_keeps_the_table_and_says_why(run_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    page = html_report(run_dir)
+    assert "<svg" not in page and "matplotlib is not installed" in page
+    assert "<h2>Results</h2>" in page and "parity_failed" in page
