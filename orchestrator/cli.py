@@ -85,6 +85,10 @@ def run(
             trials = expand(load_plan(plan), source=str(plan))
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
+        if junit is not None:
+            from orchestrator.junit import check_junit_path
+
+            check_junit_path(junit)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err_console, transient=False)
         task: list[Any] = []
@@ -200,7 +204,7 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
     t = Table(title="Candidate vs base (ratio of medians: > 1 is slower)", title_justify="left")
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"), ("io", "left"),
                       ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
-                      (f"{confidence:.0%} CI", "right"), ("verdict", "left")):
+                      (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green"}
     for r in items:
@@ -208,7 +212,9 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         v = r["verdict"]
         t.add_row(str(r["model"]), str(r["label"]), str(r["batch_size"]), str(r["dtype"]), str(r["io"]),
                   _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
-                  f"[{style[v]}]{v}[/]" if v in style else v)
+                  f"[{style[v]}]{v}[/]" if v in style else v,
+                  "matched by label: options changed" if "cand_options" in r
+                  else "matched by label" if r["matched_by"] == "label" else "")
     return t
 
 

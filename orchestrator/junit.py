@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.budgets import missed
+from orchestrator.errors import OutputError
 
 FAILURES = ("failed", "timeout", "oom", "parity_failed")
 
@@ -83,6 +84,18 @@ def _facts(trial: dict[str, Any], row: dict[str, Any]) -> str:
     lines = [f"trial_id: {trial['trial_id']}", f"options: {row.get('options')}"]
     lines += [f"{k}: {row[k]}" for k in keys if row.get(k) is not None]
     return "\n".join(lines)
+
+
+def check_junit_path(path: str | os.PathLike[str]) -> None:
+    """Fail before anything runs when the JUnit file could not be written afterwards."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"--junit {p}: is a directory; give a file name such as {p / 'results.xml'}")
+    probe = p.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"--junit {p}: {probe} is not a writable directory")
 
 
 def write_junit(path: str | os.PathLike[str], trials: list[dict[str, Any]], rows: list[dict[str, Any]],

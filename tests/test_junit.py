@@ -142,3 +142,9 @@ def test_gpu_tests_plan_validates_and_covers_every_backend_against_eager():
     for model in {t["model"]["name"] for t in trials}:
         assert {t["backend"] for t in trials if t["model"]["name"] == model} == shipped
     assert all(t["budgets"] for t in trials)
+
+
+def test_junit_path_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path):
+    proc = infer_orch("run", REPO / "plans/quickstart.yaml", "--out", tmp_path / "o", "--junit", tmp_path)
+    assert proc.returncode == 2 and "is a directory; give a file name" in proc.stderr
+    assert not (tmp_path / "o").exists() and "Traceback" not in proc.stderr
