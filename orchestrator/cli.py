@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -125,8 +126,9 @@ def _budgets_and_junit(result: Any, junit: Path | None) -> int:
     misses = budget_misses(result.trials, result.rows)
     for row, messages in misses:
         for m in messages:
-            console.print(f"[red]over budget[/] {row['label']} {row['model']} bs={row['batch_size']} "
-                          f"{row['dtype']} {row['io']}: {m}", highlight=False, soft_wrap=True)
+            console.print("[red]over budget[/] " + escape(f"{row['label']} {row['model']} bs={row['batch_size']} "
+                                                          f"{row['dtype']} {row['io']}: {m}"),
+                          highlight=False, soft_wrap=True)
     if junit is not None:
         try:
             c = write_junit(junit, result.trials, result.rows, suite=result.run_id)
@@ -210,7 +212,7 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
     for r in items:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
-        t.add_row(str(r["model"]), str(r["label"]), str(r["batch_size"]), str(r["dtype"]), str(r["io"]),
+        t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
                   _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   "matched by label: options changed" if "cand_options" in r

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.results import load_results, run_info
@@ -108,7 +109,7 @@ def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELI
         t.add_column(col, justify="right" if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup")
                      else "left", overflow="fold")
     for i, r in enumerate(summary):
-        cells = _cells(r)
+        cells = [escape(c) for c in _cells(r)]  # errors hold brackets ([tensorrt]) Rich would eat
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         last = i == len(summary) - 1 or _group(summary[i + 1]) != _group(r)
         if not first:

@@ -126,3 +126,16 @@ def test_html_without_matplotlib_keeps_the_table_and_says_why(run_dir, monkeypat
     page = html_report(run_dir)
     assert "<svg" not in page and "matplotlib is not installed" in page
     assert "<h2>Results</h2>" in page and "parity_failed" in page
+
+
+def test_terminal_table_keeps_brackets_in_errors_and_labels():
+    from rich.console import Console
+
+    from orchestrator.report import terminal_table
+
+    rows = [{"model": "m", "batch_size": 1, "dtype": "fp16", "io": "device", "label": "ort[trt]", "backend": "ort",
+             "status": "skipped", "error": "providers [tensorrt] are not available here"}]
+    console = Console(record=True, width=200)
+    console.print(terminal_table(summarize(rows)))
+    text = console.export_text()
+    assert "providers [tensorrt] are not available" in text and "ort[trt]" in text
