@@ -91,6 +91,8 @@ def run(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="With --resume: also run again the trials stored as failed, timeout, oom "
                                "or parity_failed (their rows are replaced).")] = False,
+    junit: Annotated[Path | None, typer.Option(
+        help="Also write JUnit XML here: one test case per trial; failures and missed budgets fail.")] = None,
 ) -> None:
     """Run every trial of PLAN and write one Parquet row per trial."""
     from orchestrator.expand import expand
@@ -102,6 +104,10 @@ def run(
             trials = expand(load_plan(plan), source=str(plan))
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
+        if junit is not None:
+            from orchestrator.junit import check_junit_path
+
+            check_junit_path(junit)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err_console, transient=False)
         task: list[Any] = []
@@ -133,8 +139,117 @@ def run(
     if result.kept:
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
-    if result.failed or any(s not in ("ok", "skipped") for s in result.kept.values()):
+    misses = _budgets_and_junit(result, junit)
+    if result.failed or misses or any(s not in ("ok", "skipped") for s in result.kept.values()):
         raise typer.Exit(code=1)
+
+
+def _budgets_and_junit(result: Any, junit: Path | None) -> int:
+    """Print the budgets the run missed, write the JUnit file if asked; the number of misses."""
+    from orchestrator.junit import budget_misses, write_junit
+
+    rows = list(result.rows)
+    if result.kept:  # a resumed run: its report covers the trials kept from before too
+        from orchestrator.results import load_results
+
+        fresh = {r["trial_id"] for r in rows}
+        rows += [r for r in load_results(result.out).to_pylist()
+                 if r["trial_id"] in result.kept and r["trial_id"] not in fresh]
+    misses = budget_misses(result.trials, rows)
+    for row, messages in misses:
+        for m in messages:
+            console.print("[red]over budget[/] " + escape(f"{row['label']} {row['model']} bs={row['batch_size']} "
+                                                          f"{row['dtype']} {row['io']}: {m}"),
+                          highlight=False, soft_wrap=True)
+    if junit is not None:
+        try:
+            c = write_junit(junit, result.trials, rows, suite=result.run_id)
+        except OSError as exc:
+            err_console.print(f"[bold red]error:[/] can't write {junit}: {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+        console.print(f"JUnit: {junit} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
+                      f"{c['skipped']} skipped)", highlight=False)
+    return len(misses)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (what `run --out` wrote).", show_default=False)],
+    baseline: Annotated[str, typer.Option(help="Label (or backend) the speedups are against.")] = "torch-eager",
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML page with plots (works offline).")] = None,
+) -> None:
+    """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
+    from orchestrator.report import html_report, summarize, terminal_table
+    from orchestrator.results import load_results
+
+    try:
+        rows = load_results(run_dir).to_pylist()
+        console.print(terminal_table(summarize(rows, baseline), baseline))
+        if html is not None:
+            page = html_report(run_dir, baseline)
+            try:
+                html.parent.mkdir(parents=True, exist_ok=True)
+                html.write_text(page, encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"{html}: can't write the report: {exc.strerror or exc}") from None
+            console.print(f"HTML report: {html}", highlight=False)
+    except InferOrchError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def compare(
+    base_dir: Annotated[Path, typer.Argument(help="The base run directory.", show_default=False)],
+    cand_dir: Annotated[Path, typer.Argument(help="The candidate run directory.", show_default=False)],
+    threshold: Annotated[float, typer.Option(
+        min=0, help="Smallest slowdown that counts (0.03 = 3%), when also significant.")] = 0.03,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence of the intervals.")] = 0.95,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="table (for people) or json (for machines).")] = "table",
+) -> None:
+    """Match the trials of two runs by spec; exit 1 when any got significantly slower or broke."""
+    import json
+
+    from orchestrator.compare import compare as compare_runs
+    from orchestrator.compare import regressions
+    from orchestrator.results import load_results
+
+    if fmt not in ("table", "json"):
+        err_console.print(f"[bold red]error:[/] --format must be table or json, got '{fmt}'", highlight=False)
+        raise typer.Exit(code=2)
+    try:
+        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence)
+    except InferOrchError as exc:
+        raise _fail(exc) from None
+    bad = regressions(items)
+    if fmt == "json":
+        print(json.dumps({"base": str(base_dir), "candidate": str(cand_dir), "threshold": threshold,
+                          "confidence": confidence, "regressions": len(bad), "trials": items}, indent=2))
+    else:
+        console.print(compare_table(items, confidence))
+        console.print(f"{len(items)} trials compared, {len(bad)} regressed (threshold {threshold:.1%}, "
+                      f"{confidence:.0%} confidence)", highlight=False)
+    if bad:
+        raise typer.Exit(code=1)
+
+
+def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
+    t = Table(title="Candidate vs base (ratio of medians: > 1 is slower)", title_justify="left")
+    for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"), ("io", "left"),
+                      ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
+                      (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
+        t.add_column(col, justify=just)
+    style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green"}
+    for r in items:
+        ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
+        v = r["verdict"]
+        t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
+                  _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
+                  f"[{style[v]}]{v}[/]" if v in style else v,
+                  "matched by label: options changed" if "cand_options" in r
+                  else "matched by label" if r["matched_by"] == "label" else "")
+    return t
 
 
 @app.command()

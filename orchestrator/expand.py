@@ -4,8 +4,8 @@ A trial is a plain dict (it crosses the Ray boundary and becomes a row). Its id 
 everything that decides what is measured: the model (kind, reference, input shape; an ONNX
 file by its content), the backend and its resolved options, batch size, dtype, io, the plan's
 device setting, the measurement settings and the seed. The plan's name and the entry's label
-are not part of it, so renaming either keeps the ids, and the same trial in two plans matches.
-Nor is the ``parity`` section: it judges the output, it doesn't change what is measured.
+are not part of it (nor its budgets), so renaming either keeps the ids, and the same trial in two
+plans matches. Nor is the ``parity`` section: it judges the output, it doesn't change what is measured.
 """
 
 from __future__ import annotations
@@ -42,13 +42,23 @@ def trial_id(trial: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
 
 
+def _budgets(plan: Plan, trial: dict[str, Any], e: int, entry: Any) -> list[dict[str, Any]]:
+    """The limits that apply to ``trial``, each with where the plan set it (not part of the id)."""
+    found = [{"where": f"budgets[{i}]", **rule.limits()} for i, rule in enumerate(plan.budgets)
+             if rule.matches(trial)]
+    if entry.budgets is not None:
+        found.append({"where": f"matrix.backends[{e}].budgets", **entry.budgets.limits()})
+    return found
+
+
 def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
     """Every trial of the plan, in a stable order, exclusions applied."""
     trials = []
     m = plan.matrix
     measure = plan.measure.model_dump(mode="json")
     parity = plan.parity.model_dump(mode="json")
-    for model, bs, dtype, entry in itertools.product(plan.models, m.batch_sizes, m.dtypes, m.backends):
+    for model, bs, dtype, (e, entry) in itertools.product(plan.models, m.batch_sizes, m.dtypes,
+                                                           enumerate(m.backends)):
         for io in entry.io or m.io:
             trial = {
                 "plan": plan.name,
@@ -70,6 +80,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[dict[str, Any]]:
             }
             if any(rule.matches(trial) for rule in m.exclude):
                 continue
+            trial["budgets"] = _budgets(plan, trial, e, entry)
             trial["trial_id"] = trial_id(trial)
             trials.append(trial)
     if not trials:

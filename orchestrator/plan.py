@@ -29,6 +29,9 @@ A plan, all keys shown::
           options: {io_binding: true}
       exclude:
         - {backend: ort, dtype: bf16}
+    budgets:                     # limits a trial must meet (JUnit: a missed one fails the case)
+      - {max_latency_ms: 50}     # every trial: median latency at most 50 ms
+      - {model: resnet50, batch_size: 1, max_p99_ms: 8, min_throughput: 150}
     measure:
       warmup_iters: 10           # untimed iterations first, then windows until steady:
       warmup_window: 10          #   iterations per warm-up window
@@ -165,6 +168,41 @@ class ExcludeRule(Strict):
         return True
 
 
+BUDGET_LIMITS = ("max_latency_ms", "max_p99_ms", "min_throughput")
+
+
+class Budget(Strict):
+    """Limits one trial's results must meet; a row that misses one fails its JUnit case."""
+
+    max_latency_ms: float | None = Field(None, gt=0)
+    """Median latency per inference, ms."""
+    max_p99_ms: float | None = Field(None, gt=0)
+    min_throughput: float | None = Field(None, gt=0)
+    """Samples per second (at the median latency)."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if all(getattr(self, k) is None for k in BUDGET_LIMITS):
+            raise ValueError(f"a budget needs at least one of: {', '.join(BUDGET_LIMITS)}")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in BUDGET_LIMITS if getattr(self, k) is not None}
+
+
+class BudgetRule(Budget):
+    """A plan-wide budget for the trials matching its keys (all trials when it names none)."""
+
+    model: str | list[str] | None = None
+    backend: str | list[str] | None = None
+    label: str | list[str] | None = None
+    batch_size: int | list[int] | None = None
+    dtype: Dtype | list[Dtype] | None = None
+    io: Io | list[Io] | None = None
+
+    matches = ExcludeRule.matches
+
+
 class BackendEntry(Strict):
     """Common part of a matrix.backends entry; ``options`` is typed per backend (see below)."""
 
@@ -173,6 +211,7 @@ class BackendEntry(Strict):
     io: list[Io] | None = None
     timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
     retries: int | None = Field(None, ge=0)
+    budgets: Budget | None = None
 
 
 @functools.cache
@@ -214,6 +253,7 @@ class Plan(Strict):
     parity: ParitySpec = Field(default_factory=ParitySpec)
     timeout_s: float = Field(900.0, gt=0)
     retries: int = Field(0, ge=0)
+    budgets: list[BudgetRule] = Field(default_factory=list)
 
 
 def _parse_backends(raw: Any) -> Any:

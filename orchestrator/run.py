@@ -33,6 +33,7 @@ class RunResult:
     workers: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
+    trials: list[dict[str, Any]] = field(default_factory=list)  # every trial of the plan (kept ones too)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -87,7 +88,7 @@ def run_plan(
     import ray
 
     plan = load_plan(plan_path)
-    trials = expand(plan, source=str(plan_path))
+    trials = all_trials = expand(plan, source=str(plan_path))
     now = dt.datetime.now(dt.timezone.utc)
     previous = None
     if resume is not None:
@@ -98,7 +99,7 @@ def run_plan(
         trials = [t for t in trials if t["trial_id"] not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed
             return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
-                             kept=previous.kept)
+                             kept=previous.kept, trials=all_trials)
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
@@ -110,7 +111,7 @@ def run_plan(
         pool = cluster.start_workers(nodes, device, workers, plan.seed)
         run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
-                           kept=previous.kept if previous else {})
+                           kept=previous.kept if previous else {}, trials=all_trials)
         sink = ResultSink(out_dir, run_id, None if previous else resolved_yaml(plan),
                           metadata={"plan": plan.model_dump(mode="json"), "device": device,
                                     "environment": _environment(pool)})

@@ -165,3 +165,16 @@ def test_resume_refuses_a_plan_that_changes_trial_ids_and_writes_nothing(ray_gpu
     with pytest.raises(OutputError, match="not a run directory"):
         run_plan(plan, resume=tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == snapshot
+
+
+def test_resumed_run_junit_covers_the_kept_trials_too(ray_gpus, write_plan, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    plan, out = write_plan(FLAKY_PLAN), tmp_path / "out"
+    run_plan(plan, out=out, workers=1)
+    junit = tmp_path / "resumed.xml"
+    res = CliRunner().invoke(app, ["run", str(plan), "--resume", str(out), "--junit", str(junit)])
+    assert res.exit_code == 1, res.output  # the kept failed trial still fails the run
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")

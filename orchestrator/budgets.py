@@ -1,0 +1,33 @@
+"""Budgets: limits a plan sets on a trial's results (``max_latency_ms``, ``max_p99_ms``,
+``min_throughput``). Checked on the driver, from the row, after the trial ran; a trial that is
+not ``ok`` has no numbers to check (its status already says what went wrong).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: limit -> (row column, what it measures, unit, True when the value must stay at or below it)
+CHECKS = {
+    "max_latency_ms": ("latency_ms_median", "median latency", "ms", True),
+    "max_p99_ms": ("latency_ms_p99", "p99 latency", "ms", True),
+    "min_throughput": ("throughput", "throughput", "samples/s", False),
+}
+
+
+def missed(row: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
+    """One message per limit of ``budgets`` (from the trial) that ``row`` misses."""
+    if row.get("status") != "ok":
+        return []
+    out = []
+    for budget in budgets:
+        for limit, (column, what, unit, at_most) in CHECKS.items():
+            if budget.get(limit) is None:
+                continue
+            value, bound, where = row.get(column), budget[limit], budget.get("where", "budgets")
+            if value is None:
+                out.append(f"{what} is missing, so {limit} {bound:g} can't be met ({where})")
+            elif value > bound if at_most else value < bound:
+                relation = "above" if at_most else "below"
+                out.append(f"{what} {value:.4g} {unit} is {relation} {limit} {bound:g} ({where})")
+    return out

@@ -1,0 +1,125 @@
+"""Two runs, trial by trial: did the candidate get slower than the base?
+
+Trials are matched by ``trial_id`` (a hash of the spec, the same in every run of the same
+trial). A trial left unmatched is then matched on its named configuration (model, input shape,
+backend, label, batch size, dtype, io): a plan whose ``ort-tuned`` entry got new options, or
+whose measurement settings changed, still compares entry by entry (``matched_by: label``).
+
+For each pair, the ratio of medians (candidate / base) with a bootstrap confidence interval::
+
+    for b in 1..n_boot:                      # seeded: the same runs always give the same verdicts
+        rb = median(resample(base samples)), rc = median(resample(candidate samples))
+        ratio[b] = rc / rb
+    ci = percentiles (1 - confidence) / 2 and (1 + confidence) / 2 of ratio
+
+A trial regressed when the ratio is above ``1 + threshold`` AND the whole interval is above 1:
+a small slowdown, or a large one within the noise, is not flagged. A trial that was ``ok`` in
+the base and is not in the candidate is ``broken``; both count as regressions (exit code 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+DEFAULT_THRESHOLD = 0.03
+SPEC_KEYS = ("model", "input_shape", "backend", "label", "options", "batch_size", "dtype", "io")
+CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
+REGRESSIONS = ("regressed", "broken")
+_MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
+
+
+def _config(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (row.get(k) for k in CONFIG_KEYS))
+
+
+def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
+    """Pairs (base row, candidate row); None on the side a trial is missing from."""
+    by_id = {r["trial_id"]: r for r in cand}
+    pairs: list[tuple[dict | None, dict | None]] = []
+    left = []
+    for b in base:
+        c = by_id.pop(b["trial_id"], None)
+        if c is None:
+            left.append(b)
+        else:
+            pairs.append((b, c))
+    by_config = {_config(r): r for r in by_id.values()}
+    for b in left:
+        pairs.append((b, by_config.pop(_config(b), None)))
+    pairs += [(None, c) for c in by_config.values()]
+    return pairs
+
+
+def bootstrap_ratio_ci(
+    base: np.ndarray, cand: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(cand) / median(base)."""
+    rng = np.random.default_rng(seed)
+
+    def medians(a: np.ndarray) -> np.ndarray:
+        chunk = max(1, _MAX_CELLS // a.size)
+        return np.concatenate([
+            np.median(a[rng.integers(0, a.size, size=(min(chunk, n_boot - i), a.size))], axis=1)
+            for i in range(0, n_boot, chunk)
+        ])
+
+    ratios = medians(cand) / medians(base)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(ratios, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def compare(
+    base: pa.Table,
+    cand: pa.Table,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One verdict per trial of either run: regressed, improved, unchanged, broken, fixed,
+    not ok (in both), only in base, only in candidate; with medians, ratio and interval."""
+    out = []
+    for b, c in match(base.to_pylist(), cand.to_pylist()):
+        ref = b or c or {}
+        item: dict[str, Any] = {
+            "trial_id": ref["trial_id"], **{k: ref.get(k) for k in SPEC_KEYS if k != "input_shape"},
+            "base_status": b and b["status"], "cand_status": c and c["status"],
+            "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
+            "ratio": None, "ci_low": None, "ci_high": None,
+            "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
+        }
+        if item["matched_by"] == "label" and b["options"] != c["options"]:
+            item["cand_options"] = c["options"]
+        if b is None or c is None:
+            item["verdict"] = "only in candidate" if b is None else "only in base"
+        elif b["status"] == "ok" and c["status"] != "ok":
+            item["verdict"] = "broken"
+        elif b["status"] != "ok" and c["status"] == "ok":
+            item["verdict"] = "fixed"
+        elif b["status"] != "ok":
+            item["verdict"] = "not ok"
+        else:
+            sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
+            sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
+            ratio = float(np.median(sc) / np.median(sb))
+            lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed)
+            item.update(ratio=ratio, ci_low=lo, ci_high=hi)
+            if ratio > 1 + threshold and lo > 1:
+                item["verdict"] = "regressed"
+            elif ratio < 1 - threshold and hi < 1:
+                item["verdict"] = "improved"
+            else:
+                item["verdict"] = "unchanged"
+        out.append(item)
+    order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3}
+    out.sort(key=lambda r: (order.get(r["verdict"], 4), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
+                            str(r["io"]), str(r["label"])))
+    return out
+
+
+def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in items if r["verdict"] in REGRESSIONS]

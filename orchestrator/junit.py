@@ -1,0 +1,117 @@
+"""A run as JUnit XML, so a CI job can show every trial as a test case.
+
+Each trial is one ``<testcase>``: ``classname`` is ``<plan>.<model>``, ``name`` the rest of the
+spec (``ort-tuned[bs=8,fp16,device]``); ``time`` its wall time. ``failed``, ``timeout``,
+``oom`` and ``parity_failed`` trials are ``<failure>``s with the error as message and the
+traceback as text; ``skipped`` ones are ``<skipped>``; an ``ok`` trial that misses one of its
+plan's budgets is a ``<failure type="budget">``. A trial with no row (the run was cut short) is
+an ``<error>``. The layout is the common one (Jenkins/Surefire) that GitLab, GitHub actions and
+``junitparser`` read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from orchestrator.budgets import missed
+from orchestrator.errors import OutputError
+
+FAILURES = ("failed", "timeout", "oom", "parity_failed")
+
+
+def case_name(spec: dict[str, Any]) -> tuple[str, str]:
+    """(classname, name) of a trial or row: ``plan.model`` and ``label[bs=N,dtype,io]``."""
+    model = spec["model"]["name"] if isinstance(spec["model"], dict) else spec["model"]
+    return f"{spec['plan']}.{model}", f"{spec['label']}[bs={spec['batch_size']},{spec['dtype']},{spec['io']}]"
+
+
+def to_xml(trials: list[dict[str, Any]], rows: list[dict[str, Any]], suite: str) -> ET.ElementTree:
+    """The JUnit tree of a run: one case per trial, in the plan's order."""
+    by_id = {r["trial_id"]: r for r in rows}
+    cases = []
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    total = 0.0
+    for trial in trials:
+        classname, name = case_name(trial)
+        row = by_id.get(trial["trial_id"])
+        case = ET.Element("testcase", classname=classname, name=name)
+        counts["tests"] += 1
+        if row is None:
+            ET.SubElement(case, "error", message="no result: the run ended before this trial finished",
+                          type="missing")
+            counts["errors"] += 1
+            cases.append(case)
+            continue
+        seconds = row.get("duration_s") or 0.0
+        total += seconds
+        case.set("time", f"{seconds:.3f}")
+        status = row.get("status")
+        if status in FAILURES:
+            fail = ET.SubElement(case, "failure", message=f"{status}: {row.get('error') or ''}".strip(),
+                                 type=status)
+            fail.text = row.get("traceback") or row.get("error") or status
+            counts["failures"] += 1
+        elif status == "skipped":
+            ET.SubElement(case, "skipped", message=row.get("error") or "skipped")
+            counts["skipped"] += 1
+        else:
+            misses = missed(row, trial.get("budgets") or [])
+            if misses:
+                fail = ET.SubElement(case, "failure", message="; ".join(misses), type="budget")
+                fail.text = "\n".join(misses)
+                counts["failures"] += 1
+        out = ET.SubElement(case, "system-out")
+        out.text = _facts(trial, row)
+        cases.append(case)
+    stamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()
+    attrs = {k: str(v) for k, v in counts.items()}
+    root = ET.Element("testsuites", name="infer-orch", time=f"{total:.3f}", **attrs)
+    ts = ET.SubElement(root, "testsuite", name=suite, timestamp=stamp, hostname=socket.gethostname(),
+                       time=f"{total:.3f}", **attrs)
+    ts.extend(cases)
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def _facts(trial: dict[str, Any], row: dict[str, Any]) -> str:
+    keys = ("status", "latency_ms_median", "latency_ms_p99", "throughput", "device_name", "node", "worker",
+            "gpu_uuid")
+    lines = [f"trial_id: {trial['trial_id']}", f"options: {row.get('options')}"]
+    lines += [f"{k}: {row[k]}" for k in keys if row.get(k) is not None]
+    return "\n".join(lines)
+
+
+def check_junit_path(path: str | os.PathLike[str]) -> None:
+    """Fail before anything runs when the JUnit file could not be written afterwards."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"--junit {p}: is a directory; give a file name such as {p / 'results.xml'}")
+    probe = p.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"--junit {p}: {probe} is not a writable directory")
+
+
+def write_junit(path: str | os.PathLike[str], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+                suite: str) -> dict[str, int]:
+    """Write the JUnit file of a run (atomically); returns its counts (tests, failures, errors, skipped)."""
+    tree = to_xml(trials, rows, suite)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tree.write(tmp, encoding="utf-8", xml_declaration=True)
+    os.replace(tmp, p)
+    return {k: int(v) for k, v in tree.getroot().attrib.items() if k in ("tests", "failures", "errors", "skipped")}
+
+
+def budget_misses(trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """(row, messages) for each ok row that misses a budget of its trial."""
+    budgets = {t["trial_id"]: t.get("budgets") or [] for t in trials}
+    found = [(r, missed(r, budgets.get(r["trial_id"], []))) for r in rows]
+    return [(r, m) for r, m in found if m]

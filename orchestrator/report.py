@@ -1,0 +1,319 @@
+"""A run as answers: a table of every trial side by side, and one self-contained HTML page.
+
+Rows are grouped by (model, batch size, dtype, io); inside a group every backend label gets its
+median and p99 latency, throughput and speedup against a baseline label (``torch-eager`` by
+default): speedup = baseline median / this median, so 2.0x is twice as fast. Trials that did not
+run cleanly (skipped, failed, parity_failed, timeout, oom) stay in the table with their reason.
+
+When the group has no baseline row (e.g. ``ort-default`` runs with ``io: host`` while eager runs
+with ``io: device``), the speedup is taken against the baseline at the same model, batch size
+and dtype with the other io, and marked with the io it was taken against.
+
+The HTML page has no scripts and loads nothing: the plots are inline SVG (matplotlib), the
+style is inline, so it works offline and can be attached to a CI job as one file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io as _io
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.results import load_results, run_info
+
+DEFAULT_BASELINE = "torch-eager"
+GROUP = ("model", "batch_size", "dtype", "io")
+STATUS_STYLE = {"ok": "green", "skipped": "yellow"}
+ENV_COLUMNS = ("device", "device_name", "node", "torch_version", "ort_version", "cuda_version", "driver_version")
+
+
+def _group(r: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(r.get(k) for k in GROUP)
+
+
+def _order(r: dict[str, Any], baseline: str) -> tuple[Any, ...]:
+    return (str(r.get("model")), r.get("batch_size") or 0, str(r.get("dtype")), str(r.get("io")),
+            r.get("label") != baseline, str(r.get("label")))
+
+
+def _is_baseline(r: dict[str, Any], baseline: str) -> bool:
+    return r.get("status") == "ok" and (r.get("label") == baseline or r.get("backend") == baseline)
+
+
+def _pick_baseline(rows: Iterable[dict[str, Any]], baseline: str) -> dict[str, Any] | None:
+    found = [r for r in rows if _is_baseline(r, baseline)]
+    # a label equal to the baseline wins over a backend equal to it (torch-eager vs torch-eager-cl)
+    found.sort(key=lambda r: (r.get("label") != baseline, r.get("label") != r.get("backend")))
+    return found[0] if found else None
+
+
+def summarize(rows: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> list[dict[str, Any]]:
+    """Rows sorted by group and label, each with ``speedup`` (or None) and ``speedup_vs`` (io note)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    wide: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[_group(r)].append(r)
+        wide[_group(r)[:3]].append(r)
+    out = []
+    for r in sorted(rows, key=lambda r: _order(r, baseline)):
+        base, vs = _pick_baseline(groups[_group(r)], baseline), None
+        if base is None:
+            base = _pick_baseline(wide[_group(r)[:3]], baseline)
+            vs = base and f"vs io={base.get('io')}"
+        speedup = None
+        if base is not None and r.get("status") == "ok" and r.get("latency_ms_median"):
+            speedup = base["latency_ms_median"] / r["latency_ms_median"]
+        out.append({**r, "speedup": speedup, "speedup_vs": vs if speedup is not None else None})
+    return out
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _speedup(r: dict[str, Any]) -> str:
+    if r["speedup"] is None:
+        return "-"
+    return f"{r['speedup']:.2f}x" + (f" ({r['speedup_vs']})" if r["speedup_vs"] else "")
+
+
+def _note(r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return (r.get("error") or "").strip().splitlines()[0][:100] if r.get("error") else ""
+    notes = [f"{k}={r[k]:.3g}" for k in sorted(r) if k.startswith("parity_") and isinstance(r[k], float)]
+    if r.get("hit_max_time"):
+        notes.append("hit max_time_s")
+    return ", ".join(notes)
+
+
+COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "speedup", "note")
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [str(r.get("model")), str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
+            str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
+            _fmt(r.get("throughput"), ".1f"), _speedup(r), _note(r)]
+
+
+def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> Table:
+    """The summary as a rich Table; a group's keys are printed once, groups are ruled off."""
+    t = Table(title=f"Results (speedup vs {baseline})", title_justify="left")
+    for col in COLUMNS:
+        t.add_column(col, justify="right" if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup")
+                     else "left", overflow="fold")
+    for i, r in enumerate(summary):
+        cells = [escape(c) for c in _cells(r)]  # errors hold brackets ([tensorrt]) Rich would eat
+        first = i == 0 or _group(summary[i - 1]) != _group(r)
+        last = i == len(summary) - 1 or _group(summary[i + 1]) != _group(r)
+        if not first:
+            cells[:4] = [""] * 4
+        cells[5] = f"[{STATUS_STYLE.get(r.get('status'), 'red')}]{cells[5]}[/]"
+        t.add_row(*cells, end_section=last)
+    return t
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.first td{border-top:2px solid #bbb}
+.ok{color:#1a7f37}.skipped{color:#9a6700}.bad{color:#cf222e;font-weight:600}
+figure{margin:1em 0}svg{max-width:100%;height:auto}pre{background:#f6f8fa;padding:1em;overflow:auto}
+.muted{color:#666}
+"""
+
+
+def _svg(fig: Any) -> str:
+    buf = _io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _log_y(ax: Any) -> None:
+    """Log y axis with plain numbers; minor ticks labelled only when there is room for them."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _series(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """ok rows of one model by series (label, plus io when the model ran with several), and colours."""
+    from matplotlib import colormaps
+
+    several_io = len({r.get("io") for r in rows}) > 1
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok":
+            series[f"{r['label']} ({r['io']})" if several_io else str(r["label"])].append(r)
+    cmap = colormaps["tab10"]
+    colors = {name: cmap(i % 10) for i, name in enumerate(sorted(series))}
+    return dict(sorted(series.items())), colors
+
+
+def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(section, caption, svg) for one model: latency vs batch size, throughput bars, distributions."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    series, colors = _series(rows)
+    if not series:
+        return []
+    dtypes = sorted({r["dtype"] for s in series.values() for r in s})
+    batches = sorted({r["batch_size"] for s in series.values() for r in s})
+    out = []
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "infer-orch", "font.size": 9}):
+        fig = Figure(figsize=(5.5 * len(dtypes), 3.6))
+        for ax, dtype in zip(fig.subplots(1, len(dtypes), squeeze=False)[0], dtypes):
+            for name, rs in series.items():
+                pts = sorted((r["batch_size"], r["latency_ms_median"]) for r in rs if r["dtype"] == dtype)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=name, color=colors[name])
+            if len(batches) > 1:
+                ax.set_xscale("log", base=2)
+            _log_y(ax)
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="median latency (ms)")
+            ax.grid(True, which="both", alpha=.3)
+            ax.legend(fontsize=7)
+        out.append(("latency", f"{model}: median latency per inference vs batch size (log scales)", _svg(fig)))
+
+        fig = Figure(figsize=(5.5 * len(dtypes), 3.6))
+        width = 0.8 / len(series)
+        for ax, dtype in zip(fig.subplots(1, len(dtypes), squeeze=False)[0], dtypes):
+            for k, (name, rs) in enumerate(series.items()):
+                by_bs = {r["batch_size"]: r["throughput"] for r in rs if r["dtype"] == dtype and r["throughput"]}
+                xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_bs]
+                ax.bar(xs, [by_bs[b] for b in batches if b in by_bs], width, label=name, color=colors[name])
+            ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+            _log_y(ax)
+            ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="throughput (samples/s)")
+            ax.grid(True, axis="y", which="both", alpha=.3)
+            ax.legend(fontsize=7)
+        out.append(("throughput", f"{model}: throughput at the median latency (log scale)", _svg(fig)))
+
+        names = list(series)
+        fig = Figure(figsize=(max(4.0, 3.2 * len(batches)), (1.3 + 0.3 * len(names)) * len(dtypes)))
+        axes = fig.subplots(len(dtypes), len(batches), squeeze=False)
+        for i, dtype in enumerate(dtypes):
+            for j, bs in enumerate(batches):
+                ax = axes[i][j]
+                data = []
+                for name in names:
+                    r = next((r for r in series[name] if r["dtype"] == dtype and r["batch_size"] == bs), None)
+                    data.append(r["samples_ms"] if r and r.get("samples_ms") else [float("nan")])
+                bp = ax.boxplot(data, orientation="horizontal", whis=(1, 99), widths=.6, patch_artist=True,
+                                flierprops={"markersize": 2, "alpha": .5})
+                for patch, name in zip(bp["boxes"], names):
+                    patch.set_facecolor(colors[name])
+                    patch.set_alpha(.6)
+                ax.set_yticks(range(1, len(names) + 1), names if j == 0 else [""] * len(names))
+                finite = [v for d in data for v in d if v == v and v > 0]
+                if finite and max(finite) / min(finite) > 20:  # eager at 40 ms beside ORT at 0.01 ms
+                    ax.set_xscale("log")
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.set_title(f"{dtype} batch {bs}", fontsize=8)
+                ax.set_xlabel("latency (ms)" if i == len(dtypes) - 1 else "")
+                ax.grid(True, axis="x", alpha=.3)
+        fig.suptitle(f"{model}: latency of every timed iteration (box: quartiles, whiskers: p1-p99)")
+        fig.tight_layout()
+        out.append(("distribution", f"{model}: latency distribution of each trial", _svg(fig)))
+    return out
+
+
+def _html_table(summary: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = []
+    for i, r in enumerate(summary):
+        cells = _cells(r)
+        first = i == 0 or _group(summary[i - 1]) != _group(r)
+        status = r.get("status")
+        cls = status if status in ("ok", "skipped") else "bad"
+        tds = []
+        for col, cell in zip(COLUMNS, cells):
+            if col in ("model", "batch", "dtype", "io") and not first:
+                cell = ""
+            attr = ' class="num"' if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup") else ""
+            attr = f' class="{cls}"' if col == "status" else attr
+            title = f' title="{html.escape(r.get("error") or "")}"' if col == "note" and r.get("error") else ""
+            tds.append(f"<td{attr}{title}>{html.escape(cell)}</td>")
+        body.append(f'<tr{" class=first" if first and i else ""}>{"".join(tds)}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _environment(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    facts: list[tuple[str, str]] = []
+    for key in ("run_id", "plan", "device", "started_at"):
+        if info.get(key):
+            facts.append((key, str(info[key])))
+    if info.get("workers"):
+        facts.append(("workers", f"{len(info['workers'])}: {', '.join(map(str, info['workers']))}"))
+    for col in ENV_COLUMNS:
+        if col in info:
+            continue
+        values = sorted({str(r[col]) for r in rows if r.get(col) is not None})
+        if values:
+            facts.append((col, ", ".join(values)))
+    gpus = {r.get("gpu_uuid") for r in rows if r.get("gpu_uuid")}
+    if gpus:
+        facts.append(("GPUs used", str(len(gpus))))
+    trs = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    plan = info.get("plan_yaml")
+    plan_html = (f"<details><summary>Resolved plan (_plan.yaml)</summary><pre>{html.escape(plan)}</pre></details>"
+                 if plan else "")
+    return f"<table>{trs}</table>{plan_html}"
+
+
+def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE) -> str:
+    """The whole report of one run directory as one HTML document (no scripts, no external files)."""
+    rows = load_results(run_dir).to_pylist()
+    info = run_info(run_dir)
+    summary = summarize(rows, baseline)
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[str(r.get("status"))] += 1
+    title = f"infer-orch report: {info.get('plan') or rows[0].get('plan') or Path(run_dir).name}"
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<p class="muted">{len(rows)} trials: '
+             f"{html.escape(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))}. Run directory "
+             f"<code>{html.escape(str(run_dir))}</code>; generated "
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+             f"<h2>Results</h2><p>Speedup: median latency of <b>{html.escape(baseline)}</b> / this median "
+             "(higher is faster). Trials that did not run cleanly keep their status and reason.</p>",
+             _html_table(summary)]
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_model[str(r.get("model"))].append(r)
+    try:
+        figures = [p for model in sorted(by_model) for p in _plots(model, by_model[model])]
+    except ImportError:  # matplotlib is a dependency, but a bare GPU image may lack it: keep the table
+        figures = []
+        parts.append("<p class=bad>No plots: matplotlib is not installed (pip install matplotlib).</p>")
+    sections = {"latency": "Latency vs batch size", "throughput": "Throughput",
+                "distribution": "Latency distributions"}
+    for key, heading in sections.items():
+        figs = [f"<figure>{svg}<figcaption>{html.escape(cap)}</figcaption></figure>"
+                for section, cap, svg in figures if section == key]
+        if figs:
+            parts.append(f"<h2>{heading}</h2>" + "".join(figs))
+    parts.append("<h2>Environment</h2>" + _environment(rows, info))
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -1,0 +1,114 @@
+"""`infer-orch compare`: runs made through the real run path with the sleep backend; a 10%
+slowdown is found, two runs of the same trials stay quiet; the statistics on seeded samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_cli import infer_orch
+
+from orchestrator.compare import bootstrap_ratio_ci, compare
+from orchestrator.results import load_results
+from orchestrator.run import run_plan
+
+PLAN = """\
+name: cmp
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - backend: sleep
+      label: nap
+      options: {step_s: STEP}
+    - backend: sleep
+      label: steady
+      options: {step_s: 0.015}
+measure: {warmup_iters: 2, iters: 25}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(ray_gpus, tmp_path_factory):
+    """base and same: the same trials twice; slow: the `nap` entry 10% slower (a code change)."""
+    d = tmp_path_factory.mktemp("cmp")
+    out = {}
+    for name, step in (("base", "0.020"), ("same", "0.020"), ("slow", "0.022")):
+        (d / f"{name}.yaml").write_text(PLAN.replace("STEP", step))
+        # one worker: sleeps on a busy 2-core machine wake late, and fewer processes wake later less
+        result = run_plan(d / f"{name}.yaml", out=d / name, workers=1)
+        assert result.counts == {"ok": 2}
+        out[name] = d / name
+    return out
+
+
+def test_a_ten_percent_slowdown_is_a_regression_and_exits_1(runs):
+    proc = infer_orch("compare", runs["base"], runs["slow"], "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    nap, steady = (next(t for t in report["trials"] if t["label"] == x) for x in ("nap", "steady"))
+    assert report["regressions"] == 1 and len(report["trials"]) == 2
+    assert nap["verdict"] == "regressed" and nap["matched_by"] == "label"  # its options changed
+    assert 1.05 < nap["ratio"] < 1.15 and 1 < nap["ci_low"] <= nap["ratio"] <= nap["ci_high"]
+    assert steady["verdict"] == "unchanged" and steady["matched_by"] == "trial_id"
+
+
+def test_two_runs_of_the_same_trials_stay_quiet(runs):
+    proc = infer_orch("compare", runs["base"], runs["same"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 trials compared, 0 regressed" in proc.stdout and "regressed  " not in proc.stdout
+
+
+def test_the_slower_run_as_base_shows_an_improvement_not_a_regression(runs):
+    items = compare(load_results(runs["slow"]), load_results(runs["base"]))
+    assert sorted(i["verdict"] for i in items) == ["improved", "unchanged"]
+
+
+def test_missing_and_broken_trials_are_reported(runs):
+    base = load_results(runs["base"])
+    cand = load_results(runs["same"])
+    # the candidate's first trial failed; then the candidate lost it
+    rows = cand.to_pylist()
+    rows[0].update(status="failed", error="RuntimeError: boom", latency_ms_median=None, samples_ms=None)
+    items = compare(base, pa.Table.from_pylist(rows, schema=cand.schema))
+    assert sorted(i["verdict"] for i in items) == ["broken", "unchanged"]
+    items = compare(base, pa.Table.from_pylist(rows[1:], schema=cand.schema))
+    assert sorted(i["verdict"] for i in items) == ["only in base", "unchanged"]
+
+
+def test_bad_input_is_one_line_with_exit_2(runs, tmp_path):
+    proc = infer_orch("compare", runs["base"], tmp_path / "missing")
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = infer_orch("compare", runs["base"], runs["same"], "--format", "xml")
+    assert proc.returncode == 2 and "--format must be table or json" in proc.stderr
+
+
+def _table(samples: dict[str, np.ndarray]) -> pa.Table:
+    return pa.Table.from_pylist([
+        {"trial_id": tid, "model": "m", "backend": "b", "label": "l", "options": "{}", "batch_size": 1,
+         "dtype": "fp32", "io": "device", "status": "ok", "latency_ms_median": float(np.median(s)),
+         "samples_ms": s.tolist()} for tid, s in samples.items()])
+
+
+def test_regression_needs_both_size_and_significance():
+    rng = np.random.default_rng(7)
+    base = {"noisy": rng.normal(10, 3, 20), "tight": rng.normal(10, 0.05, 200), "big": rng.normal(10, 0.1, 100)}
+    cand = {"noisy": rng.normal(11, 3, 20),  # 10% slower but within the noise: not significant
+            "tight": rng.normal(10.15, 0.05, 200),  # significant but only 1.5%: under the threshold
+            "big": rng.normal(11, 0.1, 100)}  # 10% and significant
+    verdicts = {i["trial_id"]: i for i in compare(_table(base), _table(cand))}
+    assert verdicts["noisy"]["verdict"] == "unchanged" and verdicts["noisy"]["ci_low"] < 1
+    assert verdicts["tight"]["verdict"] == "unchanged" and verdicts["tight"]["ci_low"] > 1
+    assert verdicts["big"]["verdict"] == "regressed"
+    assert compare(_table(base), _table(cand), threshold=0.01)[0]["trial_id"] in ("big", "tight")
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_true_ratio():
+    rng = np.random.default_rng(1)
+    a, b = rng.exponential(1, 500) + 5, (rng.exponential(1, 500) + 5) * 1.2
+    lo, hi = bootstrap_ratio_ci(a, b)
+    assert (lo, hi) == bootstrap_ratio_ci(a, b)  # same inputs, same interval
+    assert lo < 1.2 < hi and hi - lo < 0.1

@@ -1,0 +1,141 @@
+"""`infer-orch report` on a run made here: every status shown, speedups right, an HTML page that
+renders offline in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import pytest
+from headless import find_chromium, load
+from test_cli import infer_orch
+
+from orchestrator.report import html_report, summarize
+from orchestrator.results import load_results
+from orchestrator.run import run_plan
+
+# Real models on CPU workers: eager and ORT run, the CUDA graph is skipped on CPU, a factory
+# that returns no module fails, a model that outputs NaN is parity_failed.
+PLAN = """\
+name: rep
+device: cpu
+models:
+  - {python: "tinynet:make", name: tiny, input_shape: [3, 16, 16]}
+  - {python: "tinynet:not_a_module", name: broken, input_shape: [3, 16, 16]}
+  - {python: "nannet:make", name: nan, input_shape: [3, 16, 16]}
+matrix:
+  batch_sizes: [1, 4]
+  io: [host]
+  backends: [torch-eager, ort, torch-cudagraph]
+  exclude:
+    - {model: [broken, nan], backend: [ort, torch-cudagraph]}
+    - {model: [broken, nan], batch_size: 4}
+measure: {warmup_iters: 1, iters: 8}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_gpus, tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep")
+    (d / "plan.yaml").write_text(PLAN)
+    result = run_plan(d / "plan.yaml", out=d / "run", workers=2)
+    assert sorted(result.counts.items()) == [("failed", 1), ("ok", 4), ("parity_failed", 1), ("skipped", 2)], \
+        [(r["label"], r["model"], r.get("error")) for r in result.rows]
+    return d / "run"
+
+
+def test_summary_has_every_trial_with_speedup_against_the_baseline(run_dir):
+    rows = summarize(load_results(run_dir).to_pylist())
+    assert len(rows) == 8
+    by = {(r["model"], r["label"], r["batch_size"]): r for r in rows}
+    for bs in (1, 4):
+        eager, ort = by[("tiny", "torch-eager", bs)], by[("tiny", "ort", bs)]
+        assert eager["speedup"] == 1.0
+        assert ort["speedup"] == pytest.approx(eager["latency_ms_median"] / ort["latency_ms_median"])
+        assert by[("tiny", "torch-cudagraph", bs)]["speedup"] is None
+    # the baseline comes first in its group, then the other labels
+    assert [r["label"] for r in rows if r["model"] == "tiny" and r["batch_size"] == 1][0] == "torch-eager"
+    # a baseline of another name: speedups follow it
+    by_ort = {(r["model"], r["label"], r["batch_size"]): r for r in summarize(load_results(run_dir).to_pylist(), "ort")}
+    assert by_ort[("tiny", "ort", 1)]["speedup"] == 1.0
+
+
+def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_path):
+    proc = infer_orch("report", run_dir, "--html", tmp_path / "r.html")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for status in ("ok", "skipped", "failed", "parity_failed"):
+        assert re.search(rf"│ {status}\s", out), status
+    # each trial that did not run says why
+    assert "NaN/Inf values" in out and "returned int, not an nn.Module" in out and "needs a CUDA device" in out
+    assert "1.00x" in out and "speedup vs torch-eager" in out
+    assert (tmp_path / "r.html").is_file() and "HTML report:" in out
+
+
+def test_cli_report_of_a_missing_or_empty_directory_is_one_clear_line(tmp_path):
+    proc = infer_orch("report", tmp_path / "nope")
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = infer_orch("report", tmp_path)
+    assert proc.returncode == 2 and "no part-*.parquet files" in proc.stderr
+
+
+def test_speedup_falls_back_to_the_baseline_with_the_other_io():
+    # plans/t4.yaml: ort-default runs with io host, the baseline with io device
+    rows = [{"model": "m", "batch_size": 1, "dtype": "fp32", "io": "device", "label": "torch-eager",
+             "backend": "torch-eager", "status": "ok", "latency_ms_median": 2.0},
+            {"model": "m", "batch_size": 1, "dtype": "fp32", "io": "host", "label": "ort-default",
+             "backend": "ort", "status": "ok", "latency_ms_median": 4.0}]
+    ort = next(r for r in summarize(rows) if r["label"] == "ort-default")
+    assert ort["speedup"] == 0.5 and ort["speedup_vs"] == "vs io=device"
+
+
+def test_html_is_self_contained(run_dir):
+    page = html_report(run_dir)
+    assert page.count("<svg") >= 3  # latency vs batch, throughput, distributions
+    # nothing to fetch: no scripts, links, images, frames; SVG references stay inside the page (#id)
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\((?!#)", page, re.I)
+    assert not re.search(r"(src|href)=\"(?!#)", page)
+    for heading in ("Results", "Latency vs batch size", "Throughput", "Latency distributions", "Environment"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "parity_failed" in page and "torch_version" in page
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(html_report(run_dir))
+    loaded = load(page.as_uri())
+    (tmp_path / "report.png").write_bytes(loaded.screenshot)
+    assert loaded.title.startswith("infer-orch report")
+    assert loaded.console_errors == []
+    assert loaded.requests == [page.as_uri()]  # the page itself and nothing else
+    width, height = _png_size(loaded.screenshot)
+    assert width == 1280 and height > 1500  # the table, three kinds of plot, the environment
+    assert len(loaded.screenshot) > 50_000  # not a blank page
+
+
+def test_html_without_matplotlib_keeps_the_table_and_says_why(run_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    page = html_report(run_dir)
+    assert "<svg" not in page and "matplotlib is not installed" in page
+    assert "<h2>Results</h2>" in page and "parity_failed" in page
+
+
+def test_terminal_table_keeps_brackets_in_errors_and_labels():
+    from rich.console import Console
+
+    from orchestrator.report import terminal_table
+
+    rows = [{"model": "m", "batch_size": 1, "dtype": "fp16", "io": "device", "label": "ort[trt]", "backend": "ort",
+             "status": "skipped", "error": "providers [tensorrt] are not available here"}]
+    console = Console(record=True, width=200)
+    console.print(terminal_table(summarize(rows)))
+    text = console.export_text()
+    assert "providers [tensorrt] are not available" in text and "ort[trt]" in text
