@@ -30,6 +30,9 @@ class RunResult:
     device: str
     workers: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: workers that died during the run (name -> cause) and what became of their trials
+    lost_workers: dict[str, str] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -54,13 +57,14 @@ def run_plan(
     out: str | Path | None = None,
     address: str | None = None,
     workers: int | None = None,
+    cpus_per_worker: float | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
-    directory, or a cluster that can't run the plan.
+    directory, or a cluster that can't run the plan. ``cpus_per_worker`` overrides the plan's.
     """
     import ray
 
@@ -74,7 +78,8 @@ def run_plan(
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
-        pool = cluster.start_workers(nodes, device, workers, plan.seed)
+        seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
+        pool = cluster.start_workers(seats, device, plan.seed)
         run_id = f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool])
         sink = ResultSink(out_dir, run_id, resolved_yaml(plan),
@@ -89,11 +94,14 @@ def run_plan(
             if on_row:
                 on_row(row)
 
-        schedule(pool, trials, take)
+        report = schedule(pool, trials, take, facts={s.name: s.columns() for s in seats})
+        result.lost_workers, result.requeued = report.lost_workers, report.requeued
         sink.finish({"plan": plan.name, "device": device, "workers": result.workers,
-                     "started_at": now.isoformat(), "counts": result.counts})
-        for actor, _ in pool:
-            ray.kill(actor)
+                     "started_at": now.isoformat(), "counts": result.counts,
+                     "lost_workers": result.lost_workers, "requeued": result.requeued})
+        for actor, name in pool:
+            if name not in result.lost_workers:
+                ray.kill(actor)
         return result
     finally:
         if started_ray:
