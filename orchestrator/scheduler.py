@@ -98,7 +98,7 @@ def schedule(
                     "status": "failed", "worker": slot.name,
                     "error": f"worker {slot.name} died while running this trial: {cause}"})
 
-    while (pending and not should_stop()) or in_flight or doubtful:
+    def dispatch() -> None:
         while idle and pending and not should_stop():
             slot = idle.pop(0)
             busy = {s.model for s, _ in in_flight.values() if s.model}
@@ -106,6 +106,9 @@ def schedule(
             slot.model = model_key(trial["model"])
             slot.concurrent = sum(1 for s, _ in in_flight.values() if s.node == slot.node)
             in_flight[slot.actor.run.remote(trial)] = (slot, trial)
+
+    while (pending and not should_stop()) or in_flight or doubtful:
+        dispatch()
         if not in_flight and not doubtful:
             if pending and not idle:
                 for t in pending:
@@ -117,6 +120,7 @@ def schedule(
         else:
             done = []
             time.sleep(0.5)
+        rows = []
         for ref in done:
             slot, trial = in_flight.pop(ref)
             try:
@@ -127,7 +131,12 @@ def schedule(
                 doubtful.append((slot, trial, _cause(exc), time.monotonic() - wait))
                 continue
             idle.append(slot)
-            on_row({**row, **facts.get(slot.name, {}), "concurrent_trials": slot.concurrent})
+            rows.append({**row, **facts.get(slot.name, {}), "concurrent_trials": slot.concurrent})
+        # Hand the free workers their next trials before writing the rows (a Parquet file each),
+        # so no GPU waits on the driver's disk.
+        dispatch()
+        for row in rows:
+            on_row(row)
         settle(final=should_stop())
     return report
 
