@@ -83,7 +83,7 @@ def schedule(
         for entry in list(doubtful):
             slot, trial, cause, since = entry
             lost = slot.node is not None and slot.node not in alive
-            if not (lost or final or time.monotonic() - since > NODE_DEATH_GRACE_S):
+            if not (lost or final or time.monotonic() - since >= NODE_DEATH_GRACE_S):
                 continue
             doubtful.remove(entry)
             if lost:

@@ -17,6 +17,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO
 from raycluster import RayCluster
 from typer.testing import CliRunner
@@ -182,3 +183,26 @@ def test_connect_error_names_the_token_settings():
     except ConnectionError as exc:
         msg = cluster.connect_error("10.0.0.1:6379", exc)
     assert "token authentication" in msg and "RAY_AUTH_MODE=token" in msg and "RAY_AUTH_TOKEN_PATH" in msg
+
+
+def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gpus, tmp_path):
+    from orchestrator.expand import expand
+    from orchestrator.scheduler import schedule
+
+    plan = tmp_path / "p.yaml"
+    plan.write_text(plan_text("die", [1, 2], 0.01))
+    trials = expand(parse_plan(yaml.safe_load(plan.read_text())))
+    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=2)
+    pool = cluster.start_workers(seats, "cuda", seed=0)
+    ray_gpus.kill(pool[0][0])  # its node lives on: the trial may have killed it, so no retry
+    rows: list[dict] = []
+    t0 = time.monotonic()
+    report = schedule(pool, trials, rows.append, facts={s.name: s.columns() for s in seats})
+    assert time.monotonic() - t0 < 30  # decided at once, not after the node-death grace period
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and len(failed) == 1 and report.requeued == []
+    assert failed[0]["worker"] == pool[0][1] and "died while running this trial" in failed[0]["error"]
+    assert failed[0]["node_id"] == seats[0].node.node_id
+    assert list(report.lost_workers) == [pool[0][1]]
+    assert {r["worker"] for r in rows if r["status"] == "ok"} == {pool[1][1]}
+    ray_gpus.kill(pool[1][0])
