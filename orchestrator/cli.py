@@ -85,6 +85,8 @@ def run(
         help="Ray cluster to join: 'auto' or ray://host:10001. Default: start an embedded local Ray.")] = None,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Number of workers: at most this many GPUs; CPU workers for a cpu plan (default 1).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(
+        min=0.01, help="CPUs per worker actor [default: the plan's, else an even split of its node].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded trials; run nothing.")] = False,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory: run only the trials not stored there yet.")] = None,
@@ -127,8 +129,8 @@ def run(
         try:
             if retry_failed and resume is None:
                 raise InputError("--retry-failed needs --resume DIR: it re-runs the failed trials of that run")
-            result = run_plan(plan, out=out, address=address, workers=workers, on_start=on_start, on_row=on_row,
-                              resume=resume, retry_failed=retry_failed)
+            result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                              on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed)
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -136,6 +138,10 @@ def run(
     console.print(summary_table(result.rows))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     console.print(f"{len(result.rows)} trials: {counts}. Results: {result.out}", highlight=False)
+    if result.lost_workers:
+        lost = "; ".join(f"{w} ({cause})" for w, cause in result.lost_workers.items())
+        console.print(f"[yellow]lost {len(result.lost_workers)} worker(s)[/]: {escape(lost)}. "
+                      f"{len(result.requeued)} in-flight trial(s) re-run on other workers.", highlight=False)
     if result.kept:
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)

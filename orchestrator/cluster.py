@@ -3,6 +3,10 @@
 With no address, ``ray.init()`` starts an embedded local Ray: nothing to set up on one machine.
 ``--address auto`` joins the cluster this machine belongs to, ``ray://host:10001`` a remote one.
 A Ray that is already initialised in this process (tests, notebooks) is used as it is.
+
+On a cluster each worker is pinned to its node (``NodeAffinitySchedulingStrategy``), so the driver
+knows where every row came from without asking the worker. Rows travel back through Ray: the
+nodes share no filesystem, and each keeps its own ONNX export cache (``$INFER_ORCH_CACHE``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,21 @@ class Node:
     cpus: float
     gpus: int
     accelerators: list[str] = field(default_factory=list)
+    ip: str = ""
+
+
+@dataclass(frozen=True)
+class Seat:
+    """Where one worker actor goes: its node, its index there, its CPU share and its name."""
+
+    node: Node
+    index: int
+    cpus: float
+    name: str
+
+    def columns(self) -> dict[str, Any]:
+        """The row columns that say where a trial ran (the ``_CLUSTER`` group)."""
+        return {"node_id": self.node.node_id, "node_ip": self.node.ip, "cpus_per_worker": self.cpus}
 
 
 def connect(address: str | None = None) -> bool:
@@ -50,8 +69,7 @@ def connect(address: str | None = None) -> bool:
     try:
         ray.init(**kwargs)
     except Exception as exc:
-        where = f"Ray at {address!r}" if address else "an embedded local Ray"
-        raise ClusterError(f"could not start or reach {where}: {type(exc).__name__}: {exc}") from None
+        raise ClusterError(connect_error(address, exc)) from None
     return True
 
 
@@ -94,6 +112,22 @@ def _auto_address() -> str | None:
         return None
 
 
+def connect_error(address: str | None, exc: BaseException) -> str:
+    """The one-line message for a failed ``ray.init``; names the fix for token authentication."""
+    where = f"Ray at {address!r}" if address else "an embedded local Ray"
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in chain):
+        # Ray >= 2.5x clusters started with `ray start` use token auth; drivers don't by default.
+        return (f"could not reach {where}: the cluster uses token authentication; set RAY_AUTH_MODE=token "
+                "and give its token in RAY_AUTH_TOKEN or a file named by RAY_AUTH_TOKEN_PATH "
+                "(default ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"could not start or reach {where}: {type(exc).__name__}: {first}"
+
+
 def _worker_pythonpath() -> str:
     parts = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(dict.fromkeys(parts))
@@ -115,6 +149,7 @@ def nodes() -> list[Node]:
                 cpus=float(res.get("CPU", 0)),
                 gpus=int(res.get("GPU", 0)),
                 accelerators=sorted(k[len(ACCEL_PREFIX):] for k in res if k.startswith(ACCEL_PREFIX)),
+                ip=n.get("NodeManagerAddress", ""),
             )
         )
     return out
@@ -144,13 +179,53 @@ def select_nodes(cluster: list[Node], device: str, accelerator_type: str | None)
     return chosen
 
 
-def start_workers(
-    cluster: list[Node], device: str, max_workers: int | None, seed: int
-) -> list[tuple[Any, str]]:
-    """Start the worker actors; returns [(actor handle, worker name)].
+def layout(
+    cluster: list[Node], device: str, max_workers: int | None = None, cpus_per_worker: float | None = None
+) -> list[Seat]:
+    """Decide where the workers go, before starting any (a pure function of the cluster).
 
-    cuda: one actor per GPU (``num_gpus=1``), pinned to its node, each with an even share of
-    the node's CPUs. cpu: ``max_workers`` actors (default 1), sharing the CPUs evenly.
+    cuda: one seat per GPU, node by node, at most ``max_workers``. cpu: ``max_workers`` seats
+    (default 1) spread over the nodes in turn. Each seat's CPU share is ``cpus_per_worker``, or
+    by default an even split of its node's CPUs over the node's seats (GPUs for cuda). A share the
+    node can't give is a ClusterError: Ray would wait forever to place such an actor.
+    """
+    places: list[tuple[Node, int]] = []
+    if device == "cuda":
+        for n in cluster:
+            places += [(n, i) for i in range(n.gpus)]
+        if max_workers:
+            places = places[:max_workers]
+    else:
+        total = max_workers or 1
+        seen: dict[str, int] = {}
+        for k in range(total):
+            n = cluster[k % len(cluster)]
+            seen[n.node_id] = seen.get(n.node_id, 0) + 1
+            places.append((n, seen[n.node_id] - 1))
+    per_node: dict[str, int] = {}
+    for n, _ in places:
+        per_node[n.node_id] = per_node.get(n.node_id, 0) + 1
+    hosts = [n.host for n in cluster]
+    seats = []
+    for n, i in places:
+        even = _share(n.cpus, n.gpus if device == "cuda" else per_node[n.node_id])
+        share = even if cpus_per_worker is None else float(cpus_per_worker)
+        if share * per_node[n.node_id] > n.cpus + 1e-9:
+            raise ClusterError(
+                f"cpus_per_worker: {share:g} CPUs for each of {per_node[n.node_id]} workers on node {n.host} "
+                f"({n.node_id[:8]}) needs {share * per_node[n.node_id]:g} CPUs; it has {n.cpus:g}. "
+                f"Lower cpus_per_worker or leave it out for an even split"
+            )
+        # Several nodes on one host (containers, tests) would give workers the same name.
+        where = n.host if hosts.count(n.host) == 1 else f"{n.host}-{n.node_id[:6]}"
+        seats.append(Seat(node=n, index=i, cpus=share, name=f"{where}/{device}{i}"))
+    return seats
+
+
+def start_workers(seats: list[Seat], device: str, seed: int) -> list[tuple[Any, str]]:
+    """Start one worker actor per seat, pinned to its node; returns [(actor handle, worker name)].
+
+    cuda: ``num_gpus=1`` each, so Ray gives each its own GPU (``CUDA_VISIBLE_DEVICES``).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -158,35 +233,17 @@ def start_workers(
     from workers.actor import Worker
 
     remote = ray.remote(Worker)
-    slots: list[tuple[Node, int, float]] = []
-    if device == "cuda":
-        for n in cluster:
-            share = _share(n.cpus, n.gpus)
-            slots += [(n, i, share) for i in range(n.gpus)]
-        if max_workers:
-            slots = slots[:max_workers]
-    else:
-        total = max_workers or 1
-        # Spread CPU workers over the nodes in turn, each with an even share of its node.
-        per_node: dict[str, int] = {}
-        order = [cluster[i % len(cluster)] for i in range(total)]
-        for n in order:
-            per_node[n.node_id] = per_node.get(n.node_id, 0) + 1
-        seen: dict[str, int] = {}
-        for n in order:
-            seen[n.node_id] = seen.get(n.node_id, 0) + 1
-            slots.append((n, seen[n.node_id] - 1, _share(n.cpus, per_node[n.node_id])))
     workers = []
-    for n, i, share in slots:
-        name = f"{n.host}/{device}{i}"
+    for seat in seats:
         opts: dict[str, Any] = {
-            "num_cpus": share,
+            "num_cpus": seat.cpus,
             "num_gpus": 1 if device == "cuda" else 0,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(n.node_id, soft=False),
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(seat.node.node_id, soft=False),
             "max_restarts": 0,
         }
-        _SPAWN[name] = functools.partial(remote.options(**opts).remote, name, device, share, seed)
-        workers.append((_SPAWN[name](), name))
+        spawn = functools.partial(remote.options(**opts).remote, seat.name, device, seat.cpus, seed)
+        _SPAWN[seat.name] = spawn
+        workers.append((spawn(), seat.name))
     return workers
 
 
@@ -205,6 +262,6 @@ def respawn(name: str) -> Any:
 
 def _share(cpus: float, parts: int) -> float:
     """An even share of ``cpus`` over ``parts`` workers, rounded down to 1/100 of a CPU."""
-    if parts <= 0:
+    if parts <= 0 or cpus <= 0:
         return 0.0
     return max(0.01, math.floor(cpus / parts * 100) / 100)

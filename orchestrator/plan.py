@@ -9,6 +9,7 @@ A plan, all keys shown::
     name: quickstart
     device: auto                 # cuda | cpu | auto (cuda where the cluster has GPUs)
     accelerator_type: null       # e.g. T4, H100: run only on that GPU model
+    cpus_per_worker: null        # CPUs per worker actor (default: an even split of its node)
     seed: 0                      # weights and inputs
     models:
       - torchvision:resnet18     # shorthand; or a mapping:
@@ -244,6 +245,7 @@ class Plan(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     device: Literal["cuda", "cpu", "auto"] = "auto"
     accelerator_type: str | None = None
+    cpus_per_worker: float | None = Field(None, gt=0)
     seed: int = 0
     models: list[Annotated[ModelSpec, BeforeValidator(lambda v, info: _model_from_yaml(v, info))]] = Field(
         min_length=1

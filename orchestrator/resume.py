@@ -70,11 +70,14 @@ def _changed_keys(a: Plan, b: Plan) -> list[str]:
     return keys
 
 
-def resume_command(plan_path: str | Path, out: Path, address: str | None, workers: int | None) -> str:
+def resume_command(plan_path: str | Path, out: Path, address: str | None, workers: int | None,
+                   cpus_per_worker: float | None = None) -> str:
     """The exact command line that continues this run."""
     args = ["infer-orch", "run", str(plan_path), "--resume", str(out)]
     if address:
         args += ["--address", address]
     if workers:
         args += ["--workers", str(workers)]
+    if cpus_per_worker:
+        args += ["--cpus-per-worker", f"{cpus_per_worker:g}"]
     return shlex.join(args)

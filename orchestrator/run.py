@@ -34,6 +34,9 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
     trials: list[dict[str, Any]] = field(default_factory=list)  # every trial of the plan (kept ones too)
+    #: workers that died during the run (name -> cause) and what became of their trials
+    lost_workers: dict[str, str] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -72,6 +75,7 @@ def run_plan(
     out: str | Path | None = None,
     address: str | None = None,
     workers: int | None = None,
+    cpus_per_worker: float | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
@@ -83,7 +87,7 @@ def run_plan(
     ``retry_failed``, also those stored with a status other than ok or skipped), into it.
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
-    what ran and with the command that resumes the run.
+    what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
     """
     import ray
 
@@ -108,7 +112,8 @@ def run_plan(
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
-        pool = cluster.start_workers(nodes, device, workers, plan.seed)
+        seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
+        pool = cluster.start_workers(seats, device, plan.seed)
         run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
                            kept=previous.kept if previous else {}, trials=all_trials)
@@ -127,15 +132,19 @@ def run_plan(
 
         summary = {"plan": plan.name, "device": device, "workers": result.workers, "started_at": now.isoformat()}
         try:
-            schedule(pool, trials, take, respawn=cluster.respawn)  # kills its workers when it returns
+            # kills its workers when it returns
+            report = schedule(pool, trials, take, respawn=cluster.respawn,
+                              facts={s.name: s.columns() for s in seats})
         except KeyboardInterrupt:
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts})
             stored = len(result.rows) + len(result.kept)
             raise Interrupted(
                 f"interrupted: {stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_command(plan_path, out_dir, address, workers)}"
+                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}"
             ) from None
-        sink.finish({**summary, "state": "finished", "counts": result.total_counts})
+        result.lost_workers, result.requeued = report.lost_workers, report.requeued
+        sink.finish({**summary, "state": "finished", "counts": result.total_counts,
+                     "lost_workers": result.lost_workers, "requeued": result.requeued})
         return result
     finally:
         if started_ray:

@@ -13,6 +13,17 @@ Faults, and what becomes of the worker and the trial::
     a CUDA error (may poison the process's context)          -> replaced; trial failed
     the trial raises                                        -> worker kept; trial failed
 
+A worker that died with its node (Ray no longer lists the node alive) is not replaced: its
+trial goes back to the head of the queue for the surviving workers, once (it did not kill the
+worker), and the run's ``Report`` names the lost workers and the re-queued trials. When Ray says
+only that a worker is unavailable (the connection broke), the scheduler waits up to
+``NODE_DEATH_GRACE_S`` for Ray to decide whether its node died before treating it as a crash.
+
+``facts`` (worker name -> columns, from ``cluster.Seat.columns``) are added to each row on the
+driver, with ``concurrent_trials``: how many other trials were running on the same node when this
+one was dispatched. Free workers get their next trial before the finished rows are written, so no
+GPU waits on the driver's disk.
+
 "Replaced" is a fresh actor from ``respawn(name)`` in the old one's place (same node; the GPU the old
 one freed); it takes trials once it answers. ``retries`` (per trial) re-queues a trial whose worker
 died or timed out; its row then says which ``attempt`` it is and the ``earlier_errors``.
@@ -37,6 +48,9 @@ START_TIMEOUT_S = 300.0
 MAX_START_FAILURES = 3
 #: The longest single wait, so that ``should_stop`` is polled.
 POLL_S = 1.0
+#: How long a worker that stopped answering may wait for Ray to say whether its node died (Ray's
+#: own node health check takes ~15-30 s by default) before it is treated as a crash.
+NODE_DEATH_GRACE_S = 60.0
 
 
 @dataclass
@@ -44,6 +58,8 @@ class Slot:
     actor: Any
     name: str
     model: str | None = None  # key of the model it ran last
+    node: str | None = None  # node id, for concurrent_trials and node loss
+    concurrent: int = 0  # other trials running on its node when its current trial started
 
 
 @dataclass
@@ -52,6 +68,14 @@ class Flight:
     trial: dict[str, Any] | None  # None: a readiness probe of a fresh worker
     deadline: float
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What happened to the workers: filled in by :func:`schedule`, empty when all went well."""
+
+    lost_workers: dict[str, str] = field(default_factory=dict)  # worker name -> why it was given up
+    requeued: list[str] = field(default_factory=list)  # trial ids put back after their node died
 
 
 def pick(pending: list[dict[str, Any]], slot: Slot, busy_models: set[str]) -> int:
@@ -72,32 +96,47 @@ def schedule(
     on_row: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool] = lambda: False,
     respawn: Callable[[str], Any] | None = None,
-) -> None:
+    facts: dict[str, dict[str, Any]] | None = None,
+) -> Report:
     """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready.
 
     ``respawn(name)`` starts a fresh actor in place of a dead or killed worker; without it such a
     worker is gone for the rest of the run. ``should_stop()`` true: no new trial starts.
     """
-    s = _Scheduler(trials, on_row, respawn)
+    s = _Scheduler(trials, on_row, respawn, facts or {})
     try:
         for actor, name in workers:
-            s.probe(Slot(actor, name))
+            s.probe(Slot(actor, name, node=s.facts.get(name, {}).get("node_id")))
         s.loop(should_stop)
     finally:
         s.kill_all()
+    return Report(lost_workers=dict(s.lost), requeued=list(s.requeued))
 
 
 class _Scheduler:
     def __init__(self, trials: list[dict[str, Any]], on_row: Callable[[dict[str, Any]], None],
-                 respawn: Callable[[str], Any] | None) -> None:
+                 respawn: Callable[[str], Any] | None, facts: dict[str, dict[str, Any]]) -> None:
         self.pending = list(trials)
-        self.on_row = on_row
+        self.emit = on_row
+        self.rows: list[dict[str, Any]] = []  # finished rows, written after the next dispatch
+        self.facts = facts
         self.respawn = respawn
         self.idle: list[Slot] = []
         self.in_flight: dict[Any, Flight] = {}
         self.errors: dict[str, list[str]] = {}  # trial id -> errors of its earlier attempts
         self.start_failures: dict[str, int] = {}
         self.lost: dict[str, str] = {}  # worker name -> why it was given up
+        self.requeued: list[str] = []
+        # Workers Ray calls unavailable, until it decides whether their node died: (flight, cause, since).
+        self.doubtful: list[tuple[Flight, str, float]] = []
+
+    def on_row(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        for row in rows:
+            self.emit(row)
 
     def probe(self, slot: Slot) -> None:
         """Wait for a (fresh) worker to answer before giving it a trial: its start-up is not
@@ -107,14 +146,19 @@ class _Scheduler:
     def loop(self, should_stop: Callable[[], bool]) -> None:
         import ray
 
-        while (self.pending and not should_stop()) or any(f.trial for f in self.in_flight.values()):
-            while self.idle and self.pending and not should_stop():
-                self.dispatch(self.idle.pop(0))
-            if not self.in_flight:
+        busy = lambda: any(f.trial for f in self.in_flight.values()) or self.doubtful  # noqa: E731
+        while (self.pending and not should_stop()) or busy():
+            self.dispatch_all(should_stop)
+            self.flush()
+            if not self.in_flight and not self.doubtful:
                 break
-            now = time.monotonic()
-            wait = min(min(f.deadline for f in self.in_flight.values()) - now, POLL_S)
-            done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=max(wait, 0))
+            if self.in_flight:
+                now = time.monotonic()
+                wait = min(min(f.deadline for f in self.in_flight.values()) - now, POLL_S)
+                done, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=max(wait, 0))
+            else:
+                done = []
+                time.sleep(0.5)
             for ref in done:
                 self.collect(ref, self.in_flight.pop(ref))
             now = time.monotonic()
@@ -122,34 +166,45 @@ class _Scheduler:
                 if f.deadline <= now:
                     del self.in_flight[ref]
                     self.expire(f)
+            self.settle()
+            self.dispatch_all(should_stop)  # free workers first, then the disk
+            self.flush()
+        self.flush()
         if self.pending and not should_stop():
             why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
             for t in self.pending:
                 self.record(t, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
             self.pending.clear()
 
+    def dispatch_all(self, should_stop: Callable[[], bool]) -> None:
+        while self.idle and self.pending and not should_stop():
+            self.dispatch(self.idle.pop(0))
+
     def dispatch(self, slot: Slot) -> None:
         busy = {f.slot.model for f in self.in_flight.values() if f.trial and f.slot.model}
         trial = self.pending.pop(pick(self.pending, slot, busy))
         slot.model = model_key(trial["model"])
+        slot.concurrent = sum(1 for f in self.in_flight.values() if f.trial and f.slot.node == slot.node)
         limit = trial.get("timeout_s")
         deadline = time.monotonic() + limit if limit else float("inf")
         self.in_flight[slot.actor.run.remote(trial)] = Flight(slot, trial, deadline)
 
     def collect(self, ref: Any, f: Flight) -> None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
         try:
             result = ray.get(ref, timeout=30)
         except (RayActorError, GetTimeoutError) as exc:
             cause = _death_cause(exc)
-            if f.trial is None:
+            if self.node_dead(f.slot):
+                self.lose_with_node(f)
+            elif f.trial is None:
                 self.start_failed(f.slot, cause)
-                return
-            self.replace(f.slot)
-            self.retry_or_record(f.trial, "failed", f"worker {f.slot.name} died while running this trial: {cause}",
-                                 f.slot)
+            elif isinstance(exc, ActorUnavailableError):  # Ray hasn't decided why yet: maybe its node
+                self.doubtful.append((f, cause, time.monotonic()))
+            else:
+                self.crashed(f, cause)
             return
         except Exception as exc:  # the call itself failed (e.g. a trial that can't be serialised)
             if f.trial is None:
@@ -168,7 +223,45 @@ class _Scheduler:
             self.replace(f.slot)
         else:
             self.idle.append(f.slot)
-        self.on_row(self.annotate(row, f.trial, replaced=replace))
+        self.on_row(self.annotate(row, f.trial, replaced=replace, slot=f.slot))
+
+    def crashed(self, f: Flight, cause: str) -> None:
+        """The worker died on a live node (the trial may have killed it): replace it; fail or retry."""
+        assert f.trial is not None
+        self.replace(f.slot)
+        self.retry_or_record(f.trial, "failed", f"worker {f.slot.name} died while running this trial: {cause}",
+                             f.slot)
+
+    def node_dead(self, slot: Slot) -> bool:
+        return slot.node is not None and slot.node not in _alive_nodes()
+
+    def lose_with_node(self, f: Flight) -> None:
+        """The worker died with its node: no replacement there; its trial goes back in the queue, once."""
+        _kill(f.slot.actor)
+        self.lost[f.slot.name] = f"its node {(f.slot.node or '?')[:8]} died"
+        if f.trial is None:
+            return
+        if f.trial["trial_id"] in self.requeued:
+            self.record(f.trial, "failed", f"worker {f.slot.name} died with its node while running this trial "
+                        "(the second node lost under this trial)", f.slot, replaced=False)
+            return
+        self.requeued.append(f.trial["trial_id"])
+        self.pending.insert(0, f.trial)
+
+    def settle(self) -> None:
+        """Decide the doubtful workers: their node died, or the grace period is over (a crash)."""
+        if not self.doubtful:
+            return
+        alive = _alive_nodes()
+        now = time.monotonic()
+        for entry in list(self.doubtful):
+            f, cause, since = entry
+            if f.slot.node is not None and f.slot.node not in alive:
+                self.doubtful.remove(entry)
+                self.lose_with_node(f)
+            elif now - since >= NODE_DEATH_GRACE_S:
+                self.doubtful.remove(entry)
+                self.crashed(f, cause)
 
     def expire(self, f: Flight) -> None:
         if f.trial is None:
@@ -191,12 +284,15 @@ class _Scheduler:
         row = {**base_row(trial), "status": status, "error": error}
         if slot is not None:
             row["worker"] = slot.name
-        self.on_row(self.annotate(row, trial, replaced))
+        self.on_row(self.annotate(row, trial, replaced, slot))
 
-    def annotate(self, row: dict[str, Any], trial: dict[str, Any], replaced: bool) -> dict[str, Any]:
+    def annotate(self, row: dict[str, Any], trial: dict[str, Any], replaced: bool,
+                 slot: Slot | None = None) -> dict[str, Any]:
         earlier = self.errors.get(trial["trial_id"], [])
         row.update(attempt=len(earlier) + 1, earlier_errors=list(earlier), timeout_s=trial.get("timeout_s"),
                    worker_replaced=replaced)
+        if slot is not None:
+            row.update(self.facts.get(slot.name, {}), concurrent_trials=slot.concurrent)
         return row
 
     def replace(self, slot: Slot) -> None:
@@ -205,7 +301,10 @@ class _Scheduler:
         if self.respawn is None:
             self.lost[slot.name] = "died, and no way to start it again"
             return
-        self.probe(Slot(self.respawn(slot.name), slot.name))
+        if self.node_dead(slot):  # a fresh actor could never be placed there
+            self.lost[slot.name] = f"its node {(slot.node or '?')[:8]} died"
+            return
+        self.probe(Slot(self.respawn(slot.name), slot.name, node=slot.node))
 
     def start_failed(self, slot: Slot, cause: str) -> None:
         _kill(slot.actor)
@@ -213,7 +312,7 @@ class _Scheduler:
         if self.respawn is None or n >= MAX_START_FAILURES:
             self.lost[slot.name] = f"failed to start {n} time(s): {cause}"
             return
-        self.probe(Slot(self.respawn(slot.name), slot.name))
+        self.probe(Slot(self.respawn(slot.name), slot.name, node=slot.node))
 
     def kill_all(self) -> None:
         for slot in self.idle + [f.slot for f in self.in_flight.values()]:
@@ -229,6 +328,12 @@ def _kill(actor: Any) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # already gone
         pass
+
+
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
 def _poisons_context(row: dict[str, Any]) -> bool:

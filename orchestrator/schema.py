@@ -119,7 +119,13 @@ _FAULTS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 #: Cluster and scheduling facts.
-_CLUSTER: list[tuple[str, pa.DataType, str]] = []
+_CLUSTER: list[tuple[str, pa.DataType, str]] = [
+    ("node_id", _STR, "Ray node id of the worker's node (tells apart several nodes on one host)"),
+    ("node_ip", _STR, "IP address of the worker's node"),
+    ("cpus_per_worker", _F64, "CPUs Ray reserved for the worker (plan's cpus_per_worker, or an even split "
+                              "of the node); torch's intra-op threads follow it"),
+    ("concurrent_trials", _I64, "how many other trials were running on the same node when this one started"),
+]
 
 #: Compilation and engine builds (torch.compile, TensorRT).
 _BUILD: list[tuple[str, pa.DataType, str]] = [

@@ -1,0 +1,209 @@
+"""infer-orch on a real two-node Ray cluster (``ray start`` processes), driven by the CLI with
+``--address`` as users run it; and the pure parts of worker placement.
+
+The cluster: a head node declaring 2 logical GPUs and ``accelerator_type:T4``, a second node
+declaring 2 logical GPUs and ``accelerator_type:A100``, each with its own temp dir (no shared
+directory: rows reach the driver through Ray). Tests run the ``sleep`` backend (model-less).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+from raycluster import RayCluster
+from typer.testing import CliRunner
+
+from orchestrator import cluster
+from orchestrator.cli import app
+from orchestrator.errors import ClusterError, PlanError
+from orchestrator.plan import parse_plan
+
+PLAN = """\
+name: {name}
+device: cuda
+{extra}
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: {batches}
+  dtypes: [fp32, fp16]
+  backends:
+    - backend: sleep
+      options: {{step_s: {step}}}
+measure: {{warmup_iters: 0, iters: 5}}
+"""
+
+
+def plan_text(name: str, batches: list[int], step: float, extra: str = "") -> str:
+    return PLAN.format(name=name, batches=batches, step=step, extra=extra)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Started once for the module (~15 s); torn down by pid even when a test fails."""
+    c = RayCluster()
+    try:
+        c.add_node("h", num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1})
+        c.add_node("w", num_cpus=2, num_gpus=2, resources={"accelerator_type:A100": 1})
+        nodes = c.nodes()
+        assert len(nodes) == 2, nodes
+        c.node_of = {("T4" if "accelerator_type:T4" in n["resources"] else "A100"): n["node_id"] for n in nodes}
+        yield c
+    finally:
+        c.stop()
+
+
+def infer_orch(c: RayCluster, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", *args, "--address", c.address]
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, env={**c.env, "COLUMNS": "200"}, capture_output=True, text=True,
+                              timeout=240)
+    return subprocess.Popen(cmd, cwd=REPO, env={**c.env, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_trials_spread_over_both_nodes_and_rows_come_back_to_the_driver(two_nodes, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("spread", [1, 2, 3, 4, 5, 6], 0.05))
+    out = tmp_path / "out"
+    done = infer_orch(two_nodes, str(plan), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    df = pd.read_parquet(out)
+    assert len(df) == 12 and set(df.status) == {"ok"}
+    assert set(df.node_id) == set(two_nodes.node_of.values())  # both nodes ran trials
+    assert df.worker.nunique() == 4  # one worker per logical GPU, names unique across the nodes
+    # default CPU share: the node's 2 CPUs split over its 2 GPU workers
+    assert set(df.cpus_per_worker) == {1.0}
+    # two workers per node run side by side: a trial starts with at most its neighbour running
+    assert df.concurrent_trials.between(0, 1).all() and df.concurrent_trials.max() == 1
+    # the nodes wrote nothing into their own temp dirs: every part file is in the driver's --out
+    assert not [p for p in two_nodes.root.rglob("*.parquet")]
+
+
+@pytest.mark.slow
+def test_accelerator_type_runs_only_on_that_gpu_model_with_cpus_per_worker(two_nodes, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("t4", [1, 2, 3], 0.02, extra="accelerator_type: T4\ncpus_per_worker: 0.5"))
+    out = tmp_path / "out"
+    done = infer_orch(two_nodes, str(plan), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    df = pd.read_parquet(out)
+    assert len(df) == 6 and set(df.status) == {"ok"}
+    assert set(df.node_id) == {two_nodes.node_of["T4"]}
+    assert set(df.cpus_per_worker) == {0.5}
+    assert "running 6 trials on 2 cuda worker(s)" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_losing_a_node_mid_run_requeues_its_trials_on_the_other(two_nodes, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("loss", list(range(1, 9)), 0.1))  # 16 trials of 0.5 s on 4 workers
+    out = tmp_path / "out"
+    proc = infer_orch(two_nodes, str(plan), "--out", str(out), wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 2:  # running on every worker by now
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        os.kill(two_nodes.raylet_pid("w"), signal.SIGKILL)  # the A100 node's raylet dies
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    df = pd.read_parquet(out)
+    assert len(df) == 16 and set(df.status) == {"ok"}, text  # every trial ran, none lost
+    assert proc.returncode == 0, text
+    run = json.loads((out / "_run.json").read_text())
+    assert len(run["lost_workers"]) == 2 and all("died" in cause for cause in run["lost_workers"].values())
+    # the re-queued trials ran on the surviving (T4) node
+    requeued = df[df.trial_id.isin(run["requeued"])]
+    assert set(requeued.node_id) == {two_nodes.node_of["T4"]}
+    assert "lost 2 worker(s)" in text and f"{len(run['requeued'])} in-flight trial(s) re-run" in text
+
+
+# ---- placement, without a cluster ----
+
+def _node(name: str, cpus: float, gpus: int, host: str = "h") -> cluster.Node:
+    return cluster.Node(node_id=name * 8, host=host, cpus=cpus, gpus=gpus, ip="10.0.0.1")
+
+
+def test_layout_splits_each_nodes_cpus_evenly_by_default():
+    seats = cluster.layout([_node("a", 16, 4, "a"), _node("b", 6, 2, "b")], "cuda")
+    assert [(s.name, s.cpus) for s in seats] == [("a/cuda0", 4.0), ("a/cuda1", 4.0), ("a/cuda2", 4.0),
+                                                  ("a/cuda3", 4.0), ("b/cuda0", 3.0), ("b/cuda1", 3.0)]
+    assert seats[0].columns() == {"node_id": "a" * 8, "node_ip": "10.0.0.1", "cpus_per_worker": 4.0}
+
+
+def test_layout_names_workers_apart_when_nodes_share_a_host():
+    seats = cluster.layout([_node("a", 2, 1), _node("b", 2, 1)], "cuda")
+    assert [s.name for s in seats] == ["h-aaaaaa/cuda0", "h-bbbbbb/cuda0"]
+
+
+def test_layout_refuses_a_cpu_share_the_node_cannot_give():
+    with pytest.raises(ClusterError, match=r"cpus_per_worker: 3 CPUs for each of 4 workers .* needs 12 CPUs; it has 8"):
+        cluster.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=3)
+    assert [s.cpus for s in cluster.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=2)] == [2.0] * 4
+
+
+def test_plan_cpus_per_worker_must_be_positive():
+    base = {"name": "p", "models": ["torchvision:resnet18"],
+            "matrix": {"batch_sizes": [1], "backends": ["sleep"]}}
+    assert parse_plan({**base, "cpus_per_worker": 2}).cpus_per_worker == 2.0
+    with pytest.raises(PlanError, match=r"plan.yaml: cpus_per_worker: Input should be greater than 0"):
+        parse_plan({**base, "cpus_per_worker": 0}, source="plan.yaml")
+    with pytest.raises(PlanError, match=r"plan.yaml: cpus_per_worker: Input should be a valid number"):
+        parse_plan({**base, "cpus_per_worker": "many"}, source="plan.yaml")
+
+
+def test_cli_cpus_per_worker_option_is_checked(tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(plan_text("p", [1], 0.01))
+    res = CliRunner().invoke(app, ["run", str(plan), "--cpus-per-worker", "0"])
+    assert res.exit_code == 2 and "--cpus-per-worker" in res.output
+
+
+def test_connect_error_names_the_token_settings():
+    class AuthenticationError(Exception):
+        pass
+
+    try:
+        try:
+            raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing")
+        except AuthenticationError as inner:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from inner
+    except ConnectionError as exc:
+        msg = cluster.connect_error("10.0.0.1:6379", exc)
+    assert "token authentication" in msg and "RAY_AUTH_MODE=token" in msg and "RAY_AUTH_TOKEN_PATH" in msg
+
+
+def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gpus, tmp_path):
+    from orchestrator.expand import expand
+    from orchestrator.scheduler import schedule
+
+    text = plan_text("die", [1, 2], 0.01).replace(
+        "    - backend: sleep\n", "    - {backend: fault, options: {mode: abort}}\n    - backend: sleep\n")
+    trials = expand(parse_plan(yaml.safe_load(text)))
+    trials = [t for t in trials if t["backend"] == "sleep"] + [
+        next(t for t in trials if t["backend"] == "fault")]  # 4 sleeps and one abort
+    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=2)
+    pool = cluster.start_workers(seats, "cuda", seed=0)
+    rows: list[dict] = []
+    t0 = time.monotonic()
+    # no respawn: the dead worker stays lost; its node lives on, so the trial (which may have
+    # killed it) is not re-queued
+    report = schedule(pool, trials, rows.append, facts={s.name: s.columns() for s in seats})
+    assert time.monotonic() - t0 < 30  # decided at once, not after the node-death grace period
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 5 and len(failed) == 1 and report.requeued == []
+    assert failed[0]["backend"] == "fault" and "died while running this trial" in failed[0]["error"]
+    assert failed[0]["node_id"] == next(s for s in seats if s.name == failed[0]["worker"]).node.node_id
+    assert list(report.lost_workers) == [failed[0]["worker"]]
