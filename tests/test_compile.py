@@ -31,7 +31,7 @@ def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, mon
         assert r["status"] == "ok", r.get("error")
         assert r["graph_breaks"] == 0 and r["graph_break_reasons"] == [] and r["recompiles_during_timing"] == 0
         assert 0 < r["compile_time_s"] <= r["setup_s"]
-        assert r["iters"] == 5 and r["latency_ms_median"] > 0
+        assert r["iters"] >= 5 and r["latency_ms_median"] > 0
     assert first["compile_cache_warm"] is False and second["compile_cache_warm"] is True
     assert second["compile_time_s"] < first["compile_time_s"]
     assert any((tmp_path / "node-cache" / "inductor").iterdir()), "Inductor wrote outside the node cache"
@@ -99,7 +99,7 @@ def test_run_path_writes_the_build_columns(ray_gpus, write_plan, tmp_path):
         matrix:
           batch_sizes: [2]
           backends: [{backend: torch-compile, label: compiled, options: {backend: eager}}]
-        measure: {warmup_iters: 2, iters: 5}
+        measure: {warmup_iters: 2, warmup_max_iters: 2, iters: 5, target_rel_ci: null}
         """)
     result = run_plan(plan, out=tmp_path / "out")
     (row,) = result.rows
@@ -120,7 +120,7 @@ def test_reduce_overhead_fp16_channels_last_on_cuda():
                                     {"backend": "torch-compile", "label": "ro-cl",
                                      "options": {"mode": "reduce-overhead", "channels_last": True}}],
                        "exclude": [{"dtype": "bf16", "io": "host"}]},
-            "measure": {"warmup_iters": 5, "iters": 20}}
+            "measure": {"warmup_iters": 5, "iters": 20, "max_time_s": 3}}
     store = ModelStore()
     rows = [run_trial(t, "cuda", store) for t in expand(parse_plan(data))]
     for r in rows:

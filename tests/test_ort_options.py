@@ -96,7 +96,7 @@ def test_cuda_provider_options_reach_the_session():
                 {"backend": "ort", "label": "nhwc", "options": {"io_binding": True, "prefer_nhwc": True}},
                 {"backend": "ort", "label": "trt", "options": {
                     "providers": ["tensorrt", "cuda"], "io_binding": True, "trt_fp16": True}}]},
-            "measure": {"warmup_iters": 5, "iters": 20}}
+            "measure": {"warmup_iters": 5, "iters": 20, "max_time_s": 3}}
     store = ModelStore()
     trials = expand(parse_plan(data))
     rows = [run_trial(t, "cuda", store) for t in trials]
