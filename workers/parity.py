@@ -20,6 +20,8 @@ parity columns are null (not checked), which is not a failure.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,16 +56,47 @@ def reference_output(trial: dict[str, Any], device: str, store: Any) -> np.ndarr
         # The trial's input before it is cast to the trial's dtype (the same seeded values), so one
         # reference serves every dtype; the cast's rounding is part of what the tolerance allows.
         x = make_input(spec, bs, "fp32", device, seed)
-        prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            with torch.inference_mode():
+            with _tf32_off(device), torch.inference_mode():
                 y = model(x)
             return y.float().cpu().numpy()
         finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
             del model
     return store.reference(spec, (bs, seed, device), compute)
+
+
+@contextlib.contextmanager
+def _tf32_off(device: str) -> Iterator[None]:
+    """TF32 off for matmuls and convolutions, then the exact previous settings back.
+
+    Restored through ``fp32_precision`` where torch has it (>= 2.9): writing the legacy
+    ``allow_tf32`` flags back turns an unset precision ("none") into "ieee", a different global
+    state, and Inductor's cache key includes it, so the next torch-compile would miss its cache.
+    TF32 exists only on CUDA: on the CPU nothing is touched.
+    """
+    import torch
+
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    b = torch.backends
+    parts = (b.cuda.matmul, b.cudnn, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None))
+    knobs = [o for o in parts if hasattr(o, "fp32_precision")]
+    if knobs:
+        prev = [o.fp32_precision for o in knobs]
+        for o in knobs:
+            o.fp32_precision = "ieee"
+    else:
+        legacy = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+        b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if knobs:
+            for o, v in zip(knobs, prev):
+                o.fp32_precision = v
+        else:
+            b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = legacy
 
 
 def compare(output: np.ndarray, ref: np.ndarray) -> dict[str, float]:
