@@ -51,7 +51,7 @@ matrix:
   backends:
     - backend: sleep
       options: {{step_s: {step}}}
-measure: {{warmup_iters: 0, iters: 10}}
+measure: {{warmup_iters: 0, warmup_max_iters: 0, iters: 10, target_rel_ci: null}}
 """
 
 # An embedded Ray that declares logical GPUs, then the CLI as users run it (it reuses that Ray).

@@ -60,13 +60,39 @@ def resolved_yaml(plan: Plan) -> str:
     return yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
 
 
-def _environment(pool: list[Any]) -> dict[str, Any]:
-    """The driver's and every worker's environment (versions, hosts, GPUs), for the metadata."""
-    import ray
+class _Environments:
+    """The driver's and the workers' environments (versions, hosts, GPUs), for the metadata.
 
-    from workers.envinfo import environment
+    Asked of every worker at once, without waiting: the first trial starts as soon as its own
+    worker is up, not when the slowest is. A worker's answer is read when its first row is
+    written (it queued before the trial, so it is there by then); a worker that never answered
+    (it failed to start) has an empty one.
+    """
 
-    return {"driver": environment("cpu"), "workers": ray.get([a.environment.remote() for a, _ in pool])}
+    def __init__(self, pool: list[tuple[Any, str]]) -> None:
+        from workers.envinfo import environment
+
+        self.driver = environment("cpu")
+        self._refs = {name: actor.environment.remote() for actor, name in pool}
+        self._got: dict[str, dict[str, Any]] = {}
+
+    def worker(self, name: str | None, timeout: float = 30.0) -> dict[str, Any]:
+        import ray
+
+        if name not in self._refs:
+            return {}
+        if name not in self._got:
+            try:
+                self._got[name] = ray.get(self._refs[name], timeout=timeout)
+            except Exception:  # the worker died or never started
+                self._got[name] = {}
+        return self._got[name]
+
+    def of_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"driver": self.driver, "worker": self.worker(row.get("worker"))}
+
+    def all(self) -> dict[str, Any]:
+        return {"driver": self.driver, "workers": {n: self.worker(n, timeout=5.0) for n in self._refs}}
 
 
 def run_plan(
@@ -117,15 +143,15 @@ def run_plan(
         run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
                            kept=previous.kept if previous else {}, trials=all_trials)
+        envs = _Environments(pool)
         sink = ResultSink(out_dir, run_id, None if previous else resolved_yaml(plan),
-                          metadata={"plan": plan.model_dump(mode="json"), "device": device,
-                                    "environment": _environment(pool)})
+                          metadata={"plan": plan.model_dump(mode="json"), "device": device})
         if on_start:
             on_start(len(trials), result.workers, device)
 
         def take(row: dict[str, Any]) -> None:
             row.setdefault("device", device)
-            sink.write(row)
+            sink.write(row, metadata={"environment": envs.of_row(row)})
             result.rows.append(row)
             if on_row:
                 on_row(row)
@@ -136,14 +162,15 @@ def run_plan(
             report = schedule(pool, trials, take, respawn=cluster.respawn,
                               facts={s.name: s.columns() for s in seats})
         except KeyboardInterrupt:
-            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts})
+            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
+                         "environment": envs.all()})
             stored = len(result.rows) + len(result.kept)
             raise Interrupted(
                 f"interrupted: {stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
                 f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}"
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
-        sink.finish({**summary, "state": "finished", "counts": result.total_counts,
+        sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
                      "lost_workers": result.lost_workers, "requeued": result.requeued})
         return result
     finally:

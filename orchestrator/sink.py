@@ -98,15 +98,19 @@ class ResultSink:
             raise OutputError(f"output directory {self.out}: {exc.strerror or exc}") from None
         self._opened = True
 
-    def write(self, row: dict[str, Any]) -> Path:
-        """Persist one trial's row now, as its own part file."""
+    def write(self, row: dict[str, Any], metadata: dict[str, Any] | None = None) -> Path:
+        """Persist one trial's row now, as its own part file (``metadata``: this file's own keys)."""
         if not self._opened:
             self._open()
         row = {**row, "run_id": self.run_id}
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
             raise ValueError(f"trial id {tid!r} is not a trial id")
-        table = pa.Table.from_batches([to_batch([row])]).cast(self.schema)
+        schema = self.schema
+        if metadata:
+            schema = schema.with_metadata({**schema.metadata, **{
+                f"infer_orch.{k}".encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()}})
+        table = pa.Table.from_batches([to_batch([row])]).cast(schema)
         path = self.out / f"part-{tid}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)

@@ -50,10 +50,16 @@ def test_run_writes_a_parquet_dataset_with_one_schema(ray_gpus, write_plan, tmp_
         assert schema.metadata[b"infer_orch.schema_version"] == b"1"
         assert json.loads(schema.metadata[b"infer_orch.plan"])["name"] == "spread"
         env = json.loads(schema.metadata[b"infer_orch.environment"])
-        assert len(env["workers"]) == 4 and env["driver"]["torch_version"] and env["driver"]["cpu_model"]
+        row = pq.read_table(p).to_pylist()[0]
+        # the driver's environment and that of the worker that ran this trial
+        assert env["driver"]["torch_version"] and env["driver"]["cpu_model"]
+        assert env["worker"]["worker"] == row["worker"] and env["worker"]["torch_version"] == row["torch_version"]
     table = pq.read_table(out)
     assert table.num_rows == 8 and set(table.column("run_id").to_pylist()) == {result.run_id}
-    assert (out / "_plan.yaml").is_file() and json.loads((out / "_run.json").read_text())["counts"] == {"ok": 8}
+    run = json.loads((out / "_run.json").read_text())
+    assert (out / "_plan.yaml").is_file() and run["counts"] == {"ok": 8}
+    assert sorted(run["environment"]["workers"]) == sorted(result.workers)  # every worker's, once
+    assert all(e["worker"] == name for name, e in run["environment"]["workers"].items())
     assert not list(out.glob(".*tmp"))
 
 
