@@ -3,7 +3,8 @@
 Three measurements, in this order:
 
 1. Ratios. For each variant (torch eager, torch CUDA graph, ORT ``run`` with numpy, ORT IO binding,
-   ORT IO binding + CUDA graph) x batch x dtype, in one process on the GPU: a hand-written loop
+   ORT IO binding + CUDA graph) x batch x dtype, in one process on the GPU (one process per batch
+   and dtype; a case that crashes its process is recorded and the rest go on in a fresh one): a hand-written loop
    (``bench/hand.py``) and infer-orch's own path (``workers.trial.run_trial``: runner, adaptive
    sampling, statistics, parity) time the same model, weights, input and ONNX file, interleaved
    (hand, infer-orch, hand). Ratio = infer-orch median / mean of the two hand medians, all from
@@ -82,31 +83,70 @@ def make_trial(cfg: dict[str, Any], variant: str, batch: int, dtype: str) -> dic
     return trial
 
 
-def ratios(cfg: dict[str, Any], store: Any, log: Any) -> list[dict[str, Any]]:
-    from workers.models import onnx_export
-    from workers.trial import run_trial
+def ratios(cfg: dict[str, Any], log: Any) -> list[dict[str, Any]]:
+    """Every (batch, dtype) group's cases in one child process (hand loop and runner share it).
 
-    out = []
-    device = cfg["device"]
-    started = time.perf_counter()
+    A case that kills its process (a segfault in a provider) is recorded as ``crashed`` with the
+    signal, and the group's remaining cases go on in a fresh process.
+    """
+    out: list[dict[str, Any]] = []
+    deadline = time.time() + RATIO_BUDGET_S
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for batch in cfg["batches"]:
         for dtype in cfg["dtypes"]:
-            for variant in cfg["variants"]:
-                if time.perf_counter() - started > RATIO_BUDGET_S:
-                    log(f"{variant} b{batch} {dtype}: not run, past the {RATIO_BUDGET_S} s budget")
-                    continue
-                try:
-                    rec = _case(cfg, store, variant, batch, dtype, onnx_export, run_trial)
-                except Exception as exc:  # a broken case is a result too; the others still run
-                    rec = {"variant": variant, "batch": batch, "dtype": dtype, "status": "bench_error",
+            todo = list(cfg["variants"])
+            while todo:
+                arg = json.dumps({"quick": cfg["device"] == "cpu", "batch": batch, "dtype": dtype,
+                                  "variants": todo, "deadline": deadline})
+                proc = subprocess.Popen([sys.executable, __file__, "--ratio-child", arg], stdout=subprocess.PIPE,
+                                        text=True, env=env)
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if line.startswith("RATIO "):
+                        rec = json.loads(line[6:])
+                        out.append(rec)
+                        todo.remove(rec["variant"])
+                        _log_case(log, rec)
+                    else:
+                        print(line, end="", flush=True)
+                rc = proc.wait()
+                if todo and rc != 0:  # the case in progress took its process down
+                    rec = {"variant": todo.pop(0), "batch": batch, "dtype": dtype, "status": "crashed",
                            "hand_ms": None, "infer_orch_ms": None, "ratio": None,
-                           "error": f"{type(exc).__name__}: {exc}"}
-                    _free(device)
-                out.append(rec)
-                log(f"{variant:17s} b{batch:<4d} {dtype}: hand {_fmt(rec['hand_ms'], '.4f')} ms  infer-orch "
-                    f"{_fmt(rec['infer_orch_ms'], '.4f')} ms  ratio {_fmt(rec['ratio'])}  {rec['status']}"
-                    + (f"  {rec['error']}" if rec.get("error") else ""))
+                           "error": f"the process died (exit {rc}{', signal ' + str(-rc) if rc < 0 else ''})"}
+                    out.append(rec)
+                    _log_case(log, rec)
+                elif todo:  # past the deadline: the child left these out
+                    for v in todo:
+                        log(f"{v} b{batch} {dtype}: not run, past the {RATIO_BUDGET_S} s budget")
+                    todo = []
     return out
+
+
+def _log_case(log: Any, rec: dict[str, Any]) -> None:
+    log(f"{rec['variant']:17s} b{rec['batch']:<4d} {rec['dtype']}: hand {_fmt(rec['hand_ms'], '.4f')} ms  "
+        f"infer-orch {_fmt(rec['infer_orch_ms'], '.4f')} ms  ratio {_fmt(rec['ratio'])}  {rec['status']}"
+        + (f"  {rec['error']}" if rec.get("error") else ""))
+
+
+def ratio_child(arg: str) -> None:
+    from workers.models import ModelStore, onnx_export
+    from workers.trial import run_trial
+
+    spec = json.loads(arg)
+    cfg = config(spec["quick"])
+    _threads(cfg["device"])
+    store = ModelStore(0)
+    for variant in spec["variants"]:
+        if time.time() > spec["deadline"]:
+            return
+        try:
+            rec = _case(cfg, store, variant, spec["batch"], spec["dtype"], onnx_export, run_trial)
+        except Exception as exc:  # a broken case is a result too; the others still run
+            rec = {"variant": variant, "batch": spec["batch"], "dtype": spec["dtype"], "status": "bench_error",
+                   "hand_ms": None, "infer_orch_ms": None, "ratio": None, "error": f"{type(exc).__name__}: {exc}"}
+            _free(cfg["device"])
+        print("RATIO " + json.dumps(rec, default=str), flush=True)
 
 
 def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str, onnx_export: Any,
@@ -286,9 +326,12 @@ def main() -> None:
     ap.add_argument("out", nargs="?", default=os.environ.get("OUT"), help="output directory (default: $OUT)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, few iterations")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--ratio-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child)
+    if args.ratio_child:
+        return ratio_child(args.ratio_child)
     if not args.out:
         ap.error("give an output directory (or set $OUT)")
     out = Path(args.out)
@@ -308,7 +351,7 @@ def main() -> None:
     env = envinfo.environment(cfg["device"])
     res: dict[str, Any] = {"device": cfg["device"], "device_name": env.get("device_name"), "environment": env,
                            "config": cfg}
-    res["ratios"] = ratios(cfg, store, log)
+    res["ratios"] = ratios(cfg, log)
     for key, fn in (("overhead", lambda: overhead(cfg, store)), ("repro", lambda: repro(cfg, log))):
         try:
             res[key] = fn()

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 #: max |y - ref| / max |ref|. Random-weight ResNet-50 on a CPU gives ~0.035 in fp16 and ~0.13 in
-#: bf16 (its logits are small and close together); a wrong output gives ~1.
-DEFAULT_TOLERANCE = {"fp32": 0.01, "fp16": 0.1, "bf16": 0.25}
+#: bf16 (its logits are small and close together); a wrong output gives ~1. fp32 on an H100 gives
+#: 0.021-0.028 (torch and ORT alike): both use TF32 for convolutions by default, the reference doesn't.
+DEFAULT_TOLERANCE = {"fp32": 0.05, "fp16": 0.1, "bf16": 0.25}
 REFERENCE = "torch-eager fp32"
 
 
