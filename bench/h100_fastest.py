@@ -9,8 +9,9 @@ speed-up over torch-eager. Also writes it to ``<out>/fastest.md``.
     python bench/h100_fastest.py --batch-sizes 1,8,32 --out $OUT/a     # a subset of the plan's batch sizes
     python bench/h100_fastest.py --report $OUT/a/results $OUT/b/results   # only the table, from earlier runs
 
-``--batch-sizes`` writes a copy of the plan with only those batch sizes (trial ids don't change:
-they don't depend on the plan's name) so a long plan can be run in parts.
+``--batch-sizes`` and ``--labels`` write a copy of the plan with only those batch sizes or backend
+entries (trial ids don't change: they don't depend on the plan's name) so a long plan can be run in
+parts, or one configuration measured again.
 """
 
 from __future__ import annotations
@@ -39,13 +40,22 @@ def _name(r: dict[str, Any]) -> str:
     return r["label"] + (f" ({r['io']} io)" if r["io"] != "device" else "")
 
 
-def run(plan: Path, out: Path, batch_sizes: list[int] | None) -> Path:
+def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] | None = None) -> Path:
     """Run ``plan`` (or its subset) with the CLI; returns the results directory."""
     out.mkdir(parents=True, exist_ok=True)
-    if batch_sizes:
+    if batch_sizes or labels:
         data = yaml.safe_load(plan.read_text())
-        data["matrix"]["batch_sizes"] = batch_sizes
-        plan = out / f"{plan.stem}-bs{'-'.join(map(str, batch_sizes))}.yaml"
+        suffix = ""
+        if batch_sizes:
+            data["matrix"]["batch_sizes"] = batch_sizes
+            suffix += f"-bs{'-'.join(map(str, batch_sizes))}"
+        if labels:
+            def label(e: Any) -> str:
+                return e if isinstance(e, str) else e.get("label", e["backend"])
+            data["matrix"]["backends"] = [e for e in data["matrix"]["backends"] if label(e) in labels]
+            data["matrix"]["exclude"] = [r for r in data["matrix"].get("exclude", []) if r.get("label") in labels]
+            suffix += "-" + "-".join(labels)
+        plan = out / f"{plan.stem}{suffix}.yaml"
         plan.write_text(yaml.safe_dump(data, sort_keys=False))
     results = out / "results"
     t0 = time.perf_counter()
@@ -107,6 +117,7 @@ def main() -> None:
     ap.add_argument("--plan", type=Path, default=REPO / "plans/h100.yaml")
     ap.add_argument("--out", type=Path, default=None, help="default: $OUT/h100, else results/h100-fastest-<time>")
     ap.add_argument("--batch-sizes", default=None, help="comma-separated subset of the plan's batch sizes")
+    ap.add_argument("--labels", default=None, help="comma-separated subset of the plan's backend labels")
     ap.add_argument("--report", type=Path, nargs="+", default=None, help="results directories to report on; "
                                                                          "runs nothing")
     args = ap.parse_args()
@@ -116,7 +127,8 @@ def main() -> None:
         out = args.out or (Path(os.environ["OUT"]) / "h100" if os.environ.get("OUT") else
                            REPO / "results" / f"h100-fastest-{dt.datetime.now():%Y%m%d-%H%M%S}")
         bs = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
-        dirs = [run(args.plan, out, bs)]
+        labels = args.labels.split(",") if args.labels else None
+        dirs = [run(args.plan, out, bs, labels)]
     rows = load(dirs)
     devices = ", ".join(sorted({r["device_name"] or "?" for r in rows}))
     text = f"{len(rows)} rows on {devices}\n{notes(rows)}\n\n{fastest_table(rows)}\n" if rows else "no rows\n"

@@ -60,12 +60,14 @@ def make_step(variant: str, store: Any, spec: dict[str, Any], batch: int, dtype:
     name = sess.get_inputs()[0].name
     if variant == "ort-run":
         return (lambda: sess.run(None, {name: x})), lambda: None
-    out = sess.run(None, {name: x})[0]
+    # The output's shape from the model (static in infer-orch's exports), not from a plain run: ORT
+    # captures its CUDA graph on the first run, and a plain one would be what every replay repeats.
+    shape = tuple(sess.get_outputs()[0].shape)
     dev_x = torch.from_numpy(x).to(device)
-    dev_y = torch.empty(out.shape, dtype=dev_x.dtype, device=device)
+    dev_y = torch.empty(shape, dtype=dev_x.dtype, device=device)
     b = sess.io_binding()
     b.bind_input(name, device, 0, x.dtype, tuple(x.shape), dev_x.data_ptr())
-    b.bind_output(sess.get_outputs()[0].name, device, 0, out.dtype, tuple(out.shape), dev_y.data_ptr())
+    b.bind_output(sess.get_outputs()[0].name, device, 0, x.dtype, shape, dev_y.data_ptr())
     keep = [dev_x, dev_y]
     return (lambda: sess.run_with_iobinding(b)), keep.clear
 

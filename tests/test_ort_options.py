@@ -118,3 +118,31 @@ def test_cuda_provider_options_reach_the_session():
             assert r["providers_used"][0] == "TensorrtExecutionProvider" and r["engine_build_s"] > 0
     if not tensorrt_missing():
         assert all(r["compile_cache_warm"] for r in again), "the second TensorRT session didn't reuse the engine"
+
+
+def test_graph_sessions_learn_output_shapes_without_a_plain_run(tmp_path):
+    """ORT captures its CUDA graph on a session's first run, so a cuda_graph session must not begin
+    with a plain session.run: the output shapes come from the model, or, where its output dims are
+    dynamic, from a throwaway session. Both give what a real run returns."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from workers.backends.ort import _probe_outputs, _static_outputs
+
+    def model(dims, path):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+        return str(path)
+
+    feeds = {"x": np.ones((3, 4), np.float32)}
+    fixed = ort.InferenceSession(model([3, 4], tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
+    assert _static_outputs(fixed) == [("y", (3, 4), np.dtype(np.float32))]
+
+    path = model(["n", 4], tmp_path / "dynamic.onnx")
+    dynamic = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert _static_outputs(dynamic) is None
+    assert _probe_outputs(path, ort.SessionOptions(), ["CPUExecutionProvider"], feeds) == [
+        ("y", (3, 4), np.dtype(np.float32))]

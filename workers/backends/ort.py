@@ -95,6 +95,29 @@ class OrtOptions(BackendOptions):
         return self
 
 
+def _static_outputs(sess: Any) -> list[tuple[str, tuple[int, ...], Any]] | None:
+    """The session's outputs as (name, shape, numpy dtype) when every dim is fixed, else None."""
+    out = []
+    for o in sess.get_outputs():
+        if o.type not in ORT_TYPES or not all(isinstance(d, int) and d >= 0 for d in o.shape):
+            return None
+        out.append((o.name, tuple(o.shape), np.dtype(ORT_TYPES[o.type])))
+    return out
+
+
+def _probe_outputs(path: Any, so: Any, providers: list[Any],
+                   feeds: dict[str, Any]) -> list[tuple[str, tuple[int, ...], Any]]:
+    """(name, shape, numpy dtype) of each output of a model with dynamic output dims: one plain run
+    of a throwaway session with the same providers, the CUDA graph off."""
+    import onnxruntime as ort
+
+    plain = [(p[0], {**p[1], "enable_cuda_graph": "0"}) if isinstance(p, tuple) and p[0] == PROVIDERS["cuda"]
+             else p for p in providers]
+    probe = ort.InferenceSession(str(path), sess_options=so, providers=plain)
+    outs = probe.run(None, feeds)
+    return [(o.name, r.shape, r.dtype) for o, r in zip(probe.get_outputs(), outs)]
+
+
 def _ort_version() -> tuple[int, int]:
     import onnxruntime
 
@@ -208,18 +231,28 @@ class OrtRunner(Runner):
             raise SkipTrial(f"the ONNX model's input is {inp[0].type}, not {want} ({self.ctx.dtype})")
         x = self.ctx.input(device="cpu")
         self.x_np = x.numpy()
-        # One plain run learns the output shapes and types (and serves as the first warm-up).
-        outs = sess.run(None, {self.in_name: self.x_np})
+        self.binding = None
+        if o.cuda_graph:
+            # ORT captures its CUDA graph on the session's first run, whatever that run is bound to:
+            # after a plain session.run, every replay writes into ORT's own buffers of that run and
+            # never into the bound output (ORT 1.31.1 on an H100: a wrong answer at every step). So
+            # the output shapes come from the model, and the first run is the bound one.
+            self.out_meta = _static_outputs(sess) or _probe_outputs(path, so, prov_list, {self.in_name: self.x_np})
+            self._bind(device, device_id, x)
+            sess.run_with_iobinding(self.binding)
+            self.y: Any = self.dev_outs[0]
+        else:
+            # One plain run learns the output shapes and types (and serves as the first warm-up).
+            outs = sess.run(None, {self.in_name: self.x_np})
+            self.out_meta = [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
+            self.y = outs[0]
+            if o.io_binding:
+                self._bind(device, device_id, x)
         self.build: dict[str, Any] = {}
         if trt:
             new = set(engines.glob("*.engine")) - engines_before
             self.build = {"engine_build_s": time.perf_counter() - t_session,
                           "compile_cache_warm": None if not (new or engines_before) else not new}
-        self.out_meta = [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
-        self.y: Any = outs[0]
-        self.binding = None
-        if o.io_binding:
-            self._bind(device, device_id, x)
 
     def _cuda_options(self, device_id: int) -> dict[str, str]:
         """The CUDA provider's options: only those set, so unset ones stay ORT's defaults."""
