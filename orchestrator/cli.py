@@ -259,16 +259,27 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
 
 
 @app.command()
-def validate(plan: PlanArg) -> None:
-    """Check PLAN and print how many trials it expands to. Touches no device."""
+def validate(
+    plans: Annotated[list[Path], typer.Argument(help="YAML plan files.", show_default=False)],
+) -> None:
+    """Check each PLAN and print how many trials it expands to. Touches no device.
+
+    Every plan is checked, also after a bad one; the exit code is that of the first bad plan.
+    """
     from orchestrator.expand import expand
     from orchestrator.plan import load_plan
 
-    try:
-        trials = expand(load_plan(plan), source=str(plan))
-    except InferOrchError as exc:
-        raise _fail(exc) from None
-    console.print(f"{plan}: valid, {len(trials)} trials", highlight=False)
+    first_error: InferOrchError | None = None
+    for plan in plans:
+        try:
+            trials = expand(load_plan(plan), source=str(plan))
+        except InferOrchError as exc:
+            _fail(exc)
+            first_error = first_error or exc
+            continue
+        console.print(f"{plan}: valid, {len(trials)} trials", highlight=False)
+    if first_error is not None:
+        raise typer.Exit(code=first_error.exit_code)
 
 
 @app.command()

@@ -58,11 +58,21 @@ def test_bad_plan_exits_2_with_located_message_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("plan", ["plans/quickstart.yaml", "plans/t4.yaml", "plans/h100.yaml", "plans/multigpu.yaml"])
-def test_shipped_plans_validate(plan):
-    proc = infer_orch("validate", plan)
+def test_shipped_plans_validate():
+    plans = sorted(str(p.relative_to(REPO)) for p in (REPO / "plans").glob("*.yaml"))
+    assert "plans/quickstart.yaml" in plans and "plans/t4.yaml" in plans
+    proc = infer_orch("validate", *plans)
     assert proc.returncode == 0, proc.stderr
-    assert "valid" in proc.stdout
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if ": valid, " in line] == plans
+
+
+def test_validate_checks_every_plan_and_fails_on_the_bad_one(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "plans/quickstart.yaml").read_text().replace("\n  iters:", "\n  iterz:", 1))
+    proc = infer_orch("validate", str(bad), "plans/quickstart.yaml")
+    assert proc.returncode == 2
+    assert "unknown key 'iterz'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "plans/quickstart.yaml: valid" in proc.stdout
 
 
 def test_backends_lists_registry_and_versions():
