@@ -11,8 +11,9 @@ Three runs of the same plan through the embedded Ray (``run_plan``, the CLI's co
 
 Parallel efficiency = wall(alone) / (wall(busy) x GPUs) (ideal 1.0). Interference = per-trial
 median(busy) / median(alone), summarised per backend label, with launch-bound trials (batch 1
-eager) reported on their own. ``--logical-gpus N`` runs it on a CPU machine with the ``sleep``
-backend's plans, to check the script itself. Prints a short table last; writes JSON to OUT_DIR.
+eager) reported on their own. ``--logical-gpus N`` runs it on a CPU machine with a ``sleep``
+backend plan (``bench/multigpu_sleep.yaml``), to check the script itself. Prints a short table
+last; writes JSON to OUT_DIR.
 """
 
 from __future__ import annotations
