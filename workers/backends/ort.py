@@ -114,8 +114,12 @@ def _probe_outputs(path: Any, so: Any, providers: list[Any],
     plain = [(p[0], {**p[1], "enable_cuda_graph": "0"}) if isinstance(p, tuple) and p[0] == PROVIDERS["cuda"]
              else p for p in providers]
     probe = ort.InferenceSession(str(path), sess_options=so, providers=plain)
-    outs = probe.run(None, feeds)
-    return [(o.name, r.shape, r.dtype) for o, r in zip(probe.get_outputs(), outs)]
+    return _output_meta(probe, probe.run(None, feeds))
+
+
+def _output_meta(sess: Any, outs: list[np.ndarray]) -> list[tuple[str, tuple[int, ...], Any]]:
+    """(name, shape, numpy dtype) of each output, from the arrays one run of ``sess`` returned."""
+    return [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
 
 
 def _ort_version() -> tuple[int, int]:
@@ -244,7 +248,7 @@ class OrtRunner(Runner):
         else:
             # One plain run learns the output shapes and types (and serves as the first warm-up).
             outs = sess.run(None, {self.in_name: self.x_np})
-            self.out_meta = [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
+            self.out_meta = _output_meta(sess, outs)
             self.y = outs[0]
             if o.io_binding:
                 self._bind(device, device_id, x)
