@@ -52,8 +52,14 @@ def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] 
         if labels:
             def label(e: Any) -> str:
                 return e if isinstance(e, str) else e.get("label", e["backend"])
+            known = [label(e) for e in data["matrix"]["backends"]]
+            unknown = [x for x in labels if x not in known]
+            if unknown:
+                sys.exit(f"--labels: {', '.join(unknown)} not in {plan} (its labels: {', '.join(known)})")
             data["matrix"]["backends"] = [e for e in data["matrix"]["backends"] if label(e) in labels]
-            data["matrix"]["exclude"] = [r for r in data["matrix"].get("exclude", []) if r.get("label") in labels]
+            # rules naming a label that is left out would name nothing; the others still apply
+            data["matrix"]["exclude"] = [r for r in data["matrix"].get("exclude", [])
+                                         if "label" not in r or r["label"] in labels]
             suffix += "-" + "-".join(labels)
         plan = out / f"{plan.stem}{suffix}.yaml"
         plan.write_text(yaml.safe_dump(data, sort_keys=False))
