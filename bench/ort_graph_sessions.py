@@ -57,18 +57,28 @@ def child(arg: str) -> None:
     store = ModelStore()
     keep: Any = None
     for token in spec["seq"].split():
-        if token.startswith("H+"):
-            token = token[2:]
-            t = _trial(spec["model"], spec["batch"], spec["dtype"], token)
+        hand_first = token.startswith("H+")
+        token = token.removeprefix("H+")
+        t = _trial(spec["model"], spec["batch"], spec["dtype"], token)
+        if hand_first:
             step, cleanup = hand.make_step("ort-iobind-graph", store, t["model"], spec["batch"], spec["dtype"], "cuda")
             for _ in range(5):
                 step()
             keep = (step, cleanup)
-        row = run_trial(_trial(spec["model"], spec["batch"], spec["dtype"], token), "cuda", store)
+        row = run_trial(t, "cuda", store)
         print("TRIAL " + json.dumps({"token": token, "status": row["status"],
                                      "err": row.get("parity_max_rel_err"),
                                      "error": (row.get("error") or "")[:160]}), flush=True)
     del keep
+
+
+def _report(model: str, batch: int, dtype: str, session: str, timing: str, errs: list[float]) -> None:
+    """One table line: the error after each step, the first step over the dtype's parity tolerance."""
+    from workers.parity import DEFAULT_TOLERANCE
+
+    bad = [i + 1 for i, e in enumerate(errs) if e > DEFAULT_TOLERANCE[dtype]]
+    print(f"| {model} | {batch} | {dtype} | {session} | {timing} | {' '.join(f'{e:.3g}' for e in errs[:12])} | "
+          f"{bad[:1] or '-'} | {len(bad)} of {len(errs)} |", flush=True)
 
 
 def steps(model: str, batch: int, dtype: str, n: int) -> None:
@@ -80,13 +90,13 @@ def steps(model: str, batch: int, dtype: str, n: int) -> None:
     from workers.parity import compare, reference_output
 
     store = ModelStore()
+    base = _trial(model, batch, dtype, "G")
+    ref = reference_output(base, "cuda", store)
+    cls = get("ort")
     variants = {"graph": {"io_binding": True, "cuda_graph": True}, "bind": {"io_binding": True}}
     for name, opts in variants.items():
         for events in (False, True):
-            t = _trial(model, batch, dtype, "G")
-            t = {**t, "options": opts}
-            ref = reference_output(t, "cuda", store)
-            cls = get("ort")
+            t = {**base, "options": opts}
             errs = []
             with cls(TrialContext(t, "cuda", store), cls.Options.model_validate(opts)) as r:
                 for _ in range(n):
@@ -100,9 +110,7 @@ def steps(model: str, batch: int, dtype: str, n: int) -> None:
                         r.step()
                     y = r.output()
                     errs.append(compare(y, ref)["parity_max_rel_err"])
-            bad = [i + 1 for i, e in enumerate(errs) if e > 0.05]
-            print(f"| {model} | {batch} | {dtype} | {name} | {'events' if events else 'plain'} | "
-                  f"{' '.join(f'{e:.3g}' for e in errs[:12])} | {bad[:1] or '-'} | {len(bad)} of {n} |", flush=True)
+            _report(model, batch, dtype, name, "events" if events else "plain", errs)
 
 
 def plain_first(model: str, batch: int, dtype: str, n: int) -> None:
@@ -132,9 +140,7 @@ def plain_first(model: str, batch: int, dtype: str, n: int) -> None:
         for _ in range(n):
             sess.run_with_iobinding(b)
             errs.append(compare(dy.float().cpu().numpy(), ref)["parity_max_rel_err"])
-        bad = [i + 1 for i, e in enumerate(errs) if e > 0.05]
-        print(f"| {model} | {batch} | {dtype} | by hand, {'plain run first' if first_plain else 'bound runs only'} | "
-              f"- | {' '.join(f'{e:.3g}' for e in errs[:12])} | {bad[:1] or '-'} | {len(bad)} of {n} |", flush=True)
+        _report(model, batch, dtype, f"by hand, {'plain run first' if first_plain else 'bound runs only'}", "-", errs)
         del b, sess
 
 
