@@ -1,0 +1,374 @@
+"""The scheduler's decisions, without Ray: which trial a worker runs next, and what a fault means.
+
+:class:`Dispatcher` holds the pending trials and a state per worker; the Ray loop in
+``orchestrator/scheduler.py`` tells it what happened (a worker answered, returned a row, died,
+became unreachable; time passed) and it answers through a :class:`Pool` (run this trial on that
+worker, kill it, start a fresh one in its place) and with :class:`Outcome`\\ s, one per trial that
+ended. Time comes from ``clock`` and node liveness from ``alive_nodes``, so tests drive it with
+plain objects and a fake clock.
+
+A worker's life::
+
+    starting --answers--> idle --takes a trial--> busy --returns a row--> idle
+    starting --fails or times out--> starting (a fresh actor) ... MAX_START_FAILURES in a row -> lost
+    busy --dies, times out, OOM, CUDA error--> starting (a fresh actor in its place: "replaced")
+    busy --Ray says only "unavailable"--> doubtful --its node died--> lost
+                                                    --NODE_DEATH_GRACE_S passed--> a crash (as above)
+    any state --its node died--> lost (no fresh actor there; its trial requeued, see below)
+
+A worker takes, in this order of preference, a pending trial of the model it last ran (no rebuild,
+a warm export cache), a trial of a model no other worker is busy with, or the first pending one:
+a GPU never idles while trials remain.
+
+Faults, and what becomes of the worker and the trial::
+
+    the worker process dies (segfault, abort, OOM killer)  -> replaced; trial failed, or retried
+    the trial runs past its timeout_s                       -> killed, replaced; trial timeout, or retried
+    the trial runs out of device memory                     -> replaced (a clean GPU); trial oom
+    a CUDA error (may poison the process's context)          -> replaced; trial failed
+    the trial raises                                        -> worker kept; trial failed
+    the worker's node dies                                  -> lost; trial requeued once, then failed
+
+``retries`` (per trial) requeues a trial whose worker died or timed out; its outcome then says which
+``attempt`` it is and the ``earlier_errors``. A trial whose node died goes back to the head of the
+queue for the surviving workers once (it did not kill the worker; this is not an attempt); the
+second time it fails. Without ``can_respawn``, or on a dead node, a worker that would be replaced
+is lost instead. When no worker is left, the trials still pending end ``failed`` with the reasons
+the workers were lost.
+
+The dispatcher never builds rows: an :class:`Outcome` carries the worker's own row, or the status
+and error of a trial that has none; the caller turns it into a row.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from workers.models import model_key
+
+#: How long a fresh worker may take to start (import torch, reach its GPU) before it counts as failed.
+START_TIMEOUT_S = 300.0
+#: A worker that fails to start this many times in a row is given up.
+MAX_START_FAILURES = 3
+#: How long a worker that stopped answering may wait for Ray to say whether its node died (Ray's
+#: own node health check takes ~15-30 s by default) before it is treated as a crash.
+NODE_DEATH_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the dispatcher reads of a trial; the trial itself travels untouched."""
+
+    trial: Any
+    trial_id: str
+    model: Hashable  # trials of one model share a worker's built model and export cache
+    timeout_s: float | None
+    retries: int
+
+
+def job_of(trial: Any) -> Job:
+    """The one place that knows a trial's shape (a dict from ``expand`` today)."""
+    return Job(trial, trial["trial_id"], model_key(trial["model"]), trial.get("timeout_s"),
+               int(trial.get("retries") or 0))
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # a fresh actor; no trial until it answers
+    IDLE = "idle"
+    BUSY = "busy"
+    DOUBTFUL = "doubtful"  # Ray can't reach it; waiting to hear whether its node died
+    LOST = "lost"  # given up for the rest of the run
+
+
+@dataclass(eq=False)
+class Worker:
+    name: str
+    node: str | None  # node id: node loss, and concurrent trials on a node
+    state: State = State.STARTING
+    model: Hashable | None = None  # model of the trial it ran last
+    job: Job | None = None  # while busy or doubtful
+    deadline: float = float("inf")  # while starting or busy
+    concurrent: int = 0  # other trials busy on its node when its trial was dispatched
+    start_failures: int = 0  # in a row
+    since: float = 0.0  # while doubtful: when Ray first couldn't reach it
+    cause: str = ""  # while doubtful: Ray's account
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A trial that ended: with the worker's own ``row``, or with ``status`` and ``error`` (row None)."""
+
+    job: Job  # its trial: ``job.trial``
+    status: str
+    error: str | None
+    row: dict[str, Any] | None
+    worker: str | None  # None: no worker ran it (none was left)
+    replaced: bool  # its worker was killed and replaced (or lost) because of this trial
+    attempt: int
+    earlier_errors: tuple[str, ...]
+    concurrent: int  # other trials running on the worker's node when it was dispatched
+
+
+class Pool(Protocol):
+    """The workers, as the dispatcher drives them; answers come back as its events."""
+
+    def run(self, name: str, trial: Any) -> None: ...  # -> finished / raised / died / unavailable
+
+    def kill(self, name: str) -> None: ...  # drop whatever it was doing; no event follows
+
+    def respawn(self, name: str) -> None: ...  # a fresh actor in its place -> started / start_failed ...
+
+
+class Dispatcher:
+    """Pending trials and worker states; see the module docstring for the rules.
+
+    ``workers`` (name -> node id) have each been asked to answer: they start ``starting``. Events:
+    :meth:`started`, :meth:`finished`, :meth:`raised`, :meth:`died`, :meth:`unavailable`,
+    :meth:`tick` (deadlines and doubtful workers); :meth:`dispatch` gives idle workers trials;
+    :meth:`take_outcomes` hands over the trials that ended since it was last called.
+    ``alive_nodes()``: the ids of the nodes alive now (asked only when a worker dies or is doubtful).
+    """
+
+    def __init__(self, pool: Pool, trials: Iterable[Any], workers: dict[str, str | None], *,
+                 can_respawn: bool = True, clock: Callable[[], float] = time.monotonic,
+                 alive_nodes: Callable[[], set[str]] | None = None) -> None:
+        self.pool = pool
+        self.can_respawn = can_respawn
+        self.clock = clock
+        self.alive_nodes = alive_nodes
+        self.lost: dict[str, str] = {}  # worker name -> why it was given up
+        self.requeued: dict[str, None] = {}  # trial ids put back after their node died, in order
+        # pending jobs by model, each a deque of (order, job) in queue order; requeued ones get lower orders
+        self._pending: dict[Hashable, deque[tuple[int, Job]]] = {}
+        self._first = 0
+        self._errors: dict[str, list[str]] = {}  # trial id -> errors of its earlier attempts
+        self._outcomes: list[Outcome] = []
+        for order, trial in enumerate(trials):
+            job = job_of(trial)
+            self._pending.setdefault(job.model, deque()).append((order, job))
+        deadline = clock() + START_TIMEOUT_S
+        self.workers = {name: Worker(name, node, deadline=deadline) for name, node in workers.items()}
+
+    # --- what the caller asks ------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self._pending.values())
+
+    def active(self, stop: bool) -> bool:
+        """Whether to keep waiting: a trial is running or undecided, or one is pending and a worker
+        that could take it is still starting."""
+        states = {w.state for w in self.workers.values()}
+        if State.BUSY in states or State.DOUBTFUL in states:
+            return True
+        return bool(self._pending) and not stop and (State.STARTING in states or State.IDLE in states)
+
+    def next_deadline(self) -> float:
+        """The nearest time :meth:`tick` has something to decide (inf: none)."""
+        times = [w.deadline for w in self.workers.values() if w.state in (State.STARTING, State.BUSY)]
+        times += [w.since + NODE_DEATH_GRACE_S for w in self.workers.values() if w.state is State.DOUBTFUL]
+        return min(times, default=float("inf"))
+
+    def take_outcomes(self) -> list[Outcome]:
+        out, self._outcomes = self._outcomes, []
+        return out
+
+    def dispatch(self, stop: bool = False) -> None:
+        """Give every idle worker a trial, unless ``stop``."""
+        if stop:
+            return
+        for w in self.workers.values():
+            if not self._pending:
+                return
+            if w.state is State.IDLE:
+                self._run(w, self._pick(w))
+
+    def close(self, stop: bool) -> None:
+        """The run is over: unless stopped, the trials still pending end failed (no worker left)."""
+        if stop or not self._pending:
+            return
+        why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
+        for queue in self._pending.values():
+            for _, job in queue:
+                self._end(job, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
+        self._pending.clear()
+
+    # --- events --------------------------------------------------------------------------------------
+
+    def started(self, name: str) -> None:
+        """A (fresh) worker answered: it takes trials from now on."""
+        w = self.workers[name]
+        w.state, w.start_failures, w.deadline = State.IDLE, 0, float("inf")
+
+    def finished(self, name: str, row: dict[str, Any]) -> None:
+        """A trial returned its row. OOM and CUDA errors replace the worker (a clean GPU, a sane context)."""
+        w = self.workers[name]
+        job = self._release(w)
+        replace = row["status"] == "oom" or poisons_context(row)
+        if replace:
+            self._replace(w)
+        else:
+            w.state = State.IDLE
+        self._outcomes.append(self._outcome(job, row["status"], row.get("error"), row, w, replace))
+
+    def raised(self, name: str, error: str) -> None:
+        """The call failed on its way (e.g. a trial that can't be serialised); the worker is fine."""
+        w = self.workers[name]
+        if w.state is State.STARTING:
+            self._start_failed(w, error)
+            return
+        job = self._release(w)
+        w.state = State.IDLE
+        self._end(job, "failed", error, w, replaced=False)
+
+    def died(self, name: str, cause: str) -> None:
+        """Ray says the worker's process is gone."""
+        w = self.workers[name]
+        if self._node_dead(w):
+            self._lose_with_node(w)
+        elif w.state is State.STARTING:
+            self._start_failed(w, cause)
+        else:
+            self._crashed(w, cause)
+
+    def unavailable(self, name: str, cause: str) -> None:
+        """Ray can't reach the worker and hasn't decided why: maybe its node; decided in :meth:`tick`."""
+        w = self.workers[name]
+        if self._node_dead(w):
+            self._lose_with_node(w)
+        elif w.state is State.STARTING:
+            self._start_failed(w, cause)
+        else:
+            w.state, w.since, w.cause = State.DOUBTFUL, self.clock(), cause
+
+    def tick(self) -> None:
+        """Past deadlines: a worker that didn't start, a trial past its timeout_s, a doubtful worker
+        whose grace is over (unless its node died meanwhile)."""
+        now = self.clock()
+        for w in list(self.workers.values()):
+            if w.deadline > now:
+                continue
+            if w.state is State.STARTING:
+                self._start_failed(w, f"did not start within {START_TIMEOUT_S:g} s")
+            elif w.state is State.BUSY:
+                job = self._release(w)
+                self._replace(w)
+                self._retry_or_end(job, "timeout", f"ran past its timeout_s ({job.timeout_s:g} s) on worker "
+                                   f"{w.name}; the worker was killed and replaced", w)
+        doubtful = [w for w in self.workers.values() if w.state is State.DOUBTFUL]
+        if not doubtful:
+            return
+        alive = self.alive_nodes() if self.alive_nodes else None
+        for w in doubtful:
+            if w.node is not None and alive is not None and w.node not in alive:
+                self._lose_with_node(w)
+            elif now - w.since >= NODE_DEATH_GRACE_S:
+                self._crashed(w, w.cause)
+
+    # --- rules ---------------------------------------------------------------------------------------
+
+    def _pick(self, w: Worker) -> Job:
+        """The next trial for ``w``: its own model's, else one of a model nobody is busy with, else the first."""
+        queue = self._pending.get(w.model) if w.model is not None else None
+        if queue is None:
+            busy = {o.model for o in self.workers.values() if o.state is State.BUSY}
+            free = [q for m, q in self._pending.items() if m not in busy]
+            queue = min(free or self._pending.values(), key=lambda q: q[0][0])
+        _, job = queue.popleft()
+        if not queue:
+            del self._pending[job.model]
+        return job
+
+    def _run(self, w: Worker, job: Job) -> None:
+        w.concurrent = sum(1 for o in self.workers.values() if o.state is State.BUSY and o.node == w.node)
+        w.state, w.job, w.model = State.BUSY, job, job.model
+        w.deadline = self.clock() + job.timeout_s if job.timeout_s else float("inf")
+        self.pool.run(w.name, job.trial)
+
+    def _release(self, w: Worker) -> Job:
+        job, w.job, w.deadline = w.job, None, float("inf")
+        if job is None:
+            raise RuntimeError(f"worker {w.name} ({w.state.value}) reported a trial it wasn't running")
+        return job
+
+    def _requeue(self, job: Job) -> None:
+        """Back to the head of the queue: the next free worker takes it."""
+        self._first -= 1
+        self._pending.setdefault(job.model, deque()).appendleft((self._first, job))
+
+    def _crashed(self, w: Worker, cause: str) -> None:
+        """The worker died on a live node (the trial may have killed it): replace it; fail or retry."""
+        job = self._release(w)
+        self._replace(w)
+        self._retry_or_end(job, "failed", f"worker {w.name} died while running this trial: {cause}", w)
+
+    def _retry_or_end(self, job: Job, status: str, error: str, w: Worker) -> None:
+        earlier = self._errors.setdefault(job.trial_id, [])
+        if len(earlier) < job.retries:
+            earlier.append(error)
+            self._requeue(job)
+            return
+        self._end(job, status, error, w, replaced=True)
+
+    def _node_dead(self, w: Worker) -> bool:
+        return w.node is not None and self.alive_nodes is not None and w.node not in self.alive_nodes()
+
+    def _lose_with_node(self, w: Worker) -> None:
+        """The worker died with its node: no replacement there; its trial goes back in the queue, once."""
+        job, w.job = w.job, None
+        self.pool.kill(w.name)
+        self._lose(w, f"its node {(w.node or '?')[:8]} died")
+        if job is None:
+            return
+        if job.trial_id in self.requeued:
+            self._end(job, "failed", f"worker {w.name} died with its node while running this trial "
+                      "(the second node lost under this trial)", w, replaced=False)
+            return
+        self.requeued[job.trial_id] = None
+        self._requeue(job)
+
+    def _replace(self, w: Worker) -> None:
+        """Kill the worker (it may be hung, or poisoned) and start a fresh one in its place."""
+        self.pool.kill(w.name)
+        if not self.can_respawn:
+            self._lose(w, "died, and no way to start it again")
+        elif self._node_dead(w):  # a fresh actor could never be placed there
+            self._lose(w, f"its node {(w.node or '?')[:8]} died")
+        else:
+            self._respawn(w)
+
+    def _start_failed(self, w: Worker, cause: str) -> None:
+        self.pool.kill(w.name)
+        w.start_failures += 1
+        if not self.can_respawn or w.start_failures >= MAX_START_FAILURES:
+            self._lose(w, f"failed to start {w.start_failures} time(s): {cause}")
+        else:
+            self._respawn(w)
+
+    def _respawn(self, w: Worker) -> None:
+        w.state, w.job, w.deadline = State.STARTING, None, self.clock() + START_TIMEOUT_S
+        self.pool.respawn(w.name)
+
+    def _lose(self, w: Worker, why: str) -> None:
+        w.state, w.job, w.deadline = State.LOST, None, float("inf")
+        self.lost[w.name] = why
+
+    def _end(self, job: Job, status: str, error: str, w: Worker | None, replaced: bool) -> None:
+        self._outcomes.append(self._outcome(job, status, error, None, w, replaced))
+
+    def _outcome(self, job: Job, status: str, error: str | None, row: dict[str, Any] | None,
+                 w: Worker | None, replaced: bool) -> Outcome:
+        earlier = tuple(self._errors.get(job.trial_id, ()))
+        return Outcome(job, status, error, row, w.name if w else None, replaced, len(earlier) + 1, earlier,
+                       w.concurrent if w else 0)
+
+
+def poisons_context(row: dict[str, Any]) -> bool:
+    """A CUDA error (illegal address, launch failure) leaves the process's context unusable."""
+    text = row.get("error") or ""
+    return row["status"] == "failed" and ("CUDA error" in text or "cudaError" in text)
