@@ -43,13 +43,16 @@ and error of a trial that has none; the caller turns it into a row.
 from __future__ import annotations
 
 import enum
+import heapq
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from workers.models import model_key
+
+INF = float("inf")
 
 #: How long a fresh worker may take to start (import torch, reach its GPU) before it counts as failed.
 START_TIMEOUT_S = 300.0
@@ -92,10 +95,9 @@ class Worker:
     state: State = State.STARTING
     model: Hashable | None = None  # model of the trial it ran last
     job: Job | None = None  # while busy or doubtful
-    deadline: float = float("inf")  # while starting or busy
+    deadline: float = INF  # starting: to answer; busy: timeout_s; doubtful: end of the grace
     concurrent: int = 0  # other trials busy on its node when its trial was dispatched
     start_failures: int = 0  # in a row
-    since: float = 0.0  # while doubtful: when Ray first couldn't reach it
     cause: str = ""  # while doubtful: Ray's account
 
 
@@ -131,7 +133,11 @@ class Dispatcher:
     :meth:`started`, :meth:`finished`, :meth:`raised`, :meth:`died`, :meth:`unavailable`,
     :meth:`tick` (deadlines and doubtful workers); :meth:`dispatch` gives idle workers trials;
     :meth:`take_outcomes` hands over the trials that ended since it was last called.
-    ``alive_nodes()``: the ids of the nodes alive now (asked only when a worker dies or is doubtful).
+    ``alive_nodes()``: the ids of the nodes alive now, asked only when a worker dies, is to be
+    replaced, or is doubtful (None: every node lives).
+
+    A trial costs O(log W) for W workers (O(M) for M models when a worker changes model): workers
+    are kept by state, busy ones counted by node and model, deadlines in a heap.
     """
 
     def __init__(self, pool: Pool, trials: Iterable[Any], workers: dict[str, str | None], *,
@@ -151,8 +157,14 @@ class Dispatcher:
         for order, trial in enumerate(trials):
             job = job_of(trial)
             self._pending.setdefault(job.model, deque()).append((order, job))
-        deadline = clock() + START_TIMEOUT_S
-        self.workers = {name: Worker(name, node, deadline=deadline) for name, node in workers.items()}
+        self.workers = {name: Worker(name, node) for name, node in workers.items()}
+        self._by_state: dict[State, dict[str, Worker]] = {s: {} for s in State}  # idle: in the order they freed
+        self._busy_nodes: Counter[str | None] = Counter()
+        self._busy_models: Counter[Hashable] = Counter()
+        self._deadlines: list[tuple[float, str]] = []  # heap; an entry is stale unless it is its worker's deadline
+        start = clock() + START_TIMEOUT_S
+        for w in self.workers.values():
+            self._move(w, State.STARTING, start)
 
     # --- what the caller asks ------------------------------------------------------------------------
 
@@ -163,16 +175,17 @@ class Dispatcher:
     def active(self, stop: bool) -> bool:
         """Whether to keep waiting: a trial is running or undecided, or one is pending and a worker
         that could take it is still starting."""
-        states = {w.state for w in self.workers.values()}
-        if State.BUSY in states or State.DOUBTFUL in states:
+        n = {s: len(ws) for s, ws in self._by_state.items()}
+        if n[State.BUSY] or n[State.DOUBTFUL]:
             return True
-        return bool(self._pending) and not stop and (State.STARTING in states or State.IDLE in states)
+        return bool(self._pending) and not stop and bool(n[State.STARTING] or n[State.IDLE])
 
     def next_deadline(self) -> float:
         """The nearest time :meth:`tick` has something to decide (inf: none)."""
-        times = [w.deadline for w in self.workers.values() if w.state in (State.STARTING, State.BUSY)]
-        times += [w.since + NODE_DEATH_GRACE_S for w in self.workers.values() if w.state is State.DOUBTFUL]
-        return min(times, default=float("inf"))
+        heap = self._deadlines
+        while heap and self.workers[heap[0][1]].deadline != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else INF
 
     def take_outcomes(self) -> list[Outcome]:
         out, self._outcomes = self._outcomes, []
@@ -180,22 +193,18 @@ class Dispatcher:
 
     def dispatch(self, stop: bool = False) -> None:
         """Give every idle worker a trial, unless ``stop``."""
-        if stop:
-            return
-        for w in self.workers.values():
-            if not self._pending:
-                return
-            if w.state is State.IDLE:
-                self._run(w, self._pick(w))
+        idle = self._by_state[State.IDLE]
+        while idle and self._pending and not stop:
+            w = next(iter(idle.values()))
+            self._run(w, self._pick(w))
 
     def close(self, stop: bool) -> None:
         """The run is over: unless stopped, the trials still pending end failed (no worker left)."""
         if stop or not self._pending:
             return
         why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
-        for queue in self._pending.values():
-            for _, job in queue:
-                self._end(job, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
+        for _, job in sorted((entry for queue in self._pending.values() for entry in queue), key=lambda e: e[0]):
+            self._end(job, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
         self._pending.clear()
 
     # --- events --------------------------------------------------------------------------------------
@@ -203,7 +212,8 @@ class Dispatcher:
     def started(self, name: str) -> None:
         """A (fresh) worker answered: it takes trials from now on."""
         w = self.workers[name]
-        w.state, w.start_failures, w.deadline = State.IDLE, 0, float("inf")
+        w.start_failures = 0
+        self._move(w, State.IDLE)
 
     def finished(self, name: str, row: dict[str, Any]) -> None:
         """A trial returned its row. OOM and CUDA errors replace the worker (a clean GPU, a sane context)."""
@@ -212,8 +222,6 @@ class Dispatcher:
         replace = row["status"] == "oom" or poisons_context(row)
         if replace:
             self._replace(w)
-        else:
-            w.state = State.IDLE
         self._outcomes.append(self._outcome(job, row["status"], row.get("error"), row, w, replace))
 
     def raised(self, name: str, error: str) -> None:
@@ -223,7 +231,6 @@ class Dispatcher:
             self._start_failed(w, error)
             return
         job = self._release(w)
-        w.state = State.IDLE
         self._end(job, "failed", error, w, replaced=False)
 
     def died(self, name: str, cause: str) -> None:
@@ -244,40 +251,54 @@ class Dispatcher:
         elif w.state is State.STARTING:
             self._start_failed(w, cause)
         else:
-            w.state, w.since, w.cause = State.DOUBTFUL, self.clock(), cause
+            w.cause = cause
+            self._move(w, State.DOUBTFUL, self.clock() + NODE_DEATH_GRACE_S)
 
     def tick(self) -> None:
         """Past deadlines: a worker that didn't start, a trial past its timeout_s, a doubtful worker
-        whose grace is over (unless its node died meanwhile)."""
+        whose grace is over; and a doubtful worker whose node died meanwhile."""
+        doubtful = list(self._by_state[State.DOUBTFUL].values())
+        if doubtful and self.alive_nodes is not None:
+            alive = self.alive_nodes()
+            for w in doubtful:
+                if w.node is not None and w.node not in alive:
+                    self._lose_with_node(w)
         now = self.clock()
-        for w in list(self.workers.values()):
-            if w.deadline > now:
-                continue
+        while self.next_deadline() <= now:
+            w = self.workers[heapq.heappop(self._deadlines)[1]]
             if w.state is State.STARTING:
                 self._start_failed(w, f"did not start within {START_TIMEOUT_S:g} s")
-            elif w.state is State.BUSY:
+            elif w.state is State.DOUBTFUL:
+                self._crashed(w, w.cause)
+            else:
                 job = self._release(w)
                 self._replace(w)
                 self._retry_or_end(job, "timeout", f"ran past its timeout_s ({job.timeout_s:g} s) on worker "
                                    f"{w.name}; the worker was killed and replaced", w)
-        doubtful = [w for w in self.workers.values() if w.state is State.DOUBTFUL]
-        if not doubtful:
-            return
-        alive = self.alive_nodes() if self.alive_nodes else None
-        for w in doubtful:
-            if w.node is not None and alive is not None and w.node not in alive:
-                self._lose_with_node(w)
-            elif now - w.since >= NODE_DEATH_GRACE_S:
-                self._crashed(w, w.cause)
 
     # --- rules ---------------------------------------------------------------------------------------
+
+    def _move(self, w: Worker, state: State, deadline: float = INF) -> None:
+        """The one place a worker changes state (and the counts by state, node and model follow)."""
+        if w.state is State.BUSY:
+            self._busy_nodes[w.node] -= 1
+            self._busy_models[w.model] -= 1
+            if not self._busy_models[w.model]:
+                del self._busy_models[w.model]
+        if state is State.BUSY:
+            self._busy_nodes[w.node] += 1
+            self._busy_models[w.model] += 1
+        self._by_state[w.state].pop(w.name, None)
+        self._by_state[state][w.name] = w
+        w.state, w.deadline = state, deadline
+        if deadline != INF:
+            heapq.heappush(self._deadlines, (deadline, w.name))
 
     def _pick(self, w: Worker) -> Job:
         """The next trial for ``w``: its own model's, else one of a model nobody is busy with, else the first."""
         queue = self._pending.get(w.model) if w.model is not None else None
         if queue is None:
-            busy = {o.model for o in self.workers.values() if o.state is State.BUSY}
-            free = [q for m, q in self._pending.items() if m not in busy]
+            free = [q for m, q in self._pending.items() if m not in self._busy_models]
             queue = min(free or self._pending.values(), key=lambda q: q[0][0])
         _, job = queue.popleft()
         if not queue:
@@ -285,15 +306,17 @@ class Dispatcher:
         return job
 
     def _run(self, w: Worker, job: Job) -> None:
-        w.concurrent = sum(1 for o in self.workers.values() if o.state is State.BUSY and o.node == w.node)
-        w.state, w.job, w.model = State.BUSY, job, job.model
-        w.deadline = self.clock() + job.timeout_s if job.timeout_s else float("inf")
+        w.concurrent = self._busy_nodes[w.node]
+        w.job, w.model = job, job.model
+        self._move(w, State.BUSY, self.clock() + job.timeout_s if job.timeout_s else INF)
         self.pool.run(w.name, job.trial)
 
     def _release(self, w: Worker) -> Job:
-        job, w.job, w.deadline = w.job, None, float("inf")
+        """The worker's trial is over; the worker is idle until told otherwise."""
+        job, w.job = w.job, None
         if job is None:
             raise RuntimeError(f"worker {w.name} ({w.state.value}) reported a trial it wasn't running")
+        self._move(w, State.IDLE)
         return job
 
     def _requeue(self, job: Job) -> None:
@@ -351,11 +374,11 @@ class Dispatcher:
             self._respawn(w)
 
     def _respawn(self, w: Worker) -> None:
-        w.state, w.job, w.deadline = State.STARTING, None, self.clock() + START_TIMEOUT_S
+        self._move(w, State.STARTING, self.clock() + START_TIMEOUT_S)
         self.pool.respawn(w.name)
 
     def _lose(self, w: Worker, why: str) -> None:
-        w.state, w.job, w.deadline = State.LOST, None, float("inf")
+        self._move(w, State.LOST)
         self.lost[w.name] = why
 
     def _end(self, job: Job, status: str, error: str, w: Worker | None, replaced: bool) -> None:

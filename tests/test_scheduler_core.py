@@ -182,7 +182,7 @@ def test_a_trial_that_raises_keeps_its_worker():
 
 
 def test_a_worker_that_keeps_failing_to_start_is_lost_and_the_remaining_trials_fail_with_the_reason():
-    r = Run([trial("t1"), trial("t2")], started=False)
+    r = Run([trial("t1", "b"), trial("t2", "a"), trial("t3", "b")], started=False)
     for i in range(MAX_START_FAILURES - 1):
         r.core.died("w0", f"ImportError {i}")
         r.step()
@@ -195,7 +195,7 @@ def test_a_worker_that_keeps_failing_to_start_is_lost_and_the_remaining_trials_f
     assert not r.core.active(stop=False)
     r.core.close(stop=False)
     r.step()
-    assert [o.job.trial_id for o in r.outcomes] == ["t1", "t2"]
+    assert [o.job.trial_id for o in r.outcomes] == ["t1", "t2", "t3"]  # in queue order
     assert all(o.status == "failed" and o.worker is None and not o.replaced for o in r.outcomes)
     assert r.outcomes[0].error == (f"no worker left to run this trial (w0: failed to start {MAX_START_FAILURES} "
                                    "time(s): did not start within 300 s)")
@@ -293,3 +293,15 @@ def test_concurrent_counts_the_other_busy_workers_on_the_same_node():
     for name in ("w1", "w2", "w0"):
         r.ok(name)
     assert {tid: o.concurrent for tid, o in r.by_id().items()} == {"t0": 0, "t1": 1, "t2": 0, "t3": 1}
+
+
+def test_a_trial_that_finished_in_time_is_not_timed_out_later():
+    r = Run([trial("t1", timeout_s=5.0), trial("t2", timeout_s=50.0)])
+    r.clock.t += 4
+    r.ok("w0")  # t2 starts: its deadline is 54 s from the start, t1's (5 s) is gone
+    assert r.core.next_deadline() == r.clock.t + 50.0
+    r.clock.t += 10
+    r.core.tick()
+    r.ok("w0")
+    assert [(o.job.trial_id, o.status) for o in r.outcomes] == [("t1", "ok"), ("t2", "ok")]
+    assert ("kill", "w0") not in r.pool.log
