@@ -31,3 +31,10 @@ def missed(row: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
                 relation = "above" if at_most else "below"
                 out.append(f"{what} {value:.4g} {unit} is {relation} {limit} {bound:g} ({where})")
     return out
+
+
+def misses(trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """(row, messages) for each ok row that misses a budget of its trial."""
+    budgets = {t["trial_id"]: t.get("budgets") or [] for t in trials}
+    found = [(r, missed(r, budgets.get(r["trial_id"], []))) for r in rows]
+    return [(r, m) for r, m in found if m]

@@ -145,37 +145,28 @@ def run(
     if result.kept:
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
-    misses = _budgets_and_junit(result, junit)
-    if result.failed or misses or any(s not in ("ok", "skipped") for s in result.kept.values()):
-        raise typer.Exit(code=1)
+    _budgets_and_junit(result, junit)
+    if result.exit_code:
+        raise typer.Exit(code=result.exit_code)
 
 
-def _budgets_and_junit(result: Any, junit: Path | None) -> int:
-    """Print the budgets the run missed, write the JUnit file if asked; the number of misses."""
-    from orchestrator.junit import budget_misses, write_junit
+def _budgets_and_junit(result: Any, junit: Path | None) -> None:
+    """Print the budgets the run missed, write the JUnit file if asked."""
+    from orchestrator.junit import write_junit
 
-    rows = list(result.rows)
-    if result.kept:  # a resumed run: its report covers the trials kept from before too
-        from orchestrator.results import load_results
-
-        fresh = {r["trial_id"] for r in rows}
-        rows += [r for r in load_results(result.out).to_pylist()
-                 if r["trial_id"] in result.kept and r["trial_id"] not in fresh]
-    misses = budget_misses(result.trials, rows)
-    for row, messages in misses:
+    for row, messages in result.budget_misses:
         for m in messages:
             console.print("[red]over budget[/] " + escape(f"{row['label']} {row['model']} bs={row['batch_size']} "
                                                           f"{row['dtype']} {row['io']}: {m}"),
                           highlight=False, soft_wrap=True)
     if junit is not None:
         try:
-            c = write_junit(junit, result.trials, rows, suite=result.run_id)
+            c = write_junit(junit, result.trials, result.report_rows(), suite=result.run_id)
         except OSError as exc:
             err_console.print(f"[bold red]error:[/] can't write {junit}: {exc}", highlight=False)
             raise typer.Exit(code=2) from None
         console.print(f"JUnit: {junit} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
                       f"{c['skipped']} skipped)", highlight=False)
-    return len(misses)
 
 
 @app.command()

@@ -14,7 +14,7 @@ A worker's life::
     busy --dies, times out, OOM, CUDA error--> starting (a fresh actor in its place: "replaced")
     busy --Ray says only "unavailable"--> doubtful --its node died--> lost
                                                     --NODE_DEATH_GRACE_S passed--> a crash (as above)
-    any state --its node died--> lost (no fresh actor there; its trial requeued, see below)
+    starting, busy --dies, and its node is gone--> lost (no fresh actor there; its trial requeued)
 
 A worker takes, in this order of preference, a pending trial of the model it last ran (no rebuild,
 a warm export cache), a trial of a model no other worker is busy with, or the first pending one:

@@ -109,9 +109,3 @@ def write_junit(path: str | os.PathLike[str], trials: list[dict[str, Any]], rows
     os.replace(tmp, p)
     return {k: int(v) for k, v in tree.getroot().attrib.items() if k in ("tests", "failures", "errors", "skipped")}
 
-
-def budget_misses(trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
-    """(row, messages) for each ok row that misses a budget of its trial."""
-    budgets = {t["trial_id"]: t.get("budgets") or [] for t in trials}
-    found = [(r, missed(r, budgets.get(r["trial_id"], []))) for r in rows]
-    return [(r, m) for r, m in found if m]

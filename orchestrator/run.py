@@ -1,7 +1,9 @@
-"""The run path as a Python API: plan -> trials -> Ray workers -> Parquet part files.
+"""The run path as a Python API: plan -> trials -> Ray workers -> Parquet part files -> verdicts.
 
-The CLI's ``run`` is a thin shell over :func:`run_plan`; tests call it directly with a Ray
-they initialised themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
+The CLI's ``run`` is a thin shell over :func:`run_plan`: it prints the :class:`RunResult` and exits
+with its ``exit_code`` (failed trials and missed budgets are judged here, so callers of
+:func:`run_plan` get the same verdicts). Tests call it directly with a Ray they initialised
+themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from typing import Any
 
 import yaml
 
-from orchestrator import cluster
+from orchestrator import budgets, cluster
 from orchestrator.errors import InputError, Interrupted
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, load_plan
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
 from orchestrator.sink import ResultSink, check_writable
+
+SUCCESS = ("ok", "skipped")
 
 
 @dataclass
@@ -37,6 +41,8 @@ class RunResult:
     #: workers that died during the run (name -> cause) and what became of their trials
     lost_workers: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
+    #: (row, messages) for each ok row, run now or kept, that misses a budget of its trial
+    budget_misses: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -49,7 +55,36 @@ class RunResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] not in ("ok", "skipped")]
+        """The rows of this run (not the kept ones) whose status is not ok or skipped."""
+        return [r for r in self.rows if r["status"] not in SUCCESS]
+
+    @property
+    def failed_trials(self) -> list[str]:
+        """Ids of the trials in the directory, run now or kept, whose status is not ok or skipped."""
+        fresh = {r["trial_id"]: r["status"] for r in self.rows}
+        return [t for t, s in {**self.kept, **fresh}.items() if s not in SUCCESS]
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's: 0 when every trial is ok or skipped and within its budgets, else 1."""
+        return 1 if self.failed_trials or self.budget_misses else 0
+
+    def report_rows(self) -> list[dict[str, Any]]:
+        """The rows a report of the run covers: this run's, and for a resumed run the kept ones
+        (read back from ``out``)."""
+        rows = list(self.rows)
+        if self.kept:
+            from orchestrator.results import load_results
+
+            fresh = {r["trial_id"] for r in rows}
+            rows += [r for r in load_results(self.out).to_pylist()
+                     if r["trial_id"] in self.kept and r["trial_id"] not in fresh]
+        return rows
+
+    def judge(self) -> RunResult:
+        """Fill in the verdicts that need the stored rows (budgets); returns itself."""
+        self.budget_misses = budgets.misses(self.trials, self.report_rows())
+        return self
 
 
 def default_out(plan: Plan, now: dt.datetime) -> Path:
@@ -114,6 +149,8 @@ def run_plan(
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
+    The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
+    the command line exits with.
     """
     import ray
 
@@ -129,7 +166,7 @@ def run_plan(
         trials = [t for t in trials if t["trial_id"] not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed
             return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
-                             kept=previous.kept, trials=all_trials)
+                             kept=previous.kept, trials=all_trials).judge()
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
@@ -172,7 +209,7 @@ def run_plan(
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
         sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
                      "lost_workers": result.lost_workers, "requeued": result.requeued})
-        return result
+        return result.judge()
     finally:
         if started_ray:
             ray.shutdown()

@@ -93,3 +93,29 @@ def test_cpu_plan_runs_real_models_on_cpu_workers(ray_gpus, write_plan, tmp_path
     assert len(result.workers) == 2
     assert status == {(b, n): ("skipped" if b == "torch-cudagraph" else "ok")
                       for b in ("torch-eager", "ort", "torch-cudagraph") for n in (1, 2)}
+
+
+VERDICT_PLAN = """\
+name: verdicts
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - {backend: sleep, label: within, options: {step_s: 0.001}, budgets: {max_latency_ms: 1000}}
+    - {backend: sleep, label: over, options: {step_s: 0.002}, budgets: {max_latency_ms: 0.000001}}
+measure: {warmup_iters: 1, iters: 3}
+"""
+
+
+def test_run_plan_gives_the_verdicts_the_command_line_exits_with(ray_gpus, write_plan, tmp_path):
+    plan, out = write_plan(VERDICT_PLAN), tmp_path / "out"
+    result = run_plan(plan, out=out)
+    assert result.counts == {"ok": 2} and result.failed_trials == []
+    (row, messages), = result.budget_misses
+    assert row["label"] == "over" and len(messages) == 1 and "is above max_latency_ms 1e-06" in messages[0]
+    assert result.exit_code == 1
+    # resumed with everything stored: nothing runs, the kept rows are judged the same
+    again = run_plan(plan, resume=out)
+    assert again.rows == [] and len(again.kept) == 2
+    assert [r["label"] for r, _ in again.budget_misses] == ["over"] and again.exit_code == 1
