@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted
+from workers.contract import Trial, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -39,14 +40,13 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def trial_table(trials: list[dict[str, Any]], title: str) -> Table:
+def trial_table(trials: list[Trial], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column("trial_id", no_wrap=True, min_width=16)
     for col in ("model", "backend", "label", "batch", "dtype", "io"):
         t.add_column(col)
     for tr in trials:
-        t.add_row(tr["trial_id"], tr["model"]["name"], tr["backend"], tr["label"],
-                  str(tr["batch_size"]), tr["dtype"], tr["io"])
+        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io)
     return t
 
 
@@ -121,7 +121,7 @@ def run(
 
         def on_row(row: dict[str, Any]) -> None:
             progress.advance(task[0])
-            if row["status"] not in ("ok", "skipped"):
+            if not succeeded(row["status"]):
                 progress.console.print(f"[red]{row['status']}[/] {row['label']} {row['model']} bs={row['batch_size']} "
                                        f"{row['dtype']} {row['io']}: {escape(str(row.get('error')))}",
                                        highlight=False)
@@ -146,7 +146,7 @@ def run(
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
     misses = _budgets_and_junit(result, junit)
-    if result.failed or misses or any(s not in ("ok", "skipped") for s in result.kept.values()):
+    if result.failed or misses or not all(map(succeeded, result.kept.values())):
         raise typer.Exit(code=1)
 
 

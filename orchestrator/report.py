@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.results import load_results, run_info
+from workers.contract import succeeded
 
 DEFAULT_BASELINE = "torch-eager"
 GROUP = ("model", "batch_size", "dtype", "io")
@@ -245,7 +246,7 @@ def _html_table(summary: list[dict[str, Any]]) -> str:
         cells = _cells(r)
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         status = r.get("status")
-        cls = status if status in ("ok", "skipped") else "bad"
+        cls = status if succeeded(status) else "bad"
         tds = []
         for col, cell in zip(COLUMNS, cells):
             if col in ("model", "batch", "dtype", "io") and not first:

@@ -39,8 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.models import model_key
-from workers.trial import base_row
+from workers.contract import Status, failure_row
 
 #: How long a fresh worker may take to start (import torch, reach its GPU) before it counts as failed.
 START_TIMEOUT_S = 300.0
@@ -82,10 +81,10 @@ def pick(pending: list[dict[str, Any]], slot: Slot, busy_models: set[str]) -> in
     """Index of the pending trial ``slot`` should run next (pending is non-empty)."""
     if slot.model is not None:
         for i, t in enumerate(pending):
-            if model_key(t["model"]) == slot.model:
+            if t.model.key == slot.model:
                 return i
     for i, t in enumerate(pending):
-        if model_key(t["model"]) not in busy_models:
+        if t.model.key not in busy_models:
             return i
     return 0
 
@@ -173,7 +172,7 @@ class _Scheduler:
         if self.pending and not should_stop():
             why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
             for t in self.pending:
-                self.record(t, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
+                self.record(t, Status.FAILED, f"no worker left to run this trial ({why})", None, replaced=False)
             self.pending.clear()
 
     def dispatch_all(self, should_stop: Callable[[], bool]) -> None:
@@ -183,9 +182,9 @@ class _Scheduler:
     def dispatch(self, slot: Slot) -> None:
         busy = {f.slot.model for f in self.in_flight.values() if f.trial and f.slot.model}
         trial = self.pending.pop(pick(self.pending, slot, busy))
-        slot.model = model_key(trial["model"])
+        slot.model = trial.model.key
         slot.concurrent = sum(1 for f in self.in_flight.values() if f.trial and f.slot.node == slot.node)
-        limit = trial.get("timeout_s")
+        limit = trial.timeout_s
         deadline = time.monotonic() + limit if limit else float("inf")
         self.in_flight[slot.actor.run.remote(trial)] = Flight(slot, trial, deadline)
 
@@ -211,14 +210,14 @@ class _Scheduler:
                 self.start_failed(f.slot, _first_line(exc))
                 return
             self.idle.append(f.slot)
-            self.record(f.trial, "failed", f"{type(exc).__name__}: {_first_line(exc)}", f.slot, replaced=False)
+            self.record(f.trial, Status.FAILED, f"{type(exc).__name__}: {_first_line(exc)}", f.slot, replaced=False)
             return
         if f.trial is None:  # a fresh worker answered
             self.start_failures.pop(f.slot.name, None)
             self.idle.append(f.slot)
             return
         row = result
-        replace = row["status"] == "oom" or _poisons_context(row)
+        replace = row["status"] == Status.OOM or _poisons_context(row)
         if replace:
             self.replace(f.slot)
         else:
@@ -229,7 +228,7 @@ class _Scheduler:
         """The worker died on a live node (the trial may have killed it): replace it; fail or retry."""
         assert f.trial is not None
         self.replace(f.slot)
-        self.retry_or_record(f.trial, "failed", f"worker {f.slot.name} died while running this trial: {cause}",
+        self.retry_or_record(f.trial, Status.FAILED, f"worker {f.slot.name} died while running this trial: {cause}",
                              f.slot)
 
     def node_dead(self, slot: Slot) -> bool:
@@ -241,11 +240,11 @@ class _Scheduler:
         self.lost[f.slot.name] = f"its node {(f.slot.node or '?')[:8]} died"
         if f.trial is None:
             return
-        if f.trial["trial_id"] in self.requeued:
-            self.record(f.trial, "failed", f"worker {f.slot.name} died with its node while running this trial "
+        if f.trial.trial_id in self.requeued:
+            self.record(f.trial, Status.FAILED, f"worker {f.slot.name} died with its node while running this trial "
                         "(the second node lost under this trial)", f.slot, replaced=False)
             return
-        self.requeued.append(f.trial["trial_id"])
+        self.requeued.append(f.trial.trial_id)
         self.pending.insert(0, f.trial)
 
     def settle(self) -> None:
@@ -268,28 +267,28 @@ class _Scheduler:
             self.start_failed(f.slot, f"did not start within {START_TIMEOUT_S:g} s")
             return
         self.replace(f.slot)
-        limit = f.trial["timeout_s"]
-        self.retry_or_record(f.trial, "timeout", f"ran past its timeout_s ({limit:g} s) on worker {f.slot.name}; "
+        limit = f.trial.timeout_s
+        self.retry_or_record(f.trial, Status.TIMEOUT, f"ran past its timeout_s ({limit:g} s) on worker {f.slot.name}; "
                              "the worker was killed and replaced", f.slot)
 
-    def retry_or_record(self, trial: dict[str, Any], status: str, error: str, slot: Slot) -> None:
-        earlier = self.errors.setdefault(trial["trial_id"], [])
-        if len(earlier) < int(trial.get("retries") or 0):
+    def retry_or_record(self, trial: dict[str, Any], status: Status, error: str, slot: Slot) -> None:
+        earlier = self.errors.setdefault(trial.trial_id, [])
+        if len(earlier) < trial.retries:
             earlier.append(error)
             self.pending.insert(0, trial)  # next free worker takes it
             return
         self.record(trial, status, error, slot, replaced=True)
 
-    def record(self, trial: dict[str, Any], status: str, error: str, slot: Slot | None, replaced: bool) -> None:
-        row = {**base_row(trial), "status": status, "error": error}
+    def record(self, trial: dict[str, Any], status: Status, error: str, slot: Slot | None, replaced: bool) -> None:
+        row = failure_row(trial, status, error)
         if slot is not None:
             row["worker"] = slot.name
         self.on_row(self.annotate(row, trial, replaced, slot))
 
     def annotate(self, row: dict[str, Any], trial: dict[str, Any], replaced: bool,
                  slot: Slot | None = None) -> dict[str, Any]:
-        earlier = self.errors.get(trial["trial_id"], [])
-        row.update(attempt=len(earlier) + 1, earlier_errors=list(earlier), timeout_s=trial.get("timeout_s"),
+        earlier = self.errors.get(trial.trial_id, [])
+        row.update(attempt=len(earlier) + 1, earlier_errors=list(earlier), timeout_s=trial.timeout_s,
                    worker_replaced=replaced)
         if slot is not None:
             row.update(self.facts.get(slot.name, {}), concurrent_trials=slot.concurrent)
@@ -339,7 +338,7 @@ def _alive_nodes() -> set[str]:
 def _poisons_context(row: dict[str, Any]) -> bool:
     """A CUDA error (illegal address, launch failure) leaves the process's context unusable."""
     text = row.get("error") or ""
-    return row["status"] == "failed" and ("CUDA error" in text or "cudaError" in text)
+    return row["status"] == Status.FAILED and ("CUDA error" in text or "cudaError" in text)
 
 
 def _death_cause(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import orchestrator
 from orchestrator import load_results
 from orchestrator.errors import InputError
 from orchestrator.run import run_plan
-from orchestrator.schema import SCHEMA
+from workers.schema import SCHEMA
 
 PLAN = """\
 name: api

@@ -83,6 +83,6 @@ def test_backends_lists_registry_and_versions():
 
 
 def test_readme_schema_table_is_current():
-    from orchestrator.schema import markdown_table
+    from workers.schema import markdown_table
 
     assert markdown_table() in (REPO / "README.md").read_text()

@@ -11,9 +11,9 @@ import yaml
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
 from orchestrator.plan import PARITY_TOLERANCE, parse_plan
-from orchestrator.schema import _STATS, NAMES
 from workers.models import ModelStore, make_input
 from workers.parity import compare
+from workers.schema import _STATS, NAMES
 from workers.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]

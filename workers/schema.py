@@ -12,8 +12,6 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
-STATUSES = ("ok", "skipped", "failed", "parity_failed", "timeout", "oom")
-
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
 #: (name, type, description), in groups; the README's schema table is generated from them.
@@ -157,7 +155,7 @@ def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
 
 
 def markdown_table() -> str:
-    """The schema as the README's Markdown table (``python -m orchestrator.schema``)."""
+    """The schema as the README's Markdown table (``python -m workers.schema``)."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{n}` | {str(t).replace('item: ', '')} | {d} |" for n, t, d in COLUMNS]
     return "\n".join(lines)
