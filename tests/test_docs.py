@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import yaml
 from conftest import REPO
 
 from orchestrator.schema import COLUMNS, markdown_page, markdown_table
@@ -201,6 +202,13 @@ def test_schema_page_has_one_row_per_column():
     missing = [n for n in names if n not in rows]
     stale = [r for r in rows if r not in names]
     assert rows == names, f"docs/schema.md: missing {missing}, stale {stale}; regenerate it: {REGENERATE}"
+
+
+def test_readme_plan_is_the_quickstart_plan():
+    readme = (REPO / "README.md").read_text()
+    plan = re.search(r"^## A plan\n.*?```yaml\n(.*?)```", readme, re.S | re.M).group(1)
+    assert yaml.safe_load(plan) == yaml.safe_load((REPO / "plans/quickstart.yaml").read_text()), (
+        "README.md's annotated plan says it is plans/quickstart.yaml: make them the same again")
 
 
 def test_readme_stays_an_introduction():
