@@ -14,7 +14,7 @@ SCHEMA_VERSION = "1"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
-#: (name, type, description), in groups; the README's schema table is generated from them.
+#: (name, type, description), in groups; the docs' schema table (docs/schema.md) is generated from them.
 _CORE: list[tuple[str, pa.DataType, str]] = [
     ("run_id", _STR, "the run this row belongs to (one per `infer-orch run`)"),
     ("trial_id", _STR, "hash of the trial's full spec: the same trial has the same id in every run"),
@@ -155,11 +155,27 @@ def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
 
 
 def markdown_table() -> str:
-    """The schema as the README's Markdown table (``python -m workers.schema``)."""
+    """The schema as a Markdown table: one row per column, in order."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{n}` | {str(t).replace('item: ', '')} | {d} |" for n, t, d in COLUMNS]
     return "\n".join(lines)
 
 
+def markdown_page() -> str:
+    """docs/schema.md, whole; ``python -m workers.schema > docs/schema.md`` writes it."""
+    module = __spec__.name if __spec__ else __name__  # this module's name, also when run with -m
+    return "\n".join([
+        "# Result schema",
+        "",
+        f"<!-- Generated from the columns in {module.replace('.', '/')}.py: edit them there, then run",
+        f"     python -m {module} > docs/schema.md -->",
+        "",
+        "One row per trial, with these columns in this order, in every part file of a run.",
+        "How to read them: [results.md](results.md).",
+        "",
+        markdown_table(),
+    ])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(markdown_page())
