@@ -10,7 +10,8 @@ import yaml
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
-from orchestrator.plan import PARITY_TOLERANCE, parse_plan
+from orchestrator.plan import parse_plan
+from workers.contract import DEFAULT_TOLERANCE as PARITY_TOLERANCE
 from workers.models import ModelStore, make_input
 from workers.parity import compare
 from workers.schema import _STATS, NAMES
