@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.contract import Status
+
 #: limit -> (row column, what it measures, unit, True when the value must stay at or below it)
 CHECKS = {
     "max_latency_ms": ("latency_ms_median", "median latency", "ms", True),
@@ -17,7 +19,7 @@ CHECKS = {
 
 def missed(row: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
     """One message per limit of ``budgets`` (from the trial) that ``row`` misses."""
-    if row.get("status") != "ok":
+    if row.get("status") != Status.OK:
         return []
     out = []
     for budget in budgets:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted
-from workers.contract import Trial, succeeded
+from workers.contract import Status, Trial, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -66,7 +66,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                       ("io", "left"), ("status", "left"), ("median ms", "right"), ("p99 ms", "right"),
                       ("samples/s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
-    style = {"ok": "green", "skipped": "yellow"}
+    style = {Status.OK: "green", Status.SKIPPED: "yellow"}
     key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class TrialContext:
         return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
 
     def onnx_path(self, exporter: str = "dynamo", opset: int | None = None) -> str:
+        t0 = time.perf_counter()
         path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset)
-        self.facts["export_cached"] = cached
+        self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0)
         return str(path)

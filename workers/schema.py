@@ -53,7 +53,14 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("host_samples_ms", pa.list_(_F64), "every timed iteration's host wall time, ms"),
     ("hit_max_time", _BOOL, "timing stopped at measure.max_time_s, before measure.iters or the CI target was met"),
     ("setup_s", _F64, "seconds spent building the runner (model copy, export, session, capture)"),
+    ("warmup_s", _F64, "seconds of warm-up iterations (all repeats): device time that is not measured"),
+    ("timed_s", _F64, "seconds of the timed loop (all repeats); warmup_s + timed_s over a run's wall time is "
+                      "how busy the sweep kept its GPUs (bench/sweep_efficiency.py)"),
+    ("parity_s", _F64, "seconds checking the output against its reference (building the reference included, "
+                       "once per model, batch and device on a worker)"),
     ("export_cached", _BOOL, "ORT: the ONNX export came from this node's cache"),
+    ("export_s", _F64, "ORT: seconds to get the ONNX file (an export, or a look-up in the node's cache), part of "
+                       "setup_s"),
     ("providers_used", pa.list_(_STR), "ORT: the session's providers, as ORT reports them"),
     ("torch_version", _STR, "torch.__version__ on the worker"),
     ("ort_version", _STR, "onnxruntime.__version__ on the worker"),

@@ -93,6 +93,8 @@ class Samples:
     host_ms: list[float] = field(default_factory=list)
     hit_max_time: bool = False
     converged: bool = False
+    warmup_s: float = 0.0  # wall time of the warm-up
+    timed_s: float = 0.0  # wall time of the timed iterations (checks between them included)
 
 
 def _steady(prev: list[float], cur: list[float], rel_tol: float) -> bool:
@@ -129,6 +131,7 @@ def measure(
     ``spec`` is the trial's ``measure`` settings (``repeats`` is the caller's business); its
     defaults are written once, in ``workers.contract.MeasureSpec``.
     """
+    t_warm = clock()
     used = warm_up(step, timer, warmup_iters=spec.warmup_iters, warmup_window=spec.warmup_window,
                    warmup_rel_tol=spec.warmup_rel_tol, warmup_max_iters=spec.warmup_max_iters,
                    warmup_max_s=spec.warmup_max_s, clock=clock)
@@ -136,6 +139,7 @@ def measure(
     target_rel_ci, max_iters = spec.target_rel_ci, spec.max_iters
     timer.synchronize()
     out = Samples(warmup_iters=used)
+    out.warmup_s = clock() - t_warm
     dev_ms, host_ms = out.device_ms, out.host_ms
     next_check = max(iters, 10)
     t_start = clock()
@@ -159,6 +163,7 @@ def measure(
             break
         if n >= max_iters:
             break
+    out.timed_s = clock() - t_start
     return out
 
 

@@ -88,6 +88,8 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         "repeat_medians_ms": medians,
         "repeat_cv": stats.between_run_cv(medians),
         "setup_s": first["setup_s"],
+        "warmup_s": sum(r["samples"].warmup_s for r in repeats),
+        "timed_s": sum(r["samples"].timed_s for r in repeats),
         "gpu_mem_peak_bytes": max((r["peak"] for r in repeats if r["peak"] is not None), default=None),
         **first["copies"],
         **first["gpu"],
@@ -97,8 +99,10 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     }
     outputs = [r["output"] for r in repeats]
     del repeats
+    t_parity = time.perf_counter()
     try:
         out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
+        out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
         keep = {k: v for k, v in out.items() if k in _KEPT_ON_PARITY_FAILURE or k.startswith("gpu_")}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
@@ -106,7 +110,8 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
 
 
 #: Columns a parity_failed row keeps: what ran, not how fast.
-_KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "gpu_mem_peak_bytes",
+_KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
+                                     "gpu_mem_peak_bytes",
                                      "contended", "export_cached", "providers_used"})
 
 
