@@ -25,9 +25,11 @@ Writes OUT_DIR/fidelity.json and OUT_DIR/fidelity.csv, and prints a short table 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -155,8 +157,8 @@ def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str,
     trial = make_trial(cfg, variant, batch, dtype)
     t0 = time.perf_counter()
     if variant.startswith("ort"):
-        onnx_export(store, trial["model"], batch, dtype)  # the export is neither side's time
-    step, cleanup = hand.make_step(variant, store, trial["model"], batch, dtype, device, trial["seed"])
+        onnx_export(store, trial.model, batch, dtype)  # the export is neither side's time
+    step, cleanup = hand.make_step(variant, store, trial.model, batch, dtype, device, trial.seed)
     # hand, infer-orch, hand: drift within the process (clocks, the VM's neighbours) hits both alike
     before = hand.median(hand.time_loop(step, device, **cfg["hand"]))
     t1 = time.perf_counter()
@@ -198,6 +200,7 @@ def overhead(cfg: dict[str, Any], store: Any) -> dict[str, Any]:
 
     from workers.backends import get
     from workers.context import TrialContext
+    from workers.contract import MeasureSpec
     from workers.timing import CudaTimer, HostTimer, measure
 
     device = cfg["device"]
@@ -232,8 +235,8 @@ def overhead(cfg: dict[str, Any], store: Any) -> dict[str, Any]:
     def ours() -> tuple[float, Any]:
         t = time.perf_counter()
         # target never met: the loop runs to max_iters with its CI checks, the worst case
-        s = measure(runner.step, timer, warmup_iters=0, iters=min(200, n), target_rel_ci=1e-9,
-                    max_iters=n, max_time_s=1e9)
+        s = measure(runner.step, timer, MeasureSpec(warmup_iters=0, warmup_max_iters=0, iters=min(200, n),
+                                                    target_rel_ci=1e-9, max_iters=n, max_time_s=1e9))
         return time.perf_counter() - t, s
 
     for _ in range(200):
@@ -259,7 +262,7 @@ def repro(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
     medians = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for i in range(r["runs"]):
-        arg = json.dumps({"trial": trial, "device": cfg["device"]})
+        arg = json.dumps({"trial": base64.b64encode(pickle.dumps(trial)).decode(), "device": cfg["device"]})
         proc = subprocess.run([sys.executable, __file__, "--child", arg], capture_output=True, text=True, env=env,
                               timeout=300)
         if proc.returncode != 0:
@@ -281,7 +284,8 @@ def child(arg: str) -> None:
 
     spec = json.loads(arg)
     _threads(spec["device"])
-    row = run_trial(spec["trial"], spec["device"], ModelStore(spec["trial"]["seed"]))
+    trial = pickle.loads(base64.b64decode(spec["trial"]))
+    row = run_trial(trial, spec["device"], ModelStore(trial.seed))
     print(json.dumps({"status": row["status"], "error": row.get("error"), "median": row.get("latency_ms_median"),
                       "iters": row.get("iters")}))
 

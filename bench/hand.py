@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 
-def make_step(variant: str, store: Any, spec: dict[str, Any], batch: int, dtype: str, device: str,
+def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, device: str,
               seed: int = 0) -> tuple[Callable[[], Any], Callable[[], None]]:
     """(step, cleanup) for one variant: torch-eager, torch-cudagraph, ort-run, ort-iobind, ort-iobind-graph."""
     import torch

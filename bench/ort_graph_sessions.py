@@ -61,7 +61,7 @@ def child(arg: str) -> None:
         token = token.removeprefix("H+")
         t = _trial(spec["model"], spec["batch"], spec["dtype"], token)
         if hand_first:
-            step, cleanup = hand.make_step("ort-iobind-graph", store, t["model"], spec["batch"], spec["dtype"], "cuda")
+            step, cleanup = hand.make_step("ort-iobind-graph", store, t.model, spec["batch"], spec["dtype"], "cuda")
             for _ in range(5):
                 step()
             keep = (step, cleanup)
@@ -74,7 +74,7 @@ def child(arg: str) -> None:
 
 def _report(model: str, batch: int, dtype: str, session: str, timing: str, errs: list[float]) -> None:
     """One table line: the error after each step, the first step over the dtype's parity tolerance."""
-    from workers.parity import DEFAULT_TOLERANCE
+    from workers.contract import DEFAULT_TOLERANCE
 
     bad = [i + 1 for i, e in enumerate(errs) if e > DEFAULT_TOLERANCE[dtype]]
     print(f"| {model} | {batch} | {dtype} | {session} | {timing} | {' '.join(f'{e:.3g}' for e in errs[:12])} | "
@@ -124,10 +124,10 @@ def plain_first(model: str, batch: int, dtype: str, n: int) -> None:
     store = ModelStore()
     t = _trial(model, batch, dtype, "G")
     ref = reference_output(t, "cuda", store)
-    path, _ = onnx_export(store, t["model"], batch, dtype)
+    path, _ = onnx_export(store, t.model, batch, dtype)
     for first_plain in (True, False):
         sess = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-        x = make_input(t["model"], batch, dtype, "cpu", int(t.get("seed", 0))).numpy()
+        x = make_input(t.model, batch, dtype, "cpu", t.seed).numpy()
         name, out = sess.get_inputs()[0].name, sess.get_outputs()[0]
         if first_plain:
             sess.run(None, {name: x})

@@ -47,9 +47,9 @@ def main() -> int:
     lines = []
     refs: dict = {}
     for t in expand(parse_plan(data)):
-        key = (t["model"]["name"], t["batch_size"])
+        key = (t.model.name, t.batch_size)
         if key not in refs:
-            model = store.torch_model(t["model"], "cuda", "fp32")
+            model = store.torch_model(t.model, "cuda", "fp32")
             ctx = TrialContext({**t, "dtype": "fp32"}, "cuda", store)
             x = ctx.input()
             with torch.inference_mode():
@@ -59,15 +59,15 @@ def main() -> int:
             refs[key] = ref
             lines.append((*key, "fp32", "torch eager, TF32 on (default)", compare(tf32, ref)["parity_max_rel_err"]))
         ref = refs[key]
-        cls = get(t["backend"])
+        cls = get(t.backend)
         for variant in ("", "+sync"):
-            with cls(TrialContext(t, "cuda", store), cls.Options.model_validate(t["options"])) as r:
+            with cls(TrialContext(t, "cuda", store), cls.Options.model_validate(t.options)) as r:
                 for _ in range(5):
                     r.step()
                 if variant:
                     torch.cuda.synchronize()
                 y = r.output()
-            lines.append((*key, t["dtype"], t["label"] + variant, compare(y, ref)["parity_max_rel_err"]))
+            lines.append((*key, t.dtype, t.label + variant, compare(y, ref)["parity_max_rel_err"]))
             if not np.all(np.isfinite(y)):
                 lines[-1] = (*lines[-1][:4], float("nan"))
     print("| model | batch | dtype | variant | max rel err vs fp32 TF32-off |")

@@ -5,7 +5,10 @@ not ``ok`` has no numbers to check (its status already says what went wrong).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from workers.contract import Status, Trial
 
 #: limit -> (row column, what it measures, unit, True when the value must stay at or below it)
 CHECKS = {
@@ -15,9 +18,9 @@ CHECKS = {
 }
 
 
-def missed(row: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
+def missed(row: dict[str, Any], budgets: Sequence[dict[str, Any]]) -> list[str]:
     """One message per limit of ``budgets`` (from the trial) that ``row`` misses."""
-    if row.get("status") != "ok":
+    if row.get("status") != Status.OK:
         return []
     out = []
     for budget in budgets:
@@ -33,8 +36,8 @@ def missed(row: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def misses(trials: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+def misses(trials: list[Trial], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
     """(row, messages) for each ok row that misses a budget of its trial."""
-    budgets = {t["trial_id"]: t.get("budgets") or [] for t in trials}
-    found = [(r, missed(r, budgets.get(r["trial_id"], []))) for r in rows]
+    budgets = {t.trial_id: t.budgets for t in trials}
+    found = [(r, missed(r, budgets.get(r["trial_id"], ()))) for r in rows]
     return [(r, m) for r, m in found if m]

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted
+from workers.contract import Status, Trial, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -39,14 +40,13 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def trial_table(trials: list[dict[str, Any]], title: str) -> Table:
+def trial_table(trials: list[Trial], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column("trial_id", no_wrap=True, min_width=16)
     for col in ("model", "backend", "label", "batch", "dtype", "io"):
         t.add_column(col)
     for tr in trials:
-        t.add_row(tr["trial_id"], tr["model"]["name"], tr["backend"], tr["label"],
-                  str(tr["batch_size"]), tr["dtype"], tr["io"])
+        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io)
     return t
 
 
@@ -66,7 +66,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                       ("io", "left"), ("status", "left"), ("median ms", "right"), ("p99 ms", "right"),
                       ("samples/s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
-    style = {"ok": "green", "skipped": "yellow"}
+    style = {Status.OK: "green", Status.SKIPPED: "yellow"}
     key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]
@@ -121,7 +121,7 @@ def run(
 
         def on_row(row: dict[str, Any]) -> None:
             progress.advance(task[0])
-            if row["status"] not in ("ok", "skipped"):
+            if not succeeded(row["status"]):
                 progress.console.print(f"[red]{row['status']}[/] {row['label']} {row['model']} bs={row['batch_size']} "
                                        f"{row['dtype']} {row['io']}: {escape(str(row.get('error')))}",
                                        highlight=False)

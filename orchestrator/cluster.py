@@ -120,7 +120,8 @@ def connect_error(address: str | None, exc: BaseException) -> str:
         chain.append(e)
         e = e.__cause__ or e.__context__
     if any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in chain):
-        # Ray >= 2.5x clusters started with `ray start` use token auth; drivers don't by default.
+        # Token auth is Ray's default for local clusters from 2.59 (all clusters from 2.61); a driver
+        # that lacks the token fails here.
         return (f"could not reach {where}: the cluster uses token authentication; set RAY_AUTH_MODE=token "
                 "and give its token in RAY_AUTH_TOKEN or a file named by RAY_AUTH_TOKEN_PATH "
                 "(default ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from workers.contract import Status
+
 DEFAULT_THRESHOLD = 0.03
 SPEC_KEYS = ("model", "input_shape", "backend", "label", "options", "batch_size", "dtype", "io")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
@@ -96,11 +98,11 @@ def compare(
             item["cand_options"] = c["options"]
         if b is None or c is None:
             item["verdict"] = "only in candidate" if b is None else "only in base"
-        elif b["status"] == "ok" and c["status"] != "ok":
+        elif b["status"] == Status.OK and c["status"] != Status.OK:
             item["verdict"] = "broken"
-        elif b["status"] != "ok" and c["status"] == "ok":
+        elif b["status"] != Status.OK and c["status"] == Status.OK:
             item["verdict"] = "fixed"
-        elif b["status"] != "ok":
+        elif b["status"] != Status.OK:
             item["verdict"] = "not ok"
         else:
             sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)

@@ -50,7 +50,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from workers.models import model_key
+from workers.contract import Status, Trial
 
 INF = float("inf")
 
@@ -67,17 +67,16 @@ NODE_DEATH_GRACE_S = 60.0
 class Job:
     """What the dispatcher reads of a trial; the trial itself travels untouched."""
 
-    trial: Any
+    trial: Trial
     trial_id: str
     model: Hashable  # trials of one model share a worker's built model and export cache
     timeout_s: float | None
     retries: int
 
 
-def job_of(trial: Any) -> Job:
-    """The one place that knows a trial's shape (a dict from ``expand`` today)."""
-    return Job(trial, trial["trial_id"], model_key(trial["model"]), trial.get("timeout_s"),
-               int(trial.get("retries") or 0))
+def job_of(trial: Trial) -> Job:
+    """The one place that reads a trial (a ``workers.contract.Trial``)."""
+    return Job(trial, trial.trial_id, trial.model.key, trial.timeout_s, trial.retries)
 
 
 class State(enum.Enum):
@@ -106,7 +105,7 @@ class Outcome:
     """A trial that ended: with the worker's own ``row``, or with ``status`` and ``error`` (row None)."""
 
     job: Job  # its trial: ``job.trial``
-    status: str
+    status: str  # a Status value
     error: str | None
     row: dict[str, Any] | None
     worker: str | None  # None: no worker ran it (none was left)
@@ -119,7 +118,7 @@ class Outcome:
 class Pool(Protocol):
     """The workers, as the dispatcher drives them; answers come back as its events."""
 
-    def run(self, name: str, trial: Any) -> None: ...  # -> finished / raised / died / unavailable
+    def run(self, name: str, trial: Trial) -> None: ...  # -> finished / raised / died / unavailable
 
     def kill(self, name: str) -> None: ...  # drop whatever it was doing; no event follows
 
@@ -140,7 +139,7 @@ class Dispatcher:
     are kept by state, busy ones counted by node and model, deadlines in a heap.
     """
 
-    def __init__(self, pool: Pool, trials: Iterable[Any], workers: dict[str, str | None], *,
+    def __init__(self, pool: Pool, trials: Iterable[Trial], workers: dict[str, str | None], *,
                  can_respawn: bool = True, clock: Callable[[], float] = time.monotonic,
                  alive_nodes: Callable[[], set[str]] | None = None) -> None:
         self.pool = pool
@@ -204,7 +203,7 @@ class Dispatcher:
             return
         why = "; ".join(f"{n}: {e}" for n, e in self.lost.items()) or "every worker was lost"
         for _, job in sorted((entry for queue in self._pending.values() for entry in queue), key=lambda e: e[0]):
-            self._end(job, "failed", f"no worker left to run this trial ({why})", None, replaced=False)
+            self._end(job, Status.FAILED, f"no worker left to run this trial ({why})", None, replaced=False)
         self._pending.clear()
 
     # --- events --------------------------------------------------------------------------------------
@@ -219,7 +218,7 @@ class Dispatcher:
         """A trial returned its row. OOM and CUDA errors replace the worker (a clean GPU, a sane context)."""
         w = self.workers[name]
         job = self._release(w)
-        replace = row["status"] == "oom" or poisons_context(row)
+        replace = row["status"] == Status.OOM or poisons_context(row)
         if replace:
             self._replace(w)
         self._outcomes.append(self._outcome(job, row["status"], row.get("error"), row, w, replace))
@@ -231,7 +230,7 @@ class Dispatcher:
             self._start_failed(w, error)
             return
         job = self._release(w)
-        self._end(job, "failed", error, w, replaced=False)
+        self._end(job, Status.FAILED, error, w, replaced=False)
 
     def died(self, name: str, cause: str) -> None:
         """Ray says the worker's process is gone."""
@@ -273,7 +272,7 @@ class Dispatcher:
             else:
                 job = self._release(w)
                 self._replace(w)
-                self._retry_or_end(job, "timeout", f"ran past its timeout_s ({job.timeout_s:g} s) on worker "
+                self._retry_or_end(job, Status.TIMEOUT, f"ran past its timeout_s ({job.timeout_s:g} s) on worker "
                                    f"{w.name}; the worker was killed and replaced", w)
 
     # --- rules ---------------------------------------------------------------------------------------
@@ -328,7 +327,7 @@ class Dispatcher:
         """The worker died on a live node (the trial may have killed it): replace it; fail or retry."""
         job = self._release(w)
         self._replace(w)
-        self._retry_or_end(job, "failed", f"worker {w.name} died while running this trial: {cause}", w)
+        self._retry_or_end(job, Status.FAILED, f"worker {w.name} died while running this trial: {cause}", w)
 
     def _retry_or_end(self, job: Job, status: str, error: str, w: Worker) -> None:
         earlier = self._errors.setdefault(job.trial_id, [])
@@ -349,7 +348,7 @@ class Dispatcher:
         if job is None:
             return
         if job.trial_id in self.requeued:
-            self._end(job, "failed", f"worker {w.name} died with its node while running this trial "
+            self._end(job, Status.FAILED, f"worker {w.name} died with its node while running this trial "
                       "(the second node lost under this trial)", w, replaced=False)
             return
         self.requeued[job.trial_id] = None
@@ -394,4 +393,4 @@ class Dispatcher:
 def poisons_context(row: dict[str, Any]) -> bool:
     """A CUDA error (illegal address, launch failure) leaves the process's context unusable."""
     text = row.get("error") or ""
-    return row["status"] == "failed" and ("CUDA error" in text or "cudaError" in text)
+    return row["status"] == Status.FAILED and ("CUDA error" in text or "cudaError" in text)

@@ -20,25 +20,23 @@ from typing import Any
 
 from orchestrator.budgets import missed
 from orchestrator.errors import OutputError
-
-FAILURES = ("failed", "timeout", "oom", "parity_failed")
-
-
-def case_name(spec: dict[str, Any]) -> tuple[str, str]:
-    """(classname, name) of a trial or row: ``plan.model`` and ``label[bs=N,dtype,io]``."""
-    model = spec["model"]["name"] if isinstance(spec["model"], dict) else spec["model"]
-    return f"{spec['plan']}.{model}", f"{spec['label']}[bs={spec['batch_size']},{spec['dtype']},{spec['io']}]"
+from workers.contract import Status, Trial, spec_columns, succeeded
 
 
-def to_xml(trials: list[dict[str, Any]], rows: list[dict[str, Any]], suite: str) -> ET.ElementTree:
+def case_name(row: dict[str, Any]) -> tuple[str, str]:
+    """(classname, name) of a row (or a trial's ``spec_columns``): ``plan.model`` and ``label[bs=N,dtype,io]``."""
+    return f"{row['plan']}.{row['model']}", f"{row['label']}[bs={row['batch_size']},{row['dtype']},{row['io']}]"
+
+
+def to_xml(trials: list[Trial], rows: list[dict[str, Any]], suite: str) -> ET.ElementTree:
     """The JUnit tree of a run: one case per trial, in the plan's order."""
     by_id = {r["trial_id"]: r for r in rows}
     cases = []
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total = 0.0
     for trial in trials:
-        classname, name = case_name(trial)
-        row = by_id.get(trial["trial_id"])
+        classname, name = case_name(spec_columns(trial))
+        row = by_id.get(trial.trial_id)
         case = ET.Element("testcase", classname=classname, name=name)
         counts["tests"] += 1
         if row is None:
@@ -51,16 +49,16 @@ def to_xml(trials: list[dict[str, Any]], rows: list[dict[str, Any]], suite: str)
         total += seconds
         case.set("time", f"{seconds:.3f}")
         status = row.get("status")
-        if status in FAILURES:
+        if status == Status.SKIPPED:
+            ET.SubElement(case, "skipped", message=row.get("error") or "skipped")
+            counts["skipped"] += 1
+        elif not succeeded(status):
             fail = ET.SubElement(case, "failure", message=f"{status}: {row.get('error') or ''}".strip(),
                                  type=status)
             fail.text = row.get("traceback") or row.get("error") or status
             counts["failures"] += 1
-        elif status == "skipped":
-            ET.SubElement(case, "skipped", message=row.get("error") or "skipped")
-            counts["skipped"] += 1
         else:
-            misses = missed(row, trial.get("budgets") or [])
+            misses = missed(row, trial.budgets)
             if misses:
                 fail = ET.SubElement(case, "failure", message="; ".join(misses), type="budget")
                 fail.text = "\n".join(misses)
@@ -78,10 +76,10 @@ def to_xml(trials: list[dict[str, Any]], rows: list[dict[str, Any]], suite: str)
     return ET.ElementTree(root)
 
 
-def _facts(trial: dict[str, Any], row: dict[str, Any]) -> str:
+def _facts(trial: Trial, row: dict[str, Any]) -> str:
     keys = ("status", "latency_ms_median", "latency_ms_p99", "throughput", "device_name", "node", "worker",
             "gpu_uuid")
-    lines = [f"trial_id: {trial['trial_id']}", f"options: {row.get('options')}"]
+    lines = [f"trial_id: {trial.trial_id}", f"options: {row.get('options')}"]
     lines += [f"{k}: {row[k]}" for k in keys if row.get(k) is not None]
     return "\n".join(lines)
 
@@ -98,7 +96,7 @@ def check_junit_path(path: str | os.PathLike[str]) -> None:
         raise OutputError(f"--junit {p}: {probe} is not a writable directory")
 
 
-def write_junit(path: str | os.PathLike[str], trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+def write_junit(path: str | os.PathLike[str], trials: list[Trial], rows: list[dict[str, Any]],
                 suite: str) -> dict[str, int]:
     """Write the JUnit file of a run (atomically); returns its counts (tests, failures, errors, skipped)."""
     tree = to_xml(trials, rows, suite)

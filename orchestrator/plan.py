@@ -75,10 +75,8 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
 from workers.config import StrictModel
-from workers.parity import DEFAULT_TOLERANCE
+from workers.contract import Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
-Dtype = Literal["fp32", "fp16", "bf16"]
-Io = Literal["device", "host"]
 DEFAULT_IMAGE_SHAPE = (3, 224, 224)
 # torchvision models whose stem or pooling needs a bigger input than the default.
 TORCHVISION_SHAPES = {"inception_v3": (3, 299, 299)}
@@ -86,62 +84,6 @@ EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io")
 
 
 Strict = StrictModel
-
-
-class ModelSpec(Strict):
-    kind: Literal["torchvision", "onnx", "python"]
-    ref: str
-    name: str
-    input_shape: tuple[int, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-class MeasureSpec(Strict):
-    """How each trial is timed (``workers.timing.measure`` documents the policy)."""
-
-    warmup_iters: int = Field(10, ge=0)
-    warmup_window: int = Field(10, ge=1)
-    warmup_rel_tol: float = Field(0.02, gt=0)
-    warmup_max_iters: int = Field(1000, ge=0)
-    warmup_max_s: float = Field(10.0, ge=0)
-    iters: int = Field(50, ge=1)
-    min_time_s: float = Field(0.0, ge=0)
-    target_rel_ci: float | None = Field(0.01, gt=0, lt=1)
-    max_time_s: float = Field(60.0, gt=0)
-    max_iters: int = Field(20_000, ge=1)
-    repeats: int = Field(1, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> MeasureSpec:
-        if self.min_time_s > self.max_time_s:
-            raise ValueError(f"min_time_s ({self.min_time_s}) is larger than max_time_s ({self.max_time_s})")
-        if self.iters > self.max_iters:
-            raise ValueError(f"iters ({self.iters}) is larger than max_iters ({self.max_iters})")
-        if self.warmup_max_iters < self.warmup_iters:
-            raise ValueError(
-                f"warmup_max_iters ({self.warmup_max_iters}) is smaller than warmup_iters ({self.warmup_iters}); "
-                "set them equal for a fixed warm-up"
-            )
-        return self
-
-
-#: Default parity tolerances: max |y - ref| / max |ref| against torch eager fp32 on the same device.
-PARITY_TOLERANCE = DEFAULT_TOLERANCE
-
-
-class ParityTolerance(Strict):
-    fp32: float = Field(PARITY_TOLERANCE["fp32"], gt=0)
-    fp16: float = Field(PARITY_TOLERANCE["fp16"], gt=0)
-    bf16: float = Field(PARITY_TOLERANCE["bf16"], gt=0)
-
-
-class ParitySpec(Strict):
-    """Each trial's output against a torch eager fp32 reference (``workers.parity``)."""
-
-    check: bool = True
-    tolerance: ParityTolerance = Field(default_factory=ParityTolerance)
 
 
 class ExcludeRule(Strict):
@@ -158,12 +100,12 @@ class ExcludeRule(Strict):
             raise ValueError(f"an exclude rule needs at least one of: {', '.join(EXCLUDE_KEYS)}")
         return self
 
-    def matches(self, trial: dict[str, Any]) -> bool:
+    def matches(self, trial: Trial) -> bool:
         for key in EXCLUDE_KEYS:
             want = getattr(self, key)
             if want is None:
                 continue
-            got = trial["model"]["name"] if key == "model" else trial[key]
+            got = trial.model.name if key == "model" else getattr(trial, key)
             if got not in (want if isinstance(want, list) else [want]):
                 return False
         return True

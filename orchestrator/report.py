@@ -27,10 +27,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.results import load_results, run_info
+from workers.contract import Status, succeeded
 
 DEFAULT_BASELINE = "torch-eager"
 GROUP = ("model", "batch_size", "dtype", "io")
-STATUS_STYLE = {"ok": "green", "skipped": "yellow"}
+STATUS_STYLE = {Status.OK: "green", Status.SKIPPED: "yellow"}
 ENV_COLUMNS = ("device", "device_name", "node", "torch_version", "ort_version", "cuda_version", "driver_version")
 
 
@@ -44,7 +45,7 @@ def _order(r: dict[str, Any], baseline: str) -> tuple[Any, ...]:
 
 
 def _is_baseline(r: dict[str, Any], baseline: str) -> bool:
-    return r.get("status") == "ok" and (r.get("label") == baseline or r.get("backend") == baseline)
+    return r.get("status") == Status.OK and (r.get("label") == baseline or r.get("backend") == baseline)
 
 
 def _pick_baseline(rows: Iterable[dict[str, Any]], baseline: str) -> dict[str, Any] | None:
@@ -68,7 +69,7 @@ def summarize(rows: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> l
             base = _pick_baseline(wide[_group(r)[:3]], baseline)
             vs = base and f"vs io={base.get('io')}"
         speedup = None
-        if base is not None and r.get("status") == "ok" and r.get("latency_ms_median"):
+        if base is not None and r.get("status") == Status.OK and r.get("latency_ms_median"):
             speedup = base["latency_ms_median"] / r["latency_ms_median"]
         out.append({**r, "speedup": speedup, "speedup_vs": vs if speedup is not None else None})
     return out
@@ -85,7 +86,7 @@ def _speedup(r: dict[str, Any]) -> str:
 
 
 def _note(r: dict[str, Any]) -> str:
-    if r.get("status") != "ok":
+    if r.get("status") != Status.OK:
         return (r.get("error") or "").strip().splitlines()[0][:100] if r.get("error") else ""
     notes = [f"{k}={r[k]:.3g}" for k in sorted(r) if k.startswith("parity_") and isinstance(r[k], float)]
     if r.get("hit_max_time"):
@@ -160,7 +161,7 @@ def _series(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]]
     several_io = len({r.get("io") for r in rows}) > 1
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("status") == "ok":
+        if r.get("status") == Status.OK:
             series[f"{r['label']} ({r['io']})" if several_io else str(r["label"])].append(r)
     cmap = colormaps["tab10"]
     colors = {name: cmap(i % 10) for i, name in enumerate(sorted(series))}
@@ -245,7 +246,7 @@ def _html_table(summary: list[dict[str, Any]]) -> str:
         cells = _cells(r)
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         status = r.get("status")
-        cls = status if status in ("ok", "skipped") else "bad"
+        cls = status if succeeded(status) else "bad"
         tds = []
         for col, cell in zip(COLUMNS, cells):
             if col in ("model", "batch", "dtype", "io") and not first:

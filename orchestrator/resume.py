@@ -11,7 +11,6 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -19,9 +18,7 @@ from orchestrator.errors import InputError, OutputError, PlanError
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, parse_plan
 from orchestrator.sink import PLAN_FILE, check_writable, stored_run_id, stored_trials
-
-#: Statuses a resume keeps; the others run again with --retry-failed.
-DONE = ("ok", "skipped")
+from workers.contract import Trial, succeeded
 
 
 @dataclass
@@ -31,7 +28,7 @@ class Resume:
     kept: dict[str, str]  # trial id -> status, stored and not run again
 
 
-def open_resume(out: Path, plan: Plan, trials: list[dict[str, Any]], plan_source: str,
+def open_resume(out: Path, plan: Plan, trials: list[Trial], plan_source: str,
                 retry_failed: bool) -> Resume:
     """Check that ``out`` holds a run of this plan; say which stored trials are kept. Writes nothing."""
     plan_file = out / PLAN_FILE
@@ -40,10 +37,10 @@ def open_resume(out: Path, plan: Plan, trials: list[dict[str, Any]], plan_source
     check_writable(out / "_probe")  # the directory itself must be writable
     try:
         stored_plan = parse_plan(yaml.safe_load(plan_file.read_text()), source=str(plan_file), base_dir=str(out))
-        stored_ids = {t["trial_id"] for t in expand(stored_plan, source=str(plan_file))}
+        stored_ids = {t.trial_id for t in expand(stored_plan, source=str(plan_file))}
     except (PlanError, OSError, yaml.YAMLError) as exc:
         raise InputError(f"--resume {out}: can't read the plan the run was started with: {exc}") from None
-    ids = {t["trial_id"] for t in trials}
+    ids = {t.trial_id for t in trials}
     if ids != stored_ids:
         changed = _changed_keys(plan, stored_plan)
         raise InputError(
@@ -57,7 +54,8 @@ def open_resume(out: Path, plan: Plan, trials: list[dict[str, Any]], plan_source
     if foreign:
         raise InputError(f"--resume {out}: it holds {len(foreign)} part file(s) of trials not in the plan "
                          f"(e.g. part-{sorted(foreign)[0]}.parquet); nothing was run")
-    kept = {tid: s for tid, s in stored.items() if s in DONE or not retry_failed}
+    # The successes are kept; the others run again with --retry-failed.
+    kept = {tid: s for tid, s in stored.items() if succeeded(s) or not retry_failed}
     return Resume(out=out, run_id=stored_run_id(out), kept=kept)
 
 

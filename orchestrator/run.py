@@ -25,8 +25,7 @@ from orchestrator.plan import Plan, load_plan
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
 from orchestrator.sink import ResultSink, check_writable
-
-SUCCESS = ("ok", "skipped")
+from workers.contract import Trial, succeeded
 
 
 @dataclass
@@ -37,7 +36,7 @@ class RunResult:
     workers: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
-    trials: list[dict[str, Any]] = field(default_factory=list)  # every trial of the plan (kept ones too)
+    trials: list[Trial] = field(default_factory=list)  # every trial of the plan (kept ones too)
     #: workers that died during the run (name -> cause) and what became of their trials
     lost_workers: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
@@ -56,13 +55,13 @@ class RunResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         """The rows of this run (not the kept ones) whose status is not ok or skipped."""
-        return [r for r in self.rows if r["status"] not in SUCCESS]
+        return [r for r in self.rows if not succeeded(r["status"])]
 
     @property
     def failed_trials(self) -> list[str]:
         """Ids of the trials in the directory, run now or kept, whose status is not ok or skipped."""
         fresh = {r["trial_id"]: r["status"] for r in self.rows}
-        return [t for t, s in {**self.kept, **fresh}.items() if s not in SUCCESS]
+        return [t for t, s in {**self.kept, **fresh}.items() if not succeeded(s)]
 
     @property
     def exit_code(self) -> int:
@@ -163,7 +162,7 @@ def run_plan(
             raise InputError(f"--out {out} and --resume {resume}: a resumed run writes into its own directory; "
                              "give only --resume")
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed)
-        trials = [t for t in trials if t["trial_id"] not in previous.kept]
+        trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed
             return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
                              kept=previous.kept, trials=all_trials).judge()

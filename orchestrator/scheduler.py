@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.dispatch import Dispatcher, Outcome
-from workers.trial import base_row
+from workers.contract import Status, Trial, failure_row
 
 #: The longest single wait, so that ``should_stop`` is polled.
 POLL_S = 1.0
@@ -45,7 +45,7 @@ class Report:
 
 def schedule(
     workers: list[tuple[Any, str]],
-    trials: list[dict[str, Any]],
+    trials: list[Trial],
     on_row: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool] = lambda: False,
     respawn: Callable[[str], Any] | None = None,
@@ -158,7 +158,7 @@ def _row(outcome: Outcome, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rows are built), with what only the driver knows."""
     row = outcome.row
     if row is None:
-        row = {**base_row(outcome.job.trial), "status": outcome.status, "error": outcome.error}
+        row = failure_row(outcome.job.trial, Status(outcome.status), outcome.error or "")
         if outcome.worker is not None:
             row["worker"] = outcome.worker
     row.update(attempt=outcome.attempt, earlier_errors=list(outcome.earlier_errors),

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import OutputError
-from orchestrator.schema import SCHEMA, SCHEMA_VERSION, to_batch
+from workers.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
 RUN_FILE = "_run.json"

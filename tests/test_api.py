@@ -1,5 +1,5 @@
-"""The Python API: `from orchestrator import load_results` on runs made here, and the README's
-Python API snippets, extracted from README.md and run as they are written."""
+"""The Python API: `from orchestrator import load_results` on runs made here, and the Python API
+snippets of docs/results.md, extracted from it and run as they are written."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import orchestrator
 from orchestrator import load_results
 from orchestrator.errors import InputError
 from orchestrator.run import run_plan
-from orchestrator.schema import SCHEMA
+from workers.schema import SCHEMA
 
 PLAN = """\
 name: api
@@ -88,11 +88,14 @@ def test_bad_paths_name_the_path(tmp_path):
         load_results(tmp_path)
 
 
+API_DOC = "docs/results.md"
+
+
 def readme_snippets() -> list[str]:
-    """The ```python blocks of the README's "Python API" section."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Python API", 1)[1]
-    section = re.split(r"\n#{2,3} ", section, maxsplit=1)[0]
+    """The ```python blocks of the "Python API" section of docs/results.md."""
+    text = (REPO / API_DOC).read_text()
+    section = re.split(r"^#{2,3} Python API\n", text, maxsplit=1, flags=re.M)[1]
+    section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
@@ -109,7 +112,7 @@ def test_readme_python_api_snippet_runs(results, index):
     os.chdir(results)  # the snippets read results/base and results/candidate, as a user's would
     try:
         with contextlib.redirect_stdout(out):
-            exec(compile(snippet, f"README.md:python-api[{index}]", "exec"), {"__name__": "__readme__"})
+            exec(compile(snippet, f"{API_DOC}:python-api[{index}]", "exec"), {"__name__": "__readme__"})
     finally:
         os.chdir(cwd)
     assert "ort-tuned" in out.getvalue(), out.getvalue()  # each snippet prints a result

@@ -70,8 +70,8 @@ def test_ort_matches_torch_outputs():
     store = ModelStore()
     outs = []
     for t in (t_eager, t_ort):
-        cls = get(t["backend"])
-        with cls(TrialContext(t, "cpu", store), cls.Options.model_validate(t["options"])) as r:
+        cls = get(t.backend)
+        with cls(TrialContext(t, "cpu", store), cls.Options.model_validate(t.options)) as r:
             r.step()
             outs.append(r.output())
     assert outs[0].shape == outs[1].shape == (2, 10)

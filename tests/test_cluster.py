@@ -192,8 +192,8 @@ def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gp
     text = plan_text("die", [1, 2], 0.01).replace(
         "    - backend: sleep\n", "    - {backend: fault, options: {mode: abort}}\n    - backend: sleep\n")
     trials = expand(parse_plan(yaml.safe_load(text)))
-    trials = [t for t in trials if t["backend"] == "sleep"] + [
-        next(t for t in trials if t["backend"] == "fault")]  # 4 sleeps and one abort
+    trials = [t for t in trials if t.backend == "sleep"] + [
+        next(t for t in trials if t.backend == "fault")]  # 4 sleeps and one abort
     seats = cluster.layout(cluster.nodes(), "cuda", max_workers=2)
     pool = cluster.start_workers(seats, "cuda", seed=0)
     rows: list[dict] = []

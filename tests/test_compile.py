@@ -38,8 +38,8 @@ def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, mon
     # and the compiled model computes what eager computes
     outs = []
     for t in (*trials_for(["torch-eager"], io=("device",)), trial):
-        cls = get(t["backend"])
-        with cls(TrialContext(t, "cpu", store), cls.Options.model_validate(t["options"])) as r:
+        cls = get(t.backend)
+        with cls(TrialContext(t, "cpu", store), cls.Options.model_validate(t.options)) as r:
             r.step()
             outs.append(r.output())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
@@ -129,14 +129,14 @@ def test_reduce_overhead_fp16_channels_last_on_cuda():
         assert r["recompiles_during_timing"] == 0 and r["graph_breaks"] == 0
         assert 0 < r["compile_time_s"] <= r["setup_s"]
     # the compiled model computes what eager computes (fp16: loose tolerance)
-    (t_eager,) = [t for t in expand(parse_plan(data)) if t["label"] == "torch-eager" and t["dtype"] == "fp16"
-                  and t["io"] == "device"]
-    (t_comp,) = [t for t in expand(parse_plan(data)) if t["label"] == "ro-cl" and t["dtype"] == "fp16"
-                 and t["io"] == "device"]
+    (t_eager,) = [t for t in expand(parse_plan(data)) if t.label == "torch-eager" and t.dtype == "fp16"
+                  and t.io == "device"]
+    (t_comp,) = [t for t in expand(parse_plan(data)) if t.label == "ro-cl" and t.dtype == "fp16"
+                 and t.io == "device"]
     outs = []
     for t in (t_eager, t_comp):
-        cls = get(t["backend"])
-        with cls(TrialContext(t, "cuda", store), cls.Options.model_validate(t["options"])) as r:
+        cls = get(t.backend)
+        with cls(TrialContext(t, "cuda", store), cls.Options.model_validate(t.options)) as r:
             r.step()
             outs.append(r.output())
     np.testing.assert_allclose(outs[0], outs[1], rtol=5e-2, atol=5e-2)

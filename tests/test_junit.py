@@ -101,15 +101,15 @@ def test_a_trial_without_a_row_is_an_error(write_plan):
 
 def test_budgets_apply_by_rule_and_by_entry(write_plan):
     trials = expand(load_plan(write_plan(PLAN)))
-    by = {(t["model"]["name"], t["label"]): t["budgets"] for t in trials}
+    by = {(t.model.name, t.label): list(t.budgets) for t in trials}
     assert by[("tiny", "torch-eager")] == [{"where": "budgets[0]", "max_latency_ms": 1e-6}]
     assert by[("nan", "torch-eager")] == []
     assert by[("nan", "nap")] == [{"where": "matrix.backends[2].budgets", "max_latency_ms": 1000, "min_throughput": 1}]
     # budgets don't change what is measured: the trial ids stay the same without them
     plain = PLAN.replace("      budgets: {max_latency_ms: 1000, min_throughput: 1}\n", "")
     plain = plain.replace("budgets:\n  - {model: tiny, backend: torch-eager, max_latency_ms: 0.000001}\n", "")
-    assert [t["trial_id"] for t in expand(load_plan(write_plan(plain, "plain.yaml")))] == \
-        [t["trial_id"] for t in trials]
+    assert [t.trial_id for t in expand(load_plan(write_plan(plain, "plain.yaml")))] == \
+        [t.trial_id for t in trials]
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -139,9 +139,9 @@ def test_gpu_tests_plan_validates_and_covers_every_backend_against_eager():
     from workers.backends import registry
 
     shipped = set(registry()) - {"sleep", "fault"}  # testing aids
-    for model in {t["model"]["name"] for t in trials}:
-        assert {t["backend"] for t in trials if t["model"]["name"] == model} == shipped
-    assert all(t["budgets"] for t in trials)
+    for model in {t.model.name for t in trials}:
+        assert {t.backend for t in trials if t.model.name == model} == shipped
+    assert all(t.budgets for t in trials)
 
 
 def test_junit_path_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path):

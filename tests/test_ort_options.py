@@ -100,7 +100,7 @@ def test_cuda_provider_options_reach_the_session():
     store = ModelStore()
     trials = expand(parse_plan(data))
     rows = [run_trial(t, "cuda", store) for t in trials]
-    again = [run_trial(t, "cuda", store) for t in trials if t["label"] == "trt"]
+    again = [run_trial(t, "cuda", store) for t in trials if t.label == "trt"]
     for r in rows + again:
         if r["label"] == "trt" and tensorrt_missing():
             assert r["status"] == "skipped" and "libnvinfer" in r["error"]

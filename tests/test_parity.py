@@ -10,10 +10,11 @@ import yaml
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
-from orchestrator.plan import PARITY_TOLERANCE, parse_plan
-from orchestrator.schema import _STATS, NAMES
+from orchestrator.plan import parse_plan
+from workers.contract import DEFAULT_TOLERANCE as PARITY_TOLERANCE
 from workers.models import ModelStore, make_input
 from workers.parity import compare
+from workers.schema import _STATS, NAMES
 from workers.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,28 +34,30 @@ def test_plan_expands_to_cross_product_with_defaults(write_plan):
     trials = expand(load_plan(write_plan(BASE)))
     assert len(trials) == 2 * 2 * 2 * 2
     t = trials[0]
-    assert t["model"] == {"kind": "torchvision", "ref": "resnet18", "name": "resnet18", "input_shape": [3, 224, 224]}
-    ort = next(t for t in trials if t["label"] == "ort-bound")
-    assert ort["options"]["io_binding"] is True and ort["options"]["cuda_graph"] is False
-    assert ort["measure"] == {"warmup_iters": 10, "warmup_window": 10, "warmup_rel_tol": 0.02, "warmup_max_iters": 1000,
-                              "warmup_max_s": 10.0, "iters": 50, "min_time_s": 0.0, "target_rel_ci": 0.01,
-                              "max_time_s": 60.0, "max_iters": 20000, "repeats": 1}
+    assert t.model.model_dump(mode="json") == {"kind": "torchvision", "ref": "resnet18", "name": "resnet18",
+                                               "input_shape": [3, 224, 224]}
+    ort = next(t for t in trials if t.label == "ort-bound")
+    assert ort.options["io_binding"] is True and ort.options["cuda_graph"] is False
+    assert ort.measure.model_dump() == {"warmup_iters": 10, "warmup_window": 10, "warmup_rel_tol": 0.02,
+                                        "warmup_max_iters": 1000, "warmup_max_s": 10.0, "iters": 50, "min_time_s": 0.0,
+                                        "target_rel_ci": 0.01,
+                                        "max_time_s": 60.0, "max_iters": 20000, "repeats": 1}
 
 
 def test_trial_ids_are_stable_unique_and_ignore_names(write_plan):
-    a = [t["trial_id"] for t in expand(load_plan(write_plan(BASE)))]
-    b = [t["trial_id"] for t in expand(load_plan(write_plan(BASE.replace("name: t", "name: other"), "b.yaml")))]
+    a = [t.trial_id for t in expand(load_plan(write_plan(BASE)))]
+    b = [t.trial_id for t in expand(load_plan(write_plan(BASE.replace("name: t", "name: other"), "b.yaml")))]
     assert a == b and len(set(a)) == len(a)
     changed = BASE.replace("batch_sizes: [1, 2]", "batch_sizes: [1, 3]")
-    c = {t["trial_id"] for t in expand(load_plan(write_plan(changed, "c.yaml")))}
+    c = {t.trial_id for t in expand(load_plan(write_plan(changed, "c.yaml")))}
     assert len(c & set(a)) == len(a) // 2  # the batch-1 half is the same trials
 
 
 def test_exclude_rules_remove_matching_trials(write_plan):
     text = BASE + "  exclude:\n    - {backend: ort, dtype: bf16}\n    - {label: torch-eager, io: host, batch_size: 2}\n"
     trials = expand(load_plan(write_plan(text)))
-    assert not [t for t in trials if t["backend"] == "ort" and t["dtype"] == "bf16"]
-    assert not [t for t in trials if t["backend"] == "torch-eager" and t["io"] == "host" and t["batch_size"] == 2]
+    assert not [t for t in trials if t.backend == "ort" and t.dtype == "bf16"]
+    assert not [t for t in trials if t.backend == "torch-eager" and t.io == "host" and t.batch_size == 2]
     assert len(trials) == 16 - 4 - 2
 
 
@@ -126,5 +128,5 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
     assert "does not match the ONNX model's input [3, 16, 16]" in error_of(write_plan, text)
     text = BASE.replace("[torchvision:resnet18]", "[net.onnx]")
     trials = expand(load_plan(write_plan(text, "ok.yaml")))
-    assert trials[0]["model"]["input_shape"] == [3, 16, 16] and trials[0]["model"]["name"] == "net"
+    assert trials[0].model.input_shape == (3, 16, 16) and trials[0].model.name == "net"
     assert "ONNX file not found" in error_of(write_plan, BASE.replace("[torchvision:resnet18]", "[missing.onnx]"))

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.errors import ClusterError, OutputError
 from orchestrator.run import run_plan
-from orchestrator.schema import SCHEMA
+from workers.schema import SCHEMA
 
 SLEEP_PLAN = """\
 name: spread

@@ -6,8 +6,6 @@ and checks what the dispatcher asked of the workers and which outcomes it report
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from orchestrator.dispatch import (
@@ -18,11 +16,13 @@ from orchestrator.dispatch import (
     Outcome,
     State,
 )
+from workers.contract import ModelSpec, Trial
 
 
-def trial(tid: str, model: str = "a", timeout_s: float | None = 60.0, retries: int = 0) -> dict[str, Any]:
-    return {"trial_id": tid, "model": {"kind": "torchvision", "ref": model, "input_shape": [3, 8, 8]},
-            "timeout_s": timeout_s, "retries": retries}
+def trial(tid: str, model: str = "a", timeout_s: float | None = 60.0, retries: int = 0) -> Trial:
+    return Trial(plan="core", model=ModelSpec(kind="torchvision", ref=model, name=model, input_shape=(3, 8, 8)),
+                 backend="sleep", label="sleep", options={}, batch_size=1, dtype="fp32", io="device",
+                 device="cuda", timeout_s=timeout_s, retries=retries, trial_id=tid)
 
 
 class Clock:
@@ -40,9 +40,9 @@ class Pool:
         self.running: dict[str, str] = {}
         self.log: list[tuple[str, str]] = []  # (what, worker)
 
-    def run(self, name: str, trial: Any) -> None:
+    def run(self, name: str, trial: Trial) -> None:
         assert name not in self.running, f"{name} got a second trial"
-        self.running[name] = trial["trial_id"]
+        self.running[name] = trial.trial_id
         self.log.append(("run", name))
 
     def kill(self, name: str) -> None:
@@ -56,7 +56,7 @@ class Pool:
 class Run:
     """A dispatcher over fake workers, started (every worker answered) unless told otherwise."""
 
-    def __init__(self, trials: list[dict[str, Any]], workers: dict[str, str | None] | int = 1,
+    def __init__(self, trials: list[Trial], workers: dict[str, str | None] | int = 1,
                  started: bool = True, can_respawn: bool = True) -> None:
         if isinstance(workers, int):
             workers = {f"w{i}": "n0" for i in range(workers)}

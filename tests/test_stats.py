@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from workers import stats
+from workers.contract import MeasureSpec
 from workers.timing import measure
 
 
@@ -99,7 +100,8 @@ class FakeTimer:
 
 def run(latency, **kw):
     r = FakeRunner(latency)
-    out = measure(r.step, FakeTimer(r), clock=r.clock, **{"warmup_iters": 10, "iters": 50, **kw})
+    out = measure(r.step, FakeTimer(r), MeasureSpec(**{"warmup_iters": 10, "warmup_max_iters": 10, "iters": 50, **kw}),
+                  clock=r.clock)
     return r, out
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.contract import ModelSpec, Trial
 from workers.models import ModelStore, make_input, onnx_export
 
 
 @dataclass
 class TrialContext:
-    trial: dict[str, Any]
+    trial: Trial
     device: str  # "cuda" or "cpu"
     store: ModelStore
     cpus: float = 1.0
@@ -18,24 +20,24 @@ class TrialContext:
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def model(self) -> dict[str, Any]:
-        return self.trial["model"]
+    def model(self) -> ModelSpec:
+        return self.trial.model
 
     @property
     def batch_size(self) -> int:
-        return int(self.trial["batch_size"])
+        return self.trial.batch_size
 
     @property
     def dtype(self) -> str:
-        return self.trial["dtype"]
+        return self.trial.dtype
 
     @property
     def io(self) -> str:
-        return self.trial["io"]
+        return self.trial.io
 
     @property
     def seed(self) -> int:
-        return int(self.trial.get("seed", 0))
+        return self.trial.seed
 
     def torch_model(self) -> Any:
         """A fresh copy of the trial's model on the trial's device and dtype, in eval mode."""
@@ -46,6 +48,7 @@ class TrialContext:
         return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
 
     def onnx_path(self, exporter: str = "dynamo", opset: int | None = None) -> str:
+        t0 = time.perf_counter()
         path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset)
-        self.facts["export_cached"] = cached
+        self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0)
         return str(path)

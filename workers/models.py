@@ -1,8 +1,8 @@
 """Building models from a trial's model spec, and the per-node ONNX export cache.
 
-A model spec is the dict form of ``orchestrator.plan.ModelSpec``: ``kind`` is ``torchvision``,
-``python`` or ``onnx``; ``ref`` the torchvision name, the ``package.module:factory`` or the
-ONNX file's path; ``input_shape`` the per-sample shape.
+A model spec is a ``workers.contract.ModelSpec``: ``kind`` is ``torchvision``, ``python`` or
+``onnx``; ``ref`` the torchvision name, the ``package.module:factory`` or the ONNX file's path;
+``input_shape`` the per-sample shape.
 
 Torch models are built on the CPU in fp32 with a fixed seed (no hub downloads: torchvision
 models get ``weights=None``), cached by the actor, and copied to the trial's device and dtype.
@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workers.contract import ModelSpec
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 #: Bumped whenever the weights a spec builds to change (part of the export cache key).
 BUILD_VERSION = 2
@@ -39,33 +41,28 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, DTYPES[name])
 
 
-def model_key(spec: dict[str, Any]) -> str:
-    """A stable key for a model spec (the actor's cache key and part of the export key)."""
-    return json.dumps({k: spec[k] for k in ("kind", "ref", "input_shape")}, sort_keys=True)
-
-
-def build_torch_model(spec: dict[str, Any], seed: int) -> Any:
+def build_torch_model(spec: ModelSpec, seed: int) -> Any:
     """Build the fp32 CPU ``nn.Module`` for ``spec``, in eval mode, with seeded weights."""
     import torch
 
     torch.manual_seed(seed)
-    if spec["kind"] == "torchvision":
+    if spec.kind == "torchvision":
         import torchvision
 
-        model = torchvision.models.get_model(spec["ref"], weights=None)
+        model = torchvision.models.get_model(spec.ref, weights=None)
         calibrate_batchnorm(model, spec, seed)
-    elif spec["kind"] == "python":
-        module_name, _, attr = spec["ref"].partition(":")
+    elif spec.kind == "python":
+        module_name, _, attr = spec.ref.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
         model = factory()
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"python:{spec['ref']} returned {type(model).__name__}, not an nn.Module")
+            raise TypeError(f"python:{spec.ref} returned {type(model).__name__}, not an nn.Module")
     else:
-        raise ValueError(f"a model of kind {spec['kind']!r} has no torch form")
+        raise ValueError(f"a model of kind {spec.kind!r} has no torch form")
     return model.eval()
 
 
-def calibrate_batchnorm(model: Any, spec: dict[str, Any], seed: int) -> None:
+def calibrate_batchnorm(model: Any, spec: ModelSpec, seed: int) -> None:
     """Re-estimate every BatchNorm's running mean/var on one seeded standard-normal batch."""
     import torch
 
@@ -76,7 +73,7 @@ def calibrate_batchnorm(model: Any, spec: dict[str, Any], seed: int) -> None:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: one batch sets the statistics exactly
     gen = torch.Generator().manual_seed(seed + 2)
-    x = torch.randn((CALIBRATION_BATCH, *spec["input_shape"]), generator=gen)
+    x = torch.randn((CALIBRATION_BATCH, *spec.input_shape), generator=gen)
     model.train()
     with torch.no_grad():
         model(x)
@@ -97,11 +94,11 @@ class ModelStore:
         self._cache: dict[str, Any] = {}
         self._refs: dict[Any, Any] = {}
 
-    def holds(self, spec: dict[str, Any]) -> bool:
-        return model_key(spec) in self._cache
+    def holds(self, spec: ModelSpec) -> bool:
+        return spec.key in self._cache
 
-    def base_model(self, spec: dict[str, Any]) -> Any:
-        key = model_key(spec)
+    def base_model(self, spec: ModelSpec) -> Any:
+        key = spec.key
         if key not in self._cache:
             # One model at a time: an actor that moves to another model drops the old one.
             self._cache.clear()
@@ -109,14 +106,14 @@ class ModelStore:
             self._cache[key] = build_torch_model(spec, self.seed)
         return self._cache[key]
 
-    def torch_model(self, spec: dict[str, Any], device: str, dtype: str) -> Any:
+    def torch_model(self, spec: ModelSpec, device: str, dtype: str) -> Any:
         model = copy.deepcopy(self.base_model(spec))
         return model.to(device=device, dtype=torch_dtype(dtype))
 
-    def reference(self, spec: dict[str, Any], key: Any, compute: Any) -> Any:
+    def reference(self, spec: ModelSpec, key: Any, compute: Any) -> Any:
         """The parity reference output for ``spec`` under ``key``; ``compute()`` makes it once."""
         self.base_model(spec)  # a change of model drops the old model's references too
-        full = (model_key(spec), key)
+        full = (spec.key, key)
         if full not in self._refs:
             self._refs[full] = compute()
         return self._refs[full]
@@ -132,7 +129,7 @@ def cache_dir() -> Path:
 
 def onnx_export(
     store: ModelStore,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     batch_size: int,
     dtype: str,
     exporter: str = "dynamo",
@@ -147,11 +144,11 @@ def onnx_export(
     """
     import torch
 
-    if spec["kind"] == "onnx":
-        return Path(spec["ref"]), True
+    if spec.kind == "onnx":
+        return Path(spec.ref), True
     key = hashlib.sha256(
         json.dumps(
-            [model_key(spec), store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION],
+            [spec.key, store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]
@@ -183,10 +180,10 @@ def onnx_export(
     return path, False
 
 
-def make_input(spec: dict[str, Any], batch_size: int, dtype: str, device: str, seed: int) -> Any:
+def make_input(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: int) -> Any:
     """The trial's input: seeded standard-normal values, the same on every backend."""
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn((batch_size, *spec["input_shape"]), generator=gen)
+    x = torch.randn((batch_size, *spec.input_shape), generator=gen)
     return x.to(device=device, dtype=torch_dtype(dtype))

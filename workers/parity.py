@@ -13,7 +13,7 @@ Errors are recorded in the row:
 
 A trial fails (``status: parity_failed``, latency not published) when its output holds NaN/Inf,
 has another shape than the reference, or when ``parity_max_rel_err`` is above the plan's
-``parity.tolerance`` for its dtype (defaults in ``orchestrator.plan.PARITY_TOLERANCE``).
+``parity.tolerance`` for its dtype (defaults in ``workers.contract.DEFAULT_TOLERANCE``).
 Models with no torch form (``onnx:`` files) and model-less backends have no reference: their
 parity columns are null (not checked), which is not a failure.
 """
@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 
-#: max |y - ref| / max |ref|. Random-weight ResNet-50 on a CPU gives ~0.035 in fp16 and ~0.13 in
-#: bf16 (its logits are small and close together); a wrong output gives ~1. fp32 on an H100 gives
-#: 0.021-0.028 (torch and ORT alike): both use TF32 for convolutions by default, the reference doesn't.
-DEFAULT_TOLERANCE = {"fp32": 0.05, "fp16": 0.1, "bf16": 0.25}
+from workers.contract import Trial
+
 REFERENCE = "torch-eager fp32"
 
 
@@ -44,13 +42,13 @@ class ParityFailure(Exception):
         self.columns = columns or {}
 
 
-def reference_output(trial: dict[str, Any], device: str, store: Any) -> np.ndarray:
+def reference_output(trial: Trial, device: str, store: Any) -> np.ndarray:
     """Torch eager fp32 output for the trial's model, batch and input on ``device`` (TF32 off)."""
     import torch
 
     from workers.models import make_input
 
-    spec, bs, seed = trial["model"], int(trial["batch_size"]), int(trial.get("seed", 0))
+    spec, bs, seed = trial.model, trial.batch_size, trial.seed
 
     def compute() -> np.ndarray:
         model = store.torch_model(spec, device, "fp32")
@@ -113,19 +111,18 @@ def nonfinite(output: np.ndarray) -> int:
     return int(output.size - np.isfinite(output).sum())
 
 
-def check(trial: dict[str, Any], device: str, store: Any, outputs: list[np.ndarray],
+def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray],
           modelless: bool) -> dict[str, Any]:
     """Parity columns for the trial's outputs (one per repeat); raises ParityFailure when wrong."""
     for y in outputs:
         bad = nonfinite(y)
         if bad:
             raise ParityFailure(f"output has {bad} NaN/Inf values of {y.size}; latency not published")
-    spec = trial.get("parity") or {"check": True, "tolerance": DEFAULT_TOLERANCE}
     cols: dict[str, Any] = {"parity_reference": None, "parity_max_abs_err": None,
                             "parity_max_rel_err": None, "parity_tolerance": None}
-    if not spec.get("check", True) or modelless or trial["model"]["kind"] == "onnx":
+    if not trial.parity.check or modelless or trial.model.kind == "onnx":
         return cols
-    tol = float({**DEFAULT_TOLERANCE, **(spec.get("tolerance") or {})}[trial["dtype"]])
+    tol = float(getattr(trial.parity.tolerance, trial.dtype))
     ref = reference_output(trial, device, store)
     cols.update(parity_reference=f"{REFERENCE} on {device}", parity_tolerance=tol)
     worst: dict[str, float] = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0}
@@ -138,7 +135,7 @@ def check(trial: dict[str, Any], device: str, store: Any, outputs: list[np.ndarr
     if worst["parity_max_rel_err"] > tol:
         raise ParityFailure(
             f"output differs from the {REFERENCE} reference: max |y - ref| / max |ref| = "
-            f"{worst['parity_max_rel_err']:.3g} > tolerance {tol:g} for {trial['dtype']}; latency not published",
+            f"{worst['parity_max_rel_err']:.3g} > tolerance {tol:g} for {trial.dtype}; latency not published",
             cols,
         )
     return cols

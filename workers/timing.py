@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from workers.contract import MeasureSpec
 from workers.stats import relative_ci
 
 
@@ -92,6 +93,8 @@ class Samples:
     host_ms: list[float] = field(default_factory=list)
     hit_max_time: bool = False
     converged: bool = False
+    warmup_s: float = 0.0  # wall time of the warm-up
+    timed_s: float = 0.0  # wall time of the timed iterations (checks between them included)
 
 
 def _steady(prev: list[float], cur: list[float], rel_tol: float) -> bool:
@@ -120,31 +123,23 @@ def warm_up(step: Callable[[], None], timer: Timer, *, warmup_iters: int, warmup
 def measure(
     step: Callable[[], None],
     timer: Timer,
-    *,
-    warmup_iters: int,
-    iters: int,
-    min_time_s: float = 0.0,
-    max_time_s: float = 60.0,
-    warmup_window: int = 10,
-    warmup_rel_tol: float = 0.02,
-    warmup_max_iters: int | None = None,
-    warmup_max_s: float = 10.0,
-    target_rel_ci: float | None = 0.01,
-    max_iters: int = 20_000,
+    spec: MeasureSpec,
     clock: Callable[[], float] = time.perf_counter,
-    **_ignored: Any,
 ) -> Samples:
     """Warm up until steady, then time ``step`` until the answer is stable (see the module doc).
 
-    ``warmup_max_iters`` defaults to ``warmup_iters`` (a fixed warm-up); set it higher to let
-    the warm-up run windows until steady. Unknown keywords (the plan's ``repeats``) are ignored,
-    so a plan's ``measure`` mapping can be passed as it is.
+    ``spec`` is the trial's ``measure`` settings (``repeats`` is the caller's business); its
+    defaults are written once, in ``workers.contract.MeasureSpec``.
     """
-    cap = warmup_iters if warmup_max_iters is None else max(warmup_iters, warmup_max_iters)
-    used = warm_up(step, timer, warmup_iters=warmup_iters, warmup_window=max(1, warmup_window),
-                   warmup_rel_tol=warmup_rel_tol, warmup_max_iters=cap, warmup_max_s=warmup_max_s, clock=clock)
+    t_warm = clock()
+    used = warm_up(step, timer, warmup_iters=spec.warmup_iters, warmup_window=spec.warmup_window,
+                   warmup_rel_tol=spec.warmup_rel_tol, warmup_max_iters=spec.warmup_max_iters,
+                   warmup_max_s=spec.warmup_max_s, clock=clock)
+    iters, min_time_s, max_time_s = spec.iters, spec.min_time_s, spec.max_time_s
+    target_rel_ci, max_iters = spec.target_rel_ci, spec.max_iters
     timer.synchronize()
     out = Samples(warmup_iters=used)
+    out.warmup_s = clock() - t_warm
     dev_ms, host_ms = out.device_ms, out.host_ms
     next_check = max(iters, 10)
     t_start = clock()
@@ -168,6 +163,7 @@ def measure(
             break
         if n >= max_iters:
             break
+    out.timed_s = clock() - t_start
     return out
 
 

@@ -1,10 +1,10 @@
 """Run one trial on this process's device and turn it into a row. Never raises for the trial's
-own failures: an exception inside the trial is the row's ``error``."""
+own failures: an exception inside the trial is the row's ``error``, and a row is checked against
+the result schema here, on the worker (``workers.contract.checked_row``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import traceback
 from typing import Any
@@ -14,6 +14,7 @@ import numpy as np
 from workers import envinfo, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
+from workers.contract import Status, Trial, checked_row, spec_columns
 from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
@@ -22,26 +23,8 @@ from workers.timing import CudaTimer, HostTimer, measure, measure_copies
 TRACEBACK_TAIL = 4000
 
 
-def base_row(trial: dict[str, Any]) -> dict[str, Any]:
-    """The columns that come from the spec alone."""
-    model = trial["model"]
-    return {
-        "trial_id": trial["trial_id"],
-        "plan": trial["plan"],
-        "model": model["name"],
-        "model_source": f"{model['kind']}:{model['ref']}",
-        "input_shape": list(model["input_shape"]),
-        "backend": trial["backend"],
-        "label": trial["label"],
-        "options": json.dumps(trial["options"], sort_keys=True),
-        "batch_size": trial["batch_size"],
-        "dtype": trial["dtype"],
-        "io": trial["io"],
-    }
-
-
 def run_trial(
-    trial: dict[str, Any], device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True
+    trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True
 ) -> dict[str, Any]:
     """Measure ``trial`` on ``device`` ("cuda"/"cpu") and return its row.
 
@@ -50,28 +33,29 @@ def run_trial(
     """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    row = base_row(trial)
+    row = spec_columns(trial)
     row.update(device=device, started_at=started, **envinfo.versions(),
                **envinfo.device_facts(device if cuda_ok else "cpu"))
     try:
         row.update(_measure(trial, device, store, cpus, cuda_ok))
-        row["status"] = "ok"
+        row["status"] = Status.OK
     except SkipTrial as exc:
-        row.update(status="skipped", error=str(exc))
+        row.update(status=Status.SKIPPED, error=str(exc))
     except ParityFailure as exc:
         row.update(exc.columns)
-        row.update(status="parity_failed", error=str(exc))
+        row.update(status=Status.PARITY_FAILED, error=str(exc))
     except Exception as exc:  # the trial's failure is data, not a crash of the run
         row.update(getattr(exc, "columns", None) or {})  # InvalidMeasurement: the facts behind it
         oom = oom_message(exc)
-        row.update(status="oom" if oom else "failed", error=oom or f"{type(exc).__name__}: {exc}",
+        row.update(status=Status.OOM if oom else Status.FAILED, error=oom or f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0
-    return row
+    row["status"] = str(row["status"])
+    return checked_row(row)
 
 
-def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> dict[str, Any]:
-    runner_cls = get(trial["backend"])
+def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> dict[str, Any]:
+    runner_cls = get(trial.backend)
     reason = runner_cls.skip_reason(trial, device)
     if reason:
         raise SkipTrial(reason)
@@ -83,9 +67,8 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
         )
     on_gpu = device == "cuda" and cuda_ok
-    m = trial["measure"]
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
-    repeats = [_measure_once(runner_cls, ctx, m, on_gpu, first=i == 0) for i in range(int(m.get("repeats", 1)))]
+    repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0) for i in range(trial.measure.repeats)]
     first = repeats[0]
     dev = [x for r in repeats for x in r["samples"].device_ms]
     host = [x for r in repeats for x in r["samples"].host_ms]
@@ -105,6 +88,8 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
         "repeat_medians_ms": medians,
         "repeat_cv": stats.between_run_cv(medians),
         "setup_s": first["setup_s"],
+        "warmup_s": sum(r["samples"].warmup_s for r in repeats),
+        "timed_s": sum(r["samples"].timed_s for r in repeats),
         "gpu_mem_peak_bytes": max((r["peak"] for r in repeats if r["peak"] is not None), default=None),
         **first["copies"],
         **first["gpu"],
@@ -114,8 +99,10 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
     }
     outputs = [r["output"] for r in repeats]
     del repeats
+    t_parity = time.perf_counter()
     try:
         out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
+        out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
         keep = {k: v for k, v in out.items() if k in _KEPT_ON_PARITY_FAILURE or k.startswith("gpu_")}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
@@ -123,13 +110,14 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
 
 
 #: Columns a parity_failed row keeps: what ran, not how fast.
-_KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "gpu_mem_peak_bytes",
+_KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
+                                     "gpu_mem_peak_bytes",
                                      "contended", "export_cached", "providers_used"})
 
 
-def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu: bool, first: bool) -> dict[str, Any]:
+def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool) -> dict[str, Any]:
     """One repeat: a fresh runner, set up, timed, its output read, torn down."""
-    runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial["options"]))
+    runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial.options))
     mem = _MemoryWatch("cuda" if on_gpu else "cpu")
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     t_setup = time.perf_counter()
@@ -138,7 +126,7 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu:
         setup_s = time.perf_counter() - t_setup
         timer = CudaTimer() if on_gpu else HostTimer()
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
-        samples = measure(runner.step, timer, **m)
+        samples = measure(runner.step, timer, ctx.trial.measure)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
@@ -158,7 +146,7 @@ def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[
     binding): the host->device copy of the input and device->host copy of the output, timed
     alone. ORT's ``session.run`` copies inside ORT, where they can't be timed apart."""
     torch_runner = runner_cls.name.startswith("torch")
-    bound_ort = runner_cls.name == "ort" and ctx.trial["options"].get("io_binding")
+    bound_ort = runner_cls.name == "ort" and ctx.trial.options.get("io_binding")
     if ctx.io != "host" or not (torch_runner or bound_ort):
         return {}
     import torch

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from workers.context import TrialContext
+    from workers.contract import Trial
 
 
 class BackendOptions(StrictModel):
@@ -65,15 +66,15 @@ class Runner(ABC):
         return None
 
     @classmethod
-    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         """Why this trial can't run on ``device_type`` ("cuda"/"cpu"), or None when it can."""
-        kind = trial["model"]["kind"]
+        kind = trial.model.kind
         if not cls.modelless and kind not in cls.model_kinds:
             return f"backend {cls.name} can't run a model of kind '{kind}'"
         allowed = cls.dtypes.get(device_type, frozenset())
-        if trial["dtype"] not in allowed:
+        if trial.dtype not in allowed:
             return (
-                f"backend {cls.name} does not support dtype {trial['dtype']} on {device_type} "
+                f"backend {cls.name} does not support dtype {trial.dtype} on {device_type} "
                 f"(supported there: {', '.join(sorted(allowed)) or 'none'})"
             )
         return None

@@ -40,6 +40,7 @@ from pydantic import model_validator
 from workers.backends import register
 from workers.backends.base import BackendOptions, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
+from workers.contract import Trial
 from workers.models import cache_dir
 
 PROVIDERS = {
@@ -145,14 +146,14 @@ class OrtRunner(Runner):
         return None
 
     @classmethod
-    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
-        opts = trial["options"]
+    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
+        opts = trial.options
         providers = opts.get("providers") or [device_type]
         if device_type == "cpu" and any(p != "cpu" for p in providers):
             return f"providers {providers} need a GPU; this trial runs on cpu"
         if opts.get("cuda_graph") and device_type != "cuda":
             return "ORT cuda_graph needs a CUDA device"
-        if trial["io"] == "device" and not opts.get("io_binding") and device_type == "cuda":
+        if trial.io == "device" and not opts.get("io_binding") and device_type == "cuda":
             return "io: device needs io_binding: true (session.run takes host arrays only)"
         cuda_opts = [k for k in CUDA_OPTIONS if opts.get(k) not in (None, False)]
         if cuda_opts and "cuda" not in providers:

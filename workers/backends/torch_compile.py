@@ -33,6 +33,7 @@ from pydantic import model_validator
 from workers.backends import register
 from workers.backends.base import InvalidMeasurement, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
+from workers.contract import Trial
 from workers.models import cache_dir
 
 COMPILE_CALLS = 3
@@ -80,7 +81,7 @@ class TorchCompile(Runner):
     Options = CompileOptions
 
     @classmethod
-    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
 
     def setup(self) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from workers.backends import register
 from workers.backends.base import Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
+from workers.contract import Trial
 
 CAPTURE_WARMUP_ITERS = 3
 
@@ -25,7 +26,7 @@ class TorchCudaGraph(Runner):
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
 
     @classmethod
-    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         if device_type != "cuda":
             return "torch-cudagraph needs a CUDA device; skipped rather than run as eager"
         return layout_skip_reason(trial) or super().skip_reason(trial, device_type)

@@ -8,6 +8,7 @@ import numpy as np
 
 from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
+from workers.contract import Trial
 
 
 class TorchOptions(BackendOptions):
@@ -15,10 +16,10 @@ class TorchOptions(BackendOptions):
     """Convert the model and 4-D inputs to channels_last (NHWC) memory format."""
 
 
-def layout_skip_reason(trial: dict[str, Any]) -> str | None:
+def layout_skip_reason(trial: Trial) -> str | None:
     """channels_last is a layout of 4-D tensors: asked for on another input, the trial is skipped."""
-    shape = trial["model"]["input_shape"]
-    if trial["options"].get("channels_last") and len(shape) != 3:
+    shape = trial.model.input_shape
+    if trial.options.get("channels_last") and len(shape) != 3:
         return (f"channels_last needs 4-D inputs (batch, C, H, W); this model's input is "
                 f"{len(shape) + 1}-D (batch, {', '.join(map(str, shape))})")
     return None
@@ -45,7 +46,7 @@ class TorchEager(Runner):
     Options = TorchOptions
 
     @classmethod
-    def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
+    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
 
     def setup(self) -> None:

@@ -12,11 +12,9 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
-STATUSES = ("ok", "skipped", "failed", "parity_failed", "timeout", "oom")
-
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
-#: (name, type, description), in groups; the README's schema table is generated from them.
+#: (name, type, description), in groups; the docs' schema table (docs/schema.md) is generated from them.
 _CORE: list[tuple[str, pa.DataType, str]] = [
     ("run_id", _STR, "the run this row belongs to (one per `infer-orch run`)"),
     ("trial_id", _STR, "hash of the trial's full spec: the same trial has the same id in every run"),
@@ -55,7 +53,14 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("host_samples_ms", pa.list_(_F64), "every timed iteration's host wall time, ms"),
     ("hit_max_time", _BOOL, "timing stopped at measure.max_time_s, before measure.iters or the CI target was met"),
     ("setup_s", _F64, "seconds spent building the runner (model copy, export, session, capture)"),
+    ("warmup_s", _F64, "seconds of warm-up iterations (all repeats): device time that is not measured"),
+    ("timed_s", _F64, "seconds of the timed loop (all repeats); warmup_s + timed_s over a run's wall time is "
+                      "how busy the sweep kept its GPUs (bench/sweep_efficiency.py)"),
+    ("parity_s", _F64, "seconds checking the output against its reference (building the reference included, "
+                       "once per model, batch and device on a worker)"),
     ("export_cached", _BOOL, "ORT: the ONNX export came from this node's cache"),
+    ("export_s", _F64, "ORT: seconds to get the ONNX file (an export, or a look-up in the node's cache), part of "
+                       "setup_s"),
     ("providers_used", pa.list_(_STR), "ORT: the session's providers, as ORT reports them"),
     ("torch_version", _STR, "torch.__version__ on the worker"),
     ("ort_version", _STR, "onnxruntime.__version__ on the worker"),
@@ -157,11 +162,27 @@ def to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
 
 
 def markdown_table() -> str:
-    """The schema as the README's Markdown table (``python -m orchestrator.schema``)."""
+    """The schema as a Markdown table: one row per column, in order."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{n}` | {str(t).replace('item: ', '')} | {d} |" for n, t, d in COLUMNS]
     return "\n".join(lines)
 
 
+def markdown_page() -> str:
+    """docs/schema.md, whole; ``python -m workers.schema > docs/schema.md`` writes it."""
+    module = __spec__.name if __spec__ else __name__  # this module's name, also when run with -m
+    return "\n".join([
+        "# Result schema",
+        "",
+        f"<!-- Generated from the columns in {module.replace('.', '/')}.py: edit them there, then run",
+        f"     python -m {module} > docs/schema.md -->",
+        "",
+        "One row per trial, with these columns in this order, in every part file of a run.",
+        "How to read them: [results.md](results.md).",
+        "",
+        markdown_table(),
+    ])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(markdown_page())

@@ -1,0 +1,107 @@
+"""How busy a sweep keeps its GPUs, and where the rest of the wall time goes.
+
+    python bench/sweep_efficiency.py RUN_DIR                 # a run that is already there
+    python bench/sweep_efficiency.py --plan plans/h100.yaml  # run it first (into $OUT or a temp dir)
+
+Efficiency = the time the GPUs spend in warm-up or timed iterations (``warmup_s + timed_s`` of every
+row) over the run's wall time times its workers. The rest, per worker-second: start-up (launch to
+the first trial), setup (model copies, exports, session builds, graph captures, compiles: ``setup_s``,
+of which ``export_s``, ``compile_time_s``, ``engine_build_s``), parity (``parity_s``: references and
+checks), the rest of each trial (later repeats' setup, teardown, row building), and scheduling gaps
+(worker-time in no trial at all). Prints one table; ``--json`` writes the figures too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _sum(rows: list[dict[str, Any]], col: str) -> float:
+    return float(sum(r.get(col) or 0.0 for r in rows))
+
+
+def breakdown(run_dir: Path, launched_at: float | None = None) -> dict[str, Any]:
+    """The figures of one run directory (``launched_at``: the CLI's launch, epoch seconds, if known)."""
+    from orchestrator.results import load_results
+
+    rows = load_results(run_dir).to_pylist()
+    info = json.loads((run_dir / "_run.json").read_text())
+    workers = max(1, len(info.get("workers") or []))
+    starts = [r["started_at"].timestamp() for r in rows if r.get("started_at")]
+    ends = [r["started_at"].timestamp() + (r.get("duration_s") or 0.0) for r in rows if r.get("started_at")]
+    t0 = launched_at if launched_at is not None else dt.datetime.fromisoformat(info["started_at"]).timestamp()
+    wall = max(ends) - t0
+    capacity = wall * workers
+    busy = _sum(rows, "warmup_s") + _sum(rows, "timed_s")
+    setup, parity = _sum(rows, "setup_s"), _sum(rows, "parity_s")
+    in_trials = _sum(rows, "duration_s")
+    startup = min(starts) - t0
+    parts = {
+        "GPU busy (warm-up + timed)": busy,
+        "start-up (launch to first trial) x workers": startup * workers,
+        "setup: exports": _sum(rows, "export_s"),
+        "setup: torch.compile": _sum(rows, "compile_time_s"),
+        "setup: TensorRT engines": _sum(rows, "engine_build_s"),
+        "setup: the rest (model copies, sessions, captures)": setup - _sum(rows, "export_s")
+        - _sum(rows, "compile_time_s") - _sum(rows, "engine_build_s"),
+        "parity (references and checks)": parity,
+        "rest of trials (later repeats' setup, teardown, copies)": in_trials - busy - setup - parity,
+        "between trials (scheduling, worker replacement)": capacity - startup * workers - in_trials,
+    }
+    return {"run": str(run_dir), "trials": len(rows), "workers": workers, "wall_s": wall,
+            "efficiency": busy / capacity, "seconds": parts}
+
+
+def table(b: dict[str, Any]) -> str:
+    cap = b["wall_s"] * b["workers"]
+    lines = [f"{b['trials']} trials on {b['workers']} worker(s), wall {b['wall_s']:.1f} s: "
+             f"GPU busy {b['efficiency']:.1%} of the worker-time",
+             "| where the worker-time went | s | share |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v:.1f} | {v / cap:.1%} |" for k, v in b["seconds"].items()]
+    return "\n".join(lines)
+
+
+def run(plan: str, out: Path, extra: list[str]) -> tuple[Path, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    launched = time.time()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", plan, "--out", str(out), *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
+    if not (out / "_run.json").exists():
+        raise SystemExit(f"the run wrote no results (exit {proc.returncode})")
+    return out, launched
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", nargs="?", type=Path, help="a run directory to analyse")
+    ap.add_argument("--plan", help="run this plan first, then analyse it")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args, extra = ap.parse_known_args()
+    if args.plan:
+        out = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / f"sweep-{Path(args.plan).stem}"
+        run_dir, launched = run(args.plan, out, extra)
+        b = breakdown(run_dir, launched)
+    elif args.run_dir:
+        b = breakdown(args.run_dir)
+    else:
+        ap.error("give a RUN_DIR or --plan")
+    if args.json:
+        args.json.write_text(json.dumps(b, indent=2))
+    print(table(b))
+
+
+if __name__ == "__main__":
+    main()

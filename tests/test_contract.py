@@ -1,0 +1,120 @@
+"""The driver-worker contract: trial ids that stay stable, statuses that old runs still load with,
+rows checked on the worker (a bad column costs one trial), measurement settings that reject typos."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+from orchestrator.expand import expand
+from orchestrator.plan import load_plan, parse_plan
+from orchestrator.sink import ResultSink
+from workers import contract
+from workers.backends.sleep import SleepRunner
+from workers.contract import MeasureSpec, Status, Trial, checked_row, failure_row, spec_columns
+from workers.models import ModelStore
+from workers.trial import run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The ids plans/quickstart.yaml has had since the first schema: compare and --resume match runs by
+# them, so a change to the Trial type must not change them.
+QUICKSTART_IDS = ["545dfc365f6bf9c5", "5c02aa11a9e0759a", "8a23e1244eadd8ad", "469a606cd512a160"]
+
+SLEEP_PLAN = {
+    "name": "c", "device": "cpu", "models": ["torchvision:resnet18"],
+    "matrix": {"batch_sizes": [1], "backends": [{"backend": "sleep", "options": {"step_s": 0}}]},
+    "measure": {"warmup_iters": 0, "warmup_max_iters": 0, "iters": 5, "target_rel_ci": None},
+}
+
+
+def sleep_trial() -> Trial:
+    (trial,) = expand(parse_plan(SLEEP_PLAN))
+    return trial
+
+
+def test_trial_ids_of_a_shipped_plan_stay_what_they_were():
+    assert [t.trial_id for t in expand(load_plan(REPO / "plans/quickstart.yaml"))] == QUICKSTART_IDS
+
+
+def test_a_field_added_later_stays_out_of_the_id_at_its_default(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class LaterTrial(Trial):
+        scenario: str = "single-stream"
+
+    base = sleep_trial()
+    monkeypatch.setitem(contract.ID_FIELDS_ADDED, "scenario", "single-stream")
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Trial)}
+    same = LaterTrial(**fields).with_id()
+    other = LaterTrial(**fields, scenario="offline").with_id()
+    assert same.trial_id == base.trial_id
+    assert other.trial_id != base.trial_id
+
+
+def test_measure_keys_added_later_stay_out_of_the_id_at_their_default():
+    class LaterMeasure(MeasureSpec):
+        warmup_policy: str = "windows"
+
+    base = sleep_trial()
+    settings = base.measure.model_dump()
+    same = dataclasses.replace(base, measure=LaterMeasure(**settings))
+    other = dataclasses.replace(base, measure=LaterMeasure(**settings, warmup_policy="fixed"))
+    assert contract.trial_id(same) == base.trial_id
+    assert contract.trial_id(other) != base.trial_id
+
+
+def test_labels_budgets_and_fault_settings_are_not_part_of_the_id():
+    base = sleep_trial()
+    for change in ({"label": "x"}, {"plan": "other"}, {"timeout_s": 5.0}, {"retries": 3},
+                   {"budgets": ({"max_latency_ms": 1},)}):
+        assert dataclasses.replace(base, **change).with_id().trial_id == base.trial_id, change
+    assert dataclasses.replace(base, batch_size=2).with_id().trial_id != base.trial_id
+
+
+def test_status_strings_are_the_stored_ones_and_only_ok_and_skipped_succeed():
+    assert {s.value for s in Status} == {"ok", "skipped", "failed", "parity_failed", "timeout", "oom"}
+    assert Status("parity_failed") is Status.PARITY_FAILED and str(Status.OOM) == "oom"
+    assert {s.value for s in Status if s.succeeded} == set(contract.SUCCESS) == {"ok", "skipped"}
+
+
+def test_a_trial_crosses_process_boundaries_intact():
+    import pickle
+
+    trial = sleep_trial()
+    again = pickle.loads(pickle.dumps(trial))
+    assert again == trial and again.model.key == trial.model.key
+    assert json.loads(json.dumps(trial.summary()))["model"]["name"] == "resnet18"
+
+
+def test_a_runner_reporting_a_column_the_schema_lacks_fails_only_its_trial(monkeypatch, tmp_path):
+    trial = sleep_trial()
+    good = run_trial(trial, "cpu", ModelStore())
+    assert good["status"] == "ok" and good["iters"] == 5
+    monkeypatch.setattr(SleepRunner, "extra_columns", lambda self: {"latency_ms_medain": 1.0})
+    bad = run_trial(trial, "cpu", ModelStore())
+    assert bad["status"] == "failed" and "latency_ms_medain" in bad["error"] and "latency_ms_medain" not in bad
+    assert bad["trial_id"] == trial.trial_id and bad["label"] == "sleep"
+    # and the driver writes it like any row
+    sink = ResultSink(tmp_path, "r", "plan: x\n", metadata={})
+    sink.write(bad)
+    (stored,) = pq.read_table(tmp_path).to_pylist()
+    assert stored["status"] == "failed" and stored["trial_id"] == trial.trial_id
+
+
+def test_failure_rows_carry_the_spec_and_check_their_columns():
+    trial = sleep_trial()
+    row = failure_row(trial, Status.TIMEOUT, "ran past its timeout_s", worker="w0")
+    assert row == {**spec_columns(trial), "worker": "w0", "status": "timeout", "error": "ran past its timeout_s"}
+    assert checked_row({**row, "nonsense": 1})["status"] == "failed"
+
+
+def test_measure_settings_reject_misspelled_keys_and_impossible_bounds():
+    with pytest.raises(ValidationError, match="did you mean 'iters'"):
+        MeasureSpec(iter=5)
+    with pytest.raises(ValidationError, match="iters .* is larger than max_iters"):
+        MeasureSpec(iters=10, max_iters=5)

@@ -1,0 +1,257 @@
+"""The contract between driver and worker: what a trial is, what a row is, what a status means.
+
+Both sides import this module (the driver to build trials and failure rows, the worker to run
+trials and build rows); it lives in ``workers`` because workers never import ``orchestrator``.
+It imports neither torch nor Ray::
+
+    driver: plan --expand--> Trial --Ray--> worker: run_trial(Trial) --> row (checked here)
+            scheduler: a trial whose worker died --> failure_row(Trial, Status, error)
+
+- ``Trial``: a frozen dataclass, the unit of work. Its id (``trial_id``) hashes what decides what
+  is measured (see :func:`trial_id`); labels, plan names, budgets and fault settings stay out.
+- ``Status``: how a trial ended. The strings are the ones stored in every run so far.
+- ``MeasureSpec`` and ``ParitySpec``: how a trial is timed and judged, with their defaults written
+  once, here (the plan's ``measure`` and ``parity`` sections are these types).
+- Rows are plain dicts whose keys are columns of ``workers.schema.SCHEMA``. :func:`spec_columns`
+  gives the columns that come from the trial alone; :func:`checked_row` turns a row with a column
+  the schema lacks into a failed row that names it, so one bad column costs one trial, not the run.
+
+Adding a result column takes two edits: its entry in ``workers/schema.py`` (name, type, meaning:
+the docs' table is generated from it) and the code that sets it in the row.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from workers.config import StrictModel
+
+
+class Status(str, enum.Enum):
+    """How a trial ended (the row's ``status`` column); compares equal to its string."""
+
+    OK = "ok"
+    SKIPPED = "skipped"  # the backend can't run this trial here (dtype, provider, library): not a failure
+    FAILED = "failed"
+    PARITY_FAILED = "parity_failed"  # it ran, but its output is wrong: no latency published
+    TIMEOUT = "timeout"
+    OOM = "oom"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def succeeded(self) -> bool:
+        return self.value in SUCCESS
+
+
+#: The statuses that count as success (as the strings rows hold): a run of only these exits 0.
+SUCCESS = frozenset({Status.OK.value, Status.SKIPPED.value})
+
+
+def succeeded(status: str) -> bool:
+    """True for a status string (a row's) that counts as success."""
+    return status in SUCCESS
+
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+Io = Literal["device", "host"]
+
+
+class MeasureSpec(StrictModel):
+    """How each trial is timed (``workers.timing.measure`` documents the policy). The defaults live here."""
+
+    warmup_iters: int = Field(10, ge=0)
+    warmup_window: int = Field(10, ge=1)
+    warmup_rel_tol: float = Field(0.02, gt=0)
+    warmup_max_iters: int = Field(1000, ge=0)
+    warmup_max_s: float = Field(10.0, ge=0)
+    iters: int = Field(50, ge=1)
+    min_time_s: float = Field(0.0, ge=0)
+    target_rel_ci: float | None = Field(0.01, gt=0, lt=1)
+    max_time_s: float = Field(60.0, gt=0)
+    max_iters: int = Field(20_000, ge=1)
+    repeats: int = Field(1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MeasureSpec:
+        if self.min_time_s > self.max_time_s:
+            raise ValueError(f"min_time_s ({self.min_time_s}) is larger than max_time_s ({self.max_time_s})")
+        if self.iters > self.max_iters:
+            raise ValueError(f"iters ({self.iters}) is larger than max_iters ({self.max_iters})")
+        if self.warmup_max_iters < self.warmup_iters:
+            raise ValueError(
+                f"warmup_max_iters ({self.warmup_max_iters}) is smaller than warmup_iters ({self.warmup_iters}); "
+                "set them equal for a fixed warm-up"
+            )
+        return self
+
+
+#: max |y - ref| / max |ref|. Random-weight ResNet-50 on a CPU gives ~0.035 in fp16 and ~0.13 in
+#: bf16 (its logits are small and close together); a wrong output gives ~1. fp32 on an H100 gives
+#: 0.021-0.028 (torch and ORT alike): both use TF32 for convolutions by default, the reference doesn't.
+DEFAULT_TOLERANCE = {"fp32": 0.05, "fp16": 0.1, "bf16": 0.25}
+
+
+class ParityTolerance(StrictModel):
+    fp32: float = Field(DEFAULT_TOLERANCE["fp32"], gt=0)
+    fp16: float = Field(DEFAULT_TOLERANCE["fp16"], gt=0)
+    bf16: float = Field(DEFAULT_TOLERANCE["bf16"], gt=0)
+
+
+class ParitySpec(StrictModel):
+    """Each trial's output against a torch eager fp32 reference (``workers.parity``)."""
+
+    check: bool = True
+    tolerance: ParityTolerance = Field(default_factory=ParityTolerance)
+
+
+class ModelSpec(StrictModel):
+    """A model as a trial carries it: ``kind`` torchvision, onnx or python; ``ref`` the torchvision
+    name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape."""
+
+    kind: Literal["torchvision", "onnx", "python"]
+    ref: str
+    name: str
+    input_shape: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """A stable key (the worker's model cache key and part of the export cache key)."""
+        return json.dumps({"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)},
+                          sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measurement to make: a model, a backend configuration and one point of the matrix.
+
+    Built by ``orchestrator.expand`` (which fills ``trial_id``), sent to a worker as it is.
+    """
+
+    plan: str
+    model: ModelSpec
+    backend: str
+    label: str
+    options: dict[str, Any]  # the backend's options, resolved with their defaults (JSON types)
+    batch_size: int
+    dtype: str
+    io: str
+    device: str  # the plan's device setting: cuda, cpu or auto
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    parity: ParitySpec = field(default_factory=ParitySpec)
+    seed: int = 0
+    accelerator_type: str | None = None
+    # How to survive faults, and what to hold the results to: not part of the id.
+    timeout_s: float | None = None
+    retries: int = 0
+    budgets: tuple[dict[str, Any], ...] = ()
+    trial_id: str = ""
+
+    def with_id(self, model_digest: Callable[[ModelSpec], str] | None = None) -> Trial:
+        """This trial with its ``trial_id`` filled in (see :func:`trial_id`)."""
+        from dataclasses import replace
+
+        return replace(self, trial_id=trial_id(self, model_digest))
+
+    def summary(self) -> dict[str, Any]:
+        """The trial as JSON-ready data (dry runs, scripts)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(model=self.model.model_dump(mode="json"), measure=self.measure.model_dump(mode="json"),
+                   parity=self.parity.model_dump(mode="json"), budgets=list(self.budgets))
+        return out
+
+
+ID_LEN = 16
+#: The fields every trial id has hashed since the first schema, always included (ids stay stable).
+_ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "measure", "seed")
+#: Fields added to ``Trial`` since then, with their defaults. A field at its default stays out of the
+#: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
+#: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
+ID_FIELDS_ADDED: dict[str, Any] = {}
+#: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
+_MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
+                              "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
+
+
+def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = None) -> str:
+    """A hash of everything that decides what ``trial`` measures.
+
+    The model counts by kind, reference and input shape; ``model_digest(model)`` replaces the
+    reference where the content matters (an ONNX file's bytes). The plan's name, the label, the
+    budgets, ``timeout_s``, ``retries`` and the ``parity`` section are not part of it: renaming or
+    re-judging keeps the ids.
+    """
+    m = trial.model
+    ref = model_digest(m) if model_digest else m.ref
+    measure = trial.measure.model_dump(mode="json")
+    defaults = type(trial.measure)().model_dump(mode="json")
+    measure = {k: v for k, v in measure.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
+    ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
+    ident.update({k: getattr(trial, k) for k in _ID_FIELDS}, measure=measure)
+    for name, default in ID_FIELDS_ADDED.items():
+        value = getattr(trial, name)
+        if value != default:
+            ident[name] = value
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "model_dump"):
+        return v.model_dump(mode="json")
+    if isinstance(v, tuple | set | frozenset):
+        return list(v)
+    raise TypeError(f"{type(v).__name__} is not JSON data")
+
+
+def spec_columns(trial: Trial) -> dict[str, Any]:
+    """The row columns that come from the trial alone (every row has them, failed ones too)."""
+    m = trial.model
+    return {
+        "trial_id": trial.trial_id,
+        "plan": trial.plan,
+        "model": m.name,
+        "model_source": f"{m.kind}:{m.ref}",
+        "input_shape": list(m.input_shape),
+        "backend": trial.backend,
+        "label": trial.label,
+        "options": json.dumps(trial.options, sort_keys=True),
+        "batch_size": trial.batch_size,
+        "dtype": trial.dtype,
+        "io": trial.io,
+    }
+
+
+def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> dict[str, Any]:
+    """The row of a trial that ended without a measurement (its worker died, it timed out, ...)."""
+    return checked_row({**spec_columns(trial), **columns, "status": str(status), "error": error})
+
+
+def unknown_columns(row: dict[str, Any]) -> list[str]:
+    from workers.schema import NAMES  # pyarrow: only where rows are made, not where plans are checked
+
+    return sorted(set(row) - NAMES)
+
+
+def checked_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` if every key is a schema column; else the row without the strangers, ``failed``,
+    its error naming them (a runner that reports a column the schema lacks fails its own trial)."""
+    bad = unknown_columns(row)
+    if not bad:
+        return row
+    kept = {k: v for k, v in row.items() if k not in bad}
+    was = kept.get("status")
+    note = f" (it had ended {was}: {kept.get('error')})" if was not in (None, Status.OK) else ""
+    kept.update(status=str(Status.FAILED),
+                error=f"the trial reported columns the result schema lacks: {', '.join(bad)}; add them to "
+                      f"workers/schema.py or drop them{note}")
+    return kept
+
