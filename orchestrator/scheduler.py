@@ -59,7 +59,7 @@ def schedule(
     import ray
 
     facts = facts or {}
-    pool = _RayPool(dict((name, actor) for actor, name in workers), respawn)
+    pool = _RayPool({name: actor for actor, name in workers}, respawn)
     core = Dispatcher(pool, trials, {name: facts.get(name, {}).get("node_id") for _, name in workers},
                       can_respawn=respawn is not None, alive_nodes=_alive_nodes)
 
