@@ -174,10 +174,10 @@ class Dispatcher:
     def active(self, stop: bool) -> bool:
         """Whether to keep waiting: a trial is running or undecided, or one is pending and a worker
         that could take it is still starting."""
-        n = {s: len(ws) for s, ws in self._by_state.items()}
-        if n[State.BUSY] or n[State.DOUBTFUL]:
+        by = self._by_state
+        if by[State.BUSY] or by[State.DOUBTFUL]:
             return True
-        return bool(self._pending) and not stop and bool(n[State.STARTING] or n[State.IDLE])
+        return bool(self._pending) and not stop and bool(by[State.STARTING] or by[State.IDLE])
 
     def next_deadline(self) -> float:
         """The nearest time :meth:`tick` has something to decide (inf: none)."""
