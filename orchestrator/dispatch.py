@@ -58,12 +58,13 @@ INF = float("inf")
 START_TIMEOUT_S = 300.0
 #: A worker that fails to start this many times in a row is given up.
 MAX_START_FAILURES = 3
-#: How long a worker that stopped answering may wait for Ray to say whether its node died (Ray's
-#: own node health check takes ~15-30 s by default) before it is treated as a crash.
+#: How long a worker that stopped answering may wait for Ray to say whether its node died before it
+#: is treated as a crash (with Ray's default health checks a killed raylet is noticed in ~15 s, a
+#: frozen node only after ~65 s).
 NODE_DEATH_GRACE_S = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """What the dispatcher reads of a trial; the trial itself travels untouched."""
 
@@ -87,7 +88,7 @@ class State(enum.Enum):
     LOST = "lost"  # given up for the rest of the run
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Worker:
     name: str
     node: str | None  # node id: node loss, and concurrent trials on a node
@@ -100,7 +101,7 @@ class Worker:
     cause: str = ""  # while doubtful: Ray's account
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """A trial that ended: with the worker's own ``row``, or with ``status`` and ``error`` (row None)."""
 
@@ -122,7 +123,7 @@ class Pool(Protocol):
 
     def kill(self, name: str) -> None: ...  # drop whatever it was doing; no event follows
 
-    def respawn(self, name: str) -> None: ...  # a fresh actor in its place -> started / start_failed ...
+    def respawn(self, name: str) -> None: ...  # a fresh actor in its place -> started, or a failed start
 
 
 class Dispatcher:
