@@ -117,14 +117,15 @@ def _measure(trial: dict[str, Any], device: str, store: ModelStore, cpus: float,
     try:
         out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
     except parity.ParityFailure as exc:
-        keep = {k: v for k, v in out.items() if k in _KEPT_ON_PARITY_FAILURE or k.startswith("gpu_")}
+        kept = _KEPT_ON_PARITY_FAILURE | runner_cls.kept_on_parity_failure
+        keep = {k: v for k, v in out.items() if k in kept or k.startswith("gpu_")}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
     return out
 
 
-#: Columns a parity_failed row keeps: what ran, not how fast.
+#: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "gpu_mem_peak_bytes",
-                                     "contended", "export_cached", "providers_used"})
+                                     "contended"})
 
 
 def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu: bool, first: bool) -> dict[str, Any]:
@@ -154,12 +155,9 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, m: dict[str, Any], on_gpu:
 
 
 def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
-    """For ``io: host`` on runners that do the copies themselves (torch runners, ORT with IO
-    binding): the host->device copy of the input and device->host copy of the output, timed
-    alone. ORT's ``session.run`` copies inside ORT, where they can't be timed apart."""
-    torch_runner = runner_cls.name.startswith("torch")
-    bound_ort = runner_cls.name == "ort" and ctx.trial["options"].get("io_binding")
-    if ctx.io != "host" or not (torch_runner or bound_ort):
+    """For ``io: host`` on runners that do the copies themselves (``Runner.times_copies``): the
+    host->device copy of the input and device->host copy of the output, timed alone."""
+    if ctx.io != "host" or not runner_cls.times_copies(runner_cls.Options.model_validate(ctx.trial["options"])):
         return {}
     import torch
 

@@ -28,7 +28,6 @@ from typing import Literal
 
 import numpy as np
 
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
@@ -41,7 +40,6 @@ class FaultOptions(BackendOptions):
     """In which phase it fails."""
 
 
-@register
 class FaultRunner(Runner):
     name = "fault"
     Options = FaultOptions

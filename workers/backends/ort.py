@@ -37,8 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import model_validator
 
-from workers.backends import register
-from workers.backends.base import BackendOptions, Runner, SkipTrial
+from workers.backends.base import NEEDS_GPU, BackendOptions, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.models import cache_dir
 
@@ -129,20 +128,31 @@ def _ort_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-@register
 class OrtRunner(Runner):
     name = "ort"
     Options = OrtOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
     model_kinds = frozenset({"torchvision", "python", "onnx"})
+    requires = ("onnxruntime", "torch")  # torch: the export, and the device buffers of IO binding
+    # export_cached: recorded by the trial context when the runner asks for the ONNX export
+    columns = frozenset({"export_cached", "providers_used", "ort_provider_options", "engine_build_s",
+                         "compile_cache_warm"})
+    kept_on_parity_failure = frozenset({"export_cached", "providers_used"})
 
     @classmethod
-    def unavailable(cls) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            return f"onnxruntime is not installed ({exc})"
-        return None
+    def times_copies(cls, options: BackendOptions) -> bool:
+        # session.run copies inside ORT, where they can't be timed apart; bound buffers are ours.
+        return bool(getattr(options, "io_binding", False))
+
+    @classmethod
+    def offers(cls, gpus: int) -> list[Offer]:
+        """ORT, and ORT with providers [tensorrt, cuda] as a row of its own: it needs libraries of its own."""
+        rows = super().offers(gpus)
+        if rows[0].unavailable is None:
+            reason = tensorrt_missing() or (None if gpus else NEEDS_GPU)
+            rows.append(Offer("ort + tensorrt", {"cuda": cls.dtypes["cuda"], "cpu": frozenset()}, reason,
+                              "ort with providers tensorrt, cuda; engines cached per node"))
+        return rows
 
     @classmethod
     def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:

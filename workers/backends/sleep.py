@@ -11,7 +11,6 @@ import time
 import numpy as np
 from pydantic import Field
 
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
@@ -22,7 +21,6 @@ class SleepOptions(BackendOptions):
     """Seconds each step sleeps."""
 
 
-@register
 class SleepRunner(Runner):
     name = "sleep"
     Options = SleepOptions

@@ -30,8 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import model_validator
 
-from workers.backends import register
-from workers.backends.base import InvalidMeasurement, Runner
+from workers.backends.base import BackendOptions, InvalidMeasurement, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.models import cache_dir
 
@@ -74,10 +73,16 @@ def _first_line(reason: str) -> str:
     return reason.strip().splitlines()[0][:200] if reason.strip() else ""
 
 
-@register
 class TorchCompile(Runner):
     name = "torch-compile"
     Options = CompileOptions
+    requires = ("torch",)
+    columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
+                         "recompiles_during_timing"})
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:

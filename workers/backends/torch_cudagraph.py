@@ -11,18 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import register
-from workers.backends.base import Runner
+from workers.backends.base import BackendOptions, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 
 CAPTURE_WARMUP_ITERS = 3
 
 
-@register
 class TorchCudaGraph(Runner):
     name = "torch-cudagraph"
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
+    requires = ("torch",)
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
 
 
@@ -39,10 +38,14 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
     return model, x
 
 
-@register
 class TorchEager(Runner):
     name = "torch-eager"
     Options = TorchOptions
+    requires = ("torch",)
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: dict[str, Any], device_type: str) -> str | None:
