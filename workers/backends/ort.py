@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
 from workers.backends.base import NEEDS_GPU, BackendOptions, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.models import cache_dir
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
@@ -52,8 +54,8 @@ OPT_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+             "tensor(int32)": "int32", "tensor(double)": "float64", "tensor(bool)": "bool"}
 TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
 CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy")
 class OrtOptions(BackendOptions):
@@ -96,6 +98,8 @@ class OrtOptions(BackendOptions):
 
 def _static_outputs(sess: Any) -> list[tuple[str, tuple[int, ...], Any]] | None:
     """The session's outputs as (name, shape, numpy dtype) when every dim is fixed, else None."""
+    import numpy as np
+
     out = []
     for o in sess.get_outputs():
         if o.type not in ORT_TYPES or not all(isinstance(d, int) and d >= 0 for d in o.shape):
@@ -281,6 +285,8 @@ class OrtRunner(Runner):
         return opts
 
     def _bind(self, device: str, device_id: int, x: Any) -> None:
+        import numpy as np
+
         torch = self._torch
         self.dev_x = x.to(device).contiguous()
         self.dev_outs = [
@@ -308,6 +314,8 @@ class OrtRunner(Runner):
             self.y = self.dev_outs[0]
 
     def output(self) -> np.ndarray:
+        import numpy as np
+
         y = self.y
         if not isinstance(y, np.ndarray):
             y = y.float().cpu().numpy()

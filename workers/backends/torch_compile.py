@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
 from workers.backends.base import BackendOptions, InvalidMeasurement, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.models import cache_dir
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 COMPILE_CALLS = 3
 

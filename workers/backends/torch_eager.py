@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from workers.backends.base import BackendOptions, Runner
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 
 class TorchOptions(BackendOptions):
