@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted
@@ -105,6 +104,8 @@ def run(
             trials = expand(load_plan(plan), source=str(plan))
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         from orchestrator.run import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
 
         if junit is not None:

@@ -134,6 +134,31 @@ def test_backend_columns_are_schema_columns_and_parity_keeps_a_subset():
     assert get("ort").kept_on_parity_failure == {"export_cached", "providers_used"}
 
 
+@pytest.mark.parametrize("backend,options", [("ort", {}), ("torch-compile", {"backend": "eager"}),
+                                             ("torch-eager", {}), ("sleep", {})])
+def test_a_runner_adds_only_the_columns_its_class_declares(backend, options):
+    """What extra_columns() returns, and the facts the trial context records, are in ``columns``."""
+    from orchestrator.expand import expand
+    from orchestrator.plan import parse_plan
+    from workers.context import TrialContext
+    from workers.models import ModelStore
+
+    (trial,) = expand(parse_plan({
+        "name": "c", "device": "cpu", "models": [{"python": "tinynet:make", "input_shape": [3, 16, 16]}],
+        "matrix": {"batch_sizes": [2], "backends": [{"backend": backend, "options": options}]}}))
+    cls = get(backend)
+    ctx = TrialContext(trial=trial, device="cpu", store=ModelStore())
+    runner = cls(ctx, cls.Options.model_validate(trial["options"]))
+    runner.setup()
+    try:
+        runner.step()
+        added = set(runner.extra_columns()) | set(ctx.facts)
+    finally:
+        runner.teardown()
+    assert added <= cls.columns, added - cls.columns
+    assert backend in ("torch-eager", "sleep") or added  # the ones that add columns did
+
+
 def test_scenarios_and_offers_come_from_the_class():
     for cls in registry().values():
         assert cls.scenarios == {"single-stream"}
