@@ -83,6 +83,37 @@ def test_the_light_environment_has_the_keys_and_values_torch_gives():
         assert light["cudnn_version"] == full["cudnn_version"]
 
 
+def test_what_a_worker_returns_unpickles_without_torch():
+    """Rows and environments cross to the driver pickled: a torch object among their values (such as
+    torch.__version__, a TorchVersion) would make the driver import torch to read them."""
+    import io
+    import pickle
+
+    import torch  # noqa: F401 - a worker has torch imported: versions() then asks torch itself
+
+    from orchestrator.expand import expand
+    from orchestrator.plan import parse_plan
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    class Recorder(pickle.Unpickler):
+        modules: set[str] = set()
+
+        def find_class(self, module, name):
+            self.modules.add(module)
+            return super().find_class(module, name)
+
+    (trial,) = expand(parse_plan({
+        "name": "p", "device": "cpu", "models": [{"python": "tinynet:make", "input_shape": [3, 8, 8]}],
+        "matrix": {"batch_sizes": [1], "backends": [{"backend": "sleep", "options": {"step_s": 0}}]},
+        "measure": {"warmup_iters": 1, "iters": 3, "max_time_s": 1}}))
+    row = run_trial(trial, "cpu", ModelStore())
+    assert row["status"] == "ok", row.get("error")
+    for value in (row, envinfo.environment("cpu")):
+        Recorder(io.BytesIO(pickle.dumps(value))).load()
+    assert not [m for m in Recorder.modules if m.split(".")[0] == "torch"], Recorder.modules
+
+
 # --- backends: one place, capabilities on the class ---------------------------------------------
 
 def test_a_module_with_a_named_runner_is_a_backend(tmp_path, monkeypatch):

@@ -151,7 +151,8 @@ def _torch_versions() -> dict[str, Any]:
     import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"torch_version": torch.__version__, "cuda_version": torch.version.cuda,
+    # str(): torch.__version__ is a TorchVersion, and unpickling one in the driver would import torch
+    return {"torch_version": str(torch.__version__), "cuda_version": torch.version.cuda,
             "cudnn_version": str(cudnn) if cudnn else None}
 
 
