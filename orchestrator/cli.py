@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted
@@ -99,13 +98,16 @@ def run(
     """Run every trial of PLAN and write one Parquet row per trial."""
     from orchestrator.expand import expand
     from orchestrator.plan import load_plan
-    from orchestrator.run import run_plan
 
     try:
         if dry_run:
             trials = expand(load_plan(plan), source=str(plan))
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from orchestrator.run import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
+
         if junit is not None:
             from orchestrator.junit import check_junit_path
 
@@ -288,9 +290,11 @@ def backends(
     t.add_column("backend")
     t.add_column("available")
     t.add_column("dtypes (cuda / cpu)")
+    t.add_column("scenarios")
     t.add_column("note")
     for b in info["backends"]:
-        t.add_row(b["name"], "yes" if b["available"] else "[red]no[/]", b["dtypes"], escape(b["note"]))
+        t.add_row(b["name"], "yes" if b["available"] else "[red]no[/]", b["dtypes"], b["scenarios"],
+                  escape(b["note"]))
     console.print(t)
     n = Table(title="Nodes", title_justify="left")
     for col in ("node", "CPUs", "GPUs", "GPU models"):

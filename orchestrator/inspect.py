@@ -1,53 +1,49 @@
-"""``infer-orch backends``: what this machine, or a Ray cluster, can run."""
+"""``infer-orch backends``: what this machine, or a Ray cluster, can run.
+
+Asked without importing torch or Ray: GPUs come from NVML, versions from the installed packages,
+each backend's rows from its runner class (``Runner.offers``). Only onnxruntime is imported, for
+the providers its build has (the ort runner's TensorRT row needs it too).
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
+from workers import envinfo
 
-def local_gpus() -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+DEVICES = ("cuda", "cpu")
 
 
-def _ort_tensorrt(gpus: list[str], cuda_dtypes: str) -> dict[str, Any]:
-    """The ort backend with providers [tensorrt]: a row of its own, as it needs libraries of its own."""
-    from workers.backends.trt_libs import tensorrt_missing
+def local_gpus() -> list[str] | None:
+    """Names of this machine's visible GPUs (from NVML); None where NVML is absent."""
+    return envinfo.visible_gpus()
 
-    reason = tensorrt_missing()
-    if reason is None and not gpus:
-        reason = "needs a CUDA GPU; none is visible here"
-    return {"name": "ort + tensorrt", "available": reason is None, "dtypes": f"{cuda_dtypes} / -",
-            "note": reason or "ort with providers tensorrt, cuda; engines cached per node"}
+
+def _ort_providers() -> tuple[list[str], str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return [], "not installed"
+    return list(onnxruntime.get_available_providers()), onnxruntime.__version__
 
 
 def describe(address: str | None = None) -> dict[str, Any]:
     """Backends with availability and dtypes, nodes with GPUs, and library versions."""
-    import torch
-
     from workers.backends import registry
 
-    gpus = local_gpus()
+    seen = local_gpus()
+    gpus = seen or []
     backends = []
-    for name, runner in sorted(registry().items()):
-        reason = runner.unavailable()
-        if reason is None and not gpus and not runner.dtypes.get("cpu"):
-            reason = "needs a CUDA GPU; none is visible here"
-        dtypes = " / ".join(",".join(sorted(runner.dtypes.get(d, ()))) or "-" for d in ("cuda", "cpu"))
-        backends.append({"name": name, "available": reason is None, "dtypes": dtypes, "note": reason or ""})
-        if name == "ort" and reason is None:
-            backends.append(_ort_tensorrt(gpus, dtypes.split(" / ")[0]))
-    try:
-        import onnxruntime
-
-        providers = onnxruntime.get_available_providers()
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        providers, ort_version = [], "not installed"
+    for _, runner in sorted(registry().items()):
+        for offer in runner.offers(len(gpus)):
+            backends.append({
+                "name": offer.name, "available": offer.unavailable is None,
+                "dtypes": " / ".join(",".join(sorted(offer.dtypes.get(d, ()))) or "-" for d in DEVICES),
+                "scenarios": ", ".join(sorted(runner.scenarios)), "note": offer.unavailable or offer.note,
+            })
+    providers, ort_version = _ort_providers()
     if address:
         from orchestrator import cluster
 
@@ -61,17 +57,17 @@ def describe(address: str | None = None) -> dict[str, Any]:
 
                 ray.shutdown()
     else:
-        import os
-
         nodes = [{"host": platform.node(), "cpus": os.cpu_count(), "gpus": len(gpus),
                   "gpu_models": sorted(set(gpus))}]
-    import ray
-
+    v = envinfo.versions()
     return {
         "backends": backends,
         "nodes": nodes,
         "versions": {
-            "torch": torch.__version__, "cuda (torch build)": torch.version.cuda, "onnxruntime": ort_version,
-            "ort providers": ", ".join(providers) or "-", "ray": ray.__version__, "python": platform.python_version(),
+            "torch": v["torch_version"] or "not installed", "cuda (torch build)": v["cuda_version"],
+            "onnxruntime": ort_version, "ort providers": ", ".join(providers) or "-",
+            "ray": v["ray_version"], "python": v["python_version"],
+            "nvidia driver": v["driver_version"] or "-",
+            "GPUs seen by": "NVML" if seen is not None else "nothing: NVML is absent here (no NVIDIA driver?)",
         },
     }

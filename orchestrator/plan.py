@@ -74,12 +74,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
+from workers import zoo
 from workers.config import StrictModel
 from workers.contract import Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
-DEFAULT_IMAGE_SHAPE = (3, 224, 224)
-# torchvision models whose stem or pooling needs a bigger input than the default.
-TORCHVISION_SHAPES = {"inception_v3": (3, 299, 299)}
 EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io")
 
 
@@ -238,7 +236,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     ref = str(item[kind]).strip()
     if kind == "torchvision":
         _check_torchvision(ref)
-        shape = rest.pop("input_shape", TORCHVISION_SHAPES.get(ref, DEFAULT_IMAGE_SHAPE))
+        shape = rest.pop("input_shape", zoo.default_shape(ref))
         name = rest.pop("name", ref)
     elif kind == "python":
         module, sep, attr = ref.partition(":")
@@ -271,15 +269,8 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     return {"kind": kind, "ref": ref, "name": name, "input_shape": shape, **rest}
 
 
-@functools.cache
-def _torchvision_models() -> tuple[str, ...]:
-    import torchvision
-
-    return tuple(torchvision.models.list_models())
-
-
 def _check_torchvision(ref: str) -> None:
-    known = _torchvision_models()
+    known = zoo.torchvision_names()  # a table: the driver never imports torchvision for this
     if ref not in known:
         close = difflib.get_close_matches(ref, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

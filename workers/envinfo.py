@@ -3,14 +3,23 @@ clocks, temperature and power at the start and end, and whether another process 
 
 NVML comes from ``nvidia-ml-py`` (module ``pynvml``), imported lazily: where it is missing or
 fails (no driver, a container without the NVML library) the NVML columns are null, nothing else.
+
+Asking costs no torch import: library versions come from the modules where this process has
+imported them (a worker), else from the installed packages (the driver, which never imports
+torch): ``torch/version.py`` read as text, and the cuDNN wheel's version. The keys are the same.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -61,29 +70,90 @@ def driver_version() -> str | None:
     return None
 
 
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:
-        return None
+def dist_version(*dists: str) -> str | None:
+    """The installed version of the first of ``dists`` (distribution names) that is installed."""
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _version(module: str, *dists: str) -> str | None:
+    """``module.__version__`` where this process imported it, else the installed package's version."""
+    mod = sys.modules.get(module)
+    if mod is not None and getattr(mod, "__version__", None):
+        return str(mod.__version__)
+    return dist_version(*(dists or (module,)))
 
 
 @functools.cache
-def versions() -> dict[str, Any]:
-    import torch
+def torch_build() -> dict[str, str | None]:
+    """``__version__`` and ``cuda`` of the installed torch, read from ``torch/version.py`` without
+    importing torch (its wheel's metadata version lacks the ``+cu130`` part)."""
+    found: dict[str, str | None] = {"__version__": None, "cuda": None}
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return found
+    try:
+        tree = ast.parse((Path(spec.submodule_search_locations[0]) / "version.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return found
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id in found and getattr(node, "value", None) is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            found[target.id] = None if value is None else str(value)
+    return found
 
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+
+def _cudnn_installed() -> str | None:
+    """The cuDNN wheel's version in torch's numbering (9.24.0.43 -> 92400), or None."""
+    v = dist_version("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")
+    try:
+        major, minor, patch = (int(x) for x in (v or "").split(".")[:3])
+    except ValueError:
+        return None
+    return str(major * (10000 if major >= 9 else 1000) + minor * 100 + patch)
+
+
+def versions() -> dict[str, Any]:
+    """Library versions, CUDA, driver and CPU; never imports torch (see the module's docstring)."""
+    out = dict(_installed_versions())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out.update(_torch_versions())
+    return out
+
+
+@functools.cache
+def _installed_versions() -> dict[str, Any]:
+    build = torch_build()
     return {
-        "torch_version": torch.__version__,
-        "ort_version": _version("onnxruntime"),
+        "torch_version": build["__version__"] or dist_version("torch"),
+        "ort_version": _version("onnxruntime", "onnxruntime-gpu", "onnxruntime"),
         "onnx_version": _version("onnx"),
         "ray_version": _version("ray"),
         "python_version": platform.python_version(),
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": str(cudnn) if cudnn else None,
-        "driver_version": driver_version() if torch.cuda.is_available() else None,
+        "cuda_version": build["cuda"],
+        "cudnn_version": _cudnn_installed() if build["cuda"] else None,
+        "driver_version": driver_version(),
         "cpu_model": cpu_model(),
     }
+
+
+@functools.cache
+def _torch_versions() -> dict[str, Any]:
+    import torch
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    # str(): torch.__version__ is a TorchVersion, and unpickling one in the driver would import torch
+    return {"torch_version": str(torch.__version__), "cuda_version": torch.version.cuda,
+            "cudnn_version": str(cudnn) if cudnn else None}
 
 
 def device_facts(device: str) -> dict[str, Any]:
@@ -109,6 +179,35 @@ def environment(device: str) -> dict[str, Any]:
     except Exception as exc:  # a driver that can't see CUDA: say so rather than fail the run
         env["device_error"] = f"{type(exc).__name__}: {exc}"
     return env
+
+
+def visible_gpus() -> list[str] | None:
+    """Names of the GPUs this process's CUDA would see, from NVML (no CUDA context, no torch);
+    None where NVML is absent (no NVIDIA driver, or no ``nvidia-ml-py``).
+
+    Honours ``CUDA_VISIBLE_DEVICES`` as CUDA does: indices or UUID prefixes, up to the first
+    entry that names no GPU.
+    """
+    nv = _nvml()
+    if nv is None:
+        return None
+    try:
+        handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+        gpus = [(_text(nv.nvmlDeviceGetUUID(h)), _text(nv.nvmlDeviceGetName(h))) for h in handles]
+    except Exception:
+        return None
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is None:
+        return [name for _, name in gpus]
+    picked: list[str] = []
+    for token in (t.strip() for t in mask.split(",")):
+        if token.isdigit() and int(token) < len(gpus):
+            picked.append(gpus[int(token)][1])
+        elif token.startswith("GPU-") and (hit := [n for u, n in gpus if u.startswith(token)]):
+            picked.append(hit[0])
+        else:
+            break
+    return picked
 
 
 def _handle(uuid: str | None) -> Any:

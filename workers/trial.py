@@ -104,15 +104,15 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
         out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
-        keep = {k: v for k, v in out.items() if k in _KEPT_ON_PARITY_FAILURE or k.startswith("gpu_")}
+        kept = _KEPT_ON_PARITY_FAILURE | runner_cls.kept_on_parity_failure
+        keep = {k: v for k, v in out.items() if k in kept or k.startswith("gpu_")}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
     return out
 
 
-#: Columns a parity_failed row keeps: what ran, not how fast.
+#: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes",
-                                     "contended", "export_cached", "providers_used"})
+                                     "gpu_mem_peak_bytes", "contended"})
 
 
 def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool) -> dict[str, Any]:
@@ -142,12 +142,9 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool)
 
 
 def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
-    """For ``io: host`` on runners that do the copies themselves (torch runners, ORT with IO
-    binding): the host->device copy of the input and device->host copy of the output, timed
-    alone. ORT's ``session.run`` copies inside ORT, where they can't be timed apart."""
-    torch_runner = runner_cls.name.startswith("torch")
-    bound_ort = runner_cls.name == "ort" and ctx.trial.options.get("io_binding")
-    if ctx.io != "host" or not (torch_runner or bound_ort):
+    """For ``io: host`` on runners that do the copies themselves (``Runner.times_copies``): the
+    host->device copy of the input and device->host copy of the output, timed alone."""
+    if ctx.io != "host" or not runner_cls.times_copies(runner_cls.Options.model_validate(ctx.trial.options)):
         return {}
     import torch
 

@@ -6,12 +6,25 @@ as a host array, ``teardown`` frees what setup took. The timing loop (``workers.
 ``step`` and nothing else while it measures, so setup cost never leaks into the numbers.
 
 Heavy libraries (torch, onnxruntime) are imported inside methods, not at module level: the
-driver imports this package only to validate plans and must stay light.
+driver imports every backend module to validate plans and must stay light.
+
+What a backend can do is said on its class, never by testing its name elsewhere:
+
+- ``Options``, ``dtypes``, ``model_kinds``, ``modelless``, ``scenarios``: what a plan may ask of it;
+- ``requires``: the libraries it needs, checked by ``unavailable`` without importing them;
+- ``times_copies``: whether, with ``io: host``, it does the host<->device copies itself, so the
+  worker can time them alone;
+- ``columns`` and ``kept_on_parity_failure``: the row columns ``extra_columns`` (or the trial
+  context, e.g. the export cache) adds, and which of them a ``parity_failed`` row keeps;
+- ``offers``: its rows in ``infer-orch backends`` (one, or more where a configuration needs
+  libraries of its own, as ORT with TensorRT).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workers.config import StrictModel
@@ -41,8 +54,26 @@ class InvalidMeasurement(Exception):
         self.columns = dict(columns or {})
 
 
+@dataclass(frozen=True)
+class Offer:
+    """One row of ``infer-orch backends``: a backend, or a configuration of it, and whether it runs here."""
+
+    name: str
+    dtypes: dict[str, frozenset[str]]
+    #: why it can't run here, or None when it can
+    unavailable: str | None = None
+    note: str = ""
+
+
+NEEDS_GPU = "needs a CUDA GPU; none is visible here"
+
+
 class Runner(ABC):
-    """Base class of backend runners. Subclasses set ``name`` and ``Options`` and register."""
+    """Base class of backend runners.
+
+    A subclass that sets ``name``, in any module of ``workers.backends``, is a backend: the
+    registry finds it there (``workers.backends.registry``); nothing else names it.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[BackendOptions]] = BackendOptions
@@ -55,6 +86,14 @@ class Runner(ABC):
     model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python"})
     #: True when the backend needs no model at all (fault injection, scheduling benchmarks).
     modelless: ClassVar[bool] = False
+    #: load scenarios it can run; "single-stream": one query at a time, the next when it is done.
+    scenarios: ClassVar[frozenset[str]] = frozenset({"single-stream"})
+    #: importable modules it needs in the worker (checked by ``unavailable`` without importing them).
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: the row columns this backend adds (``extra_columns`` and the facts its trials' context records).
+    columns: ClassVar[frozenset[str]] = frozenset()
+    #: those of ``columns`` a ``parity_failed`` row keeps: what ran, not how fast.
+    kept_on_parity_failure: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, ctx: TrialContext, options: BackendOptions) -> None:
         self.ctx = ctx
@@ -62,8 +101,26 @@ class Runner(ABC):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        """Why this backend can't run in this process at all (a missing library), or None."""
-        return None
+        """Why this backend can't run on this machine at all (a missing library), or None.
+
+        Looks the libraries up without importing them, so the driver can ask cheaply.
+        """
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        return f"{', '.join(missing)} not installed" if missing else None
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        """True when, with ``io: host``, this runner does the host<->device copies itself (its own
+        tensors, not inside a library), so the worker can time the copies alone."""
+        return False
+
+    @classmethod
+    def offers(cls, gpus: int) -> list[Offer]:
+        """This backend's rows in ``infer-orch backends`` on a machine with ``gpus`` visible GPUs."""
+        reason = cls.unavailable()
+        if reason is None and not gpus and not cls.dtypes.get("cpu"):
+            reason = NEEDS_GPU
+        return [Offer(cls.name, cls.dtypes, reason)]
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:

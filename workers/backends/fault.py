@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
 
@@ -41,7 +41,6 @@ class FaultOptions(BackendOptions):
     """In which phase it fails."""
 
 
-@register
 class FaultRunner(Runner):
     name = "fault"
     Options = FaultOptions
@@ -57,6 +56,8 @@ class FaultRunner(Runner):
             self._fail()
 
     def output(self) -> np.ndarray:
+        import numpy as np
+
         value = np.nan if self.options.mode == "nan" else 0.0
         return np.full(4, value, dtype=np.float32)
 

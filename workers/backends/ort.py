@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
-from workers.backends import register
-from workers.backends.base import BackendOptions, Runner, SkipTrial
+from workers.backends.base import NEEDS_GPU, BackendOptions, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
 from workers.models import cache_dir
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
@@ -54,8 +55,8 @@ OPT_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+             "tensor(int32)": "int32", "tensor(double)": "float64", "tensor(bool)": "bool"}
 TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
 CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy")
 class OrtOptions(BackendOptions):
@@ -98,6 +99,8 @@ class OrtOptions(BackendOptions):
 
 def _static_outputs(sess: Any) -> list[tuple[str, tuple[int, ...], Any]] | None:
     """The session's outputs as (name, shape, numpy dtype) when every dim is fixed, else None."""
+    import numpy as np
+
     out = []
     for o in sess.get_outputs():
         if o.type not in ORT_TYPES or not all(isinstance(d, int) and d >= 0 for d in o.shape):
@@ -130,20 +133,31 @@ def _ort_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-@register
 class OrtRunner(Runner):
     name = "ort"
     Options = OrtOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
     model_kinds = frozenset({"torchvision", "python", "onnx"})
+    requires = ("onnxruntime", "torch")  # torch: the export, and the device buffers of IO binding
+    # export_cached, export_s: recorded by the trial context when the runner asks for the ONNX export
+    columns = frozenset({"export_cached", "export_s", "providers_used", "ort_provider_options", "engine_build_s",
+                         "compile_cache_warm"})
+    kept_on_parity_failure = frozenset({"export_cached", "providers_used"})
 
     @classmethod
-    def unavailable(cls) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            return f"onnxruntime is not installed ({exc})"
-        return None
+    def times_copies(cls, options: BackendOptions) -> bool:
+        # session.run copies inside ORT, where they can't be timed apart; bound buffers are ours.
+        return bool(getattr(options, "io_binding", False))
+
+    @classmethod
+    def offers(cls, gpus: int) -> list[Offer]:
+        """ORT, and ORT with providers [tensorrt, cuda] as a row of its own: it needs libraries of its own."""
+        rows = super().offers(gpus)
+        if rows[0].unavailable is None:
+            reason = tensorrt_missing() or (None if gpus else NEEDS_GPU)
+            rows.append(Offer("ort + tensorrt", {"cuda": cls.dtypes["cuda"], "cpu": frozenset()}, reason,
+                              "ort with providers tensorrt, cuda; engines cached per node"))
+        return rows
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
@@ -272,6 +286,8 @@ class OrtRunner(Runner):
         return opts
 
     def _bind(self, device: str, device_id: int, x: Any) -> None:
+        import numpy as np
+
         torch = self._torch
         self.dev_x = x.to(device).contiguous()
         self.dev_outs = [
@@ -299,6 +315,8 @@ class OrtRunner(Runner):
             self.y = self.dev_outs[0]
 
     def output(self) -> np.ndarray:
+        import numpy as np
+
         y = self.y
         if not isinstance(y, np.ndarray):
             y = y.float().cpu().numpy()

@@ -7,12 +7,14 @@ over GPUs, per-trial overhead) with no device work, on machines with no GPU.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import Field
 
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
 
@@ -22,7 +24,6 @@ class SleepOptions(BackendOptions):
     """Seconds each step sleeps."""
 
 
-@register
 class SleepRunner(Runner):
     name = "sleep"
     Options = SleepOptions
@@ -36,4 +37,6 @@ class SleepRunner(Runner):
         time.sleep(self.options.step_s)
 
     def output(self) -> np.ndarray:
+        import numpy as np
+
         return np.zeros(1, dtype=np.float32)

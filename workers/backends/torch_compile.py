@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
-from workers.backends import register
-from workers.backends.base import InvalidMeasurement, Runner
+from workers.backends.base import BackendOptions, InvalidMeasurement, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 from workers.models import cache_dir
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 COMPILE_CALLS = 3
 
@@ -75,10 +76,16 @@ def _first_line(reason: str) -> str:
     return reason.strip().splitlines()[0][:200] if reason.strip() else ""
 
 
-@register
 class TorchCompile(Runner):
     name = "torch-compile"
     Options = CompileOptions
+    requires = ("torch",)
+    columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
+                         "recompiles_during_timing"})
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:

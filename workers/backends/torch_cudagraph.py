@@ -7,23 +7,27 @@ each step copies the host input into the static buffer and the output back to th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from workers.backends import register
-from workers.backends.base import Runner
+from workers.backends.base import BackendOptions, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.contract import Trial
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 CAPTURE_WARMUP_ITERS = 3
 
 
-@register
 class TorchCudaGraph(Runner):
     name = "torch-cudagraph"
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
+    requires = ("torch",)
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:

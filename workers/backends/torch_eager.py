@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from workers.backends import register
 from workers.backends.base import BackendOptions, Runner
 from workers.contract import Trial
+
+if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
+    import numpy as np
 
 
 class TorchOptions(BackendOptions):
@@ -40,10 +40,14 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
     return model, x
 
 
-@register
 class TorchEager(Runner):
     name = "torch-eager"
     Options = TorchOptions
+    requires = ("torch",)
+
+    @classmethod
+    def times_copies(cls, options: BackendOptions) -> bool:
+        return True
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
