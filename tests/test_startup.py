@@ -1,0 +1,74 @@
+"""Start-up: light workers for model-less trials, warm ones (torch imported at start) for model trials."""
+
+from __future__ import annotations
+
+import ray
+
+from orchestrator import cluster
+from orchestrator.expand import expand
+from orchestrator.plan import load_plan
+from orchestrator.run import needs_torch, run_plan
+
+HEAVY = ("torch", "torchvision", "onnxruntime", "onnx")
+
+PLAN = """\
+name: light
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2]
+  dtypes: [fp32]
+  backends:
+    - {backend: sleep, options: {step_s: 0.001}}
+    - {backend: fault, label: raises, options: {mode: raise}}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 5, target_rel_ci: null}
+"""
+
+
+def _one_worker(warm: bool):
+    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=1)
+    [(actor, _)] = cluster.start_workers(seats, "cuda", seed=0, warm=warm)
+    return actor
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.split(".")[0] in HEAVY]
+
+
+def test_model_less_trials_run_on_a_worker_that_never_imports_torch(ray_gpus, write_plan):
+    trials = expand(load_plan(write_plan(PLAN)), source="plan.yaml")
+    assert not needs_torch(trials)
+    actor = _one_worker(warm=False)
+    try:
+        rows = ray.get([actor.run.remote(t) for t in trials])
+        env = ray.get(actor.environment.remote())
+        modules = ray.get(actor.modules.remote())
+    finally:
+        ray.kill(actor)
+    assert sorted(r["status"] for r in rows) == ["failed", "failed", "ok", "ok"], [r.get("error") for r in rows]
+    assert _heavy(modules) == []
+    # the versions still come, from the packages' metadata
+    assert rows[0]["torch_version"] and env["torch_version"] == rows[0]["torch_version"]
+    assert env["ort_version"] and rows[0]["cudnn_version"] is None
+
+
+def test_a_worker_for_model_trials_imports_torch_as_it_starts(ray_gpus, write_plan):
+    trials = expand(load_plan(write_plan(PLAN.replace("{backend: sleep, options: {step_s: 0.001}}", "torch-eager"))),
+                    source="plan.yaml")
+    assert needs_torch(trials)
+    actor = _one_worker(warm=True)
+    try:
+        info = ray.get(actor.info.remote())  # no trial yet
+        modules = ray.get(actor.modules.remote())
+    finally:
+        ray.kill(actor)
+    assert "torch" in modules and info["light"] is False
+    assert info["cuda_available"] is False  # a logical GPU: CUDA sees none, and the worker knows it
+
+
+def test_a_run_of_model_less_trials_keeps_its_workers_light(ray_gpus, write_plan, tmp_path):
+    result = run_plan(write_plan(PLAN), out=tmp_path / "out")
+    assert len(result.rows) == 4
+    # cuDNN's version is read from torch only: a light worker leaves it null
+    assert {r["cudnn_version"] for r in result.rows} == {None}
+    assert all(r["torch_version"] for r in result.rows)
