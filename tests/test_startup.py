@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
 import ray
 
 from orchestrator import cluster
@@ -9,6 +17,7 @@ from orchestrator.expand import expand
 from orchestrator.plan import load_plan
 from orchestrator.run import needs_torch, run_plan
 
+REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "onnxruntime", "onnx")
 
 PLAN = """\
@@ -72,3 +81,28 @@ def test_a_run_of_model_less_trials_keeps_its_workers_light(ray_gpus, write_plan
     # cuDNN's version is read from torch only: a light worker leaves it null
     assert {r["cudnn_version"] for r in result.rows} == {None}
     assert all(r["torch_version"] for r in result.rows)
+
+
+@pytest.mark.slow
+def test_a_cold_run_workers_import_python_models_from_the_drivers_pythonpath(tmp_path):
+    """The embedded Ray gets no runtime_env: its workers must still see the driver's PYTHONPATH."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "startup_factory.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent("""\
+        name: cold
+        device: cpu
+        models: [{python: "startup_factory:make", input_shape: [3, 2, 2]}]
+        matrix: {batch_sizes: [1], dtypes: [fp32], backends: [torch-eager]}
+        measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 3, target_rel_ci: null}
+        """))
+    work = tmp_path / "elsewhere"  # the worker can't find the factory through the current directory
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(lib)])}
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--out", str(tmp_path / "out")],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [row] = pq.read_table(tmp_path / "out").to_pylist()
+    assert row["status"] == "ok" and row["model"] == "startup_factory:make"
