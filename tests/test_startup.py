@@ -105,4 +105,4 @@ def test_a_cold_run_workers_import_python_models_from_the_drivers_pythonpath(tmp
                           cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     [row] = pq.read_table(tmp_path / "out").to_pylist()
-    assert row["status"] == "ok" and row["model"] == "startup_factory:make"
+    assert row["status"] == "ok" and row["model_source"] == "python:startup_factory:make", row.get("error")
