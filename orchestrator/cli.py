@@ -104,14 +104,14 @@ def grouped_table(rows: list[dict[str, Any]]) -> Table:
         ok = [r for r in rs if r["status"] == "ok" and r.get("latency_ms_median") is not None]
         fast = min(ok, key=lambda r: r["latency_ms_median"], default=None)
         slow = max(ok, key=lambda r: r["latency_ms_median"], default=None)
-        best = max((r.get("throughput") or 0 for r in ok), default=None)
+        best = max(ok, key=lambda r: r.get("throughput") or 0, default=None)
         skipped = sum(r["status"] == "skipped" for r in rs)
         bad = len(rs) - skipped - sum(r["status"] == "ok" for r in rs)  # failed, timeout, oom, parity_failed
         t.add_row(escape(label), escape(model), str(len(rs)), str(len(ok)), str(skipped),
                   f"[red]{bad}[/]" if bad else "0",
                   f"{_fmt(fast['latency_ms_median'])} ({_config(fast)})" if fast else "-",
                   f"{_fmt(slow['latency_ms_median'])} ({_config(slow)})" if slow else "-",
-                  _fmt(best, ".1f") if ok else "-")
+                  f"{_fmt(best.get('throughput'), '.1f')} ({_config(best)})" if best else "-")
     return t
 
 
