@@ -42,7 +42,10 @@ class Worker:
             torch.set_num_threads(max(1, int(self.cpus)))
             self._cuda_ok = self.device != "cuda" or torch.cuda.is_available()
             if self.device == "cuda" and self._cuda_ok:
-                torch.empty(1, device="cuda")  # creates the CUDA context (the first trial's cost otherwise)
+                try:
+                    torch.empty(1, device="cuda")  # creates the CUDA context (the first trial's cost otherwise)
+                except Exception:  # left to the first trial, whose row then says what went wrong
+                    pass
         return self._cuda_ok
 
     @property
