@@ -101,12 +101,12 @@ def grouped_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         groups.setdefault((r["label"], r["model"]), []).append(r)
     for (label, model), rs in sorted(groups.items()):
-        ok = [r for r in rs if r["status"] == "ok" and r.get("latency_ms_median") is not None]
+        ok = [r for r in rs if r["status"] == Status.OK and r.get("latency_ms_median") is not None]
         fast = min(ok, key=lambda r: r["latency_ms_median"], default=None)
         slow = max(ok, key=lambda r: r["latency_ms_median"], default=None)
         best = max(ok, key=lambda r: r.get("throughput") or 0, default=None)
-        skipped = sum(r["status"] == "skipped" for r in rs)
-        bad = len(rs) - skipped - sum(r["status"] == "ok" for r in rs)  # failed, timeout, oom, parity_failed
+        skipped = sum(r["status"] == Status.SKIPPED for r in rs)
+        bad = sum(not succeeded(r["status"]) for r in rs)  # failed, timeout, oom, parity_failed
         t.add_row(escape(label), escape(model), str(len(rs)), str(len(ok)), str(skipped),
                   f"[red]{bad}[/]" if bad else "0",
                   f"{_fmt(fast['latency_ms_median'])} ({_config(fast)})" if fast else "-",
@@ -129,9 +129,8 @@ def print_results(rows: list[dict[str, Any]], mode: str, out: Path) -> None:
         console.print(summary_table(rows))
         return
     console.print(grouped_table(rows))
-    order = {"skipped": 1}
-    problems = sorted((r for r in rows if r["status"] != "ok"), key=lambda r: (order.get(r["status"], 0),
-                      r["model"], r["label"], r["batch_size"], r["dtype"], r["io"]))
+    problems = sorted((r for r in rows if r["status"] != Status.OK), key=lambda r: (
+        r["status"] == Status.SKIPPED, r["model"], r["label"], r["batch_size"], r["dtype"], r["io"]))
     if problems:
         t = summary_table(problems[:SUMMARY_PROBLEMS])
         t.title = f"Not ok: {len(problems)} trial(s)"
