@@ -5,7 +5,7 @@ as ``bench/sched_bench.py`` does) and then N actors, one per GPU:
 
     bare     an actor that does nothing (Ray's own cost of a worker process)
     torch    an actor that imports torch (what every GPU worker must do before its first trial)
-    worker   infer-orch's ``workers.actor.Worker`` (torch, thread settings, the model store)
+    worker   infer-orch's ``workers.actor.Worker`` made warm (torch, thread settings, CUDA where there is one)
 
 and prints the seconds to ``ray.init`` and to all N actors answering. A table is printed last.
 
@@ -35,7 +35,8 @@ case = {case!r}
 if case == "worker":
     from workers.actor import Worker
     cls = ray.remote(Worker)
-    actors = [cls.options(num_cpus={share}, num_gpus=1).remote(f"w{{i}}", "cuda", {share}) for i in range({gpus})]
+    opts = cls.options(num_cpus={share}, num_gpus=1)
+    actors = [opts.remote(f"w{{i}}", "cuda", {share}, 0, True) for i in range({gpus})]
     ray.get([a.info.remote() for a in actors])
 else:
     @ray.remote

@@ -76,6 +76,70 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+#: How many rows the results table may take when the output is not a terminal (CI logs, files).
+PIPED_ROWS = 40
+#: The most not-ok rows a summary lists (the rest are counted).
+SUMMARY_PROBLEMS = 20
+TABLE_MODES = ("auto", "full", "summary")
+
+
+def _config(r: dict[str, Any]) -> str:
+    return f"bs{r['batch_size']} {r['dtype']} {r['io']}"
+
+
+def grouped_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per label x model: its trials by status, and its fastest and slowest ok ones.
+
+    "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed)."""
+    t = Table(title="Results by label and model", title_justify="left")
+    for col, just in (("label", "left"), ("model", "left"), ("trials", "right"), ("ok", "right"),
+                      ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
+                      ("slowest median ms", "right"), ("best samples/s", "right")):
+        t.add_column(col, justify=just)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["model"]), []).append(r)
+    for (label, model), rs in sorted(groups.items()):
+        ok = [r for r in rs if r["status"] == Status.OK and r.get("latency_ms_median") is not None]
+        fast = min(ok, key=lambda r: r["latency_ms_median"], default=None)
+        slow = max(ok, key=lambda r: r["latency_ms_median"], default=None)
+        best = max(ok, key=lambda r: r.get("throughput") or 0, default=None)
+        skipped = sum(r["status"] == Status.SKIPPED for r in rs)
+        bad = sum(not succeeded(r["status"]) for r in rs)  # failed, timeout, oom, parity_failed
+        t.add_row(escape(label), escape(model), str(len(rs)), str(len(ok)), str(skipped),
+                  f"[red]{bad}[/]" if bad else "0",
+                  f"{_fmt(fast['latency_ms_median'])} ({_config(fast)})" if fast else "-",
+                  f"{_fmt(slow['latency_ms_median'])} ({_config(slow)})" if slow else "-",
+                  f"{_fmt(best.get('throughput'), '.1f')} ({_config(best)})" if best else "-")
+    return t
+
+
+def _table_fits(n_rows: int) -> bool:
+    """Whether a full table of ``n_rows`` fits the screen (PIPED_ROWS when not a terminal)."""
+    if not console.is_terminal:
+        return n_rows <= PIPED_ROWS
+    return n_rows + 8 <= console.size.height  # title, header, rules and the lines printed after it
+
+
+def print_results(rows: list[dict[str, Any]], mode: str, out: Path) -> None:
+    """The results of a run: every row (``full``), or a summary that stays readable at any size:
+    one line per label x model, then the rows that are not ok (failures first), up to a limit."""
+    if mode == "full" or (mode == "auto" and _table_fits(len(rows))):
+        console.print(summary_table(rows))
+        return
+    console.print(grouped_table(rows))
+    problems = sorted((r for r in rows if r["status"] != Status.OK), key=lambda r: (
+        r["status"] == Status.SKIPPED, r["model"], r["label"], r["batch_size"], r["dtype"], r["io"]))
+    if problems:
+        t = summary_table(problems[:SUMMARY_PROBLEMS])
+        t.title = f"Not ok: {len(problems)} trial(s)"
+        console.print(t)
+    more = len(problems) - SUMMARY_PROBLEMS
+    if more > 0:
+        console.print(f"... and {more} more not ok (--table full lists every row; the rows are in {out})",
+                      highlight=False)
+
+
 @app.command()
 def run(
     plan: PlanArg,
@@ -94,8 +158,15 @@ def run(
                                "or parity_failed (their rows are replaced).")] = False,
     junit: Annotated[Path | None, typer.Option(
         help="Also write JUnit XML here: one test case per trial; failures and missed budgets fail.")] = None,
+    table: Annotated[str, typer.Option(
+        help="Results table: full (every row), summary (per label and model, and the rows not ok), or auto: "
+             f"full when it fits the screen ({PIPED_ROWS} rows when piped), else summary.")] = "auto",
 ) -> None:
     """Run every trial of PLAN and write one Parquet row per trial."""
+    if table not in TABLE_MODES:
+        err_console.print(f"[bold red]error:[/] --table must be one of {', '.join(TABLE_MODES)}, got "
+                          f"{escape(repr(table))}", highlight=False)
+        raise typer.Exit(code=2)
     from orchestrator.expand import expand
     from orchestrator.plan import load_plan
 
@@ -137,7 +208,7 @@ def run(
             progress.stop()
     except InferOrchError as exc:
         raise _fail(exc) from None
-    console.print(summary_table(result.rows))
+    print_results(result.rows, table, result.out)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     console.print(f"{len(result.rows)} trials: {counts}. Results: {result.out}", highlight=False)
     if result.lost_workers:

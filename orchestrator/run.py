@@ -86,6 +86,14 @@ class RunResult:
         return self
 
 
+def needs_torch(trials: list[Trial]) -> bool:
+    """Whether any trial has a model (its worker imports torch); model-less ones run on light workers."""
+    from workers.backends import registry
+
+    runners = registry()
+    return any(t.backend not in runners or not runners[t.backend].modelless for t in trials)
+
+
 def default_out(plan: Plan, now: dt.datetime) -> Path:
     return Path("results") / f"{plan.name}-{now:%Y%m%d-%H%M%S}"
 
@@ -104,11 +112,18 @@ class _Environments:
     """
 
     def __init__(self, pool: list[tuple[Any, str]]) -> None:
-        from workers.envinfo import environment
-
-        self.driver = environment("cpu")
         self._refs = {name: actor.environment.remote() for actor, name in pool}
         self._got: dict[str, dict[str, Any]] = {}
+        self._driver: dict[str, Any] | None = None
+
+    @property
+    def driver(self) -> dict[str, Any]:
+        """The driver's own, taken when the first row is written: not on the way to the first trial."""
+        if self._driver is None:
+            from workers.envinfo import environment
+
+            self._driver = environment("cpu")
+        return self._driver
 
     def worker(self, name: str | None, timeout: float = 30.0) -> dict[str, Any]:
         import ray
@@ -175,7 +190,9 @@ def run_plan(
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
         seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
-        pool = cluster.start_workers(seats, device, plan.seed)
+        # Started before anything else the driver does, so that their start-up (and, for model
+        # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
+        pool = cluster.start_workers(seats, device, plan.seed, warm=needs_torch(trials))
         run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
                            kept=previous.kept if previous else {}, trials=all_trials)

@@ -2,51 +2,100 @@
 
 This is a plain class; the scheduler makes it a Ray actor with ``num_gpus=1`` so Ray pins it to
 one GPU through CUDA_VISIBLE_DEVICES, and with the node's even CPU share.
+
+A worker starts light: torch, onnxruntime and the rest are imported by the first trial that
+needs them, so a worker that runs only model-less trials (``sleep``, ``fault``) never imports
+them, and thousands of such workers fit one machine. A worker made with ``warm=True`` (the
+run's plan has model trials) imports torch and initialises CUDA as it starts instead, while
+the driver is still busy with its own start-up, so that work is done before its first trial.
+A model-less trial on a worker that has not imported torch doesn't touch CUDA: it is timed on
+the host, and its row has the host's device facts, as on a logical GPU.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
+from workers.backends import get
+from workers.contract import Trial
 from workers.models import ModelStore
-from workers.trial import run_trial
+from workers.trial import run_trial, versions
 
 
 class Worker:
-    def __init__(self, name: str, device: str, cpus: float, seed: int = 0) -> None:
-        import torch
-
+    def __init__(self, name: str, device: str, cpus: float, seed: int = 0, warm: bool = False) -> None:
         self.name, self.device, self.cpus = name, device, cpus
-        # Intra-op threads = this worker's CPU share, so neighbours don't oversubscribe the node.
-        torch.set_num_threads(max(1, int(cpus)))
         self.store = ModelStore(seed)
-        self.cuda_ok = device != "cuda" or torch.cuda.is_available()
+        self._cuda_ok: bool | None = None  # known once torch is imported
+        if warm:
+            self.warm()
+
+    def warm(self) -> bool:
+        """Import torch, set its threads and initialise CUDA, once; whether CUDA can be used."""
+        if self._cuda_ok is None:
+            import torch
+
+            # Intra-op threads = this worker's CPU share, so neighbours don't oversubscribe the node.
+            torch.set_num_threads(max(1, int(self.cpus)))
+            self._cuda_ok = self.device != "cuda" or torch.cuda.is_available()
+            if self.device == "cuda" and self._cuda_ok:
+                try:
+                    torch.empty(1, device="cuda")  # creates the CUDA context (the first trial's cost otherwise)
+                except Exception:  # left to the first trial, whose row then says what went wrong
+                    pass
+        return self._cuda_ok
+
+    @property
+    def light(self) -> bool:
+        """True while this worker has not imported torch."""
+        return self._cuda_ok is None and "torch" not in sys.modules
 
     def info(self) -> dict[str, Any]:
-        import torch
-
+        """Who and where this worker is; answers at once (the scheduler's readiness probe)."""
         info = {
             "worker": self.name,
             "node": socket.gethostname(),
             "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": self.device,
-            "cuda_available": torch.cuda.is_available(),
+            "cuda_available": self._cuda_ok if self.device == "cuda" else False,  # None: not known yet
+            "light": self.light,
         }
-        if self.device == "cuda" and torch.cuda.is_available():
+        if self.device == "cuda" and self._cuda_ok:
+            import torch
+
             info["device_name"] = torch.cuda.get_device_name()
         return info
 
+    def modules(self) -> list[str]:
+        """The names of the modules this worker's process has imported (what a test checks)."""
+        return sorted(sys.modules)
+
     def environment(self) -> dict[str, Any]:
         """This worker's versions, host and device (the run's Parquet metadata holds them)."""
-        from workers.envinfo import environment
+        from workers.envinfo import device_facts, environment
 
-        return {"worker": self.name, **environment(self.device if self.cuda_ok else "cpu")}
+        if self.light:  # a light worker doesn't import torch to describe itself
+            return {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), **versions(),
+                    **device_facts("cpu")}
+        return {"worker": self.name, **environment(self.device if self.warm() else "cpu")}
 
-    def run(self, trial: dict[str, Any]) -> dict[str, Any]:
-        row = run_trial(trial, self.device, self.store, self.cpus, cuda_ok=self.cuda_ok)
+    def run(self, trial: Trial) -> dict[str, Any]:
+        if _modelless(trial.backend) and self._cuda_ok is None:
+            cuda_ok = False  # not warmed: a model-less trial doesn't touch CUDA (see the module's doc)
+        else:
+            cuda_ok = self.warm()
+        row = run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok)
         row["worker"] = self.name
         row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         return row
+
+
+def _modelless(backend: str) -> bool:
+    try:
+        return get(backend).modelless
+    except KeyError:  # run_trial turns an unknown backend into a failed row
+        return False

@@ -5,6 +5,8 @@ the result schema here, on the worker (``workers.contract.checked_row``)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import sys
 import time
 import traceback
 from typing import Any
@@ -23,6 +25,58 @@ from workers.timing import CudaTimer, HostTimer, measure, measure_copies
 TRACEBACK_TAIL = 4000
 
 
+def versions() -> dict[str, Any]:
+    """The version columns of a row, without importing torch or ORT into a process that hasn't.
+
+    A light worker (model-less trials only) reads the versions from the packages' metadata;
+    CUDA's, cuDNN's and the driver's are then null. Once torch is imported, torch's own answer.
+    """
+    if "torch" in sys.modules:
+        return envinfo.versions()
+    return _light_versions()
+
+
+@functools.cache
+def _light_versions() -> dict[str, Any]:
+    import platform
+    from importlib import metadata
+
+    def version(*dists: str) -> str | None:
+        for d in dists:
+            try:
+                return metadata.version(d)
+            except metadata.PackageNotFoundError:
+                pass
+        return None
+
+    torch_version, cuda_version = _torch_version_file()
+    return {"torch_version": torch_version or version("torch"),
+            "ort_version": version("onnxruntime", "onnxruntime-gpu"), "onnx_version": version("onnx"),
+            "ray_version": version("ray"), "python_version": platform.python_version(),
+            "cuda_version": cuda_version, "cudnn_version": None, "driver_version": None,
+            "cpu_model": envinfo.cpu_model()}
+
+
+def _torch_version_file() -> tuple[str | None, str | None]:
+    """``torch.__version__`` and ``torch.version.cuda`` as torch/version.py writes them, read as text:
+    the package metadata drops the local part (``+cu130``) and says nothing of CUDA."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("torch")  # finds the package without importing it
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")  # type: ignore[union-attr, arg-type]
+        values = {}
+        for node in ast.parse(text).body:
+            target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+            if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+                values[target.id] = node.value.value  # type: ignore[union-attr]
+        return values.get("__version__"), values.get("cuda")
+    except Exception:  # no torch, or a layout this doesn't know: the metadata's version will do
+        return None, None
+
+
 def run_trial(
     trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True
 ) -> dict[str, Any]:
@@ -34,7 +88,7 @@ def run_trial(
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     row = spec_columns(trial)
-    row.update(device=device, started_at=started, **envinfo.versions(),
+    row.update(device=device, started_at=started, **versions(),
                **envinfo.device_facts(device if cuda_ok else "cpu"))
     try:
         row.update(_measure(trial, device, store, cpus, cuda_ok))

@@ -1,0 +1,108 @@
+"""Start-up: light workers for model-less trials, warm ones (torch imported at start) for model trials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from orchestrator import cluster
+from orchestrator.expand import expand
+from orchestrator.plan import load_plan
+from orchestrator.run import needs_torch, run_plan
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "onnxruntime", "onnx")
+
+PLAN = """\
+name: light
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2]
+  dtypes: [fp32]
+  backends:
+    - {backend: sleep, options: {step_s: 0.001}}
+    - {backend: fault, label: raises, options: {mode: raise}}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 5, target_rel_ci: null}
+"""
+
+
+def _one_worker(warm: bool):
+    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=1)
+    [(actor, _)] = cluster.start_workers(seats, "cuda", seed=0, warm=warm)
+    return actor
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.split(".")[0] in HEAVY]
+
+
+def test_model_less_trials_run_on_a_worker_that_never_imports_torch(ray_gpus, write_plan):
+    trials = expand(load_plan(write_plan(PLAN)), source="plan.yaml")
+    assert not needs_torch(trials)
+    actor = _one_worker(warm=False)
+    try:
+        rows = ray.get([actor.run.remote(t) for t in trials])
+        env = ray.get(actor.environment.remote())
+        modules = ray.get(actor.modules.remote())
+    finally:
+        ray.kill(actor)
+    assert sorted(r["status"] for r in rows) == ["failed", "failed", "ok", "ok"], [r.get("error") for r in rows]
+    assert _heavy(modules) == []
+    # the versions still come, from the packages' metadata
+    assert rows[0]["torch_version"] and env["torch_version"] == rows[0]["torch_version"]
+    assert env["ort_version"] and rows[0]["cudnn_version"] is None
+
+
+def test_a_worker_for_model_trials_imports_torch_as_it_starts(ray_gpus, write_plan):
+    trials = expand(load_plan(write_plan(PLAN.replace("{backend: sleep, options: {step_s: 0.001}}", "torch-eager"))),
+                    source="plan.yaml")
+    assert needs_torch(trials)
+    actor = _one_worker(warm=True)
+    try:
+        info = ray.get(actor.info.remote())  # no trial yet
+        modules = ray.get(actor.modules.remote())
+    finally:
+        ray.kill(actor)
+    assert "torch" in modules and info["light"] is False
+    assert info["cuda_available"] is False  # a logical GPU: CUDA sees none, and the worker knows it
+
+
+def test_a_run_of_model_less_trials_keeps_its_workers_light(ray_gpus, write_plan, tmp_path):
+    result = run_plan(write_plan(PLAN), out=tmp_path / "out")
+    assert len(result.rows) == 4
+    # cuDNN's version is read from torch only: a light worker leaves it null
+    assert {r["cudnn_version"] for r in result.rows} == {None}
+    assert all(r["torch_version"] for r in result.rows)
+
+
+@pytest.mark.slow
+def test_a_cold_run_workers_import_python_models_from_the_drivers_pythonpath(tmp_path):
+    """The embedded Ray gets no runtime_env: its workers must still see the driver's PYTHONPATH."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "startup_factory.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent("""\
+        name: cold
+        device: cpu
+        models: [{python: "startup_factory:make", input_shape: [3, 2, 2]}]
+        matrix: {batch_sizes: [1], dtypes: [fp32], backends: [torch-eager]}
+        measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 3, target_rel_ci: null}
+        """))
+    work = tmp_path / "elsewhere"  # the worker can't find the factory through the current directory
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(lib)])}
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--out", str(tmp_path / "out")],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [row] = pq.read_table(tmp_path / "out").to_pylist()
+    assert row["status"] == "ok" and row["model_source"] == "python:startup_factory:make", row.get("error")
