@@ -60,7 +60,7 @@ def wait_for_parts(out, n, proc, timeout=60):
 
 
 def assert_complete(out, plan):
-    ids = sorted(t["trial_id"] for t in expand(load_plan(plan)))
+    ids = sorted(t.trial_id for t in expand(load_plan(plan)))
     parts = sorted(out.glob("part-*.parquet"))
     rows = [pq.read_table(p).to_pylist()[0] for p in parts]  # every part file reads
     assert sorted(r["trial_id"] for r in rows) == ids  # every trial exactly once
