@@ -270,7 +270,9 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
 
 
 def _check_torchvision(ref: str) -> None:
-    known = zoo.torchvision_names()  # a table: the driver never imports torchvision for this
+    if ref in zoo.NAMES:  # the table: the driver imports no torchvision for a name it knows
+        return
+    known = zoo.torchvision_names()  # another torchvision version may know it (that costs one import)
     if ref not in known:
         close = difflib.get_close_matches(ref, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
