@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import REPO
-
-
-def infer_orch(*args, cwd=REPO, timeout=300):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from helpers import REPO, infer_orch
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_backends import run_all, trials_for
+from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand

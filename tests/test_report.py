@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from headless import find_chromium, load
-from test_cli import infer_orch
+from helpers import cli
 
 from orchestrator.report import html_report, summarize
 from orchestrator.results import load_results
@@ -61,7 +61,7 @@ def test_summary_has_every_trial_with_speedup_against_the_baseline(run_dir):
 
 
 def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_path):
-    proc = infer_orch("report", run_dir, "--html", tmp_path / "r.html")
+    proc = cli("report", run_dir, "--html", tmp_path / "r.html")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for status in ("ok", "skipped", "failed", "parity_failed"):
@@ -73,9 +73,9 @@ def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_p
 
 
 def test_cli_report_of_a_missing_or_empty_directory_is_one_clear_line(tmp_path):
-    proc = infer_orch("report", tmp_path / "nope")
+    proc = cli("report", tmp_path / "nope")
     assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
-    proc = infer_orch("report", tmp_path)
+    proc = cli("report", tmp_path)
     assert proc.returncode == 2 and "no part-*.parquet files" in proc.stderr
 
 
