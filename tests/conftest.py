@@ -101,10 +101,23 @@ def pytest_sessionfinish(session, exitstatus):
         say("error: no tests ran (pytest exit code 5): check the paths and the -m/-k selection")
 
 
+def _xdist_group(item) -> str | None:
+    """Tests that must share an xdist worker: every user of the shared Ray (one Ray per run), and the
+    tests of a module that share one of its module-scoped fixtures (built once, not once a worker)."""
+    if "ray_gpus" in item.fixturenames:  # directly or through another fixture
+        return "ray"
+    module = item.nodeid.split("::", 1)[0]
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        if defs[-1].scope != "function" and defs[-1].baseid == module:
+            return module
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "ray_gpus" in item.fixturenames:  # directly or through another fixture
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if not any("gpu" in item.keywords for item in items):
         return
     import torch
