@@ -6,8 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import REPO
-from helpers import cli
+from helpers import REPO, cli
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
