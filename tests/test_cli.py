@@ -13,12 +13,14 @@ def quickstart(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_every_row_is_ok(quickstart):
     proc, out = quickstart
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 trials: 4 ok" in proc.stdout and str(out) in proc.stdout
 
 
+@pytest.mark.slow
 def test_results_read_in_pandas_polars_and_duckdb(quickstart):
     import duckdb
     import pandas as pd
