@@ -34,7 +34,7 @@ matrix:
   dtypes: [fp32, fp16]
   backends:
     - backend: sleep
-      options: {step_s: 0.05}
+      options: {step_s: 0.15}  # ~1.2 s a trial: the signal must land mid-run even on a busy machine
 measure: {warmup_iters: 0, iters: 8, max_time_s: 5}
 """
 
