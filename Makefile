@@ -9,9 +9,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Two pytest processes (pytest-xdist): the tests that use Ray all go to one of them (conftest.py
-# groups them), so one Ray starts; the others run beside it. Exit code 5 (no tests ran) fails.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+# Two pytest processes (pytest-xdist), a test module's tests in one of them (module fixtures built
+# once; each process starts its own Ray when it first needs one). Exit code 5 (no tests ran) fails.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 .PHONY: run test test-fast coverage lint clean chromium
 
