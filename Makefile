@@ -1,13 +1,19 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates .venv, installs infer-orch, runs plans/quickstart.yaml on an embedded Ray
-#   make test   creates .venv, installs infer-orch with its test extras, runs the test suite
-#               (and installs Debian's chromium, for the HTML report's test, when it is missing)
+#   make test   creates .venv, installs infer-orch with its test extras, runs the whole test suite
+#               (and installs Debian's chromium, for the HTML report's test, when it is missing);
+#               what CI runs (.ci/run, after make lint)
+#   make test-fast   the tests not marked slow: the daily loop
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean chromium
+# Two pytest processes (pytest-xdist), a test module's tests in one of them (module fixtures built
+# once; each process starts its own Ray when it first needs one). Exit code 5 (no tests ran) fails.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+.PHONY: run test test-fast coverage lint clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +25,15 @@ run: $(STAMP)
 	$(BIN)/infer-orch run plans/quickstart.yaml
 
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
+
+# Line coverage of the library by the whole suite, in the pytest processes (not in Ray workers or
+# CLI subprocesses).
+coverage: $(STAMP) chromium
+	$(PYTEST) --cov=orchestrator --cov=workers --cov-report=term
 
 # The HTML report is checked in headless Chromium. Installed with apt-get (as root, or through
 # sudo); where neither works that one test skips and says why.

@@ -1,17 +1,131 @@
-"""Shared fixtures: a real embedded Ray with logical GPUs, plan files written on the fly."""
+"""Shared fixtures: one real embedded Ray with logical GPUs for the whole run, plan files written on
+the fly; and the run's isolation from the user's machine.
+
+Isolation: before anything is collected or imported, every cache the code under test could write
+(infer-orch's ONNX exports, ``$XDG_CACHE_HOME``, Inductor's and Triton's caches) points into one
+temporary directory for the run, inherited by subprocesses, Ray workers and xdist workers alike, and
+removed at the end. The run fails, naming the files, if anything was written under the user's own
+infer-orch cache all the same.
+
+Parallel runs: ``make test`` runs ``pytest -n 2 --dist loadfile`` (a module's tests stay on one xdist
+worker, so module fixtures are built once). The ``xdist_group`` marks below (every Ray test in group
+``ray``: one Ray per run) take effect with ``--dist loadgroup`` once xdist works with pytest 9 again.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO"]  # test modules import REPO from here
+
+_ROOT_VAR = "INFER_ORCH_TESTS_TMP"  # set by the process that made the directory; xdist workers inherit it
+
+
+def _user_caches() -> list[Path]:
+    """Where the code would write its cache for this user, outside the tests (before _isolate)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infer-orch"
+    own = os.environ.get("INFER_ORCH_CACHE")
+    return [default] + ([Path(own)] if own and Path(own) != default else [])
+
+
+def _snapshot(roots: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every file and directory under ``roots`` with its size and mtime: what a write would change."""
+    seen: dict[str, tuple[int, int]] = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for p in [root, *root.rglob("*")]:
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # removed while we looked
+                continue
+            seen[str(p)] = (st.st_size, st.st_mtime_ns)
+    return seen
+
+
+def _isolate() -> Path | None:
+    """Point every cache into a fresh temporary directory; returns it, or None when a parent process
+    (the xdist controller) already did and this process inherited its environment."""
+    if os.environ.get(_ROOT_VAR):
+        return None
+    root = Path(tempfile.mkdtemp(prefix="infer-orch-tests-"))
+    os.environ.update({
+        _ROOT_VAR: str(root),
+        "INFER_ORCH_CACHE": str(root / "infer-orch"),  # ONNX exports: shared by the whole run
+        "XDG_CACHE_HOME": str(root / "xdg-cache"),  # anything else that caches under ~/.cache
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),  # else /tmp/torchinductor_$USER, shared
+        "TRITON_CACHE_DIR": str(root / "triton"),  # else ~/.triton
+        "RAY_USAGE_STATS_ENABLED": "0",  # tests report nothing anywhere
+    })
+    return root
+
+
+def pytest_configure(config):
+    # Runs before test modules are imported and before xdist starts its workers.
+    config._infer_orch_user_caches = _user_caches()
+    config._infer_orch_tmp = _isolate()
+    if config._infer_orch_tmp is not None:
+        config._infer_orch_user_before = _snapshot(config._infer_orch_user_caches)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_infer_orch_tmp", None) is not None:
+        shutil.rmtree(config._infer_orch_tmp, ignore_errors=True)
+        os.environ.pop(_ROOT_VAR, None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(line, red=True, bold=True)
+
+    if getattr(config, "_infer_orch_tmp", None) is not None:  # the process that owns the isolation
+        before, after = config._infer_orch_user_before, _snapshot(config._infer_orch_user_caches)
+        changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+        if changed:
+            say(f"error: the tests wrote to the user's own cache ({len(changed)} paths changed): "
+                + ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and not hasattr(config, "workerinput"):
+        say("error: no tests ran (pytest exit code 5): check the paths and the -m/-k selection")
+
+
+def _xdist_group(item) -> str | None:
+    """Tests that must share an xdist worker: every user of the shared Ray (one Ray per run), and the
+    tests of a module that share one of its module-scoped fixtures (built once, not once a worker)."""
+    if "ray_gpus" in item.fixturenames:  # directly or through another fixture
+        return "ray"
+    module = item.nodeid.split("::", 1)[0]
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        if defs[-1].scope != "function" and defs[-1].baseid == module:
+            return module
+    return None
+
+
+def pytest_itemcollected(item):
+    # here, not in pytest_collection_modifyitems: xdist's own modifyitems may read the marks before ours runs.
+    # Note: with pytest 9.2 and xdist 3.8 `--dist loadgroup` ignores these marks (xdist sets item._nodeid,
+    # which pytest 9 no longer reads); `make test` uses `--dist loadfile` until that is fixed.
+    group = _xdist_group(item)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_collection_modifyitems(config, items):
+    if not any("gpu" in item.keywords for item in items):
+        return
     import torch
 
     if torch.cuda.is_available():
@@ -22,18 +136,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    # One ONNX export cache for the session (exports are slow), never the user's own.
-    monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.fixture(scope="session")
-def ray_gpus(tmp_path_factory):
-    """A real embedded Ray that believes it has 4 GPUs (Ray schedules; CUDA sees none here)."""
+def ray_gpus():
+    """A real embedded Ray that believes it has 4 GPUs (Ray schedules; CUDA sees none here), started
+    once for the run and shared by every test that runs plans (``run_plan`` uses a Ray that is
+    already initialised as it is). Tests of start-up itself run the CLI in a subprocess instead."""
     import ray
 
-    os.environ["INFER_ORCH_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
                                        "INFER_ORCH_CACHE": os.environ["INFER_ORCH_CACHE"]}})

@@ -97,6 +97,7 @@ def test_failure_in_a_trial_is_a_row_with_the_error():
     assert "returned int, not an nn.Module" in row["error"] and "Traceback" in row["traceback"]
 
 
+@pytest.mark.slow
 def test_torchvision_model_with_ort_and_eager_agree_in_shape():
     rows = run_all(trials_for(["torch-eager", "ort"], models=("torchvision:squeezenet1_1",), io=("host",)))
     assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from helpers import REPO
 from typer.testing import CliRunner
 
 from orchestrator.cli import app

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import REPO
-
-
-def infer_orch(*args, cwd=REPO, timeout=300):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from helpers import REPO, infer_orch
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +13,14 @@ def quickstart(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_every_row_is_ok(quickstart):
     proc, out = quickstart
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 trials: 4 ok" in proc.stdout and str(out) in proc.stdout
 
 
+@pytest.mark.slow
 def test_results_read_in_pandas_polars_and_duckdb(quickstart):
     import duckdb
     import pandas as pd

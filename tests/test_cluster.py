@@ -18,7 +18,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 from raycluster import RayCluster
 from typer.testing import CliRunner
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_cli import infer_orch
+from helpers import cli
 
 from orchestrator.compare import bootstrap_ratio_ci, compare
 from orchestrator.results import load_results
@@ -46,7 +46,7 @@ def runs(ray_gpus, tmp_path_factory):
 
 
 def test_a_ten_percent_slowdown_is_a_regression_and_exits_1(runs):
-    proc = infer_orch("compare", runs["base"], runs["slow"], "--format", "json")
+    proc = cli("compare", runs["base"], runs["slow"], "--format", "json")
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     nap, steady = (next(t for t in report["trials"] if t["label"] == x) for x in ("nap", "steady"))
@@ -57,7 +57,7 @@ def test_a_ten_percent_slowdown_is_a_regression_and_exits_1(runs):
 
 
 def test_two_runs_of_the_same_trials_stay_quiet(runs):
-    proc = infer_orch("compare", runs["base"], runs["same"])
+    proc = cli("compare", runs["base"], runs["same"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 trials compared, 0 regressed" in proc.stdout and "regressed  " not in proc.stdout
 
@@ -80,9 +80,9 @@ def test_missing_and_broken_trials_are_reported(runs):
 
 
 def test_bad_input_is_one_line_with_exit_2(runs, tmp_path):
-    proc = infer_orch("compare", runs["base"], tmp_path / "missing")
+    proc = cli("compare", runs["base"], tmp_path / "missing")
     assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
-    proc = infer_orch("compare", runs["base"], runs["same"], "--format", "xml")
+    proc = cli("compare", runs["base"], runs["same"], "--format", "xml")
     assert proc.returncode == 2 and "--format must be table or json" in proc.stderr
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_backends import run_all, trials_for
+from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
@@ -22,6 +22,7 @@ def compile_trials(options=None, model="python:tinynet:make", **kw):
     return trials_for([{"backend": "torch-compile", "options": options or {}}], models=(model,), io=("device",), **kw)
 
 
+@pytest.mark.slow
 def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path / "node-cache"))
     (trial,) = compile_trials()
@@ -45,6 +46,7 @@ def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, mon
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_recompile_while_timed_fails_the_trial_and_keeps_the_facts():
     (row,) = run_all(compile_trials(model="python:compilenets:make_unstable"))
     assert row["status"] == "failed"

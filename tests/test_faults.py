@@ -36,6 +36,7 @@ measure: {warmup_iters: 1, iters: 5, max_time_s: 2}
 """
 
 
+@pytest.mark.slow
 def test_twenty_trials_with_abort_hang_raise_nan_all_accounted_for(ray_gpus, write_plan, tmp_path):
     out = tmp_path / "out"
     result = run_plan(write_plan(FAULTS_PLAN), out=out)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import REPO
-from test_cli import infer_orch
+from helpers import REPO, cli
 
 from orchestrator.errors import PlanError
 from orchestrator.expand import expand
@@ -42,12 +41,11 @@ measure: {warmup_iters: 1, iters: 3}
 
 
 @pytest.fixture(scope="module")
-def junit_run(tmp_path_factory):
+def junit_run(ray_gpus, tmp_path_factory):
+    # on the tests' Ray, whose workers import the tests' model factories
     d = tmp_path_factory.mktemp("junit")
     (d / "plan.yaml").write_text(PLAN)
-    with pytest.MonkeyPatch.context() as mp:  # the workers import the tests' model factories
-        mp.setenv("PYTHONPATH", str(REPO / "tests"))
-        proc = infer_orch("run", d / "plan.yaml", "--out", d / "run", "--workers", "1", "--junit", d / "out.xml")
+    proc = cli("run", d / "plan.yaml", "--out", d / "run", "--workers", "1", "--junit", d / "out.xml")
     return proc, d / "out.xml"
 
 
@@ -145,6 +143,6 @@ def test_gpu_tests_plan_validates_and_covers_every_backend_against_eager():
 
 
 def test_junit_path_that_cannot_be_written_stops_the_run_before_it_starts(tmp_path):
-    proc = infer_orch("run", REPO / "plans/quickstart.yaml", "--out", tmp_path / "o", "--junit", tmp_path)
+    proc = cli("run", REPO / "plans/quickstart.yaml", "--out", tmp_path / "o", "--junit", tmp_path)
     assert proc.returncode == 2 and "is a directory; give a file name" in proc.stderr
     assert not (tmp_path / "o").exists() and "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ import json
 
 import onnx
 import pytest
-from test_backends import run_all, trials_for
+from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
 from orchestrator.inspect import describe

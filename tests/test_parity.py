@@ -111,6 +111,7 @@ def _shipped_torchvision_models() -> list[str]:
     return sorted(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _shipped_torchvision_models())
 def test_shipped_models_stay_finite_and_close_to_fp32_in_fp16_and_bf16(name):
     """Random weights overflow or vanish in fp16 (MobileNetV3-Large: all zeros on a CPU, NaN on

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from headless import find_chromium, load
-from test_cli import infer_orch
+from helpers import cli
 
 from orchestrator.report import html_report, summarize
 from orchestrator.results import load_results
@@ -44,6 +44,7 @@ def run_dir(ray_gpus, tmp_path_factory):
     return d / "run"
 
 
+@pytest.mark.slow
 def test_summary_has_every_trial_with_speedup_against_the_baseline(run_dir):
     rows = summarize(load_results(run_dir).to_pylist())
     assert len(rows) == 8
@@ -60,8 +61,9 @@ def test_summary_has_every_trial_with_speedup_against_the_baseline(run_dir):
     assert by_ort[("tiny", "ort", 1)]["speedup"] == 1.0
 
 
+@pytest.mark.slow
 def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_path):
-    proc = infer_orch("report", run_dir, "--html", tmp_path / "r.html")
+    proc = cli("report", run_dir, "--html", tmp_path / "r.html")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for status in ("ok", "skipped", "failed", "parity_failed"):
@@ -73,9 +75,9 @@ def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_p
 
 
 def test_cli_report_of_a_missing_or_empty_directory_is_one_clear_line(tmp_path):
-    proc = infer_orch("report", tmp_path / "nope")
+    proc = cli("report", tmp_path / "nope")
     assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
-    proc = infer_orch("report", tmp_path)
+    proc = cli("report", tmp_path)
     assert proc.returncode == 2 and "no part-*.parquet files" in proc.stderr
 
 
@@ -89,6 +91,7 @@ def test_speedup_falls_back_to_the_baseline_with_the_other_io():
     assert ort["speedup"] == 0.5 and ort["speedup_vs"] == "vs io=device"
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(run_dir):
     page = html_report(run_dir)
     assert page.count("<svg") >= 3  # latency vs batch, throughput, distributions
@@ -105,6 +108,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
     page = tmp_path / "report.html"
@@ -119,6 +123,7 @@ def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
     assert len(loaded.screenshot) > 50_000  # not a blank page
 
 
+@pytest.mark.slow
 def test_html_without_matplotlib_keeps_the_table_and_says_why(run_dir, monkeypatch):
     import sys
 

@@ -16,7 +16,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from helpers import REPO
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -34,7 +34,7 @@ matrix:
   dtypes: [fp32, fp16]
   backends:
     - backend: sleep
-      options: {step_s: 0.05}
+      options: {step_s: 0.15}  # ~1.2 s a trial: the signal must land mid-run even on a busy machine
 measure: {warmup_iters: 0, iters: 8, max_time_s: 5}
 """
 
@@ -74,6 +74,7 @@ def address(ray_gpus):
     return ray_gpus.get_runtime_context().gcs_address
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_run_then_resume_runs_only_the_missing_trials(address, write_plan, tmp_path):
     plan, out = write_plan(SLOW_PLAN), tmp_path / "out"
     proc = start_driver(plan, out, address)
@@ -93,6 +94,7 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_missing_trials(address,
     assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_results_and_prints_the_resume_command(address, write_plan, tmp_path):
     plan, out = write_plan(SLOW_PLAN), tmp_path / "out"
     proc = start_driver(plan, out, address)

@@ -76,6 +76,7 @@ def test_output_dir_that_is_a_file_is_refused(ray_gpus, write_plan, tmp_path):
         run_plan(write_plan(SLEEP_PLAN), out=tmp_path / "f" / "out")
 
 
+@pytest.mark.slow
 def test_cpu_plan_runs_real_models_on_cpu_workers(ray_gpus, write_plan, tmp_path):
     plan = write_plan("""\
         name: cpu
