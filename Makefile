@@ -2,7 +2,7 @@
 #   make run    creates .venv, installs infer-orch, runs plans/quickstart.yaml on an embedded Ray
 #   make test   creates .venv, installs infer-orch with its test extras, runs the whole test suite
 #               (and installs Debian's chromium, for the HTML report's test, when it is missing);
-#               what CI runs (.ci/run, after make lint)
+#               after ruff; what CI runs (.ci/run)
 #   make test-fast   the tests not marked slow: the daily loop
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,6 +25,7 @@ run: $(STAMP)
 	$(BIN)/infer-orch run plans/quickstart.yaml
 
 test: $(STAMP) chromium
+	$(BIN)/python -m ruff check orchestrator workers tests bench
 	$(PYTEST)
 
 test-fast: $(STAMP)

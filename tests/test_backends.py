@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import run_all, trials_for
 
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
 from workers.backends import registry
 from workers.models import ModelStore
 from workers.trial import run_trial
-
-
-def trials_for(backends, models=("python:tinynet:make",), io=("host", "device"), dtypes=("fp32",), **plan):
-    model_list = [{"python": m.split(":", 1)[1], "input_shape": [3, 16, 16]} if m.startswith("python:") else m
-                  for m in models]
-    data = {"name": "b", "device": "cpu", "models": model_list,
-            "matrix": {"batch_sizes": [2], "dtypes": list(dtypes), "io": list(io), "backends": backends},
-            # the default stopping rule, bounded so a busy test machine can't stretch a trial
-            "measure": {"warmup_iters": 2, "iters": 5, "warmup_max_s": 0.5, "max_time_s": 1}, **plan}
-    return expand(parse_plan(data))
-
-
-def run_all(trials):
-    store = ModelStore()
-    return [run_trial(t, "cpu", store, cpus=1) for t in trials]
 
 
 def test_registry_has_the_three_backends():
