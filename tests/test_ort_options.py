@@ -12,10 +12,11 @@ from helpers import run_all, trials_for
 from orchestrator.errors import PlanError
 from orchestrator.inspect import describe
 from workers.backends.trt_libs import tensorrt_missing
+from workers.contract import ModelSpec
 from workers.models import ModelStore, onnx_export
 from workers.trial import run_trial
 
-TINY = {"kind": "python", "ref": "tinynet:make", "name": "make", "input_shape": [3, 16, 16]}
+TINY = ModelSpec(kind="python", ref="tinynet:make", name="make", input_shape=(3, 16, 16))
 no_tensorrt = pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is installed here")
 
 

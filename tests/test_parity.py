@@ -12,6 +12,7 @@ from orchestrator.errors import PlanError
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
 from workers.contract import DEFAULT_TOLERANCE as PARITY_TOLERANCE
+from workers.contract import ModelSpec
 from workers.models import ModelStore, make_input
 from workers.parity import compare
 from workers.schema import _STATS, NAMES
@@ -118,7 +119,7 @@ def test_shipped_models_stay_finite_and_close_to_fp32_in_fp16_and_bf16(name):
     an H100) unless the BatchNorm statistics are re-estimated after building."""
     import torch
 
-    spec = {"kind": "torchvision", "ref": name, "name": name, "input_shape": [3, 224, 224]}
+    spec = ModelSpec(kind="torchvision", ref=name, name=name, input_shape=(3, 224, 224))
     store = ModelStore()
     with torch.inference_mode():
         ref = store.torch_model(spec, "cpu", "fp32")(make_input(spec, 1, "fp32", "cpu", 0)).numpy()
