@@ -246,13 +246,11 @@ class Dispatcher:
     def unavailable(self, name: str, cause: str) -> None:
         """Ray can't reach the worker and hasn't decided why: maybe its node; decided in :meth:`tick`."""
         w = self.workers[name]
-        if self._node_dead(w):
-            self._lose_with_node(w)
-        elif w.state is State.STARTING:
-            self._start_failed(w, cause)
-        else:
-            w.cause = cause
-            self._move(w, State.DOUBTFUL, self.clock() + NODE_DEATH_GRACE_S)
+        if self._node_dead(w) or w.state is State.STARTING:
+            self.died(name, cause)  # nothing to wait for: decided as a death is
+            return
+        w.cause = cause
+        self._move(w, State.DOUBTFUL, self.clock() + NODE_DEATH_GRACE_S)
 
     def tick(self) -> None:
         """Past deadlines: a worker that didn't start, a trial past its timeout_s, a doubtful worker

@@ -39,42 +39,13 @@ def versions() -> dict[str, Any]:
 @functools.cache
 def _light_versions() -> dict[str, Any]:
     import platform
-    from importlib import metadata
 
-    def version(*dists: str) -> str | None:
-        for d in dists:
-            try:
-                return metadata.version(d)
-            except metadata.PackageNotFoundError:
-                pass
-        return None
-
-    torch_version, cuda_version = _torch_version_file()
-    return {"torch_version": torch_version or version("torch"),
-            "ort_version": version("onnxruntime", "onnxruntime-gpu"), "onnx_version": version("onnx"),
-            "ray_version": version("ray"), "python_version": platform.python_version(),
-            "cuda_version": cuda_version, "cudnn_version": None, "driver_version": None,
-            "cpu_model": envinfo.cpu_model()}
-
-
-def _torch_version_file() -> tuple[str | None, str | None]:
-    """``torch.__version__`` and ``torch.version.cuda`` as torch/version.py writes them, read as text:
-    the package metadata drops the local part (``+cu130``) and says nothing of CUDA."""
-    import ast
-    import importlib.util
-    from pathlib import Path
-
-    try:
-        spec = importlib.util.find_spec("torch")  # finds the package without importing it
-        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")  # type: ignore[union-attr, arg-type]
-        values = {}
-        for node in ast.parse(text).body:
-            target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-            if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
-                values[target.id] = node.value.value  # type: ignore[union-attr]
-        return values.get("__version__"), values.get("cuda")
-    except Exception:  # no torch, or a layout this doesn't know: the metadata's version will do
-        return None, None
+    build = envinfo.torch_build()  # torch/version.py read as text: no import
+    return {"torch_version": build["__version__"] or envinfo.dist_version("torch"),
+            "ort_version": envinfo.dist_version("onnxruntime", "onnxruntime-gpu"),
+            "onnx_version": envinfo.dist_version("onnx"), "ray_version": envinfo.dist_version("ray"),
+            "python_version": platform.python_version(), "cuda_version": build["cuda"],
+            "cudnn_version": None, "driver_version": None, "cpu_model": envinfo.cpu_model()}
 
 
 def run_trial(
