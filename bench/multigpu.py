@@ -2,23 +2,29 @@
 
     python3 bench/multigpu.py plans/multigpu.yaml OUT_DIR [--logical-gpus N]
 
-Three runs of the same plan through the embedded Ray (``run_plan``, the CLI's code path):
+Four runs of the plan through the embedded Ray (``run_plan``, the CLI's code path):
 
 1. ``warm``: all GPUs; fills the per-node ONNX export cache so later runs time trials, not exports.
    Checks one worker per GPU: distinct CUDA_VISIBLE_DEVICES and GPU UUIDs, every row ok.
 2. ``alone``: one GPU (``workers=1``): every trial measured with the other GPUs idle.
 3. ``busy``: all GPUs again: every trial measured while the other GPUs run trials too.
+4. ``again``: the launch-bound trials (batch 1, torch-eager) once more on one GPU, in a fresh worker,
+   to tell a neighbour's effect from the effect of what ran before on the same worker.
 
-Parallel efficiency = wall(alone) / (wall(busy) x GPUs) (ideal 1.0). Interference = per-trial
-median(busy) / median(alone), summarised per backend label, with launch-bound trials (batch 1
-eager) reported on their own. ``--logical-gpus N`` runs it on a CPU machine with a ``sleep``
-backend plan (``bench/multigpu_sleep.yaml``), to check the script itself. Prints a short table
-last; writes JSON to OUT_DIR.
+Speed-up = wall(alone) / wall(busy) (ideal: the number of GPUs), and the same for the trials' span
+(first trial's start to last trial's end: the run's start-up, which more GPUs can't shorten, left
+out). Each run's timeline says where its wall went: start-up, per-worker busy time (sum of trial
+durations), gaps between a worker's trials, and the tail (workers idle while the last trials end).
+Interference = per-trial median(busy) / median(alone), summarised per backend label, with
+launch-bound trials (batch 1 eager) on their own. ``--logical-gpus N`` runs it on a CPU machine
+with a ``sleep`` backend plan (``bench/multigpu_sleep.yaml``), to check the script itself. Prints a
+short table last; writes ``multigpu.json`` (summary, and every row's timing) to OUT_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import statistics
 import sys
@@ -26,14 +32,62 @@ import time
 from pathlib import Path
 
 import ray
+import yaml
 
 from orchestrator.run import run_plan
 
+ROW_KEYS = ("trial_id", "label", "backend", "batch_size", "dtype", "worker", "status", "duration_s", "setup_s",
+            "warmup_s", "timed_s", "parity_s", "export_s", "latency_ms_median")
 
-def timed_run(plan: str, out: Path, workers: int | None):
+
+def launch_bound(r: dict) -> bool:
+    return r["backend"] in ("torch-eager", "sleep") and r["batch_size"] == 1 and r["label"] == "torch-eager"
+
+
+def timed_run(plan: str | Path, out: Path, workers: int | None):
+    launched = dt.datetime.now(dt.timezone.utc)
     t = time.perf_counter()
     result = run_plan(plan, out=out, workers=workers)
-    return result, time.perf_counter() - t
+    return result, time.perf_counter() - t, launched
+
+
+def timeline(rows: list[dict], launched: dt.datetime, wall: float) -> dict:
+    """Where a run's wall went: start-up, each worker's busy time and gaps, the tail."""
+    spans = []
+    for r in rows:
+        start = r["started_at"]
+        start = start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+        s = (start - launched).total_seconds()
+        spans.append((r["worker"], s, s + r["duration_s"], r))
+    first, last = min(s for _, s, _, _ in spans), max(e for _, _, e, _ in spans)
+    workers = {}
+    for w, s, e, r in sorted(spans, key=lambda x: x[1]):
+        info = workers.setdefault(w, {"trials": 0, "busy_s": 0.0, "first_s": s, "last_s": e, "prev": None})
+        r["_prev_label"] = info["prev"]
+        r["_start_s"] = s
+        info["trials"] += 1
+        info["busy_s"] += e - s
+        info["last_s"] = max(info["last_s"], e)
+        info["prev"] = f'{r["label"]} b{r["batch_size"]} {r["dtype"]}'
+    for info in workers.values():
+        info["gaps_s"] = info["last_s"] - info["first_s"] - info["busy_s"]
+        info["tail_idle_s"] = last - info["last_s"]
+        del info["prev"]
+    return {"wall_s": wall, "startup_s": first, "span_s": last - first, "after_last_trial_s": wall - last,
+            "workers": workers}
+
+
+def subset(plan: str, out: Path) -> Path:
+    """The plan with only its launch-bound trials: batch 1, the torch-eager label."""
+    doc = yaml.safe_load(Path(plan).read_text())
+    m = doc["matrix"]
+    m["batch_sizes"] = [1]
+    label = lambda b: b if isinstance(b, str) else b.get("label", b["backend"])  # noqa: E731
+    m["backends"] = [b for b in m["backends"] if label(b) == "torch-eager"]
+    doc.pop("exclude", None)
+    path = out / "launch_bound.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def main() -> int:
@@ -48,43 +102,67 @@ def main() -> int:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    warm, wall_warm = timed_run(args.plan, args.out / "warm", None)
+    runs = {}
+    for name, workers, plan in (("warm", None, args.plan), ("alone", 1, args.plan), ("busy", None, args.plan),
+                                ("again", 1, subset(args.plan, args.out))):
+        result, wall, launched = timed_run(plan, args.out / name, workers)
+        runs[name] = (result, timeline(result.rows, launched, wall))
+    warm = runs["warm"][0]
     per_worker = {}
     for r in warm.rows:
         per_worker.setdefault(r["worker"], set()).add((r["cuda_visible_devices"], r.get("gpu_uuid")))
     visible = {v for pairs in per_worker.values() for v, _ in pairs}
     uuids = {u for pairs in per_worker.values() for _, u in pairs}
-    not_ok = [(r["label"], r["batch_size"], r["dtype"], r.get("error")) for r in warm.rows if r["status"] != "ok"]
+    not_ok = [(n, r["label"], r["batch_size"], r["dtype"], r.get("error"))
+              for n, (res, _) in runs.items() for r in res.rows if r["status"] != "ok"]
 
-    alone, wall_alone = timed_run(args.plan, args.out / "alone", 1)
-    busy, wall_busy = timed_run(args.plan, args.out / "busy", None)
-    a = {r["trial_id"]: r for r in alone.rows if r["status"] == "ok"}
+    by = {n: {r["trial_id"]: r for r in res.rows if r["status"] == "ok"} for n, (res, _) in runs.items()}
     ratios: dict[str, list[float]] = {}
-    for r in busy.rows:
-        base = a.get(r["trial_id"])
-        if r["status"] != "ok" or base is None:
+    for tid, r in by["busy"].items():
+        base = by["alone"].get(tid)
+        if base is None:
             continue
-        launch_bound = r["backend"] == "torch-eager" and r["batch_size"] == 1
-        key = r["label"] + (" (batch 1, launch-bound)" if launch_bound else "")
+        key = r["label"] + (" (batch 1, launch-bound)" if launch_bound(r) else "")
         ratios.setdefault(key, []).append(r["latency_ms_median"] / base["latency_ms_median"])
+    launch = [{"trial": f'{r["label"]} b{r["batch_size"]} {r["dtype"]}',
+               **{n: by[n][tid]["latency_ms_median"] for n in ("alone", "busy", "again") if tid in by[n]},
+               **{f"{n}_after": by[n][tid].get("_prev_label") for n in ("alone", "busy", "again") if tid in by[n]},
+               **{f"{n}_start_s": by[n][tid].get("_start_s") for n in ("alone", "busy", "again") if tid in by[n]}}
+              for tid, r in by["alone"].items() if launch_bound(r)]
 
-    efficiency = wall_alone / (wall_busy * gpus) if gpus else None
+    tl = {n: t for n, (_, t) in runs.items()}
+    speedup_wall = tl["alone"]["wall_s"] / tl["busy"]["wall_s"]
+    speedup_span = tl["alone"]["span_s"] / tl["busy"]["span_s"]
     summary = {
         "gpus": gpus, "workers": warm.workers, "cuda_visible_devices": sorted(visible), "gpu_uuids": sorted(uuids),
-        "rows": len(warm.rows), "not_ok": not_ok,
-        "wall_s": {"warm_all_gpus": wall_warm, "alone_1_gpu": wall_alone, "busy_all_gpus": wall_busy},
-        "parallel_efficiency": efficiency,
+        "rows": len(warm.rows), "not_ok": not_ok, "timelines": tl,
+        "speedup_wall": speedup_wall, "speedup_span": speedup_span,
         "interference_median_ratio": {k: statistics.median(v) for k, v in sorted(ratios.items())},
         "interference_max_ratio": {k: max(v) for k, v in sorted(ratios.items())},
+        "launch_bound": launch,
+        "rows_by_run": {n: [{k: r.get(k) for k in ROW_KEYS} | {"start_s": r.get("_start_s"),
+                                                                 "after": r.get("_prev_label")}
+                            for r in res.rows] for n, (res, _) in runs.items()},
     }
     (args.out / "multigpu.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"GPUs {gpus}; workers {len(warm.workers)}; distinct CUDA_VISIBLE_DEVICES {len(visible)}; "
           f"distinct GPU UUIDs {len(uuids)}; rows {len(warm.rows)}; not ok {len(not_ok)}")
-    print(f"wall: warm {wall_warm:.1f} s, alone (1 GPU) {wall_alone:.1f} s, busy ({gpus} GPUs) {wall_busy:.1f} s; "
-          f"speed-up {wall_alone / wall_busy:.2f}x of ideal {gpus}x; efficiency {efficiency:.2f}")
+    print(f"{'run':6s} {'wall s':>7s} {'start-up':>9s} {'span':>7s} {'after':>6s}  "
+          "per worker: trials busy gaps tail-idle")
+    for n, t in tl.items():
+        ws = "; ".join(f'{v["trials"]} {v["busy_s"]:.1f} {v["gaps_s"]:.1f} {v["tail_idle_s"]:.1f}'
+                       for v in t["workers"].values())
+        print(f'{n:6s} {t["wall_s"]:7.1f} {t["startup_s"]:9.1f} {t["span_s"]:7.1f} '
+              f'{t["after_last_trial_s"]:6.1f}  {ws}')
+    print(f"speed-up 1 -> {gpus} GPUs: wall {speedup_wall:.2f}x, trials' span {speedup_span:.2f}x (ideal {gpus}x)")
     print(f"{'label':45s} {'busy/alone median':>18s} {'max':>8s}")
     for k in sorted(ratios):
         print(f"{k:45s} {statistics.median(ratios[k]):18.3f} {max(ratios[k]):8.3f}")
+    print("launch-bound trials, median ms (and what ran before them on their worker):")
+    for x in launch:
+        print("  " + x["trial"] + ": " + ", ".join(
+            f'{n} {x[n]:.3f} (after {x.get(n + "_after")}, at {x.get(n + "_start_s", 0):.1f} s)'
+            for n in ("alone", "busy", "again") if n in x))
     ray.shutdown()
     return 0 if not not_ok else 1
 
