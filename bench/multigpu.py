@@ -2,14 +2,17 @@
 
     python3 bench/multigpu.py plans/multigpu.yaml OUT_DIR [--logical-gpus N]
 
-Four runs of the plan through the embedded Ray (``run_plan``, the CLI's code path):
+The plan's trials with fixed work (``target_rel_ci: null``: each trial times ``iters`` and
+``min_time_s``, not "until the CI is tight", so a noisy trial does not run 20 times longer in one run
+than in the other), run through the embedded Ray (``run_plan``, the CLI's code path):
 
 1. ``warm``: all GPUs; fills the per-node ONNX export cache so later runs time trials, not exports.
    Checks one worker per GPU: distinct CUDA_VISIBLE_DEVICES and GPU UUIDs, every row ok.
 2. ``alone``: one GPU (``workers=1``): every trial measured with the other GPUs idle.
 3. ``busy``: all GPUs again: every trial measured while the other GPUs run trials too.
-4. ``again``: the launch-bound trials (batch 1, torch-eager) once more on one GPU, in a fresh worker,
-   to tell a neighbour's effect from the effect of what ran before on the same worker.
+4. The launch-bound trials (batch 1, torch-eager; 5 repeats each) on one GPU in a fresh worker,
+   three times: ``quiet``, ``loaded`` (every other GPU running ResNet-50 batch 128 in a separate
+   process) and ``quiet`` again: a neighbour's effect apart from what ran before on the same worker.
 
 Speed-up = wall(alone) / wall(busy) (ideal: the number of GPUs), and the same for the trials' span
 (first trial's start to last trial's end: the run's start-up, which more GPUs can't shorten, left
@@ -17,8 +20,9 @@ out). Each run's timeline says where its wall went: start-up, per-worker busy ti
 durations), gaps between a worker's trials, and the tail (workers idle while the last trials end).
 Interference = per-trial median(busy) / median(alone), summarised per backend label, with
 launch-bound trials (batch 1 eager) on their own. ``--logical-gpus N`` runs it on a CPU machine
-with a ``sleep`` backend plan (``bench/multigpu_sleep.yaml``), to check the script itself. Prints a
-short table last; writes ``multigpu.json`` (summary, and every row's timing) to OUT_DIR.
+with a ``sleep`` backend plan (``bench/multigpu_sleep.yaml``), to check the script itself (no
+neighbour load there). Prints a short table last; writes ``multigpu.json`` (summary, and every
+row's timing) to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -77,9 +83,39 @@ def timeline(rows: list[dict], launched: dt.datetime, wall: float) -> dict:
             "workers": workers}
 
 
-def subset(plan: str, out: Path) -> Path:
-    """The plan with only its launch-bound trials: batch 1, the torch-eager label."""
+def fixed_work(plan: str, out: Path) -> Path:
+    """The plan with a fixed amount of timed work per trial (no "until the CI is tight")."""
     doc = yaml.safe_load(Path(plan).read_text())
+    doc.setdefault("measure", {})["target_rel_ci"] = None
+    path = out / "fixed_work.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+NEIGHBOUR = """
+import torch, torchvision
+m = torchvision.models.resnet50(weights=None).cuda().half().eval()
+x = torch.randn(128, 3, 224, 224, device="cuda", dtype=torch.half)
+print("neighbour: busy", flush=True)
+with torch.inference_mode():
+    while True:
+        m(x); torch.cuda.synchronize()
+"""
+
+
+def neighbour(gpus: set[str]) -> subprocess.Popen:
+    """A process keeping ``gpus`` busy with GPU-bound work until terminated."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(sorted(gpus)))
+    p = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env, stdout=subprocess.PIPE, text=True)
+    if p.stdout.readline().strip() != "neighbour: busy":
+        raise RuntimeError("the neighbour load did not start")
+    return p
+
+
+def subset(plan: Path, out: Path) -> Path:
+    """The plan with only its launch-bound trials (batch 1, the torch-eager label), 5 repeats each."""
+    doc = yaml.safe_load(Path(plan).read_text())
+    doc["measure"]["repeats"] = 5
     m = doc["matrix"]
     m["batch_sizes"] = [1]
     label = lambda b: b if isinstance(b, str) else b.get("label", b["backend"])  # noqa: E731
@@ -103,10 +139,24 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     runs = {}
-    for name, workers, plan in (("warm", None, args.plan), ("alone", 1, args.plan), ("busy", None, args.plan),
-                                ("again", 1, subset(args.plan, args.out))):
+    plan = fixed_work(args.plan, args.out)
+    for name, workers in (("warm", None), ("alone", 1), ("busy", None)):
         result, wall, launched = timed_run(plan, args.out / name, workers)
         runs[name] = (result, timeline(result.rows, launched, wall))
+    launch_plan = subset(plan, args.out)
+    all_gpus = {r["cuda_visible_devices"] for r in runs["warm"][0].rows}
+    launch_runs = {}
+    for name in ("quiet", "loaded", "quiet again"):
+        load = None
+        if name == "loaded" and not args.logical_gpus:
+            mine = {r["cuda_visible_devices"] for r in launch_runs["quiet"].rows}
+            load = neighbour(all_gpus - mine) if all_gpus - mine else None
+        try:
+            launch_runs[name] = timed_run(launch_plan, args.out / name.replace(" ", "_"), 1)[0]
+        finally:
+            if load is not None:
+                load.terminate()
+                load.wait()
     warm = runs["warm"][0]
     per_worker = {}
     for r in warm.rows:
@@ -114,7 +164,8 @@ def main() -> int:
     visible = {v for pairs in per_worker.values() for v, _ in pairs}
     uuids = {u for pairs in per_worker.values() for _, u in pairs}
     not_ok = [(n, r["label"], r["batch_size"], r["dtype"], r.get("error"))
-              for n, (res, _) in runs.items() for r in res.rows if r["status"] != "ok"]
+              for n, res in [(n, res) for n, (res, _) in runs.items()] + list(launch_runs.items())
+              for r in res.rows if r["status"] != "ok"]
 
     by = {n: {r["trial_id"]: r for r in res.rows if r["status"] == "ok"} for n, (res, _) in runs.items()}
     ratios: dict[str, list[float]] = {}
@@ -124,12 +175,17 @@ def main() -> int:
             continue
         key = r["label"] + (" (batch 1, launch-bound)" if launch_bound(r) else "")
         ratios.setdefault(key, []).append(r["latency_ms_median"] / base["latency_ms_median"])
-    launch = [{"trial": f'{r["label"]} b{r["batch_size"]} {r["dtype"]}',
-               **{n: by[n][tid]["latency_ms_median"] for n in ("alone", "busy", "again") if tid in by[n]},
-               **{f"{n}_after": by[n][tid].get("_prev_label") for n in ("alone", "busy", "again") if tid in by[n]},
-               **{f"{n}_start_s": by[n][tid].get("_start_s") for n in ("alone", "busy", "again") if tid in by[n]}}
-              for tid, r in by["alone"].items() if launch_bound(r)]
-
+    launch = []
+    for name, res in launch_runs.items():
+        for r in res.rows:
+            if r["status"] == "ok":
+                launch.append({"run": name, "trial": f'{r["label"]} b{r["batch_size"]} {r["dtype"]}',
+                               "gpu": r["cuda_visible_devices"], "median_ms": r["latency_ms_median"],
+                               "repeat_medians_ms": list(r.get("repeat_medians_ms") or [])})
+    before = [{"trial": f'{r["label"]} b{r["batch_size"]} {r["dtype"]}',
+               **{n: by[n][tid]["latency_ms_median"] for n in ("alone", "busy")},
+               **{f"{n}_after": by[n][tid].get("_prev_label") for n in ("alone", "busy")}}
+              for tid, r in by["alone"].items() if launch_bound(r) and tid in by["busy"]]
     tl = {n: t for n, (_, t) in runs.items()}
     speedup_wall = tl["alone"]["wall_s"] / tl["busy"]["wall_s"]
     speedup_span = tl["alone"]["span_s"] / tl["busy"]["span_s"]
@@ -139,7 +195,7 @@ def main() -> int:
         "speedup_wall": speedup_wall, "speedup_span": speedup_span,
         "interference_median_ratio": {k: statistics.median(v) for k, v in sorted(ratios.items())},
         "interference_max_ratio": {k: max(v) for k, v in sorted(ratios.items())},
-        "launch_bound": launch,
+        "launch_bound": launch, "launch_bound_in_runs": before,
         "rows_by_run": {n: [{k: r.get(k) for k in ROW_KEYS} | {"start_s": r.get("_start_s"),
                                                                  "after": r.get("_prev_label")}
                             for r in res.rows] for n, (res, _) in runs.items()},
@@ -158,11 +214,14 @@ def main() -> int:
     print(f"{'label':45s} {'busy/alone median':>18s} {'max':>8s}")
     for k in sorted(ratios):
         print(f"{k:45s} {statistics.median(ratios[k]):18.3f} {max(ratios[k]):8.3f}")
-    print("launch-bound trials, median ms (and what ran before them on their worker):")
+    print("launch-bound trials in the runs above, median ms (after: what ran before on its worker):")
+    for x in before:
+        print(f'  {x["trial"]}: alone {x["alone"]:.3f} (after {x["alone_after"]}), '
+              f'busy {x["busy"]:.3f} (after {x["busy_after"]})')
+    print("launch-bound trials, fresh worker on one GPU, 5 repeats: median ms [repeat medians]")
     for x in launch:
-        print("  " + x["trial"] + ": " + ", ".join(
-            f'{n} {x[n]:.3f} (after {x.get(n + "_after")}, at {x.get(n + "_start_s", 0):.1f} s)'
-            for n in ("alone", "busy", "again") if n in x))
+        reps = " ".join(f"{v:.3f}" for v in x["repeat_medians_ms"])
+        print(f'  {x["run"]:12s} {x["trial"]:22s} GPU {x["gpu"]}: {x["median_ms"]:.3f} [{reps}]')
     ray.shutdown()
     return 0 if not not_ok else 1
 
