@@ -4,11 +4,15 @@
     python bench/sweep_efficiency.py --plan plans/h100.yaml  # run it first (into $OUT or a temp dir)
 
 Efficiency = the time the GPUs spend in warm-up or timed iterations (``warmup_s + timed_s`` of every
-row) over the run's wall time times its workers. The rest, per worker-second: start-up (launch to
-the first trial), setup (model copies, exports, session builds, graph captures, compiles: ``setup_s``,
-of which ``export_s``, ``compile_time_s``, ``engine_build_s``), parity (``parity_s``: references and
-checks), the rest of each trial (later repeats' setup, teardown, row building), and scheduling gaps
-(worker-time in no trial at all). Prints one table; ``--json`` writes the figures too.
+row) over the run's wall time times its workers. Runs older than those columns (commit 0a32d37 and
+before) get an estimate from the per-iteration host times (``host_samples_ms``, warm-up iterations
+at their median), printed for newer runs too, so the two can be compared. ``--tree DIR`` runs the
+plan with another checkout's code (an older commit, for a before figure); the analysis is this
+checkout's. The rest, per worker-second: start-up (launch to the first trial), setup (model copies,
+exports, session builds, graph captures, compiles: ``setup_s``, of which ``export_s``,
+``compile_time_s``, ``engine_build_s``), parity (``parity_s``: references and checks), the rest of
+each trial (later repeats' setup, teardown, row building), and scheduling gaps (worker-time in no
+trial at all). Prints one table; ``--json`` writes the figures too.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ def breakdown(run_dir: Path, launched_at: float | None = None) -> dict[str, Any]
     t0 = launched_at if launched_at is not None else dt.datetime.fromisoformat(info["started_at"]).timestamp()
     wall = max(ends) - t0
     capacity = wall * workers
-    busy = _sum(rows, "warmup_s") + _sum(rows, "timed_s")
+    estimate = _estimated_busy(rows)
+    measured = "timed_s" in rows[0] and "warmup_s" in rows[0]
+    busy = _sum(rows, "warmup_s") + _sum(rows, "timed_s") if measured else estimate
     setup, parity = _sum(rows, "setup_s"), _sum(rows, "parity_s")
     in_trials = _sum(rows, "duration_s")
     startup = min(starts) - t0
@@ -61,23 +67,39 @@ def breakdown(run_dir: Path, launched_at: float | None = None) -> dict[str, Any]
         "between trials (scheduling, worker replacement)": capacity - startup * workers - in_trials,
     }
     return {"run": str(run_dir), "trials": len(rows), "workers": workers, "wall_s": wall,
-            "efficiency": busy / capacity, "seconds": parts}
+            "efficiency": busy / capacity, "seconds": parts, "busy_measured": measured,
+            "busy_estimated_s": estimate}
+
+
+def _estimated_busy(rows: list[dict[str, Any]]) -> float:
+    """GPU-busy seconds from the per-iteration host times alone (for runs older than ``timed_s``):
+    every timed iteration's host wall time, plus the warm-up iterations at the median of those."""
+    import statistics
+
+    total = 0.0
+    for r in rows:
+        host = r.get("host_samples_ms") or r.get("samples_ms") or []
+        if host:
+            total += sum(host) / 1e3 + (r.get("warmup_iters") or 0) * statistics.median(host) / 1e3
+    return total
 
 
 def table(b: dict[str, Any]) -> str:
     cap = b["wall_s"] * b["workers"]
+    how = "measured" if b["busy_measured"] else "estimated from per-iteration host times (no timed_s column)"
     lines = [f"{b['trials']} trials on {b['workers']} worker(s), wall {b['wall_s']:.1f} s: "
-             f"GPU busy {b['efficiency']:.1%} of the worker-time",
+             f"GPU busy {b['efficiency']:.1%} of the worker-time ({how}; the estimate gives "
+             f"{b['busy_estimated_s'] / (b['wall_s'] * b['workers']):.1%})",
              "| where the worker-time went | s | share |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v:.1f} | {v / cap:.1%} |" for k, v in b["seconds"].items()]
     return "\n".join(lines)
 
 
-def run(plan: str, out: Path, extra: list[str]) -> tuple[Path, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def run(plan: str, out: Path, extra: list[str], tree: Path = REPO) -> tuple[Path, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
     launched = time.time()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", plan, "--out", str(out), *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(Path(plan).resolve()),
+                           "--out", str(out), *extra], cwd=tree, env=env, capture_output=True, text=True)
     print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
     if not (out / "_run.json").exists():
         raise SystemExit(f"the run wrote no results (exit {proc.returncode})")
@@ -89,10 +111,12 @@ def main() -> None:
     ap.add_argument("run_dir", nargs="?", type=Path, help="a run directory to analyse")
     ap.add_argument("--plan", help="run this plan first, then analyse it")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--tree", type=Path, default=REPO, help="run the plan with this checkout's code")
     args, extra = ap.parse_known_args()
     if args.plan:
-        out = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / f"sweep-{Path(args.plan).stem}"
-        run_dir, launched = run(args.plan, out, extra)
+        tag = "" if args.tree.resolve() == REPO else f"-{args.tree.resolve().name.lstrip('.')}"
+        out = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / f"sweep-{Path(args.plan).stem}{tag}"
+        run_dir, launched = run(args.plan, out, extra, args.tree.resolve())
         b = breakdown(run_dir, launched)
     elif args.run_dir:
         b = breakdown(args.run_dir)
