@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.errors import InferOrchError, InputError, Interrupted
+from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
 from workers.contract import Status, Trial, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -380,9 +380,9 @@ def backends(
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as stop:  # before a run had anything to keep (a Terminated: SIGTERM)
+        err_console.print("terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted")
+        sys.exit(getattr(stop, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     │   ├── ClusterError           Ray can't be reached, or lacks what the plan needs
     │   └── OutputError            the output directory can't be used
     ├── RunError                   exit code 1: the run went ahead but something in it failed
-    └── Interrupted                exit code 130: Ctrl-C; results so far kept, resumable
+    └── Interrupted                exit code 130 (Ctrl-C) or 143 (SIGTERM); results so far kept, resumable
 
 Errors raised inside a trial never reach this hierarchy: they become the trial's row
 (``status: failed`` with the error), so one bad trial never takes a run down.
@@ -42,6 +42,18 @@ class RunError(InferOrchError):
 
 
 class Interrupted(InferOrchError):
-    """The user stopped the run (Ctrl-C): what ran is stored; the message says how to resume."""
+    """The user stopped the run (Ctrl-C, or SIGTERM from a scheduler or CI runner): what ran is
+    stored; the message says how to resume. Exit code 130 for Ctrl-C, 143 (128 + 15) for SIGTERM."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by infer-orch's handler: it takes Ctrl-C's way out (a ``KeyboardInterrupt``,
+    so every ``finally`` and every worker clean-up on that path runs) and exits 143."""
+
+    exit_code = 143

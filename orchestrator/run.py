@@ -9,6 +9,8 @@ themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from typing import Any
 import yaml
 
 from orchestrator import budgets, cluster
-from orchestrator.errors import InputError, Interrupted
+from orchestrator.errors import InputError, Interrupted, Terminated
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, load_plan
 from orchestrator.resume import open_resume, resume_command
@@ -184,7 +186,13 @@ def run_plan(
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
-    started_ray = cluster.connect(address)
+    previous_handler = catch_sigterm()
+    try:
+        started_ray = cluster.connect(address)
+    except BaseException:
+        release_sigterm(previous_handler)
+        raise
+    catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
@@ -214,13 +222,18 @@ def run_plan(
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
                               facts={s.name: s.columns() for s in seats})
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all()})
             stored = len(result.rows) + len(result.kept)
+            # Ray turns any exception a signal handler raises inside its blocking calls into a plain
+            # KeyboardInterrupt, so the handler's flag says which signal it was
+            term = isinstance(stop, Terminated) or _SIGTERM.is_set()
             raise Interrupted(
-                f"interrupted: {stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}"
+                f"{'terminated (SIGTERM)' if term else 'interrupted'}: {stored} of "
+                f"{len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
+                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}",
+                exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
         sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
@@ -229,3 +242,29 @@ def run_plan(
     finally:
         if started_ray:
             ray.shutdown()
+        release_sigterm(previous_handler)
+
+
+_SIGTERM = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM.set()
+    raise Terminated()
+
+
+def catch_sigterm() -> Any:
+    """Route SIGTERM (what schedulers and CI runners send) to Ctrl-C's path; the previous handler.
+
+    Only the main thread can set handlers: elsewhere (``run_plan`` called from a thread) this does
+    nothing and returns None.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _SIGTERM.clear()
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def release_sigterm(previous: Any) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
