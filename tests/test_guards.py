@@ -137,3 +137,59 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, how):
     assert "models[0]" in out and str(path) in out and "tensor 'w'" in out, out
     assert f"external data must stay in the model file's folder {models}" in out
     assert str(outside) in out and "Traceback" not in out
+
+
+# --- the token of a `ray start` cluster on this machine ------------------------------------------
+
+CONNECT = """
+import json, sys, ray
+from orchestrator.cluster import connect
+from orchestrator.errors import ClusterError
+try:
+    connect(sys.argv[1])
+except ClusterError as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(2)
+print(json.dumps({"cpus": ray.cluster_resources().get("CPU")}))
+"""
+
+
+def _driver(address: str, home: Path, **env: str):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    done = subprocess.run([sys.executable, "-c", CONNECT, address], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**base, "HOME": str(home), "PYTHONPATH": str(REPO), **env})
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_address_on_the_heads_machine_uses_its_token(tmp_path):
+    """`ray start --head` with ~/.ray/auth_token (Ray turns token authentication on), then a driver
+    with `--address IP:PORT` and no RAY_AUTH_MODE: connected with that token. Without a token file
+    the message says how to give one. HOME points into tmp_path: the machine's ~/.ray is not read."""
+    import secrets
+
+    from raycluster import RayCluster
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    cluster = RayCluster()
+    cluster.env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH_")}
+    cluster.env["HOME"] = str(home)
+    try:
+        cluster.add_node("head", num_cpus=1, num_gpus=0, resources={})
+        code, out = _driver(cluster.address, home)
+        assert code == 0 and out == {"cpus": 1.0}, out
+
+        other = tmp_path / "other-home"  # a user without the token, who says token mode is on
+        other.mkdir()
+        code, out = _driver(cluster.address, other, RAY_AUTH_MODE="token")
+        assert code == 2 and "the cluster uses token authentication" in out["error"], out
+    finally:
+        cluster.stop()
