@@ -75,6 +75,7 @@ def connect(address: str | None = None) -> bool:
         kwargs["address"] = address
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": _worker_pythonpath()}}
         _wait_for(address)
+        _use_token(address)
     saved = os.environ.get("PYTHONPATH")
     try:
         if not address:
@@ -117,6 +118,49 @@ def _wait_for(address: str) -> None:
                     "to start a local Ray"
                 ) from None
             time.sleep(0.5)
+
+
+def _use_token(address: str) -> None:
+    """Token mode for a driver that has the cluster's token but no ``RAY_AUTH_MODE``.
+
+    Ray (2.59+) turns token mode on by itself for ``auto`` when a token exists, never for an
+    explicit address: ``--address HEAD_IP:6379`` on the head after ``ray start`` would then fail
+    although ``~/.ray/auth_token`` is right there. Here a token given in ``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH`` is used for any address, and ``~/.ray/auth_token`` for a cluster on
+    this machine only (the same file Ray's own ``auto`` would send). A cluster without token
+    authentication ignores it. An explicit ``RAY_AUTH_MODE`` is left as it is.
+    """
+    if "RAY_AUTH_MODE" in os.environ or address.startswith("ray://") or address == "auto":
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN")
+            or os.path.isfile(os.environ.get("RAY_AUTH_TOKEN_PATH") or "/nonexistent")
+            or (os.path.isfile(os.path.expanduser("~/.ray/auth_token")) and _on_this_machine(address))):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray reads its config (and caches the token) at import: have it read them again
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # a Ray without these: it reads RAY_AUTH_MODE when it connects
+        pass
+
+
+def _on_this_machine(address: str) -> bool:
+    """Whether ``host:port`` names an address of this machine (one it can bind)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((sockaddr[0], 0))
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _auto_address() -> str | None:

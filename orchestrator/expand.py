@@ -80,4 +80,13 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 "describe the same trial; remove one"
             )
         seen[t.trial_id] = t
+    _check_onnx_runtime(plan, trials, source)
     return trials
+
+
+def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:
+    """An ``onnx:`` file that runs on ``ort`` must be one the installed onnxruntime can read."""
+    if any(m.kind == "onnx" for m in plan.models):
+        from orchestrator.onnxfile import check_runtime
+
+        check_runtime(trials, list(plan.models), source)

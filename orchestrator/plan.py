@@ -293,6 +293,7 @@ def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
         raise PydanticCustomError(
             "model_file", "{path} is not a readable ONNX model ({exc})", {"path": str(path), "exc": str(exc)}
         ) from None
+    _check_onnx_file(model, path)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -304,6 +305,13 @@ def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     if any(not d.HasField("dim_value") for d in dims):
         return None
     return tuple(d.dim_value for d in dims)
+
+
+def _check_onnx_file(model: Any, path: Path) -> None:
+    """External data inside the model's folder; the IR version kept for the runtime check."""
+    from orchestrator.onnxfile import check_loaded
+
+    check_loaded(model, path)
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

@@ -35,10 +35,10 @@ class RayCluster:
         self.root = Path(tempfile.mkdtemp(prefix="io6-", dir="/tmp"))
         token = self.root / "token"
         token.write_text(secrets.token_hex(32))
-        # `ray start` clusters use token authentication (Ray >= 2.5x); every process of this
+        # `ray start` clusters use token authentication (Ray >= 2.59); every process of this
         # cluster, the infer-orch driver included, reads the token from this file.
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                    # notice a dead node in ~3 s instead of Ray's default ~30 s
+                    # notice a dead node in ~3 s instead of Ray's default ~15 s (killed raylet) or ~65 s (frozen node)
                     "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                     "RAY_health_check_failure_threshold": "3", "RAY_USAGE_STATS_ENABLED": "0"}
         self.address: str | None = None

@@ -1,0 +1,195 @@
+"""Inputs that would fail every trial on the workers, or read what they should not, are refused by
+`validate` (exit 2, one located line): an ONNX file newer than the installed ONNX Runtime reads,
+external data outside the model's folder. And a driver on the head's machine uses the token of a
+`ray start` cluster that asks for one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import cli
+
+PLAN = """\
+name: guard
+device: cpu
+models: [{{onnx: {model}}}]
+matrix:
+  batch_sizes: [1]
+  dtypes: [fp32]
+  backends: [{backend}]
+measure: {{warmup_iters: 0, iters: 2}}
+"""
+
+
+def _model(ir_version: int | None = None, external: bool = False):
+    """x + w, x of shape [1, 4]; w an initializer (in the file, or external data w.bin beside it)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.ones(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = ir_version or 8
+    return model
+
+
+def _validate(tmp_path: Path, model_name: str = "net.onnx", backend: str = "ort"):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN.format(model=model_name, backend=backend))
+    done = cli("validate", plan)
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+def test_an_onnx_file_newer_than_the_installed_onnx_runtime_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from orchestrator.onnxfile import ort_max_ir_version
+
+    version, most = ort_max_ir_version()
+    onnx.save(_model(ir_version=most + 1), str(tmp_path / "net.onnx"))
+    code, out = _validate(tmp_path)
+    assert code == 2, out
+    assert f"{tmp_path / 'net.onnx'} has ONNX IR version {most + 1}" in out
+    assert f"(onnxruntime {version}) reads up to IR version {most}" in out
+    assert "models[0]" in out and "Traceback" not in out
+
+    # the same file on a backend that doesn't run it on ORT: not this check's business
+    code, out = _validate(tmp_path, backend="sleep")
+    assert "IR version" not in out
+
+    # a file the runtime reads passes
+    onnx.save(_model(ir_version=most), str(tmp_path / "net.onnx"))
+    code, out = _validate(tmp_path)
+    assert code == 0 and "valid, 1 trials" in out, out
+
+
+def test_the_probe_matches_what_onnx_runtime_says_about_a_real_file(tmp_path):
+    """The maximum comes from ORT itself, not a table: a file at that version loads, one above fails."""
+    ort = pytest.importorskip("onnxruntime")
+
+    from orchestrator.onnxfile import ort_max_ir_version
+
+    _, most = ort_max_ir_version()
+    ort.InferenceSession(_model(ir_version=most).SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match=f"Unsupported model IR version: {most + 1}"):
+        ort.InferenceSession(_model(ir_version=most + 1).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_without_onnx_runtime_on_the_driver_nothing_is_guessed(tmp_path, monkeypatch):
+    import sys
+
+    import onnx
+
+    from orchestrator import onnxfile
+
+    onnxfile.ort_max_ir_version.cache_clear()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    try:
+        onnx.save(_model(ir_version=99), str(tmp_path / "net.onnx"))
+        code, out = _validate(tmp_path)
+        assert code == 0 and "valid" in out, out
+    finally:
+        onnxfile.ort_max_ir_version.cache_clear()
+
+
+def _external(folder: Path, location: str) -> Path:
+    """net.onnx in ``folder`` whose tensor w is external data saved as w.bin, then pointed at ``location``."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _model()
+    onnx.save(model, str(folder / "net.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    model = onnx.load(str(folder / "net.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(model, str(folder / "net.onnx"))
+    return folder / "net.onnx"
+
+
+def test_external_data_beside_the_model_is_accepted(tmp_path):
+    _external(tmp_path, "w.bin")
+    code, out = _validate(tmp_path)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, how):
+    models = tmp_path / "models"
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"\0" * 16)
+    if how == "dotdot":
+        path = _external(models, "../secret.bin")
+    elif how == "absolute":
+        path = _external(models, str(outside))
+    else:
+        path = _external(models, "w.bin")
+        (models / "w.bin").unlink()
+        os.symlink(outside, models / "w.bin")
+    code, out = _validate(tmp_path, model_name="models/net.onnx")
+    assert code == 2, out
+    assert "models[0]" in out and str(path) in out and "tensor 'w'" in out, out
+    assert f"external data must stay in the model file's folder {models}" in out
+    assert str(outside) in out and "Traceback" not in out
+
+
+# --- the token of a `ray start` cluster on this machine ------------------------------------------
+
+CONNECT = """
+import json, sys, ray
+from orchestrator.cluster import connect
+from orchestrator.errors import ClusterError
+try:
+    connect(sys.argv[1])
+except ClusterError as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(2)
+print(json.dumps({"cpus": ray.cluster_resources().get("CPU")}))
+"""
+
+
+def _driver(address: str, home: Path, **env: str):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    done = subprocess.run([sys.executable, "-c", CONNECT, address], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**base, "HOME": str(home), "PYTHONPATH": str(REPO), **env})
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_address_on_the_heads_machine_uses_its_token(tmp_path):
+    """`ray start --head` with ~/.ray/auth_token (Ray turns token authentication on), then a driver
+    with `--address IP:PORT` and no RAY_AUTH_MODE: connected with that token. Without a token file
+    the message says how to give one. HOME points into tmp_path: the machine's ~/.ray is not read."""
+    import secrets
+
+    from raycluster import RayCluster
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    cluster = RayCluster()
+    cluster.env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH_")}
+    cluster.env["HOME"] = str(home)
+    try:
+        cluster.add_node("head", num_cpus=1, num_gpus=0, resources={})
+        code, out = _driver(cluster.address, home)
+        assert code == 0 and out == {"cpus": 1.0}, out
+
+        other = tmp_path / "other-home"  # a user without the token, who says token mode is on
+        other.mkdir()
+        code, out = _driver(cluster.address, other, RAY_AUTH_MODE="token")
+        assert code == 2 and "the cluster uses token authentication" in out["error"], out
+    finally:
+        cluster.stop()
