@@ -407,8 +407,8 @@ def _input_entry(where: str, raw: PlanInput, dtype: str, shape: list[int | str])
                        "[low, high), low default 0): for token ids, the vocabulary size", where=where)
         low = 0 if low is None else low
         if low >= high:
-            raise _err("{where}: empty integer bounds: low {low:g} >= high {high:g} (values are drawn from "
-                       "[low, high))", where=where, low=low, high=high)
+            raise _err("{where}: empty integer bounds: low {low} >= high {high} (values are drawn from "
+                       "[low, high))", where=where, low=f"{low:g}", high=f"{high:g}")
     if fill == "constant" and raw.value is None:
         raise _err("{where}: fill constant needs value", where=where)
     for d in shape:
