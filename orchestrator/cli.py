@@ -84,7 +84,9 @@ TABLE_MODES = ("auto", "full", "summary")
 
 
 def _config(r: dict[str, Any]) -> str:
-    return f"bs{r['batch_size']} {r['dtype']} {r['io']}"
+    from orchestrator.report import axes_text
+
+    return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}"]))
 
 
 def grouped_table(rows: list[dict[str, Any]]) -> Table:

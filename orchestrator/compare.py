@@ -27,7 +27,7 @@ import pyarrow as pa
 from workers.contract import Status
 
 DEFAULT_THRESHOLD = 0.03
-SPEC_KEYS = ("model", "input_shape", "backend", "label", "options", "batch_size", "dtype", "io")
+SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory

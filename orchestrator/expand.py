@@ -43,12 +43,21 @@ def _budgets(plan: Plan, trial: Trial, e: int, entry: Any) -> tuple[dict[str, An
     return tuple(found)
 
 
+def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str, int]]:
+    """The values of ``model``'s named axes, one dict per trial: the model's own ``axes`` fixed, the
+    matrix's swept (an axis the model doesn't have doesn't multiply its trials). ``[{}]`` without axes."""
+    names = model.axis_names()
+    choices = [[model.axes[a]] if a in model.axes else swept[a] for a in names]
+    return [dict(zip(names, values)) for values in itertools.product(*choices)]
+
+
 def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     """Every trial of the plan, in a stable order, exclusions applied."""
     trials = []
     m = plan.matrix
-    for model, bs, dtype, (e, entry) in itertools.product(plan.models, m.batch_sizes, m.dtypes,
-                                                           enumerate(m.backends)):
+    points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
+    for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
+                                                                   enumerate(m.backends)):
         for io in entry.io or m.io:
             trial = Trial(
                 plan=plan.name,
@@ -64,6 +73,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 measure=plan.measure,
                 parity=plan.parity,
                 seed=plan.seed,
+                axes=axes,
                 timeout_s=entry.timeout_s if entry.timeout_s is not None else plan.timeout_s,
                 retries=entry.retries if entry.retries is not None else plan.retries,
             )

@@ -78,7 +78,7 @@ from workers import zoo
 from workers.config import StrictModel
 from workers.contract import Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
-EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io")
+EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes")
 
 
 Strict = StrictModel
@@ -91,6 +91,8 @@ class ExcludeRule(Strict):
     batch_size: int | list[int] | None = None
     dtype: Dtype | list[Dtype] | None = None
     io: Io | list[Io] | None = None
+    axes: dict[str, int | list[int]] | None = None
+    """Named axes' values, e.g. {seq: 384}: matches trials whose axes have these values."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeRule:
@@ -102,6 +104,10 @@ class ExcludeRule(Strict):
         for key in EXCLUDE_KEYS:
             want = getattr(self, key)
             if want is None:
+                continue
+            if key == "axes":
+                if not _axes_match(want, trial.axes):
+                    return False
                 continue
             got = trial.model.name if key == "model" else getattr(trial, key)
             if got not in (want if isinstance(want, list) else [want]):
@@ -140,6 +146,7 @@ class BudgetRule(Budget):
     batch_size: int | list[int] | None = None
     dtype: Dtype | list[Dtype] | None = None
     io: Io | list[Io] | None = None
+    axes: dict[str, int | list[int]] | None = None
 
     matches = ExcludeRule.matches
 
@@ -179,6 +186,8 @@ class Matrix(Strict):
     io: list[Io] = Field(default_factory=lambda: ["device"], min_length=1)
     backends: list[Any] = Field(min_length=1)
     exclude: list[ExcludeRule] = Field(default_factory=list)
+    axes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(default_factory=dict)
+    """Named axes swept like batch sizes: {seq: [128, 384]}; ``seq_lens: [...]`` is short for it."""
 
 
 class Plan(Strict):
@@ -234,6 +243,8 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     kind = kinds[0]
     rest = {k: v for k, v in item.items() if k != kind}
     ref = str(item[kind]).strip()
+    if _uses_inputs_form(kind, ref, rest, base_dir):
+        return _inputs_form_model(kind, ref, rest, base_dir)
     if kind == "torchvision":
         _check_torchvision(ref)
         shape = rest.pop("input_shape", zoo.default_shape(ref))
@@ -314,6 +325,275 @@ def _check_onnx_file(model: Any, path: Path) -> None:
     check_loaded(model, path)
 
 
+# --- Models with several named inputs (the ``inputs`` form) and named axes -------------------------
+
+INPUTS_FORM_KEYS = ("inputs", "axes", "axes_map", "pass_inputs")
+#: ONNX element types infer-orch can feed, as the plan's dtype names.
+ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+_FLOATS = ("float32", "float16", "bfloat16")
+UNNAMED = "?"
+
+
+class PlanInput(Strict):
+    """One entry of a model's ``inputs`` as the plan writes it (an ONNX file's supplies the rest)."""
+
+    name: str
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] | None = None
+    shape: list[int | str] | None = None
+    fill: Literal["normal", "randint", "ones", "zeros", "constant"] | None = None
+    low: float | None = None
+    high: float | None = None
+    value: float | None = None
+
+
+def _err(msg: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError("model_form", msg, ctx)
+
+
+def _uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> bool:
+    """The inputs form: asked for by its keys, or an ONNX file the one-input form can't feed
+    (several inputs, or one that is not floating point)."""
+    if any(k in rest for k in INPUTS_FORM_KEYS):
+        return True
+    if kind != "onnx" or "input_shape" in rest:
+        return False
+    path = Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref
+    if not path.is_file():
+        return False  # the one-input path says it is missing
+    found = _onnx_graph_inputs(path)
+    return len(found) != 1 or found[0][1] not in ("float32", "float16")
+
+
+def _onnx_graph_inputs(path: Path) -> list[tuple[str, str, list[int | str | None]]]:
+    """(name, dtype, dims) of each input an ONNX file takes (initializers left out); a dim is an
+    int, its symbolic name, or None when it has neither."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise _err("{path} is not a readable ONNX model ({exc})", path=str(path), exc=str(exc)) from None
+    _check_onnx_file(model, path)
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dtype = ONNX_DTYPES.get(tt.elem_type)
+        if dtype is None:
+            raise _err("input '{name}' of {path} has ONNX element type {t}; infer-orch feeds "
+                       "float32, float16, bfloat16, int64, int32 and bool",
+                       name=i.name, path=str(path), t=onnx.TensorProto.DataType.Name(tt.elem_type))
+        dims: list[int | str | None] = [d.dim_value if d.HasField("dim_value") else
+                                        (d.dim_param or None) for d in tt.shape.dim]
+        out.append((i.name, dtype, dims))
+    return out
+
+
+def _default_fill(name: str, dtype: str) -> str:
+    """Attention masks are ones (a random 0/1 mask can blank whole rows and give NaN); floats are
+    normal; integers are random in [low, high); booleans are ones."""
+    if "mask" in name.lower() or dtype == "bool":
+        return "ones"
+    return "normal" if dtype in _FLOATS else "randint"
+
+
+def _input_entry(where: str, raw: PlanInput, dtype: str, shape: list[int | str]) -> dict[str, Any]:
+    """An ``InputSpec``'s fields for one input, its fill checked against its dtype."""
+    fill = raw.fill or _default_fill(raw.name, dtype)
+    low, high = raw.low, raw.high
+    if fill == "normal" and dtype not in _FLOATS:
+        raise _err("{where}: fill normal is for floating-point inputs; this one is {dtype} (use randint, ones, "
+                   "zeros or constant)", where=where, dtype=dtype)
+    if fill == "randint":
+        if dtype in _FLOATS:
+            raise _err("{where}: fill randint is for integer inputs; this one is {dtype}", where=where, dtype=dtype)
+        if dtype == "bool":
+            low, high = (0 if low is None else low), (2 if high is None else high)
+        if high is None:
+            raise _err("{where}: an integer input filled with randint needs high (values are drawn from "
+                       "[low, high), low default 0): for token ids, the vocabulary size", where=where)
+        low = 0 if low is None else low
+        if low >= high:
+            raise _err("{where}: empty integer bounds: low {low} >= high {high} (values are drawn from "
+                       "[low, high))", where=where, low=f"{low:g}", high=f"{high:g}")
+    if fill == "constant" and raw.value is None:
+        raise _err("{where}: fill constant needs value", where=where)
+    for d in shape:
+        if isinstance(d, int) and d < 1 or isinstance(d, str) and not d.isidentifier():
+            raise _err("{where}: shape {shape}: each dim is a positive int or an axis name", where=where,
+                       shape=list(shape))
+    return {"name": raw.name, "dtype": dtype, "shape": tuple(shape), "fill": fill, "low": low, "high": high,
+            "value": raw.value}
+
+
+def _plan_inputs(raw: Any) -> list[PlanInput]:
+    if not isinstance(raw, list) or not raw:
+        raise _err("inputs: a list of inputs, each {{name, dtype, shape, fill}}")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(PlanInput.model_validate(item))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = "".join(f".{p}" for p in e["loc"])
+            raise _err("inputs[{i}]{loc}: {msg}", i=i, loc=loc, msg=_describe(e)) from None
+    names = [p.name for p in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise _err("inputs: '{name}' is listed twice", name=dup)
+    return out
+
+
+def _inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
+    """ModelSpec fields for a model of the inputs form (a ``python:`` factory or an ONNX file)."""
+    rest = dict(rest)
+    if kind == "torchvision":
+        raise _err("torchvision models take one image input: {keys} are for python: and onnx: models",
+                   keys=", ".join(k for k in INPUTS_FORM_KEYS if k in rest))
+    if "input_shape" in rest and "inputs" in rest:
+        raise _err("give either input_shape (one float input) or inputs, not both")
+    axes = rest.pop("axes", {}) or {}
+    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                             and v >= 1 for k, v in axes.items()):
+        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
+                   "use matrix.axes)")
+    if "batch" in axes:
+        raise _err("axes: batch is the batch axis: its values are matrix.batch_sizes")
+    axes_map = rest.pop("axes_map", {}) or {}
+    if not isinstance(axes_map, dict) or not all(isinstance(v, str) for v in axes_map.values()):
+        raise _err("axes_map: a mapping of the ONNX file's dim name to a plan axis, e.g. {{sequence: seq}}")
+    if axes_map and kind != "onnx":
+        raise _err("axes_map renames an ONNX file's dims; a python model names its axes in inputs")
+    pass_inputs = rest.pop("pass_inputs", "kwargs")
+    if pass_inputs not in ("kwargs", "positional"):
+        raise _err("pass_inputs: kwargs (forward(name=tensor, ...)) or positional (forward(t0, t1, ...)), "
+                   "got {got}", got=str(pass_inputs))
+    if pass_inputs != "kwargs" and kind != "python":
+        raise _err("pass_inputs is for python models; an ONNX file's inputs are fed by name")
+    raw = _plan_inputs(rest.pop("inputs")) if "inputs" in rest else None
+    if kind == "python":
+        if raw is None:
+            raise _err("python model '{ref}': {keys} need inputs (a list of {{name, dtype, shape}})", ref=ref,
+                       keys=", ".join(k for k in INPUTS_FORM_KEYS if k in {"axes": axes, "pass_inputs": 1}) or "axes")
+        inputs = []
+        for i, p in enumerate(raw):
+            if p.shape is None:
+                raise _err("inputs[{i}] ({name}): a python model's input needs a shape, e.g. [batch, seq]",
+                           i=i, name=p.name)
+            inputs.append(_input_entry(f"inputs[{i}] ({p.name})", p, p.dtype or "float32", p.shape))
+        name = rest.pop("name", ref.partition(":")[2])
+    else:
+        path = Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref
+        if not path.is_file():
+            raise _err("ONNX file not found: {path}", path=str(path))
+        ref = str(path.resolve())
+        inputs = _onnx_inputs(ref, _onnx_graph_inputs(path), raw or [], axes_map)
+        name = rest.pop("name", path.stem)
+    if "input_shape" in rest:
+        raise _err("input_shape is the one-input form; with inputs, each input has its shape")
+    return {"kind": kind, "ref": ref, "name": name, "inputs": inputs, "axes": axes, "pass_inputs": pass_inputs,
+            **rest}
+
+
+def _onnx_inputs(ref: str, found: list[tuple[str, str, list[int | str | None]]], raw: list[PlanInput],
+                 axes_map: dict[str, str]) -> list[dict[str, Any]]:
+    """The file's inputs with the plan's declarations applied: dims named by the file become plan axes
+    (a leading dim every input shares is ``batch``; ``axes_map`` renames the others)."""
+    names = [n for n, _, _ in found]
+    by_name = {p.name: p for p in raw}
+    for i, p in enumerate(raw):
+        if p.name not in names:
+            close = difflib.get_close_matches(p.name, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise _err("inputs[{i}]: the ONNX model {ref} has no input '{name}'{hint}; its inputs: {names}",
+                       i=i, ref=ref, name=p.name, hint=hint, names=", ".join(names))
+    leads = {dims[0] if dims else None for _, _, dims in found}
+    batch_dim = next(iter(leads)) if len(leads) == 1 and isinstance(next(iter(leads)), str) else None
+    out = []
+    for name, dtype, dims in found:
+        p = by_name.get(name, PlanInput(name=name))
+        where = f"input '{name}'"
+        if p.dtype is not None and p.dtype != dtype:
+            raise _err("inputs[{i}] ({name}): dtype {plan} contradicts the ONNX model, whose input is {file}",
+                       i=raw.index(p), name=name, plan=p.dtype, file=dtype)
+        shape: list[int | str] = []
+        for k, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif d is None or d == 0:
+                shape.append(UNNAMED)
+            elif d in axes_map:
+                shape.append(axes_map[d])
+            else:
+                shape.append("batch" if k == 0 and d == batch_dim else d)
+        if p.shape is not None:
+            if len(p.shape) != len(shape):
+                raise _err("inputs[{i}] ({name}): shape {plan} has {n} dims; the ONNX model's input has {m}",
+                           i=raw.index(p), name=name, plan=list(p.shape), n=len(p.shape), m=len(shape))
+            for k, (mine, file) in enumerate(zip(p.shape, shape)):
+                if isinstance(file, int) and mine != file:
+                    raise _err("inputs[{i}] ({name}): dim {k} is {plan}; the ONNX model fixes it to {file}",
+                               i=raw.index(p), name=name, k=k, plan=mine, file=file)
+            shape = list(p.shape)
+        if UNNAMED in shape:
+            k = shape.index(UNNAMED)
+            raise _err("{where} of {ref}: dim {k} has no size and no name in the file; declare it: inputs: "
+                       "[{{name: {name}, shape: [...]}}] with an int or an axis name there",
+                       where=where, ref=ref, k=k, name=name)
+        out.append(_input_entry(where, p, dtype, shape))
+    return out
+
+
+def _axes_shorthand(matrix: dict[str, Any], source: str) -> dict[str, Any]:
+    """``matrix.<axis>_lens: [...]`` is short for ``matrix.axes: {<axis>: [...]}`` (``seq_lens`` fills ``seq``)."""
+    short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5]
+    if not short:
+        return matrix
+    matrix = dict(matrix)
+    axes = dict(matrix.get("axes") or {}) if isinstance(matrix.get("axes") or {}, dict) else matrix.get("axes")
+    for k in short:
+        if isinstance(axes, dict):
+            if k[:-5] in axes:
+                raise PlanError(f"{source}: matrix.{k}: axis '{k[:-5]}' is also in matrix.axes; give it once")
+            axes[k[:-5]] = matrix.pop(k)
+    matrix["axes"] = axes
+    return matrix
+
+
+def _check_axes(plan: Plan, source: str) -> None:
+    """Every named axis of every model has a value (the model's axes or the matrix's), and every
+    value given names an axis some model has."""
+    swept = plan.matrix.axes
+    if "batch" in swept:
+        raise PlanError(f"{source}: matrix.axes.batch: the batch axis's values are matrix.batch_sizes")
+    used: set[str] = set()
+    for i, m in enumerate(plan.models):
+        names = m.axis_names()
+        used.update(names)
+        for a in m.axes:
+            if a not in names:
+                raise PlanError(f"{source}: models[{i}].axes.{a}: model '{m.name}' has no axis '{a}' "
+                                f"(its axes: {', '.join(['batch', *names])})")
+        for inp in m.inputs:
+            for k, d in enumerate(inp.shape):
+                if isinstance(d, str) and d != "batch" and d not in m.axes and d not in swept:
+                    hint = (f"; or map the file's dim to a plan axis with axes_map: {{{d}: <axis>}}"
+                            if m.kind == "onnx" else "")
+                    raise PlanError(f"{source}: models[{i}]: input '{inp.name}' dim {k} '{d}' has no value: set it "
+                                    f"with axes: {{{d}: N}} on the model or sweep it with matrix.axes: "
+                                    f"{{{d}: [...]}}{hint}")
+    for a in swept:
+        if a not in used:
+            raise PlanError(f"{source}: matrix.axes.{a}: no model has an axis named '{a}'"
+                            + (f" (their axes: {', '.join(sorted(used))})" if used else ""))
+
+
+def _axes_match(want: dict[str, Any], got: dict[str, int]) -> bool:
+    return all(k in got and got[k] in (v if isinstance(v, list) else [v]) for k, v in want.items())
+
+
 def format_loc(loc: tuple[Any, ...]) -> str:
     """('matrix', 'backends', 2, 'ort', 'options', 'x') -> 'matrix.backends[2].options.x'."""
     out = ""
@@ -366,7 +646,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     if isinstance(data.get("matrix"), dict):
         matrix = dict(data["matrix"])
         matrix["backends"] = _parse_backends(matrix.get("backends"))
-        data["matrix"] = matrix
+        data["matrix"] = _axes_shorthand(matrix, source)
     try:
         plan = Plan.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -383,6 +663,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
                 f"matrix.backends[{labels.index(label)}]; give each entry of one backend its own `label`"
             )
     _check_timeouts(plan, entries, source)
+    _check_axes(plan, source)
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 

@@ -30,7 +30,7 @@ from orchestrator.results import load_results, run_info
 from workers.contract import Status, succeeded
 
 DEFAULT_BASELINE = "torch-eager"
-GROUP = ("model", "batch_size", "dtype", "io")
+GROUP = ("model", "axes", "batch_size", "dtype", "io")
 STATUS_STYLE = {Status.OK: "green", Status.SKIPPED: "yellow"}
 ENV_COLUMNS = ("device", "device_name", "node", "torch_version", "ort_version", "cuda_version", "driver_version")
 
@@ -40,8 +40,8 @@ def _group(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _order(r: dict[str, Any], baseline: str) -> tuple[Any, ...]:
-    return (str(r.get("model")), r.get("batch_size") or 0, str(r.get("dtype")), str(r.get("io")),
-            r.get("label") != baseline, str(r.get("label")))
+    return (str(r.get("model")), str(r.get("axes") or ""), r.get("batch_size") or 0, str(r.get("dtype")),
+            str(r.get("io")), r.get("label") != baseline, str(r.get("label")))
 
 
 def _is_baseline(r: dict[str, Any], baseline: str) -> bool:
@@ -97,8 +97,17 @@ def _note(r: dict[str, Any]) -> str:
 COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "speedup", "note")
 
 
+def axes_text(r: dict[str, Any]) -> str:
+    """A row's named axes as ``seq=128 ...`` (the ``axes`` column is JSON text); empty without."""
+    import json
+
+    raw = r.get("axes")
+    return " ".join(f"{k}={v}" for k, v in json.loads(raw).items()) if raw else ""
+
+
 def _cells(r: dict[str, Any]) -> list[str]:
-    return [str(r.get("model")), str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
+    model = f"{r.get('model')} {axes_text(r)}".strip()
+    return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
             str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
             _fmt(r.get("throughput"), ".1f"), _speedup(r), _note(r)]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.contract import ModelSpec, Trial
-from workers.models import ModelStore, make_input, onnx_export
+from workers.models import ModelStore, make_input, make_inputs, onnx_export
 
 
 @dataclass
@@ -47,8 +47,20 @@ class TrialContext:
         """The trial's input tensor: on ``device`` (default: the trial's device)."""
         return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
 
+    def inputs(self, device: str | None = None) -> dict[str, Any]:
+        """Every input of the trial by name (``input`` alone for a one-input model), on ``device``."""
+        return make_inputs(self.model, self.batch_size, self.dtype, device or self.device, self.seed,
+                           self.trial.axes)
+
+    def call(self, model: Any, inputs: dict[str, Any]) -> Any:
+        """``model`` called on ``inputs`` the way the plan says (by name, or by position)."""
+        from workers.models import call_model
+
+        return call_model(self.model, model, inputs)
+
     def onnx_path(self, exporter: str = "dynamo", opset: int | None = None) -> str:
         t0 = time.perf_counter()
-        path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset)
+        path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset,
+                                   self.trial.axes)
         self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0)
         return str(path)

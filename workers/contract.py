@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from workers.config import StrictModel
 
@@ -113,20 +113,75 @@ class ParitySpec(StrictModel):
     tolerance: ParityTolerance = Field(default_factory=ParityTolerance)
 
 
+InputDtype = Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"]
+FLOAT_INPUT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+#: The batch axis: in an input's shape, the trial's batch size.
+BATCH_AXIS = "batch"
+
+
+class InputSpec(StrictModel):
+    """One named input of a model with several (or typed) inputs: its dtype, its shape with named
+    axes (``batch`` is the batch size, other names take their value from the model's or the matrix's
+    ``axes``; ints are fixed dims) and how it is filled. Floating inputs are fed in the trial's dtype."""
+
+    name: str
+    dtype: InputDtype = "float32"
+    shape: tuple[int | str, ...]
+    fill: Literal["normal", "randint", "ones", "zeros", "constant"]
+    low: float | None = None
+    high: float | None = None
+    value: float | None = None
+
+    def resolved_shape(self, batch_size: int, axes: dict[str, int]) -> list[int]:
+        return [d if isinstance(d, int) else batch_size if d == BATCH_AXIS else axes[d] for d in self.shape]
+
+    def fed_dtype(self, trial_dtype: str) -> str:
+        """The dtype this input is fed in: floating inputs follow the trial's dtype."""
+        if self.dtype in FLOAT_INPUT_DTYPES:
+            return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[trial_dtype]
+        return self.dtype
+
+
 class ModelSpec(StrictModel):
     """A model as a trial carries it: ``kind`` torchvision, onnx or python; ``ref`` the torchvision
-    name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape."""
+    name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape.
+
+    A model with several (or non-float, or named-axis) inputs lists them in ``inputs`` (then
+    ``input_shape`` is empty); ``axes`` holds the values the plan fixes for this model's axes, and
+    ``pass_inputs`` says whether a ``python:`` model's forward takes them by name or by position."""
 
     kind: Literal["torchvision", "onnx", "python"]
     ref: str
     name: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] = ()
+    inputs: tuple[InputSpec, ...] = ()
+    axes: dict[str, int] = Field(default_factory=dict)
+    pass_inputs: Literal["kwargs", "positional"] = "kwargs"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """The fields of the inputs form only where set: a one-input model dumps as it always has."""
+        out = handler(self)
+        for k, default in (("inputs", ()), ("axes", {}), ("pass_inputs", "kwargs")):
+            if getattr(self, k) == default:
+                out.pop(k, None)
+        return out
+
+    def axis_names(self) -> list[str]:
+        """The named axes the inputs use, besides ``batch``, in order of first use."""
+        names = [d for i in self.inputs for d in i.shape if isinstance(d, str) and d != BATCH_AXIS]
+        return list(dict.fromkeys(names))
+
+    def _inputs_ident(self) -> list[Any]:
+        return [i.model_dump(mode="json", exclude_none=True) for i in self.inputs]
 
     @property
     def key(self) -> str:
         """A stable key (the worker's model cache key and part of the export cache key)."""
-        return json.dumps({"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)},
-                          sort_keys=True)
+        ident: dict[str, Any] = {"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)}
+        if self.inputs:  # only models of the inputs form: every other key stays what it was
+            ident.update(inputs=self._inputs_ident(), pass_inputs=self.pass_inputs)
+        return json.dumps(ident, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -149,6 +204,8 @@ class Trial:
     parity: ParitySpec = field(default_factory=ParitySpec)
     seed: int = 0
     accelerator_type: str | None = None
+    #: the values of the model's named axes in this trial (``{"seq": 128}``); empty for models without
+    axes: dict[str, int] = field(default_factory=dict)
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -175,7 +232,7 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: Fields added to ``Trial`` since then, with their defaults. A field at its default stays out of the
 #: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
-ID_FIELDS_ADDED: dict[str, Any] = {}
+ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}}
 #: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
 _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
@@ -195,6 +252,8 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
     defaults = type(trial.measure)().model_dump(mode="json")
     measure = {k: v for k, v in measure.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
     ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
+    if m.inputs:  # models of the inputs form only: the ids of every other model stay what they were
+        ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
     ident.update({k: getattr(trial, k) for k in _ID_FIELDS}, measure=measure)
     for name, default in ID_FIELDS_ADDED.items():
         value = getattr(trial, name)
@@ -220,7 +279,9 @@ def spec_columns(trial: Trial) -> dict[str, Any]:
         "plan": trial.plan,
         "model": m.name,
         "model_source": f"{m.kind}:{m.ref}",
-        "input_shape": list(m.input_shape),
+        "input_shape": _input_shape_column(trial),
+        "inputs": fed_inputs(trial),
+        "axes": json.dumps(trial.axes, sort_keys=True) if trial.axes else None,
         "backend": trial.backend,
         "label": trial.label,
         "options": json.dumps(trial.options, sort_keys=True),
@@ -228,6 +289,27 @@ def spec_columns(trial: Trial) -> dict[str, Any]:
         "dtype": trial.dtype,
         "io": trial.io,
     }
+
+
+def fed_inputs(trial: Trial) -> list[dict[str, Any]]:
+    """Every input the trial feeds: name, dtype and full shape (the batch axis included)."""
+    m = trial.model
+    if not m.inputs:
+        dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(trial.dtype, trial.dtype)
+        return [{"name": "input", "dtype": dtype, "shape": [trial.batch_size, *m.input_shape]}]
+    return [{"name": i.name, "dtype": i.fed_dtype(trial.dtype) if trial.dtype in ("fp32", "fp16", "bf16")
+             else i.dtype, "shape": i.resolved_shape(trial.batch_size, trial.axes)} for i in m.inputs]
+
+
+def _input_shape_column(trial: Trial) -> list[int] | None:
+    """The per-sample shape of a one-input model (its batch axis left out); null with several inputs."""
+    m = trial.model
+    if not m.inputs:
+        return list(m.input_shape)
+    if len(m.inputs) != 1:
+        return None
+    (i,) = m.inputs
+    return [n for d, n in zip(i.shape, i.resolved_shape(trial.batch_size, trial.axes)) if d != BATCH_AXIS]
 
 
 def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> dict[str, Any]:

@@ -134,11 +134,13 @@ def onnx_export(
     dtype: str,
     exporter: str = "dynamo",
     opset: int | None = None,
+    axes: dict[str, int] | None = None,
 ) -> tuple[Path, bool]:
     """The ONNX file for ``spec`` at this batch size and dtype; returns (path, was_cached).
 
     Exports are cached on this node's disk under a content key (model spec, seed, batch,
-    dtype, exporter, opset and torch version), so the trials of one node export a model once.
+    dtype, exporter, opset and torch version; with several inputs, their names, dtypes, shapes and the
+    axes' values), so the trials of one node export a model once per shape: every export is static.
     The file is written under a temporary name and renamed, so a concurrent export by a
     neighbouring actor or a crash never leaves a torn file behind.
     """
@@ -146,12 +148,10 @@ def onnx_export(
 
     if spec.kind == "onnx":
         return Path(spec.ref), True
-    key = hashlib.sha256(
-        json.dumps(
-            [spec.key, store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:24]
+    ident: list[Any] = [spec.key, store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION]
+    if axes:  # only trials with named axes: every other export keeps its cache key
+        ident.append(sorted(axes.items()))
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     out_dir = cache_dir() / "onnx"
     path = out_dir / f"{key}.onnx"
     if path.exists():
@@ -160,11 +160,18 @@ def onnx_export(
     # Export from the CPU copy: the graph doesn't depend on the device, and it keeps the
     # export off the GPU that neighbouring trials may be timing on.
     model = store.torch_model(spec, "cpu", dtype)
-    example = make_input(spec, batch_size, dtype, "cpu", store.seed)
+    if spec.inputs:
+        example_in = make_inputs(spec, batch_size, dtype, "cpu", store.seed, axes or {})
+        with torch.no_grad():
+            out_names = list(flat_outputs(call_model(spec, model, example_in)))
+        model, args = FlatCall(spec, model), tuple(example_in.values())
+        names = {"input_names": list(example_in), "output_names": out_names}
+    else:
+        args, names = (make_input(spec, batch_size, dtype, "cpu", store.seed),), {}
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".onnx.tmp")
     os.close(fd)
     try:
-        kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
+        kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], **names}
         if opset is not None:
             kwargs["opset_version"] = opset
         if exporter == "dynamo":
@@ -172,7 +179,7 @@ def onnx_export(
         else:
             kwargs.update(dynamo=False)
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(model, (example,), tmp, **kwargs)
+            torch.onnx.export(model, args, tmp, **kwargs)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -187,3 +194,94 @@ def make_input(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: 
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn((batch_size, *spec.input_shape), generator=gen)
     return x.to(device=device, dtype=torch_dtype(dtype))
+
+
+def make_inputs(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: int,
+                axes: dict[str, int]) -> dict[str, Any]:
+    """Every input of the trial by name, seeded, the same on every backend. A model of the one-input
+    form has one, ``input`` (``make_input``'s); the others' are filled as their ``InputSpec`` says,
+    in order from one generator, floating ones in the trial's dtype."""
+    import torch
+
+    if not spec.inputs:
+        return {"input": make_input(spec, batch_size, dtype, device, seed)}
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = {}
+    for i in spec.inputs:
+        shape = i.resolved_shape(batch_size, axes)
+        if i.fill == "normal":
+            t = torch.randn(shape, generator=gen)
+        elif i.fill == "randint":
+            t = torch.randint(int(i.low or 0), int(i.high or 2), shape, generator=gen)
+        elif i.fill == "constant":
+            t = torch.full(shape, float(i.value or 0))
+        else:
+            t = (torch.ones if i.fill == "ones" else torch.zeros)(shape)
+        out[i.name] = t.to(device=device, dtype=getattr(torch, i.fed_dtype(dtype)))
+    return out
+
+
+def call_model(spec: ModelSpec, model: Any, inputs: dict[str, Any]) -> Any:
+    """``model`` called on ``inputs``: by name (``forward(input_ids=..., ...)``), or by position for
+    the one-input form and ``pass_inputs: positional``."""
+    if not spec.inputs or spec.pass_inputs == "positional":
+        return model(*inputs.values())
+    return model(**inputs)
+
+
+def flat_outputs(y: Any, prefix: str = "") -> dict[str, Any]:
+    """A model's tensor outputs by name: one tensor is ``output``; a tuple or list gives ``output0``,
+    ``output1``...; a dict (or a ModelOutput) its keys, nested ones joined with dots. Other values
+    (None, Python numbers) are left out."""
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return {prefix or "output": y}
+    out: dict[str, Any] = {}
+    if isinstance(y, dict) or (hasattr(y, "keys") and hasattr(y, "__getitem__")):
+        for k in y.keys():
+            out.update(flat_outputs(y[k], f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(y, (tuple, list)):
+        for n, v in enumerate(y):
+            out.update(flat_outputs(v, f"{prefix}.{n}" if prefix else f"output{n}"))
+    return out
+
+
+def map_outputs(fn: Any, y: Any) -> Any:
+    """``fn`` applied to every tensor of a model's output (a tensor, tuple, list or dict of them)."""
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return fn(y)
+    if isinstance(y, dict):
+        return {k: map_outputs(fn, v) for k, v in y.items()}
+    if isinstance(y, (tuple, list)):
+        return type(y)(map_outputs(fn, v) for v in y) if isinstance(y, list) or type(y) is tuple else y
+    return y
+
+
+def host_outputs(y: Any) -> Any:
+    """A model's output as float32 host arrays: one array for one tensor (the one-output case),
+    else a dict of them by name (``flat_outputs``), which the parity check compares one by one."""
+    flat = flat_outputs(y)
+    arrays = {k: v.float().cpu().numpy() for k, v in flat.items()}
+    if list(arrays) == ["output"]:
+        return arrays["output"]
+    return arrays
+
+
+def FlatCall(spec: ModelSpec, model: Any) -> Any:  # noqa: N802 - builds an nn.Module
+    """``model`` as an exporter wants it: inputs by position (in the spec's order), outputs a flat
+    tuple (in ``flat_outputs``' order, so the ONNX outputs get those names)."""
+    import torch
+
+    class _FlatCall(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *xs: Any) -> Any:
+            named = dict(zip([i.name for i in spec.inputs], xs))
+            return tuple(flat_outputs(call_model(spec, self.inner, named)).values())
+
+    return _FlatCall().eval()

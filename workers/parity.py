@@ -43,26 +43,33 @@ class ParityFailure(Exception):
         self.columns = columns or {}
 
 
-def reference_output(trial: Trial, device: str, store: Any) -> np.ndarray:
-    """Torch eager fp32 output for the trial's model, batch and input on ``device`` (TF32 off)."""
+def reference_output(trial: Trial, device: str, store: Any) -> np.ndarray | dict[str, np.ndarray]:
+    """Torch eager fp32 output for the trial's model, batch and inputs on ``device`` (TF32 off): one
+    array for a one-output model, else every output by name (``workers.models.flat_outputs``)."""
     import torch
 
-    from workers.models import make_input
+    from workers.models import call_model, host_outputs, make_inputs
 
     spec, bs, seed = trial.model, trial.batch_size, trial.seed
 
-    def compute() -> np.ndarray:
+    def compute() -> np.ndarray | dict[str, np.ndarray]:
         model = store.torch_model(spec, device, "fp32")
-        # The trial's input before it is cast to the trial's dtype (the same seeded values), so one
-        # reference serves every dtype; the cast's rounding is part of what the tolerance allows.
-        x = make_input(spec, bs, "fp32", device, seed)
+        # The trial's inputs before floating ones are cast to the trial's dtype (the same seeded values),
+        # so one reference serves every dtype; the cast's rounding is part of what the tolerance allows.
+        xs = make_inputs(spec, bs, "fp32", device, seed, trial.axes)
         try:
             with _tf32_off(device), torch.inference_mode():
-                y = model(x)
-            return y.float().cpu().numpy()
+                y = call_model(spec, model, xs)
+            return host_outputs(y)
         finally:
             del model
-    return store.reference(spec, (bs, seed, device), compute)
+    key = (bs, seed, device, tuple(sorted(trial.axes.items()))) if trial.axes else (bs, seed, device)
+    return store.reference(spec, key, compute)
+
+
+def named(output: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A runner's output (one array, or several by name) as arrays by name; one is ``output``."""
+    return dict(output) if isinstance(output, dict) else {"output": output}
 
 
 @contextlib.contextmanager
@@ -116,30 +123,44 @@ def nonfinite(output: np.ndarray) -> int:
     return int(output.size - np.isfinite(output).sum())
 
 
-def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray],
+def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict[str, np.ndarray]],
           modelless: bool) -> dict[str, Any]:
-    """Parity columns for the trial's outputs (one per repeat); raises ParityFailure when wrong."""
+    """Parity columns for the trial's outputs (one per repeat; each one array, or several by name);
+    raises ParityFailure when wrong. Every output is compared with the reference's output in the same
+    place (the names are the reference's: an ONNX export may name them otherwise); the errors kept are
+    the worst output's, and ``parity_worst_output`` names it."""
+    several = any(isinstance(y, dict) and len(y) > 1 for y in outputs)
     for y in outputs:
-        bad = nonfinite(y)
-        if bad:
-            raise ParityFailure(f"output has {bad} NaN/Inf values of {y.size}; latency not published")
+        for name, arr in named(y).items():
+            bad = nonfinite(arr)
+            if bad:
+                which = f"output '{name}'" if several else "output"
+                raise ParityFailure(f"{which} has {bad} NaN/Inf values of {arr.size}; latency not published")
     cols: dict[str, Any] = {"parity_reference": None, "parity_max_abs_err": None,
-                            "parity_max_rel_err": None, "parity_tolerance": None}
+                            "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None}
     if not trial.parity.check or modelless or trial.model.kind == "onnx":
         return cols
     tol = float(getattr(trial.parity.tolerance, trial.dtype))
-    ref = reference_output(trial, device, store)
+    ref = named(reference_output(trial, device, store))
     cols.update(parity_reference=f"{REFERENCE} on {device}", parity_tolerance=tol)
-    worst: dict[str, float] = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0}
+    worst: dict[str, Any] = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0, "parity_worst_output": None}
     for y in outputs:
-        if y.shape != ref.shape:
-            raise ParityFailure(f"output shape {list(y.shape)} differs from the reference's {list(ref.shape)}", cols)
-        err = compare(y, ref)
-        worst = {k: max(worst[k], err[k]) for k in worst}
+        got = list(named(y).values())
+        if len(got) != len(ref):
+            raise ParityFailure(f"{len(got)} outputs; the reference has {len(ref)} ({', '.join(ref)})", cols)
+        for (name, r), arr in zip(ref.items(), got):
+            which = f"output '{name}'" if len(ref) > 1 else "output"
+            if arr.shape != r.shape:
+                raise ParityFailure(f"{which} shape {list(arr.shape)} differs from the reference's {list(r.shape)}",
+                                    cols)
+            err = compare(arr, r)
+            if worst["parity_worst_output"] is None or err["parity_max_rel_err"] > worst["parity_max_rel_err"]:
+                worst.update(err, parity_worst_output=name)
     cols.update(worst)
     if worst["parity_max_rel_err"] > tol:
+        which = f"output '{worst['parity_worst_output']}'" if len(ref) > 1 else "output"
         raise ParityFailure(
-            f"output differs from the {REFERENCE} reference: max |y - ref| / max |ref| = "
+            f"{which} differs from the {REFERENCE} reference: max |y - ref| / max |ref| = "
             f"{worst['parity_max_rel_err']:.3g} > tolerance {tol:g} for {trial.dtype}; latency not published",
             cols,
         )

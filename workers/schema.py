@@ -10,7 +10,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+#: 2: the ``inputs`` and ``axes`` columns (models with several named inputs, axes in the matrix) and
+#: ``parity_worst_output``; runs of version 1 load with them null.
+SCHEMA_VERSION = "2"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -21,7 +23,13 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("plan", _STR, "the plan's name"),
     ("model", _STR, "model name (torchvision name, ONNX file stem, or factory name)"),
     ("model_source", _STR, "kind:reference, e.g. torchvision:resnet50"),
-    ("input_shape", pa.list_(_I64), "per-sample input shape"),
+    ("input_shape", pa.list_(_I64), "per-sample input shape (the batch axis left out); null for a model "
+                                    "with several inputs (see inputs)"),
+    ("inputs", pa.list_(pa.struct([("name", _STR), ("dtype", _STR), ("shape", pa.list_(_I64))])),
+     "every input fed: name, dtype (as fed: floating inputs follow the trial's dtype) and full shape, "
+     "batch included; one entry named input for a model of the single-input form"),
+    ("axes", _STR, "the values of the model's named axes in this trial, as JSON text ({\"seq\": 128}); null "
+                   "when the model has none besides batch"),
     ("backend", _STR, "backend registry name: torch-eager, torch-cudagraph, ort, ..."),
     ("label", _STR, "the plan's label for this backend configuration (default: the backend name)"),
     ("options", _STR, "the backend options, resolved with their defaults, as JSON text"),
@@ -95,6 +103,8 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
                                "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
     ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),
     ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
+    ("parity_worst_output", _STR, "the output with the largest parity_max_rel_err (output, output0, ... or "
+                                  "the model's own output names)"),
     ("parity_tolerance", _F64, "the largest parity_max_rel_err allowed for this dtype (plan's parity.tolerance)"),
     ("cpu_model", _STR, "CPU model of the node"),
     ("cudnn_version", _STR, "cuDNN version torch uses"),

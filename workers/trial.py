@@ -171,6 +171,8 @@ def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[
     host->device copy of the input and device->host copy of the output, timed alone."""
     if ctx.io != "host" or not runner_cls.times_copies(runner_cls.Options.model_validate(ctx.trial.options)):
         return {}
+    if ctx.model.inputs or not isinstance(output, np.ndarray):
+        return {}  # several inputs or outputs: several copies, not one to time alone (null columns)
     import torch
 
     from workers.models import torch_dtype

@@ -241,32 +241,25 @@ class OrtRunner(Runner):
         if o.prefer_nhwc and effective.get(PROVIDERS["cuda"], {}).get("prefer_nhwc") != "1":
             raise SkipTrial("this onnxruntime build's CUDA provider does not support prefer_nhwc (it is not "
                             "among the options the session reports)")
-        inp = sess.get_inputs()
-        if len(inp) != 1:
-            raise SkipTrial(f"the ONNX model has {len(inp)} inputs; infer-orch feeds models with one")
-        self.in_name = inp[0].name
-        want = TRIAL_DTYPE.get(self.ctx.dtype)
-        if inp[0].type != want:
-            raise SkipTrial(f"the ONNX model's input is {inp[0].type}, not {want} ({self.ctx.dtype})")
-        x = self.ctx.input(device="cpu")
-        self.x_np = x.numpy()
+        xs = self._check_inputs(sess)
+        self.feeds = {k: x.numpy() for k, x in xs.items()}
         self.binding = None
         if o.cuda_graph:
             # ORT captures its CUDA graph on the session's first run, whatever that run is bound to:
             # after a plain session.run, every replay writes into ORT's own buffers of that run and
             # never into the bound output (ORT 1.31.1 on an H100: a wrong answer at every step). So
             # the output shapes come from the model, and the first run is the bound one.
-            self.out_meta = _static_outputs(sess) or _probe_outputs(path, so, prov_list, {self.in_name: self.x_np})
-            self._bind(device, device_id, x)
+            self.out_meta = _static_outputs(sess) or _probe_outputs(path, so, prov_list, self.feeds)
+            self._bind(device, device_id, xs)
             sess.run_with_iobinding(self.binding)
-            self.y: Any = self.dev_outs[0]
+            self.y: Any = list(self.dev_outs)
         else:
             # One plain run learns the output shapes and types (and serves as the first warm-up).
-            outs = sess.run(None, {self.in_name: self.x_np})
+            outs = sess.run(None, self.feeds)
             self.out_meta = _output_meta(sess, outs)
-            self.y = outs[0]
+            self.y = outs
             if o.io_binding:
-                self._bind(device, device_id, x)
+                self._bind(device, device_id, xs)
         self.build: dict[str, Any] = {}
         if trt:
             new = set(engines.glob("*.engine")) - engines_before
@@ -285,42 +278,68 @@ class OrtRunner(Runner):
             opts["arena_extend_strategy"] = o.arena_extend_strategy
         return opts
 
-    def _bind(self, device: str, device_id: int, x: Any) -> None:
+    def _check_inputs(self, sess: Any) -> dict[str, Any]:
+        """The trial's inputs (host tensors) by the session's input names, their types checked: floating
+        inputs in the trial's dtype, the others in their own."""
+        xs = self.ctx.inputs(device="cpu")
+        inp = sess.get_inputs()
+        if not self.ctx.model.inputs:  # the one-input form: the file's one input, whatever its name
+            if len(inp) != 1:
+                raise SkipTrial(f"the ONNX model has {len(inp)} inputs; declare them with inputs: in the plan")
+            want = TRIAL_DTYPE.get(self.ctx.dtype)
+            if inp[0].type != want:
+                raise SkipTrial(f"the ONNX model's input is {inp[0].type}, not {want} ({self.ctx.dtype})")
+            return {inp[0].name: xs["input"]}
+        names = [i.name for i in inp]
+        if set(names) != set(xs):
+            raise RuntimeError(f"the ONNX model's inputs are {names}; the trial has {list(xs)}")
+        for i in inp:
+            got = ORT_TYPES.get(i.type, i.type)
+            want = str(xs[i.name].dtype).removeprefix("torch.")
+            if got != want:
+                raise SkipTrial(f"the ONNX model's input '{i.name}' is {i.type}, not {want} ({self.ctx.dtype} trial)")
+        return {n: xs[n] for n in names}
+
+    def _bind(self, device: str, device_id: int, xs: dict[str, Any]) -> None:
         import numpy as np
 
         torch = self._torch
-        self.dev_x = x.to(device).contiguous()
+        self.dev_x = {k: x.to(device).contiguous() for k, x in xs.items()}
         self.dev_outs = [
             torch.empty(tuple(shape), dtype=torch.from_numpy(np.empty(0, dtype=dt)).dtype, device=device)
             for _, shape, dt in self.out_meta
         ]
         torch.cuda.synchronize() if device == "cuda" else None
         b = self.sess.io_binding()
-        b.bind_input(self.in_name, device, device_id, self.x_np.dtype, tuple(self.dev_x.shape), self.dev_x.data_ptr())
+        for name, x in self.dev_x.items():  # every input, by pointer
+            b.bind_input(name, device, device_id, self.feeds[name].dtype, tuple(x.shape), x.data_ptr())
         for (name, shape, dt), t in zip(self.out_meta, self.dev_outs):
             b.bind_output(name, device, device_id, dt, tuple(shape), t.data_ptr())
         self.binding = b
-        self.host_x = x if self.ctx.io == "host" else None
+        self.host_x = xs if self.ctx.io == "host" else None
 
     def step(self) -> None:
         if self.binding is None:
-            self.y = self.sess.run(None, {self.in_name: self.x_np})[0]
+            self.y = self.sess.run(None, self.feeds)
             return
         if self.host_x is not None:
-            self.dev_x.copy_(self.host_x)
+            for name, x in self.host_x.items():
+                self.dev_x[name].copy_(x)
             self.sess.run_with_iobinding(self.binding)
-            self.y = self.dev_outs[0].cpu()
+            self.y = [t.cpu() for t in self.dev_outs]
         else:
             self.sess.run_with_iobinding(self.binding)
-            self.y = self.dev_outs[0]
+            self.y = self.dev_outs
 
-    def output(self) -> np.ndarray:
+    def output(self) -> np.ndarray | dict[str, np.ndarray]:
+        """The first output alone for a one-output model; else every output by the session's names."""
         import numpy as np
 
-        y = self.y
-        if not isinstance(y, np.ndarray):
-            y = y.float().cpu().numpy()
-        return y.astype(np.float32)
+        arrays = [y if isinstance(y, np.ndarray) else y.float().cpu().numpy() for y in self.y]
+        arrays = [a.astype(np.float32) for a in arrays]
+        if len(arrays) == 1:
+            return arrays[0]
+        return {name: a for (name, _, _), a in zip(self.out_meta, arrays)}
 
     def extra_columns(self) -> dict[str, Any]:
         return {"providers_used": list(getattr(self, "providers_used", [])),

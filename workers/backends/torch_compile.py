@@ -101,6 +101,9 @@ class TorchCompile(Runner):
         use_node_cache()
         torch._dynamo.reset()
         counters.clear()
+        from workers.models import map_outputs
+
+        self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         model, self.x = prepare_torch(self.ctx, o.channels_last)
         self.model = torch.compile(model, mode=None if o.mode == "default" else o.mode, dynamic=o.dynamic,
                                    fullgraph=o.fullgraph, backend=o.backend)
@@ -123,12 +126,15 @@ class TorchCompile(Runner):
     def step(self) -> None:
         with self._torch.inference_mode():
             if self.ctx.io == "host":
-                self.y = self.model(self.x.to(self.ctx.device)).cpu()
+                dev = self.ctx.device
+                self.y = self._to_host(self.ctx.call(self.model, {k: v.to(dev) for k, v in self.x.items()}))
             else:
-                self.y = self.model(self.x)
+                self.y = self.ctx.call(self.model, self.x)
 
-    def output(self) -> np.ndarray:
-        return self.y.float().cpu().numpy()
+    def output(self) -> np.ndarray | dict[str, np.ndarray]:
+        from workers.models import host_outputs
+
+        return host_outputs(self.y)
 
     def extra_columns(self) -> dict[str, Any]:
         recompiles = int(self._counters["frames"]["total"] - self.frames_after_setup)

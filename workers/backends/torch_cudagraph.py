@@ -38,35 +38,40 @@ class TorchCudaGraph(Runner):
     def setup(self) -> None:
         import torch
 
-        model, x = prepare_torch(self.ctx, self.options.channels_last)
-        self.host_x = x if self.ctx.io == "host" else None
-        static_x = x.to(self.ctx.device) if self.ctx.io == "host" else x
-        if self.host_x is not None:
-            static_x = static_x.clone()
+        from workers.models import map_outputs
+
+        model, xs = prepare_torch(self.ctx, self.options.channels_last)
+        self.host_x = xs if self.ctx.io == "host" else None
+        # one static buffer per input: the graph reads them at fixed addresses
+        static_x = {k: x.to(self.ctx.device).clone() for k, x in xs.items()} if self.host_x is not None else xs
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(CAPTURE_WARMUP_ITERS):
-                model(static_x)
+                self.ctx.call(model, static_x)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            static_y = model(static_x)
+            static_y = self.ctx.call(model, static_x)
         torch.cuda.synchronize()
         self.model, self.graph, self.static_x, self.static_y = model, graph, static_x, static_y
+        self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         self.y: Any = static_y
 
     def step(self) -> None:
         if self.host_x is not None:
-            self.static_x.copy_(self.host_x)
+            for k, x in self.host_x.items():
+                self.static_x[k].copy_(x)
             self.graph.replay()
-            self.y = self.static_y.cpu()
+            self.y = self._to_host(self.static_y)
         else:
             self.graph.replay()
 
-    def output(self) -> np.ndarray:
-        return self.y.float().cpu().numpy()
+    def output(self) -> np.ndarray | dict[str, np.ndarray]:
+        from workers.models import host_outputs
+
+        return host_outputs(self.y)
 
     def teardown(self) -> None:
         self.graph = self.model = self.static_x = self.static_y = self.y = self.host_x = None

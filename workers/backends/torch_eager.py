@@ -18,6 +18,10 @@ class TorchOptions(BackendOptions):
 
 def layout_skip_reason(trial: Trial) -> str | None:
     """channels_last is a layout of 4-D tensors: asked for on another input, the trial is skipped."""
+    if trial.model.inputs:
+        if trial.options.get("channels_last") and not any(len(i.shape) == 4 for i in trial.model.inputs):
+            return "channels_last needs a 4-D input (batch, C, H, W); none of this model's inputs is 4-D"
+        return None
     shape = trial.model.input_shape
     if trial.options.get("channels_last") and len(shape) != 3:
         return (f"channels_last needs 4-D inputs (batch, C, H, W); this model's input is "
@@ -25,19 +29,19 @@ def layout_skip_reason(trial: Trial) -> str | None:
     return None
 
 
-def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Any]:
-    """The trial's model and input, on the device, in channels_last when asked for 4-D inputs.
+def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, dict[str, Any]]:
+    """The trial's model and inputs by name, on the device, in channels_last when asked (4-D ones).
 
-    With ``io: host`` the input stays a CPU tensor: the copy in is part of every step.
+    With ``io: host`` the inputs stay CPU tensors: the copies in are part of every step.
     """
     import torch
 
     model = ctx.torch_model()
-    x = ctx.input(device=ctx.device if ctx.io == "device" else "cpu")
-    if channels_last and x.dim() == 4:
+    xs = ctx.inputs(device=ctx.device if ctx.io == "device" else "cpu")
+    if channels_last and any(x.dim() == 4 for x in xs.values()):
         model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model, x
+        xs = {k: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for k, x in xs.items()}
+    return model, xs
 
 
 class TorchEager(Runner):
@@ -57,19 +61,25 @@ class TorchEager(Runner):
         import torch
 
         self._torch = torch
+        from workers.models import map_outputs
+
+        self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         self.model, self.x = prepare_torch(self.ctx, self.options.channels_last)
         self.y: Any = None
 
     def step(self) -> None:
         with self._torch.inference_mode():
             if self.ctx.io == "host":
-                y = self.model(self.x.to(self.ctx.device))
-                self.y = y.cpu()
+                dev = self.ctx.device
+                y = self.ctx.call(self.model, {k: v.to(dev) for k, v in self.x.items()})
+                self.y = self._to_host(y)
             else:
-                self.y = self.model(self.x)
+                self.y = self.ctx.call(self.model, self.x)
 
-    def output(self) -> np.ndarray:
-        return self.y.float().cpu().numpy()
+    def output(self) -> np.ndarray | dict[str, np.ndarray]:
+        from workers.models import host_outputs
+
+        return host_outputs(self.y)
 
     def teardown(self) -> None:
         self.model = self.x = self.y = None
