@@ -162,3 +162,64 @@ def test_bad_inputs_are_located_exit_2(tmp_path, case, expected):
     assert result.returncode == 2, out
     assert expected in out and "bad.yaml" in out and "models[0]" in out or case == "unused_axis" and expected in out
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_through_ray_rows_carry_inputs_and_axes_and_a_run_of_schema_1_still_loads_and_matches(
+        ray_gpus, tmp_path):
+    """End to end (plan -> Ray workers -> Parquet): a two-input model swept over seq next to a
+    one-input model; a run written before the inputs/axes columns (schema 1) loads beside it and its
+    rows still match this run's in compare."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.compare import match
+    from orchestrator.results import load_results
+    from orchestrator.run import run_plan
+
+    data = plan([TWO_INPUTS, {"python": "tinynet:make", "input_shape": [3, 8, 8]}],
+                ["torch-eager", {"backend": "ort", "options": {"exporter": "torchscript"}}], seq_lens=[4, 8])
+    (tmp_path / "p.yaml").write_text(json.dumps(data))
+    result = run_plan(tmp_path / "p.yaml", out=tmp_path / "new", workers=2)
+    assert sorted(result.counts.items()) == [("ok", 6)], [r.get("error") for r in result.rows]
+    rows = load_results(tmp_path / "new").to_pylist()
+    two = sorted((r["backend"], json.loads(r["axes"])["seq"], r["inputs"][1]["shape"][1])
+                 for r in rows if r["axes"])
+    assert two == [("ort", 4, 4), ("ort", 8, 8), ("torch-eager", 4, 4), ("torch-eager", 8, 8)]
+    one = [r for r in rows if not r["axes"]]
+    assert len(one) == 2 and all(r["input_shape"] == [3, 8, 8] for r in one)
+
+    # the one-input rows as a schema-1 run wrote them: without the columns schema 2 added
+    old = tmp_path / "old"
+    old.mkdir()
+    for part in sorted((tmp_path / "new").glob("part-*.parquet")):
+        t = pq.read_table(part)
+        if t.column("axes")[0].as_py() is None:
+            t = t.drop_columns(["inputs", "axes", "parity_worst_output"])
+            pq.write_table(t.replace_schema_metadata({b"infer_orch.schema_version": b"1"}), old / part.name)
+    both = load_results([old, tmp_path / "new"]).to_pylist()
+    assert len(both) == 8 and sum(r["inputs"] is None for r in both) == 2
+    pairs = match(load_results(old).to_pylist(), rows)
+    assert sum(1 for b, c in pairs if b and c) == 2  # the one-input trials, matched across schemas
+
+
+@pytest.mark.gpu
+def test_two_inputs_on_every_cuda_backend_with_a_graph_per_shape():
+    """On the GPU: one static buffer per input for the CUDA graph, every input and output bound for
+    ORT (and ORT's CUDA graph), at two sequence lengths and two dtypes; parity holds everywhere."""
+    data = {**plan([TWO_INPUTS], ["torch-eager", "torch-cudagraph",
+                                  {"backend": "ort", "label": "ort-bind",
+                                   "options": {"exporter": "torchscript", "io_binding": True}},
+                                  {"backend": "ort", "label": "ort-graph",
+                                   "options": {"exporter": "torchscript", "io_binding": True, "cuda_graph": True}}],
+                   seq_lens=[6, 12]), "device": "cuda"}
+    data["matrix"].update(io=["device"], dtypes=["fp32", "fp16"])
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    store = ModelStore()
+    rows = [run_trial(t, "cuda", store) for t in expand(parse_plan(data))]
+    assert len(rows) == 16
+    for r in rows:
+        assert r["status"] == "ok", (r["label"], r["dtype"], r["axes"], r.get("error"))
+        assert r["parity_worst_output"] == "output" and r["gpu_uuid"].startswith("GPU-")
+    assert all(r["providers_used"][0] == "CUDAExecutionProvider" for r in rows if r["backend"] == "ort")
