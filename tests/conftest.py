@@ -123,7 +123,22 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+#: Test modules that take longest (``--durations`` on the 2-vCPU machine, longest first). `make test`
+#: gives xdist's ``loadfile`` modules in collection order (``--no-loadscope-reorder``; by default it
+#: orders them by their number of tests), so these start first and the short ones fill in after
+#: them: the two processes then finish close together, not one of them alone on a long module.
+LONG_FIRST = ("test_cli.py", "test_compile.py", "test_cluster.py", "test_parity.py", "test_startup.py",
+              "test_resume.py", "test_faults.py", "test_report.py", "test_backends.py", "test_light_driver.py")
+
+
+def _long_first(items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
+
+
 def pytest_collection_modifyitems(config, items):
+    _long_first(items)
     if not any("gpu" in item.keywords for item in items):
         return
     import torch

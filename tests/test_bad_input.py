@@ -28,7 +28,7 @@ matrix:
   batch_sizes: [1]
   dtypes: [fp32]
   backends: [torch-eager]
-measure: {warmup_iters: 0, iters: 2}
+measure: {warmup_iters: 0, iters: 2, warmup_max_s: 0.5, max_time_s: 1}  # bounded: a busy machine can't stretch it
 """
 
 

@@ -38,12 +38,13 @@ matrix:
   backends:
     - backend: sleep
       options: {{step_s: {step}}}
-measure: {{warmup_iters: 0, iters: 5}}
+measure: {{warmup_iters: 0, warmup_max_iters: 0, iters: {iters}, target_rel_ci: null}}
 """
 
 
-def plan_text(name: str, batches: list[int], step: float, extra: str = "") -> str:
-    return PLAN.format(name=name, batches=batches, step=step, extra=extra)
+def plan_text(name: str, batches: list[int], step: float, extra: str = "", iters: int = 5) -> str:
+    """A trial is exactly ``iters`` sleeps of ``step`` s: no adaptive warm-up, no CI target."""
+    return PLAN.format(name=name, batches=batches, step=step, extra=extra, iters=iters)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_accelerator_type_runs_only_on_that_gpu_model_with_cpus_per_worker(two_n
 @pytest.mark.slow
 def test_losing_a_node_mid_run_requeues_its_trials_on_the_other(two_nodes, tmp_path):
     plan = tmp_path / "plan.yaml"
-    plan.write_text(plan_text("loss", list(range(1, 9)), 0.1))  # 16 trials of 0.5 s on 4 workers
+    plan.write_text(plan_text("loss", list(range(1, 9)), 0.1, iters=10))  # 16 trials of 1 s on 4 workers
     out = tmp_path / "out"
     proc = infer_orch(two_nodes, str(plan), "--out", str(out), wait=False)
     try:

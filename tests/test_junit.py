@@ -36,7 +36,7 @@ matrix:
     - {model: [broken, nan], backend: torch-cudagraph}
 budgets:
   - {model: tiny, backend: torch-eager, max_latency_ms: 0.000001}
-measure: {warmup_iters: 1, iters: 3}
+measure: {warmup_iters: 1, iters: 3, warmup_max_s: 0.5, max_time_s: 1}  # bounded: a busy machine can't stretch it
 """
 
 

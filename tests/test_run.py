@@ -25,8 +25,16 @@ measure: {warmup_iters: 1, iters: 10}
 """
 
 
-def test_trials_spread_over_every_gpu_worker_concurrently(ray_gpus, write_plan, tmp_path):
-    result = run_plan(write_plan(SLEEP_PLAN), out=tmp_path / "out")
+@pytest.fixture(scope="module")
+def spread_run(ray_gpus, tmp_path_factory):
+    """One run of SLEEP_PLAN, read by the two tests below (each ran its own before)."""
+    d = tmp_path_factory.mktemp("spread")
+    (d / "plan.yaml").write_text(SLEEP_PLAN)
+    return run_plan(d / "plan.yaml", out=d / "out"), d / "out"
+
+
+def test_trials_spread_over_every_gpu_worker_concurrently(spread_run):
+    result, _ = spread_run
     rows = result.rows
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
     assert result.device == "cuda" and len(result.workers) == 4
@@ -39,9 +47,8 @@ def test_trials_spread_over_every_gpu_worker_concurrently(ray_gpus, write_plan, 
     assert any(a[1] > b[0] and a[2] != b[2] for a, b in zip(spans, spans[1:]))
 
 
-def test_run_writes_a_parquet_dataset_with_one_schema(ray_gpus, write_plan, tmp_path):
-    out = tmp_path / "out"
-    result = run_plan(write_plan(SLEEP_PLAN), out=out)
+def test_run_writes_a_parquet_dataset_with_one_schema(spread_run):
+    result, out = spread_run
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 8
     for p in parts:
@@ -76,24 +83,7 @@ def test_output_dir_that_is_a_file_is_refused(ray_gpus, write_plan, tmp_path):
         run_plan(write_plan(SLEEP_PLAN), out=tmp_path / "f" / "out")
 
 
-@pytest.mark.slow
-def test_cpu_plan_runs_real_models_on_cpu_workers(ray_gpus, write_plan, tmp_path):
-    plan = write_plan("""\
-        name: cpu
-        device: cpu
-        models:
-          - {python: "tinynet:make", input_shape: [3, 16, 16]}
-        matrix:
-          batch_sizes: [1, 2]
-          io: [host]
-          backends: [torch-eager, ort, torch-cudagraph]
-        measure: {warmup_iters: 1, iters: 3}
-        """)
-    result = run_plan(plan, out=tmp_path / "out", workers=2)
-    status = {(r["backend"], r["batch_size"]): r["status"] for r in result.rows}
-    assert len(result.workers) == 2
-    assert status == {(b, n): ("skipped" if b == "torch-cudagraph" else "ok")
-                      for b in ("torch-eager", "ort", "torch-cudagraph") for n in (1, 2)}
+# test_cpu_plan_runs_real_models_on_cpu_workers is in test_report.py: it reads that module's run.
 
 
 VERDICT_PLAN = """\
