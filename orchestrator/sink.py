@@ -5,6 +5,7 @@ Layout of a run directory::
     results/quickstart-20261124-153012/
         _plan.yaml          the plan as resolved (defaults filled in)
         _run.json           run id, start, device, workers, and the final counts
+        _ray.log            Ray's own messages during the run (see orchestrator.raylog)
         part-<trial_id>.parquet   one per trial, all with the same schema
 
 Files starting with ``_`` are ignored by Arrow datasets, so ``pandas.read_parquet(dir)`` reads
