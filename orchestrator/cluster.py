@@ -88,7 +88,47 @@ def connect(address: str | None = None) -> bool:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
+    global _REAPER
+    _REAPER = _watch_embedded_node()
     return True
+
+
+#: The watchdog of the embedded node this process started (see ``orchestrator.reaper``).
+_REAPER: Any = None
+
+
+def _watch_embedded_node() -> Any:
+    """Start the watchdog that removes the node's processes once this driver is gone, only for a
+    node this process started: Ray records the processes it started in ``_global_node``; a
+    driver that joined a cluster (``--address``, or ``RAY_ADDRESS``) has none, and gets no
+    watchdog, so nothing of a cluster it merely joined is ever touched."""
+    try:
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        pids = [info.process.pid for infos in node.all_processes.values() for info in infos
+                if getattr(info, "process", None) is not None]
+        session = node.get_session_dir_path()
+    except Exception:  # a Ray whose internals differ: its own clean-up is all there is
+        return None
+    if not pids or not session:
+        return None
+    from orchestrator import reaper
+
+    return reaper.start(session, pids)
+
+
+def disconnect() -> None:
+    """Shut down the Ray this process started (``connect`` returned True) and its watchdog."""
+    import ray
+
+    global _REAPER
+    try:
+        ray.shutdown()
+    finally:
+        if _REAPER is not None:
+            _REAPER.stop()
+            _REAPER = None
 
 
 #: How long to wait for a Ray address to answer before giving up (Ray itself would wait minutes).

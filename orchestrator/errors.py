@@ -6,6 +6,7 @@
     │   ├── ClusterError           Ray can't be reached, or lacks what the plan needs
     │   └── OutputError            the output directory can't be used
     ├── RunError                   exit code 1: the run went ahead but something in it failed
+    │   └── ResultWriteError       a result file could not be written (full disk, file-size limit)
     └── Interrupted                exit code 130 (Ctrl-C) or 143 (SIGTERM); results so far kept, resumable
 
 Errors raised inside a trial never reach this hierarchy: they become the trial's row
@@ -39,6 +40,11 @@ class OutputError(InputError):
 
 class RunError(InferOrchError):
     exit_code = 1
+
+
+class ResultWriteError(RunError):
+    """A part file could not be written (ENOSPC, EFBIG, ...): the run stops; the parts written
+    before it are whole (each is renamed into place only once complete) and ``--resume`` goes on."""
 
 
 class Interrupted(InferOrchError):

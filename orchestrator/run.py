@@ -21,9 +21,10 @@ from typing import Any
 import yaml
 
 from orchestrator import budgets, cluster
-from orchestrator.errors import InputError, Interrupted, Terminated
+from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, load_plan
+from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
 from orchestrator.sink import ResultSink, check_writable
@@ -168,7 +169,6 @@ def run_plan(
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
     the command line exits with.
     """
-    import ray
 
     plan = load_plan(plan_path)
     trials = all_trials = expand(plan, source=str(plan_path))
@@ -187,9 +187,11 @@ def run_plan(
     if previous is None:
         check_writable(out_dir)
     previous_handler = catch_sigterm()
+    raylog = RayLog(out_dir).install()  # Ray's own messages: to the run's log, not the terminal
     try:
         started_ray = cluster.connect(address)
     except BaseException:
+        raylog.close()
         release_sigterm(previous_handler)
         raise
     catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
@@ -222,6 +224,12 @@ def run_plan(
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
                               facts={s.name: s.columns() for s in seats})
+        except ResultWriteError as exc:
+            stored = len(result.rows) + len(result.kept)
+            raise ResultWriteError(
+                f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
+                f"can be written, resume with: "
+                f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}") from None
         except KeyboardInterrupt as stop:
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all()})
@@ -240,8 +248,11 @@ def run_plan(
                      "lost_workers": result.lost_workers, "requeued": result.requeued})
         return result.judge()
     finally:
-        if started_ray:
-            ray.shutdown()
+        try:
+            if started_ray:
+                cluster.disconnect()
+        finally:
+            raylog.close()
         release_sigterm(previous_handler)
 
 

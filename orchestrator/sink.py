@@ -5,6 +5,7 @@ Layout of a run directory::
     results/quickstart-20261124-153012/
         _plan.yaml          the plan as resolved (defaults filled in)
         _run.json           run id, start, device, workers, and the final counts
+        _ray.log            Ray's own messages during the run (see orchestrator.raylog)
         part-<trial_id>.parquet   one per trial, all with the same schema
 
 Files starting with ``_`` are ignored by Arrow datasets, so ``pandas.read_parquet(dir)`` reads
@@ -14,6 +15,7 @@ temporary name and renamed, so a crash never leaves a torn file in the dataset.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.errors import OutputError
+from orchestrator.errors import OutputError, ResultWriteError
 from workers.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
@@ -113,8 +115,12 @@ class ResultSink:
         table = pa.Table.from_batches([to_batch([row])]).cast(schema)
         path = self.out / f"part-{tid}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk, a file-size limit: no partial part stays behind
+            _discard(tmp)
+            raise ResultWriteError(f"could not write results in {self.out}: {describe(exc)}") from None
         self.rows.append(row)
         return path
 
@@ -123,6 +129,23 @@ class ResultSink:
             self._open()
         _atomic_write(self.out / RUN_FILE, json.dumps({"run_id": self.run_id, **summary},
                                                       indent=2, default=str).encode())
+
+
+def describe(exc: OSError) -> str:
+    """What went wrong writing, in a few words; Arrow's errors carry the errno only in the text."""
+    text = str(exc)
+    if exc.errno == errno.ENOSPC or "No space left" in text:
+        return "no space left on the device"
+    if exc.errno == errno.EFBIG or "File too large" in text:
+        return "a file reached the file-size limit (ulimit -f)"
+    return exc.strerror or (text.strip().splitlines() or [type(exc).__name__])[-1]
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # the next run in this directory removes it (see ResultSink._open)
+        pass
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,191 @@
+"""A watchdog that removes an embedded Ray's processes once its driver is gone, however it ended.
+
+Ray ties only some of an embedded node's processes to the driver: the GCS and the raylet die with
+it (``PR_SET_PDEATHSIG``), but the raylet's agents (``ray::DashboardAgent``,
+``ray::RuntimeEnvAgent``) watch the raylet and, once it is gone, try to report its death through
+the GCS, which is gone too: after ``kill -9`` of the driver they lingered about 60-85 s, parented
+to init. Ray has no setting for this, so :func:`start` launches this small process right after an
+embedded ``ray.init``. It holds the read end of a pipe whose only write end is the driver's: the
+pipe reads EOF the moment the driver closes it (:meth:`Reaper.stop`, after ``ray.shutdown``) or
+dies (SIGKILL included). Meanwhile it records, once a second, the node's own processes (the
+pids Ray recorded as it started them: GCS, raylet, ...) and every process below them; at EOF it
+kills the ones still alive of those (pid and start time must match: pids are reused),
+those whose command line or open files are in the node's session directory, and their children,
+then exits. Only ever started for a node this driver started: never for a cluster it joined.
+
+Standard library only: it runs as ``python reaper.py DRIVER_PID SESSION_DIR PID...`` in its own session
+(Ctrl-C in the terminal doesn't reach it).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 1.0
+GRACE_S = 3.0  # after SIGTERM, before SIGKILL
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of ``pid``, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def _table() -> dict[int, tuple[int, str, int]]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            out[int(entry.name)] = st
+    return out
+
+
+def _below(root: int, table: dict[int, tuple[int, str, int]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _in_session(pid: int, session: bytes) -> bool:
+    """Whether ``pid``'s command line or one of its open files names the session directory
+    (Ray's processes retitle themselves, ``ray::IDLE``, but keep their log files open there)."""
+    try:
+        if session in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return True
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(fd.path).encode().startswith(session):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
+def targets(seen: dict[int, int], session: str, spare: set[int]) -> set[int]:
+    """The processes to end: those ``seen`` (pid -> start time) still alive, the session's, and
+    every process below them. Never those in ``spare`` (this watchdog, and the driver: it has
+    files of the session open too, and lives on after a normal ``ray.shutdown``), nor a process
+    of another user."""
+    table = _table()
+    uid = os.getuid()
+    found = {p for p, start in seen.items() if p in table and table[p][2] == start}
+    if session:
+        sess = session.rstrip("/").encode() + b"/"
+        for pid in table:
+            if pid not in found and pid not in spare and _owned(pid, uid) and _in_session(pid, sess):
+                found.add(pid)
+    for pid in list(found):
+        found |= _below(pid, table)
+    found -= spare
+    return {p for p in found if table.get(p, (0, "Z", 0))[1] != "Z"}
+
+
+def _owned(pid: int, uid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == uid
+    except OSError:
+        return False
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if (st := _stat(p)) is not None and st[1] != "Z"}
+
+
+def reap(seen: dict[int, int], session: str, driver: int) -> None:
+    pids = targets(seen, session, {os.getpid(), driver})
+    for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 1.0)):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        while (pids := _alive(pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not pids:
+            return
+
+
+def main(argv: list[str]) -> None:
+    driver, session, roots = int(argv[1]), argv[2], [int(p) for p in argv[3:]]
+    seen: dict[int, int] = {}
+    me = os.getpid()
+    table = _table()
+    roots = [p for p in roots if p in table]
+    seen.update({p: table[p][2] for p in roots})
+    while True:
+        if driver not in table:  # belt and braces: the pipe says it first
+            break
+        for root in roots:
+            if root in table and table[root][2] == seen[root]:
+                seen.update({p: table[p][2] for p in _below(root, table) if p != me})
+        ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
+        if ready and not os.read(sys.stdin.fileno(), 64):
+            break
+        table = _table()
+        ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
+        if ready and not os.read(sys.stdin.fileno(), 64):
+            break
+    reap(seen, session, driver)
+
+
+class Reaper:
+    """The driver's handle on the watchdog: :meth:`stop` once Ray is shut down."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], write_fd: int) -> None:
+        self.proc, self._fd = proc, write_fd
+
+    def stop(self) -> None:
+        """Close the pipe: the watchdog removes whatever Ray left and exits. Waits a little for it."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self.proc.wait(timeout=GRACE_S + 3)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def start(session_dir: str, pids: list[int]) -> Reaper | None:
+    """Start the watchdog for this driver's embedded node (``session_dir``: its session directory;
+    ``pids``: the processes Ray started for it).
+
+    None where there is no ``/proc`` (not Linux) or the watchdog can't start: Ray's own clean-up
+    then is all there is.
+    """
+    if not Path("/proc/self/stat").exists():
+        return None
+    read_fd, write_fd = os.pipe()  # both close-on-exec: no other child of the driver holds them
+    try:
+        proc = subprocess.Popen([sys.executable, "-S", __file__, str(os.getpid()), session_dir,
+                                 *map(str, pids)],
+                                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    except OSError:
+        os.close(write_fd)
+        return None
+    finally:
+        os.close(read_fd)
+    return Reaper(proc, write_fd)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,205 @@
+"""Clean stops, whatever stops the run (issue 17): nothing of an embedded Ray outlives its driver
+(SIGKILL, Ctrl-C, a normal ending), a full disk or file-size limit stops the run with one line
+and whole part files, and Ray's own messages go to the run's log, not the terminal.
+
+Each test is one ``infer-orch run`` in a subprocess (its own embedded Ray), as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")]
+
+PLAN = """\
+name: stops
+device: cpu
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2, 3, 4, 5, 6]
+  backends:
+    - backend: sleep
+      options: {step_s: 0.15}  # ~1.2 s a trial: the stop lands mid-run
+measure: {warmup_iters: 0, iters: 8, max_time_s: 5}
+"""
+
+FAULT_PLAN = """\
+name: fault
+device: cpu
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - {backend: sleep, label: s1, options: {step_s: 0.01}}
+    - {backend: fault, label: abort, options: {mode: abort}}
+measure: {warmup_iters: 0, iters: 3, max_time_s: 2}
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    left = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            left.add(p)
+    return left
+
+
+def gone_within(pids: set[int], limit: float) -> float:
+    """Seconds until none of ``pids`` is alive; fails naming the ones left after ``limit``."""
+    start = time.monotonic()
+    while alive(pids) and time.monotonic() - start < limit:
+        time.sleep(0.2)
+    left = alive(pids)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]
+    return time.monotonic() - start
+
+
+def start_run(tmp_path: Path, plan_text: str, *argv: str) -> tuple[subprocess.Popen, Path, Path]:
+    plan, out = tmp_path / "plan.yaml", tmp_path / "out"
+    plan.write_text(plan_text)
+    proc = subprocess.Popen([sys.executable, *argv, "run", str(plan), "--out", str(out), "--workers", "1"],
+                            cwd=REPO, env={**os.environ, "COLUMNS": "300"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, plan, out
+
+
+def first_part(proc: subprocess.Popen, out: Path) -> set[int]:
+    """Wait for the run's first stored trial; the driver's descendants then (the embedded node)."""
+    deadline = time.monotonic() + 90
+    while not list(out.glob("part-*.parquet")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no trial stored in 90 s"
+        time.sleep(0.1)
+    found = descendants(proc.pid)
+    assert found
+    return found
+
+
+def test_sigkill_of_the_driver_leaves_nothing_of_its_ray_after_30_s(tmp_path):
+    # Before the watchdog: ray::DashboardAgent and ray::RuntimeEnvAgent lived on ~60-85 s.
+    proc, _, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
+    try:
+        ray_processes = first_part(proc, out)
+        proc.kill()
+        proc.wait(timeout=10)
+        gone_within(ray_processes, 30)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_ctrl_c_in_the_terminal_leaves_nothing_of_its_ray(tmp_path):
+    proc, _, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
+    try:
+        ray_processes = first_part(proc, out)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted:" in stderr and "Traceback" not in stderr
+    gone_within(ray_processes, 30)
+
+
+def test_ray_s_worker_died_paragraph_goes_to_the_run_log_and_a_normal_ending_leaves_no_ray(tmp_path):
+    proc, _, out = start_run(tmp_path, FAULT_PLAN, "-m", "orchestrator.cli")
+    try:
+        ray_processes = descendants(proc.pid)
+        while proc.poll() is None:  # the node's processes, including the worker that is aborted
+            ray_processes |= descendants(proc.pid)
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    terminal = stdout + stderr
+    assert "failed abort resnet18 bs=1" in stderr and "died while running this" in stderr
+    assert "(raylet)" not in terminal and "A worker died or was killed" not in terminal
+    assert "Token authentication" not in terminal
+    log = (out / "_ray.log").read_text()
+    assert "(raylet) A worker died or was killed while executing a task" in log
+    assert len(ray_processes) > 3
+    gone_within(ray_processes, 30)
+
+
+DRIVER = """\
+import resource, signal, sys
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, not a kill
+
+import orchestrator.run
+
+real_run_plan = orchestrator.run.run_plan
+
+
+def run_plan(*args, on_row=None, **kwargs):
+    def first_row_then_limit(row):
+        on_row(row)
+        # the driver only, once Ray runs (its processes would inherit the limit and die of SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return real_run_plan(*args, on_row=first_row_then_limit, **kwargs)
+
+
+orchestrator.run.run_plan = run_plan  # the CLI imports it as it runs a plan
+from orchestrator.cli import main
+
+sys.argv[0] = "infer-orch"
+main()
+"""
+
+
+def test_a_file_size_limit_stops_the_run_with_one_line_whole_parts_and_resume_completes(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(DRIVER))
+    proc, plan, out = start_run(tmp_path, PLAN, str(driver))
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert f"could not write results in {out}: a file reached the file-size limit" in errors[0]
+    assert f"--resume {out}" in errors[0]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no stray temp file
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 1  # the one written before the limit, whole
+    assert pq.read_table(parts[0]).num_rows == 1
+
+    resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--resume", str(out),
+                              "--workers", "1"], cwd=REPO, env={**os.environ, "COLUMNS": "300"},
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ids = pq.read_table(out).column("trial_id").to_pylist()
+    assert len(ids) == 6 and len(set(ids)) == 6
