@@ -128,7 +128,7 @@ def pytest_itemcollected(item):
 #: orders them by their number of tests), so these start first and the short ones fill in after
 #: them: the two processes then finish close together, not one of them alone on a long module.
 LONG_FIRST = ("test_cli.py", "test_compile.py", "test_cluster.py", "test_parity.py", "test_startup.py",
-              "test_resume.py", "test_signals.py", "test_inputs.py", "test_guards.py", "test_faults.py",
+              "test_resume.py", "test_stops.py", "test_inputs.py", "test_guards.py", "test_faults.py",
               "test_report.py", "test_backends.py", "test_light_driver.py")
 
 

@@ -1,11 +1,13 @@
 """Clean stops, whatever stops the run (issue 17): nothing of an embedded Ray outlives its driver
-(SIGKILL, Ctrl-C, a normal ending), a full disk or file-size limit stops the run with one line
-and whole part files, and Ray's own messages go to the run's log, not the terminal.
+(SIGKILL, Ctrl-C, SIGTERM, a normal ending), SIGTERM takes Ctrl-C's way out with exit 143, a full
+disk or file-size limit stops the run with one line and whole part files, and Ray's own messages
+go to the run's log, not the terminal.
 
 Each test is one ``infer-orch run`` in a subprocess (its own embedded Ray), as a user runs it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -130,6 +132,27 @@ def test_ctrl_c_in_the_terminal_leaves_nothing_of_its_ray(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted:" in stderr and "Traceback" not in stderr
+    gone_within(ray_processes, 30)
+
+
+def test_sigterm_keeps_results_prints_the_resume_command_exits_143_and_leaves_no_ray(tmp_path):
+    # what schedulers and CI runners send; Ray's driver installs its own handler (kill the node, exit 1)
+    proc, plan, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
+    try:
+        ray_processes = first_part(proc, out)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
+    assert "Traceback" not in stderr
+    stored = len(list(out.glob("part-*.parquet")))
+    assert f"terminated (SIGTERM): {stored} of 6 trials are stored in {out}" in stderr
+    assert json.loads((out / "_run.json").read_text())["state"] == "interrupted"
+    assert any(line.startswith(f"resume with: infer-orch run {plan} --resume {out}") for line in stderr.splitlines())
     gone_within(ray_processes, 30)
 
 
