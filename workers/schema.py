@@ -124,6 +124,29 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
 ]
 
+#: Memory of the trial, each figure measured on its own (workers/memory.py; docs/measuring.md#memory).
+_MEMORY: list[tuple[str, pa.DataType, str]] = [
+    ("torch_mem_peak_allocated_bytes", _I64, "CUDA trials: torch's caching allocator, peak bytes allocated "
+                                             "to tensors during setup and timing (peak stats reset as the trial "
+                                             "starts; largest of the repeats); the tensors of ORT's IO binding "
+                                             "only, for ort"),
+    ("torch_mem_peak_reserved_bytes", _I64, "CUDA trials: torch's caching allocator, peak bytes reserved from "
+                                            "the device (allocated plus its cached free blocks)"),
+    ("gpu_mem_process_bytes", _I64, "CUDA trials: the worker process's own GPU memory at the end of timing, as "
+                                    "NVML counts it (CUDA context, torch's reserve, ORT's arena, cuDNN "
+                                    "workspaces); null where NVML can't tell (see gpu_mem_process_note)"),
+    ("gpu_mem_process_note", _STR, "why gpu_mem_process_bytes is null on a CUDA trial (no NVML, or NVML lists "
+                                   "no process with the worker's pid: a container's PID namespace)"),
+    ("gpu_mem_used_before_bytes", _I64, "CUDA trials: the device's used memory (every process's) before setup"),
+    ("gpu_mem_used_after_bytes", _I64, "CUDA trials: the device's used memory at the end of timing, before "
+                                       "teardown"),
+    ("host_rss_peak_bytes", _I64, "the worker process's peak resident host memory during this trial's setup and "
+                                  "timing (not the process's lifetime peak; parity check not included); null "
+                                  "off Linux"),
+    ("host_rss_peak_method", _STR, "how host_rss_peak_bytes was measured: clear_refs (the kernel's high-water "
+                                   "mark, reset at the trial's start) or sampled every 10 ms"),
+]
+
 #: Fault handling: attempts, timeouts, out-of-memory.
 _FAULTS: list[tuple[str, pa.DataType, str]] = [
     ("attempt", _I64, "which attempt this row is (1 = first); a trial whose worker died or timed out "
@@ -156,7 +179,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-COLUMNS = _CORE + _STATS + _FAULTS + _CLUSTER + _BUILD
+COLUMNS = _CORE + _STATS + _MEMORY + _FAULTS + _CLUSTER + _BUILD
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

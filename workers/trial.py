@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import envinfo, parity, stats
+from workers import envinfo, memory, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import Status, Trial, checked_row, spec_columns
@@ -93,7 +93,11 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         )
     on_gpu = device == "cuda" and cuda_ok
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
-    repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0) for i in range(trial.measure.repeats)]
+    host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
+    try:
+        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0) for i in range(trial.measure.repeats)]
+    finally:
+        host_peak = host_mem.finish()  # before parity, whose reference model is not the trial's
     first = repeats[0]
     dev = [x for r in repeats for x in r["samples"].device_ms]
     host = [x for r in repeats for x in r["samples"].host_ms]
@@ -116,6 +120,8 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         "warmup_s": sum(r["samples"].warmup_s for r in repeats),
         "timed_s": sum(r["samples"].timed_s for r in repeats),
         "gpu_mem_peak_bytes": max((r["peak"] for r in repeats if r["peak"] is not None), default=None),
+        **memory.merge([r["memory"] for r in repeats]),
+        **host_peak,
         **first["copies"],
         **first["gpu"],
         **lat,
@@ -137,14 +143,14 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
 
 #: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes", "contended"})
+                                     "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
 
 
 def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool) -> dict[str, Any]:
     """One repeat: a fresh runner, set up, timed, its output read, torn down."""
     runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial.options))
-    mem = _MemoryWatch("cuda" if on_gpu else "cpu")
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
+    mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
     t_setup = time.perf_counter()
     try:
         runner.setup()
@@ -157,13 +163,14 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool)
         extra = runner.extra_columns()
         copies = _copy_times(runner_cls, ctx, output) if on_gpu and first else {}
         copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
-        peak = mem.peak()  # before teardown: ORT's arena is freed with its session
+        mem_cols = mem.columns()  # before teardown: ORT's arena is freed with its session
+        peak = mem_cols.pop("peak")
     finally:
         runner.teardown()
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
-            "copies": copies, "peak": peak}
+            "copies": copies, "peak": peak, "memory": mem_cols}
 
 
 def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
@@ -179,34 +186,3 @@ def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[
 
     y = torch.empty(output.shape, dtype=torch_dtype(ctx.dtype), device="cuda")
     return measure_copies(ctx.input(device="cpu"), y, "cuda")
-
-
-class _MemoryWatch:
-    """Peak GPU memory of one trial, for torch's allocator and for ORT's own arena alike."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        if device == "cuda":
-            import torch
-
-            self._torch = torch
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            free, total = torch.cuda.mem_get_info()
-            self._used0 = total - free
-
-    def peak(self) -> int | None:
-        if self.device != "cuda":
-            return None
-        torch = self._torch
-        free, total = torch.cuda.mem_get_info()
-        grown = (total - free) - self._used0
-        return int(max(torch.cuda.max_memory_allocated(), grown, 0))
-
-    def release(self) -> None:
-        if self.device == "cuda":
-            import gc
-
-            gc.collect()
-            self._torch.cuda.empty_cache()
