@@ -13,7 +13,7 @@ import signal
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import yaml
 
 from orchestrator import budgets, cluster
 from orchestrator.errors import InputError, Interrupted, Terminated
-from orchestrator.expand import expand
+from orchestrator.expand import expand, with_profiles
 from orchestrator.plan import Plan, load_plan
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
@@ -157,6 +157,7 @@ def run_plan(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
     retry_failed: bool = False,
+    profile: Sequence[str] = (),
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
@@ -165,13 +166,14 @@ def run_plan(
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
+    ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
     the command line exits with.
     """
     import ray
 
     plan = load_plan(plan_path)
-    trials = all_trials = expand(plan, source=str(plan_path))
+    trials = all_trials = with_profiles(expand(plan, source=str(plan_path)), tuple(profile), str(plan_path))
     now = dt.datetime.now(dt.timezone.utc)
     previous = None
     if resume is not None:

@@ -147,6 +147,18 @@ _MEMORY: list[tuple[str, pa.DataType, str]] = [
                                    "mark, reset at the trial's start) or sampled every 10 ms"),
 ]
 
+#: Profiles on request (a backend entry's ``profile: true`` or ``infer-orch run --profile LABEL``).
+_PROFILE: list[tuple[str, pa.DataType, str]] = [
+    ("profile_file", _STR, "the trial's profile, a Chrome trace (JSON), relative to the run directory: "
+                           "profiles/<trial_id>.<backend>.json; null when not asked for or not kept"),
+    ("profile_iters", _I64, "iterations profiled, run after the timed ones and not among them (samples_ms, "
+                            "the latency columns); ORT also runs one warm-up in its profiling session"),
+    ("profile_bytes", _I64, "size of the trace, bytes (kept up to 64 MiB)"),
+    ("profile_s", _F64, "seconds spent profiling (a second session for ORT included); not timed"),
+    ("profile_error", _STR, "why a profile that was asked for is missing (no profiler for the backend, "
+                            "profiling failed, trace too large)"),
+]
+
 #: Fault handling: attempts, timeouts, out-of-memory.
 _FAULTS: list[tuple[str, pa.DataType, str]] = [
     ("attempt", _I64, "which attempt this row is (1 = first); a trial whose worker died or timed out "
@@ -179,7 +191,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-COLUMNS = _CORE + _STATS + _MEMORY + _FAULTS + _CLUSTER + _BUILD
+COLUMNS = _CORE + _STATS + _MEMORY + _PROFILE + _FAULTS + _CLUSTER + _BUILD
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

@@ -16,7 +16,16 @@ import numpy as np
 from workers import envinfo, memory, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
-from workers.contract import Status, Trial, checked_row, spec_columns
+from workers.contract import (
+    FILES_KEY,
+    PROFILE_ITERS,
+    PROFILE_MAX_BYTES,
+    Status,
+    Trial,
+    checked_row,
+    profile_path,
+    spec_columns,
+)
 from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
@@ -76,7 +85,11 @@ def run_trial(
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0
     row["status"] = str(row["status"])
-    return checked_row(row)
+    files = row.pop(FILES_KEY, None)  # not a column: files for the run directory, written by the driver
+    row = checked_row(row)
+    if files and row["status"] == Status.OK:
+        row[FILES_KEY] = files
+    return row
 
 
 def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> dict[str, Any]:
@@ -94,8 +107,10 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     on_gpu = device == "cuda" and cuda_ok
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
     host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
-    try:
-        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0) for i in range(trial.measure.repeats)]
+    n = trial.measure.repeats
+    try:  # the last repeat is profiled when asked, after its timing
+        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0,
+                                 profile=host_mem if trial.profile and i == n - 1 else None) for i in range(n)]
     finally:
         host_peak = host_mem.finish()  # before parity, whose reference model is not the trial's
     first = repeats[0]
@@ -127,6 +142,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **lat,
         **ctx.facts,
         **first["extra"],
+        **repeats[-1]["profile"],
     }
     outputs = [r["output"] for r in repeats]
     del repeats
@@ -146,8 +162,11 @@ _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_
                                      "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
 
 
-def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool) -> dict[str, Any]:
-    """One repeat: a fresh runner, set up, timed, its output read, torn down."""
+def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
+                  profile: memory.HostPeak | None = None) -> dict[str, Any]:
+    """One repeat: a fresh runner, set up, timed, its output read, torn down. ``profile``: profile it
+    after all that, the trial's host memory window (``profile``) closed first, so nothing measured
+    includes the profiler."""
     runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial.options))
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
@@ -165,12 +184,37 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool)
         copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
         mem_cols = mem.columns()  # before teardown: ORT's arena is freed with its session
         peak = mem_cols.pop("peak")
+        profiled = {}
+        if profile is not None:
+            profile.finish()
+            profiled = _profile(runner, ctx.trial)
     finally:
         runner.teardown()
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
-            "copies": copies, "peak": peak, "memory": mem_cols}
+            "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled}
+
+
+def _profile(runner: Any, trial: Trial) -> dict[str, Any]:
+    """Profile PROFILE_ITERS more steps of a timed runner: the row's profile columns, and the trace
+    under FILES_KEY for the driver to write. A profile that can't be made is the row's
+    ``profile_error``, not the trial's failure: the measurement itself is unaffected."""
+    cols: dict[str, Any] = {"profile_iters": None, "profile_file": None, "profile_bytes": None,
+                            "profile_s": None, "profile_error": None}
+    if runner.profiler is None:
+        return {**cols, "profile_error": f"backend {runner.name} has no profiler"}
+    t0 = time.perf_counter()
+    try:
+        trace = runner.profile(PROFILE_ITERS)
+    except Exception as exc:
+        return {**cols, "profile_error": f"profiling failed: {type(exc).__name__}: {exc}"[:1000]}
+    cols.update(profile_iters=PROFILE_ITERS, profile_bytes=len(trace), profile_s=time.perf_counter() - t0)
+    if len(trace) > PROFILE_MAX_BYTES:
+        return {**cols, "profile_error": f"the trace is {len(trace) / 2**20:.1f} MiB, over the "
+                                         f"{PROFILE_MAX_BYTES / 2**20:g} MiB a row may carry: not kept"}
+    path = profile_path(trial)
+    return {**cols, "profile_file": path, FILES_KEY: {path: trace}}
 
 
 def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
