@@ -147,6 +147,23 @@ _MEMORY: list[tuple[str, pa.DataType, str]] = [
                                    "mark, reset at the trial's start) or sampled every 10 ms"),
 ]
 
+#: Energy (workers/energy.py; docs/measuring.md#energy).
+_ENERGY: list[tuple[str, pa.DataType, str]] = [
+    ("energy_j_per_sample", _F64, "GPU trials: the GPU's energy per sample, J (whole board, every process on "
+                                  "it: see contended), over the energy window; null where NVML can't tell "
+                                  "(energy_note says why)"),
+    ("gpu_power_w_avg", _F64, "GPU trials: average power over the energy window, W"),
+    ("energy_method", _STR, "what gave the energy: nvml_energy_counter (the cumulative counter) over the timed "
+                            "loop, or over iterations after timing when the timed loop was shorter than 1 s; "
+                            "or sampled power integrated, where there is no counter"),
+    ("energy_window_s", _F64, "seconds of the energy window"),
+    ("energy_iters", _I64, "iterations in the energy window (the timed ones, or extra untimed ones)"),
+    ("energy_j_per_sample_integral", _F64, "the cross-check: power sampled every 10 ms (NVML's instantaneous "
+                                           "power where the GPU has it) integrated over the energy window, per "
+                                           "sample, J; only where the window ran after timing"),
+    ("energy_note", _STR, "why the energy columns are null"),
+]
+
 #: Profiles on request (a backend entry's ``profile: true`` or ``infer-orch run --profile LABEL``).
 _PROFILE: list[tuple[str, pa.DataType, str]] = [
     ("profile_file", _STR, "the trial's profile, a Chrome trace (JSON), relative to the run directory: "
@@ -191,7 +208,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-COLUMNS = _CORE + _STATS + _MEMORY + _PROFILE + _FAULTS + _CLUSTER + _BUILD
+COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

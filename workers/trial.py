@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import envinfo, memory, parity, stats
+from workers import energy, envinfo, memory, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -109,7 +109,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
     n = trial.measure.repeats
     try:  # the last repeat is profiled when asked, after its timing
-        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0,
+        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0, last=i == n - 1,
                                  profile=host_mem if trial.profile and i == n - 1 else None) for i in range(n)]
     finally:
         host_peak = host_mem.finish()  # before parity, whose reference model is not the trial's
@@ -143,6 +143,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **ctx.facts,
         **first["extra"],
         **repeats[-1]["profile"],
+        **repeats[-1]["energy"],
     }
     outputs = [r["output"] for r in repeats]
     del repeats
@@ -162,11 +163,11 @@ _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_
                                      "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
 
 
-def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
+def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool, last: bool = True,
                   profile: memory.HostPeak | None = None) -> dict[str, Any]:
-    """One repeat: a fresh runner, set up, timed, its output read, torn down. ``profile``: profile it
-    after all that, the trial's host memory window (``profile``) closed first, so nothing measured
-    includes the profiler."""
+    """One repeat: a fresh runner, set up, timed, its output read, torn down. The last repeat also
+    gives the energy columns (on a GPU). ``profile``: profile it after all that, the trial's host
+    memory window (``profile``) closed first, so nothing measured includes the profiler."""
     runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial.options))
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
@@ -176,7 +177,9 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         setup_s = time.perf_counter() - t_setup
         timer = CudaTimer() if on_gpu else HostTimer()
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
-        samples = measure(runner.step, timer, ctx.trial.measure)
+        meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
+        window = energy.TimedWindow(meter) if meter else None
+        samples = measure(runner.step, timer, ctx.trial.measure, on_timed=window)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
@@ -184,6 +187,15 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
         mem_cols = mem.columns()  # before teardown: ORT's arena is freed with its session
         peak = mem_cols.pop("peak")
+        joules: dict[str, Any] = dict.fromkeys(energy.COLUMNS)
+        if meter and window:  # more iterations, untimed, where the timed loop was too short for the counter
+            try:
+                joules = energy.columns(meter, window, len(samples.device_ms), ctx.batch_size, runner.step,
+                                        timer.synchronize)
+            except Exception as exc:  # NVML misbehaving is no reason to lose the latency
+                joules["energy_note"] = f"energy not measured: {type(exc).__name__}: {exc}"[:1000]
+        elif last:
+            joules["energy_note"] = "not a GPU trial"
         profiled = {}
         if profile is not None:
             profile.finish()
@@ -193,7 +205,8 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
-            "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled}
+            "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled,
+            "energy": joules}
 
 
 def _profile(runner: Any, trial: Trial) -> dict[str, Any]:
