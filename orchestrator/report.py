@@ -96,7 +96,9 @@ def _note(r: dict[str, Any]) -> str:
     return ", ".join(notes)
 
 
-COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "speedup", "note")
+COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "samples/J",
+           "speedup", "note")
+NUMERIC = frozenset({"batch", "median ms", "p99 ms", "samples/s", "samples/J", "speedup"})
 
 
 def axes_text(r: dict[str, Any]) -> str:
@@ -111,14 +113,20 @@ def _cells(r: dict[str, Any]) -> list[str]:
     model = f"{r.get('model')} {axes_text(r)}".strip()
     return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
             str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
-            _fmt(r.get("throughput"), ".1f"), _speedup(r), _note(r)]
+            _fmt(r.get("throughput"), ".1f"), _fmt(_per_joule(r), ".1f"), _speedup(r), _note(r)]
+
+
+def _per_joule(r: dict[str, Any]) -> float | None:
+    """Samples per joule of the GPU's energy (null without an energy measurement)."""
+    j = r.get("energy_j_per_sample")
+    return 1.0 / j if j and r.get("status") == Status.OK else None
 
 
 def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> Table:
     """The summary as a rich Table; a group's keys are printed once, groups are ruled off."""
     t = Table(title=f"Results (speedup vs {baseline})", title_justify="left")
     for col in COLUMNS:
-        t.add_column(col, justify="right" if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup")
+        t.add_column(col, justify="right" if col in NUMERIC
                      else "left", overflow="fold")
     for i, r in enumerate(summary):
         cells = [escape(c) for c in _cells(r)]  # errors hold brackets ([tensorrt]) Rich would eat
@@ -274,7 +282,7 @@ def _html_table(summary: list[dict[str, Any]], hrefs: list[str | None] | None = 
         for col, cell in zip(COLUMNS, cells):
             if col in ("model", "batch", "dtype", "io") and not first:
                 cell = ""
-            attr = ' class="num"' if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup") else ""
+            attr = ' class="num"' if col in NUMERIC else ""
             attr = f' class="{cls}"' if col == "status" else attr
             title = f' title="{html.escape(r.get("error") or "")}"' if col == "note" and r.get("error") else ""
             link = ""

@@ -183,3 +183,15 @@ def test_gpu_counter_and_sampled_power_agree():
     print(out)
     assert out["energy_method"] == "nvml_energy_counter: iterations after timing"
     assert out["energy_j_per_sample_integral"] == pytest.approx(out["energy_j_per_sample"], rel=0.05)
+
+
+def test_report_gives_samples_per_joule_next_to_samples_per_second():
+    from orchestrator.report import COLUMNS, _cells
+
+    row = {"model": "m", "batch_size": 8, "dtype": "fp16", "io": "device", "label": "ort", "status": "ok",
+           "latency_ms_median": 2.0, "latency_ms_p99": 3.0, "throughput": 4000.0, "energy_j_per_sample": 0.025,
+           "speedup": None, "speedup_vs": None}
+    cells = dict(zip(COLUMNS, _cells(row)))
+    assert COLUMNS.index("samples/J") == COLUMNS.index("samples/s") + 1
+    assert cells["samples/s"] == "4000.0" and cells["samples/J"] == "40.0"
+    assert dict(zip(COLUMNS, _cells({**row, "energy_j_per_sample": None})))["samples/J"] == "-"
