@@ -163,18 +163,21 @@ def run(
     table: Annotated[str, typer.Option(
         help="Results table: full (every row), summary (per label and model, and the rows not ok), or auto: "
              f"full when it fits the screen ({PIPED_ROWS} rows when piped), else summary.")] = "auto",
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", metavar="LABEL", help="Also record a profile (Chrome trace) of a few iterations after the "
+                                           "timed ones for the trials of this backend label; repeatable.")] = None,
 ) -> None:
     """Run every trial of PLAN and write one Parquet row per trial."""
     if table not in TABLE_MODES:
         err_console.print(f"[bold red]error:[/] --table must be one of {', '.join(TABLE_MODES)}, got "
                           f"{escape(repr(table))}", highlight=False)
         raise typer.Exit(code=2)
-    from orchestrator.expand import expand
+    from orchestrator.expand import expand, with_profiles
     from orchestrator.plan import load_plan
 
     try:
         if dry_run:
-            trials = expand(load_plan(plan), source=str(plan))
+            trials = with_profiles(expand(load_plan(plan), source=str(plan)), tuple(profile or ()), str(plan))
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -205,7 +208,8 @@ def run(
             if retry_failed and resume is None:
                 raise InputError("--retry-failed needs --resume DIR: it re-runs the failed trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                              on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed)
+                              on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
+                              profile=tuple(profile or ()))
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -259,7 +263,7 @@ def report(
         rows = load_results(run_dir).to_pylist()
         console.print(terminal_table(summarize(rows, baseline), baseline))
         if html is not None:
-            page = html_report(run_dir, baseline)
+            page = html_report(run_dir, baseline, report_path=html)
             try:
                 html.parent.mkdir(parents=True, exist_ok=True)
                 html.write_text(page, encoding="utf-8")

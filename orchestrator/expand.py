@@ -76,6 +76,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 axes=axes,
                 timeout_s=entry.timeout_s if entry.timeout_s is not None else plan.timeout_s,
                 retries=entry.retries if entry.retries is not None else plan.retries,
+                profile=entry.profile,
             )
             if any(rule.matches(trial) for rule in m.exclude):
                 continue
@@ -100,3 +101,16 @@ def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:
         from orchestrator.onnxfile import check_runtime
 
         check_runtime(trials, list(plan.models), source)
+
+
+def with_profiles(trials: list[Trial], labels: list[str] | tuple[str, ...], source: str) -> list[Trial]:
+    """``trials`` with ``profile`` on for every backend label in ``labels`` (``infer-orch run --profile``);
+    a label no trial has is a PlanError naming the labels there are. Ids don't change."""
+    if not labels:
+        return trials
+    have = sorted({t.label for t in trials})
+    missing = [x for x in dict.fromkeys(labels) if x not in have]
+    if missing:
+        raise PlanError(f"{source}: --profile {', '.join(missing)}: no matrix.backends entry has "
+                        f"{'that label' if len(missing) == 1 else 'these labels'}; its labels are {', '.join(have)}")
+    return [dataclasses.replace(t, profile=True) if t.label in labels else t for t in trials]

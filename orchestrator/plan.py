@@ -160,6 +160,7 @@ class BackendEntry(Strict):
     timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
     retries: int | None = Field(None, ge=0)
     budgets: Budget | None = None
+    profile: bool = False  # a profile of a few iterations after the timed ones (not part of the trial id)
 
 
 @functools.cache

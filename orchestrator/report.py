@@ -91,10 +91,14 @@ def _note(r: dict[str, Any]) -> str:
     notes = [f"{k}={r[k]:.3g}" for k in sorted(r) if k.startswith("parity_") and isinstance(r[k], float)]
     if r.get("hit_max_time"):
         notes.append("hit max_time_s")
+    if r.get("profile_error"):
+        notes.append(f"no profile: {r['profile_error']}"[:100])
     return ", ".join(notes)
 
 
-COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "speedup", "note")
+COLUMNS = ("model", "batch", "dtype", "io", "label", "status", "median ms", "p99 ms", "samples/s", "samples/J",
+           "speedup", "note")
+NUMERIC = frozenset({"batch", "median ms", "p99 ms", "samples/s", "samples/J", "speedup"})
 
 
 def axes_text(r: dict[str, Any]) -> str:
@@ -109,14 +113,20 @@ def _cells(r: dict[str, Any]) -> list[str]:
     model = f"{r.get('model')} {axes_text(r)}".strip()
     return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
             str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
-            _fmt(r.get("throughput"), ".1f"), _speedup(r), _note(r)]
+            _fmt(r.get("throughput"), ".1f"), _fmt(_per_joule(r), ".1f"), _speedup(r), _note(r)]
+
+
+def _per_joule(r: dict[str, Any]) -> float | None:
+    """Samples per joule of the GPU's energy (null without an energy measurement)."""
+    j = r.get("energy_j_per_sample")
+    return 1.0 / j if j and r.get("status") == Status.OK else None
 
 
 def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> Table:
     """The summary as a rich Table; a group's keys are printed once, groups are ruled off."""
     t = Table(title=f"Results (speedup vs {baseline})", title_justify="left")
     for col in COLUMNS:
-        t.add_column(col, justify="right" if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup")
+        t.add_column(col, justify="right" if col in NUMERIC
                      else "left", overflow="fold")
     for i, r in enumerate(summary):
         cells = [escape(c) for c in _cells(r)]  # errors hold brackets ([tensorrt]) Rich would eat
@@ -248,7 +258,19 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
     return out
 
 
-def _html_table(summary: list[dict[str, Any]]) -> str:
+def profile_href(r: dict[str, Any], run_dir: str | Path, report_dir: str | Path) -> str | None:
+    """The link to a row's profile from a page in ``report_dir``: a relative URL, or None without one."""
+    import os
+    from urllib.parse import quote
+
+    rel = r.get("profile_file")
+    if not rel:
+        return None
+    target = Path(run_dir).resolve() / rel
+    return quote(Path(os.path.relpath(target, Path(report_dir).resolve())).as_posix())
+
+
+def _html_table(summary: list[dict[str, Any]], hrefs: list[str | None] | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = []
     for i, r in enumerate(summary):
@@ -260,10 +282,13 @@ def _html_table(summary: list[dict[str, Any]]) -> str:
         for col, cell in zip(COLUMNS, cells):
             if col in ("model", "batch", "dtype", "io") and not first:
                 cell = ""
-            attr = ' class="num"' if col in ("batch", "median ms", "p99 ms", "samples/s", "speedup") else ""
+            attr = ' class="num"' if col in NUMERIC else ""
             attr = f' class="{cls}"' if col == "status" else attr
             title = f' title="{html.escape(r.get("error") or "")}"' if col == "note" and r.get("error") else ""
-            tds.append(f"<td{attr}{title}>{html.escape(cell)}</td>")
+            link = ""
+            if col == "note" and hrefs and hrefs[i]:
+                link = f'{" " if cell else ""}<a href="{html.escape(hrefs[i])}">profile</a>'
+            tds.append(f"<td{attr}{title}>{html.escape(cell)}{link}</td>")
         body.append(f'<tr{" class=first" if first and i else ""}>{"".join(tds)}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -291,9 +316,13 @@ def _environment(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return f"<table>{trs}</table>{plan_html}"
 
 
-def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE) -> str:
-    """The whole report of one run directory as one HTML document (no scripts, no external files)."""
+def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_path: str | Path | None = None) -> str:
+    """The whole report of one run directory as one HTML document (no scripts, no external files).
+
+    Trials with a profile link to it (profiles/ in the run directory), relative to ``report_path``,
+    where the page will be written (default: inside the run directory)."""
     rows = load_results(run_dir).to_pylist()
+    report_dir = Path(report_path).parent if report_path is not None else Path(run_dir)
     info = run_info(run_dir)
     summary = summarize(rows, baseline)
     counts: dict[str, int] = defaultdict(int)
@@ -307,7 +336,7 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE) -> str:
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
              f"<h2>Results</h2><p>Speedup: median latency of <b>{html.escape(baseline)}</b> / this median "
              "(higher is faster). Trials that did not run cleanly keep their status and reason.</p>",
-             _html_table(summary)]
+             _html_table(summary, [profile_href(r, run_dir, report_dir) for r in summary])]
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_model[str(r.get("model"))].append(r)

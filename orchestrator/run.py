@@ -13,7 +13,7 @@ import signal
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,13 @@ from typing import Any
 import yaml
 
 from orchestrator import budgets, cluster
+<<<<<<< HEAD
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
 from orchestrator.expand import expand
+=======
+from orchestrator.errors import InputError, Interrupted, Terminated
+from orchestrator.expand import expand, with_profiles
+>>>>>>> prof
 from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
@@ -158,6 +163,7 @@ def run_plan(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
     retry_failed: bool = False,
+    profile: Sequence[str] = (),
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
@@ -166,12 +172,13 @@ def run_plan(
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
+    ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
     the command line exits with.
     """
 
     plan = load_plan(plan_path)
-    trials = all_trials = expand(plan, source=str(plan_path))
+    trials = all_trials = with_profiles(expand(plan, source=str(plan_path)), tuple(profile), str(plan_path))
     now = dt.datetime.now(dt.timezone.utc)
     previous = None
     if resume is not None:

@@ -7,6 +7,7 @@ Layout of a run directory::
         _run.json           run id, start, device, workers, and the final counts
         _ray.log            Ray's own messages during the run (see orchestrator.raylog)
         part-<trial_id>.parquet   one per trial, all with the same schema
+        profiles/<trial_id>.<backend>.json   a trial's profile, when asked for (its row's profile_file)
 
 Files starting with ``_`` are ignored by Arrow datasets, so ``pandas.read_parquet(dir)`` reads
 the parts alone; polars and DuckDB read ``dir/*.parquet``. Each part is written under a
@@ -26,11 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import OutputError, ResultWriteError
+from workers.contract import FILES_KEY
 from workers.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
 RUN_FILE = "_run.json"
 TRIAL_ID = re.compile(r"[0-9a-f]{16}")
+ATTACHED_FILE = re.compile(r"profiles/[0-9a-f]{16}\.[a-z0-9][a-z0-9_-]*\.json")
 
 
 def check_writable(out: Path) -> None:
@@ -101,9 +104,18 @@ class ResultSink:
         self._opened = True
 
     def write(self, row: dict[str, Any], metadata: dict[str, Any] | None = None) -> Path:
-        """Persist one trial's row now, as its own part file (``metadata``: this file's own keys)."""
+        """Persist one trial's row now, as its own part file (``metadata``: this file's own keys).
+
+        Files the worker sent with the row (``FILES_KEY``: profiles) are taken out of ``row`` and
+        written first, so a stored row never names a file that is not there."""
         if not self._opened:
             self._open()
+        for rel, data in (row.pop(FILES_KEY, None) or {}).items():
+            if not ATTACHED_FILE.fullmatch(rel):  # the name is the worker's: only the shape a profile has
+                row.update(profile_file=None, profile_error=f"not written: {rel!r} is not a profile's file name")
+                continue
+            (self.out / rel).parent.mkdir(exist_ok=True)
+            _atomic_write(self.out / rel, data)
         row = {**row, "run_id": self.run_id}
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models

@@ -210,6 +210,9 @@ class Trial:
     timeout_s: float | None = None
     retries: int = 0
     budgets: tuple[dict[str, Any], ...] = ()
+    #: record a profile of PROFILE_ITERS more iterations after the timed ones (not part of the id:
+    #: the measurement is the same with or without it)
+    profile: bool = False
     trial_id: str = ""
 
     def with_id(self, model_digest: Callable[[ModelSpec], str] | None = None) -> Trial:
@@ -243,8 +246,8 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
 
     The model counts by kind, reference and input shape; ``model_digest(model)`` replaces the
     reference where the content matters (an ONNX file's bytes). The plan's name, the label, the
-    budgets, ``timeout_s``, ``retries`` and the ``parity`` section are not part of it: renaming or
-    re-judging keeps the ids.
+    budgets, ``timeout_s``, ``retries``, ``profile`` and the ``parity`` section are not part of it:
+    renaming, re-judging or profiling keeps the ids.
     """
     m = trial.model
     ref = model_digest(m) if model_digest else m.ref
@@ -269,6 +272,21 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple | set | frozenset):
         return list(v)
     raise TypeError(f"{type(v).__name__} is not JSON data")
+
+
+#: Iterations a profiled trial runs under the profiler, after its timed ones (and not among them).
+PROFILE_ITERS = 5
+#: A trace larger than this is not kept (the row's profile_error says its size): it travels in the
+#: row through Ray and the driver holds it until it is written.
+PROFILE_MAX_BYTES = 64 * 2**20
+#: The key under which a worker's row carries files for the run directory ({relative path: bytes});
+#: the driver's sink writes them and drops the key before the row is stored.
+FILES_KEY = "_files"
+
+
+def profile_path(trial: Trial) -> str:
+    """Where a trial's profile lands, relative to the run directory."""
+    return f"profiles/{trial.trial_id}.{trial.backend}.json"
 
 
 def spec_columns(trial: Trial) -> dict[str, Any]:

@@ -124,6 +124,58 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
 ]
 
+#: Memory of the trial, each figure measured on its own (workers/memory.py; docs/measuring.md#memory).
+_MEMORY: list[tuple[str, pa.DataType, str]] = [
+    ("torch_mem_peak_allocated_bytes", _I64, "CUDA trials: torch's caching allocator, peak bytes allocated "
+                                             "to tensors during setup and timing (peak stats reset as the trial "
+                                             "starts; largest of the repeats); the tensors of ORT's IO binding "
+                                             "only, for ort"),
+    ("torch_mem_peak_reserved_bytes", _I64, "CUDA trials: torch's caching allocator, peak bytes reserved from "
+                                            "the device (allocated plus its cached free blocks)"),
+    ("gpu_mem_process_bytes", _I64, "CUDA trials: the worker process's own GPU memory at the end of timing, as "
+                                    "NVML counts it (CUDA context, torch's reserve, ORT's arena, cuDNN "
+                                    "workspaces); null where NVML can't tell (see gpu_mem_process_note)"),
+    ("gpu_mem_process_note", _STR, "why gpu_mem_process_bytes is null on a CUDA trial (no NVML, or NVML lists "
+                                   "no process with the worker's pid: a container's PID namespace)"),
+    ("gpu_mem_used_before_bytes", _I64, "CUDA trials: the device's used memory (every process's) before setup"),
+    ("gpu_mem_used_after_bytes", _I64, "CUDA trials: the device's used memory at the end of timing, before "
+                                       "teardown"),
+    ("host_rss_peak_bytes", _I64, "the worker process's peak resident host memory during this trial's setup and "
+                                  "timing (not the process's lifetime peak; parity check not included); null "
+                                  "off Linux"),
+    ("host_rss_peak_method", _STR, "how host_rss_peak_bytes was measured: clear_refs (the kernel's high-water "
+                                   "mark, reset at the trial's start) or sampled every 10 ms"),
+]
+
+#: Energy (workers/energy.py; docs/measuring.md#energy).
+_ENERGY: list[tuple[str, pa.DataType, str]] = [
+    ("energy_j_per_sample", _F64, "GPU trials: the GPU's energy per sample, J (whole board, every process on "
+                                  "it: see contended), over the energy window; null where NVML can't tell "
+                                  "(energy_note says why)"),
+    ("gpu_power_w_avg", _F64, "GPU trials: average power over the energy window, W"),
+    ("energy_method", _STR, "what gave the energy: nvml_energy_counter (the cumulative counter) over the timed "
+                            "loop, or over iterations after timing when the timed loop was shorter than 1 s; "
+                            "or sampled power integrated, where there is no counter"),
+    ("energy_window_s", _F64, "seconds of the energy window"),
+    ("energy_iters", _I64, "iterations in the energy window (the timed ones, or extra untimed ones)"),
+    ("energy_j_per_sample_integral", _F64, "the cross-check: power sampled every 10 ms (NVML's instantaneous "
+                                           "power where the GPU has it) integrated over the energy window, per "
+                                           "sample, J; only where the window ran after timing"),
+    ("energy_note", _STR, "why the energy columns are null"),
+]
+
+#: Profiles on request (a backend entry's ``profile: true`` or ``infer-orch run --profile LABEL``).
+_PROFILE: list[tuple[str, pa.DataType, str]] = [
+    ("profile_file", _STR, "the trial's profile, a Chrome trace (JSON), relative to the run directory: "
+                           "profiles/<trial_id>.<backend>.json; null when not asked for or not kept"),
+    ("profile_iters", _I64, "iterations profiled, run after the timed ones and not among them (samples_ms, "
+                            "the latency columns); ORT also runs one warm-up in its profiling session"),
+    ("profile_bytes", _I64, "size of the trace, bytes (kept up to 64 MiB)"),
+    ("profile_s", _F64, "seconds spent profiling (a second session for ORT included); not timed"),
+    ("profile_error", _STR, "why a profile that was asked for is missing (no profiler for the backend, "
+                            "profiling failed, trace too large)"),
+]
+
 #: Fault handling: attempts, timeouts, out-of-memory.
 _FAULTS: list[tuple[str, pa.DataType, str]] = [
     ("attempt", _I64, "which attempt this row is (1 = first); a trial whose worker died or timed out "
@@ -156,7 +208,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-COLUMNS = _CORE + _STATS + _FAULTS + _CLUSTER + _BUILD
+COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

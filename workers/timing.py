@@ -125,11 +125,14 @@ def measure(
     timer: Timer,
     spec: MeasureSpec,
     clock: Callable[[], float] = time.perf_counter,
+    on_timed: Callable[[bool], None] | None = None,
 ) -> Samples:
     """Warm up until steady, then time ``step`` until the answer is stable (see the module doc).
 
     ``spec`` is the trial's ``measure`` settings (``repeats`` is the caller's business); its
-    defaults are written once, in ``workers.contract.MeasureSpec``.
+    defaults are written once, in ``workers.contract.MeasureSpec``. ``on_timed(True)`` is called
+    just before the timed loop (after the warm-up's work is synchronised) and ``on_timed(False)``
+    just after it (its last iteration waited for): the energy counter's window.
     """
     t_warm = clock()
     used = warm_up(step, timer, warmup_iters=spec.warmup_iters, warmup_window=spec.warmup_window,
@@ -142,6 +145,8 @@ def measure(
     out.warmup_s = clock() - t_warm
     dev_ms, host_ms = out.device_ms, out.host_ms
     next_check = max(iters, 10)
+    if on_timed:
+        on_timed(True)
     t_start = clock()
     while True:
         dev, host = timer.time(step)
@@ -164,6 +169,8 @@ def measure(
         if n >= max_iters:
             break
     out.timed_s = clock() - t_start
+    if on_timed:
+        on_timed(False)
     return out
 
 

@@ -13,10 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from workers import envinfo, parity, stats
+from workers import energy, envinfo, memory, parity, stats
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
-from workers.contract import Status, Trial, checked_row, spec_columns
+from workers.contract import (
+    FILES_KEY,
+    PROFILE_ITERS,
+    PROFILE_MAX_BYTES,
+    Status,
+    Trial,
+    checked_row,
+    profile_path,
+    spec_columns,
+)
 from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
@@ -76,7 +85,11 @@ def run_trial(
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0
     row["status"] = str(row["status"])
-    return checked_row(row)
+    files = row.pop(FILES_KEY, None)  # not a column: files for the run directory, written by the driver
+    row = checked_row(row)
+    if files and row["status"] == Status.OK:
+        row[FILES_KEY] = files
+    return row
 
 
 def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> dict[str, Any]:
@@ -93,7 +106,13 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         )
     on_gpu = device == "cuda" and cuda_ok
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
-    repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0) for i in range(trial.measure.repeats)]
+    host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
+    n = trial.measure.repeats
+    try:  # the last repeat is profiled when asked, after its timing
+        repeats = [_measure_once(runner_cls, ctx, on_gpu, first=i == 0, last=i == n - 1,
+                                 profile=host_mem if trial.profile and i == n - 1 else None) for i in range(n)]
+    finally:
+        host_peak = host_mem.finish()  # before parity, whose reference model is not the trial's
     first = repeats[0]
     dev = [x for r in repeats for x in r["samples"].device_ms]
     host = [x for r in repeats for x in r["samples"].host_ms]
@@ -116,11 +135,15 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         "warmup_s": sum(r["samples"].warmup_s for r in repeats),
         "timed_s": sum(r["samples"].timed_s for r in repeats),
         "gpu_mem_peak_bytes": max((r["peak"] for r in repeats if r["peak"] is not None), default=None),
+        **memory.merge([r["memory"] for r in repeats]),
+        **host_peak,
         **first["copies"],
         **first["gpu"],
         **lat,
         **ctx.facts,
         **first["extra"],
+        **repeats[-1]["profile"],
+        **repeats[-1]["energy"],
     }
     outputs = [r["output"] for r in repeats]
     del repeats
@@ -137,33 +160,74 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
 
 #: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes", "contended"})
+                                     "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
 
 
-def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool) -> dict[str, Any]:
-    """One repeat: a fresh runner, set up, timed, its output read, torn down."""
+def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool, last: bool = True,
+                  profile: memory.HostPeak | None = None) -> dict[str, Any]:
+    """One repeat: a fresh runner, set up, timed, its output read, torn down. The last repeat also
+    gives the energy columns (on a GPU). ``profile``: profile it after all that, the trial's host
+    memory window (``profile``) closed first, so nothing measured includes the profiler."""
     runner = runner_cls(ctx, runner_cls.Options.model_validate(ctx.trial.options))
-    mem = _MemoryWatch("cuda" if on_gpu else "cpu")
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
+    mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
     t_setup = time.perf_counter()
     try:
         runner.setup()
         setup_s = time.perf_counter() - t_setup
         timer = CudaTimer() if on_gpu else HostTimer()
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
-        samples = measure(runner.step, timer, ctx.trial.measure)
+        meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
+        window = energy.TimedWindow(meter) if meter else None
+        samples = measure(runner.step, timer, ctx.trial.measure, on_timed=window)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
         copies = _copy_times(runner_cls, ctx, output) if on_gpu and first else {}
         copies = {"copy_in_ms": None, "copy_out_ms": None, **copies}
-        peak = mem.peak()  # before teardown: ORT's arena is freed with its session
+        mem_cols = mem.columns()  # before teardown: ORT's arena is freed with its session
+        peak = mem_cols.pop("peak")
+        joules: dict[str, Any] = dict.fromkeys(energy.COLUMNS)
+        if meter and window:  # more iterations, untimed, where the timed loop was too short for the counter
+            try:
+                joules = energy.columns(meter, window, len(samples.device_ms), ctx.batch_size, runner.step,
+                                        timer.synchronize)
+            except Exception as exc:  # NVML misbehaving is no reason to lose the latency
+                joules["energy_note"] = f"energy not measured: {type(exc).__name__}: {exc}"[:1000]
+        elif last:
+            joules["energy_note"] = "not a GPU trial"
+        profiled = {}
+        if profile is not None:
+            profile.finish()
+            profiled = _profile(runner, ctx.trial)
     finally:
         runner.teardown()
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
-            "copies": copies, "peak": peak}
+            "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled,
+            "energy": joules}
+
+
+def _profile(runner: Any, trial: Trial) -> dict[str, Any]:
+    """Profile PROFILE_ITERS more steps of a timed runner: the row's profile columns, and the trace
+    under FILES_KEY for the driver to write. A profile that can't be made is the row's
+    ``profile_error``, not the trial's failure: the measurement itself is unaffected."""
+    cols: dict[str, Any] = {"profile_iters": None, "profile_file": None, "profile_bytes": None,
+                            "profile_s": None, "profile_error": None}
+    if runner.profiler is None:
+        return {**cols, "profile_error": f"backend {runner.name} has no profiler"}
+    t0 = time.perf_counter()
+    try:
+        trace = runner.profile(PROFILE_ITERS)
+    except Exception as exc:
+        return {**cols, "profile_error": f"profiling failed: {type(exc).__name__}: {exc}"[:1000]}
+    cols.update(profile_iters=PROFILE_ITERS, profile_bytes=len(trace), profile_s=time.perf_counter() - t0)
+    if len(trace) > PROFILE_MAX_BYTES:
+        return {**cols, "profile_error": f"the trace is {len(trace) / 2**20:.1f} MiB, over the "
+                                         f"{PROFILE_MAX_BYTES / 2**20:g} MiB a row may carry: not kept"}
+    path = profile_path(trial)
+    return {**cols, "profile_file": path, FILES_KEY: {path: trace}}
 
 
 def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[str, Any]:
@@ -179,34 +243,3 @@ def _copy_times(runner_cls: Any, ctx: TrialContext, output: np.ndarray) -> dict[
 
     y = torch.empty(output.shape, dtype=torch_dtype(ctx.dtype), device="cuda")
     return measure_copies(ctx.input(device="cpu"), y, "cuda")
-
-
-class _MemoryWatch:
-    """Peak GPU memory of one trial, for torch's allocator and for ORT's own arena alike."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        if device == "cuda":
-            import torch
-
-            self._torch = torch
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            free, total = torch.cuda.mem_get_info()
-            self._used0 = total - free
-
-    def peak(self) -> int | None:
-        if self.device != "cuda":
-            return None
-        torch = self._torch
-        free, total = torch.cuda.mem_get_info()
-        grown = (total - free) - self._used0
-        return int(max(torch.cuda.max_memory_allocated(), grown, 0))
-
-    def release(self) -> None:
-        if self.device == "cuda":
-            import gc
-
-            gc.collect()
-            self._torch.cuda.empty_cache()

@@ -94,6 +94,8 @@ class Runner(ABC):
     columns: ClassVar[frozenset[str]] = frozenset()
     #: those of ``columns`` a ``parity_failed`` row keeps: what ran, not how fast.
     kept_on_parity_failure: ClassVar[frozenset[str]] = frozenset()
+    #: what ``profile`` records with (a plan's ``profile: true``), or None: this backend has no profile.
+    profiler: ClassVar[str | None] = None
 
     def __init__(self, ctx: TrialContext, options: BackendOptions) -> None:
         self.ctx = ctx
@@ -159,9 +161,37 @@ class Runner(ABC):
         """
         return {}
 
+    def profile(self, iters: int) -> bytes:
+        """Run ``iters`` more steps under a profiler, after timing; the Chrome trace (JSON) as bytes.
+
+        This default is for runners whose step is torch code: torch.profiler, CPU activity and, on
+        a GPU, CUDA kernels too. Backends that profile otherwise override it and say so in ``profiler``.
+        """
+        return torch_profile(self.step, iters, self.ctx.device == "cuda")
+
     def __enter__(self) -> Runner:
         self.setup()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.teardown()
+
+
+def torch_profile(step: Any, iters: int, on_gpu: bool) -> bytes:
+    """``iters`` calls of ``step`` under torch.profiler, exported as a Chrome trace."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(iters):
+            step()
+        if on_gpu:
+            torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory(prefix="infer-orch-profile-") as d:
+        path = Path(d) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return path.read_bytes()

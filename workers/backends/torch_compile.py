@@ -78,6 +78,7 @@ def _first_line(reason: str) -> str:
 
 class TorchCompile(Runner):
     name = "torch-compile"
+    profiler = "torch.profiler"
     Options = CompileOptions
     requires = ("torch",)
     columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",

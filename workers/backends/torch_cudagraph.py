@@ -21,6 +21,7 @@ CAPTURE_WARMUP_ITERS = 3
 
 class TorchCudaGraph(Runner):
     name = "torch-cudagraph"
+    profiler = "torch.profiler"
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
     requires = ("torch",)

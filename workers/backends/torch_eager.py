@@ -46,6 +46,7 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, dict[str, Any]]:
 
 class TorchEager(Runner):
     name = "torch-eager"
+    profiler = "torch.profiler"
     Options = TorchOptions
     requires = ("torch",)
 

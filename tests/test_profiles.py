@@ -1,0 +1,198 @@
+"""Profiles on request: ``profile: true`` on a backend entry or ``infer-orch run --profile LABEL``.
+
+Through a real embedded Ray on this CPU (the ``ray_gpus`` fixture): the traces travel back with
+the rows, land in the run directory, parse as Chrome traces, the rows name them and the HTML
+report links them; the profiled iterations are not among the timed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers import cli, run_all, trials_for
+
+from orchestrator.expand import expand
+from orchestrator.plan import parse_plan
+from orchestrator.report import html_report
+from orchestrator.results import load_results
+from workers.contract import FILES_KEY, PROFILE_ITERS
+
+ITERS = 10
+PLAN = f"""
+name: prof
+device: cpu
+models:
+  - {{python: "tinynet:make", input_shape: [3, 8, 8]}}
+matrix:
+  batch_sizes: [2]
+  io: [host]
+  backends:
+    - {{backend: torch-eager, profile: true}}
+    - {{backend: ort}}
+    - {{backend: sleep, label: idle, profile: true, options: {{step_s: 0.001}}}}
+measure: {{warmup_iters: 1, iters: {ITERS}, warmup_max_s: 0.5, target_rel_ci: null}}
+"""
+
+
+def chrome_events(path: Path) -> list[dict]:
+    """The events of a Chrome trace file: torch writes {"traceEvents": [...]}, ORT a bare array."""
+    data = json.loads(path.read_text())
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    assert isinstance(events, list) and events
+    assert all("name" in e and "ph" in e for e in events)
+    return events
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_gpus, tmp_path_factory):
+    """One run: torch-eager profiled by its plan entry, ort by --profile, sleep asks but has no profiler."""
+    root = tmp_path_factory.mktemp("prof")
+    (root / "plan.yaml").write_text(PLAN)
+    t0 = time.perf_counter()
+    r = cli("run", root / "plan.yaml", "--out", root / "run", "--workers", "1", "--profile", "ort")
+    print(f"profiled run: {time.perf_counter() - t0:.1f} s")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def rows(run_dir):
+    return {r["label"]: r for r in load_results(run_dir).to_pylist()}
+
+
+@pytest.mark.parametrize("label", ["torch-eager", "ort"])
+def test_profile_lands_in_the_run_directory_named_by_its_row(rows, run_dir, label):
+    r = rows[label]
+    assert r["status"] == "ok", r["error"]
+    assert r["profile_file"] == f"profiles/{r['trial_id']}.{r['backend']}.json"
+    path = run_dir / r["profile_file"]
+    assert path.stat().st_size == r["profile_bytes"] > 0
+    events = chrome_events(path)
+    assert r["profile_iters"] == PROFILE_ITERS and r["profile_error"] is None and r["profile_s"] > 0
+    if label == "ort":  # its own profiling session: one warm run and the profiled ones
+        assert sum(e["name"] == "model_run" for e in events) == PROFILE_ITERS + 1
+    else:
+        assert any(e.get("cat") == "cpu_op" for e in events)
+
+
+def test_unprofiled_trials_and_backends_without_a_profiler(rows, run_dir):
+    idle = rows["idle"]  # asked for one; sleep has no profiler: said, and the trial is still ok
+    assert idle["status"] == "ok" and idle["profile_file"] is None
+    assert idle["profile_error"] == "backend sleep has no profiler"
+    assert sorted(p.name for p in (run_dir / "profiles").iterdir()) == sorted(
+        Path(rows[k]["profile_file"]).name for k in ("torch-eager", "ort"))
+
+
+def test_profiled_iterations_are_not_timed(rows):
+    for r in rows.values():
+        assert r["iters"] == len(r["samples_ms"]) == ITERS, r["label"]
+
+
+def test_latency_comes_from_the_unprofiled_iterations(monkeypatch):
+    """Every profiled step made 50 ms slower: no timed sample sees it, and the row counts them apart."""
+    from workers.backends import base
+
+    real = base.torch_profile
+
+    def slow_profile(step, iters, on_gpu):
+        def slow():
+            time.sleep(0.05)
+            step()
+        return real(slow, iters, on_gpu)
+
+    monkeypatch.setattr(base, "torch_profile", slow_profile)
+    (trial,) = trials_for(["torch-eager"], io=("host",),
+                          measure={"warmup_iters": 1, "iters": ITERS, "warmup_max_s": 0.5, "target_rel_ci": None})
+    (row,) = run_all([dataclasses.replace(trial, profile=True)])
+    assert row["status"] == "ok", row.get("error")
+    assert row["iters"] == len(row["samples_ms"]) == ITERS and row["profile_iters"] == PROFILE_ITERS
+    assert row["latency_ms_max"] < 50 and max(row["samples_ms"]) < 50
+    assert row["profile_s"] >= PROFILE_ITERS * 0.05
+    trace = json.loads(row[FILES_KEY][row["profile_file"]])
+    assert trace["traceEvents"]
+
+
+def test_report_links_profiles_relative_to_the_report(rows, run_dir, tmp_path):
+    for where in (run_dir / "report.html", tmp_path / "elsewhere" / "report.html"):
+        r = cli("report", run_dir, "--html", where)
+        assert r.returncode == 0, r.stdout + r.stderr
+        page = where.read_text()
+        for label in ("torch-eager", "ort"):
+            target = run_dir / rows[label]["profile_file"]
+            hrefs = [h for h in _hrefs(page) if h.endswith(target.name)]
+            assert len(hrefs) == 1, hrefs
+            assert not hrefs[0].startswith("/") and (where.parent / hrefs[0]).resolve() == target.resolve()
+    assert 'href="profiles/' in html_report(run_dir)  # default: a page in the run directory
+
+
+def _hrefs(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'href="([^"]+)"', page)
+
+
+def test_profile_is_not_part_of_the_trial_id():
+    data = parse_plan_data()
+    plain = expand(parse_plan(data))
+    for b in data["matrix"]["backends"]:
+        b["profile"] = True
+    profiled = expand(parse_plan(data))
+    assert [t.trial_id for t in plain] == [t.trial_id for t in profiled]
+    assert all(t.profile for t in profiled) and not any(t.profile for t in plain)
+
+
+def parse_plan_data() -> dict:
+    import yaml
+
+    data = yaml.safe_load(PLAN)
+    for b in data["matrix"]["backends"]:
+        b.pop("profile", None)
+    return data
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_profile_of_a_label_the_plan_lacks_is_refused(write_plan, tmp_path, dry):
+    path = write_plan(PLAN)
+    r = cli("run", path, "--profile", "ort", "--profile", "tensorrt", *(["--dry-run"] if dry else
+                                                                         ["--out", tmp_path / "out"]))
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = " ".join((r.stdout + r.stderr).split())
+    assert f"{path}: --profile tensorrt: no matrix.backends entry has that label" in out
+    assert "idle, ort, torch-eager" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", [
+    {"backend": "torch-eager"},
+    {"backend": "torch-cudagraph"},
+    {"backend": "ort", "options": {"io_binding": True}},
+], ids=["torch-eager", "torch-cudagraph", "ort-io_binding"])
+def test_gpu_profile_shows_the_gpus_work(backend):
+    """On a GPU: torch's trace has CUDA kernels (graph replays included), ORT's has its nodes on the
+    CUDA provider; the timed samples are the unprofiled ones."""
+    import torch
+
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    (trial,) = trials_for([{**backend, "profile": True}], models=("torchvision:resnet18",), io=("device",),
+                          device="cuda", measure={"warmup_iters": 2, "iters": ITERS, "target_rel_ci": None})
+    row = run_trial(trial, "cuda", ModelStore(), cpus=1)
+    assert row["status"] == "ok", row["error"]
+    assert row["iters"] == len(row["samples_ms"]) == ITERS and row["profile_iters"] == PROFILE_ITERS
+    data = json.loads(row[FILES_KEY][row["profile_file"]])
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    if backend["backend"] == "ort":
+        providers = {e.get("args", {}).get("provider") for e in events if e.get("cat") == "Node"}
+        assert "CUDAExecutionProvider" in providers, providers
+    else:  # a CUDA graph's replays: its kernels where CUPTI traces inside graphs, else the launches
+        kernels = any(e.get("cat") == "kernel" for e in events)
+        launches = any("cudaGraphLaunch" in str(e.get("name")) for e in events)
+        assert kernels or (backend["backend"] == "torch-cudagraph" and launches), sorted({e.get("cat") for e in events})
