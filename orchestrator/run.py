@@ -21,13 +21,8 @@ from typing import Any
 import yaml
 
 from orchestrator import budgets, cluster
-<<<<<<< HEAD
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
-from orchestrator.expand import expand
-=======
-from orchestrator.errors import InputError, Interrupted, Terminated
 from orchestrator.expand import expand, with_profiles
->>>>>>> prof
 from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command

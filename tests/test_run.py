@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.errors import ClusterError, OutputError
 from orchestrator.run import run_plan
-from workers.schema import SCHEMA
+from workers.schema import SCHEMA, SCHEMA_VERSION
 
 SLEEP_PLAN = """\
 name: spread
@@ -54,7 +54,7 @@ def test_run_writes_a_parquet_dataset_with_one_schema(spread_run):
     for p in parts:
         schema = pq.read_schema(p)
         assert schema.remove_metadata().equals(SCHEMA.remove_metadata())
-        assert schema.metadata[b"infer_orch.schema_version"] == b"1"
+        assert schema.metadata[b"infer_orch.schema_version"] == SCHEMA_VERSION.encode()
         assert json.loads(schema.metadata[b"infer_orch.plan"])["name"] == "spread"
         env = json.loads(schema.metadata[b"infer_orch.environment"])
         row = pq.read_table(p).to_pylist()[0]
