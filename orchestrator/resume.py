@@ -9,6 +9,7 @@ may not, because the stored rows would then answer another question.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def _changed_keys(a: Plan, b: Plan) -> list[str]:
 
 
 def resume_command(plan_path: str | Path, out: Path, address: str | None, workers: int | None,
-                   cpus_per_worker: float | None = None) -> str:
-    """The exact command line that continues this run."""
+                   cpus_per_worker: float | None = None, profile: Sequence[str] = ()) -> str:
+    """The exact command line that continues this run (``--profile`` labels too: the trials still
+    to run are profiled as they would have been)."""
     args = ["infer-orch", "run", str(plan_path), "--resume", str(out)]
     if address:
         args += ["--address", address]
@@ -78,4 +80,6 @@ def resume_command(plan_path: str | Path, out: Path, address: str | None, worker
         args += ["--workers", str(workers)]
     if cpus_per_worker:
         args += ["--cpus-per-worker", f"{cpus_per_worker:g}"]
+    for label in profile:
+        args += ["--profile", label]
     return shlex.join(args)

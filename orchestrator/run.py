@@ -231,7 +231,7 @@ def run_plan(
             raise ResultWriteError(
                 f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
-                f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}") from None
+                f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}") from None
         except KeyboardInterrupt as stop:
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all()})
@@ -242,7 +242,7 @@ def run_plan(
             raise Interrupted(
                 f"{'terminated (SIGTERM)' if term else 'interrupted'}: {stored} of "
                 f"{len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker)}",
+                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}",
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued

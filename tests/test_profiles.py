@@ -196,3 +196,13 @@ def test_gpu_profile_shows_the_gpus_work(backend):
         kernels = any(e.get("cat") == "kernel" for e in events)
         launches = any("cudaGraphLaunch" in str(e.get("name")) for e in events)
         assert kernels or (backend["backend"] == "torch-cudagraph" and launches), sorted({e.get("cat") for e in events})
+
+
+def test_the_resume_command_keeps_the_profile_labels(tmp_path):
+    import shlex
+
+    from orchestrator.resume import resume_command
+
+    line = resume_command("plans/p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
+    assert shlex.split(line) == ["infer-orch", "run", "plans/p.yaml", "--resume", str(tmp_path / "out"),
+                                 "--workers", "2", "--profile", "ort-tuned", "--profile", "my label"]
