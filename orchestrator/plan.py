@@ -297,26 +297,42 @@ def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     """The per-sample input shape stored in an ONNX file, or None when it is symbolic."""
     if not path.is_file():
         raise PydanticCustomError("model_file", "ONNX file not found: {path}", {"path": str(path)})
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise PydanticCustomError(
-            "model_file", "{path} is not a readable ONNX model ({exc})", {"path": str(path), "exc": str(exc)}
-        ) from None
-    _check_onnx_file(model, path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = _onnx_file_inputs(path)
     if len(inputs) != 1:
         raise PydanticCustomError(
             "model_file", "{path} has {n} inputs; infer-orch feeds models with one",
             {"path": str(path), "n": len(inputs)},
         )
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
-    if any(not d.HasField("dim_value") for d in dims):
+    dims = inputs[0][2][1:]
+    if any(not isinstance(d, int) for d in dims):
         return None
-    return tuple(d.dim_value for d in dims)
+    return tuple(dims)
+
+
+def _onnx_file_inputs(path: Path) -> tuple[tuple[str, int, tuple[int | str | None, ...]], ...]:
+    """(name, ONNX element type, dims) of each input the file takes (initializers left out), after
+    the file checks; a dim is an int, its symbolic name, or None. Read once per file and version of
+    it: deciding a model's form and then reading its shape would otherwise parse the file twice."""
+    stat = path.stat()
+    return _read_onnx_inputs(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_onnx_inputs(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, int, tuple[int | str | None, ...]], ...]:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise PydanticCustomError(
+            "model_file", "{path} is not a readable ONNX model ({exc})", {"path": path, "exc": str(exc)}
+        ) from None
+    _check_onnx_file(model, Path(path))
+    inits = {i.name for i in model.graph.initializer}
+    return tuple((i.name, i.type.tensor_type.elem_type,
+                  tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in i.type.tensor_type.shape.dim))
+                 for i in model.graph.input if i.name not in inits)
 
 
 def _check_onnx_file(model: Any, path: Path) -> None:
@@ -368,27 +384,16 @@ def _uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) 
 def _onnx_graph_inputs(path: Path) -> list[tuple[str, str, list[int | str | None]]]:
     """(name, dtype, dims) of each input an ONNX file takes (initializers left out); a dim is an
     int, its symbolic name, or None when it has neither."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise _err("{path} is not a readable ONNX model ({exc})", path=str(path), exc=str(exc)) from None
-    _check_onnx_file(model, path)
-    inits = {i.name for i in model.graph.initializer}
     out = []
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
-        tt = i.type.tensor_type
-        dtype = ONNX_DTYPES.get(tt.elem_type)
+    for name, elem_type, dims in _onnx_file_inputs(path):
+        dtype = ONNX_DTYPES.get(elem_type)
         if dtype is None:
+            import onnx
+
             raise _err("input '{name}' of {path} has ONNX element type {t}; infer-orch feeds "
                        "float32, float16, bfloat16, int64, int32 and bool",
-                       name=i.name, path=str(path), t=onnx.TensorProto.DataType.Name(tt.elem_type))
-        dims: list[int | str | None] = [d.dim_value if d.HasField("dim_value") else
-                                        (d.dim_param or None) for d in tt.shape.dim]
-        out.append((i.name, dtype, dims))
+                       name=name, path=str(path), t=onnx.TensorProto.DataType.Name(elem_type))
+        out.append((name, dtype, list(dims)))
     return out
 
 
