@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,10 @@ class ResultSink:
         written first, so a stored row never names a file that is not there."""
         if not self._opened:
             self._open()
-        for rel, data in (row.pop(FILES_KEY, None) or {}).items():
-            if not ATTACHED_FILE.fullmatch(rel):  # the name is the worker's: only the shape a profile has
-                row.update(profile_file=None, profile_error=f"not written: {rel!r} is not a profile's file name")
-                continue
-            (self.out / rel).parent.mkdir(exist_ok=True)
-            _atomic_write(self.out / rel, data)
+        files = dict(row.pop(FILES_KEY, None) or {})
+        for rel in [rel for rel in files if not ATTACHED_FILE.fullmatch(rel)]:  # names are the worker's:
+            del files[rel]  # only the shape a profile's has is written
+            row.update(profile_file=None, profile_error=f"not written: {rel!r} is not a profile's file name")
         row = {**row, "run_id": self.run_id}
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
@@ -124,14 +123,14 @@ class ResultSink:
         if metadata:
             schema = schema.with_metadata({**schema.metadata, **{
                 f"infer_orch.{k}".encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()}})
-        table = pa.Table.from_batches([to_batch([row])]).cast(schema)
         path = self.out / f"part-{tid}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:  # a full disk, a file-size limit: no partial part stays behind
-            _discard(tmp)
+        try:  # a full disk, a file-size limit: no partial file stays behind, the run stops with one line
+            for rel, data in files.items():
+                (self.out / rel).parent.mkdir(exist_ok=True)
+                _atomic_write(self.out / rel, data)
+            table = pa.Table.from_batches([to_batch([row])]).cast(schema)
+            _atomic(path, lambda tmp: pq.write_table(table, tmp))
+        except OSError as exc:
             raise ResultWriteError(f"could not write results in {self.out}: {describe(exc)}") from None
         self.rows.append(row)
         return path
@@ -160,7 +159,17 @@ def _discard(path: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``path`` whole or not at all: ``write`` fills a temporary name beside it, renamed into place
+    once complete; if writing fails, the temporary file goes too (and the OSError goes on)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        _discard(tmp)
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    _atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -206,3 +206,22 @@ def test_the_resume_command_keeps_the_profile_labels(tmp_path):
     line = resume_command("plans/p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
     assert shlex.split(line) == ["infer-orch", "run", "plans/p.yaml", "--resume", str(tmp_path / "out"),
                                  "--workers", "2", "--profile", "ort-tuned", "--profile", "my label"]
+
+
+def test_a_profile_that_cannot_be_written_stops_the_run_like_its_part_would_leaving_nothing_torn(tmp_path):
+    """The profile is written before the row that names it, through the same whole-or-nothing writer:
+    when it can't be written (here: `profiles` is a file, not a directory) the run stops with the
+    one-line write error, and neither the profile nor the part is there."""
+    from orchestrator.errors import ResultWriteError
+    from orchestrator.sink import ResultSink
+    from workers.contract import FILES_KEY
+
+    (t,) = trials_for([{"backend": "torch-eager", "profile": True}], io=("host",))
+    (row,) = run_all([t])
+    assert row["status"] == "ok" and row[FILES_KEY], row.get("error")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "profiles").write_text("in the way")
+    with pytest.raises(ResultWriteError, match=f"could not write results in {out}"):
+        ResultSink(out, "r", None, metadata={}).write(row)
+    assert sorted(p.name for p in out.iterdir()) == ["profiles"]
