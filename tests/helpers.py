@@ -35,6 +35,13 @@ def cli(*args: Any) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["infer-orch", *argv], result.exit_code, result.stdout, result.stderr)
 
 
+#: One trial per kind of GPU runner (eager, CUDA graph, ORT with every buffer bound), for GPU tests
+#: that check a measurement on each: ``pytest.mark.parametrize("backend", GPU_BACKENDS, ids=GPU_BACKEND_IDS)``.
+GPU_BACKENDS = ({"backend": "torch-eager"}, {"backend": "torch-cudagraph"},
+                {"backend": "ort", "options": {"io_binding": True}})
+GPU_BACKEND_IDS = ("torch-eager", "torch-cudagraph", "ort-io_binding")
+
+
 def trials_for(backends, models=("python:tinynet:make",), io=("host", "device"), dtypes=("fp32",), **plan):
     """The trials of a small CPU plan: ``backends`` over ``models`` (``python:`` factories get a
     16x16 input), batch size 2, a short bounded measurement."""

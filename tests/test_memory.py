@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import run_all, trials_for
+from helpers import GPU_BACKEND_IDS, GPU_BACKENDS, run_all, trials_for
 
 from workers import memory
 from workers.schema import NAMES
@@ -55,11 +55,7 @@ def test_sampled_fallback_sees_a_short_peak(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", [
-    {"backend": "torch-eager"},
-    {"backend": "torch-cudagraph"},
-    {"backend": "ort", "options": {"io_binding": True}},
-], ids=["torch-eager", "torch-cudagraph", "ort-io_binding"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS, ids=GPU_BACKEND_IDS)
 def test_gpu_memory_adds_up(backend):
     """On a GPU, one trial per backend: NVML's memory of the worker process >= what torch's allocator
     reserved >= what it allocated; the device's used memory is known before and after; host RSS too."""

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, run_all, trials_for
+from helpers import GPU_BACKEND_IDS, GPU_BACKENDS, cli, run_all, trials_for
 
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
@@ -167,11 +167,7 @@ def test_profile_of_a_label_the_plan_lacks_is_refused(write_plan, tmp_path, dry)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", [
-    {"backend": "torch-eager"},
-    {"backend": "torch-cudagraph"},
-    {"backend": "ort", "options": {"io_binding": True}},
-], ids=["torch-eager", "torch-cudagraph", "ort-io_binding"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS, ids=GPU_BACKEND_IDS)
 def test_gpu_profile_shows_the_gpus_work(backend):
     """On a GPU: torch's trace has CUDA kernels (graph replays included), ORT's has its nodes on the
     CUDA provider; the timed samples are the unprofiled ones."""
@@ -225,3 +221,14 @@ def test_a_profile_that_cannot_be_written_stops_the_run_like_its_part_would_leav
     with pytest.raises(ResultWriteError, match=f"could not write results in {out}"):
         ResultSink(out, "r", None, metadata={}).write(row)
     assert sorted(p.name for p in out.iterdir()) == ["profiles"]
+
+
+def test_a_profile_flag_that_is_not_a_boolean_is_a_located_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps({"name": "p", "device": "cpu",
+                                "models": [{"python": "tinynet:make", "input_shape": [3, 8, 8]}],
+                                "matrix": {"batch_sizes": [1],
+                                           "backends": [{"backend": "torch-eager", "profile": "maybe"}]}}))
+    r = cli("validate", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{path}: matrix.backends[0].profile: Input should be a valid boolean" in " ".join(r.stderr.split())
