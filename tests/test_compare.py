@@ -1,5 +1,10 @@
-"""`infer-orch compare`: runs made through the real run path with the sleep backend; a 10%
-slowdown is found, two runs of the same trials stay quiet; the statistics on seeded samples."""
+"""`infer-orch compare`: runs made through the real run path with the sleep backend; a 30%
+slowdown is found, two runs of the same trials stay quiet; the statistics on seeded samples.
+
+The runs' verdicts use a 15% threshold: a sleep wakes late by a few milliseconds when the 2-core
+CI machine is busy with the other test worker, and that shifts a whole run's median by more than
+the default 5% (a 15 ms `steady` trial was once "improved", once "regressed"). The statistics
+at the default threshold are checked on seeded samples below."""
 
 from __future__ import annotations
 
@@ -26,17 +31,17 @@ matrix:
       options: {step_s: STEP}
     - backend: sleep
       label: steady
-      options: {step_s: 0.015}
+      options: {step_s: 0.018}
 measure: {warmup_iters: 2, iters: 25}
 """
 
 
 @pytest.fixture(scope="module")
 def runs(ray_gpus, tmp_path_factory):
-    """base and same: the same trials twice; slow: the `nap` entry 10% slower (a code change)."""
+    """base and same: the same trials twice; slow: the `nap` entry 30% slower (a code change)."""
     d = tmp_path_factory.mktemp("cmp")
     out = {}
-    for name, step in (("base", "0.020"), ("same", "0.020"), ("slow", "0.022")):
+    for name, step in (("base", "0.020"), ("same", "0.020"), ("slow", "0.026")):
         (d / f"{name}.yaml").write_text(PLAN.replace("STEP", step))
         # one worker: sleeps on a busy 2-core machine wake late, and fewer processes wake later less
         result = run_plan(d / f"{name}.yaml", out=d / name, workers=1)
@@ -45,25 +50,28 @@ def runs(ray_gpus, tmp_path_factory):
     return out
 
 
-def test_a_ten_percent_slowdown_is_a_regression_and_exits_1(runs):
-    proc = cli("compare", runs["base"], runs["slow"], "--format", "json")
+NOISY_MACHINE = 0.15  # see the module's docstring
+
+
+def test_a_thirty_percent_slowdown_is_a_regression_and_exits_1(runs):
+    proc = cli("compare", runs["base"], runs["slow"], "--format", "json", "--threshold", str(NOISY_MACHINE))
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     nap, steady = (next(t for t in report["trials"] if t["label"] == x) for x in ("nap", "steady"))
     assert report["regressions"] == 1 and len(report["trials"]) == 2
     assert nap["verdict"] == "regressed" and nap["matched_by"] == "label"  # its options changed
-    assert 1.05 < nap["ratio"] < 1.15 and 1 < nap["ci_low"] <= nap["ratio"] <= nap["ci_high"]
+    assert 1.15 < nap["ratio"] < 1.5 and 1 < nap["ci_low"] <= nap["ratio"] <= nap["ci_high"]
     assert steady["verdict"] == "unchanged" and steady["matched_by"] == "trial_id"
 
 
 def test_two_runs_of_the_same_trials_stay_quiet(runs):
-    proc = cli("compare", runs["base"], runs["same"])
+    proc = cli("compare", runs["base"], runs["same"], "--threshold", str(NOISY_MACHINE))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 trials compared, 0 regressed" in proc.stdout and "regressed  " not in proc.stdout
 
 
 def test_the_slower_run_as_base_shows_an_improvement_not_a_regression(runs):
-    items = compare(load_results(runs["slow"]), load_results(runs["base"]))
+    items = compare(load_results(runs["slow"]), load_results(runs["base"]), threshold=NOISY_MACHINE)
     assert sorted(i["verdict"] for i in items) == ["improved", "unchanged"]
 
 
@@ -73,9 +81,9 @@ def test_missing_and_broken_trials_are_reported(runs):
     # the candidate's first trial failed; then the candidate lost it
     rows = cand.to_pylist()
     rows[0].update(status="failed", error="RuntimeError: boom", latency_ms_median=None, samples_ms=None)
-    items = compare(base, pa.Table.from_pylist(rows, schema=cand.schema))
+    items = compare(base, pa.Table.from_pylist(rows, schema=cand.schema), threshold=NOISY_MACHINE)
     assert sorted(i["verdict"] for i in items) == ["broken", "unchanged"]
-    items = compare(base, pa.Table.from_pylist(rows[1:], schema=cand.schema))
+    items = compare(base, pa.Table.from_pylist(rows[1:], schema=cand.schema), threshold=NOISY_MACHINE)
     assert sorted(i["verdict"] for i in items) == ["only in base", "unchanged"]
 
 
