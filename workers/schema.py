@@ -119,6 +119,10 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_temp_c_end", _F64, "NVML: GPU temperature when timing ended, C"),
     ("gpu_power_w_start", _F64, "NVML: power draw when timing started, W"),
     ("gpu_power_w_end", _F64, "NVML: power draw when timing ended, W"),
+    ("valid", _BOOL, "a number to act on: ok, and none of invalid_reasons applies (workers/validity.py); "
+                     "null for rows with no measurement"),
+    ("invalid_reasons", pa.list_(_STR), "why the row is not valid, each a short code with its figures "
+                                        "(noisy, not converged, contended, ...); empty when valid"),
     ("contended", _BOOL, "another process had a compute context on this GPU when timing started or ended "
                          "(NVML); null without NVML"),
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),

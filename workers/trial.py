@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import energy, envinfo, memory, parity, stats
+from workers import energy, envinfo, memory, parity, stats, validity
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -85,6 +85,7 @@ def run_trial(
                    traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
     row["duration_s"] = time.perf_counter() - t0
     row["status"] = str(row["status"])
+    row.update(validity.verdict(row, trial))
     files = row.pop(FILES_KEY, None)  # not a column: files for the run directory, written by the driver
     row = checked_row(row)
     if files and row["status"] == Status.OK:
