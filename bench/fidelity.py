@@ -18,6 +18,7 @@ Usage::
 
     python bench/fidelity.py OUT_DIR            # on a GPU: ResNet-50, batch 1 and 256, fp32 and fp16
     python bench/fidelity.py OUT_DIR --quick    # on a CPU: a tiny model, few iterations (a smoke test)
+    python bench/fidelity.py OUT_DIR --bert     # on a GPU: the ratios only, BERT-base seq 128 batch 8 fp16
 
 Writes OUT_DIR/fidelity.json and OUT_DIR/fidelity.csv, and prints a short table last.
 """
@@ -58,7 +59,14 @@ RATIO_BUDGET_S = 330
 CPU_MEASURE = {"warmup_iters": 2, "iters": 10, "min_time_s": 0.0, "max_time_s": 1.0, "warmup_max_s": 0.5}
 
 
-def config(quick: bool) -> dict[str, Any]:
+#: ``--bert``: the transformer fidelity point (issue 15): BERT-base, seq 128, batch 8, fp16.
+BERT = {"model": {"hf": "bert-base", "axes": {"seq": 128}}, "batches": [8], "dtypes": ["fp16"],
+        "variants": ["torch-cudagraph", "ort-iobind"]}
+
+
+def config(quick: bool, bert: bool = False) -> dict[str, Any]:
+    if bert:
+        return {**config(False), **BERT, "bert": True}
     if quick:
         return {"device": "cpu", "model": {"python": "bench.tiny:make", "input_shape": [3, 32, 32]},
                 "batches": [1, 8], "dtypes": ["fp32"], "variants": CPU_VARIANTS, "measure": CPU_MEASURE,
@@ -98,7 +106,8 @@ def ratios(cfg: dict[str, Any], log: Any) -> list[dict[str, Any]]:
         for dtype in cfg["dtypes"]:
             todo = list(cfg["variants"])
             while todo:
-                arg = json.dumps({"quick": cfg["device"] == "cpu", "batch": batch, "dtype": dtype,
+                arg = json.dumps({"quick": cfg["device"] == "cpu", "bert": cfg.get("bert", False),
+                                  "batch": batch, "dtype": dtype,
                                   "variants": todo, "deadline": deadline})
                 proc = subprocess.Popen([sys.executable, __file__, "--ratio-child", arg], stdout=subprocess.PIPE,
                                         text=True, env=env)
@@ -136,7 +145,7 @@ def ratio_child(arg: str) -> None:
     from workers.trial import run_trial
 
     spec = json.loads(arg)
-    cfg = config(spec["quick"])
+    cfg = config(spec["quick"], spec.get("bert", False))
     _threads(cfg["device"])
     store = ModelStore(0)
     for variant in spec["variants"]:
@@ -157,8 +166,8 @@ def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str,
     trial = make_trial(cfg, variant, batch, dtype)
     t0 = time.perf_counter()
     if variant.startswith("ort"):
-        onnx_export(store, trial.model, batch, dtype)  # the export is neither side's time
-    step, cleanup = hand.make_step(variant, store, trial.model, batch, dtype, device, trial.seed)
+        onnx_export(store, trial.model, batch, dtype, axes=trial.axes)  # the export is neither side's time
+    step, cleanup = hand.make_step(variant, store, trial.model, batch, dtype, device, trial.seed, trial.axes)
     # hand, infer-orch, hand: drift within the process (clocks, the VM's neighbours) hits both alike
     before = hand.median(hand.time_loop(step, device, **cfg["hand"]))
     t1 = time.perf_counter()
@@ -310,6 +319,8 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"{r['variant']:17s} {r['batch']:5d} {r['dtype']:5s} {_fmt(r['hand_ms'], '10.4f'):>10s} "
                      f"{_fmt(r['infer_orch_ms'], '10.4f'):>10s} {_fmt(r['ratio']):>6s}  "
                      f"{'yes' if ok else 'NO ' + (r['status'] if r['status'] != 'ok' else '')}")
+    if "overhead" not in res:  # --bert: the ratios only
+        return "\n".join(lines)
     o = res["overhead"]
     if "error" in o:
         lines.append(f"harness overhead: failed: {o['error']}")
@@ -329,6 +340,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", default=os.environ.get("OUT"), help="output directory (default: $OUT)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, few iterations")
+    ap.add_argument("--bert", action="store_true", help="only the ratios, for BERT-base seq 128 batch 8 fp16 "
+                                                        "(torch CUDA graph and ORT IO binding)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--ratio-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -341,7 +354,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("INFER_ORCH_CACHE", str(out / "cache"))
-    cfg = config(args.quick)
+    cfg = config(args.quick, args.bert)
     _threads(cfg["device"])
 
     def log(msg: str) -> None:
@@ -356,7 +369,8 @@ def main() -> None:
     res: dict[str, Any] = {"device": cfg["device"], "device_name": env.get("device_name"), "environment": env,
                            "config": cfg}
     res["ratios"] = ratios(cfg, log)
-    for key, fn in (("overhead", lambda: overhead(cfg, store)), ("repro", lambda: repro(cfg, log))):
+    more = (("overhead", lambda: overhead(cfg, store)), ("repro", lambda: repro(cfg, log)))
+    for key, fn in () if args.bert else more:
         try:
             res[key] = fn()
         except Exception as exc:

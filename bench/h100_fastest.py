@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -26,11 +27,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ["device_name", "model", "label", "backend", "batch_size", "dtype", "io", "status", "error",
+COLUMNS = ["device_name", "model", "axes", "label", "backend", "batch_size", "dtype", "io", "status", "error",
            "latency_ms_median", "throughput", "compile_time_s", "compile_cache_warm", "setup_s"]
 HEADER = ("| model | batch | dtype | fastest | median ms | samples/s | runner-up | its ms | margin | vs torch-eager |\n"
           "| --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
@@ -74,11 +74,9 @@ def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] 
 
 
 def load(dirs: list[Path]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for d in dirs:
-        for part in sorted(d.glob("part-*.parquet")):
-            rows += pq.read_table(part, columns=COLUMNS).to_pylist()
-    return rows
+    from orchestrator.results import load_results  # whatever the run's layout
+
+    return load_results(dirs).select(COLUMNS).to_pylist()
 
 
 def fastest_table(rows: list[dict[str, Any]]) -> str:
@@ -86,12 +84,13 @@ def fastest_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["status"] == "ok":
-            groups[(r["model"], r["batch_size"], r["dtype"])].append(r)
+            groups[(r["model"], r["axes"] or "", r["batch_size"], r["dtype"])].append(r)
     lines = [HEADER]
-    for (model, bs, dtype), rs in sorted(groups.items()):
+    for (model, axes, bs, dtype), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["latency_ms_median"])
         best, ms = rs[0], rs[0]["latency_ms_median"]
-        cells = [model, str(bs), dtype, _name(best), f"{ms:.3f}", f"{best['throughput']:,.0f}"]
+        shape = " ".join(f"{k}={v}" for k, v in json.loads(axes).items()) if axes else ""
+        cells = [f"{model} {shape}".strip(), str(bs), dtype, _name(best), f"{ms:.3f}", f"{best['throughput']:,.0f}"]
         if len(rs) > 1:
             second = rs[1]
             cells += [_name(second), f"{second['latency_ms_median']:.3f}", f"{second['latency_ms_median'] / ms:.2f}x"]

@@ -15,36 +15,40 @@ import numpy as np
 
 
 def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, device: str,
-              seed: int = 0) -> tuple[Callable[[], Any], Callable[[], None]]:
-    """(step, cleanup) for one variant: torch-eager, torch-cudagraph, ort-run, ort-iobind, ort-iobind-graph."""
+              seed: int = 0, axes: dict[str, int] | None = None) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """(step, cleanup) for one variant: torch-eager, torch-cudagraph, ort-run, ort-iobind, ort-iobind-graph.
+
+    Every input of the model (one, or several named ones with ``axes`` giving their named dims) is
+    made as infer-orch makes it, and with ORT every input and output is bound."""
     import torch
 
-    from workers.models import make_input, onnx_export
+    from workers.models import call_model, make_inputs, onnx_export
 
+    axes = axes or {}
     if variant.startswith("torch"):
         model = store.torch_model(spec, device, dtype)
-        x = make_input(spec, batch, dtype, device, seed)
+        xs = make_inputs(spec, batch, dtype, device, seed, axes)
         if variant == "torch-eager":
             def eager() -> Any:
                 with torch.inference_mode():
-                    return model(x)
+                    return call_model(spec, model, xs)
             return eager, lambda: None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(3):
-                model(x)
+                call_model(spec, model, xs)
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(g):
-            y = model(x)
+            y = call_model(spec, model, xs)
         torch.cuda.synchronize()
-        alive = [model, x, y]  # the graph reads and writes these addresses on every replay
+        alive = [model, xs, y]  # the graph reads and writes these addresses on every replay
         return g.replay, alive.clear
 
     import onnxruntime as ort
 
-    path, _ = onnx_export(store, spec, batch, dtype)
+    path, _ = onnx_export(store, spec, batch, dtype, axes=axes)
     on_gpu = device == "cuda"
     graph = variant == "ort-iobind-graph"
     if on_gpu:
@@ -56,19 +60,26 @@ def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, devic
     if not on_gpu:
         so.intra_op_num_threads = 1  # as infer-orch gives a CPU trial its worker's share (1 CPU here)
     sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    x = make_input(spec, batch, dtype, "cpu", seed).numpy()
-    name = sess.get_inputs()[0].name
+    host = {k: v.numpy() for k, v in make_inputs(spec, batch, dtype, "cpu", seed, axes).items()}
+    names = [i.name for i in sess.get_inputs()]
+    feed = dict(zip(names, host.values()))
     if variant == "ort-run":
-        return (lambda: sess.run(None, {name: x})), lambda: None
-    # The output's shape from the model (static in infer-orch's exports), not from a plain run: ORT
+        return (lambda: sess.run(None, feed)), lambda: None
+    # The outputs' shapes from the model (static in infer-orch's exports), not from a plain run: ORT
     # captures its CUDA graph on the first run, and a plain one would be what every replay repeats.
-    shape = tuple(sess.get_outputs()[0].shape)
-    dev_x = torch.from_numpy(x).to(device)
-    dev_y = torch.empty(shape, dtype=dev_x.dtype, device=device)
     b = sess.io_binding()
-    b.bind_input(name, device, 0, x.dtype, tuple(x.shape), dev_x.data_ptr())
-    b.bind_output(sess.get_outputs()[0].name, device, 0, x.dtype, shape, dev_y.data_ptr())
-    keep = [dev_x, dev_y]
+    keep = []
+    for name, x in feed.items():
+        dev_x = torch.from_numpy(x).to(device)
+        b.bind_input(name, device, 0, x.dtype, tuple(x.shape), dev_x.data_ptr())
+        keep.append(dev_x)
+    np_types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+    for o in sess.get_outputs():
+        shape = tuple(o.shape)
+        np_type = np_types[o.type]
+        dev_y = torch.empty(shape, dtype=getattr(torch, np.dtype(np_type).name), device=device)
+        b.bind_output(o.name, device, 0, np_type, shape, dev_y.data_ptr())
+        keep.append(dev_y)
     return (lambda: sess.run_with_iobinding(b)), keep.clear
 
 

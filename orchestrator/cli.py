@@ -60,17 +60,21 @@ def _caveats(row: dict[str, Any]) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per trial; an ``axes`` column when some model has named axes (seq=128)."""
+    from orchestrator.report import axes_text
+
+    with_axes = any(r.get("axes") for r in rows)
     t = Table(title="Results", title_justify="left")
-    for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"),
-                      ("io", "left"), ("status", "left"), ("median ms", "right"), ("p99 ms", "right"),
-                      ("samples/s", "right"), ("note", "left")):
+    for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), *([("axes", "left")] * with_axes),
+                      ("dtype", "left"), ("io", "left"), ("status", "left"), ("median ms", "right"),
+                      ("p99 ms", "right"), ("samples/s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {Status.OK: "green", Status.SKIPPED: "yellow"}
-    key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
+    key = lambda r: (r["model"], r["batch_size"], r.get("axes") or "", r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]
         note = escape((r.get("error") or _caveats(r))[:80])
-        t.add_row(r["model"], r["label"], str(r["batch_size"]), r["dtype"], r["io"],
+        t.add_row(r["model"], r["label"], str(r["batch_size"]), *([axes_text(r)] * with_axes), r["dtype"], r["io"],
                   f"[{style.get(s, 'red')}]{s}[/]", _fmt(r.get("latency_ms_median")),
                   _fmt(r.get("latency_ms_p99")), _fmt(r.get("throughput"), ".1f"), note)
     return t

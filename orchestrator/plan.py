@@ -219,7 +219,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     """Turn the shorthand and mapping forms of a model into ModelSpec fields (or leave for errors)."""
     base_dir = (info.context or {}).get("base_dir", ".")
     if isinstance(item, str):
-        if item.startswith(("torchvision:", "python:", "onnx:")):
+        if item.startswith(("torchvision:", "python:", "onnx:", "hf:")):
             kind, _, ref = item.partition(":")
             item = {kind: ref}
         elif item.endswith(".onnx"):
@@ -227,23 +227,26 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
         else:
             raise PydanticCustomError(
                 "model_form",
-                "'{item}' is not a model: expected torchvision:<name>, python:<module>:<factory> or a .onnx path",
+                "'{item}' is not a model: expected torchvision:<name>, hf:<architecture>, python:<module>:<factory> "
+                "or a .onnx path",
                 {"item": item},
             )
     if not isinstance(item, dict):
         return item
-    kinds = [k for k in ("torchvision", "onnx", "python") if k in item]
+    kinds = [k for k in ("torchvision", "onnx", "python", "hf") if k in item]
     if len(kinds) != 1:
         if "kind" in item:
             return item
         raise PydanticCustomError(
             "model_form",
-            "a model mapping needs exactly one of the keys torchvision, onnx, python (got: {keys})",
+            "a model mapping needs exactly one of the keys torchvision, onnx, python, hf (got: {keys})",
             {"keys": ", ".join(map(str, item)) or "none"},
         )
     kind = kinds[0]
     rest = {k: v for k, v in item.items() if k != kind}
     ref = str(item[kind]).strip()
+    if kind == "hf":
+        return _hf_model(ref, rest, base_dir)
     if _uses_inputs_form(kind, ref, rest, base_dir):
         return _inputs_form_model(kind, ref, rest, base_dir)
     if kind == "torchvision":
@@ -279,6 +282,73 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
             )
         name = rest.pop("name", path.stem)
     return {"kind": kind, "ref": ref, "name": name, "input_shape": shape, **rest}
+
+
+def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
+    """ModelSpec fields of an ``hf:`` model: its inputs from the architecture's table entry
+    (``workers.hf``), token ids drawn below its vocabulary size; no transformers import."""
+    from workers import hf
+
+    rest = dict(rest)
+    found = hf.arch_of(ref, base_dir)
+    if found is None:
+        close = difflib.get_close_matches(ref, list(hf.ARCHS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise _err("hf:{ref} is not a known architecture ({names}) nor a local model folder with a config.json "
+                   "of one of their model types{hint}", ref=ref, names=", ".join(hf.ARCHS), hint=hint)
+    arch_name, arch, local = found
+    if local:
+        path = Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref
+        ref = str(path.resolve())
+    overrides = rest.pop("overrides", {}) or {}
+    if not isinstance(overrides, dict) or not all(
+            isinstance(v, (int, float, str, bool)) for v in overrides.values()):
+        raise _err("hf:{ref}: overrides: a mapping of config key to a number, string or boolean, e.g. "
+                   "{{num_hidden_layers: 2}}", ref=ref)
+    unknown = [k for k in overrides if k not in arch.overridable]
+    if unknown:
+        raise _err("hf:{ref}: overrides.{key}: not a config key infer-orch lets a plan change for {arch} "
+                   "(it may: {keys})", ref=ref, key=unknown[0], arch=arch_name, keys=", ".join(arch.overridable))
+    for k in ("inputs", "input_shape", "axes_map", "pass_inputs"):
+        if k in rest:
+            raise _err("hf:{ref}: {key}: an hf model's inputs come from its architecture ({names}); set "
+                       "sequence lengths with axes: {{seq: N}} or matrix.seq_lens", ref=ref, key=k,
+                       names=", ".join(i["name"] for i in arch.inputs))
+    axes = rest.pop("axes", {}) or {}
+    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                             and v >= 1 for k, v in axes.items()):
+        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
+                   "use matrix.axes)")
+    conf = hf.settings(arch, local, overrides)
+    if "image" in conf:
+        axes = {"image": conf["image"], **axes}
+    inputs = []
+    for i in arch.inputs:
+        entry = {**i, "shape": tuple(i["shape"]), "low": None, "high": None, "value": None}
+        if i["fill"] == "randint":
+            entry.update(low=0, high=conf["vocab_size"])
+        inputs.append(entry)
+    name = rest.pop("name", Path(ref).name if local else ref)
+    return {"kind": "hf", "ref": ref, "name": name, "inputs": inputs, "axes": axes, "overrides": overrides, **rest}
+
+
+def _check_hf_axes(plan: Plan, source: str) -> None:
+    """An ``hf:`` text model takes sequences no longer than its position table."""
+    from workers import hf
+
+    for i, m in enumerate(plan.models):
+        if m.kind != "hf":
+            continue
+        found = hf.arch_of(m.ref)
+        if found is None:
+            continue
+        arch_name, arch, local = found
+        longest = hf.settings(arch, local, m.overrides).get("max_seq")
+        seqs = [m.axes["seq"]] if "seq" in m.axes else list(plan.matrix.axes.get("seq", []))
+        too_long = [s for s in seqs if longest is not None and s > longest]
+        if too_long:
+            raise PlanError(f"{source}: models[{i}]: hf:{m.ref} takes sequences of at most {longest} tokens "
+                            f"({arch.max_seq_key}); seq {too_long[0]} is longer")
 
 
 def _check_torchvision(ref: str) -> None:
@@ -670,6 +740,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
             )
     _check_timeouts(plan, entries, source)
     _check_axes(plan, source)
+    _check_hf_axes(plan, source)
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 

@@ -162,7 +162,7 @@ def test_backend_columns_are_schema_columns_and_parity_keeps_a_subset():
     for cls in registry().values():
         assert cls.columns <= schema, (cls.name, cls.columns - schema)
         assert cls.kept_on_parity_failure <= cls.columns, cls.name
-    assert get("ort").kept_on_parity_failure == {"export_cached", "providers_used"}
+    assert get("ort").kept_on_parity_failure == {"export_cached", "export_route", "providers_used"}
 
 
 @pytest.mark.parametrize("backend,options", [("ort", {}), ("torch-compile", {"backend": "eager"}),

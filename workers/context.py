@@ -62,5 +62,7 @@ class TrialContext:
         t0 = time.perf_counter()
         path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset,
                                    self.trial.axes)
-        self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0)
+        route = ("the plan's ONNX file" if self.model.kind == "onnx"
+                 else f"torch.onnx {exporter} export of the {self.dtype} model, static shapes")
+        self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0, export_route=route)
         return str(path)

@@ -146,23 +146,28 @@ class ModelSpec(StrictModel):
     """A model as a trial carries it: ``kind`` torchvision, onnx or python; ``ref`` the torchvision
     name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape.
 
+    ``kind`` hf: ``ref`` is an architecture name of ``workers.hf.ARCHS`` or a local model folder,
+    built with ``overrides`` applied to its config.
+
     A model with several (or non-float, or named-axis) inputs lists them in ``inputs`` (then
     ``input_shape`` is empty); ``axes`` holds the values the plan fixes for this model's axes, and
     ``pass_inputs`` says whether a ``python:`` model's forward takes them by name or by position."""
 
-    kind: Literal["torchvision", "onnx", "python"]
+    kind: Literal["torchvision", "onnx", "python", "hf"]
     ref: str
     name: str
     input_shape: tuple[int, ...] = ()
     inputs: tuple[InputSpec, ...] = ()
     axes: dict[str, int] = Field(default_factory=dict)
     pass_inputs: Literal["kwargs", "positional"] = "kwargs"
+    #: ``hf:`` models: config values that replace the architecture's defaults (``num_hidden_layers: 2``)
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         """The fields of the inputs form only where set: a one-input model dumps as it always has."""
         out = handler(self)
-        for k, default in (("inputs", ()), ("axes", {}), ("pass_inputs", "kwargs")):
+        for k, default in (("inputs", ()), ("axes", {}), ("pass_inputs", "kwargs"), ("overrides", {})):
             if getattr(self, k) == default:
                 out.pop(k, None)
         return out
@@ -181,6 +186,8 @@ class ModelSpec(StrictModel):
         ident: dict[str, Any] = {"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)}
         if self.inputs:  # only models of the inputs form: every other key stays what it was
             ident.update(inputs=self._inputs_ident(), pass_inputs=self.pass_inputs)
+        if self.overrides:
+            ident["overrides"] = self.overrides
         return json.dumps(ident, sort_keys=True)
 
 
@@ -257,6 +264,8 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
     ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
     if m.inputs:  # models of the inputs form only: the ids of every other model stay what they were
         ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
+    if m.overrides:  # hf: models with overrides only
+        ident["overrides"] = m.overrides
     ident.update({k: getattr(trial, k) for k in _ID_FIELDS}, measure=measure)
     for name, default in ID_FIELDS_ADDED.items():
         value = getattr(trial, name)

@@ -57,6 +57,10 @@ def build_torch_model(spec: ModelSpec, seed: int) -> Any:
         model = factory()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"python:{spec.ref} returned {type(model).__name__}, not an nn.Module")
+    elif spec.kind == "hf":
+        from workers import hf
+
+        model = hf.build(spec.ref, spec.overrides, seed)
     else:
         raise ValueError(f"a model of kind {spec.kind!r} has no torch form")
     return model.eval()
@@ -151,6 +155,10 @@ def onnx_export(
     ident: list[Any] = [spec.key, store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION]
     if axes:  # only trials with named axes: every other export keeps its cache key
         ident.append(sorted(axes.items()))
+    if spec.kind == "hf":  # the architecture's code is the library's: another version, another graph
+        from workers import hf
+
+        ident.append(["transformers", hf.library_version()])
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     out_dir = cache_dir() / "onnx"
     path = out_dir / f"{key}.onnx"

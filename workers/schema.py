@@ -69,6 +69,8 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
     ("export_cached", _BOOL, "ORT: the ONNX export came from this node's cache"),
     ("export_s", _F64, "ORT: seconds to get the ONNX file (an export, or a look-up in the node's cache), part of "
                        "setup_s"),
+    ("export_route", _STR, "ORT: how the ONNX graph was made: the plan's ONNX file, or which torch.onnx exporter "
+                           "exported the model in which dtype (fp16 graphs are exported from the fp16 model)"),
     ("providers_used", pa.list_(_STR), "ORT: the session's providers, as ORT reports them"),
     ("torch_version", _STR, "torch.__version__ on the worker"),
     ("ort_version", _STR, "onnxruntime.__version__ on the worker"),

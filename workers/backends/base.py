@@ -82,8 +82,8 @@ class Runner(ABC):
         "cuda": frozenset({"fp32", "fp16", "bf16"}),
         "cpu": frozenset({"fp32", "bf16"}),
     }
-    #: model kinds this backend accepts ("torchvision", "python", "onnx").
-    model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python"})
+    #: model kinds this backend accepts ("torchvision", "python", "hf", "onnx").
+    model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python", "hf"})
     #: True when the backend needs no model at all (fault injection, scheduling benchmarks).
     modelless: ClassVar[bool] = False
     #: load scenarios it can run; "single-stream": one query at a time, the next when it is done.
