@@ -71,7 +71,7 @@ def test_oom_is_its_own_status_and_the_worker_is_replaced_before_the_next_trial(
           backends:
             - {backend: fault, options: {mode: oom, where: setup}}
             - {backend: sleep, options: {step_s: 0.01}}
-        measure: {warmup_iters: 1, iters: 3, max_time_s: 2}
+        measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 3, max_time_s: 2}
         """)
     result = run_plan(plan, out=tmp_path / "out", workers=1)
     oom, ok = sorted(result.rows, key=lambda r: r["backend"])

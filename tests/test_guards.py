@@ -19,7 +19,7 @@ matrix:
   batch_sizes: [1]
   dtypes: [fp32]
   backends: [{backend}]
-measure: {{warmup_iters: 0, iters: 2}}
+measure: {{warmup_iters: 0, warmup_max_iters: 0, iters: 2}}
 """
 
 

@@ -131,7 +131,7 @@ matrix:
   backends:
     - {backend: sleep, options: {step_s: 0.01}}
     - {backend: fault, options: {mode: raise}}
-measure: {warmup_iters: 0, iters: 2, max_time_s: 1}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 2, max_time_s: 1}
 """
 
 

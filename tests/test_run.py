@@ -21,7 +21,7 @@ matrix:
   backends:
     - backend: sleep
       options: {step_s: 0.02}
-measure: {warmup_iters: 1, iters: 10}
+measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 10}
 """
 
 
@@ -95,7 +95,7 @@ matrix:
   backends:
     - {backend: sleep, label: within, options: {step_s: 0.001}, budgets: {max_latency_ms: 1000}}
     - {backend: sleep, label: over, options: {step_s: 0.002}, budgets: {max_latency_ms: 0.000001}}
-measure: {warmup_iters: 1, iters: 3}
+measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 3}
 """
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from tests.helpers import REPO
+from helpers import REPO, cli
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")]
@@ -33,7 +32,8 @@ matrix:
   backends:
     - backend: sleep
       options: {step_s: 0.15}  # ~1.2 s a trial: the stop lands mid-run
-measure: {warmup_iters: 0, iters: 8, max_time_s: 5}
+# exactly 8 timed sleeps: no adaptive warm-up (its windows of 10 sleeps made a trial 4.5-11 s), no CI target
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 8, target_rel_ci: null, max_time_s: 5}
 """
 
 FAULT_PLAN = """\
@@ -45,7 +45,7 @@ matrix:
   backends:
     - {backend: sleep, label: s1, options: {step_s: 0.01}}
     - {backend: fault, label: abort, options: {mode: abort}}
-measure: {warmup_iters: 0, iters: 3, max_time_s: 2}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 3, target_rel_ci: null, max_time_s: 2}
 """
 
 
@@ -204,7 +204,7 @@ main()
 """
 
 
-def test_a_file_size_limit_stops_the_run_with_one_line_whole_parts_and_resume_completes(tmp_path):
+def test_a_file_size_limit_stops_the_run_with_one_line_whole_parts_and_resume_completes(tmp_path, ray_gpus):
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(DRIVER))
     proc, plan, out = start_run(tmp_path, PLAN, str(driver))
@@ -220,9 +220,8 @@ def test_a_file_size_limit_stops_the_run_with_one_line_whole_parts_and_resume_co
     assert len(parts) == 1  # the one written before the limit, whole
     assert pq.read_table(parts[0]).num_rows == 1
 
-    resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--resume", str(out),
-                              "--workers", "1"], cwd=REPO, env={**os.environ, "COLUMNS": "300"},
-                             capture_output=True, text=True, timeout=180)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the resume as the printed command runs it, on this process's Ray (a second cold start proves nothing)
+    resumed = cli("run", plan, "--resume", out, "--workers", "1")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ids = pq.read_table(out).column("trial_id").to_pylist()
     assert len(ids) == 6 and len(set(ids)) == 6
