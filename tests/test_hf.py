@@ -132,12 +132,26 @@ def test_tiny_bert_on_every_cuda_backend_in_fp32_and_fp16():
 
     backends = ["torch-eager", "torch-cudagraph", {"backend": "torch-compile", "options": {"mode": "default"}},
                 "ort", {"backend": "ort", "label": "ort-bind", "options": {"io_binding": True}},
-                {"backend": "ort", "label": "ort-graph", "options": {"io_binding": True, "cuda_graph": True}}]
+                {"backend": "ort", "label": "ort-graph", "options": {"io_binding": True, "cuda_graph": True}},
+                {"backend": "ort", "label": "ort-dynamic", "options": {"io_binding": True, "dynamic_shapes": True}}]
     data = plan([TINY_BERT], backends, device="cuda", dtypes=["fp32", "fp16"])
     store = ModelStore()
     rows = [run_trial(t, "cuda", store) for t in expand(parse_plan(data))]
-    assert len(rows) == 24
+    assert len(rows) == 28
     for r in rows:
         assert r["status"] == "ok", (r["label"], r["dtype"], r["axes"], r.get("error"))
     fp16 = [r for r in rows if r["backend"] == "ort" and r["dtype"] == "fp16"]
     assert {r["export_route"] for r in fp16} == {"torch.onnx dynamo export of the fp16 model, static shapes"}
+
+
+def test_dynamic_shapes_is_one_export_for_every_shape_and_agrees():
+    """ORT's dynamic_shapes option: the second sequence length reuses the first one's export."""
+    data = plan([TINY_BERT], [{"backend": "ort", "options": {"dynamic_shapes": True, "exporter": "torchscript"}}])
+    data["matrix"].update(batch_sizes=[1, 3], exclude=[{"batch_size": 1, "axes": {"seq": 16}},
+                                                       {"batch_size": 3, "axes": {"seq": 8}}])
+    rows = run_all(expand(parse_plan(data)))
+    assert [(r["batch_size"], r["inputs"][0]["shape"]) for r in rows] == [(1, [1, 8]), (3, [3, 16])]
+    assert [r["status"] for r in rows] == ["ok"] * 2, [r.get("error") for r in rows]
+    assert [r["export_cached"] for r in rows] == [False, True]
+    assert all(r["parity_max_rel_err"] < 1e-4 for r in rows)
+    assert rows[0]["export_route"].endswith("dynamic shapes (one export for every shape)")

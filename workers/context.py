@@ -58,11 +58,12 @@ class TrialContext:
 
         return call_model(self.model, model, inputs)
 
-    def onnx_path(self, exporter: str = "dynamo", opset: int | None = None) -> str:
+    def onnx_path(self, exporter: str = "dynamo", opset: int | None = None, dynamic: bool = False) -> str:
         t0 = time.perf_counter()
         path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset,
-                                   self.trial.axes)
+                                   self.trial.axes, dynamic)
         route = ("the plan's ONNX file" if self.model.kind == "onnx"
-                 else f"torch.onnx {exporter} export of the {self.dtype} model, static shapes")
+                 else f"torch.onnx {exporter} export of the {self.dtype} model, "
+                      f"{'dynamic shapes (one export for every shape)' if dynamic else 'static shapes'}")
         self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0, export_route=route)
         return str(path)

@@ -139,6 +139,7 @@ def onnx_export(
     exporter: str = "dynamo",
     opset: int | None = None,
     axes: dict[str, int] | None = None,
+    dynamic: bool = False,
 ) -> tuple[Path, bool]:
     """The ONNX file for ``spec`` at this batch size and dtype; returns (path, was_cached).
 
@@ -147,13 +148,20 @@ def onnx_export(
     axes' values), so the trials of one node export a model once per shape: every export is static.
     The file is written under a temporary name and renamed, so a concurrent export by a
     neighbouring actor or a crash never leaves a torn file behind.
+
+    ``dynamic``: one export for every shape instead, its batch axis and named axes dynamic (ORT's
+    ``dynamic_shapes`` option); it is exported at batch 2 and axes of at least 2 (the exporters
+    specialise dims of size 1) and cached without the shape in its key.
     """
     import torch
 
     if spec.kind == "onnx":
         return Path(spec.ref), True
-    ident: list[Any] = [spec.key, store.seed, batch_size, dtype, exporter, opset, torch.__version__, BUILD_VERSION]
-    if axes:  # only trials with named axes: every other export keeps its cache key
+    if dynamic:
+        batch_size, axes = 2, {k: max(v, 2) for k, v in (axes or {}).items()}
+    ident: list[Any] = [spec.key, store.seed, "dynamic" if dynamic else batch_size, dtype, exporter, opset,
+                        torch.__version__, BUILD_VERSION]
+    if axes and not dynamic:  # only trials with named axes: every other export keeps its cache key
         ident.append(sorted(axes.items()))
     if spec.kind == "hf":  # the architecture's code is the library's: another version, another graph
         from workers import hf
@@ -182,6 +190,8 @@ def onnx_export(
         kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], **names}
         if opset is not None:
             kwargs["opset_version"] = opset
+        if dynamic:
+            kwargs["dynamic_axes"] = dynamic_axes(spec)
         if exporter == "dynamo":
             kwargs.update(dynamo=True, external_data=False, verbose=False)
         else:
@@ -193,6 +203,13 @@ def onnx_export(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path, False
+
+
+def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
+    """torch.onnx's ``dynamic_axes`` for ``spec``: every input's batch dim and named dims, by name."""
+    if not spec.inputs:
+        return {"input": {0: "batch"}}
+    return {i.name: {k: d for k, d in enumerate(i.shape) if isinstance(d, str)} for i in spec.inputs}
 
 
 def make_input(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: int) -> Any:

@@ -80,6 +80,10 @@ class OrtOptions(BackendOptions):
     """TensorRT provider: let TensorRT pick fp16 kernels (trt_fp16_enable), also for an fp32 model."""
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """torch.onnx exporter used for torch models."""
+    dynamic_shapes: bool = False
+    """Torch models: one export with the batch and named axes dynamic, for every shape, instead of one
+    static-shape export per shape (the default, and the fair one: a dynamic export leaves shape ops on
+    the CPU, and ORT's CUDA graph may refuse it). An ONNX file is used as it is either way."""
     opset: int | None = None
 
     @model_validator(mode="after")
@@ -191,7 +195,7 @@ class OrtRunner(Runner):
         o = self.options
         device = self.ctx.device
         providers = o.providers or [device]
-        path = self.ctx.onnx_path(o.exporter, o.opset)
+        path = self.ctx.onnx_path(o.exporter, o.opset, o.dynamic_shapes)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if o.graph_optimization_level is not None:
