@@ -230,9 +230,14 @@ def connect_error(address: str | None, exc: BaseException) -> str:
     return f"could not start or reach {where}: {type(exc).__name__}: {first}"
 
 
-def _worker_pythonpath() -> str:
+def worker_pythonpath() -> list[str]:
+    """Where workers import ``python:`` factories from: the driver's directory and PYTHONPATH."""
     parts = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys(parts))
+    return list(dict.fromkeys(parts))
+
+
+def _worker_pythonpath() -> str:
+    return os.pathsep.join(worker_pythonpath())
 
 
 def nodes() -> list[Node]:
@@ -324,7 +329,8 @@ def layout(
     return seats
 
 
-def start_workers(seats: list[Seat], device: str, seed: int, warm: bool = False) -> list[tuple[Any, str]]:
+def start_workers(seats: list[Seat], device: str, seed: int, warm: bool = False,
+                  shipped: dict[str, Any] | None = None) -> list[tuple[Any, str]]:
     """Start one worker actor per seat, pinned to its node; returns [(actor handle, worker name)].
 
     cuda: ``num_gpus=1`` each, so Ray gives each its own GPU (``CUDA_VISIBLE_DEVICES``).
@@ -346,7 +352,8 @@ def start_workers(seats: list[Seat], device: str, seed: int, warm: bool = False)
             "scheduling_strategy": NodeAffinitySchedulingStrategy(seat.node.node_id, soft=False),
             "max_restarts": 0,
         }
-        spawn = functools.partial(remote.options(**opts).remote, seat.name, device, seat.cpus, seed, warm)
+        spawn = functools.partial(remote.options(**opts).remote, seat.name, device, seat.cpus, seed, warm,
+                                  shipped)
         _SPAWN[seat.name] = spawn
         workers.append((spawn(), seat.name))
     return workers

@@ -27,6 +27,7 @@ from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
+from orchestrator.shipping import ship
 from orchestrator.sink import ResultSink, check_writable
 from workers.contract import Trial, succeeded
 
@@ -204,7 +205,8 @@ def run_plan(
         seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
         # Started before anything else the driver does, so that their start-up (and, for model
         # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
-        pool = cluster.start_workers(seats, device, plan.seed, warm=needs_torch(trials))
+        shipped = ship(trials, cluster.worker_pythonpath())  # the run's own files, for every node
+        pool = cluster.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
         run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
                            kept=previous.kept if previous else {}, trials=all_trials)

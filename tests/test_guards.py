@@ -193,3 +193,41 @@ def test_address_on_the_heads_machine_uses_its_token(tmp_path):
         assert code == 2 and "the cluster uses token authentication" in out["error"], out
     finally:
         cluster.stop()
+
+
+def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_path, ray_gpus, monkeypatch):
+    """No shared filesystem needed: once the workers have started, the ONNX file (with its external
+    data) and the python: factory's package are moved away from where the driver found them; every
+    trial still runs, from the node's copy, and the rows still name the driver's paths."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from orchestrator.results import load_results
+    from orchestrator.run import run_plan
+
+    models, src = tmp_path / "models", tmp_path / "src"
+    models.mkdir()
+    onnx.save(_model(), str(models / "net.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    assert (models / "w.bin").is_file()
+    (src / "mynets").mkdir(parents=True)
+    (src / "mynets" / "__init__.py").write_text("")
+    (src / "mynets" / "tiny.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(4, 2))\n")
+    monkeypatch.setenv("PYTHONPATH", str(src))  # the driver's; the workers' Ray was started without it
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN.format(model="models/net.onnx", backend="ort").replace(
+        "models: [{onnx: models/net.onnx}]",
+        "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}]").replace(
+        "backends: [ort]", "backends: [ort, torch-eager]\n  exclude: [{backend: ort, model: tiny}]"))
+
+    def move_away(*_):
+        models.rename(tmp_path / "elsewhere")
+        src.rename(tmp_path / "src-elsewhere")
+
+    run_plan(plan, out=tmp_path / "out", workers=2, on_start=move_away)
+    rows = load_results(tmp_path / "out").to_pylist()
+    assert not models.exists() and not src.exists()
+    by = {(r["model_source"].split(":")[0], r["backend"]): r for r in rows}
+    assert by[("onnx", "ort")]["status"] == "ok", by[("onnx", "ort")].get("error")
+    assert by[("python", "torch-eager")]["status"] == "ok", by[("python", "torch-eager")].get("error")
+    assert by[("onnx", "ort")]["model_source"] == f"onnx:{models / 'net.onnx'}"

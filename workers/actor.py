@@ -17,18 +17,23 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import replace
 from typing import Any
 
+from workers import shipped
 from workers.backends import get
-from workers.contract import Trial
+from workers.contract import Status, Trial, failure_row
 from workers.models import ModelStore
 from workers.trial import run_trial, versions
 
 
 class Worker:
-    def __init__(self, name: str, device: str, cpus: float, seed: int = 0, warm: bool = False) -> None:
+    def __init__(self, name: str, device: str, cpus: float, seed: int = 0, warm: bool = False,
+                 shipped: dict[str, dict[str, Any]] | None = None) -> None:
         self.name, self.device, self.cpus = name, device, cpus
         self.store = ModelStore(seed)
+        #: the run's model files by the driver's path, in the object store (``orchestrator.shipping``)
+        self.shipped = shipped or {}
         self._cuda_ok: bool | None = None  # known once torch is imported
         if warm:
             self.warm()
@@ -84,11 +89,23 @@ class Worker:
         return {"worker": self.name, **environment(self.device if self.warm() else "cpu")}
 
     def run(self, trial: Trial) -> dict[str, Any]:
+        source = trial.model.ref
+        try:  # the node's copy of the files the driver shipped, not the driver's paths
+            if trial.model.kind == "onnx" and source in self.shipped.get("onnx", {}):
+                local = shipped.onnx_file(self.shipped["onnx"][source])
+                trial = replace(trial, model=trial.model.model_copy(update={"ref": local}))
+            top = source.partition(":")[0].split(".")[0]
+            if trial.model.kind == "python" and top in self.shipped.get("python", {}):
+                shipped.use_module(self.shipped["python"][top])
+        except Exception as exc:
+            return failure_row(trial, Status.FAILED, f"could not get the run's copy of {source} on this node: "
+                                                     f"{type(exc).__name__}: {exc}")
         if _modelless(trial.backend) and self._cuda_ok is None:
             cuda_ok = False  # not warmed: a model-less trial doesn't touch CUDA (see the module's doc)
         else:
             cuda_ok = self.warm()
         row = run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok)
+        row["model_source"] = f"{trial.model.kind}:{source}"
         row["worker"] = self.name
         row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         return row

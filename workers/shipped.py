@@ -1,0 +1,54 @@
+"""The worker's side of ``orchestrator.shipping``: the node's copy of the run's own files."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.models import cache_dir
+
+
+def local_copy(entry: dict[str, Any]) -> Path:
+    """The folder holding the shipped files on this node, written there first if it isn't yet.
+
+    The files are written into a temporary folder that is renamed into place, so a neighbour
+    writing the same content at the same time, or a crash, never leaves a partial copy."""
+    import ray
+
+    home = cache_dir() / "shipped"
+    final = home / entry["digest"]
+    if final.is_dir():
+        return final
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=home, prefix=".incoming-"))
+    try:
+        for name, ref in entry["files"].items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(ray.get(ref))
+        try:
+            os.replace(tmp, final)
+        except OSError:  # a neighbour put the same content there first
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def onnx_file(entry: dict[str, Any]) -> str:
+    """This node's copy of a shipped ONNX file (and its external data, beside it)."""
+    return str(local_copy(entry) / entry["main"])
+
+
+def use_module(entry: dict[str, Any]) -> None:
+    """Put this node's copy of a shipped module first on ``sys.path`` (once)."""
+    folder = str(local_copy(entry))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+        importlib.invalidate_caches()
