@@ -225,3 +225,48 @@ def test_a_file_size_limit_stops_the_run_with_one_line_whole_parts_and_resume_co
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ids = pq.read_table(out).column("trial_id").to_pylist()
     assert len(ids) == 6 and len(set(ids)) == 6
+
+
+GPU_PLAN = """\
+name: gpu-stops
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2, 3, 4, 5, 6, 7, 8]
+  backends: [torch-eager]
+measure: {warmup_iters: 5, warmup_max_iters: 5, iters: 50, min_time_s: 1, target_rel_ci: null}
+"""
+
+
+def gpu_compute_pids() -> set[int]:
+    """The processes with a compute context on any GPU, as NVML reports them (host PIDs inside a
+    container: compared with a set taken before the run, never with this namespace's PIDs)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        return {int(p.pid) for i in range(pynvml.nvmlDeviceGetCount())
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ending", ["sigkill", "normal"])
+def test_no_compute_process_of_the_run_is_left_on_the_gpu_30_s_after_it_ends(tmp_path, ending):
+    before = gpu_compute_pids()
+    proc, _, out = start_run(tmp_path, GPU_PLAN, "-m", "orchestrator.cli")
+    try:
+        first_part(proc, out)
+        during = gpu_compute_pids() - before
+        assert during, "the run's worker had no compute context on the GPU"
+        if ending == "sigkill":
+            proc.kill()
+        proc.wait(timeout=180)
+        start = time.monotonic()
+        while gpu_compute_pids() - before and time.monotonic() - start < 30:
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not gpu_compute_pids() - before, f"still on the GPU 30 s after a {ending} ending"
