@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
@@ -58,10 +59,26 @@ INF = float("inf")
 START_TIMEOUT_S = 300.0
 #: A worker that fails to start this many times in a row is given up.
 MAX_START_FAILURES = 3
-#: How long a worker that stopped answering may wait for Ray to say whether its node died before it
-#: is treated as a crash (with Ray's default health checks a killed raylet is noticed in ~15 s, a
-#: frozen node only after ~65 s).
-NODE_DEATH_GRACE_S = 60.0
+def node_death_grace_s(env: dict[str, str] | None = None) -> float:
+    """How long a worker that stopped answering may wait for Ray to say whether its node died before
+    it is treated as a crash: the time Ray's health checks take to declare a frozen node dead (a
+    check every ``period``, each failing after ``timeout``, ``failure_threshold`` failures in a row:
+    with Ray's defaults 5 x (3 s + 10 s) = 65 s; a killed raylet is noticed sooner, ~15 s), plus
+    15 s. The settings are read from the driver's ``RAY_health_check_*`` variables, the ones a
+    cluster is started with, and Ray's defaults where unset (docs/cluster.md)."""
+    env = os.environ if env is None else env
+    try:
+        period = float(env.get("RAY_health_check_period_ms", 3000)) / 1000
+        timeout = float(env.get("RAY_health_check_timeout_ms", 10000)) / 1000
+        failures = int(env.get("RAY_health_check_failure_threshold", 5))
+    except ValueError:
+        period, timeout, failures = 3.0, 10.0, 5
+    return failures * (period + timeout) + 15.0
+
+
+#: The grace of this driver (see :func:`node_death_grace_s`): a frozen node's worker is not taken
+#: for a crash (a failed trial, a fresh actor on the frozen node) before Ray can tell.
+NODE_DEATH_GRACE_S = node_death_grace_s()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ directory: rows reach the driver through Ray). Tests run the ``sleep`` backend (
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -102,6 +103,43 @@ def test_accelerator_type_runs_only_on_that_gpu_model_with_cpus_per_worker(two_n
     assert set(df.node_id) == {two_nodes.node_of["T4"]}
     assert set(df.cpus_per_worker) == {0.5}
     assert "running 6 trials on 2 cuda worker(s)" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_frozen_node_is_waited_for_not_taken_for_crashes(two_nodes, tmp_path):
+    """Every process of a third node stopped (SIGSTOP) mid-run, as a hung host or a partition looks:
+    its trials are re-run elsewhere once Ray declares the node dead, none is recorded failed or
+    timeout, no fresh worker is placed on it, and the run ends within 120 s of the freeze. The
+    driver's grace comes from the same RAY_health_check_* settings the cluster runs with."""
+    two_nodes.add_node("f", num_cpus=2, num_gpus=2, resources={})
+    frozen = next(n["node_id"] for n in two_nodes.nodes() if n["node_id"] not in two_nodes.node_of.values())
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("freeze", list(range(1, 10)), 0.1, iters=10))  # 18 trials of 1 s on 6 workers
+    out = tmp_path / "out"
+    proc = infer_orch(two_nodes, str(plan), "--out", str(out), wait=False)
+    stopped = two_nodes.pids("f")
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 3:  # every worker busy by now
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        stopped = two_nodes.pids("f")
+        froze_at, froze = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        text, _ = proc.communicate(timeout=180)
+        took = time.monotonic() - froze
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        two_nodes.kill(stopped)  # SIGKILL ends stopped processes too
+    df = pd.read_parquet(out)
+    assert len(df) == 18 and set(df.status) == {"ok"}, text  # nothing failed or timed out for the freeze
+    assert proc.returncode == 0 and took < 120, (took, text)
+    on_frozen = df[df.node_id == frozen]
+    assert (on_frozen.started_at < froze_at).all()  # no trial (and so no fresh worker) started there after
+    run = json.loads((out / "_run.json").read_text())
+    assert len(run["lost_workers"]) == 2 and run["requeued"], run
 
 
 @pytest.mark.slow
