@@ -99,6 +99,8 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("repeats", _I64, "times the trial was measured, each with a fresh runner (samples_ms holds them all)"),
     ("repeat_medians_ms", pa.list_(_F64), "the median latency of each repeat, ms"),
     ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
+    ("repeat_rel_ci", pa.list_(_F64), "each repeat's within-run noise: the half-width of its median's 95% "
+                                      "interval (order statistics) over its median; null where too few samples"),
     ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device); "
                                "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
     ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),

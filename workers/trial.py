@@ -132,6 +132,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         "repeats": len(repeats),
         "repeat_medians_ms": medians,
         "repeat_cv": stats.between_run_cv(medians),
+        "repeat_rel_ci": [_finite_or_none(stats.relative_ci(r["samples"].device_ms)) for r in repeats],
         "setup_s": first["setup_s"],
         "warmup_s": sum(r["samples"].warmup_s for r in repeats),
         "timed_s": sum(r["samples"].timed_s for r in repeats),
@@ -157,6 +158,10 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         keep = {k: v for k, v in out.items() if k in kept or k.startswith("gpu_")}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
     return out
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if np.isfinite(x) else None
 
 
 #: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).

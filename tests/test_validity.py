@@ -1,0 +1,84 @@
+"""The validity verdict (workers/validity.py): each rule on hand-built and seeded rows, then what a
+user relies on downstream of it: a stale CUDA-graph-like backend caught in every trial, `compare`
+saying `invalid` instead of a verdict, budgets saying they judged an invalid row, `--retry-invalid`
+re-running exactly the invalid trials."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers import stats, validity
+
+
+def _row(samples, repeats=None, **over):
+    """An ok single-stream row of ``samples`` (ms), its columns as the worker computes them."""
+    repeats = repeats or [samples]
+    row = {"status": "ok", "converged": True, "hit_max_time": False, "contended": False, "gpu_other_pids": [],
+           "samples_ms": list(samples), "iters": len(samples),
+           "repeat_medians_ms": [stats.median(r) for r in repeats],
+           "repeat_rel_ci": [stats.relative_ci(r) for r in repeats],
+           **stats.latency_stats(samples, 1)}
+    return {**row, **over}
+
+
+def _reasons(row):
+    return validity.verdict(row, None)
+
+
+def test_a_steady_row_is_valid():
+    rng = np.random.default_rng(0)
+    v = _reasons(_row(rng.normal(10, 0.1, 200)))
+    assert v == {"valid": True, "invalid_reasons": []}
+
+
+def test_rows_without_a_measurement_have_no_verdict():
+    assert _reasons({"status": "failed"}) == {"valid": None, "invalid_reasons": None}
+
+
+@pytest.mark.parametrize("over, code", [
+    ({"converged": False, "hit_max_time": True}, "not converged: 95% CI of the median +-"),
+    ({"contended": True, "gpu_other_pids": [4242]}, "contended: pid 4242 also on the GPU during timing"),
+])
+def test_flags_of_the_timing_loop_and_the_gpu_make_a_row_invalid(over, code):
+    rng = np.random.default_rng(1)
+    v = _reasons(_row(rng.normal(10, 0.1, 200), **over))
+    assert v["valid"] is False and len(v["invalid_reasons"]) == 1 and v["invalid_reasons"][0].startswith(code)
+
+
+def test_noisy_is_iqr_over_median_above_ten_percent_and_outliers_alone_are_not_noise():
+    rng = np.random.default_rng(2)
+    wide = rng.normal(10, 1.5, 400)  # IQR ~ 2 ms: 20%
+    (reason,) = _reasons(_row(wide))["invalid_reasons"]
+    assert reason.startswith("noisy: IQR/median 2") and reason.endswith("> 10.0%")
+    # 3% of samples 10x slower (a GC pause, an interrupt): std/mean ~ 50%, but the median is steady
+    spiky = np.concatenate([rng.normal(10, 0.1, 388), np.full(12, 100.0)])
+    assert np.std(spiky) / np.mean(spiky) > 0.5
+    assert _reasons(_row(spiky))["valid"] is True
+
+
+def test_repeats_that_move_more_than_their_own_intervals_disagree():
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(10, 0.1, 200), rng.normal(10.5, 0.1, 200), rng.normal(10.02, 0.1, 200)
+    (reason,) = _reasons(_row(np.concatenate([a, b]), repeats=[a, b]))["invalid_reasons"]
+    assert reason.startswith("repeats disagree: medians 10") and "spread of 4.8%" in reason and "own 95% CI" in reason
+    assert _reasons(_row(np.concatenate([a, c]), repeats=[a, c]))["valid"] is True  # 0.2%: under the floor
+    # wide repeats 3% apart: within their own noise, so they agree
+    w1, w2 = rng.normal(10, 0.8, 30), rng.normal(10.3, 0.8, 30)
+    assert abs(stats.median(w1) - stats.median(w2)) > 0.1  # above the 1% floor: the intervals decide
+    assert validity.repeats_disagree([stats.median(w1), stats.median(w2)],
+                                     [stats.relative_ci(w1), stats.relative_ci(w2)]) is None
+
+
+def test_too_few_samples_for_an_interval_is_invalid():
+    (reason,) = _reasons(_row([10.0, 10.1, 10.0, 9.9]))["invalid_reasons"]
+    assert reason == "too few samples: 4 < 6, no confidence interval of the median"
+
+
+def test_load_scenarios_spread_is_not_judged_here_but_contention_is():
+    rng = np.random.default_rng(4)
+    queueing = rng.exponential(10, 400)  # a server scenario's latencies: wide by nature
+    assert _reasons(_row(queueing, scenario="server"))["valid"] is True
+    v = _reasons(_row(queueing, scenario="server", contended=True, gpu_other_pids=[7]))
+    assert [r.split(":")[0] for r in v["invalid_reasons"]] == ["contended"]
+    assert _reasons(_row(queueing))["valid"] is False  # the same spread in single-stream: noisy
