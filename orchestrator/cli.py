@@ -281,6 +281,9 @@ def compare(
     threshold: Annotated[float, typer.Option(
         min=0, help="Smallest slowdown that counts (0.03 = 3%), when also significant.")] = 0.03,
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence of the intervals.")] = 0.95,
+    noise_floor: Annotated[float | None, typer.Option(
+        min=0, help="Between-run noise assumed of every row (relative SD of a run's median; its repeats' CV "
+                    "when larger) [default: 0.005 on a GPU, 0.03 on a CPU].")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="table (for people) or json (for machines).")] = "table",
 ) -> None:
@@ -295,17 +298,21 @@ def compare(
         err_console.print(f"[bold red]error:[/] --format must be table or json, got '{fmt}'", highlight=False)
         raise typer.Exit(code=2)
     try:
-        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence)
+        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence,
+                             noise_floor=noise_floor)
     except InferOrchError as exc:
         raise _fail(exc) from None
     bad = regressions(items)
     if fmt == "json":
         print(json.dumps({"base": str(base_dir), "candidate": str(cand_dir), "threshold": threshold,
-                          "confidence": confidence, "regressions": len(bad), "trials": items}, indent=2))
+                          "confidence": confidence, "noise_floor": noise_floor, "regressions": len(bad),
+                          "verdicts": dict(Counter(i["verdict"] for i in items)), "trials": items}, indent=2))
     else:
         console.print(compare_table(items, confidence))
+        invalid = sum(i["verdict"] == "invalid" for i in items)
         console.print(f"{len(items)} trials compared, {len(bad)} regressed (threshold {threshold:.1%}, "
-                      f"{confidence:.0%} confidence)", highlight=False)
+                      f"{confidence:.0%} confidence, between-run noise included)"
+                      + (f"; {invalid} not judged: invalid rows (see note)" if invalid else ""), highlight=False)
     if bad:
         raise typer.Exit(code=1)
 
@@ -316,14 +323,16 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
                       ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
-    style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green"}
+    style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green",
+             "invalid": "yellow"}
     for r in items:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
                   _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
-                  "matched by label: options changed" if "cand_options" in r
+                  escape("; ".join(r["invalid_reasons"])[:100]) if r.get("invalid_reasons")
+                  else "matched by label: options changed" if "cand_options" in r
                   else "matched by label" if r["matched_by"] == "label" else "")
     return t
 
