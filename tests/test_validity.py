@@ -82,3 +82,94 @@ def test_load_scenarios_spread_is_not_judged_here_but_contention_is():
     v = _reasons(_row(queueing, scenario="server", contended=True, gpu_other_pids=[7]))
     assert [r.split(":")[0] for r in v["invalid_reasons"]] == ["contended"]
     assert _reasons(_row(queueing))["valid"] is False  # the same spread in single-stream: noisy
+
+
+# --- stale outputs: a second input through the timed buffers (workers/stale.py) ---
+
+def _ort_trials(tmp_path):
+    """ORT on the CPU, every way a step reads its input: session.run's feeds, bound buffers filled from
+    the host (io: host) or bound directly; a torch model (torch reference) and an ONNX file (its own)."""
+    from helpers import trials_for
+    from test_inputs import two_input_onnx
+
+    path = two_input_onnx(tmp_path / "two.onnx")
+    onnx_model = {"onnx": str(path), "axes_map": {"sequence": "seq"}, "inputs": [{"name": "input_ids", "high": 10},
+                                                                                   {"name": "attention_mask",
+                                                                                    "fill": "normal"}]}
+    torch_side = trials_for([{"backend": "ort", "label": "run", "options": {"exporter": "torchscript"}},
+                             {"backend": "ort", "label": "bound", "options": {"exporter": "torchscript",
+                                                                              "io_binding": True}}])
+    from orchestrator.expand import expand
+    from orchestrator.plan import parse_plan
+
+    onnx_side = expand(parse_plan({"name": "o", "device": "cpu", "models": [onnx_model],
+                                   "measure": {"warmup_iters": 1, "iters": 3, "warmup_max_s": 0.2,
+                                               "max_time_s": 0.5, "target_rel_ci": None},
+                                   "matrix": {"batch_sizes": [2], "io": ["host"], "axes": {"seq": [4]},
+                                              "backends": [{"backend": "ort", "options": {"io_binding": True}}]}}))
+    return torch_side + onnx_side
+
+
+def test_the_stale_check_passes_a_backend_that_reads_its_buffers_and_fails_one_that_does_not(monkeypatch, tmp_path):
+    """The check itself, through real ORT sessions on the CPU (its graph and TensorRT cases need a GPU:
+    the check is forced on here). The same backend made stale (``feed`` writes nothing, as a graph that
+    replays old buffers) is caught, on every path, against the torch reference and the ONNX file's own."""
+    from helpers import run_all
+
+    from workers.backends.ort import OrtRunner
+
+    trials = _ort_trials(tmp_path)
+    monkeypatch.setattr(OrtRunner, "checks_stale", lambda self: True)
+    rows = run_all(trials)
+    assert [r["status"] for r in rows] == ["ok"] * len(trials), [r.get("error") for r in rows]
+    assert all(r["stale_max_rel_err"] < 1e-5 for r in rows)
+    refs = [r["stale_reference"] for r in rows]
+    assert refs[0].startswith("torch-eager fp32 on cpu, second input (seed 1)")
+    assert refs[-1] == "the ONNX file on ORT's CPU provider, second input (seed 1)"
+
+    monkeypatch.setattr(OrtRunner, "feed", lambda self, seed: None)
+    rows = run_all(trials)
+    assert [r["status"] for r in rows] == ["parity_failed"] * len(trials)
+    for r in rows:
+        assert r["error"].startswith("stale output: after timing, a second input (seed 1)") and \
+            "it is the first input's output, unchanged" in r["error"], r["error"]
+        assert r.get("latency_ms_median") is None and r["stale_max_rel_err"] > 0.05
+
+
+def test_a_backend_without_a_captured_graph_is_not_stale_checked():
+    from helpers import run_all, trials_for
+
+    (row,) = run_all(trials_for([{"backend": "ort", "options": {"exporter": "torchscript"}}], io=("host",)))
+    assert row["status"] == "ok" and row["stale_reference"] is None and row["stale_max_rel_err"] is None
+
+
+GRAPH_BACKENDS = ({"backend": "torch-cudagraph"},
+                  {"backend": "ort", "label": "ort-graph", "options": {"io_binding": True, "cuda_graph": True}})
+
+
+@pytest.mark.gpu
+def test_real_cuda_graphs_pass_the_stale_check_and_a_stale_one_fails(monkeypatch):
+    """On a GPU: torch's CUDA graph and ORT's, io host and device, read a second input written into their
+    buffers (checked against torch eager fp32); the same runners made stale are caught in every trial."""
+    import torch
+    from helpers import trials_for
+
+    from workers.backends.ort import OrtRunner
+    from workers.backends.torch_cudagraph import TorchCudaGraph
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    trials = trials_for(list(GRAPH_BACKENDS), models=("torchvision:resnet18",), device="cuda")
+    store = ModelStore()
+    rows = [run_trial(t, "cuda", store, cpus=1) for t in trials]
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r.get("error") for r in rows]
+    for r in rows:
+        assert r["stale_reference"] == "torch-eager fp32 on cuda, second input (seed 1)"
+        assert r["stale_max_rel_err"] <= r["parity_tolerance"]
+    for cls in (TorchCudaGraph, OrtRunner):
+        monkeypatch.setattr(cls, "feed", lambda self, seed: None)  # the graph replays its first input
+    rows = [run_trial(t, "cuda", store, cpus=1) for t in trials]
+    assert [r["status"] for r in rows] == ["parity_failed"] * 4
+    assert all(r["error"].startswith("stale output") for r in rows), [r["error"] for r in rows]

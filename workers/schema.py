@@ -107,6 +107,11 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
     ("parity_worst_output", _STR, "the output with the largest parity_max_rel_err (output, output0, ... or "
                                   "the model's own output names)"),
+    ("stale_reference", _STR, "graph backends (CUDA graphs, TensorRT): what the output of a second input, "
+                              "fed through the timed buffers after timing, was checked against; null: not "
+                              "checked (workers/stale.py)"),
+    ("stale_max_rel_err", _F64, "that output's max |y - ref| / max |ref|; above parity_tolerance the trial is "
+                                "parity_failed (stale output)"),
     ("parity_tolerance", _F64, "the largest parity_max_rel_err allowed for this dtype (plan's parity.tolerance)"),
     ("cpu_model", _STR, "CPU model of the node"),
     ("cudnn_version", _STR, "cuDNN version torch uses"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import energy, envinfo, memory, parity, stats, validity
+from workers import energy, envinfo, memory, parity, stale, stats, validity
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -148,10 +148,13 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **repeats[-1]["energy"],
     }
     outputs = [r["output"] for r in repeats]
+    second = repeats[-1]["stale"]
     del repeats
     t_parity = time.perf_counter()
     try:
-        out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
+        on = device if cuda_ok else "cpu"
+        out.update(parity.check(trial, on, store, outputs, runner_cls.modelless))
+        out.update(stale.check(trial, on, store, second, outputs[-1], runner_cls.modelless))
         out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
         kept = _KEPT_ON_PARITY_FAILURE | runner_cls.kept_on_parity_failure
@@ -206,13 +209,14 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         if profile is not None:
             profile.finish()
             profiled = _profile(runner, ctx.trial)
+        second = stale.probe(runner) if last else None  # last: a second input through the timed buffers
     finally:
         runner.teardown()
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
             "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled,
-            "energy": joules}
+            "energy": joules, "stale": second}
 
 
 def _profile(runner: Any, trial: Trial) -> dict[str, Any]:
