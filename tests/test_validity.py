@@ -173,3 +173,81 @@ def test_real_cuda_graphs_pass_the_stale_check_and_a_stale_one_fails(monkeypatch
     rows = [run_trial(t, "cuda", store, cpus=1) for t in trials]
     assert [r["status"] for r in rows] == ["parity_failed"] * 4
     assert all(r["error"].startswith("stale output") for r in rows), [r["error"] for r in rows]
+
+
+# --- the run path: one real run (Ray, logical GPUs) of a valid, an invalid and a stale trial ---
+
+RUN_PLAN = """\
+name: validity
+device: cuda
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - {backend: sleep, label: steady, options: {step_s: 0.05}}
+    - {backend: fault, label: noisy, options: {mode: noisy}}
+    - {backend: fault, label: stale, options: {mode: stale}}
+budgets:
+  - {label: noisy, max_latency_ms: 1000}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 10, target_rel_ci: null, max_time_s: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def stored_run(ray_gpus, tmp_path_factory):
+    from orchestrator.run import run_plan
+
+    d = tmp_path_factory.mktemp("validity")
+    (d / "plan.yaml").write_text(RUN_PLAN)
+    result = run_plan(d / "plan.yaml", out=d / "out", workers=1)
+    return d / "plan.yaml", d / "out", result
+
+
+def test_a_run_marks_the_noisy_row_invalid_catches_the_stale_one_and_budgets_say_so(stored_run):
+    _, _, result = stored_run
+    rows = {r["label"]: r for r in result.rows}
+    assert rows["steady"]["status"] == "ok" and rows["steady"]["valid"] is True, rows["steady"]["invalid_reasons"]
+    noisy = rows["noisy"]
+    assert noisy["status"] == "ok" and noisy["valid"] is False
+    assert any(r.startswith("noisy: IQR/median") for r in noisy["invalid_reasons"]), noisy["invalid_reasons"]
+    stale = rows["stale"]
+    assert stale["status"] == "parity_failed" and stale["error"].startswith("stale output") and stale["valid"] is None
+    assert stale["stale_reference"] == "the fault backend's known function 2 x + 1, second input (seed 1)"
+    # the budget was met, but on a number not to act on: said, not silently passed
+    assert result.budget_misses == []
+    ((row, message),) = result.budget_invalid
+    assert row["label"] == "noisy" and message.startswith("max_latency_ms 1000 judged on an invalid row (noisy: ")
+    assert message.endswith("met, but not a number to act on")
+
+
+def test_compare_says_invalid_and_exits_0_for_an_invalid_row(stored_run):
+    import json
+
+    from helpers import cli
+
+    _, out, _ = stored_run
+    proc = cli("compare", out, out, "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = {t["label"]: t for t in json.loads(proc.stdout)["trials"]}
+    assert verdicts["steady"]["verdict"] == "unchanged" and verdicts["stale"]["verdict"] == "not ok"
+    assert verdicts["noisy"]["verdict"] == "invalid"
+    assert verdicts["noisy"]["invalid_reasons"][0].startswith("base: noisy: IQR/median")
+    table = cli("compare", out, out)
+    assert "invalid" in table.stdout and "1 not judged: invalid rows" in table.stdout
+
+
+def test_retry_invalid_runs_exactly_the_invalid_trials_again(stored_run):
+    from helpers import cli
+
+    from orchestrator.run import run_plan
+
+    plan, out, first = stored_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    noisy_id = next(r["trial_id"] for r in first.rows if r["label"] == "noisy")
+    again = run_plan(plan, resume=out, retry_invalid=True, workers=1)
+    assert [r["trial_id"] for r in again.rows] == [noisy_id]  # not the stale one: that is --retry-failed's
+    assert sorted(again.kept.values()) == ["ok", "parity_failed"]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert [k for k in after if after[k] != before[k]] == [f"part-{noisy_id}.parquet"]
+    proc = cli("run", plan, "--retry-invalid")
+    assert proc.returncode == 2 and "--retry-invalid needs --resume DIR" in proc.stderr

@@ -57,7 +57,7 @@ def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
 
     rel = relative_ci(row.get("samples_ms") or [])
     got = f"95% CI of the median +-{_pct(rel)}" if math.isfinite(rel) else "too few samples for a 95% CI"
-    want = f" > target {_pct(target)}" if target else ""
+    want = f" > target {_pct(target)}" if target and math.isfinite(rel) else ""
     return f"not converged: {got}{want} when {bound} stopped it ({row.get('iters')} iterations)"
 
 

@@ -21,7 +21,9 @@ It lets the fault handling be exercised on any machine, GPU or not::
 - ``stale``: runs, and its "model" is a known function of its input (``2 x + 1`` on 8 seeded
   values), but like a CUDA graph replaying old buffers it returns its first output whatever the
   input is now -> ``parity_failed`` ("stale output") in every trial, from the check that feeds a
-  second input after timing (``workers.stale``). ``where`` does not apply.
+  second input after timing (``workers.stale``). ``where`` does not apply;
+- ``noisy``: runs, each step sleeping 20 ms or 40 ms in turn -> ``ok``, but not ``valid`` (its
+  IQR is most of its median: workers/validity.py). ``where`` does not apply.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
+NOISY_STEPS_S = (0.02, 0.04)
 
 
 class FaultOptions(BackendOptions):
-    mode: Literal["raise", "abort", "hang", "nan", "oom", "stale"] = "raise"
+    mode: Literal["raise", "abort", "hang", "nan", "oom", "stale", "noisy"] = "raise"
     """How the trial fails."""
     where: Literal["setup", "step"] = "step"
     """In which phase it fails."""
@@ -65,15 +68,20 @@ class FaultRunner(Runner):
 
     def setup(self) -> None:
         self.y: np.ndarray | None = None
+        self.steps = 0
         if self.options.mode == "stale":
             self.x = known_input(self.ctx.seed)
-        elif self.options.where == "setup":
+        elif self.options.mode != "noisy" and self.options.where == "setup":
             self._fail()
 
     def step(self) -> None:
-        if self.options.mode == "stale":
+        mode = self.options.mode
+        if mode == "stale":
             if self.y is None:  # computed once, then returned whatever the input is now
                 self.y = known_function(self.x)
+        elif mode == "noisy":
+            self.steps += 1
+            time.sleep(NOISY_STEPS_S[self.steps % 2])
         elif self.options.where == "step":
             self._fail()
 
