@@ -5,6 +5,9 @@ re-running exactly the invalid trials."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -86,28 +89,32 @@ def test_load_scenarios_spread_is_not_judged_here_but_contention_is():
 
 # --- stale outputs: a second input through the timed buffers (workers/stale.py) ---
 
+def _affine_onnx(path):
+    """x float [N, 8] -> y = 2 x + 1: an ONNX file with no torch form (its reference is its own)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    two, one = (helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("two", 2.0), ("one", 1.0)))
+    nodes = [helper.make_node("Mul", ["x", "two"], ["m"]), helper.make_node("Add", ["m", "one"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "affine", [x], [y], initializer=[two, one]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def _ort_trials(tmp_path):
     """ORT on the CPU, every way a step reads its input: session.run's feeds, bound buffers filled from
     the host (io: host) or bound directly; a torch model (torch reference) and an ONNX file (its own)."""
     from helpers import trials_for
-    from test_inputs import two_input_onnx
 
-    path = two_input_onnx(tmp_path / "two.onnx")
-    onnx_model = {"onnx": str(path), "axes_map": {"sequence": "seq"}, "inputs": [{"name": "input_ids", "high": 10},
-                                                                                   {"name": "attention_mask",
-                                                                                    "fill": "normal"}]}
-    torch_side = trials_for([{"backend": "ort", "label": "run", "options": {"exporter": "torchscript"}},
-                             {"backend": "ort", "label": "bound", "options": {"exporter": "torchscript",
-                                                                              "io_binding": True}}])
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
-
-    onnx_side = expand(parse_plan({"name": "o", "device": "cpu", "models": [onnx_model],
-                                   "measure": {"warmup_iters": 1, "iters": 3, "warmup_max_s": 0.2,
-                                               "max_time_s": 0.5, "target_rel_ci": None},
-                                   "matrix": {"batch_sizes": [2], "io": ["host"], "axes": {"seq": [4]},
-                                              "backends": [{"backend": "ort", "options": {"io_binding": True}}]}}))
-    return torch_side + onnx_side
+    onnx_file = str(_affine_onnx(tmp_path / "affine.onnx"))
+    bound = {"exporter": "torchscript", "io_binding": True}
+    return trials_for([{"backend": "ort", "label": "run", "options": {"exporter": "torchscript"}},
+                       {"backend": "ort", "label": "bound", "options": bound}],
+                      models=("python:tinynet:make", f"onnx:{onnx_file}"))
 
 
 def test_the_stale_check_passes_a_backend_that_reads_its_buffers_and_fails_one_that_does_not(monkeypatch, tmp_path):
@@ -123,9 +130,9 @@ def test_the_stale_check_passes_a_backend_that_reads_its_buffers_and_fails_one_t
     rows = run_all(trials)
     assert [r["status"] for r in rows] == ["ok"] * len(trials), [r.get("error") for r in rows]
     assert all(r["stale_max_rel_err"] < 1e-5 for r in rows)
-    refs = [r["stale_reference"] for r in rows]
-    assert refs[0].startswith("torch-eager fp32 on cpu, second input (seed 1)")
-    assert refs[-1] == "the ONNX file on ORT's CPU provider, second input (seed 1)"
+    refs = {r["model_source"].split(":")[0]: r["stale_reference"] for r in rows}
+    assert len(rows) == 8 and refs == {"python": "torch-eager fp32 on cpu, second input (seed 1)",
+                                       "onnx": "the ONNX file on ORT's CPU provider, second input (seed 1)"}
 
     monkeypatch.setattr(OrtRunner, "feed", lambda self, seed: None)
     rows = run_all(trials)
@@ -251,3 +258,52 @@ def test_retry_invalid_runs_exactly_the_invalid_trials_again(stored_run):
     assert [k for k in after if after[k] != before[k]] == [f"part-{noisy_id}.parquet"]
     proc = cli("run", plan, "--retry-invalid")
     assert proc.returncode == 2 and "--retry-invalid needs --resume DIR" in proc.stderr
+
+
+# --- contention sampled during timing, not only at its ends ---
+
+class _Nvml:
+    """NVML as seen from a GPU that another process (pid 4242) uses while ``busy`` is set (fault
+    injection: no GPU here). Only what the process check reads; the other reads fail (null)."""
+
+    def __init__(self):
+        self.busy = threading.Event()
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):  # noqa: N802 - NVML's names
+        return "h"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):  # noqa: N802
+        import os
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(pid=p) for p in [os.getpid()] + ([4242] if self.busy.is_set() else [])]
+
+
+def test_a_process_that_uses_the_gpu_only_mid_timing_is_caught(monkeypatch):
+    """Another process on the GPU for 0.2 s in the middle of 1 s of timing, gone before timing ends:
+    reading the process list at the start and end alone misses it; the sampler during timing doesn't."""
+    from workers import envinfo
+    from workers.contract import MeasureSpec
+    from workers.timing import HostTimer, measure
+
+    nv = _Nvml()
+    monkeypatch.setattr(envinfo, "_nvml", lambda: nv)
+    spec = MeasureSpec(warmup_iters=0, warmup_max_iters=0, iters=40, target_rel_ci=None)
+
+    def timed(other: bool) -> dict:
+        n = [0]
+
+        def step():
+            n[0] += 1  # steps 15-24 of 40: the other process comes and goes within the timing
+            (nv.busy.set if other and 15 <= n[0] < 25 else nv.busy.clear)()
+            time.sleep(0.025)
+
+        watch = envinfo.GpuWatch("GPU-x", period_s=0.05)
+        measure(step, HostTimer(), spec, on_timed=watch)
+        return watch.finish()
+
+    for other in (False, True):
+        cols = timed(other)
+        assert cols["contended"] is other and cols["gpu_other_pids"] == ([4242] if other else [])
+        assert cols["contention_checks"] >= 10  # start, ~20 during 1 s of timing, end
+    assert not any(t.name == "infer-orch-sampler" for t in threading.enumerate())

@@ -130,8 +130,10 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
                      "null for rows with no measurement"),
     ("invalid_reasons", pa.list_(_STR), "why the row is not valid, each a short code with its figures "
                                         "(noisy, not converged, contended, ...); empty when valid"),
-    ("contended", _BOOL, "another process had a compute context on this GPU when timing started or ended "
-                         "(NVML); null without NVML"),
+    ("contention_checks", _I64, "times the GPU's process list was read for contended (NVML): as timing "
+                                "started and ended and every 0.5 s during it; null without NVML"),
+    ("contended", _BOOL, "another process had a compute context on this GPU during timing (NVML: read as it "
+                         "started, ended and every 0.5 s in between); null without NVML"),
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
 ]
 

@@ -140,7 +140,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **memory.merge([r["memory"] for r in repeats]),
         **host_peak,
         **first["copies"],
-        **first["gpu"],
+        **envinfo.merge_watches([r["gpu"] for r in repeats]),
         **lat,
         **ctx.facts,
         **first["extra"],
@@ -169,7 +169,8 @@ def _finite_or_none(x: float) -> float | None:
 
 #: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
+                                     "gpu_mem_peak_bytes", "contended", "contention_checks",
+                                     *memory.COLUMNS})
 
 
 def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool, last: bool = True,
@@ -181,6 +182,7 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
     t_setup = time.perf_counter()
+    watch = None
     try:
         runner.setup()
         setup_s = time.perf_counter() - t_setup
@@ -188,7 +190,9 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
         meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
         window = energy.TimedWindow(meter) if meter else None
-        samples = measure(runner.step, timer, ctx.trial.measure, on_timed=window)
+        timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
+        samples = measure(runner.step, timer, ctx.trial.measure,
+                          on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
@@ -211,6 +215,8 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
             profiled = _profile(runner, ctx.trial)
         second = stale.probe(runner) if last else None  # last: a second input through the timed buffers
     finally:
+        if watch is not None:
+            watch.close()  # its sampler thread, where timing raised before it could stop it
         runner.teardown()
     del runner
     mem.release()
