@@ -21,7 +21,7 @@ space, by the between-run noise of both rows::
 
 ``repeat_cv`` (a plan's ``measure.repeats`` >= 2) measures the between-run spread of that trial;
 the floors are what two runs of the same plan on the same machine were seen to differ by
-(docs/measuring.md#comparing-runs).
+(docs/reports.md, "Between-run noise").
 
 A trial regressed when the ratio is above ``1 + threshold`` AND the whole (widened) interval is
 above 1: a small slowdown, or a large one within the noise, is not flagged. A trial that was
@@ -45,7 +45,7 @@ from workers.contract import Status
 DEFAULT_THRESHOLD = 0.03
 #: The least between-run noise assumed of a row (relative SD of a run's median), by its device, when its
 #: own repeats don't show more. CPU: two runs of the quickstart plan on a shared 2-core machine differed
-#: by up to 6.6% (BENCHMARKS.md); GPU: runs of the same trial on an idle H100 differ by well under 1%.
+#: by 7% with within-run intervals of ~1% (BENCHMARKS.md); GPU: a guess until bench/aa.py's H100 figures.
 BETWEEN_RUN_FLOOR = {"cuda": 0.005, "cpu": 0.03}
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
