@@ -49,11 +49,14 @@ def _pct(x: float) -> str:
 def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
     if row.get("converged") is not False:
         return None
+    from workers.stats import relative_ci  # numpy: only where rows are judged
+
     spec = getattr(trial, "measure", None)
     target = getattr(spec, "target_rel_ci", None)
-    bound = (f"max_time_s {spec.max_time_s:g} s" if row.get("hit_max_time") else f"max_iters {spec.max_iters}") \
-        if spec is not None else ("max_time_s" if row.get("hit_max_time") else "max_iters")
-    from workers.stats import relative_ci  # numpy: only where rows are judged
+    if row.get("hit_max_time"):
+        bound = f"max_time_s {spec.max_time_s:g} s" if spec is not None else "max_time_s"
+    else:
+        bound = f"max_iters {spec.max_iters}" if spec is not None else "max_iters"
 
     rel = relative_ci(row.get("samples_ms") or [])
     got = f"95% CI of the median +-{_pct(rel)}" if math.isfinite(rel) else "too few samples for a 95% CI"
@@ -93,7 +96,8 @@ def repeats_disagree(medians: list[float], rel_cis: list[float] | None) -> str |
     center = statistics.median(medians)
     if center <= 0:
         return None
-    lo_i, hi_i = min(range(len(medians)), key=medians.__getitem__), max(range(len(medians)), key=medians.__getitem__)
+    lo_i = min(range(len(medians)), key=medians.__getitem__)
+    hi_i = max(range(len(medians)), key=medians.__getitem__)
     spread = (medians[hi_i] - medians[lo_i]) / center
     if spread <= MAX_REPEAT_SPREAD:
         return None
