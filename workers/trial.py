@@ -158,7 +158,8 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
         kept = _KEPT_ON_PARITY_FAILURE | runner_cls.kept_on_parity_failure
-        keep = {k: v for k, v in out.items() if k in kept or k.startswith("gpu_")}
+        # parity_*: of the timed input, when it is the stale-output check that failed
+        keep = {k: v for k, v in out.items() if k in kept or k.startswith(("gpu_", "parity_"))}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
     return out
 
