@@ -141,6 +141,8 @@ def test_the_stale_check_passes_a_backend_that_reads_its_buffers_and_fails_one_t
         assert r["error"].startswith("stale output: after timing, a second input (seed 1)") and \
             "it is the first input's output, unchanged" in r["error"], r["error"]
         assert r.get("latency_ms_median") is None and r["stale_max_rel_err"] > 0.05
+        if r["parity_reference"] is not None:  # a torch model: its timed input passed parity, and the row says so
+            assert r["parity_max_rel_err"] < 1e-5
 
 
 def test_a_backend_without_a_captured_graph_is_not_stale_checked():
