@@ -11,7 +11,10 @@ Three measurements, in this order:
    CUDA events around each inference. Goal 1.00 +- 0.02.
 2. Harness overhead per iteration: a tiny model under CUDA-graph replay (a few us of GPU work),
    N iterations of the hand loop vs N of ``workers.timing.measure`` (with its CI checks), wall
-   time difference / N. Goal <= 5 us.
+   time difference / N. Goal <= 5 us. On a GPU also the cost of the sampler thread that reads the
+   GPU's process list during timing (``workers.sampler``, for ``contended``): the same loop with it
+   running at ``SAMPLER_STRESS_PERIOD_S`` (1 ms, 500x its real rate), difference / N; and one NVML
+   read's time. At the real 0.5 s period the cost is that over 500.
 3. Reproducibility: one trial measured in 5 fresh processes; CV of their medians. Goal <= 1%.
 
 Usage::
@@ -56,6 +59,8 @@ ENTRIES = {
 GPU_MEASURE = {"warmup_iters": 10, "iters": 50, "min_time_s": 1.0, "max_time_s": 5.0, "warmup_max_s": 2.0}
 #: Seconds after which the ratio section stops starting new cases (the whole script must stay < 8 min).
 RATIO_BUDGET_S = 330
+#: The sampler's period in the overhead section: far faster than its real one, so its cost shows.
+SAMPLER_STRESS_PERIOD_S = 0.001
 CPU_MEASURE = {"warmup_iters": 2, "iters": 10, "min_time_s": 0.0, "max_time_s": 1.0, "warmup_max_s": 0.5}
 
 
@@ -241,27 +246,47 @@ def overhead(cfg: dict[str, Any], store: Any) -> dict[str, Any]:
                 kept.append(time.perf_counter() - t0)
         return time.perf_counter() - t
 
-    def ours() -> tuple[float, Any]:
+    from workers import envinfo
+
+    uuid = envinfo.device_facts(device)["gpu_uuid"] if device == "cuda" else None
+    watched = device == "cuda" and envinfo.other_gpu_processes(uuid) is not None  # NVML answers
+
+    def ours(sampled: bool = False) -> tuple[float, Any, int | None]:
+        watch = envinfo.GpuWatch(uuid, period_s=SAMPLER_STRESS_PERIOD_S) if sampled else None
         t = time.perf_counter()
         # target never met: the loop runs to max_iters with its CI checks, the worst case
         s = measure(runner.step, timer, MeasureSpec(warmup_iters=0, warmup_max_iters=0, iters=min(200, n),
-                                                    target_rel_ci=1e-9, max_iters=n, max_time_s=1e9))
-        return time.perf_counter() - t, s
+                                                    target_rel_ci=1e-9, max_iters=n, max_time_s=1e9),
+                    on_timed=watch)
+        elapsed = time.perf_counter() - t
+        return elapsed, s, watch.finish()["contention_checks"] if watch is not None else None
 
     for _ in range(200):
         runner.step()
     timer.synchronize()
-    diffs, samples = [], None
-    for _ in range(5):  # alternate, so drift hits both alike
+    diffs, sampler, samples, checks = [], [], None, None
+    for _ in range(5):  # alternate, so drift hits all alike
         h = hand_loop()
-        o, samples = ours()
+        o, samples, _ = ours()
         diffs.append((o - h) / n * 1e6)
+        if watched:
+            w, _, checks = ours(sampled=True)
+            sampler.append((w - o) / n * 1e6)
     runner.teardown()
     diffs.sort()
+    sampler.sort()
     dev = hand.median(samples.device_ms)
     host = hand.median(samples.host_ms)
-    return {"variant": variant, "iters": n, "overhead_us": diffs[len(diffs) // 2], "overhead_us_all": diffs,
-            "step_device_us": dev * 1e3, "step_host_us": host * 1e3}
+    out = {"variant": variant, "iters": n, "overhead_us": diffs[len(diffs) // 2], "overhead_us_all": diffs,
+           "step_device_us": dev * 1e3, "step_host_us": host * 1e3}
+    if watched:
+        t = time.perf_counter()
+        for _ in range(100):
+            envinfo.other_gpu_processes(uuid)
+        out.update(sampler_period_s=SAMPLER_STRESS_PERIOD_S, sampler_us=sampler[len(sampler) // 2],
+                   sampler_us_all=sampler, sampler_checks=checks,
+                   nvml_read_us=(time.perf_counter() - t) / 100 * 1e6)
+    return out
 
 
 def repro(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
@@ -327,6 +352,10 @@ def table(res: dict[str, Any]) -> str:
     else:
         lines.append(f"harness overhead ({o['variant']}, tiny model, step {o['step_device_us']:.1f} us device): "
                      f"{o['overhead_us']:.2f} us/iter (goal <= 5)")
+        if "sampler_us" in o:
+            lines.append(f"contention sampler at a {o['sampler_period_s'] * 1e3:g} ms period ({o['sampler_checks']} "
+                         f"reads, {o['nvml_read_us']:.0f} us each): {o['sampler_us']:+.2f} us/iter; at its real "
+                         f"0.5 s period ~{o['sampler_us'] * o['sampler_period_s'] / 0.5:+.3f} us/iter")
     p = res["repro"]
     if "error" in p:
         lines.append(f"reproducibility: failed: {p['error']}")

@@ -49,14 +49,18 @@ def trial_table(trials: list[Trial], title: str) -> Table:
     return t
 
 
-def _caveats(row: dict[str, Any]) -> str:
-    """What makes an ok row's numbers less trustworthy, in a few words."""
-    notes = []
-    if row.get("converged") is False:
-        notes.append("CI target not met")
-    if row.get("contended"):
-        notes.append("GPU shared with another process")
-    return "; ".join(notes)
+def _status(row: dict[str, Any]) -> str:
+    """The status as the tables show it: an ok row that is not valid (workers/validity.py) says so."""
+    s = row["status"]
+    if s == Status.OK and row.get("valid") is False:
+        return "[yellow]ok, invalid[/]"
+    color = {Status.OK: "green", Status.SKIPPED: "yellow"}.get(s, "red")
+    return f"[{color}]{s}[/]"
+
+
+def _note(row: dict[str, Any]) -> str:
+    """The error of a row that failed, or why an ok row is not valid (not converged, noisy, contended...)."""
+    return escape((row.get("error") or "; ".join(row.get("invalid_reasons") or []))[:100])
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
@@ -69,14 +73,11 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                       ("dtype", "left"), ("io", "left"), ("status", "left"), ("median ms", "right"),
                       ("p99 ms", "right"), ("samples/s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
-    style = {Status.OK: "green", Status.SKIPPED: "yellow"}
     key = lambda r: (r["model"], r["batch_size"], r.get("axes") or "", r["dtype"], r["io"], r["label"])  # noqa: E731
     for r in sorted(rows, key=key):
-        s = r["status"]
-        note = escape((r.get("error") or _caveats(r))[:80])
         t.add_row(r["model"], r["label"], str(r["batch_size"]), *([axes_text(r)] * with_axes), r["dtype"], r["io"],
-                  f"[{style.get(s, 'red')}]{s}[/]", _fmt(r.get("latency_ms_median")),
-                  _fmt(r.get("latency_ms_p99")), _fmt(r.get("throughput"), ".1f"), note)
+                  _status(r), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
+                  _fmt(r.get("throughput"), ".1f"), _note(r))
     return t
 
 
@@ -96,10 +97,11 @@ def _config(r: dict[str, Any]) -> str:
 def grouped_table(rows: list[dict[str, Any]]) -> Table:
     """One line per label x model: its trials by status, and its fastest and slowest ok ones.
 
-    "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed)."""
+    "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed); "invalid"
+    the ok ones that are not numbers to act on (workers/validity.py), also counted in "ok"."""
     t = Table(title="Results by label and model", title_justify="left")
     for col, just in (("label", "left"), ("model", "left"), ("trials", "right"), ("ok", "right"),
-                      ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
+                      ("invalid", "right"), ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
                       ("slowest median ms", "right"), ("best samples/s", "right")):
         t.add_column(col, justify=just)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -112,7 +114,9 @@ def grouped_table(rows: list[dict[str, Any]]) -> Table:
         best = max(ok, key=lambda r: r.get("throughput") or 0, default=None)
         skipped = sum(r["status"] == Status.SKIPPED for r in rs)
         bad = sum(not succeeded(r["status"]) for r in rs)  # failed, timeout, oom, parity_failed
-        t.add_row(escape(label), escape(model), str(len(rs)), str(len(ok)), str(skipped),
+        invalid = sum(r.get("valid") is False for r in ok)
+        t.add_row(escape(label), escape(model), str(len(rs)), str(len(ok)),
+                  f"[yellow]{invalid}[/]" if invalid else "0", str(skipped),
                   f"[red]{bad}[/]" if bad else "0",
                   f"{_fmt(fast['latency_ms_median'])} ({_config(fast)})" if fast else "-",
                   f"{_fmt(slow['latency_ms_median'])} ({_config(slow)})" if slow else "-",
@@ -162,6 +166,9 @@ def run(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="With --resume: also run again the trials stored as failed, timeout, oom "
                                "or parity_failed (their rows are replaced).")] = False,
+    retry_invalid: Annotated[bool, typer.Option(
+        "--retry-invalid", help="With --resume: also run again the trials stored ok but not valid (not converged, "
+                                "noisy, contended, ...: their rows are replaced).")] = False,
     junit: Annotated[Path | None, typer.Option(
         help="Also write JUnit XML here: one test case per trial; failures and missed budgets fail.")] = None,
     table: Annotated[str, typer.Option(
@@ -211,16 +218,19 @@ def run(
         try:
             if retry_failed and resume is None:
                 raise InputError("--retry-failed needs --resume DIR: it re-runs the failed trials of that run")
+            if retry_invalid and resume is None:
+                raise InputError("--retry-invalid needs --resume DIR: it re-runs the invalid trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                               on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
-                              profile=tuple(profile or ()))
+                              profile=tuple(profile or ()), retry_invalid=retry_invalid)
         finally:
             progress.stop()
     except InferOrchError as exc:
         raise _fail(exc) from None
     print_results(result.rows, table, result.out)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    console.print(f"{len(result.rows)} trials: {counts}. Results: {result.out}", highlight=False)
+    invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""
+    console.print(f"{len(result.rows)} trials: {counts}{invalid}. Results: {result.out}", highlight=False)
     if result.lost_workers:
         lost = "; ".join(f"{w} ({cause})" for w, cause in result.lost_workers.items())
         console.print(f"[yellow]lost {len(result.lost_workers)} worker(s)[/]: {escape(lost)}. "
@@ -242,6 +252,10 @@ def _budgets_and_junit(result: Any, junit: Path | None) -> None:
             console.print("[red]over budget[/] " + escape(f"{row['label']} {row['model']} bs={row['batch_size']} "
                                                           f"{row['dtype']} {row['io']}: {m}"),
                           highlight=False, soft_wrap=True)
+    for row, message in result.budget_invalid:
+        console.print("[yellow]budget on an invalid row[/] " + escape(
+            f"{row['label']} {row['model']} bs={row['batch_size']} {row['dtype']} {row['io']}: {message}"),
+            highlight=False, soft_wrap=True)
     if junit is not None:
         try:
             c = write_junit(junit, result.trials, result.report_rows(), suite=result.run_id)
@@ -285,6 +299,9 @@ def compare(
     threshold: Annotated[float, typer.Option(
         min=0, help="Smallest slowdown that counts (0.03 = 3%), when also significant.")] = 0.03,
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence of the intervals.")] = 0.95,
+    noise_floor: Annotated[float | None, typer.Option(
+        min=0, help="Between-run noise assumed of every row (relative SD of a run's median; its repeats' CV "
+                    "when larger) [default: 0.01 on a GPU, 0.03 on a CPU].")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="table (for people) or json (for machines).")] = "table",
 ) -> None:
@@ -299,17 +316,21 @@ def compare(
         err_console.print(f"[bold red]error:[/] --format must be table or json, got '{fmt}'", highlight=False)
         raise typer.Exit(code=2)
     try:
-        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence)
+        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence,
+                             noise_floor=noise_floor)
     except InferOrchError as exc:
         raise _fail(exc) from None
     bad = regressions(items)
     if fmt == "json":
         print(json.dumps({"base": str(base_dir), "candidate": str(cand_dir), "threshold": threshold,
-                          "confidence": confidence, "regressions": len(bad), "trials": items}, indent=2))
+                          "confidence": confidence, "noise_floor": noise_floor, "regressions": len(bad),
+                          "verdicts": dict(Counter(i["verdict"] for i in items)), "trials": items}, indent=2))
     else:
         console.print(compare_table(items, confidence))
+        invalid = sum(i["verdict"] == "invalid" for i in items)
         console.print(f"{len(items)} trials compared, {len(bad)} regressed (threshold {threshold:.1%}, "
-                      f"{confidence:.0%} confidence)", highlight=False)
+                      f"{confidence:.0%} confidence, between-run noise included)"
+                      + (f"; {invalid} not judged: invalid rows (see note)" if invalid else ""), highlight=False)
     if bad:
         raise typer.Exit(code=1)
 
@@ -320,14 +341,16 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
                       ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
-    style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green"}
+    style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green",
+             "invalid": "yellow"}
     for r in items:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
                   _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
-                  "matched by label: options changed" if "cand_options" in r
+                  escape("; ".join(r["invalid_reasons"])[:100]) if r.get("invalid_reasons")
+                  else "matched by label: options changed" if "cand_options" in r
                   else "matched by label" if r["matched_by"] == "label" else "")
     return t
 

@@ -12,13 +12,29 @@ For each pair, the ratio of medians (candidate / base) with a bootstrap confiden
         ratio[b] = rc / rb
     ci = percentiles (1 - confidence) / 2 and (1 + confidence) / 2 of ratio
 
-A trial regressed when the ratio is above ``1 + threshold`` AND the whole interval is above 1:
-a small slowdown, or a large one within the noise, is not flagged. A trial that was ``ok`` in
-the base and is not in the candidate is ``broken``; both count as regressions (exit code 1).
+That interval knows only the noise within each run. Two runs of the same code also differ by
+more than that (another CPU load, clocks, memory placement), so the interval is widened, in log
+space, by the between-run noise of both rows::
+
+    s_row = max(repeat_cv of the row, BETWEEN_RUN_FLOOR[row's device])   # or the --noise-floor given
+    ci = ci * exp(-+ z * sqrt(s_base^2 + s_cand^2))                       # z: the confidence's quantile
+
+``repeat_cv`` (a plan's ``measure.repeats`` >= 2) measures the between-run spread of that trial;
+the floors are what two runs of the same plan on the same machine were seen to differ by
+(docs/reports.md, "Between-run noise").
+
+A trial regressed when the ratio is above ``1 + threshold`` AND the whole (widened) interval is
+above 1: a small slowdown, or a large one within the noise, is not flagged. A trial that was
+``ok`` in the base and is not in the candidate is ``broken``; both count as regressions (exit
+code 1). A row that is ``ok`` but not ``valid`` on either side (it did not converge, was noisy,
+shared its GPU, ...: ``workers/validity.py``) gets the verdict ``invalid``, never ``regressed``
+or ``improved``: its number is not one to act on.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any
 
 import numpy as np
@@ -27,6 +43,12 @@ import pyarrow as pa
 from workers.contract import Status
 
 DEFAULT_THRESHOLD = 0.03
+#: The least between-run noise assumed of a row (relative SD of a run's median), by its device, when its
+#: own repeats don't show more. CPU: two runs of the quickstart plan on a shared 2-core machine differed
+#: by 7% with within-run intervals of ~1% (BENCHMARKS.md); GPU: 1% keeps a 3%
+#: threshold's sensitivity (the interval widens by x/ 1.028) while two processes' cuDNN picks and clocks
+#: may differ by a percent or two; bench/aa.py on the H100 checks it.
+BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
@@ -74,6 +96,20 @@ def bootstrap_ratio_ci(
     return float(lo), float(hi)
 
 
+def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
+    """The relative SD a run's median of this trial is taken to have from run to run: the trial's own
+    ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger."""
+    if floor is None:
+        floor = BETWEEN_RUN_FLOOR.get(str(row.get("device") or "cpu"), max(BETWEEN_RUN_FLOOR.values()))
+    return max(floor, row.get("repeat_cv") or 0.0)
+
+
+def widen(lo: float, hi: float, noise: float, confidence: float) -> tuple[float, float]:
+    """The interval ``lo``-``hi`` of a ratio widened by a relative SD ``noise`` of the ratio (log space)."""
+    k = math.exp(statistics.NormalDist().inv_cdf((1 + confidence) / 2) * noise)
+    return lo / k, hi * k
+
+
 def compare(
     base: pa.Table,
     cand: pa.Table,
@@ -81,9 +117,11 @@ def compare(
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    noise_floor: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One verdict per trial of either run: regressed, improved, unchanged, broken, fixed,
-    not ok (in both), only in base, only in candidate; with medians, ratio and interval."""
+    """One verdict per trial of either run: regressed, improved, unchanged, invalid, broken, fixed,
+    not ok (in both), only in base, only in candidate; with medians, ratio and interval (widened by the
+    between-run noise, ``noise``; ``noise_floor`` replaces ``BETWEEN_RUN_FLOOR``)."""
     out = []
     for b, c in match(base.to_pylist(), cand.to_pylist()):
         ref = b or c or {}
@@ -91,7 +129,7 @@ def compare(
             "trial_id": ref["trial_id"], **{k: ref.get(k) for k in SPEC_KEYS if k != "input_shape"},
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
-            "ratio": None, "ci_low": None, "ci_high": None,
+            "ratio": None, "ci_low": None, "ci_high": None, "noise": None, "invalid_reasons": None,
             "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
         if item["matched_by"] == "label" and b["options"] != c["options"]:
@@ -108,17 +146,22 @@ def compare(
             sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
             sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
             ratio = float(np.median(sc) / np.median(sb))
-            lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed)
-            item.update(ratio=ratio, ci_low=lo, ci_high=hi)
-            if ratio > 1 + threshold and lo > 1:
+            noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
+            lo, hi = widen(*bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed), noise, confidence)
+            item.update(ratio=ratio, ci_low=lo, ci_high=hi, noise=noise)
+            invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
+                       for r in row.get("invalid_reasons") or ["invalid"]]
+            if invalid:
+                item.update(verdict="invalid", invalid_reasons=invalid)
+            elif ratio > 1 + threshold and lo > 1:
                 item["verdict"] = "regressed"
             elif ratio < 1 - threshold and hi < 1:
                 item["verdict"] = "improved"
             else:
                 item["verdict"] = "unchanged"
         out.append(item)
-    order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3}
-    out.sort(key=lambda r: (order.get(r["verdict"], 4), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
+    order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4}
+    out.sort(key=lambda r: (order.get(r["verdict"], 5), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
                             str(r["io"]), str(r["label"])))
     return out
 

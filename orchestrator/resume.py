@@ -18,7 +18,7 @@ import yaml
 from orchestrator.errors import InputError, OutputError, PlanError
 from orchestrator.expand import expand
 from orchestrator.plan import Plan, parse_plan
-from orchestrator.sink import PLAN_FILE, check_writable, stored_run_id, stored_trials
+from orchestrator.sink import PLAN_FILE, check_writable, stored_invalid, stored_run_id, stored_trials
 from workers.contract import Trial, succeeded
 
 
@@ -30,7 +30,7 @@ class Resume:
 
 
 def open_resume(out: Path, plan: Plan, trials: list[Trial], plan_source: str,
-                retry_failed: bool) -> Resume:
+                retry_failed: bool, retry_invalid: bool = False) -> Resume:
     """Check that ``out`` holds a run of this plan; say which stored trials are kept. Writes nothing."""
     plan_file = out / PLAN_FILE
     if not plan_file.is_file():
@@ -55,8 +55,11 @@ def open_resume(out: Path, plan: Plan, trials: list[Trial], plan_source: str,
     if foreign:
         raise InputError(f"--resume {out}: it holds {len(foreign)} part file(s) of trials not in the plan "
                          f"(e.g. part-{sorted(foreign)[0]}.parquet); nothing was run")
-    # The successes are kept; the others run again with --retry-failed.
+    # The successes are kept; the others run again with --retry-failed, the invalid ones with --retry-invalid.
     kept = {tid: s for tid, s in stored.items() if succeeded(s) or not retry_failed}
+    if retry_invalid:
+        for tid in stored_invalid(out, set(kept)):
+            del kept[tid]
     return Resume(out=out, run_id=stored_run_id(out), kept=kept)
 
 

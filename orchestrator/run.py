@@ -46,6 +46,8 @@ class RunResult:
     requeued: list[str] = field(default_factory=list)
     #: (row, messages) for each ok row, run now or kept, that misses a budget of its trial
     budget_misses: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    #: (row, message) for each ok but invalid row a budget was judged on (met or missed)
+    budget_invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -86,8 +88,15 @@ class RunResult:
 
     def judge(self) -> RunResult:
         """Fill in the verdicts that need the stored rows (budgets); returns itself."""
-        self.budget_misses = budgets.misses(self.trials, self.report_rows())
+        rows = self.report_rows()
+        self.budget_misses = budgets.misses(self.trials, rows)
+        self.budget_invalid = budgets.on_invalid(self.trials, rows)
         return self
+
+    @property
+    def invalid(self) -> list[dict[str, Any]]:
+        """The rows of this run (not the kept ones) that are ok but not valid (workers/validity.py)."""
+        return [r for r in self.rows if r.get("valid") is False]
 
 
 def needs_torch(trials: list[Trial]) -> bool:
@@ -160,11 +169,13 @@ def run_plan(
     resume: str | Path | None = None,
     retry_failed: bool = False,
     profile: Sequence[str] = (),
+    retry_invalid: bool = False,
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
     ``resume``: a run directory of this plan; only the trials not stored there run (with
-    ``retry_failed``, also those stored with a status other than ok or skipped), into it.
+    ``retry_failed``, also those stored with a status other than ok or skipped; with ``retry_invalid``,
+    those stored ok but not valid), into it.
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
@@ -181,7 +192,7 @@ def run_plan(
         if out is not None and Path(out) != Path(resume):
             raise InputError(f"--out {out} and --resume {resume}: a resumed run writes into its own directory; "
                              "give only --resume")
-        previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed)
+        previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed, retry_invalid)
         trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed
             return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],

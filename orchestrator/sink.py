@@ -67,6 +67,23 @@ def stored_trials(out: Path) -> dict[str, str]:
     return found
 
 
+def stored_invalid(out: Path, ids: set[str]) -> set[str]:
+    """Which of ``ids`` (stored trials) are stored as ok but not valid (workers/validity.py); parts
+    written before the verdict existed have no ``valid`` column and count as valid."""
+    found = set()
+    for tid in ids:
+        part = out / f"part-{tid}.parquet"
+        try:
+            if "valid" not in pq.read_schema(part).names:
+                continue
+            (row,) = pq.read_table(part, columns=["valid"]).to_pylist()
+        except Exception:
+            continue
+        if row["valid"] is False:
+            found.add(tid)
+    return found
+
+
 def stored_run_id(out: Path) -> str | None:
     """The run id of the run in ``out`` (from _run.json, else from a part file's metadata)."""
     try:

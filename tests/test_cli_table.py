@@ -35,17 +35,19 @@ def test_a_run_too_long_for_the_screen_prints_a_summary_with_every_failure_count
     assert res.exit_code == 1, res.output  # some trials failed
     out = res.output
     assert "Results by label and model" in out
-    # one line per label x model, with its counts: 6 trials each, all ok or all failed
+    # one line per label x model, with its counts: 6 trials each, all ok or all failed; the ok ones, of 2
+    # samples each, are not valid (too few samples for an interval)
     for model in ("resnet18", "resnet50", "mobilenet_v2", "alexnet"):
         quick = [c for c in rows(out) if c[:2] == ["quick", model]]
         broken = [c for c in rows(out) if c[:2] == ["broken", model]]
-        assert len(quick) == 1 and quick[0][2:6] == ["6", "6", "0", "0"], quick  # trials ok skipped failed
-        assert len(broken) == 1 and broken[0][2:6] == ["6", "0", "0", "6"], broken
+        # trials ok invalid skipped failed
+        assert len(quick) == 1 and quick[0][2:7] == ["6", "6", "6", "0", "0"], quick
+        assert len(broken) == 1 and broken[0][2:7] == ["6", "0", "0", "0", "6"], broken
     # the failed rows are listed up to the limit, and the rest counted
     assert "Not ok: 24 trial(s)" in out
     assert sum("injected error" in " ".join(c) for c in rows(out)) == cli.SUMMARY_PROBLEMS
     assert f"and {24 - cli.SUMMARY_PROBLEMS} more not ok" in out
-    assert "48 trials: 24 failed, 24 ok" in out
+    assert "48 trials: 24 failed, 24 ok (24 of the ok not valid: see note)" in out
     assert len(rows(out)) < 48  # table lines: fewer than the full table's rows
 
 

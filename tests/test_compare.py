@@ -94,11 +94,11 @@ def test_bad_input_is_one_line_with_exit_2(runs, tmp_path):
     assert proc.returncode == 2 and "--format must be table or json" in proc.stderr
 
 
-def _table(samples: dict[str, np.ndarray]) -> pa.Table:
+def _table(samples: dict[str, np.ndarray], **columns) -> pa.Table:
     return pa.Table.from_pylist([
         {"trial_id": tid, "model": "m", "backend": "b", "label": "l", "options": "{}", "batch_size": 1,
          "dtype": "fp32", "io": "device", "status": "ok", "latency_ms_median": float(np.median(s)),
-         "samples_ms": s.tolist()} for tid, s in samples.items()])
+         "samples_ms": s.tolist(), "device": "cuda", **columns} for tid, s in samples.items()])
 
 
 def test_regression_needs_both_size_and_significance():
@@ -107,11 +107,28 @@ def test_regression_needs_both_size_and_significance():
     cand = {"noisy": rng.normal(11, 3, 20),  # 10% slower but within the noise: not significant
             "tight": rng.normal(10.15, 0.05, 200),  # significant but only 1.5%: under the threshold
             "big": rng.normal(11, 0.1, 100)}  # 10% and significant
-    verdicts = {i["trial_id"]: i for i in compare(_table(base), _table(cand))}
+    # noise_floor 0: the within-run statistics alone (between-run noise: the next test)
+    verdicts = {i["trial_id"]: i for i in compare(_table(base), _table(cand), noise_floor=0)}
     assert verdicts["noisy"]["verdict"] == "unchanged" and verdicts["noisy"]["ci_low"] < 1
     assert verdicts["tight"]["verdict"] == "unchanged" and verdicts["tight"]["ci_low"] > 1
     assert verdicts["big"]["verdict"] == "regressed"
-    assert compare(_table(base), _table(cand), threshold=0.01)[0]["trial_id"] in ("big", "tight")
+    assert compare(_table(base), _table(cand), threshold=0.01, noise_floor=0)[0]["trial_id"] in ("big", "tight")
+
+
+def test_between_run_noise_widens_the_interval_so_a_machine_drift_is_no_verdict():
+    """Two runs of the same code on a CPU: each run's median is tight, but the runs differ by 5%
+    (another load on the machine). Within-run statistics alone call it a regression; the CPU floor
+    (or the trial's own repeats showing that spread) does not. A 30% slowdown is still caught."""
+    rng = np.random.default_rng(11)
+    base = {"drift": rng.normal(10, 0.1, 200), "slow": rng.normal(10, 0.1, 200)}
+    cand = {"drift": rng.normal(10.5, 0.1, 200), "slow": rng.normal(13, 0.1, 200)}
+    alone = {i["trial_id"]: i["verdict"] for i in compare(_table(base), _table(cand), noise_floor=0)}
+    assert alone == {"drift": "regressed", "slow": "regressed"}
+    on_cpu = {i["trial_id"]: i for i in compare(_table(base, device="cpu"), _table(cand, device="cpu"))}
+    assert on_cpu["drift"]["verdict"] == "unchanged" and on_cpu["drift"]["ci_low"] < 1 < on_cpu["drift"]["ci_high"]
+    assert on_cpu["slow"]["verdict"] == "regressed" and on_cpu["drift"]["noise"] == pytest.approx(0.03 * 2 ** 0.5)
+    repeated = {i["trial_id"]: i["verdict"] for i in compare(_table(base, repeat_cv=0.04), _table(cand))}
+    assert repeated == {"drift": "unchanged", "slow": "regressed"}  # on a GPU, but its repeats spread 4%
 
 
 def test_bootstrap_interval_is_seeded_and_covers_the_true_ratio():

@@ -47,10 +47,11 @@ class TrialContext:
         """The trial's input tensor: on ``device`` (default: the trial's device)."""
         return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
 
-    def inputs(self, device: str | None = None) -> dict[str, Any]:
-        """Every input of the trial by name (``input`` alone for a one-input model), on ``device``."""
-        return make_inputs(self.model, self.batch_size, self.dtype, device or self.device, self.seed,
-                           self.trial.axes)
+    def inputs(self, device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+        """Every input of the trial by name (``input`` alone for a one-input model), on ``device``;
+        drawn with ``seed`` instead of the trial's own where given (the stale-output check's second input)."""
+        return make_inputs(self.model, self.batch_size, self.dtype, device or self.device,
+                           self.seed if seed is None else seed, self.trial.axes)
 
     def call(self, model: Any, inputs: dict[str, Any]) -> Any:
         """``model`` called on ``inputs`` the way the plan says (by name, or by position)."""

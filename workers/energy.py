@@ -5,9 +5,10 @@ Two sources, from NVML:
 - the cumulative energy counter, ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the
   driver loaded; Volta and later): read at the start and the end of a window, no thread needed;
 - instantaneous power, ``NVML_FI_DEV_POWER_INSTANT`` where the GPU has it (else
-  ``nvmlDeviceGetPowerUsage``, which on recent GPUs is a one-second average), sampled by a thread
-  every ``SAMPLE_S`` and integrated (trapezoids): the fallback where there is no counter, and the
-  cross-check where there is.
+  ``nvmlDeviceGetPowerUsage``, which on recent GPUs is a one-second average), sampled every
+  ``SAMPLE_S`` by the trial's one sampler thread (``workers.sampler``, which also watches the GPU's
+  processes during timing) and integrated (trapezoids): the fallback where there is no counter,
+  and the cross-check where there is.
 
 The window is the timed loop itself when it lasts at least ``MIN_WINDOW_S`` (the counter is read
 as the loop starts and ends; nothing runs beside it, so timing is untouched). A shorter timed loop
@@ -19,7 +20,6 @@ are null and ``energy_note`` says why: never a number that only looks precise.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -86,30 +86,20 @@ class NvmlMeter:
 
 
 class PowerSampler:
-    """A thread reading ``meter.power_w`` every ``period_s``; ``stop`` gives the integral (J)."""
+    """``meter.power_w`` every ``period_s`` on the trial's one sampler thread (``workers.sampler``);
+    ``stop`` gives the integral (J)."""
 
     def __init__(self, meter: Meter, period_s: float = SAMPLE_S, clock: Callable[[], float] = time.perf_counter):
-        self.meter, self.period_s, self.clock = meter, period_s, clock
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._take()
-        self._thread = threading.Thread(target=self._run, name="power-sampler", daemon=True)
-        self._thread.start()
+        from workers.sampler import Sampler
 
-    def _take(self) -> None:
-        p = self.meter.power_w()
-        if p is not None:
-            self.samples.append((self.clock(), p))
+        self._sampler = Sampler({"power": (meter.power_w, period_s)}, clock=clock, name="power-sampler")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self._take()
+    @property
+    def samples(self) -> list[tuple[float, float]]:
+        return self._sampler.readings["power"]
 
     def stop(self) -> float | None:
-        self._stop.set()
-        self._thread.join()
-        self._take()
-        return integrate(self.samples)
+        return integrate(self._sampler.stop()["power"])
 
 
 def integrate(samples: list[tuple[float, float]]) -> float | None:

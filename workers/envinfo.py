@@ -260,25 +260,66 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     return sorted(pids)[1:] if pids else []
 
 
+#: How often the GPU's process list is read during timing (by the trial's sampler thread), s.
+CONTENTION_PERIOD_S = 0.5
+
 #: The per-trial NVML columns (null on a CPU trial or without NVML).
 GPU_COLUMNS = tuple(f"gpu_{k}_{when}" for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")
-                    for when in ("start", "end")) + ("contended", "gpu_other_pids")
+                    for when in ("start", "end")) + ("contended", "gpu_other_pids", "contention_checks")
 
 
 class GpuWatch:
-    """NVML facts at the start and end of a trial's timing, and the contention check."""
+    """NVML facts at the start and end of a trial's timing, and the contention check: the GPU's
+    process list read at the start, every ``period_s`` while timing runs (on the sampler thread,
+    between ``watch(True)`` and ``watch(False)``: ``workers.timing.measure``'s ``on_timed``) and at
+    the end. ``close`` stops the thread if timing ended early (an exception)."""
 
-    def __init__(self, uuid: str | None) -> None:
-        self.uuid = uuid
+    def __init__(self, uuid: str | None, period_s: float = CONTENTION_PERIOD_S) -> None:
+        self.uuid, self.period_s = uuid, period_s
         self.start = gpu_state(uuid, "start")
-        self.others_start = other_gpu_processes(uuid)
+        self.reads: list[list[int]] = []
+        self._read()
+        self._sampler: Any = None
+
+    def _read(self) -> None:
+        others = other_gpu_processes(self.uuid)
+        if others is not None:
+            self.reads.append(others)
+
+    def __call__(self, starting: bool) -> None:
+        if starting:
+            from workers.sampler import Sampler
+
+            self._sampler = Sampler({"others": (lambda: other_gpu_processes(self.uuid), self.period_s)})
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self.reads += [v for _, v in self._sampler.stop()["others"]]
+            self._sampler = None
 
     def finish(self) -> dict[str, Any]:
+        self.close()
         end = gpu_state(self.uuid, "end")
-        others_end = other_gpu_processes(self.uuid)
-        if self.others_start is None and others_end is None:
-            contended, pids = None, None
+        self._read()
+        if not self.reads:
+            contended, pids, checks = None, None, None
         else:
-            pids = sorted(set(self.others_start or []) | set(others_end or []))
-            contended = bool(pids)
-        return {**self.start, **end, "contended": contended, "gpu_other_pids": pids}
+            pids = sorted(set().union(*map(set, self.reads)))
+            contended, checks = bool(pids), len(self.reads)
+        return {**self.start, **end, "contended": contended, "gpu_other_pids": pids, "contention_checks": checks}
+
+
+def merge_watches(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The GPU columns of a trial measured in several repeats: the first's start, the last's end,
+    contended if any repeat was, every other process seen, every check counted."""
+    if not repeats:
+        return dict.fromkeys(GPU_COLUMNS)
+    out = {k: v for k, v in repeats[0].items() if k.endswith("_start")}
+    out.update({k: v for k, v in repeats[-1].items() if k.endswith("_end")})
+    known = [r for r in repeats if r.get("contended") is not None]
+    out.update(contended=any(r["contended"] for r in known) if known else None,
+               gpu_other_pids=sorted({p for r in known for p in r["gpu_other_pids"] or []}) if known else None,
+               contention_checks=sum(r["contention_checks"] or 0 for r in known) if known else None)
+    return out

@@ -101,12 +101,19 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("repeats", _I64, "times the trial was measured, each with a fresh runner (samples_ms holds them all)"),
     ("repeat_medians_ms", pa.list_(_F64), "the median latency of each repeat, ms"),
     ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
+    ("repeat_rel_ci", pa.list_(_F64), "each repeat's within-run noise: the half-width of its median's 95% "
+                                      "interval (order statistics) over its median; null where too few samples"),
     ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device); "
                                "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
     ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),
     ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
     ("parity_worst_output", _STR, "the output with the largest parity_max_rel_err (output, output0, ... or "
                                   "the model's own output names)"),
+    ("stale_reference", _STR, "graph backends (CUDA graphs, TensorRT): what the output of a second input, "
+                              "fed through the timed buffers after timing, was checked against; null: not "
+                              "checked (workers/stale.py)"),
+    ("stale_max_rel_err", _F64, "that output's max |y - ref| / max |ref|; above parity_tolerance the trial is "
+                                "parity_failed (stale output)"),
     ("parity_tolerance", _F64, "the largest parity_max_rel_err allowed for this dtype (plan's parity.tolerance)"),
     ("cpu_model", _STR, "CPU model of the node"),
     ("cudnn_version", _STR, "cuDNN version torch uses"),
@@ -125,8 +132,10 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
                      "null for rows with no measurement"),
     ("invalid_reasons", pa.list_(_STR), "why the row is not valid, each a short code with its figures "
                                         "(noisy, not converged, contended, ...); empty when valid"),
-    ("contended", _BOOL, "another process had a compute context on this GPU when timing started or ended "
-                         "(NVML); null without NVML"),
+    ("contention_checks", _I64, "times the GPU's process list was read for contended (NVML): as timing "
+                                "started and ended and every 0.5 s during it; null without NVML"),
+    ("contended", _BOOL, "another process had a compute context on this GPU during timing (NVML: read as it "
+                         "started, ended and every 0.5 s in between); null without NVML"),
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
 ]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import energy, envinfo, memory, parity, stats, validity
+from workers import energy, envinfo, memory, parity, stale, stats, validity
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -132,6 +132,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         "repeats": len(repeats),
         "repeat_medians_ms": medians,
         "repeat_cv": stats.between_run_cv(medians),
+        "repeat_rel_ci": [_finite_or_none(stats.relative_ci(r["samples"].device_ms)) for r in repeats],
         "setup_s": first["setup_s"],
         "warmup_s": sum(r["samples"].warmup_s for r in repeats),
         "timed_s": sum(r["samples"].timed_s for r in repeats),
@@ -139,7 +140,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **memory.merge([r["memory"] for r in repeats]),
         **host_peak,
         **first["copies"],
-        **first["gpu"],
+        **envinfo.merge_watches([r["gpu"] for r in repeats]),
         **lat,
         **ctx.facts,
         **first["extra"],
@@ -147,21 +148,30 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **repeats[-1]["energy"],
     }
     outputs = [r["output"] for r in repeats]
+    second = repeats[-1]["stale"]
     del repeats
     t_parity = time.perf_counter()
     try:
-        out.update(parity.check(trial, device if cuda_ok else "cpu", store, outputs, runner_cls.modelless))
+        on = device if cuda_ok else "cpu"
+        out.update(parity.check(trial, on, store, outputs, runner_cls.modelless))
+        out.update(stale.check(trial, on, store, second, outputs[-1], runner_cls.modelless))
         out["parity_s"] = time.perf_counter() - t_parity
     except parity.ParityFailure as exc:
         kept = _KEPT_ON_PARITY_FAILURE | runner_cls.kept_on_parity_failure
-        keep = {k: v for k, v in out.items() if k in kept or k.startswith("gpu_")}
+        # parity_*: of the timed input, when it is the stale-output check that failed
+        keep = {k: v for k, v in out.items() if k in kept or k.startswith(("gpu_", "parity_"))}
         raise ParityFailure(str(exc), {**keep, **exc.columns}) from None
     return out
 
 
+def _finite_or_none(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
 #: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes", "contended", *memory.COLUMNS})
+                                     "gpu_mem_peak_bytes", "contended", "contention_checks",
+                                     *memory.COLUMNS})
 
 
 def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool, last: bool = True,
@@ -173,6 +183,7 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
     t_setup = time.perf_counter()
+    watch = None
     try:
         runner.setup()
         setup_s = time.perf_counter() - t_setup
@@ -180,7 +191,9 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
         meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
         window = energy.TimedWindow(meter) if meter else None
-        samples = measure(runner.step, timer, ctx.trial.measure, on_timed=window)
+        timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
+        samples = measure(runner.step, timer, ctx.trial.measure,
+                          on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
@@ -201,13 +214,16 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         if profile is not None:
             profile.finish()
             profiled = _profile(runner, ctx.trial)
+        second = stale.probe(runner) if last else None  # last: a second input through the timed buffers
     finally:
+        if watch is not None:
+            watch.close()  # its sampler thread, where timing raised before it could stop it
         runner.teardown()
     del runner
     mem.release()
     return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
             "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled,
-            "energy": joules}
+            "energy": joules, "stale": second}
 
 
 def _profile(runner: Any, trial: Trial) -> dict[str, Any]:

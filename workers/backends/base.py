@@ -17,7 +17,10 @@ What a backend can do is said on its class, never by testing its name elsewhere:
 - ``columns`` and ``kept_on_parity_failure``: the row columns ``extra_columns`` (or the trial
   context, e.g. the export cache) adds, and which of them a ``parity_failed`` row keeps;
 - ``offers``: its rows in ``infer-orch backends`` (one, or more where a configuration needs
-  libraries of its own, as ORT with TensorRT).
+  libraries of its own, as ORT with TensorRT);
+- ``checks_stale``, ``feed`` and ``stale_reference``: whether it replays something captured (a CUDA
+  graph, an engine) that could keep returning an old result, and how a second input reaches it
+  (``workers.stale`` feeds one after timing and checks the output).
 """
 
 from __future__ import annotations
@@ -152,6 +155,26 @@ class Runner(ABC):
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
         """Free what ``setup`` took. Called even when setup or timing failed."""
+
+    def checks_stale(self) -> bool:
+        """True when this runner, as configured, replays something captured at setup (a CUDA graph,
+        a TensorRT engine) reading its input from buffers bound once: it could return an earlier
+        result for a new input, and parity on the timed input would not see it. After timing the
+        worker then ``feed``s it a second input, runs one ``step`` and checks that output against a
+        reference for the second input (``workers.stale``)."""
+        return False
+
+    def feed(self, seed: int) -> None:
+        """Write the trial's inputs drawn with ``seed`` (instead of the trial's own) where the next
+        ``step`` reads them: into the bound or static buffers, in place, as a user of this backend
+        would. Runners whose ``checks_stale`` can be True implement it."""
+        raise NotImplementedError(f"backend {self.name} can't be fed another input")
+
+    def stale_reference(self, seed: int) -> tuple[str, Any] | None:
+        """(what it is, the output expected) for the inputs of ``seed``, where the runner has its own
+        reference (an ONNX file run without a graph; a model-less backend's known function); None:
+        the worker's torch eager fp32 reference (``workers.parity``) is the one."""
+        return None
 
     def extra_columns(self) -> dict[str, Any]:
         """Backend-specific facts for the row (e.g. the providers ORT really used).

@@ -17,7 +17,13 @@ It lets the fault handling be exercised on any machine, GPU or not::
 - ``hang``: sleeps forever -> ``timeout`` after the trial's ``timeout_s``, the worker is replaced;
 - ``nan``: runs, but its output is NaN -> ``parity_failed``;
 - ``oom``: raises ``torch.cuda.OutOfMemoryError`` with the message CUDA's caching allocator
-  gives (simulated: nothing is allocated) -> ``oom``, the worker is replaced.
+  gives (simulated: nothing is allocated) -> ``oom``, the worker is replaced;
+- ``stale``: runs, and its "model" is a known function of its input (``2 x + 1`` on 8 seeded
+  values), but like a CUDA graph replaying old buffers it returns its first output whatever the
+  input is now -> ``parity_failed`` ("stale output") in every trial, from the check that feeds a
+  second input after timing (``workers.stale``). ``where`` does not apply;
+- ``noisy``: runs, each step sleeping 20 ms or 40 ms in turn -> ``ok``, but not ``valid`` (its
+  IQR is most of its median: workers/validity.py). ``where`` does not apply.
 """
 
 from __future__ import annotations
@@ -32,13 +38,26 @@ if TYPE_CHECKING:
     import numpy as np
 
 ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
+NOISY_STEPS_S = (0.02, 0.04)
 
 
 class FaultOptions(BackendOptions):
-    mode: Literal["raise", "abort", "hang", "nan", "oom"] = "raise"
+    mode: Literal["raise", "abort", "hang", "nan", "oom", "stale", "noisy"] = "raise"
     """How the trial fails."""
     where: Literal["setup", "step"] = "step"
     """In which phase it fails."""
+
+
+def known_input(seed: int) -> np.ndarray:
+    """The ``stale`` mode's input: 8 seeded standard-normal values (numpy: a light worker has no torch)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(8).astype(np.float32)
+
+
+def known_function(x: np.ndarray) -> np.ndarray:
+    """The ``stale`` mode's "model"."""
+    return 2 * x + 1
 
 
 class FaultRunner(Runner):
@@ -48,18 +67,40 @@ class FaultRunner(Runner):
     dtypes = {"cuda": ALL_DTYPES, "cpu": ALL_DTYPES}
 
     def setup(self) -> None:
-        if self.options.where == "setup":
+        self.y: np.ndarray | None = None
+        self.steps = 0
+        if self.options.mode == "stale":
+            self.x = known_input(self.ctx.seed)
+        elif self.options.mode != "noisy" and self.options.where == "setup":
             self._fail()
 
     def step(self) -> None:
-        if self.options.where == "step":
+        mode = self.options.mode
+        if mode == "stale":
+            if self.y is None:  # computed once, then returned whatever the input is now
+                self.y = known_function(self.x)
+        elif mode == "noisy":
+            self.steps += 1
+            time.sleep(NOISY_STEPS_S[self.steps % 2])
+        elif self.options.where == "step":
             self._fail()
 
     def output(self) -> np.ndarray:
         import numpy as np
 
+        if self.y is not None:
+            return self.y
         value = np.nan if self.options.mode == "nan" else 0.0
         return np.full(4, value, dtype=np.float32)
+
+    def checks_stale(self) -> bool:
+        return self.options.mode == "stale"
+
+    def feed(self, seed: int) -> None:
+        self.x = known_input(seed)
+
+    def stale_reference(self, seed: int) -> tuple[str, np.ndarray]:
+        return "the fault backend's known function 2 x + 1", known_function(known_input(seed))
 
     def _fail(self) -> None:
         mode = self.options.mode

@@ -285,10 +285,10 @@ class OrtRunner(Runner):
             opts["arena_extend_strategy"] = o.arena_extend_strategy
         return opts
 
-    def _check_inputs(self, sess: Any) -> dict[str, Any]:
+    def _check_inputs(self, sess: Any, seed: int | None = None) -> dict[str, Any]:
         """The trial's inputs (host tensors) by the session's input names, their types checked: floating
-        inputs in the trial's dtype, the others in their own."""
-        xs = self.ctx.inputs(device="cpu")
+        inputs in the trial's dtype, the others in their own. ``seed``: drawn with it, not the trial's."""
+        xs = self.ctx.inputs(device="cpu", seed=seed)
         inp = sess.get_inputs()
         if not self.ctx.model.inputs:  # the one-input form: the file's one input, whatever its name
             if len(inp) != 1:
@@ -343,6 +343,44 @@ class OrtRunner(Runner):
         else:
             self.sess.run_with_iobinding(self.binding)
             self.y = self.dev_outs
+
+    def checks_stale(self) -> bool:
+        """ORT's CUDA graph, and TensorRT's engines: both replay what they captured or built."""
+        return self.options.cuda_graph or "tensorrt" in (self.options.providers or [])
+
+    def feed(self, seed: int) -> None:
+        """Into what the step reads: the host inputs it copies into the bound buffers (``io: host``),
+        the bound device buffers themselves (``io: device``), or session.run's feeds (no binding)."""
+        xs = self._check_inputs(self.sess, seed)
+        if self.binding is None:
+            self.feeds = {k: x.numpy() for k, x in xs.items()}
+            return
+        for k, x in xs.items():
+            (self.host_x if self.host_x is not None else self.dev_x)[k].copy_(x)
+
+    def stale_reference(self, seed: int) -> tuple[str, Any] | None:
+        """For an ``onnx:`` model (no torch form): the same file run by ORT without a graph, on the CUDA
+        provider on a GPU (not TensorRT: it is what is being checked), else the CPU provider."""
+        if self.ctx.model.kind != "onnx":
+            return None
+        import onnxruntime as ort
+
+        path, so, _ = self._session_args
+        if self.ctx.device == "cuda":
+            providers: list[Any] = [(PROVIDERS["cuda"], {"device_id": str(self._device_index()),
+                                                         "enable_cuda_graph": "0"})]
+            what = "the ONNX file on ORT's CUDA provider without a graph"
+        else:
+            providers, what = [PROVIDERS["cpu"]], "the ONNX file on ORT's CPU provider"
+        plain = ort.InferenceSession(path, sess_options=so, providers=providers)
+        feeds = {k: x.numpy() for k, x in self._check_inputs(plain, seed).items()}
+        outs = [a.astype("float32") for a in plain.run(None, feeds)]
+        del plain
+        ref = outs[0] if len(outs) == 1 else {o.name: a for o, a in zip(self.sess.get_outputs(), outs)}
+        return what, ref
+
+    def _device_index(self) -> int:
+        return self._torch.cuda.current_device() if self.ctx.device == "cuda" else 0
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
         """The first output alone for a one-output model; else every output by the session's names."""

@@ -132,6 +132,20 @@ class TorchCompile(Runner):
             else:
                 self.y = self.ctx.call(self.model, self.x)
 
+    def checks_stale(self) -> bool:
+        """CUDA graphs: the modes that use them (cudagraph trees) and the ``cudagraphs`` backend, on a GPU."""
+        o = self.options
+        graphs = o.mode in ("reduce-overhead", "max-autotune") or o.backend == "cudagraphs"
+        return self.ctx.device == "cuda" and graphs
+
+    def feed(self, seed: int) -> None:
+        """Into the tensors the compiled model is called with, in place (same shape, dtype and strides:
+        no guard fails, so nothing recompiles); cudagraph trees copy them into the graph's own inputs."""
+        xs = self.ctx.inputs(device="cpu", seed=seed)
+        with self._torch.no_grad():
+            for k, x in xs.items():
+                self.x[k].copy_(x)
+
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
         from workers.models import host_outputs
 

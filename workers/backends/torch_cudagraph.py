@@ -69,6 +69,19 @@ class TorchCudaGraph(Runner):
         else:
             self.graph.replay()
 
+    def checks_stale(self) -> bool:
+        return True
+
+    def feed(self, seed: int) -> None:
+        """Into the buffers the step reads: the host inputs it copies from (``io: host``), or the
+        graph's static inputs (``io: device``)."""
+        import torch
+
+        xs = self.ctx.inputs(device="cpu", seed=seed)
+        with torch.no_grad():
+            for k, x in xs.items():
+                (self.host_x if self.host_x is not None else self.static_x)[k].copy_(x)
+
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
         from workers.models import host_outputs
 
