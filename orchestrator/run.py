@@ -23,6 +23,7 @@ import yaml
 from orchestrator import budgets, cluster
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
 from orchestrator.expand import expand, with_profiles
+from orchestrator.headwatch import HeadWatch, gcs_address
 from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
@@ -209,6 +210,7 @@ def run_plan(
         release_sigterm(previous_handler)
         raise
     catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
+    watch: HeadWatch | None = None
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
@@ -235,6 +237,17 @@ def run_plan(
                 on_row(row)
 
         summary = {"plan": plan.name, "device": device, "workers": result.workers, "started_at": now.isoformat()}
+
+        def head_lost() -> str:
+            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
+                         "environment": envs.all(), "head_lost": True})
+            stored = len(result.rows) + len(result.kept)
+            return (f"the cluster's head ({watch.address if watch else address}) stopped answering mid-run; "
+                    f"{stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}, whole; once a "
+                    f"cluster is up again (or without --address, on this machine), resume with: "
+                    f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}")
+
+        watch = _watch_head(address, head_lost)
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
@@ -263,12 +276,22 @@ def run_plan(
                      "lost_workers": result.lost_workers, "requeued": result.requeued})
         return result.judge()
     finally:
+        if watch is not None:
+            watch.stop()
         try:
             if started_ray:
                 cluster.disconnect()
         finally:
             raylog.close()
         release_sigterm(previous_handler)
+
+
+def _watch_head(address: str | None, on_lost: Callable[[], str]) -> HeadWatch | None:
+    """For a run on a cluster it joined, a watch on the cluster's head (``orchestrator.headwatch``)."""
+    if not address:
+        return None
+    gcs = gcs_address()
+    return HeadWatch(gcs, on_lost).start() if gcs else None
 
 
 _SIGTERM = threading.Event()

@@ -180,6 +180,9 @@ def _kill(actor: Any) -> None:
 def _alive_nodes() -> set[str]:
     import ray
 
+    from orchestrator.headwatch import before_asking_the_head
+
+    before_asking_the_head()  # a dead head: one clear line, not Ray's abort inside ray.nodes()
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, cli
 from raycluster import RayCluster
 from typer.testing import CliRunner
 
@@ -167,6 +167,42 @@ def test_losing_a_node_mid_run_requeues_its_trials_on_the_other(two_nodes, tmp_p
     requeued = df[df.trial_id.isin(run["requeued"])]
     assert set(requeued.node_id) == {two_nodes.node_of["T4"]}
     assert "lost 2 worker(s)" in text and f"{len(run['requeued'])} in-flight trial(s) re-run" in text
+
+
+@pytest.mark.slow
+def test_a_dead_head_stops_the_run_with_one_line_and_resume_completes_elsewhere(two_nodes, tmp_path, ray_gpus):
+    """The head's processes killed mid-run (the module's last use of the cluster: its other nodes are
+    gone by now): the driver says so in one line, with the resume command, well before Ray's own
+    60 s; the parts written are whole; --resume on another Ray (this process's) completes the run."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text("head", list(range(1, 9)), 0.1, iters=10))  # 16 trials of 1 s
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--out", str(out), "--address",
+           two_nodes.address]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**two_nodes.env, "COLUMNS": "300", "INFER_ORCH_HEAD_TIMEOUT_S": "6"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        two_nodes.kill(two_nodes.pids("h"))
+        killed = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and took < 30, (took, stderr[-2000:])
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped answering mid-run" in errors[0] and f"--resume {out}" in errors[0], stderr
+    assert "Traceback" not in stdout + stderr and "Failed to connect to GCS" not in stderr
+    parts = sorted(out.glob("part-*.parquet"))
+    assert parts and all(pd.read_parquet(p).shape[0] == 1 for p in parts)  # whole, one trial each
+    resumed = cli("run", plan, "--resume", out)  # on this process's Ray: a fresh cluster
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    df = pd.read_parquet(out)
+    assert len(df) == 16 and df.trial_id.nunique() == 16 and set(df.status) == {"ok"}
 
 
 # ---- placement, without a cluster ----

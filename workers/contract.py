@@ -243,6 +243,9 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
 ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}}
+#: Backend options added after the first schema, with their defaults: at their default they stay out
+#: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
+OPTIONS_ADDED: dict[str, Any] = {"dynamic_shapes": False}
 #: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
 _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
@@ -266,7 +269,8 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
         ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
     if m.overrides:  # hf: models with overrides only
         ident["overrides"] = m.overrides
-    ident.update({k: getattr(trial, k) for k in _ID_FIELDS}, measure=measure)
+    options = {k: v for k, v in trial.options.items() if k not in OPTIONS_ADDED or v != OPTIONS_ADDED[k]}
+    ident.update({k: getattr(trial, k) for k in _ID_FIELDS}, measure=measure, options=options)
     for name, default in ID_FIELDS_ADDED.items():
         value = getattr(trial, name)
         if value != default:
