@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, succeeded
+from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -42,10 +42,12 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def trial_table(trials: list[Trial], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column("trial_id", no_wrap=True, min_width=16)
-    for col in ("model", "backend", "label", "batch", "dtype", "io"):
+    tags = [scenario_tag(spec_columns(tr)) for tr in trials]
+    for col in ("model", "backend", "label", "batch", "dtype", "io", *(["scenario"] if any(tags) else [])):
         t.add_column(col)
-    for tr in trials:
-        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io)
+    for tr, tag in zip(trials, tags):
+        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io,
+                  *([tag or "single-stream"] if any(tags) else []))
     return t
 
 
@@ -61,16 +63,18 @@ def _caveats(row: dict[str, Any]) -> str:
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="Results", title_justify="left")
+    scenarios = any(scenario_tag(r) for r in rows)  # the column only where some trial has one
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"),
-                      ("io", "left"), ("status", "left"), ("median ms", "right"), ("p99 ms", "right"),
-                      ("samples/s", "right"), ("note", "left")):
+                      ("io", "left"), *([("scenario", "left")] if scenarios else []), ("status", "left"),
+                      ("median ms", "right"), ("p99 ms", "right"), ("samples/s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {Status.OK: "green", Status.SKIPPED: "yellow"}
-    key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"])  # noqa: E731
+    key = lambda r: (r["model"], r["batch_size"], r["dtype"], r["io"], r["label"], scenario_tag(r))  # noqa: E731
     for r in sorted(rows, key=key):
         s = r["status"]
         note = escape((r.get("error") or _caveats(r))[:80])
         t.add_row(r["model"], r["label"], str(r["batch_size"]), r["dtype"], r["io"],
+                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
                   f"[{style.get(s, 'red')}]{s}[/]", _fmt(r.get("latency_ms_median")),
                   _fmt(r.get("latency_ms_p99")), _fmt(r.get("throughput"), ".1f"), note)
     return t
@@ -86,7 +90,7 @@ TABLE_MODES = ("auto", "full", "summary")
 def _config(r: dict[str, Any]) -> str:
     from orchestrator.report import axes_text
 
-    return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}"]))
+    return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}", scenario_tag(r)]))
 
 
 def grouped_table(rows: list[dict[str, Any]]) -> Table:
@@ -312,7 +316,9 @@ def compare(
 
 def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
     t = Table(title="Candidate vs base (ratio of medians: > 1 is slower)", title_justify="left")
+    scenarios = any(scenario_tag(r) for r in items)  # the column only where some trial has one
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"), ("io", "left"),
+                      *([("scenario", "left")] if scenarios else []),
                       ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
@@ -321,6 +327,7 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
+                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
                   _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   "matched by label: options changed" if "cand_options" in r
