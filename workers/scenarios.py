@@ -341,6 +341,7 @@ def measure(runner_cls: Any, ctx: TrialContext, on_gpu: bool) -> tuple[dict[str,
     gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
     mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
     threads = None
+    lanes: list[Lane] = []
     t_setup = time.perf_counter()
     try:
         runner.setup()
@@ -370,6 +371,7 @@ def measure(runner_cls: Any, ctx: TrialContext, on_gpu: bool) -> tuple[dict[str,
     finally:
         if threads is not None:
             threads.close()
+        del threads, lanes  # their graphs and buffers go with the runner's
         runner.teardown()
         host_peak = host_mem.finish()
     del runner
