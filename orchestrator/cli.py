@@ -260,12 +260,17 @@ def report(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
 ) -> None:
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
-    from orchestrator.report import html_report, summarize, terminal_table
+    from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
     from orchestrator.results import load_results
 
     try:
         rows = load_results(run_dir).to_pylist()
         console.print(terminal_table(summarize(rows, baseline), baseline))
+        peaks = peak_table(rows)
+        if peaks is not None:
+            console.print(peaks)
+            for line in serving_answers(rows):
+                console.print(escape(line), highlight=False)
         if html is not None:
             page = html_report(run_dir, baseline, report_path=html)
             try:
@@ -315,11 +320,15 @@ def compare(
 
 
 def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
-    t = Table(title="Candidate vs base (ratio of medians: > 1 is slower)", title_justify="left")
-    scenarios = any(scenario_tag(r) for r in items)  # the column only where some trial has one
+    scenarios = any(scenario_tag(r) for r in items)  # the columns only where some trial has one
+    title = ("Candidate vs base (each scenario on its metric; ratio > 1 is worse)" if scenarios
+             else "Candidate vs base (ratio of medians: > 1 is slower)")
+    t = Table(title=title, title_justify="left")
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"), ("io", "left"),
-                      *([("scenario", "left")] if scenarios else []),
-                      ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
+                      *([("scenario", "left"), ("metric", "left")] if scenarios else []),
+                      *([("base", "right"), ("cand", "right")] if scenarios else [("base ms", "right"),
+                                                                                  ("cand ms", "right")]),
+                      ("ratio", "right"),
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green"}
@@ -327,8 +336,10 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
-                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
-                  _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
+                  *([escape(scenario_tag(r) or "single-stream"), r.get("metric") or ""] if scenarios else []),
+                  *([_fmt(r.get("base_value")), _fmt(r.get("cand_value"))] if scenarios
+                    else [_fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"])]),
+                  _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   "matched by label: options changed" if "cand_options" in r
                   else "matched by label" if r["matched_by"] == "label" else "")

@@ -40,7 +40,7 @@ A plan, all keys shown::
       arrival: poisson           # poisson | constant
       latency_bound_ms: null     # p99 bound: required for find-peak, optional for server
       min_duration_s: 2          # offline, server: at least this long...
-      min_requests: 1000         # ...and at least this many requests
+      min_requests: 200          # ...and at least this many requests
     budgets:                     # limits a trial must meet (JUnit: a missed one fails the case)
       - {max_latency_ms: 50}     # every trial: median latency at most 50 ms
       - {model: resnet50, batch_size: 1, max_p99_ms: 8, min_throughput: 150}
@@ -727,8 +727,10 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
             )
     _check_timeouts(plan, entries, source)
     _check_axes(plan, source)
-    for i, e in enumerate(entries):
-        scenario_settings(plan, e, i, source)  # raises PlanError where a scenario lacks what it needs
+    names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
+    plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
+    if plan_rates and "server" not in names:
+        raise PlanError(f"{source}: {plan_rates}: rates are for the server scenario, which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 
@@ -771,7 +773,7 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     if "find-peak" in names and not merged["latency_bound_ms"]:
         raise PlanError(f"{source}: {where}: find-peak needs latency_bound_ms: the p99 bound the peak rate "
                         "must meet, e.g. scenario: {name: find-peak, latency_bound_ms: 5}")
-    if merged["rates"] and "server" not in names:
+    if own is not None and own.rates and "server" not in names:
         raise PlanError(f"{source}: {where}: rates are for the server scenario; this entry's scenarios are "
                         f"{', '.join(names)}")
     if "server" in names:

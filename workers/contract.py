@@ -214,7 +214,7 @@ class Trial:
     arrival: str = "poisson"  # server, find-peak: poisson | constant inter-arrival times
     latency_bound_ms: float | None = None  # server (optional), find-peak (required): the p99 bound
     min_duration_s: float = 2.0  # offline, server: a run lasts at least this long...
-    min_requests: int = 1000  # ...and completes at least this many requests
+    min_requests: int = 200  # ...and completes at least this many requests
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -246,7 +246,7 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
 ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": "single-stream", "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
-                                   "min_requests": 1000}
+                                   "min_requests": 200}
 #: The load scenarios (``workers.scenarios``); single-stream is today's closed loop, the default.
 SCENARIOS = ("single-stream", "offline", "server", "find-peak")
 ARRIVALS = ("poisson", "constant")

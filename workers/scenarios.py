@@ -51,6 +51,7 @@ from workers import envinfo, memory, stats
 from workers.backends.base import Lane
 from workers.context import TrialContext
 from workers.contract import Trial
+from workers.validity import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
 
 #: Waiting for an arrival sleeps until this close, then yields in a loop (sleep wakes late by ~0.1 ms).
 SPIN_S = 0.001
@@ -58,8 +59,6 @@ SPIN_S = 0.001
 LATE_S = 0.001
 #: find-peak stops when its bracket is this narrow, relative to its upper end.
 PEAK_REL_TOL = 0.02
-#: Achieved rate within this of the schedule's own: the server kept up (validity and find-peak).
-RATE_TOL = 0.01
 #: find-peak's offline capacity run: this share of the trial's time, at most min_duration_s.
 CAPACITY_SHARE = 0.1
 
@@ -72,12 +71,18 @@ def _wait_until(deadline: float) -> None:
         time.sleep(left - SPIN_S if left > SPIN_S else 0)  # sleep(0) releases the GIL to the other lanes
 
 
-def schedule(rate: float, n: int, arrival: str, seed: int) -> np.ndarray:
-    """``n`` arrival times (s from the run's start), seeded: the same arguments give the same schedule."""
+def schedule(rate: float, arrival: str, seed: int, min_requests: int, min_s: float) -> np.ndarray:
+    """Arrival times (s from the run's start) at ``rate``: at least ``min_requests`` of them, the last
+    at ``min_s`` or later. Seeded: the same arguments give the same schedule, every time."""
+    n = max(min_requests, math.ceil(rate * min_s))
     if arrival == "constant":
         return (np.arange(n, dtype=np.float64) + 1) / rate
     rng = np.random.default_rng([seed, 16])  # 16: this module's stream of the plan's seed
-    return np.cumsum(rng.exponential(1.0 / rate, n))
+    gaps = rng.exponential(1.0 / rate, n)
+    while gaps.sum() < min_s:  # a Poisson schedule of n arrivals can end early: more, from the same stream
+        gaps = np.concatenate([gaps, rng.exponential(1.0 / rate, n // 10 + 1)])
+    out = np.cumsum(gaps)
+    return out[: max(min_requests, int(np.searchsorted(out, min_s)) + 1)]
 
 
 class LaneThreads:
@@ -246,10 +251,10 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
-               window_s=float(np.nanmax(end)) - float(arrivals[0]) if served.any() else 0.0)
+               window_s=float(np.nanmax(end)) if served.any() else 0.0)
 
 
-def server_columns(run: Run, rate: float, n: int) -> dict[str, Any]:
+def server_columns(run: Run) -> dict[str, Any]:
     """The row columns of a server run: rates, issue lag, per-request arrays."""
     a = run.arrival if run.arrival is not None else np.empty(0)
     full = schedule_rate(a) if run.scheduled == len(a) else None
@@ -290,12 +295,11 @@ def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
 
 
 def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[dict[str, Any], Run]:
-    n = max(trial.min_requests, math.ceil(rate * trial.min_duration_s))
-    arrivals = schedule(rate, n, trial.arrival, trial.seed)
+    arrivals = schedule(rate, trial.arrival, trial.seed, trial.min_requests, trial.min_duration_s)
     run = server(threads, arrivals, max_s)
     if not len(run.end):
         raise RuntimeError(f"the server run at {rate:g} requests/s served no request within {max_s:g} s")
-    cols = {**run_columns(run, trial.batch_size, trial.seed), **server_columns(run, rate, n)}
+    cols = {**run_columns(run, trial.batch_size, trial.seed), **server_columns(run)}
     cols["throughput"] = cols["achieved_rate"] * trial.batch_size if cols["achieved_rate"] else None
     return cols, run
 

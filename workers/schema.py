@@ -227,8 +227,8 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("arrival", _STR, "server, find-peak: poisson (exponential gaps, seeded) or constant gaps"),
     ("latency_bound_ms", _F64, "server (optional), find-peak: the bound on p99 request latency, ms"),
     ("requests", _I64, "offline, server: requests completed in the measured run (each of batch_size samples)"),
-    ("measured_s", _F64, "offline: the measured window, first issue to last completion; server: first "
-                         "scheduled arrival to last completion, s"),
+    ("measured_s", _F64, "offline: the measured window, first issue to last completion; server: the run's "
+                         "start (arrivals are counted from it) to the last completion, s"),
     ("schedule_rate", _F64, "server: the generated schedule's own rate, (n - 1) / (last - first arrival), "
                             "requests/s (a finite Poisson schedule is rarely exactly at target_rate)"),
     ("achieved_rate", _F64, "offline: requests/s over measured_s; server: (n - 1) / (last - first completion), "
