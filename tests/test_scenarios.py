@@ -9,6 +9,7 @@ ones, so they hold on a busy 2-core machine."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -222,3 +223,105 @@ def test_gpu_lanes_run_concurrently_and_every_lane_passes_parity(backend):
         assert row["status"] == "ok", (t.label, t.dtype, t.io, row["error"], row.get("traceback"))
         assert sorted(set(row["request_lane"])) == [0, 1]
         assert row["parity_max_rel_err"] <= row["parity_tolerance"]
+
+
+E2E_PLAN = """\
+name: load
+device: cuda
+models: [torchvision:resnet18]
+measure: {warmup_iters: 1, iters: 5, target_rel_ci: null, max_time_s: 2}
+matrix:
+  batch_sizes: [1]
+  backends:
+    - backend: sleep
+      options: {step_s: 0.01}
+    - fault
+  scenarios: [offline, server, find-peak]
+  concurrency: [2]
+  rates: [40]
+scenario: {latency_bound_ms: 60, min_requests: 10, min_duration_s: 0.25}
+"""
+
+
+@pytest.fixture(scope="module")
+def load_run(ray_gpus, tmp_path_factory):
+    d = tmp_path_factory.mktemp("load")
+    (d / "plan.yaml").write_text(E2E_PLAN)
+    result = cli("run", d / "plan.yaml", "--out", d / "run", "--workers", 1, "--junit", d / "junit.xml")
+    return d, result
+
+
+def test_a_load_plan_runs_end_to_end_and_every_output_names_its_scenario(load_run):
+    from orchestrator.results import load_results
+
+    d, result = load_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "offline c=2" in result.stdout and "server c=2 40/s p99<=60ms" in result.stdout
+    rows = {(r["label"], r["scenario"]): r for r in load_results(d / "run").to_pylist()}
+    assert {r["status"] for (label, _), r in rows.items() if label == "fault"} == {"skipped"}
+    offline, server = rows[("sleep", "offline")], rows[("sleep", "server")]
+    assert offline["status"] == server["status"] == "ok" and offline["concurrency"] == 2
+    assert server["target_rate"] == 40 and server["arrival"] == "poisson" and len(server["request_arrival_s"]) >= 10
+    junit = (d / "junit.xml").read_text()
+    assert 'name="sleep[bs=1,fp32,device,find-peak c=2 p99&lt;=60ms]"' in junit
+    report = cli("report", d / "run", "--baseline", "sleep", "--html", d / "report.html")
+    assert report.returncode == 0 and "Peak rate within the p99 bound" in report.stdout
+    assert "most requests/s at p99 <= 60 ms: sleep" in report.stdout.replace("\n", " ")
+    page = (d / "report.html").read_text()
+    assert "Throughput vs latency (load scenarios)" in page and "Peak rate within the p99 bound" in page
+    same = cli("compare", d / "run", d / "run", "--format", "json")
+    verdicts = {(i["label"], i["scenario"]): i for i in json.loads(same.stdout)["trials"]}
+    assert same.returncode == 0 and verdicts[("sleep", "offline")]["metric"] == "samples/s"
+    assert verdicts[("sleep", "server")]["metric"] == "p99 ms" and verdicts[("sleep", "server")]["ratio"] == 1.0
+
+
+def _row(scenario: str, **cols) -> dict:
+    base = {"trial_id": f"{scenario}-{cols.pop('tid', 'x')}", "model": "m", "backend": "sleep", "label": "a",
+            "options": "{}", "batch_size": 1, "dtype": "fp32", "io": "device", "status": "ok", "scenario": scenario}
+    return {**base, **cols}
+
+
+def _table(rows):
+    import pyarrow as pa
+
+    from workers.schema import SCHEMA
+
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def test_compare_judges_each_scenario_on_its_own_figure():
+    from orchestrator.compare import compare
+
+    rng = np.random.default_rng(0)
+    service = rng.normal(10, 0.3, 400)
+    base = [_row("offline", throughput=200.0, request_service_ms=service.tolist()),
+            _row("server", samples_ms=rng.normal(12, 1, 400).tolist(), latency_ms_p99=15.0),
+            _row("find-peak", tid="near", peak_rate=100.0, peak_rate_fail=104.0),
+            _row("find-peak", tid="far", peak_rate=100.0, peak_rate_fail=104.0)]
+    cand = [_row("offline", throughput=140.0, request_service_ms=(service / 0.7).tolist()),
+            _row("server", samples_ms=(rng.normal(12, 1, 400) * 2).tolist(), latency_ms_p99=30.0),
+            _row("find-peak", tid="near", peak_rate=98.0, peak_rate_fail=102.0),   # within the brackets
+            _row("find-peak", tid="far", peak_rate=60.0, peak_rate_fail=64.0)]     # serves less
+    got = {i["trial_id"]: i for i in compare(_table(base), _table(cand))}
+    assert got["offline-x"]["verdict"] == "regressed" and got["offline-x"]["ratio"] == pytest.approx(200 / 140)
+    assert got["server-x"]["verdict"] == "regressed" and got["server-x"]["metric"] == "p99 ms"
+    assert got["find-peak-near"]["verdict"] == "unchanged"
+    assert got["find-peak-far"]["verdict"] == "regressed" and got["find-peak-far"]["ci_low"] > 1
+    back = {i["trial_id"]: i for i in compare(_table(cand), _table(base))}
+    assert back["offline-x"]["verdict"] == back["find-peak-far"]["verdict"] == "improved"
+
+
+def test_a_server_row_is_judged_on_its_schedule_not_its_spread():
+    from workers.validity import queueing, scenario_reasons
+
+    trial = sleep_trial({"name": "server", "rates": 50, "latency_bound_ms": 40, "min_requests": 10,
+                         "min_duration_s": 0.2})
+    kept = {"scenario": "server", "requests": 12, "measured_s": 0.3, "schedule_rate": 50.0, "achieved_rate": 50.3,
+            "latency_ms_p99": 39.0, "latency_ms_median": 5.0}  # p99 8x the median: queueing, not noise
+    assert scenario_reasons(kept, trial) == [] and queueing(kept)
+    late = {**kept, "achieved_rate": 45.0, "latency_ms_p99": 80.0}
+    reasons = scenario_reasons(late, trial)
+    assert [r.split(":")[0] for r in reasons] == ["schedule not kept", "over the bound"]
+    short = {**kept, "schedule_rate": None, "requests": 4}
+    assert [r.split(":")[0] for r in scenario_reasons(short, trial)] == ["too few requests", "schedule not kept"]
+    assert not queueing({"scenario": None}) and not queueing({"scenario": "single-stream"})
