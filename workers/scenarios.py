@@ -42,7 +42,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -172,7 +172,6 @@ class Run:
     scheduled: int = 0  # server: requests in the schedule (some unserved when the time limit hit)
     hit_max_time: bool = False
     window_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def service_ms(self) -> np.ndarray:
