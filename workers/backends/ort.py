@@ -254,7 +254,6 @@ class OrtRunner(Runner):
             raise SkipTrial("this onnxruntime build's CUDA provider does not support prefer_nhwc (it is not "
                             "among the options the session reports)")
         xs = self._check_inputs(sess)
-        self._host_inputs = xs
         self.feeds = {k: x.numpy() for k, x in xs.items()}
         self.binding = None
         if o.cuda_graph:
