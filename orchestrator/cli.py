@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, succeeded
+from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -42,10 +42,12 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def trial_table(trials: list[Trial], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column("trial_id", no_wrap=True, min_width=16)
-    for col in ("model", "backend", "label", "batch", "dtype", "io"):
+    tags = [scenario_tag(spec_columns(tr)) for tr in trials]
+    for col in ("model", "backend", "label", "batch", "dtype", "io", *(["scenario"] if any(tags) else [])):
         t.add_column(col)
-    for tr in trials:
-        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io)
+    for tr, tag in zip(trials, tags):
+        t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io,
+                  *([tag or "single-stream"] if any(tags) else []))
     return t
 
 
@@ -69,13 +71,17 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
 
     with_axes = any(r.get("axes") for r in rows)
     t = Table(title="Results", title_justify="left")
+    scenarios = any(scenario_tag(r) for r in rows)  # the column only where some trial has one
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), *([("axes", "left")] * with_axes),
-                      ("dtype", "left"), ("io", "left"), ("status", "left"), ("median ms", "right"),
-                      ("p99 ms", "right"), ("samples/s", "right"), ("note", "left")):
+                      ("dtype", "left"), ("io", "left"), *([("scenario", "left")] if scenarios else []),
+                      ("status", "left"), ("median ms", "right"), ("p99 ms", "right"), ("samples/s", "right"),
+                      ("note", "left")):
         t.add_column(col, justify=just)
-    key = lambda r: (r["model"], r["batch_size"], r.get("axes") or "", r["dtype"], r["io"], r["label"])  # noqa: E731
+    key = lambda r: (r["model"], r["batch_size"], r.get("axes") or "", r["dtype"], r["io"], r["label"],  # noqa: E731
+                     scenario_tag(r))
     for r in sorted(rows, key=key):
         t.add_row(r["model"], r["label"], str(r["batch_size"]), *([axes_text(r)] * with_axes), r["dtype"], r["io"],
+                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
                   _status(r), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
                   _fmt(r.get("throughput"), ".1f"), _note(r))
     return t
@@ -91,7 +97,7 @@ TABLE_MODES = ("auto", "full", "summary")
 def _config(r: dict[str, Any]) -> str:
     from orchestrator.report import axes_text
 
-    return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}"]))
+    return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}", scenario_tag(r)]))
 
 
 def grouped_table(rows: list[dict[str, Any]]) -> Table:
@@ -274,12 +280,17 @@ def report(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
 ) -> None:
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
-    from orchestrator.report import html_report, summarize, terminal_table
+    from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
     from orchestrator.results import load_results
 
     try:
         rows = load_results(run_dir).to_pylist()
         console.print(terminal_table(summarize(rows, baseline), baseline))
+        peaks = peak_table(rows)
+        if peaks is not None:
+            console.print(peaks)
+            for line in serving_answers(rows):
+                console.print(escape(line), highlight=False)
         if html is not None:
             page = html_report(run_dir, baseline, report_path=html)
             try:
@@ -336,9 +347,15 @@ def compare(
 
 
 def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
-    t = Table(title="Candidate vs base (ratio of medians: > 1 is slower)", title_justify="left")
+    scenarios = any(scenario_tag(r) for r in items)  # the columns only where some trial has one
+    title = ("Candidate vs base (each scenario on its metric; ratio > 1 is worse)" if scenarios
+             else "Candidate vs base (ratio of medians: > 1 is slower)")
+    t = Table(title=title, title_justify="left")
     for col, just in (("model", "left"), ("label", "left"), ("batch", "right"), ("dtype", "left"), ("io", "left"),
-                      ("base ms", "right"), ("cand ms", "right"), ("ratio", "right"),
+                      *([("scenario", "left"), ("metric", "left")] if scenarios else []),
+                      *([("base", "right"), ("cand", "right")] if scenarios else [("base ms", "right"),
+                                                                                  ("cand ms", "right")]),
+                      ("ratio", "right"),
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green",
@@ -347,7 +364,10 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
-                  _fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"]), _fmt(r["ratio"]), ci,
+                  *([escape(scenario_tag(r) or "single-stream"), r.get("metric") or ""] if scenarios else []),
+                  *([_fmt(r.get("base_value")), _fmt(r.get("cand_value"))] if scenarios
+                    else [_fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"])]),
+                  _fmt(r["ratio"]), ci,
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   escape("; ".join(r["invalid_reasons"])[:100]) if r.get("invalid_reasons")
                   else "matched by label: options changed" if "cand_options" in r

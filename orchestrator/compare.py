@@ -29,6 +29,16 @@ above 1: a small slowdown, or a large one within the noise, is not flagged. A tr
 code 1). A row that is ``ok`` but not ``valid`` on either side (it did not converge, was noisy,
 shared its GPU, ...: ``workers/validity.py``) gets the verdict ``invalid``, never ``regressed``
 or ``improved``: its number is not one to act on.
+
+Each load scenario is judged on its own figure (``metric``), always as a ratio where > 1 is worse:
+
+- single-stream: median latency, candidate / base (as above);
+- offline: throughput, base / candidate; the interval is the bootstrap one of the mean service
+  times' ratio, centred on the throughput ratio;
+- server: p99 latency at the rate, candidate / base; percentile bootstrap of the p99s;
+- find-peak: the peak rate, base / candidate; the interval is what the two bisection brackets
+  allow (base's [peak_rate, peak_rate_fail] against the candidate's), so a change within the
+  bisection's resolution is never flagged.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workers.contract import Status
+from workers.contract import Status, scenario_tag
 
 DEFAULT_THRESHOLD = 0.03
 #: The least between-run noise assumed of a row (relative SD of a run's median), by its device, when its
@@ -49,14 +59,19 @@ DEFAULT_THRESHOLD = 0.03
 #: threshold's sensitivity (the interval widens by x/ 1.028) while two processes' cuDNN picks and clocks
 #: may differ by a percent or two; bench/aa.py on the H100 checks it.
 BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
-SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io")
+SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
+             "concurrency", "target_rate", "arrival", "latency_bound_ms")
+#: What each scenario is judged on (the ``metric`` of a verdict).
+METRICS = {"single-stream": "median ms", "offline": "samples/s", "server": "p99 ms", "find-peak": "peak req/s"}
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
 
 
 def _config(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(tuple(v) if isinstance(v, list) else v for v in (row.get(k) for k in CONFIG_KEYS))
+    values = [row.get(k) for k in CONFIG_KEYS]
+    values[CONFIG_KEYS.index("scenario")] = row.get("scenario") or "single-stream"  # runs older than scenarios
+    return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
 def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
@@ -78,15 +93,16 @@ def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[
 
 
 def bootstrap_ratio_ci(
-    base: np.ndarray, cand: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+    base: np.ndarray, cand: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
+    statistic: Any = np.median,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of median(cand) / median(base)."""
+    """Percentile bootstrap interval of statistic(cand) / statistic(base) (the median by default)."""
     rng = np.random.default_rng(seed)
 
     def medians(a: np.ndarray) -> np.ndarray:
         chunk = max(1, _MAX_CELLS // a.size)
         return np.concatenate([
-            np.median(a[rng.integers(0, a.size, size=(min(chunk, n_boot - i), a.size))], axis=1)
+            statistic(a[rng.integers(0, a.size, size=(min(chunk, n_boot - i), a.size))], axis=1)
             for i in range(0, n_boot, chunk)
         ])
 
@@ -130,6 +146,8 @@ def compare(
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
             "ratio": None, "ci_low": None, "ci_high": None, "noise": None, "invalid_reasons": None,
+            "metric": METRICS.get(ref.get("scenario") or "single-stream"),
+            "base_value": b and _value(b), "cand_value": c and _value(c),
             "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
         if item["matched_by"] == "label" and b["options"] != c["options"]:
@@ -143,16 +161,18 @@ def compare(
         elif b["status"] != Status.OK:
             item["verdict"] = "not ok"
         else:
-            sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
-            sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
-            ratio = float(np.median(sc) / np.median(sb))
-            noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
-            lo, hi = widen(*bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed), noise, confidence)
-            item.update(ratio=ratio, ci_low=lo, ci_high=hi, noise=noise)
+            ratio, lo, hi = _judge(b, c, confidence, n_boot, seed)
+            if ratio is not None and (ref.get("scenario") or "single-stream") != "find-peak":
+                noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
+                lo, hi = widen(lo, hi, noise, confidence)  # find-peak: its brackets are its interval
+                item["noise"] = noise
+            item.update(ratio=ratio, ci_low=lo, ci_high=hi)
             invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
                        for r in row.get("invalid_reasons") or ["invalid"]]
             if invalid:
                 item.update(verdict="invalid", invalid_reasons=invalid)
+            elif ratio is None:
+                item["verdict"] = "unchanged"
             elif ratio > 1 + threshold and lo > 1:
                 item["verdict"] = "regressed"
             elif ratio < 1 - threshold and hi < 1:
@@ -162,8 +182,54 @@ def compare(
         out.append(item)
     order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4}
     out.sort(key=lambda r: (order.get(r["verdict"], 5), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
+                            scenario_tag(r),
                             str(r["io"]), str(r["label"])))
     return out
+
+
+def _value(row: dict[str, Any]) -> float | None:
+    """The figure a row is judged on (``METRICS``)."""
+    scenario = row.get("scenario") or "single-stream"
+    key = {"single-stream": "latency_ms_median", "offline": "throughput", "server": "latency_ms_p99",
+           "find-peak": "peak_rate"}[scenario]
+    return row.get(key)
+
+
+def _judge(b: dict[str, Any], c: dict[str, Any], confidence: float, n_boot: int,
+           seed: int) -> tuple[float | None, float | None, float | None]:
+    """(ratio, interval low, interval high) of two ok rows of one trial, > 1 worse (see the module's doc)."""
+    scenario = b.get("scenario") or "single-stream"
+    if scenario == "find-peak":
+        return _peak_ratio(b, c)
+    if scenario == "offline":
+        sb = np.asarray(b["request_service_ms"], dtype=np.float64)
+        sc = np.asarray(c["request_service_ms"], dtype=np.float64)
+        ratio = float(b["throughput"] / c["throughput"])
+        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=np.mean)
+        centre = float(sc.mean() / sb.mean())
+        return ratio, lo * ratio / centre, hi * ratio / centre
+    sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
+    sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
+    if scenario == "server":
+        p99 = lambda a, axis=None: np.percentile(a, 99, axis=axis)  # noqa: E731
+        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=p99)
+        return float(p99(sc) / p99(sb)), lo, hi
+    lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed)
+    return float(np.median(sc) / np.median(sb)), lo, hi
+
+
+def _peak_ratio(b: dict[str, Any], c: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """base peak / candidate peak, and the range the bisection brackets allow for it: each true peak
+    lies in [peak_rate, peak_rate_fail] (no failing rate tried: up to infinity)."""
+    pb, pc = b.get("peak_rate"), c.get("peak_rate")
+    if pb is None and pc is None:
+        return None, None, None
+    if pc is None:
+        return float("inf"), float("inf"), float("inf")  # the candidate met the bound at no rate
+    if pb is None:
+        return 0.0, 0.0, 0.0
+    fb, fc = b.get("peak_rate_fail") or float("inf"), c.get("peak_rate_fail") or float("inf")
+    return float(pb / pc), float(pb / fc), float(fb / pc)
 
 
 def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

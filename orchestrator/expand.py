@@ -16,8 +16,8 @@ import itertools
 from typing import Any
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import Plan
-from workers.contract import ModelSpec, Trial
+from orchestrator.plan import Plan, scenario_settings
+from workers.contract import SCENARIO_FIELDS, ModelSpec, Trial
 
 
 @functools.cache
@@ -51,14 +51,32 @@ def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str,
     return [dict(zip(names, values)) for values in itertools.product(*choices)]
 
 
+#: Trial field -> the scenario settings' key that holds its values.
+_SETTING = {"concurrency": "concurrency", "rate": "rates", "arrival": "arrival",
+            "latency_bound_ms": "latency_bound_ms", "min_duration_s": "min_duration_s",
+            "min_requests": "min_requests"}
+
+
+def scenario_points(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenario fields of each trial of one backend entry: per scenario name, the product of the
+    parameters it uses (``SCENARIO_FIELDS``); the others stay at their defaults (single-stream: none)."""
+    points = []
+    for name in settings["name"]:
+        used = [f for f in SCENARIO_FIELDS[name] if settings[_SETTING[f]] is not None]
+        values = [v if isinstance(v := settings[_SETTING[f]], list) else [v] for f in used]
+        points += [{"scenario": name, **dict(zip(used, combo))} for combo in itertools.product(*values)]
+    return points
+
+
 def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     """Every trial of the plan, in a stable order, exclusions applied."""
     trials = []
     m = plan.matrix
     points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
+    scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
     for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
-        for io in entry.io or m.io:
+        for io, scenario in itertools.product(entry.io or m.io, scenarios[e]):
             trial = Trial(
                 plan=plan.name,
                 model=model,
@@ -77,6 +95,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 timeout_s=entry.timeout_s if entry.timeout_s is not None else plan.timeout_s,
                 retries=entry.retries if entry.retries is not None else plan.retries,
                 profile=entry.profile,
+                **scenario,
             )
             if any(rule.matches(trial) for rule in m.exclude):
                 continue

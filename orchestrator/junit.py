@@ -20,12 +20,15 @@ from typing import Any
 
 from orchestrator.budgets import missed
 from orchestrator.errors import OutputError
-from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
 
 
 def case_name(row: dict[str, Any]) -> tuple[str, str]:
-    """(classname, name) of a row (or a trial's ``spec_columns``): ``plan.model`` and ``label[bs=N,dtype,io]``."""
-    return f"{row['plan']}.{row['model']}", f"{row['label']}[bs={row['batch_size']},{row['dtype']},{row['io']}]"
+    """(classname, name) of a row (or a trial's ``spec_columns``): ``plan.model`` and ``label[bs=N,dtype,io]``,
+    with the load scenario after io where it is not single-stream (``label[bs=1,fp16,device,server c=1 200/s]``)."""
+    tag = scenario_tag(row)
+    return (f"{row['plan']}.{row['model']}",
+            f"{row['label']}[bs={row['batch_size']},{row['dtype']},{row['io']}{',' + tag if tag else ''}]")
 
 
 def to_xml(trials: list[Trial], rows: list[dict[str, Any]], suite: str) -> ET.ElementTree:

@@ -30,6 +30,17 @@ A plan, all keys shown::
           options: {io_binding: true}
       exclude:
         - {backend: ort, dtype: bf16}
+      scenarios: [single-stream]  # load scenarios as an axis: single-stream | offline | server | find-peak
+      concurrency: [1]           # axis: requests in flight (offline, server, find-peak)
+      rates: [100]               # axis: server arrival rates, requests/s
+    scenario:                    # the scenario's settings for every trial (a name alone: scenario: offline);
+      name: single-stream        # a matrix.backends entry's own scenario: overrides these key by key
+      concurrency: 1             # each of name, concurrency, rates, latency_bound_ms may be a list (an axis)
+      rates: null                # server: requests/s (required for server)
+      arrival: poisson           # poisson | constant
+      latency_bound_ms: null     # p99 bound: required for find-peak, optional for server
+      min_duration_s: 2          # offline, server: at least this long...
+      min_requests: 200          # ...and at least this many requests
     budgets:                     # limits a trial must meet (JUnit: a missed one fails the case)
       - {max_latency_ms: 50}     # every trial: median latency at most 50 ms
       - {model: resnet50, batch_size: 1, max_p99_ms: 8, min_throughput: 150}
@@ -76,12 +87,46 @@ from pydantic_core import PydanticCustomError
 from orchestrator.errors import PlanError
 from workers import zoo
 from workers.config import StrictModel
-from workers.contract import Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
+from workers.contract import ARRIVALS, SCENARIOS, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
-EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes")
+EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
 
 
 Strict = StrictModel
+ScenarioName = Literal[SCENARIOS]  # type: ignore[valid-type]
+Arrival = Literal[ARRIVALS]  # type: ignore[valid-type]
+
+
+def _listify(v: Any) -> Any:
+    """A scalar where a list (an axis) is accepted: a list of one."""
+    return v if isinstance(v, list) or v is None else [v]
+
+
+PosInts = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify), Field(min_length=1)]
+PosFloats = Annotated[list[Annotated[float, Field(gt=0)]], BeforeValidator(_listify), Field(min_length=1)]
+
+
+class ScenarioSettings(Strict):
+    """A load scenario and its parameters (``scenario:`` of the plan or of a backend entry); a list
+    is an axis, swept like batch sizes. Parameters a scenario doesn't use don't multiply its trials."""
+
+    name: Annotated[list[ScenarioName], BeforeValidator(_listify), Field(min_length=1)] | None = None
+    concurrency: PosInts | None = None
+    rates: PosFloats | None = None
+    """server: arrival rates, requests/s."""
+    arrival: Annotated[list[Arrival], BeforeValidator(_listify), Field(min_length=1)] | None = None
+    latency_bound_ms: PosFloats | None = None
+    """The p99 latency bound, ms: required for find-peak; for server, a row over it is not valid."""
+    min_duration_s: float | None = Field(None, gt=0)
+    min_requests: int | None = Field(None, ge=1)
+
+
+def _scenario_from_yaml(v: Any) -> Any:
+    """``scenario: offline`` is short for ``scenario: {name: offline}``."""
+    return {"name": v} if isinstance(v, str | list) else v
+
+
+ScenarioField = Annotated[ScenarioSettings, BeforeValidator(_scenario_from_yaml)]
 
 
 class ExcludeRule(Strict):
@@ -93,6 +138,9 @@ class ExcludeRule(Strict):
     io: Io | list[Io] | None = None
     axes: dict[str, int | list[int]] | None = None
     """Named axes' values, e.g. {seq: 384}: matches trials whose axes have these values."""
+    scenario: ScenarioName | list[ScenarioName] | None = None
+    concurrency: int | list[int] | None = None
+    rate: float | list[float] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeRule:
@@ -147,6 +195,9 @@ class BudgetRule(Budget):
     dtype: Dtype | list[Dtype] | None = None
     io: Io | list[Io] | None = None
     axes: dict[str, int | list[int]] | None = None
+    scenario: ScenarioName | list[ScenarioName] | None = None
+    concurrency: int | list[int] | None = None
+    rate: float | list[float] | None = None
 
     matches = ExcludeRule.matches
 
@@ -161,6 +212,7 @@ class BackendEntry(Strict):
     retries: int | None = Field(None, ge=0)
     budgets: Budget | None = None
     profile: bool = False  # a profile of a few iterations after the timed ones (not part of the trial id)
+    scenario: ScenarioField | None = None  # overrides the plan's scenario settings, key by key
 
 
 @functools.cache
@@ -189,6 +241,10 @@ class Matrix(Strict):
     exclude: list[ExcludeRule] = Field(default_factory=list)
     axes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(default_factory=dict)
     """Named axes swept like batch sizes: {seq: [128, 384]}; ``seq_lens: [...]`` is short for it."""
+    scenarios: Annotated[list[ScenarioName], Field(min_length=1)] | None = None
+    """Load scenarios as an axis (the same as the plan's ``scenario.name`` as a list)."""
+    concurrency: PosInts | None = None
+    rates: PosFloats | None = None
 
 
 class Plan(Strict):
@@ -206,6 +262,7 @@ class Plan(Strict):
     timeout_s: float = Field(900.0, gt=0)
     retries: int = Field(0, ge=0)
     budgets: list[BudgetRule] = Field(default_factory=list)
+    scenario: ScenarioField = Field(default_factory=ScenarioSettings)
 
 
 def _parse_backends(raw: Any) -> Any:
@@ -741,6 +798,10 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     _check_timeouts(plan, entries, source)
     _check_axes(plan, source)
     _check_hf_axes(plan, source)
+    names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
+    plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
+    if plan_rates and "server" not in names:
+        raise PlanError(f"{source}: {plan_rates}: rates are for the server scenario, which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 
@@ -754,6 +815,50 @@ def _check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
         if value <= limit:
             raise PlanError(f"{source}: {key}: {value:g} s leaves no time to measure: it must be larger "
                             f"than measure.max_time_s ({limit:g} s), plus setup time")
+
+
+#: Matrix axes of the scenario, by the ScenarioSettings key they set.
+MATRIX_SCENARIO_AXES = {"name": "scenarios", "concurrency": "concurrency", "rates": "rates"}
+
+
+def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, Any]:
+    """The scenario settings of matrix.backends[i]: the plan's ``scenario``, the matrix's scenario
+    axes, then the entry's own ``scenario`` (key by key); each value a list (an axis), or None.
+    Raises PlanError where a scenario lacks what it needs or a setting is given twice."""
+    merged: dict[str, Any] = {k: getattr(plan.scenario, k) for k in ScenarioSettings.model_fields}
+    for key, axis in MATRIX_SCENARIO_AXES.items():
+        value = getattr(plan.matrix, axis)
+        if value is None:
+            continue
+        if key in plan.scenario.model_fields_set and getattr(plan.scenario, key) is not None:
+            raise PlanError(f"{source}: matrix.{axis}: also set as scenario.{key}; give it once")
+        merged[key] = value
+    own = entry.scenario
+    if own is not None:
+        merged.update({k: getattr(own, k) for k in own.model_fields_set if getattr(own, k) is not None})
+    where = f"matrix.backends[{i}]" + (".scenario" if own is not None else " (with the plan's scenario)")
+    names = merged["name"] or ["single-stream"]
+    if "server" in names and not merged["rates"]:
+        raise PlanError(f"{source}: {where}: the server scenario needs rates (requests/s), e.g. "
+                        "scenario: {name: server, rates: [100, 200]} or matrix.rates")
+    if "find-peak" in names and not merged["latency_bound_ms"]:
+        raise PlanError(f"{source}: {where}: find-peak needs latency_bound_ms: the p99 bound the peak rate "
+                        "must meet, e.g. scenario: {name: find-peak, latency_bound_ms: 5}")
+    if own is not None and own.rates and "server" not in names:
+        raise PlanError(f"{source}: {where}: rates are for the server scenario; this entry's scenarios are "
+                        f"{', '.join(names)}")
+    if "server" in names:
+        n = merged["min_requests"] or Trial.min_requests
+        slowest = min(merged["rates"])
+        if n / slowest > plan.measure.max_time_s:
+            raise PlanError(f"{source}: {where}: at {slowest:g} requests/s, min_requests {n} take "
+                            f"{n / slowest:g} s, more than measure.max_time_s ({plan.measure.max_time_s:g} s); "
+                            "raise max_time_s or lower min_requests")
+    minimum = merged["min_duration_s"] or Trial.min_duration_s
+    if set(names) - {"single-stream"} and minimum > plan.measure.max_time_s:
+        raise PlanError(f"{source}: {where}: min_duration_s {minimum:g} is longer than measure.max_time_s "
+                        f"({plan.measure.max_time_s:g} s)")
+    return {**merged, "name": names}
 
 
 def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:

@@ -9,6 +9,13 @@ When the group has no baseline row (e.g. ``ort-default`` runs with ``io: host`` 
 with ``io: device``), the speedup is taken against the baseline at the same model, batch size
 and dtype with the other io, and marked with the io it was taken against.
 
+Load scenarios (offline, server, find-peak) group apart from single-stream rows (the scenario and
+its parameters are part of the group), and their speedup is on the scenario's own figure, higher
+is better: offline throughput, server 1 / p99, find-peak peak rate. A find-peak table lists the
+peak rates with their brackets and says, per model, batch size and dtype, which label serves the
+most requests within the bound next to which has the lowest single-request latency. The HTML page
+adds throughput-vs-latency curves per label (offline and server rows: p99 against samples/s).
+
 The HTML page has no scripts and loads nothing: the plots are inline SVG (matplotlib), the
 style is inline, so it works offline and can be attached to a CI job as one file.
 """
@@ -27,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.results import load_results, run_info
-from workers.contract import Status, succeeded
+from workers.contract import Status, scenario_tag, succeeded
 
 DEFAULT_BASELINE = "torch-eager"
 GROUP = ("model", "axes", "batch_size", "dtype", "io")
@@ -36,12 +43,31 @@ ENV_COLUMNS = ("device", "device_name", "node", "torch_version", "ort_version", 
 
 
 def _group(r: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(r.get(k) for k in GROUP)
+    """(model, axes, batch, dtype, io, scenario tag): a row's group in the table."""
+    return (*(r.get(k) for k in GROUP), scenario_tag(r))
+
+
+def _wide(r: dict[str, Any]) -> tuple[Any, ...]:
+    """The group without io: where a baseline is looked for when the row's own group has none."""
+    g = _group(r)
+    return (*g[:4], g[5])
 
 
 def _order(r: dict[str, Any], baseline: str) -> tuple[Any, ...]:
     return (str(r.get("model")), str(r.get("axes") or ""), r.get("batch_size") or 0, str(r.get("dtype")),
-            str(r.get("io")), r.get("label") != baseline, str(r.get("label")))
+            str(r.get("io")), scenario_tag(r), r.get("label") != baseline, str(r.get("label")))
+
+
+def speed(r: dict[str, Any]) -> float | None:
+    """The figure a row's speedup compares, higher is better: 1 / median latency (single-stream),
+    throughput (offline), 1 / p99 latency (server), the peak rate (find-peak)."""
+    scenario = r.get("scenario") or "single-stream"
+    if scenario == "offline":
+        return r.get("throughput")
+    if scenario == "find-peak":
+        return r.get("peak_rate")
+    ms = r.get("latency_ms_p99" if scenario == "server" else "latency_ms_median")
+    return 1.0 / ms if ms else None
 
 
 def _is_baseline(r: dict[str, Any], baseline: str) -> bool:
@@ -61,16 +87,16 @@ def summarize(rows: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> l
     wide: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[_group(r)].append(r)
-        wide[_group(r)[:3]].append(r)
+        wide[_wide(r)].append(r)
     out = []
     for r in sorted(rows, key=lambda r: _order(r, baseline)):
         base, vs = _pick_baseline(groups[_group(r)], baseline), None
         if base is None:
-            base = _pick_baseline(wide[_group(r)[:3]], baseline)
+            base = _pick_baseline(wide[_wide(r)], baseline)
             vs = base and f"vs io={base.get('io')}"
         speedup = None
-        if base is not None and r.get("status") == Status.OK and r.get("latency_ms_median"):
-            speedup = base["latency_ms_median"] / r["latency_ms_median"]
+        if base is not None and r.get("status") == Status.OK and speed(r) and speed(base):
+            speedup = speed(r) / speed(base)
         out.append({**r, "speedup": speedup, "speedup_vs": vs if speedup is not None else None})
     return out
 
@@ -109,9 +135,17 @@ def axes_text(r: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in json.loads(raw).items()) if raw else ""
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
+def columns(summary: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: a scenario column after io where some row has a load scenario."""
+    if not any(scenario_tag(r) for r in summary):
+        return COLUMNS
+    return (*COLUMNS[:4], "scenario", *COLUMNS[4:])
+
+
+def _cells(r: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> list[str]:
     model = f"{r.get('model')} {axes_text(r)}".strip()
-    return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), str(r.get("label")),
+    scenario = [scenario_tag(r) or "single-stream"] if "scenario" in cols else []
+    return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), *scenario, str(r.get("label")),
             str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
             _fmt(r.get("throughput"), ".1f"), _fmt(_per_joule(r), ".1f"), _speedup(r), _note(r)]
 
@@ -125,17 +159,86 @@ def _per_joule(r: dict[str, Any]) -> float | None:
 def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> Table:
     """The summary as a rich Table; a group's keys are printed once, groups are ruled off."""
     t = Table(title=f"Results (speedup vs {baseline})", title_justify="left")
-    for col in COLUMNS:
+    cols = columns(summary)
+    for col in cols:
         t.add_column(col, justify="right" if col in NUMERIC
                      else "left", overflow="fold")
+    keys = len(cols) - len(COLUMNS) + 4  # the group's columns, printed once a group
     for i, r in enumerate(summary):
-        cells = [escape(c) for c in _cells(r)]  # errors hold brackets ([tensorrt]) Rich would eat
+        cells = [escape(c) for c in _cells(r, cols)]  # errors hold brackets ([tensorrt]) Rich would eat
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         last = i == len(summary) - 1 or _group(summary[i + 1]) != _group(r)
         if not first:
-            cells[:4] = [""] * 4
-        cells[5] = f"[{STATUS_STYLE.get(r.get('status'), 'red')}]{cells[5]}[/]"
+            cells[:keys] = [""] * keys
+        cells[keys + 1] = f"[{STATUS_STYLE.get(r.get('status'), 'red')}]{cells[keys + 1]}[/]"
         t.add_row(*cells, end_section=last)
+    return t
+
+
+# --- find-peak ----------------------------------------------------------------------------------
+
+PEAK_COLUMNS = ("model", "batch", "dtype", "io", "label", "concurrency", "p99 bound ms", "peak req/s",
+                "samples/s", "bracket req/s", "p99 ms at peak", "valid")
+
+
+def peak_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The cells of the find-peak table: one line per find-peak row, by group, highest peak first."""
+    found = [r for r in rows if r.get("scenario") == "find-peak"]
+    found.sort(key=lambda r: (str(r.get("model")), r.get("batch_size") or 0, str(r.get("dtype")), str(r.get("io")),
+                              -(r.get("peak_rate") or 0)))
+    out = []
+    for r in found:
+        ok = r.get("status") == Status.OK
+        fail = r.get("peak_rate_fail")
+        bracket = f"{_fmt(r.get('peak_rate'), '.1f')} - {_fmt(fail, '.1f')}" if ok else "-"
+        out.append([f"{r.get('model')} {axes_text(r)}".strip(), str(r.get("batch_size")), str(r.get("dtype")),
+                    str(r.get("io")), str(r.get("label")), str(r.get("concurrency")),
+                    _fmt(r.get("latency_bound_ms"), "g"), _fmt(r.get("peak_rate"), ".1f") if ok else str(r["status"]),
+                    _fmt(r.get("throughput"), ".1f"), bracket, _fmt(r.get("latency_ms_p99")),
+                    "-" if r.get("valid") is None else "yes" if r["valid"] else "no: " + "; ".join(
+                        r.get("invalid_reasons") or [])])
+    return out
+
+
+def serving_answers(rows: list[dict[str, Any]]) -> list[str]:
+    """Per model, batch size and dtype with find-peak rows: which label serves the most requests/s
+    within the bound, next to which has the lowest single-request latency, and whether they differ."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == Status.OK:
+            groups[(str(r.get("model")), axes_text(r), r.get("batch_size"), str(r.get("dtype")))].append(r)
+    out = []
+    for (model, axes, bs, dtype), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        peaks = [r for r in rs if r.get("scenario") == "find-peak" and r.get("peak_rate")]
+        singles = [r for r in rs if (r.get("scenario") or "single-stream") == "single-stream"
+                   and r.get("latency_ms_median")]
+        if not peaks:
+            continue
+        best = max(peaks, key=lambda r: r["peak_rate"])
+        what = f"{model} {axes} batch {bs} {dtype}".replace("  ", " ")
+        line = (f"{what}: most requests/s at p99 <= {best['latency_bound_ms']:g} ms: {best['label']} "
+                f"({best['io']}, concurrency {best['concurrency']}): {best['peak_rate']:.1f}/s")
+        if singles:
+            fast = min(singles, key=lambda r: r["latency_ms_median"])
+            same = fast["label"] == best["label"]
+            line += (f"; lowest single-request latency: {fast['label']} ({fast['io']}): "
+                     f"{fast['latency_ms_median']:.3f} ms. "
+                     + ("The same backend answers both." if same else "They differ: the fastest single request "
+                        "is not the most traffic served within the bound."))
+        out.append(line)
+    return out
+
+
+def peak_table(rows: list[dict[str, Any]]) -> Table | None:
+    """The find-peak table for the terminal, or None when the run has no find-peak rows."""
+    cells = peak_rows(rows)
+    if not cells:
+        return None
+    t = Table(title="Peak rate within the p99 bound (find-peak)", title_justify="left")
+    for col in PEAK_COLUMNS:
+        t.add_column(col, justify="right" if col not in ("model", "dtype", "io", "label", "valid") else "left")
+    for c in cells:
+        t.add_row(*(escape(x) for x in c))
     return t
 
 
@@ -258,6 +361,47 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
     return out
 
 
+def _curves(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(section, caption, svg): p99 request latency against throughput, one line per label (and io,
+    scenario), one panel per dtype and batch size; offline points are labelled with their concurrency."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    ok = [r for r in rows if r.get("status") == Status.OK and r.get("throughput") and r.get("latency_ms_p99")]
+    if not ok:
+        return []
+    panels = sorted({(r["dtype"], r["batch_size"]) for r in ok})
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        lines[f"{r['label']} ({r['io']}, {r['scenario']}"
+              + (f" c={r['concurrency']})" if r["scenario"] == "server" else ")")].append(r)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    colors = {name: cmap(i % 10) for i, name in enumerate(sorted(lines))}
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "infer-orch", "font.size": 9}):
+        fig = Figure(figsize=(5.5 * len(panels), 3.8))
+        for ax, (dtype, bs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+            for name, rs in sorted(lines.items()):
+                pts = sorted((r["throughput"], r["latency_ms_p99"], r) for r in rs
+                             if r["dtype"] == dtype and r["batch_size"] == bs)
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if "offline" in name else "s",
+                        label=name, color=colors[name])
+                for x, y, r in pts:
+                    if r["scenario"] == "offline":
+                        ax.annotate(f"c={r['concurrency']}", (x, y), fontsize=6, xytext=(3, 3),
+                                    textcoords="offset points")
+            _log_y(ax)
+            ax.set(title=f"{model} {dtype} batch {bs}", xlabel="throughput (samples/s)",
+                   ylabel="p99 request latency (ms)")
+            ax.grid(True, which="both", alpha=.3)
+            ax.legend(fontsize=7)
+        return [("capacity", f"{model}: p99 request latency vs throughput (offline: c requests in flight; "
+                             "server: arrival rates); down and right is better", _svg(fig))]
+
+
 def profile_href(r: dict[str, Any], run_dir: str | Path, report_dir: str | Path) -> str | None:
     """The link to a row's profile from a page in ``report_dir``: a relative URL, or None without one."""
     import os
@@ -271,16 +415,17 @@ def profile_href(r: dict[str, Any], run_dir: str | Path, report_dir: str | Path)
 
 
 def _html_table(summary: list[dict[str, Any]], hrefs: list[str | None] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    cols = columns(summary)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
     for i, r in enumerate(summary):
-        cells = _cells(r)
+        cells = _cells(r, cols)
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         status = r.get("status")
         cls = status if succeeded(status) else "bad"
         tds = []
-        for col, cell in zip(COLUMNS, cells):
-            if col in ("model", "batch", "dtype", "io") and not first:
+        for col, cell in zip(cols, cells):
+            if col in ("model", "batch", "dtype", "io", "scenario") and not first:
                 cell = ""
             attr = ' class="num"' if col in NUMERIC else ""
             attr = f' class="{cls}"' if col == "status" else attr
@@ -337,16 +482,31 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_pa
              f"<h2>Results</h2><p>Speedup: median latency of <b>{html.escape(baseline)}</b> / this median "
              "(higher is faster). Trials that did not run cleanly keep their status and reason.</p>",
              _html_table(summary, [profile_href(r, run_dir, report_dir) for r in summary])]
+    peaks = peak_rows(rows)
+    if peaks:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in PEAK_COLUMNS)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in peaks)
+        answers = "".join(f"<li>{html.escape(a)}</li>" for a in serving_answers(rows))
+        parts.append("<h2>Peak rate within the p99 bound</h2><p>find-peak: the highest arrival rate (Poisson "
+                     "unless constant) whose p99 request latency stayed within the bound, found by bisection "
+                     "between server runs; the bracket is the highest rate that passed and the lowest that failed."
+                     f"</p><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+                     + (f"<ul>{answers}</ul>" if answers else ""))
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    loaded: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_model[str(r.get("model"))].append(r)
+        if (r.get("scenario") or "single-stream") == "single-stream":
+            by_model[str(r.get("model"))].append(r)
+        elif r.get("scenario") in ("offline", "server"):
+            loaded[str(r.get("model"))].append(r)
     try:
         figures = [p for model in sorted(by_model) for p in _plots(model, by_model[model])]
+        figures += [p for model in sorted(loaded) for p in _curves(model, loaded[model])]
     except ImportError:  # matplotlib is a dependency, but a bare GPU image may lack it: keep the table
         figures = []
         parts.append("<p class=bad>No plots: matplotlib is not installed (pip install matplotlib).</p>")
     sections = {"latency": "Latency vs batch size", "throughput": "Throughput",
-                "distribution": "Latency distributions"}
+                "distribution": "Latency distributions", "capacity": "Throughput vs latency (load scenarios)"}
     for key, heading in sections.items():
         figs = [f"<figure>{svg}<figcaption>{html.escape(cap)}</figcaption></figure>"
                 for section, cap, svg in figures if section == key]

@@ -45,15 +45,23 @@ def test_trial_ids_of_a_shipped_plan_stay_what_they_were():
 def test_a_field_added_later_stays_out_of_the_id_at_its_default(monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class LaterTrial(Trial):
-        scenario: str = "single-stream"
+        placement: str = "one-worker"
 
     base = sleep_trial()
-    monkeypatch.setitem(contract.ID_FIELDS_ADDED, "scenario", "single-stream")
+    monkeypatch.setitem(contract.ID_FIELDS_ADDED, "placement", "one-worker")
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Trial)}
     same = LaterTrial(**fields).with_id()
-    other = LaterTrial(**fields, scenario="offline").with_id()
+    other = LaterTrial(**fields, placement="two-workers").with_id()
     assert same.trial_id == base.trial_id
     assert other.trial_id != base.trial_id
+
+
+def test_the_scenario_fields_stay_out_of_the_id_at_their_defaults():
+    base = sleep_trial()
+    assert base.scenario == "single-stream"
+    offline = dataclasses.replace(base, scenario="offline", concurrency=2).with_id()
+    assert offline.trial_id != base.trial_id
+    assert dataclasses.replace(offline, concurrency=4).with_id().trial_id != offline.trial_id
 
 
 def test_measure_keys_added_later_stay_out_of_the_id_at_their_default():

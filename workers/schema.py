@@ -12,7 +12,10 @@ import pyarrow as pa
 
 #: 2: the ``inputs`` and ``axes`` columns (models with several named inputs, axes in the matrix) and
 #: ``parity_worst_output``; runs of version 1 load with them null.
-SCHEMA_VERSION = "2"
+#: 3: the load scenario columns (``scenario`` ...; null in older runs, which readers take as
+#: single-stream), the validity verdict (``valid``, ``invalid_reasons``), the stale-output check,
+#: ``export_route`` and the sampler's ``contention_checks``; rows of older runs load with them null.
+SCHEMA_VERSION = "3"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -223,7 +226,45 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD
+#: Load scenarios (workers/scenarios.py; docs/measuring.md#load-scenarios). Single-stream rows have
+#: ``scenario`` alone; times of the per-request lists are seconds from the start of the measured run.
+_SCENARIO: list[tuple[str, pa.DataType, str]] = [
+    ("scenario", _STR, "the load scenario: single-stream (one request at a time, the default), offline "
+                       "(concurrency requests always in flight), server (requests arrive on a seeded schedule) "
+                       "or find-peak (the highest server rate within latency_bound_ms); null in runs older "
+                       "than scenarios (= single-stream)"),
+    ("concurrency", _I64, "offline, server, find-peak: requests in flight at most (lanes: one CUDA stream, "
+                          "buffers and host thread each)"),
+    ("target_rate", _F64, "server: the arrival rate asked for, requests/s"),
+    ("arrival", _STR, "server, find-peak: poisson (exponential gaps, seeded) or constant gaps"),
+    ("latency_bound_ms", _F64, "server (optional), find-peak: the bound on p99 request latency, ms"),
+    ("requests", _I64, "offline, server: requests completed in the measured run (each of batch_size samples)"),
+    ("measured_s", _F64, "offline: the measured window, first issue to last completion; server: the run's "
+                         "start (arrivals are counted from it) to the last completion, s"),
+    ("schedule_rate", _F64, "server: the generated schedule's own rate, (n - 1) / (last - first arrival), "
+                            "requests/s (a finite Poisson schedule is rarely exactly at target_rate)"),
+    ("achieved_rate", _F64, "offline: requests/s over measured_s; server: (n - 1) / (last - first completion), "
+                            "requests/s; within 1% of schedule_rate when the server kept up"),
+    ("late_requests", _I64, "server: requests issued more than 1 ms after they could have started (their "
+                            "arrival, or a lane freeing up): the harness's own lateness, counted in latency"),
+    ("issue_lag_ms_p99", _F64, "server: 99th percentile of issue lag (start - max(arrival, lane free)), ms"),
+    ("issue_lag_ms_max", _F64, "server: the largest issue lag, ms"),
+    ("service_ms_mean", _F64, "offline, server: mean service time (start to completion of one request), ms"),
+    ("request_arrival_s", pa.list_(_F64), "server: each request's scheduled arrival, s (in arrival order)"),
+    ("request_start_s", pa.list_(_F64), "offline, server: when each request was issued to a lane, s"),
+    ("request_end_s", pa.list_(_F64), "offline, server: when each request completed (its lane synchronized), s"),
+    ("request_service_ms", pa.list_(_F64), "offline, server: each request's service time, end - start, ms"),
+    ("request_lane", pa.list_(_I64), "offline, server: the lane that served each request"),
+    ("peak_rate", _F64, "find-peak: the highest rate tried whose p99 latency was within latency_bound_ms "
+                        "(and whose run was valid), requests/s; null when none was"),
+    ("peak_rate_fail", _F64, "find-peak: the lowest rate tried above peak_rate that failed the bound (the "
+                             "bracket's upper end), requests/s; null when none did"),
+    ("probe_rates", pa.list_(_F64), "find-peak: every server rate tried, in order, requests/s"),
+    ("probe_p99_ms", pa.list_(_F64), "find-peak: p99 latency of each rate tried, ms"),
+    ("probe_passed", pa.list_(_BOOL), "find-peak: whether each rate tried met the bound and kept its schedule"),
+]
+
+COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

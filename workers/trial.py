@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import energy, envinfo, memory, parity, stale, stats, validity
+from workers import energy, envinfo, memory, parity, scenarios, stale, stats, validity
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -95,7 +95,7 @@ def run_trial(
 
 def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> dict[str, Any]:
     runner_cls = get(trial.backend)
-    reason = runner_cls.skip_reason(trial, device)
+    reason = runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
     if reason:
         raise SkipTrial(reason)
     if not cuda_ok and not runner_cls.modelless:
@@ -107,6 +107,9 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         )
     on_gpu = device == "cuda" and cuda_ok
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
+    if trial.scenario != "single-stream":  # several requests in flight: workers/scenarios.py
+        out, outputs = scenarios.measure(runner_cls, ctx, on_gpu)
+        return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs)
     host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
     n = trial.measure.repeats
     try:  # the last repeat is profiled when asked, after its timing
@@ -150,6 +153,13 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     outputs = [r["output"] for r in repeats]
     second = repeats[-1]["stale"]
     del repeats
+    return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs)
+
+
+def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner_cls: Any, out: dict[str, Any],
+             outputs: list[Any]) -> dict[str, Any]:
+    """``out`` with the parity columns of ``outputs`` (every repeat's, or every lane's); raises
+    ParityFailure, keeping what ran, when one is wrong."""
     t_parity = time.perf_counter()
     try:
         on = device if cuda_ok else "cpu"

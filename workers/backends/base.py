@@ -11,6 +11,9 @@ driver imports every backend module to validate plans and must stay light.
 What a backend can do is said on its class, never by testing its name elsewhere:
 
 - ``Options``, ``dtypes``, ``model_kinds``, ``modelless``, ``scenarios``: what a plan may ask of it;
+- ``lanes(k)``: for the load scenarios beyond single-stream (``workers.scenarios``), k independent
+  lanes, each serving one request at a time to completion on its own stream and buffers, so k host
+  threads keep k requests in flight;
 - ``requires``: the libraries it needs, checked by ``unavailable`` without importing them;
 - ``times_copies``: whether, with ``io: host``, it does the host<->device copies itself, so the
   worker can time them alone;
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -69,6 +73,25 @@ class Offer:
 
 
 NEEDS_GPU = "needs a CUDA GPU; none is visible here"
+#: Every load scenario (``workers.contract.SCENARIOS``): what a runner with ``lanes`` can run.
+ALL_SCENARIOS = frozenset({"single-stream", "offline", "server", "find-peak"})
+
+
+@dataclass
+class Lane:
+    """One of a runner's independent request slots (``Runner.lanes``).
+
+    ``run`` serves ONE request and returns when it is complete (on a GPU: its work queued on the
+    lane's own stream, then that stream synchronized), so the host time around it is the request's
+    service time. ``output`` reads the lane's last result as host arrays, for the parity check.
+    Lanes share nothing mutable: k host threads may call k lanes' ``run`` at once.
+    """
+
+    run: Callable[[], None]
+    output: Callable[[], Any]
+    #: the lane's first runs that must not overlap another lane's (a CUDA graph captured on the first
+    #: runs, as ORT's is): the warm-up runs them one lane at a time, on the lane's own thread
+    serial_runs: int = 0
 
 
 class Runner(ABC):
@@ -89,7 +112,9 @@ class Runner(ABC):
     model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python", "hf"})
     #: True when the backend needs no model at all (fault injection, scheduling benchmarks).
     modelless: ClassVar[bool] = False
-    #: load scenarios it can run; "single-stream": one query at a time, the next when it is done.
+    #: load scenarios it can run; "single-stream": one query at a time, the next when it is done. A
+    #: runner that implements ``lanes`` lists ALL_SCENARIOS (``scenario_skip_reason`` may still refuse
+    #: a configuration of its options).
     scenarios: ClassVar[frozenset[str]] = frozenset({"single-stream"})
     #: importable modules it needs in the worker (checked by ``unavailable`` without importing them).
     requires: ClassVar[tuple[str, ...]] = ()
@@ -140,6 +165,22 @@ class Runner(ABC):
                 f"(supported there: {', '.join(sorted(allowed)) or 'none'})"
             )
         return None
+
+    @classmethod
+    def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
+        """Why this backend can't run the trial's load scenario, or None (single-stream: always can).
+        Backends whose options decide it (a CUDA graph per thread) override this and say why."""
+        if trial.scenario in cls.scenarios:
+            return None
+        return (f"backend {cls.name} can't run the {trial.scenario} scenario (several requests in flight); "
+                f"it runs: {', '.join(sorted(cls.scenarios))}")
+
+    def lanes(self, k: int) -> list[Lane]:
+        """``k`` independent lanes for the load scenarios, built after ``setup`` (not timed): each
+        with its own stream, input and output buffers (and captured graph, for graph backends).
+        Every lane's output is parity-checked. Runners listing more than single-stream in
+        ``scenarios`` implement it."""
+        raise NotImplementedError(f"backend {self.name} has no lanes")
 
     @abstractmethod
     def setup(self) -> None:

@@ -26,6 +26,13 @@ when missing, the trial is skipped naming them. Engines and timing caches go to 
 
 After the session is created its providers are checked: a trial that asked for CUDA and got
 the CPU fails with that message rather than publishing a CPU number as a GPU one.
+
+Load scenarios: each lane is a session of its own (its own CUDA stream, arena and, with IO
+binding, its own bound buffers), run only on its lane's thread. ORT keeps its CUDA graph per
+thread, and two captures at once fail ("CUDA failure 900: operation not permitted when stream is
+capturing"): a lane's first runs (``GRAPH_SERIAL_RUNS``, the regular run and the capture) run one
+lane at a time, then all lanes replay at once. Where a capture fails all the same, the trial is
+``skipped`` with ORT's message.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import model_validator
 
-from workers.backends.base import NEEDS_GPU, BackendOptions, Offer, Runner, SkipTrial
+from workers.backends.base import ALL_SCENARIOS, NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
 from workers.models import cache_dir
@@ -59,6 +66,8 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
              "tensor(int32)": "int32", "tensor(double)": "float64", "tensor(bool)": "bool"}
 TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
 CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy")
+#: A CUDA-graph lane's first runs that capture (ORT runs once, or not, before it captures): one lane at a time.
+GRAPH_SERIAL_RUNS = 2
 class OrtOptions(BackendOptions):
     providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = None
     """Execution providers in order; default: [cuda] on a cuda trial, [cpu] on a cpu trial."""
@@ -149,6 +158,7 @@ class OrtRunner(Runner):
                          "compile_cache_warm"})
     kept_on_parity_failure = frozenset({"export_cached", "export_route", "providers_used"})
     profiler = "onnxruntime (a second session with enable_profiling, after timing)"
+    scenarios = ALL_SCENARIOS
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:
@@ -331,6 +341,72 @@ class OrtRunner(Runner):
             b.bind_output(name, device, device_id, dt, tuple(shape), t.data_ptr())
         return b
 
+    def lanes(self, k: int) -> list[Lane]:
+        """k lanes, each a session of its own (and, with IO binding, its own bound buffers and stream)."""
+        import onnxruntime as ort
+
+        path, so, providers = self._session_args
+        return [self._lane(ort.InferenceSession(path, sess_options=so, providers=providers)) for _ in range(k)]
+
+    def _lane(self, sess: Any) -> Lane:
+        import numpy as np
+
+        state: dict[str, Any] = {}
+        if self.binding is None:
+            feeds = {n: a.copy() for n, a in self.feeds.items()}
+
+            def run_plain() -> None:
+                state["y"] = sess.run(None, feeds)
+
+            return Lane(run=run_plain, output=lambda: self._arrays(state["y"]))
+        torch = self._torch
+        device, device_id = self.ctx.device, self._device_id
+        dev_x = {n: x.clone() for n, x in self.dev_x.items()}
+        dev_outs = [torch.empty_like(t) for t in self.dev_outs]
+        torch.cuda.synchronize() if device == "cuda" else None
+        b = sess.io_binding()
+        for name, x in dev_x.items():
+            b.bind_input(name, device, device_id, self.feeds[name].dtype, tuple(x.shape), x.data_ptr())
+        for (name, shape, dt), t in zip(self.out_meta, dev_outs):
+            b.bind_output(name, device, device_id, np.dtype(dt), tuple(shape), t.data_ptr())
+        host_x = self.host_x
+        stream = torch.cuda.Stream() if device == "cuda" else None
+        state["y"] = dev_outs
+        graph = self.options.cuda_graph
+        runs = [0]
+
+        def run_bound() -> None:
+            if host_x is not None:
+                with torch.cuda.stream(stream):
+                    for name, x in host_x.items():
+                        dev_x[name].copy_(x)
+                if stream is not None:
+                    stream.synchronize()  # ORT runs on its own stream: the inputs are there first
+            try:
+                sess.run_with_iobinding(b)  # returns when ORT's stream is done
+            except Exception as exc:
+                if graph and runs[0] < GRAPH_SERIAL_RUNS:
+                    k = self.ctx.trial.concurrency
+                    raise SkipTrial(f"ORT cuda_graph could not capture a graph per session on {k} threads "
+                                    f"(captures run one at a time): {str(exc)[:300]}") from exc
+                raise
+            runs[0] += 1
+            if host_x is not None:
+                with torch.cuda.stream(stream):
+                    state["y"] = [t.cpu() for t in dev_outs]
+
+        return Lane(run=run_bound, output=lambda: self._arrays(state["y"]),
+                    serial_runs=GRAPH_SERIAL_RUNS if graph else 0)
+
+    def _arrays(self, ys: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
+        import numpy as np
+
+        arrays = [y if isinstance(y, np.ndarray) else y.float().cpu().numpy() for y in ys]
+        arrays = [a.astype(np.float32) for a in arrays]
+        if len(arrays) == 1:
+            return arrays[0]
+        return {name: a for (name, _, _), a in zip(self.out_meta, arrays)}
+
     def step(self) -> None:
         if self.binding is None:
             self.y = self.sess.run(None, self.feeds)
@@ -384,13 +460,7 @@ class OrtRunner(Runner):
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
         """The first output alone for a one-output model; else every output by the session's names."""
-        import numpy as np
-
-        arrays = [y if isinstance(y, np.ndarray) else y.float().cpu().numpy() for y in self.y]
-        arrays = [a.astype(np.float32) for a in arrays]
-        if len(arrays) == 1:
-            return arrays[0]
-        return {name: a for (name, _, _), a in zip(self.out_meta, arrays)}
+        return self._arrays(self.y)
 
     def profile(self, iters: int) -> bytes:
         """ORT fixes profiling when a session is created: a second session like the timed one, with

@@ -1,7 +1,8 @@
 """sleep: a model-less backend whose every step sleeps a fixed time.
 
 A testing and benchmarking aid: it lets the scheduler be exercised and measured (trials spread
-over GPUs, per-trial overhead) with no device work, on machines with no GPU.
+over GPUs, per-trial overhead) with no device work, on machines with no GPU. It runs every load
+scenario: its lanes sleep side by side, a server whose service time is known (an M/D/k queue).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from workers.backends.base import BackendOptions, Runner
+from workers.backends.base import ALL_SCENARIOS, BackendOptions, Lane, Runner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +30,7 @@ class SleepRunner(Runner):
     Options = SleepOptions
     modelless = True
     dtypes = {"cuda": ALL_DTYPES, "cpu": ALL_DTYPES}
+    scenarios = ALL_SCENARIOS  # k lanes are k sleepers: the load scenarios' timing, testable anywhere
 
     def setup(self) -> None:
         pass
@@ -40,3 +42,6 @@ class SleepRunner(Runner):
         import numpy as np
 
         return np.zeros(1, dtype=np.float32)
+
+    def lanes(self, k: int) -> list[Lane]:
+        return [Lane(run=self.step, output=self.output) for _ in range(k)]

@@ -19,6 +19,11 @@ recompile limit and fall back to eager) and its counters give:
 - ``recompiles_during_timing``: frames Dynamo compiled after setup, during warm-up or timed
   iterations. Any makes the trial ``failed``: its samples would include compile time and a
   different graph than the one set up, so the latency is not published.
+
+Load scenarios: the compiled model is called from k lane threads, each on its own stream and
+inputs (a recompile on a lane's thread fails the trial, as above). Modes with CUDA graphs
+(``reduce-overhead``, ``max-autotune`` on a GPU) are skipped there: their CUDA-graph trees are
+kept per thread and share one memory pool, so k threads replaying at once is not a supported use.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import model_validator
 
-from workers.backends.base import BackendOptions, InvalidMeasurement, Runner
-from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
+from workers.backends.base import ALL_SCENARIOS, BackendOptions, InvalidMeasurement, Lane, Runner
+from workers.backends.torch_eager import TorchOptions, eager_lane, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 from workers.models import cache_dir
 
@@ -38,6 +43,8 @@ if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates opt
     import numpy as np
 
 COMPILE_CALLS = 3
+#: torch.compile modes that record CUDA graphs on a GPU (cudagraph trees)
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
 class CompileOptions(TorchOptions):
@@ -83,6 +90,22 @@ class TorchCompile(Runner):
     requires = ("torch",)
     columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
                          "recompiles_during_timing"})
+    scenarios = ALL_SCENARIOS
+
+    @classmethod
+    def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
+        mode = trial.options.get("mode", "default")
+        if trial.scenario != "single-stream" and device_type == "cuda" and mode in CUDA_GRAPH_MODES:
+            return (f"torch-compile mode {mode} uses CUDA-graph trees, kept per thread with one memory pool: "
+                    f"several requests in flight from several threads ({trial.scenario}) is not supported there; "
+                    "use torch-cudagraph (one graph per lane) or mode default")
+        return super().scenario_skip_reason(trial, device_type)
+
+    def lanes(self, k: int) -> list[Lane]:
+        lanes = [eager_lane(self.ctx, self.model, self.x, self._to_host) for _ in range(k)]
+        if self.ctx.device == "cuda":
+            self._torch.cuda.synchronize()
+        return lanes
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:

@@ -3,13 +3,18 @@
 Static input and output buffers; warm-up runs on a side stream before capture (as the PyTorch
 docs require, so lazy initialisation and cuDNN autotuning are not captured). With ``io: host``
 each step copies the host input into the static buffer and the output back to the host.
+
+For the load scenarios each lane has its own graph, captured from the same model into its own
+memory pool, with its own static buffers and CUDA stream: k lanes replay k graphs at once, as a
+hand-written k-stream serving loop does (one graph replayed on two streams at once would share
+its intermediate buffers).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.backends.base import BackendOptions, Runner
+from workers.backends.base import ALL_SCENARIOS, BackendOptions, Lane, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 
@@ -25,6 +30,7 @@ class TorchCudaGraph(Runner):
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
     requires = ("torch",)
+    scenarios = ALL_SCENARIOS
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:
@@ -52,13 +58,58 @@ class TorchCudaGraph(Runner):
                 self.ctx.call(model, static_x)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
+        graph, static_y = self._capture(model, static_x)
+        self.model, self.graph, self.static_x, self.static_y = model, graph, static_x, static_y
+        self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
+        self.y: Any = static_y
+
+    def _capture(self, model: Any, static_x: dict[str, Any]) -> tuple[Any, Any]:
+        """A graph of one call of ``model`` on ``static_x`` (in a memory pool of its own), and its output."""
+        import torch
+
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
             static_y = self.ctx.call(model, static_x)
         torch.cuda.synchronize()
-        self.model, self.graph, self.static_x, self.static_y = model, graph, static_x, static_y
-        self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
-        self.y: Any = static_y
+        return graph, static_y
+
+    def lanes(self, k: int) -> list[Lane]:
+        """k lanes: lane 0 replays the graph of setup, the others graphs of their own, each with its own
+        static buffers and stream; the lane synchronizes its stream after each replay."""
+        import torch
+
+        from workers.models import host_outputs
+
+        out = []
+        for i in range(k):
+            if i == 0:
+                graph, static_x, static_y = self.graph, self.static_x, self.static_y
+            else:
+                static_x = {n: x.clone() for n, x in self.static_x.items()}
+                torch.cuda.synchronize()
+                graph, static_y = self._capture(self.model, static_x)
+            out.append(self._lane(graph, static_x, static_y, torch.cuda.Stream(), host_outputs))
+        torch.cuda.synchronize()
+        return out
+
+    def _lane(self, graph: Any, static_x: dict[str, Any], static_y: Any, stream: Any, host_outputs: Any) -> Lane:
+        import torch
+
+        host_x, to_host = self.host_x, self._to_host
+        state: dict[str, Any] = {"y": static_y}
+
+        def run() -> None:
+            with torch.cuda.stream(stream):
+                if host_x is not None:
+                    for n, x in host_x.items():
+                        static_x[n].copy_(x)
+                    graph.replay()
+                    state["y"] = to_host(static_y)
+                else:
+                    graph.replay()
+            stream.synchronize()
+
+        return Lane(run=run, output=lambda: host_outputs(state["y"]))
 
     def step(self) -> None:
         if self.host_x is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.backends.base import BackendOptions, Runner
+from workers.backends.base import ALL_SCENARIOS, BackendOptions, Lane, Runner
 from workers.contract import Trial
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
@@ -49,6 +49,7 @@ class TorchEager(Runner):
     profiler = "torch.profiler"
     Options = TorchOptions
     requires = ("torch",)
+    scenarios = ALL_SCENARIOS
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:
@@ -57,6 +58,14 @@ class TorchEager(Runner):
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
+
+    def lanes(self, k: int) -> list[Lane]:
+        """k lanes sharing the model (read-only under inference_mode), each with its own inputs and,
+        on a GPU, its own CUDA stream (the request's work queued there, then that stream synchronized)."""
+        lanes = [eager_lane(self.ctx, self.model, self.x, self._to_host) for _ in range(k)]
+        if self.ctx.device == "cuda":
+            self._torch.cuda.synchronize()  # the lanes' input copies, made on this thread's stream
+        return lanes
 
     def setup(self) -> None:
         import torch
@@ -84,3 +93,30 @@ class TorchEager(Runner):
 
     def teardown(self) -> None:
         self.model = self.x = self.y = None
+
+
+def eager_lane(ctx: Any, model: Any, xs: dict[str, Any], to_host: Any) -> Lane:
+    """A lane calling ``model`` (eager or compiled) on its own copy of the inputs, on its own stream."""
+    import torch
+
+    from workers.models import host_outputs
+
+    cuda = ctx.device == "cuda"
+    stream = torch.cuda.Stream() if cuda else None
+    mine = {k: v.clone() for k, v in xs.items()}  # own buffers: no lane reads another's
+    state: dict[str, Any] = {"y": None}
+
+    def run() -> None:
+        with torch.inference_mode():
+            if stream is None:
+                state["y"] = ctx.call(model, mine)
+                return
+            with torch.cuda.stream(stream):
+                if ctx.io == "host":
+                    y = ctx.call(model, {k: v.to(ctx.device) for k, v in mine.items()})
+                    state["y"] = to_host(y)  # .cpu() waits for this stream's work
+                else:
+                    state["y"] = ctx.call(model, mine)
+            stream.synchronize()
+
+    return Lane(run=run, output=lambda: host_outputs(state["y"]))

@@ -1,0 +1,387 @@
+"""Load scenarios: several requests in flight, driven through a runner's lanes from host threads.
+
+single-stream (one request, wait for it, the next) is ``workers.timing``; this module is the rest.
+A runner gives ``concurrency`` lanes (``Runner.lanes``); each lane lives on one host thread for the
+whole trial (``LaneThreads``: ORT keeps its CUDA graph per thread) and serves one request at a time
+to completion (its own stream synchronized). Policy, in the order it runs::
+
+    warm-up, on every lane's thread:
+        the lane's first ``serial_runs`` runs one lane at a time   # captures (ORT's CUDA graph) never overlap
+        then max(1, measure.warmup_iters) runs, all lanes at once  # untimed
+
+    offline(c lanes):
+        t0 = now; every lane: while not (done >= min_requests and now - t0 >= min_duration_s):
+            start = now; lane.run(); end = now                     # stop issuing at max_time_s
+        window = last end - t0; throughput = requests * batch_size / window
+
+    server(c lanes, rate):
+        n = max(min_requests, ceil(rate * min_duration_s)); arrivals a_1 < ... < a_n: seeded gaps,
+            exponential (poisson) or 1 / rate (constant)
+        every lane: take the next request i (FIFO, one lock); sleep until t0 + a_i;
+            start = now; lane.run(); end = now                     # stop taking at max_time_s
+        latency_i = end_i - a_i            # from the SCHEDULED arrival: queueing counts (no coordinated omission)
+        issue lag_i = start_i - max(a_i, when its lane took it)   # the harness's own lateness
+        schedule_rate = (n - 1) / (a_n - a_1); achieved_rate = (n - 1) / (last end - first end)
+
+    find-peak(c lanes, bound):
+        cap = offline requests/s with c lanes (a short run; no server rate above it can keep up)
+        lo, hi = 0, cap
+        while time is left (measure.max_time_s in all) and (hi - lo) > 2% of hi:
+            r = (lo + hi) / 2; run server(r)
+            passed = p99 <= bound and achieved_rate within 1% of schedule_rate
+            lo, hi = (r, hi) if passed else (lo, r)
+        peak_rate = lo (the highest rate that passed; null if none), peak_rate_fail = the lowest that failed
+
+``throughput`` is samples per second as each scenario defines it: offline, completed samples over
+the window; server, achieved_rate * batch_size; find-peak, peak_rate * batch_size.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workers import envinfo, memory, stats
+from workers.backends.base import Lane
+from workers.context import TrialContext
+from workers.contract import Trial
+from workers.validity import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
+
+#: Waiting for an arrival sleeps until this close, then yields in a loop (sleep wakes late by ~0.1 ms).
+SPIN_S = 0.001
+#: A request that started more than this after it could have is counted in ``late_requests``.
+LATE_S = 0.001
+#: find-peak stops when its bracket is this narrow, relative to its upper end.
+PEAK_REL_TOL = 0.02
+#: find-peak's offline capacity run: this share of the trial's time, at most min_duration_s.
+CAPACITY_SHARE = 0.1
+
+
+def _wait_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        time.sleep(left - SPIN_S if left > SPIN_S else 0)  # sleep(0) releases the GIL to the other lanes
+
+
+def schedule(rate: float, arrival: str, seed: int, min_requests: int, min_s: float) -> np.ndarray:
+    """Arrival times (s from the run's start) at ``rate``: at least ``min_requests`` of them, the last
+    at ``min_s`` or later. Seeded: the same arguments give the same schedule, every time."""
+    n = max(min_requests, math.ceil(rate * min_s))
+    if arrival == "constant":
+        return (np.arange(n, dtype=np.float64) + 1) / rate
+    rng = np.random.default_rng([seed, 16])  # 16: this module's stream of the plan's seed
+    gaps = rng.exponential(1.0 / rate, n)
+    while gaps.sum() < min_s:  # a Poisson schedule of n arrivals can end early: more, from the same stream
+        gaps = np.concatenate([gaps, rng.exponential(1.0 / rate, n // 10 + 1)])
+    out = np.cumsum(gaps)
+    return out[: max(min_requests, int(np.searchsorted(out, min_s)) + 1)]
+
+
+class LaneThreads:
+    """One long-lived host thread per lane: ``run(job)`` calls ``job(i, lane)`` on every lane's own
+    thread at once and returns when all are done; an exception in one is raised here, the others
+    told to stop (``stop`` is set)."""
+
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.lanes = lanes
+        self.stop = threading.Event()
+        self._jobs: list[Any] = [None] * len(lanes)
+        self._go = [threading.Event() for _ in lanes]
+        self._done = [threading.Event() for _ in lanes]
+        self._errors: list[BaseException | None] = [None] * len(lanes)
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"lane-{i}")
+                         for i in range(len(lanes))]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, i: int) -> None:
+        while True:
+            self._go[i].wait()
+            self._go[i].clear()
+            job = self._jobs[i]
+            if job is None:
+                return
+            try:
+                job(i, self.lanes[i])
+            except BaseException as exc:  # raised again on the caller's thread
+                self._errors[i] = exc
+                self.stop.set()
+            self._done[i].set()
+
+    def run(self, job: Callable[[int, Lane], None]) -> None:
+        self.stop.clear()
+        for i in range(len(self.lanes)):
+            self._jobs[i], self._errors[i] = job, None
+            self._done[i].clear()
+            self._go[i].set()
+        for d in self._done:
+            d.wait()
+        err = next((e for e in self._errors if e is not None), None)
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        for i in range(len(self.lanes)):
+            self._jobs[i] = None
+            self._go[i].set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def warm_up(threads: LaneThreads, iters: int) -> int:
+    """Every lane's ``serial_runs`` one lane at a time, then ``max(1, iters)`` runs on all at once."""
+    lock = threading.Lock()
+    counts = [0] * len(threads.lanes)
+
+    def job(i: int, lane: Lane) -> None:
+        with lock:
+            for _ in range(lane.serial_runs):
+                lane.run()
+        counts[i] += lane.serial_runs
+
+    threads.run(job)
+    barrier = threading.Barrier(len(threads.lanes))
+
+    def concurrent(i: int, lane: Lane) -> None:
+        barrier.wait()
+        for _ in range(max(1, iters)):
+            lane.run()
+        counts[i] += max(1, iters)
+
+    threads.run(concurrent)
+    return sum(counts)
+
+
+@dataclass
+class Run:
+    """What one offline or server run recorded, per request (times in s from the run's start)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    lane: np.ndarray
+    arrival: np.ndarray | None = None  # server only
+    lag: np.ndarray | None = None  # server only
+    scheduled: int = 0  # server: requests in the schedule (some unserved when the time limit hit)
+    hit_max_time: bool = False
+    window_s: float = 0.0
+
+    @property
+    def service_ms(self) -> np.ndarray:
+        return (self.end - self.start) * 1e3
+
+    @property
+    def latency_ms(self) -> np.ndarray:
+        base = self.start if self.arrival is None else self.arrival
+        return (self.end - base) * 1e3
+
+
+def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float) -> Run:
+    """Every lane busy until both minimums are met (or ``max_s`` passed)."""
+    k = len(threads.lanes)
+    records: list[list[tuple[float, float]]] = [[] for _ in range(k)]
+    done = [0]
+    lock = threading.Lock()
+    t0 = [0.0]
+    barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
+
+    def job(i: int, lane: Lane) -> None:
+        barrier.wait()
+        start, mine = t0[0], records[i]
+        while not threads.stop.is_set():
+            now = time.perf_counter()
+            with lock:
+                if (done[0] >= min_requests and now - start >= min_s) or now - start >= max_s:
+                    return
+            s = time.perf_counter()
+            lane.run()
+            e = time.perf_counter()
+            mine.append((s - start, e - start))
+            with lock:
+                done[0] += 1
+
+    threads.run(job)
+    rows = sorted((s, e, i) for i, rec in enumerate(records) for s, e in rec)
+    a = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    end = a[:, 1]
+    window = float(end.max()) if end.size else 0.0
+    return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window,
+               hit_max_time=bool(done[0] < min_requests or window < min_s))
+
+
+def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
+    """Requests at their scheduled arrivals, FIFO, served by the first free lane; stops taking new
+    requests ``max_s`` after the start (the rest of the schedule is then unserved)."""
+    n = len(arrivals)
+    start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    lanes = np.full(n, -1, dtype=np.int64)
+    nxt = [0]
+    lock = threading.Lock()
+    t0 = [0.0]
+    barrier = threading.Barrier(len(threads.lanes), action=lambda: t0.__setitem__(0, time.perf_counter()))
+    arr = arrivals.tolist()
+
+    def job(i: int, lane: Lane) -> None:
+        barrier.wait()
+        base = t0[0]
+        while not threads.stop.is_set():
+            with lock:
+                r = nxt[0]
+                taken = time.perf_counter()
+                if r >= n or taken - base >= max_s:
+                    return
+                nxt[0] += 1
+            due = base + arr[r]
+            _wait_until(due)
+            s = time.perf_counter()
+            lane.run()
+            e = time.perf_counter()
+            start[r], end[r], lanes[r] = s - base, e - base, i
+            lag[r] = s - max(due, taken)
+
+    threads.run(job)
+    served = ~np.isnan(end)
+    return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
+               lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
+               window_s=float(np.nanmax(end)) if served.any() else 0.0)
+
+
+def server_columns(run: Run) -> dict[str, Any]:
+    """The row columns of a server run: rates, issue lag, per-request arrays."""
+    a = run.arrival if run.arrival is not None else np.empty(0)
+    full = schedule_rate(a) if run.scheduled == len(a) else None
+    ends = np.sort(run.end)
+    achieved = float((len(ends) - 1) / (ends[-1] - ends[0])) if len(ends) > 1 and ends[-1] > ends[0] else None
+    lag = run.lag if run.lag is not None else np.empty(0)
+    return {
+        "schedule_rate": full, "achieved_rate": achieved, "requests": len(run.end),
+        "late_requests": int((lag > LATE_S).sum()),
+        "issue_lag_ms_p99": float(np.percentile(lag, 99) * 1e3) if lag.size else None,
+        "issue_lag_ms_max": float(lag.max() * 1e3) if lag.size else None,
+        "request_arrival_s": a.tolist(),
+    }
+
+
+def schedule_rate(arrivals: np.ndarray) -> float | None:
+    """A schedule's own rate: (n - 1) gaps over the time from its first arrival to its last."""
+    span = float(arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0
+    return float((len(arrivals) - 1) / span) if span > 0 else None
+
+
+def kept_schedule(cols: dict[str, Any]) -> bool:
+    """The server kept up: every request served, at a rate within RATE_TOL of the schedule's own."""
+    own, got = cols.get("schedule_rate"), cols.get("achieved_rate")
+    return own is not None and got is not None and abs(got / own - 1) <= RATE_TOL
+
+
+def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
+    """The columns every offline or server row has: latency statistics, requests, per-request arrays."""
+    lat = stats.latency_stats(run.latency_ms.tolist(), batch_size, seed=seed)
+    return {
+        **lat, "iters": len(run.end), "samples_ms": run.latency_ms.tolist(), "requests": len(run.end),
+        "measured_s": run.window_s, "timed_s": run.window_s, "hit_max_time": run.hit_max_time,
+        "service_ms_mean": float(run.service_ms.mean()), "request_start_s": run.start.tolist(),
+        "request_end_s": run.end.tolist(), "request_service_ms": run.service_ms.tolist(),
+        "request_lane": run.lane.tolist(),
+    }
+
+
+def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[dict[str, Any], Run]:
+    arrivals = schedule(rate, trial.arrival, trial.seed, trial.min_requests, trial.min_duration_s)
+    run = server(threads, arrivals, max_s)
+    if not len(run.end):
+        raise RuntimeError(f"the server run at {rate:g} requests/s served no request within {max_s:g} s")
+    cols = {**run_columns(run, trial.batch_size, trial.seed), **server_columns(run)}
+    cols["throughput"] = cols["achieved_rate"] * trial.batch_size if cols["achieved_rate"] else None
+    return cols, run
+
+
+def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+    """Bisection over server runs for the highest rate whose p99 is within the bound (see the module's doc)."""
+    budget = trial.measure.max_time_s
+    t_start = time.perf_counter()
+    cap_run = offline(threads, 1, min(trial.min_duration_s, CAPACITY_SHARE * budget), budget)
+    cap = len(cap_run.end) / cap_run.window_s
+    lo, hi, fail = 0.0, cap, None
+    best: dict[str, Any] | None = None
+    lowest_fail: dict[str, Any] | None = None  # the row's figures when no rate passed
+    rates, p99s, passed = [], [], []
+    while (hi - lo) > PEAK_REL_TOL * hi:
+        r = (lo + hi) / 2
+        n = max(trial.min_requests, math.ceil(r * trial.min_duration_s))
+        left = budget - (time.perf_counter() - t_start)
+        if n / r > left:
+            break  # the next run would not fit in the trial's time: the bracket stays as it is
+        cols, _ = _server_run(threads, trial, r, left)
+        ok = kept_schedule(cols) and cols["latency_ms_p99"] <= trial.latency_bound_ms
+        rates.append(r)
+        p99s.append(cols["latency_ms_p99"])
+        passed.append(ok)
+        if ok:
+            lo, best = r, cols
+        else:
+            hi = fail = r
+            lowest_fail = cols
+    out = dict(best or lowest_fail or {})
+    out.update(peak_rate=lo if best else None, peak_rate_fail=fail, probe_rates=rates, probe_p99_ms=p99s,
+               probe_passed=passed, throughput=lo * trial.batch_size if best else None)
+    return out
+
+
+def measure(runner_cls: Any, ctx: TrialContext, on_gpu: bool) -> tuple[dict[str, Any], list[Any]]:
+    """Set the runner and its lanes up, run the trial's scenario, and return the row's columns and
+    every lane's output (each is parity-checked)."""
+    trial = ctx.trial
+    host_mem = memory.HostPeak()
+    runner = runner_cls(ctx, runner_cls.Options.model_validate(trial.options))
+    gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
+    mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
+    threads = None
+    lanes: list[Lane] = []
+    t_setup = time.perf_counter()
+    try:
+        runner.setup()
+        lanes = runner.lanes(trial.concurrency)
+        setup_s = time.perf_counter() - t_setup
+        threads = LaneThreads(lanes)
+        t_warm = time.perf_counter()
+        warm = warm_up(threads, trial.measure.warmup_iters)
+        warmup_s = time.perf_counter() - t_warm
+        watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
+        if trial.scenario == "offline":
+            run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
+            cols = run_columns(run, trial.batch_size, trial.seed)
+            cols["achieved_rate"] = len(run.end) / run.window_s
+            cols["throughput"] = cols["achieved_rate"] * trial.batch_size
+        elif trial.scenario == "server":
+            cols, _ = _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)
+        elif trial.scenario == "find-peak":
+            cols = find_peak(threads, trial)
+        else:
+            raise ValueError(f"unknown scenario {trial.scenario!r}")
+        gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
+        outputs = [lane.output() for lane in lanes]
+        extra = runner.extra_columns()
+        mem_cols = mem.columns()
+        peak = mem_cols.pop("peak")
+    finally:
+        if threads is not None:
+            threads.close()
+        del threads, lanes  # their graphs and buffers go with the runner's
+        runner.teardown()
+        host_peak = host_mem.finish()
+    del runner
+    mem.release()
+    out = {"warmup_iters": warm, "setup_s": setup_s, "warmup_s": warmup_s, "repeats": 1,
+           "gpu_mem_peak_bytes": peak, **mem_cols, **host_peak, **gpu, **ctx.facts, **extra, **cols,
+           "energy_note": f"energy is measured for single-stream trials only (this one: {trial.scenario})"}
+    if trial.profile:
+        out["profile_error"] = f"profiles are recorded for single-stream trials only (this one: {trial.scenario})"
+    return out, outputs
