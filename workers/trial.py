@@ -109,7 +109,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
     if trial.scenario != "single-stream":  # several requests in flight: workers/scenarios.py
         out, outputs = scenarios.measure(runner_cls, ctx, on_gpu)
-        return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs)
+        return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs, None)
     host_mem = memory.HostPeak()  # this trial's own RSS peak: setup and timing of every repeat
     n = trial.measure.repeats
     try:  # the last repeat is profiled when asked, after its timing
@@ -153,12 +153,13 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     outputs = [r["output"] for r in repeats]
     second = repeats[-1]["stale"]
     del repeats
-    return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs)
+    return _checked(trial, device, store, cuda_ok, runner_cls, out, outputs, second)
 
 
 def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner_cls: Any, out: dict[str, Any],
-             outputs: list[Any]) -> dict[str, Any]:
-    """``out`` with the parity columns of ``outputs`` (every repeat's, or every lane's); raises
+             outputs: list[Any], second: dict[str, Any] | None) -> dict[str, Any]:
+    """``out`` with the parity columns of ``outputs`` (every repeat's, or every lane's) and the
+    stale-output check of ``second`` (``workers.stale.probe``'s, None where not probed); raises
     ParityFailure, keeping what ran, when one is wrong."""
     t_parity = time.perf_counter()
     try:
