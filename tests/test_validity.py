@@ -79,11 +79,12 @@ def test_too_few_samples_for_an_interval_is_invalid():
 
 
 def test_load_scenarios_spread_is_not_judged_here_but_contention_is():
+    """The measurement rules only (a server row's own rules, on its schedule: tests/test_scenarios.py)."""
     rng = np.random.default_rng(4)
     queueing = rng.exponential(10, 400)  # a server scenario's latencies: wide by nature
-    assert _reasons(_row(queueing, scenario="server"))["valid"] is True
-    v = _reasons(_row(queueing, scenario="server", contended=True, gpu_other_pids=[7]))
-    assert [r.split(":")[0] for r in v["invalid_reasons"]] == ["contended"]
+    assert validity.measurement_reasons(_row(queueing, scenario="server")) == []
+    v = validity.measurement_reasons(_row(queueing, scenario="server", contended=True, gpu_other_pids=[7]))
+    assert [r.split(":")[0] for r in v] == ["contended"]
     assert _reasons(_row(queueing))["valid"] is False  # the same spread in single-stream: noisy
 
 
