@@ -221,6 +221,9 @@ def run(
         lost = "; ".join(f"{w} ({cause})" for w, cause in result.lost_workers.items())
         console.print(f"[yellow]lost {len(result.lost_workers)} worker(s)[/]: {escape(lost)}. "
                       f"{len(result.requeued)} in-flight trial(s) re-run on other workers.", highlight=False)
+    if result.compact_error:
+        console.print(f"[yellow]not compacted[/]: {escape(result.compact_error)} (`--resume` compacts it)",
+                      highlight=False)
     if result.kept:
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
