@@ -26,7 +26,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +73,9 @@ def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] 
 
 
 def load(dirs: list[Path]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for d in dirs:
-        for part in sorted(d.glob("part-*.parquet")):
-            rows += pq.read_table(part, columns=COLUMNS).to_pylist()
-    return rows
+    from orchestrator.results import load_results
+
+    return load_results(dirs, columns=COLUMNS).to_pylist()  # compacted runs and runs of parts alike
 
 
 def fastest_table(rows: list[dict[str, Any]]) -> str:

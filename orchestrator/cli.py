@@ -81,6 +81,8 @@ PIPED_ROWS = 40
 #: The most not-ok rows a summary lists (the rest are counted).
 SUMMARY_PROBLEMS = 20
 TABLE_MODES = ("auto", "full", "summary")
+#: The most trials ``report`` lists one per line in the terminal (the HTML page lists them all).
+REPORT_ROWS = 500
 
 
 def _config(r: dict[str, Any]) -> str:
@@ -261,10 +263,17 @@ def report(
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
     from orchestrator.report import html_report, summarize, terminal_table
     from orchestrator.results import load_results
+    from orchestrator.sink import SAMPLE_COLUMNS
+    from workers.schema import SCHEMA
 
     try:
-        rows = load_results(run_dir).to_pylist()
-        console.print(terminal_table(summarize(rows, baseline), baseline))
+        rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
+        if len(rows) <= REPORT_ROWS:
+            console.print(terminal_table(summarize(rows, baseline), baseline))
+        else:  # thousands of trials: per label and model, and the ones not ok
+            print_results(rows, "summary", run_dir)
+            console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
+                          highlight=False)
         if html is not None:
             page = html_report(run_dir, baseline, report_path=html)
             try:

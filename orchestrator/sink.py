@@ -42,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from orchestrator.errors import InputError, OutputError, ResultWriteError
 from workers.contract import FILES_KEY
@@ -63,11 +64,11 @@ SAMPLE_COLUMNS = ("samples_ms", "host_samples_ms")
 ROW_GROUP_BYTES = 64 << 20
 #: What identifies one execution of a trial (a retried trial has another run or start time).
 ATTEMPT_KEY = ("trial_id", "run_id", "started_at", "attempt")
-#: Writer options of the compacted file (see BENCHMARKS.md, "Samples on disk"): zstd, and the
-#: per-iteration floats split by byte (their exponents and high bytes compress well).
-COMPACT_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_byte_stream_split": list(SAMPLE_COLUMNS),
-                                   "use_dictionary": [n for n, t in zip(SCHEMA.names, SCHEMA.types)
-                                                      if n not in SAMPLE_COLUMNS and not pa.types.is_list(t)]}
+#: Writer options of the compacted file (BENCHMARKS.md, "Samples on disk"): zstd; no dictionary for
+#: the per-iteration floats (it only grows them); byte-stream-split measured larger on timer samples.
+COMPACT_OPTIONS: dict[str, Any] = {"compression": "zstd",
+                                   "use_dictionary": [n for n, t in zip(SCHEMA.names, SCHEMA.types, strict=True)
+                                                      if not pa.types.is_list(t)]}
 
 
 def slim(row: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +194,8 @@ def stored_metadata(out: Path) -> dict[str, Any]:
     return {}
 
 
+#: The metadata key a part leaves out (see ResultSink).
+PART_OMITS = "plan"
 #: Metadata keys stored as plain text; the others are JSON.
 RAW_KEYS = frozenset({"schema_version", "run_id"})
 
@@ -316,8 +319,11 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
     columns would be lost). OSError goes on (the parts stay, and the temporary file goes).
     ``crash_after`` is for tests: raise SystemExit after that step ("history", "hide", "rename")."""
     lay = layout(out)
-    if fresh is None and not lay.pending:
-        return None
+    if fresh is None:
+        for stale in (out / FRESH_FILE, out / f".{COMPACT_FILE}.tmp"):  # a killed driver's, half written
+            _discard(stale)
+        if not lay.pending:
+            return None
     meta: dict[str, Any] = {}
     envs: dict[str, Any] = {"driver": None, "workers": {}}
     if lay.compacted is not None:
@@ -373,6 +379,11 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
         return None
     if metadata:
         meta.update(metadata)
+    if "plan" not in meta and (out / PLAN_FILE).is_file():  # parts don't carry it: the resolved plan beside them
+        try:
+            meta["plan"] = yaml.safe_load((out / PLAN_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            pass
     if environment:
         envs["driver"] = environment.get("driver") or envs["driver"]
         envs["workers"].update(environment.get("workers") or {})
@@ -477,9 +488,10 @@ class ResultSink:
         self.out, self.run_id = out, run_id
         self.stored = 0
         self._metadata = metadata
-        meta = {"infer_orch.schema_version": SCHEMA_VERSION, "infer_orch.run_id": run_id,
-                **{f"infer_orch.{k}": json.dumps(v, default=str) for k, v in metadata.items()}}
-        self.schema = SCHEMA.with_metadata(meta)
+        # a part carries what tells its row apart (schema version, run, device, environment), not the
+        # plan: that is in _plan.yaml beside it, and once in the compacted file (14 KB a part saved)
+        self.schema = SCHEMA.with_metadata(_encode({"schema_version": SCHEMA_VERSION, "run_id": run_id,
+                                                    **{k: v for k, v in metadata.items() if k != PART_OMITS}}))
         self._plan_yaml = plan_yaml
         self._opened = False
         self._fresh: _RowGroups | None = None
