@@ -82,16 +82,19 @@ def make_plan(trials: int, trial_s: float, faults: float = 0.0, modes: list[str]
     exclude = [{"label": "sleep", "batch_size": k, "dtype": d, "io": i} for d, i in combos[len(combos) - spare:]] \
         if spare else []
     backends: list[dict[str, Any]] = []
-    for m, n in per_mode.items():  # first in the list: a trial's batch size comes first in the order
+    for j, (m, n) in enumerate(per_mode.items()):
         if not n:
             continue
+        # spread over the run (trials go in batch-size order): not all replaced workers at once
+        at = {min(k, 1 + int((i + (j + 1) / (len(per_mode) + 1)) * k / n)) for i in range(n)}
+        assert len(at) == n, "too few trials for this many faults"
         entry: dict[str, Any] = {"backend": "fault", "label": f"fault-{m}", "options": {"mode": m}, "io": ["device"]}
         if m == "hang":
             entry["timeout_s"] = hang_timeout_s
         backends.append(entry)
         exclude.append({"label": f"fault-{m}", "dtype": "fp16"})
         if n < k:
-            exclude.append({"label": f"fault-{m}", "batch_size": list(range(n + 1, k + 1))})
+            exclude.append({"label": f"fault-{m}", "batch_size": [b for b in range(1, k + 1) if b not in at]})
     backends.append({"backend": "sleep", "label": "sleep", "options": {"step_s": trial_s / 10}})
     plan = {"name": name, "device": "cuda", "models": ["torchvision:resnet18"],
             "matrix": {"batch_sizes": list(range(1, k + 1)), "dtypes": list(DTYPES), "io": list(IOS),
