@@ -274,7 +274,7 @@ def run_plan(
             result.compact_error = str(exc)
         sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
                      "lost_workers": result.lost_workers, "requeued": result.requeued,
-                     "compacted": result.compact_error is None})
+                     "compacted": _compacted(out_dir)})
         return result.judge()
     finally:
         try:
@@ -283,6 +283,13 @@ def run_plan(
         finally:
             raylog.close()
         release_sigterm(previous_handler)
+
+
+def _compacted(out: Path) -> bool:
+    """Whether every row of ``out`` is in its compacted file (a compaction skipped for rows of a newer
+    version, or one that failed, leaves parts)."""
+    lay = layout(out)
+    return lay.compacted is not None and not lay.pending
 
 
 _SIGTERM = threading.Event()
