@@ -62,6 +62,9 @@ SAMPLE_COLUMNS = ("samples_ms", "host_samples_ms")
 #: A row group of the compacted file holds about this many bytes (in memory, uncompressed): large
 #: enough that a reader's per-group cost vanishes, small enough to bound the writer's buffer.
 ROW_GROUP_BYTES = 64 << 20
+#: Writer options of a part: it is read whole, once, by compaction (or by a reader of a run going
+#: on), so no statistics, dictionaries or compression: 15-20% less of the driver's time a trial.
+PART_OPTIONS: dict[str, Any] = {"write_statistics": False, "use_dictionary": False, "compression": "none"}
 #: What identifies one execution of a trial (a retried trial has another run or start time).
 ATTEMPT_KEY = ("trial_id", "run_id", "started_at", "attempt")
 #: Writer options of the compacted file (BENCHMARKS.md, "Samples on disk"): zstd; no dictionary for
@@ -540,7 +543,7 @@ class ResultSink:
                 _atomic_write(self.out / rel, data)
             batch = to_batch([row])
             table = pa.Table.from_batches([batch]).replace_schema_metadata(schema.metadata)
-            _atomic(path, lambda tmp: pq.write_table(table, tmp))
+            _atomic(path, lambda tmp: pq.write_table(table, tmp, **PART_OPTIONS))
             if self._fresh is None:
                 self._fresh = _RowGroups(self.out / FRESH_FILE, SCHEMA, {"compression": "none"})
             self._fresh.add_batch(batch)
