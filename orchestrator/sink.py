@@ -360,10 +360,10 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
                     continue  # an unreadable part stays where it is (``load_results`` names it)
                 t = conform(t)
                 tids = t.column("trial_id").to_pylist()
-                older = pc.is_in(t.column("trial_id"), value_set=pa.array(sorted(ids), pa.string()))
-                if any(older.to_pylist()):
-                    replaced.append(t.filter(older))
-                    t = t.filter(pc.invert(older))
+                older = [tid in ids for tid in tids]  # a part is one row: no Arrow set per part
+                if any(older):
+                    replaced.append(t.filter(pa.array(older)))
+                    t = t.filter(pa.array([not o for o in older]))
                 if t.num_rows:
                     current.append(t)
                     keys |= _keys(t)
@@ -397,10 +397,11 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
     groups = _RowGroups(tmp, schema, COMPACT_OPTIONS)
     try:
         if lay.compacted is not None:
+            newer = pa.array(sorted(ids), pa.string())
             for t in _batches(lay.compacted):
                 t = conform(t)
-                older = pc.is_in(t.column("trial_id"), value_set=pa.array(sorted(ids), pa.string()))
-                if ids and any(older.to_pylist()):
+                older = pc.is_in(t.column("trial_id"), value_set=newer)
+                if ids and pc.any(older).as_py():
                     replaced.append(t.filter(older))
                     t = t.filter(pc.invert(older))
                 groups.add(t)
