@@ -344,6 +344,7 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
         t = pq.read_table(fresh, columns=list(ATTEMPT_KEY))
         ids.update(t.column("trial_id").to_pylist())
         keys |= _keys(t)
+    env_workers: dict[bytes, set[str]] = {}  # a part's environment (as stored) -> the workers it is of
     try:
         for group in (lay.parts, lay.absorbed):
             for part in group:
@@ -358,7 +359,8 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
                     if part.name.startswith("."):
                         absorbed.append(part)  # torn: its trial is stored elsewhere or runs again
                     continue  # an unreadable part stays where it is (``load_results`` names it)
-                t = conform(t)
+                if set(t.column_names) - NAMES:
+                    raise ForeignColumns(sorted(set(t.column_names) - NAMES))
                 tids = t.column("trial_id").to_pylist()
                 older = [tid in ids for tid in tids]  # a part is one row: no Arrow set per part
                 if any(older):
@@ -366,20 +368,26 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
                     t = t.filter(pa.array([not o for o in older]))
                 if t.num_rows:
                     current.append(t)
-                    keys |= _keys(t)
                     for k, v in part_meta.items():
                         if k == b"infer_orch.environment":
-                            env = _decode(k, v)
-                            if isinstance(env, dict):
-                                envs["driver"] = envs["driver"] or env.get("driver")
-                                for w in set(t.column("worker").to_pylist()) - {None}:
-                                    envs["workers"].setdefault(w, env.get("worker"))
-                        elif k.startswith(b"infer_orch.") and k != b"infer_orch.environment":
-                            meta.setdefault(k.decode().removeprefix("infer_orch."), _decode(k, v))
+                            workers = t.column("worker").to_pylist() if "worker" in t.column_names else []
+                            env_workers.setdefault(v, set()).update(w for w in workers if w is not None)
+                        elif k.startswith(b"infer_orch.") and k.decode().removeprefix("infer_orch.") not in meta:
+                            meta[k.decode().removeprefix("infer_orch.")] = _decode(k, v)
                 ids.update(tids)
                 absorbed.append(part)
     except ForeignColumns:
         return None
+    if current:  # the parts' rows in this version's schema, at once (not part by part: 93 casts each)
+        current = [conform(pa.concat_tables(current, promote_options="permissive"))]
+        keys |= _keys(current[0])
+    replaced = [conform(pa.concat_tables(replaced, promote_options="permissive"))] if replaced else []
+    for raw, workers in env_workers.items():
+        env = _decode(b"infer_orch.environment", raw)
+        if isinstance(env, dict):
+            envs["driver"] = envs["driver"] or env.get("driver")
+            for w in workers:
+                envs["workers"].setdefault(w, env.get("worker"))
     if metadata:
         meta.update(metadata)
     if "plan" not in meta and (out / PLAN_FILE).is_file():  # parts don't carry it: the resolved plan beside them
