@@ -74,9 +74,9 @@ def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] 
 
 
 def load(dirs: list[Path]) -> list[dict[str, Any]]:
-    from orchestrator.results import load_results  # whatever the run's layout
+    from orchestrator.results import load_results
 
-    return load_results(dirs).select(COLUMNS).to_pylist()
+    return load_results(dirs, columns=COLUMNS).to_pylist()  # compacted runs and runs of parts alike
 
 
 def fastest_table(rows: list[dict[str, Any]]) -> str:

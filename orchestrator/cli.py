@@ -92,6 +92,8 @@ PIPED_ROWS = 40
 #: The most not-ok rows a summary lists (the rest are counted).
 SUMMARY_PROBLEMS = 20
 TABLE_MODES = ("auto", "full", "summary")
+#: The most trials ``report`` lists one per line in the terminal (the HTML page lists them all).
+REPORT_ROWS = 500
 
 
 def _config(r: dict[str, Any]) -> str:
@@ -241,6 +243,9 @@ def run(
         lost = "; ".join(f"{w} ({cause})" for w, cause in result.lost_workers.items())
         console.print(f"[yellow]lost {len(result.lost_workers)} worker(s)[/]: {escape(lost)}. "
                       f"{len(result.requeued)} in-flight trial(s) re-run on other workers.", highlight=False)
+    if result.compact_error:
+        console.print(f"[yellow]not compacted[/]: {escape(result.compact_error)} (`--resume` compacts it)",
+                      highlight=False)
     if result.kept:
         kept = ", ".join(f"{n} {s}" for s, n in sorted(Counter(result.kept.values()).items()))
         console.print(f"{len(result.kept)} trials already stored there were kept: {kept}", highlight=False)
@@ -282,10 +287,17 @@ def report(
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
     from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
     from orchestrator.results import load_results
+    from orchestrator.sink import SAMPLE_COLUMNS
+    from workers.schema import SCHEMA
 
     try:
-        rows = load_results(run_dir).to_pylist()
-        console.print(terminal_table(summarize(rows, baseline), baseline))
+        rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
+        if len(rows) <= REPORT_ROWS:
+            console.print(terminal_table(summarize(rows, baseline), baseline))
+        else:  # thousands of trials: per label and model, and the ones not ok
+            print_results(rows, "summary", run_dir)
+            console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
+                          highlight=False)
         peaks = peak_table(rows)
         if peaks is not None:
             console.print(peaks)

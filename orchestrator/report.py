@@ -290,8 +290,15 @@ def _series(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]]
     return dict(sorted(series.items())), colors
 
 
+#: The most batch sizes a plot labels one by one, and draws throughput bars for (lines beyond).
+MAX_TICKS = 16
+#: The most distribution panels (dtypes x batch sizes) a model's figure draws: a sweep of thousands
+#: of trials gets its summaries (table, latency and throughput lines), not thousands of box plots.
+MAX_PANELS = 24
+
+
 def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(section, caption, svg) for one model: latency vs batch size, throughput bars, distributions."""
+    """(section, caption, svg) for one model: latency vs batch size, throughput, distributions."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -312,7 +319,8 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
             if len(batches) > 1:
                 ax.set_xscale("log", base=2)
             _log_y(ax)
-            ax.set_xticks(batches, [str(b) for b in batches])
+            if len(batches) <= MAX_TICKS:
+                ax.set_xticks(batches, [str(b) for b in batches])
             ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="median latency (ms)")
             ax.grid(True, which="both", alpha=.3)
             ax.legend(fontsize=7)
@@ -323,9 +331,15 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
         for ax, dtype in zip(fig.subplots(1, len(dtypes), squeeze=False)[0], dtypes):
             for k, (name, rs) in enumerate(series.items()):
                 by_bs = {r["batch_size"]: r["throughput"] for r in rs if r["dtype"] == dtype and r["throughput"]}
+                if len(batches) > MAX_TICKS:  # too many for bars: a line per series
+                    pts = sorted(by_bs.items())
+                    if pts:
+                        ax.plot(*zip(*pts), label=name, color=colors[name])
+                    continue
                 xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_bs]
                 ax.bar(xs, [by_bs[b] for b in batches if b in by_bs], width, label=name, color=colors[name])
-            ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+            if len(batches) <= MAX_TICKS:
+                ax.set_xticks(range(len(batches)), [str(b) for b in batches])
             _log_y(ax)
             ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="throughput (samples/s)")
             ax.grid(True, axis="y", which="both", alpha=.3)
@@ -333,6 +347,11 @@ def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]
         out.append(("throughput", f"{model}: throughput at the median latency (log scale)", _svg(fig)))
 
         names = list(series)
+        if len(dtypes) * len(batches) > MAX_PANELS:
+            out.append(("distribution", f"{model}: {len(dtypes) * len(batches)} configurations (dtype x batch "
+                        f"size) are too many to draw one distribution each (the most is {MAX_PANELS}); every "
+                        "trial's samples are in the results (samples_ms)", ""))
+            return out
         fig = Figure(figsize=(max(4.0, 3.2 * len(batches)), (1.3 + 0.3 * len(names)) * len(dtypes)))
         axes = fig.subplots(len(dtypes), len(batches), squeeze=False)
         for i, dtype in enumerate(dtypes):

@@ -1,16 +1,18 @@
 """Reading runs back: one Arrow table of one or many run directories.
 
-A run directory holds one ``part-<trial_id>.parquet`` per trial (see ``orchestrator.sink``).
-Runs written by different versions of infer-orch may have different columns: tables are
-unified by name, and a column one run lacks is null in its rows, so readers can use a newer
-column where it exists and degrade where it doesn't.
+A run directory holds its rows in ``results.parquet`` once the run has ended (compacted), and one
+``part-<trial_id>.parquet`` per trial while it runs (and in runs of older versions); see
+``orchestrator.sink`` for the layout and which file wins when a trial is in several. Runs written
+by different versions of infer-orch may have different columns: tables are unified by name, and
+a column one run lacks is null in its rows, so readers can use a newer column where it exists
+and degrade where it doesn't.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +20,56 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError
-from orchestrator.sink import PLAN_FILE, RUN_FILE
+from orchestrator.sink import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
 
 PathLike = str | os.PathLike[str]
 
 
-def part_files(path: PathLike) -> list[Path]:
-    """The part files of a run directory (or the file itself); InputError when there are none."""
+def read_run(path: PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    """One run directory's rows (each trial once), or one Parquet file's; InputError when there are none."""
     p = Path(path)
     if p.is_file():
-        return [p]
+        try:
+            t = pq.read_table(p, columns=_present(p, columns))
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{p}: can't read this part file: {exc}") from None
+        return t.replace_schema_metadata(None)
     if not p.exists():
         raise InputError(f"{p}: no such run directory")
-    parts = sorted(p.glob("part-*.parquet"))
-    if not parts:
-        raise InputError(f"{p}: not a run directory (no part-*.parquet files in it)")
-    return parts
+    table = stored_table(p, columns=columns)
+    if table is None:
+        raise InputError(f"{p}: not a run directory (no part-*.parquet files nor {COMPACT_FILE} in it)")
+    return table
 
 
-def load_results(paths: PathLike | Iterable[PathLike], pandas: bool = False) -> Any:
+def _present(path: Path, columns: Sequence[str] | None) -> list[str] | None:
+    if columns is None:
+        return None
+    names = set(pq.read_schema(path).names)
+    return [c for c in columns if c in names]
+
+
+def load_results(paths: PathLike | Iterable[PathLike], pandas: bool = False,
+                 columns: Sequence[str] | None = None) -> Any:
     """Every row of one or many runs as a pyarrow Table (a pandas DataFrame with ``pandas=True``).
 
-    ``paths`` is a run directory (what ``infer-orch run --out`` wrote), a part file, or a list
-    of them. Rows keep their ``run_id``, so several runs can be told apart after loading.
+    ``paths`` is a run directory (what ``infer-orch run --out`` wrote), a results or part file, or
+    a list of them. Rows keep their ``run_id``, so several runs can be told apart after loading.
+    ``columns``: only these (e.g. leave out ``samples_ms`` to read a big run fast).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    tables = []
-    for path in paths:
-        for part in part_files(path):
-            try:
-                tables.append(pq.read_table(part).replace_schema_metadata(None))
-            except (OSError, pa.ArrowException) as exc:
-                raise InputError(f"{part}: can't read this part file: {exc}") from None
+    tables = [read_run(path, columns) for path in paths]
     if not tables:
         raise InputError("load_results: no run directories given")
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.to_pandas() if pandas else table
+
+
+def is_compacted(path: PathLike) -> bool:
+    """Whether a run directory's rows are all in its compacted file (no parts left)."""
+    lay = layout(Path(path))
+    return lay.compacted is not None and not lay.pending
 
 
 def run_info(path: PathLike) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
 from orchestrator.shipping import ship
-from orchestrator.sink import ResultSink, check_writable
+from orchestrator.sink import SAMPLE_COLUMNS, Compaction, ResultSink, check_writable, compact, describe, layout, slim
 from workers.contract import Trial, succeeded
 
 
@@ -39,6 +39,7 @@ class RunResult:
     run_id: str
     device: str
     workers: list[str]
+    #: this run's rows as stored, less their per-iteration samples (``sink.slim``): they are on disk
     rows: list[dict[str, Any]] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
     trials: list[Trial] = field(default_factory=list)  # every trial of the plan (kept ones too)
@@ -49,6 +50,9 @@ class RunResult:
     budget_misses: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
     #: (row, message) for each ok but invalid row a budget was judged on (met or missed)
     budget_invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: what the compaction at the end did (None: nothing to do), or why it could not be done
+    compaction: Compaction | None = None
+    compact_error: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -77,13 +81,15 @@ class RunResult:
 
     def report_rows(self) -> list[dict[str, Any]]:
         """The rows a report of the run covers: this run's, and for a resumed run the kept ones
-        (read back from ``out``)."""
+        (read back from ``out``, without their samples)."""
         rows = list(self.rows)
         if self.kept:
             from orchestrator.results import load_results
+            from workers.schema import SCHEMA
 
             fresh = {r["trial_id"] for r in rows}
-            rows += [r for r in load_results(self.out).to_pylist()
+            columns = [n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]
+            rows += [r for r in load_results(self.out, columns=columns).to_pylist()
                      if r["trial_id"] in self.kept and r["trial_id"] not in fresh]
         return rows
 
@@ -195,9 +201,15 @@ def run_plan(
                              "give only --resume")
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed, retry_invalid)
         trials = [t for t in trials if t.trial_id not in previous.kept]
-        if not trials:  # everything is stored already: no cluster needed
-            return RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
-                             kept=previous.kept, trials=all_trials).judge()
+        if not trials:  # everything is stored already: no cluster needed; the run is complete
+            result = RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
+                               kept=previous.kept, trials=all_trials)
+            if layout(previous.out).pending:
+                try:
+                    result.compaction = compact(previous.out)
+                except OSError as exc:
+                    result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
+            return result.judge()
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
@@ -216,6 +228,14 @@ def run_plan(
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
         seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
+        if previous is not None and layout(out_dir).pending:
+            # parts left by a run that did not end (or of an older version): compacted first, so
+            # that a row this run replaces (--retry-failed) is still there to go to the history
+            try:
+                compact(out_dir)
+            except OSError as exc:
+                raise ResultWriteError(f"could not compact the results in {out_dir}: {describe(exc)}; "
+                                       "nothing was run") from None
         # Started before anything else the driver does, so that their start-up (and, for model
         # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
         shipped = ship(trials, cluster.worker_pythonpath())  # the run's own files, for every node
@@ -232,7 +252,7 @@ def run_plan(
         def take(row: dict[str, Any]) -> None:
             row.setdefault("device", device)
             sink.write(row, metadata={"environment": envs.of_row(row)})
-            result.rows.append(row)
+            result.rows.append(slim(row))  # the samples are on disk: the driver keeps no more per trial
             if on_row:
                 on_row(row)
 
@@ -253,12 +273,14 @@ def run_plan(
             report = schedule(pool, trials, take, respawn=cluster.respawn,
                               facts={s.name: s.columns() for s in seats})
         except ResultWriteError as exc:
+            sink.discard_stream()
             stored = len(result.rows) + len(result.kept)
             raise ResultWriteError(
                 f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
                 f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}") from None
         except KeyboardInterrupt as stop:
+            sink.discard_stream()  # the parts hold every row: --resume compacts
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all()})
             stored = len(result.rows) + len(result.kept)
@@ -272,8 +294,13 @@ def run_plan(
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
+        try:
+            result.compaction = sink.compact()
+        except ResultWriteError as exc:  # every row is stored, in its part: the run itself stands
+            result.compact_error = str(exc)
         sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
-                     "lost_workers": result.lost_workers, "requeued": result.requeued})
+                     "lost_workers": result.lost_workers, "requeued": result.requeued,
+                     "compacted": _compacted(out_dir)})
         return result.judge()
     finally:
         if watch is not None:
@@ -292,6 +319,13 @@ def _watch_head(address: str | None, on_lost: Callable[[], str]) -> HeadWatch | 
         return None
     gcs = gcs_address()
     return HeadWatch(gcs, on_lost).start() if gcs else None
+
+
+def _compacted(out: Path) -> bool:
+    """Whether every row of ``out`` is in its compacted file (a compaction skipped for rows of a newer
+    version, or one that failed, leaves parts)."""
+    lay = layout(out)
+    return lay.compacted is not None and not lay.pending
 
 
 _SIGTERM = threading.Event()

@@ -191,11 +191,13 @@ def test_through_ray_rows_carry_inputs_and_axes_and_a_run_of_schema_1_still_load
     # the one-input rows as a schema-1 run wrote them: without the columns schema 2 added
     old = tmp_path / "old"
     old.mkdir()
-    for part in sorted((tmp_path / "new").glob("part-*.parquet")):
-        t = pq.read_table(part)
-        if t.column("axes")[0].as_py() is None:
+    new = pq.read_table(tmp_path / "new" / "results.parquet")  # the run, compacted
+    for i in range(new.num_rows):
+        t = new.slice(i, 1)
+        if t.column("axes")[0].as_py() is None:  # a part file per trial, as schema 1's runs were
             t = t.drop_columns(["inputs", "axes", "parity_worst_output"])
-            pq.write_table(t.replace_schema_metadata({b"infer_orch.schema_version": b"1"}), old / part.name)
+            pq.write_table(t.replace_schema_metadata({b"infer_orch.schema_version": b"1"}),
+                           old / f"part-{t.column('trial_id')[0].as_py()}.parquet")
     both = load_results([old, tmp_path / "new"]).to_pylist()
     assert len(both) == 8 and sum(r["inputs"] is None for r in both) == 2
     pairs = match(load_results(old).to_pylist(), rows)

@@ -23,6 +23,7 @@ from orchestrator.cli import app
 from orchestrator.errors import InputError, OutputError
 from orchestrator.expand import expand
 from orchestrator.plan import load_plan
+from orchestrator.results import load_results
 from orchestrator.run import run_plan
 
 SLOW_PLAN = """\
@@ -61,13 +62,19 @@ def wait_for_parts(out, n, proc, timeout=60):
 
 
 def assert_complete(out, plan):
+    """Every trial exactly once, of one run continued, compacted into one file (no part left)."""
     ids = sorted(t.trial_id for t in expand(load_plan(plan)))
-    parts = sorted(out.glob("part-*.parquet"))
-    rows = [pq.read_table(p).to_pylist()[0] for p in parts]  # every part file reads
+    assert not list(out.glob("part-*.parquet")) and not list(out.glob(".*"))
+    rows = pq.read_table(out / "results.parquet").to_pylist()
     assert sorted(r["trial_id"] for r in rows) == ids  # every trial exactly once
     assert len({r["run_id"] for r in rows}) == 1  # one run, continued
-    assert pq.read_table(out).num_rows == len(ids) and not list(out.glob(".*tmp"))
+    assert pq.read_table(out).num_rows == len(ids)
     return rows
+
+
+def started(out):
+    """trial id -> when its stored row's trial started (parts before compaction, or the compacted file)."""
+    return {r["trial_id"]: r["started_at"] for r in load_results(out, columns=["trial_id", "started_at"]).to_pylist()}
 
 
 @pytest.fixture
@@ -84,15 +91,16 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_missing_trials(address,
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    assert 2 <= len(before) < 12
+    before = started(out)  # from the parts: the killed run never compacted
+    assert 2 <= len(before) < 12 and len(list(out.glob("part-*.parquet"))) == len(before)
 
     result = run_plan(plan, resume=out, workers=2)
     assert len(result.rows) == 12 - len(before) and set(result.counts) == {"ok"}
     assert sorted(result.kept.values()) == ["ok"] * len(before)
     assert_complete(out, plan)
-    # the stored parts were not run again
-    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())
+    # the stored trials were not run again
+    after = started(out)
+    assert all(after[tid] == t for tid, t in before.items())
 
 
 @pytest.mark.slow
@@ -139,7 +147,7 @@ def test_resume_keeps_failed_rows_unless_retry_failed(ray_gpus, write_plan, tmp_
     plan, out = write_plan(FLAKY_PLAN), tmp_path / "out"
     first = run_plan(plan, out=out, workers=1)
     assert sorted(first.counts.items()) == [("failed", 1), ("ok", 1)]
-    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    before = started(out)
 
     again = run_plan(plan, resume=out, workers=1)
     assert again.rows == [] and sorted(again.kept.values()) == ["failed", "ok"]
@@ -149,9 +157,14 @@ def test_resume_keeps_failed_rows_unless_retry_failed(ray_gpus, write_plan, tmp_
     retried = run_plan(renamed, resume=out, retry_failed=True, workers=1)
     assert [r["backend"] for r in retried.rows] == ["fault"] and retried.kept == {
         r["trial_id"]: "ok" for r in first.rows if r["status"] == "ok"}
-    now = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    assert now.keys() == mtimes.keys() and sum(now[k] != mtimes[k] for k in now) == 1  # the failed part replaced
+    now = started(out)
+    assert now.keys() == before.keys() and sum(now[k] != before[k] for k in now) == 1  # the failed row replaced
     assert pq.read_table(out).num_rows == 2 and "name: flaky\n" in (out / "_plan.yaml").read_text()
+    # the newest attempt wins; the one it replaced stays as history, out of the readers' way
+    (failed_id,) = [r["trial_id"] for r in first.rows if r["status"] == "failed"]
+    history = pq.read_table(out / "_history/history.parquet").to_pylist()
+    assert [(h["trial_id"], h["status"], h["started_at"]) for h in history] == [
+        (failed_id, "failed", before[failed_id])]
 
 
 def test_resume_refuses_a_plan_that_changes_trial_ids_and_writes_nothing(ray_gpus, write_plan, tmp_path):

@@ -47,27 +47,31 @@ def test_trials_spread_over_every_gpu_worker_concurrently(spread_run):
     assert any(a[1] > b[0] and a[2] != b[2] for a, b in zip(spans, spans[1:]))
 
 
-def test_run_writes_a_parquet_dataset_with_one_schema(spread_run):
+def test_run_writes_one_compacted_parquet_file_with_one_schema(spread_run):
     result, out = spread_run
-    parts = sorted(out.glob("part-*.parquet"))
-    assert len(parts) == 8
-    for p in parts:
-        schema = pq.read_schema(p)
-        assert schema.remove_metadata().equals(SCHEMA.remove_metadata())
-        assert schema.metadata[b"infer_orch.schema_version"] == SCHEMA_VERSION.encode()
-        assert json.loads(schema.metadata[b"infer_orch.plan"])["name"] == "spread"
-        env = json.loads(schema.metadata[b"infer_orch.environment"])
-        row = pq.read_table(p).to_pylist()[0]
-        # the driver's environment and that of the worker that ran this trial
-        assert env["driver"]["torch_version"] and env["driver"]["cpu_model"]
-        assert env["worker"]["worker"] == row["worker"] and env["worker"]["torch_version"] == row["torch_version"]
+    # the parts were compacted into one file when the run ended: no part, no temporary file left
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".parquet") == ["results.parquet"]
+    assert not list(out.glob(".*"))
+    schema = pq.read_schema(out / "results.parquet")
+    assert schema.remove_metadata().equals(SCHEMA.remove_metadata())
+    assert schema.metadata[b"infer_orch.schema_version"] == SCHEMA_VERSION.encode()
+    assert schema.metadata[b"infer_orch.run_id"] == result.run_id.encode()
+    assert json.loads(schema.metadata[b"infer_orch.plan"])["name"] == "spread"
+    env = json.loads(schema.metadata[b"infer_orch.environment"])
+    # the driver's environment once, and each worker's once
+    assert env["driver"]["torch_version"] and env["driver"]["cpu_model"]
     table = pq.read_table(out)
     assert table.num_rows == 8 and set(table.column("run_id").to_pylist()) == {result.run_id}
+    assert len(set(table.column("trial_id").to_pylist())) == 8
+    for row in table.select(["worker", "torch_version"]).to_pylist():
+        assert env["workers"][row["worker"]]["worker"] == row["worker"]
+        assert env["workers"][row["worker"]]["torch_version"] == row["torch_version"]
     run = json.loads((out / "_run.json").read_text())
-    assert (out / "_plan.yaml").is_file() and run["counts"] == {"ok": 8}
+    assert (out / "_plan.yaml").is_file() and run["counts"] == {"ok": 8} and run["compacted"]
     assert sorted(run["environment"]["workers"]) == sorted(result.workers)  # every worker's, once
     assert all(e["worker"] == name for name, e in run["environment"]["workers"].items())
-    assert not list(out.glob(".*tmp"))
+    assert "samples_ms" not in result.rows[0]  # the driver keeps no samples; they are on disk
+    assert len(table.column("samples_ms")[0]) == result.rows[0]["iters"]
 
 
 def test_accelerator_type_missing_stops_before_anything_runs(ray_gpus, write_plan, tmp_path):

@@ -1,4 +1,4 @@
-"""The result table: one row per trial, the same Arrow schema in every part file.
+"""The result table: one row per trial, the same Arrow schema in every results file (compacted or part).
 
 ``SCHEMA_VERSION`` goes into each file's schema metadata (with the plan and the environment),
 so readers can tell which columns to expect; bump it when a column changes meaning or type.
@@ -295,7 +295,8 @@ def markdown_page() -> str:
         f"<!-- Generated from the columns in {module.replace('.', '/')}.py: edit them there, then run",
         f"     python -m {module} > docs/schema.md -->",
         "",
-        "One row per trial, with these columns in this order, in every part file of a run.",
+        "One row per trial, with these columns in this order, in every results file of a run",
+        "(`results.parquet`, and the part files while it runs).",
         "How to read them: [results.md](results.md).",
         "",
         markdown_table(),

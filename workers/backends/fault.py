@@ -16,8 +16,9 @@ It lets the fault handling be exercised on any machine, GPU or not::
   worker is replaced, the trial is retried ``retries`` times;
 - ``hang``: sleeps forever -> ``timeout`` after the trial's ``timeout_s``, the worker is replaced;
 - ``nan``: runs, but its output is NaN -> ``parity_failed``;
-- ``oom``: raises ``torch.cuda.OutOfMemoryError`` with the message CUDA's caching allocator
-  gives (simulated: nothing is allocated) -> ``oom``, the worker is replaced;
+- ``oom``: raises ``torch.cuda.OutOfMemoryError`` (a same-named RuntimeError where torch is not
+  loaded) with the message CUDA's caching allocator gives (simulated: nothing is allocated) ->
+  ``oom``, the worker is replaced;
 - ``stale``: runs, and its "model" is a known function of its input (``2 x + 1`` on 8 seeded
   values), but like a CUDA graph replaying old buffers it returns its first output whatever the
   input is now -> ``parity_failed`` ("stale output") in every trial, from the check that feeds a
@@ -29,6 +30,7 @@ It lets the fault handling be exercised on any machine, GPU or not::
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Literal
 
@@ -112,11 +114,17 @@ class FaultRunner(Runner):
             while True:
                 time.sleep(3600)
         if mode == "oom":
-            import torch
-
-            # The text of a real one, so the row reads as it would on a GPU.
-            raise torch.cuda.OutOfMemoryError(
+            # The text of a real one, so the row reads as it would on a GPU; torch's own type where
+            # torch is loaded, else one of the same name: a light worker (model-less trials) must
+            # not import torch (10-15 s on a busy 2-core machine) to simulate an OOM.
+            torch = sys.modules.get("torch")
+            error = torch.cuda.OutOfMemoryError if torch is not None else OutOfMemoryError
+            raise error(
                 "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
                 "of which 2.95 GiB is free. Of the allocated memory 74.02 GiB is allocated by PyTorch "
                 "(simulated by the fault backend, mode: oom)"
             )
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands for ``torch.cuda.OutOfMemoryError`` in a worker that has not imported torch."""

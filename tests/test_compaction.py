@@ -1,0 +1,120 @@
+"""A run's results compacted into one file: both layouts read, every crash window, the history.
+
+No Ray here: rows are written with the driver's own ResultSink, and compaction is stopped at each
+of its steps (``crash_after``) as a killed driver would leave it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.errors import OutputError
+from orchestrator.results import is_compacted, load_results
+from orchestrator.sink import ResultSink, check_writable, compact, stored_trials
+
+ENV = {"driver": {"host": "d"}, "worker": {"host": "h", "worker": "w0"}}
+
+
+def row(i: int, status: str = "ok", started: int = 0, attempt: int = 1) -> dict:
+    return {"trial_id": f"{i:016x}", "status": status, "label": "sleep", "model": "m", "batch_size": i,
+            "dtype": "fp32", "io": "device", "worker": f"w{i % 2}", "attempt": attempt,
+            "started_at": dt.datetime(2026, 11, 25, 12, 0, started, tzinfo=dt.timezone.utc),
+            "samples_ms": [1.0 + i, 2.0 + i], "host_samples_ms": [1.5, 2.5],
+            "latency_ms_median": 1.5 + i if status == "ok" else None, "error": None if status == "ok" else "boom"}
+
+
+def write_run(out, rows, run_id="r1"):
+    sink = ResultSink(out, run_id, "plan: x\n", metadata={"plan": {"name": "x"}, "device": "cuda"})
+    for r in rows:
+        sink.write(dict(r), metadata={"environment": {**ENV, "worker": {"worker": r["worker"]}}})
+    return sink
+
+
+def ids_once(out, n):
+    t = load_results(out)
+    ids = t.column("trial_id").to_pylist()
+    assert len(ids) == n and len(set(ids)) == n
+    return {r["trial_id"]: r for r in t.to_pylist()}
+
+
+def globbed(out):
+    """What a reader that globs *.parquet (DuckDB, polars) would read: the trial ids, with repeats."""
+    return [r[0] for r in duckdb.sql(f"select trial_id from read_parquet('{out}/*.parquet')").fetchall()]
+
+
+def test_a_finished_run_is_one_file_that_every_reader_reads(tmp_path):
+    out = tmp_path / "run"
+    sink = write_run(out, [row(i) for i in range(6)])
+    assert len(list(out.glob("part-*.parquet"))) == 6 and not is_compacted(out)
+    done = sink.compact()
+    assert (done.rows, done.parts, done.history) == (6, 6, 0)
+    assert sorted(p.name for p in out.iterdir()) == ["_plan.yaml", "results.parquet"] and is_compacted(out)
+    meta = pq.read_schema(out / "results.parquet").metadata
+    env = json.loads(meta[b"infer_orch.environment"])
+    assert env == {"driver": {"host": "d"}, "workers": {"w0": {"worker": "w0"}, "w1": {"worker": "w1"}}}
+    assert json.loads(meta[b"infer_orch.plan"]) == {"name": "x"} and meta[b"infer_orch.run_id"] == b"r1"
+    rows = ids_once(out, 6)
+    assert rows[f"{3:016x}"]["samples_ms"] == [4.0, 5.0]  # every sample kept
+    assert len(pd.read_parquet(out)) == 6 and pq.read_table(out).num_rows == 6
+    assert pl.read_parquet(f"{out}/*.parquet").height == 6 and sorted(globbed(out)) == sorted(rows)
+    assert stored_trials(out) == {tid: "ok" for tid in rows}
+    with pytest.raises(OutputError, match="already holds results"):
+        check_writable(out)
+
+
+@pytest.mark.parametrize("step", ["history", "hide", "rename"])
+def test_a_crash_at_any_step_of_compaction_loses_nothing_and_shows_no_trial_twice(tmp_path, step):
+    out = tmp_path / "run"
+    sink = write_run(out, [row(i) for i in range(6)])
+    sink._fresh.close()  # what ResultSink.compact does first
+    sink._fresh = None
+    with pytest.raises(SystemExit):
+        compact(out, out / ".fresh.parquet.tmp", crash_after=step)
+    rows = ids_once(out, 6)  # infer-orch's readers: every trial, once
+    assert len(set(globbed(out))) == len(globbed(out))  # a glob of *.parquet: never one twice
+    assert stored_trials(out) == {tid: "ok" for tid in rows}
+    with pytest.raises(OutputError, match="already holds results"):
+        check_writable(out)
+    compact(out)  # what --resume (or the next compaction) does with what is left
+    assert sorted(p.name for p in out.iterdir()) == ["_plan.yaml", "results.parquet"]
+    assert b"infer_orch.plan" in pq.read_schema(out / "results.parquet").metadata  # (parts don't carry it)
+    assert ids_once(out, 6).keys() == rows.keys() and sorted(globbed(out)) == sorted(rows)
+
+
+def test_a_run_of_parts_only_loads_and_compacts(tmp_path):
+    out = tmp_path / "old"
+    sink = write_run(out, [row(i) for i in range(4)])
+    sink.discard_stream()  # an older version's run, or one that was interrupted: parts only
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert ids_once(out, 4) and len(pd.read_parquet(out)) == 4
+    done = compact(out)
+    assert (done.rows, done.parts) == (4, 4) and is_compacted(out)
+    assert ids_once(out, 4)[f"{2:016x}"]["samples_ms"] == [3.0, 4.0]
+
+
+def test_a_newer_attempt_wins_and_the_older_stays_as_history(tmp_path):
+    out = tmp_path / "run"
+    write_run(out, [row(0), row(1, "failed", started=1)]).compact()
+    # --retry-failed: trial 1 runs again (the part of the newer attempt, beside the compacted file)
+    again = write_run(out, [row(1, "ok", started=9)])
+    rows = ids_once(out, 2)
+    assert rows[f"{1:016x}"]["status"] == "ok"  # before compaction: the part wins
+    assert sorted(globbed(out)) == [f"{0:016x}", f"{1:016x}", f"{1:016x}"]  # (DuckDB sees both meanwhile)
+    done = again.compact()
+    assert done.history == 1 and is_compacted(out)
+    rows = ids_once(out, 2)
+    assert rows[f"{1:016x}"]["status"] == "ok" and rows[f"{0:016x}"]["started_at"].second == 0
+    (old,) = pq.read_table(out / "_history/history.parquet").to_pylist()
+    assert (old["trial_id"], old["status"], old["started_at"].second) == (f"{1:016x}", "failed", 1)
+    assert sorted(globbed(out)) == [f"{0:016x}", f"{1:016x}"]  # the history is out of the readers' way
+    assert len(pd.read_parquet(out)) == 2
+    # compacting again adds nothing to the history
+    write_run(out, [row(2)]).compact()
+    assert pq.read_table(out / "_history/history.parquet").num_rows == 1 and ids_once(out, 3)
