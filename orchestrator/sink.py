@@ -217,20 +217,13 @@ def _encode(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def stored_invalid(out: Path, ids: set[str]) -> set[str]:
-    """Which of ``ids`` (stored trials) are stored as ok but not valid (workers/validity.py); parts
-    written before the verdict existed have no ``valid`` column and count as valid."""
-    found = set()
-    for tid in ids:
-        part = out / f"part-{tid}.parquet"
-        try:
-            if "valid" not in pq.read_schema(part).names:
-                continue
-            (row,) = pq.read_table(part, columns=["valid"]).to_pylist()
-        except Exception:
-            continue
-        if row["valid"] is False:
-            found.add(tid)
-    return found
+    """Which of ``ids`` (stored trials) are stored as ok but not valid (workers/validity.py), in
+    either layout; rows written before the verdict existed have no ``valid`` and count as valid."""
+    t = stored_table(out, columns=["trial_id", "valid"], strict=False)
+    if t is None or "valid" not in t.column_names:
+        return set()
+    return {tid for tid, valid in zip(t.column("trial_id").to_pylist(), t.column("valid").to_pylist(), strict=True)
+            if tid in ids and valid is False}
 
 
 def stored_run_id(out: Path) -> str | None:
