@@ -44,10 +44,16 @@ def runs(ray_gpus, tmp_path_factory):
     out = {}
     for name, step in (("base", "0.040"), ("same", "0.040"), ("slow", "0.052")):
         (d / f"{name}.yaml").write_text(PLAN.replace("STEP", step))
-        # one worker: sleeps on a busy 2-core machine wake late, and fewer processes wake later less
-        result = run_plan(d / f"{name}.yaml", out=d / name, workers=1)
-        assert result.counts == {"ok": 2}
-        out[name] = d / name
+        # One worker: sleeps on a busy 2-core machine wake late, and fewer processes wake later less.
+        # A run whose rows the validity rules call invalid (a neighbour test hogged both cores: the
+        # sleeps' IQR/median passed 10%) is measured again, up to twice: these tests are about the
+        # verdicts on numbers worth judging; test_validity.py is about the invalid ones.
+        for attempt in range(3):
+            result = run_plan(d / f"{name}.yaml", out=d / f"{name}-{attempt}", workers=1)
+            assert result.counts == {"ok": 2}
+            if not result.invalid:
+                break
+        out[name] = d / f"{name}-{attempt}"
     return out
 
 
