@@ -371,11 +371,7 @@ def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
             raise _err("hf:{ref}: {key}: an hf model's inputs come from its architecture ({names}); set "
                        "sequence lengths with axes: {{seq: N}} or matrix.seq_lens", ref=ref, key=k,
                        names=", ".join(i["name"] for i in arch.inputs))
-    axes = rest.pop("axes", {}) or {}
-    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                             and v >= 1 for k, v in axes.items()):
-        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
-                   "use matrix.axes)")
+    axes = _model_axes(rest)
     conf = hf.settings(arch, local, overrides)
     if "image" in conf:
         axes = {"image": conf["image"], **axes}
@@ -579,6 +575,18 @@ def _plan_inputs(raw: Any) -> list[PlanInput]:
     return out
 
 
+def _model_axes(rest: dict[str, Any]) -> dict[str, int]:
+    """A model's own ``axes`` (taken out of ``rest``): fixed values of its named axes, checked."""
+    axes = rest.pop("axes", {}) or {}
+    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                             and v >= 1 for k, v in axes.items()):
+        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
+                   "use matrix.axes)")
+    if "batch" in axes:
+        raise _err("axes: batch is the batch axis: its values are matrix.batch_sizes")
+    return axes
+
+
 def _inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
     """ModelSpec fields for a model of the inputs form (a ``python:`` factory or an ONNX file)."""
     rest = dict(rest)
@@ -587,13 +595,7 @@ def _inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str)
                    keys=", ".join(k for k in INPUTS_FORM_KEYS if k in rest))
     if "input_shape" in rest and "inputs" in rest:
         raise _err("give either input_shape (one float input) or inputs, not both")
-    axes = rest.pop("axes", {}) or {}
-    if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                             and v >= 1 for k, v in axes.items()):
-        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
-                   "use matrix.axes)")
-    if "batch" in axes:
-        raise _err("axes: batch is the batch axis: its values are matrix.batch_sizes")
+    axes = _model_axes(rest)
     axes_map = rest.pop("axes_map", {}) or {}
     if not isinstance(axes_map, dict) or not all(isinstance(v, str) for v in axes_map.values()):
         raise _err("axes_map: a mapping of the ONNX file's dim name to a plan axis, e.g. {{sequence: seq}}")

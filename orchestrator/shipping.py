@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.contract import Trial
+from workers.shipped import top_module
 
 #: Not shipped with a package: caches and version-control folders.
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -93,7 +94,7 @@ def ship(trials: list[Trial], pythonpath: list[str]) -> dict[str, dict[str, Any]
     for ref in sorted({t.model.ref for t in trials if t.model.kind == "onnx"}):
         path = Path(ref)
         out["onnx"][ref] = _put(path.parent, _onnx_files(path), path.name)
-    for top in sorted({t.model.ref.partition(":")[0].split(".")[0] for t in trials if t.model.kind == "python"}):
+    for top in sorted({top_module(t.model.ref) for t in trials if t.model.kind == "python"}):
         found = _module_files(top, pythonpath)
         if found:
             out["python"][top] = _put(*found, main="")

@@ -94,7 +94,7 @@ class Worker:
             if trial.model.kind == "onnx" and source in self.shipped.get("onnx", {}):
                 local = shipped.onnx_file(self.shipped["onnx"][source])
                 trial = replace(trial, model=trial.model.model_copy(update={"ref": local}))
-            top = source.partition(":")[0].split(".")[0]
+            top = shipped.top_module(source)
             if trial.model.kind == "python" and top in self.shipped.get("python", {}):
                 shipped.use_module(self.shipped["python"][top])
         except Exception as exc:

@@ -13,6 +13,11 @@ from typing import Any
 from workers.models import cache_dir
 
 
+def top_module(ref: str) -> str:
+    """The top-level module of a ``python:`` reference (``mypkg`` of ``mypkg.models:make``): what ships."""
+    return ref.partition(":")[0].split(".")[0]
+
+
 def local_copy(entry: dict[str, Any]) -> Path:
     """The folder holding the shipped files on this node, written there first if it isn't yet.
 
