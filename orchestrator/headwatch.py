@@ -23,13 +23,26 @@ import sys
 import threading
 from collections.abc import Callable
 
-from orchestrator.errors import RunError
+from orchestrator.errors import InputError, RunError
 
 PERIOD_S = 2.0
 #: How long the head may not answer before the run stops: well inside Ray's own 60 s, but long
 #: enough that a blip of the network is not taken for a dead head. ``INFER_ORCH_HEAD_TIMEOUT_S``.
-HEAD_TIMEOUT_S = float(os.environ.get("INFER_ORCH_HEAD_TIMEOUT_S", "30"))
-FAILURES = max(1, round(HEAD_TIMEOUT_S / PERIOD_S))
+HEAD_TIMEOUT_S = 30.0
+
+
+def failures_allowed() -> int:
+    """Probes in a row that may fail before the head counts as gone: ``INFER_ORCH_HEAD_TIMEOUT_S``
+    (default ``HEAD_TIMEOUT_S``) over ``PERIOD_S``. A value that is not a positive number of seconds
+    is refused with a line that names it (InputError, exit 2), before anything runs."""
+    raw = os.environ.get("INFER_ORCH_HEAD_TIMEOUT_S")
+    try:
+        seconds = HEAD_TIMEOUT_S if raw is None else float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InputError(f"INFER_ORCH_HEAD_TIMEOUT_S={raw!r}: expected a positive number of seconds")
+    return max(1, round(seconds / PERIOD_S))
 
 
 class HeadLost(RunError):
@@ -40,11 +53,11 @@ class HeadWatch:
     """Probes ``host:port`` (the GCS) from a daemon thread until stopped; ``lost`` once it is gone."""
 
     def __init__(self, gcs_address: str, on_lost: Callable[[], str], period_s: float = PERIOD_S,
-                 failures: int = FAILURES) -> None:
+                 failures: int | None = None) -> None:
         host, _, port = gcs_address.rpartition(":")
         self.on_lost = on_lost
         self.address, self.host, self.port = gcs_address, host, int(port)
-        self.period_s, self.failures = period_s, failures
+        self.period_s, self.failures = period_s, failures_allowed() if failures is None else failures
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="infer-orch-headwatch", daemon=True)

@@ -23,7 +23,7 @@ import yaml
 from orchestrator import budgets, cluster
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
 from orchestrator.expand import expand, with_profiles
-from orchestrator.headwatch import HeadWatch, gcs_address
+from orchestrator.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
@@ -210,6 +210,7 @@ def run_plan(
                 except OSError as exc:
                     result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
             return result.judge()
+    head_failures = failures_allowed() if address else None  # a bad INFER_ORCH_HEAD_TIMEOUT_S: before any write
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
@@ -267,7 +268,7 @@ def run_plan(
                     f"cluster is up again (or without --address, on this machine), resume with: "
                     f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}")
 
-        watch = _watch_head(address, head_lost)
+        watch = _watch_head(address, head_lost, head_failures)
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
@@ -313,12 +314,12 @@ def run_plan(
         release_sigterm(previous_handler)
 
 
-def _watch_head(address: str | None, on_lost: Callable[[], str]) -> HeadWatch | None:
+def _watch_head(address: str | None, on_lost: Callable[[], str], failures: int | None) -> HeadWatch | None:
     """For a run on a cluster it joined, a watch on the cluster's head (``orchestrator.headwatch``)."""
     if not address:
         return None
     gcs = gcs_address()
-    return HeadWatch(gcs, on_lost).start() if gcs else None
+    return HeadWatch(gcs, on_lost, failures=failures).start() if gcs else None
 
 
 def _compacted(out: Path) -> bool:
