@@ -76,8 +76,9 @@ def one(rho: float, step_s: float, requests: int) -> dict:
     r = lam * d
     md1 = d + r * d / (2 * (1 - r))
     pk = d + lam * (s ** 2).mean() / (2 * (1 - r))
-    busy = np.asarray(row["request_start_s"])[1:] > a[1:] + 1e-4
-    handoff = (np.asarray(row["request_start_s"])[1:] - np.asarray(row["request_end_s"])[:-1])[busy]
+    starts, ends = np.asarray(row["request_start_s"]), np.asarray(row["request_end_s"])
+    queued = a[1:] < ends[:-1]  # arrived while the one before was in service: it could start at its end
+    handoff = (starts[1:] - ends[:-1])[queued]
     return {"rho_nominal": rho, "rho": r, "requests": len(a), "D_ms": d * 1e3, "service_cv": float(s.std() / d),
             "mean_ms": float(lat.mean() * 1e3), "md1_ms": md1 * 1e3, "ratio_md1": float(lat.mean() / md1),
             "ratio_pk": float(lat.mean() / pk), "ratio_lindley": float(lat.mean() / lindley_mean(a, s)),

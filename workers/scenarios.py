@@ -17,7 +17,7 @@ to completion (its own stream synchronized). Policy, in the order it runs::
     server(c lanes, rate):
         n = max(min_requests, ceil(rate * min_duration_s)); arrivals a_1 < ... < a_n: seeded gaps,
             exponential (poisson) or 1 / rate (constant)
-        every lane: take the next request i (FIFO, one lock); sleep until t0 + a_i;
+        every lane: take the next request i (FIFO, a shared counter); sleep until t0 + a_i;
             start = now; lane.run(); end = now                     # stop taking at max_time_s
         latency_i = end_i - a_i            # from the SCHEDULED arrival: queueing counts (no coordinated omission)
         issue lag_i = start_i - max(a_i, when its lane took it)   # the harness's own lateness
@@ -38,6 +38,7 @@ the window; server, achieved_rate * batch_size; find-peak, peak_rate * batch_siz
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -187,66 +188,76 @@ def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float)
     """Every lane busy until both minimums are met (or ``max_s`` passed)."""
     k = len(threads.lanes)
     records: list[list[tuple[float, float]]] = [[] for _ in range(k)]
-    done = [0]
-    lock = threading.Lock()
+    completed = itertools.count(1)  # next() is one C call under the GIL: a shared count without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
 
     def job(i: int, lane: Lane) -> None:
         barrier.wait()
-        start, mine = t0[0], records[i]
-        while not threads.stop.is_set():
-            now = time.perf_counter()
-            with lock:
-                if (done[0] >= min_requests and now - start >= min_s) or now - start >= max_s:
-                    return
-            s = time.perf_counter()
-            lane.run()
-            e = time.perf_counter()
-            mine.append((s - start, e - start))
-            with lock:
-                done[0] += 1
+        start, append, run, stop, clock = t0[0], records[i].append, lane.run, threads.stop, time.perf_counter
+        done = 0  # requests completed by all lanes, as of this lane's last completion
+        while not stop.is_set():
+            s = clock()
+            if s - start >= max_s or (done >= min_requests and s - start >= min_s):
+                return
+            run()
+            e = clock()
+            append((s, e))
+            done = next(completed)
 
     threads.run(job)
-    rows = sorted((s, e, i) for i, rec in enumerate(records) for s, e in rec)
+    base = t0[0]
+    rows = sorted((s - base, e - base, i) for i, rec in enumerate(records) for s, e in rec)
     a = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
     end = a[:, 1]
     window = float(end.max()) if end.size else 0.0
     return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window,
-               hit_max_time=bool(done[0] < min_requests or window < min_s))
+               hit_max_time=bool(len(rows) < min_requests or window < min_s))
 
 
 def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     """Requests at their scheduled arrivals, FIFO, served by the first free lane; stops taking new
-    requests ``max_s`` after the start (the rest of the schedule is then unserved)."""
+    requests ``max_s`` after the start (the rest of the schedule is then unserved).
+
+    Between one request's end and the next one's start a lane does as little as it can (a queued
+    request starts at once, its records are kept for later): that gap is service time the queue sees
+    and the row does not (``bench/queue_theory.py`` measures it as ``handoff``)."""
     n = len(arrivals)
-    start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    lanes = np.full(n, -1, dtype=np.int64)
-    nxt = [0]
-    lock = threading.Lock()
+    k = len(threads.lanes)
+    records: list[list[tuple[int, float, float, float]]] = [[] for _ in range(k)]
+    order = itertools.count()  # next() is one C call under the GIL: FIFO without a lock
     t0 = [0.0]
-    barrier = threading.Barrier(len(threads.lanes), action=lambda: t0.__setitem__(0, time.perf_counter()))
+    barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
     arr = arrivals.tolist()
 
     def job(i: int, lane: Lane) -> None:
         barrier.wait()
-        base = t0[0]
-        while not threads.stop.is_set():
-            with lock:
-                r = nxt[0]
-                taken = time.perf_counter()
-                if r >= n or taken - base >= max_s:
-                    return
-                nxt[0] += 1
+        base, append, run, stop, clock = t0[0], records[i].append, lane.run, threads.stop, time.perf_counter
+        while not stop.is_set():
+            r = next(order)
+            taken = clock()
+            if r >= n or taken - base >= max_s:
+                return
             due = base + arr[r]
-            _wait_until(due)
-            s = time.perf_counter()
-            lane.run()
-            e = time.perf_counter()
-            start[r], end[r], lanes[r] = s - base, e - base, i
-            lag[r] = s - max(due, taken)
+            if taken < due:
+                _wait_until(due)
+                s = clock()
+            else:
+                s = taken  # queued: it starts now
+            run()
+            e = clock()
+            append((r, taken, s, e))
 
     threads.run(job)
+    base = t0[0]
+    start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    lanes = np.full(n, -1, dtype=np.int64)
+    for i, rec in enumerate(records):
+        if not rec:
+            continue
+        r, taken, s, e = (np.asarray(c) for c in zip(*rec))
+        start[r], end[r], lanes[r] = s - base, e - base, i
+        lag[r] = s - np.maximum(base + arrivals[r], taken)
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
