@@ -22,6 +22,7 @@ Usage::
     python bench/fidelity.py OUT_DIR            # on a GPU: ResNet-50, batch 1 and 256, fp32 and fp16
     python bench/fidelity.py OUT_DIR --quick    # on a CPU: a tiny model, few iterations (a smoke test)
     python bench/fidelity.py OUT_DIR --bert     # on a GPU: the ratios only, BERT-base seq 128 batch 8 fp16
+    python bench/fidelity.py OUT_DIR --overhead # measurement 2 only: the harness's and the sampler's cost
 
 Writes OUT_DIR/fidelity.json and OUT_DIR/fidelity.csv, and prints a short table last.
 """
@@ -356,7 +357,7 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"contention sampler at a {o['sampler_period_s'] * 1e3:g} ms period ({o['sampler_checks']} "
                          f"reads, {o['nvml_read_us']:.0f} us each): {o['sampler_us']:+.2f} us/iter; at its real "
                          f"0.5 s period ~{o['sampler_us'] * o['sampler_period_s'] / 0.5:+.3f} us/iter")
-    p = res["repro"]
+    p = res.get("repro", {"error": "not run (--overhead)"})
     if "error" in p:
         lines.append(f"reproducibility: failed: {p['error']}")
     else:
@@ -371,6 +372,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, few iterations")
     ap.add_argument("--bert", action="store_true", help="only the ratios, for BERT-base seq 128 batch 8 fp16 "
                                                         "(torch CUDA graph and ORT IO binding)")
+    ap.add_argument("--overhead", action="store_true", help="only the harness overhead and the sampler's cost "
+                                                            "(measurement 2)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--ratio-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -397,9 +400,9 @@ def main() -> None:
     env = envinfo.environment(cfg["device"])
     res: dict[str, Any] = {"device": cfg["device"], "device_name": env.get("device_name"), "environment": env,
                            "config": cfg}
-    res["ratios"] = ratios(cfg, log)
+    res["ratios"] = [] if args.overhead else ratios(cfg, log)
     more = (("overhead", lambda: overhead(cfg, store)), ("repro", lambda: repro(cfg, log)))
-    for key, fn in () if args.bert else more:
+    for key, fn in () if args.bert else more[:1] if args.overhead else more:
         try:
             res[key] = fn()
         except Exception as exc:
@@ -407,10 +410,11 @@ def main() -> None:
             log(f"{key} failed: {res[key]['error']}")
     res["total_s"] = time.perf_counter() - t0
     (out / "fidelity.json").write_text(json.dumps(res, indent=2, default=str))
-    with open(out / "fidelity.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(max(res["ratios"], key=len)), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(res["ratios"])
+    if res["ratios"]:
+        with open(out / "fidelity.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(max(res["ratios"], key=len)), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(res["ratios"])
     print(table(res))
 
 

@@ -31,7 +31,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["device_name", "model", "axes", "label", "backend", "batch_size", "dtype", "io", "status", "error",
-           "latency_ms_median", "throughput", "compile_time_s", "compile_cache_warm", "setup_s"]
+           "latency_ms_median", "throughput", "compile_time_s", "compile_cache_warm", "setup_s",
+           "energy_j_per_sample", "gpu_power_w_avg", "energy_method", "valid", "invalid_reasons"]
 HEADER = ("| model | batch | dtype | fastest | median ms | samples/s | runner-up | its ms | margin | vs torch-eager |\n"
           "| --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
 
@@ -102,6 +103,34 @@ def fastest_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def energy_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: every ok row with an energy figure, J per sample and samples per J, and per (model,
+    batch, dtype) whether the fastest label is also the most frugal."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok" and r["energy_j_per_sample"]:
+            groups[(r["model"], r["axes"] or "", r["batch_size"], r["dtype"])].append(r)
+    if not groups:
+        return ""
+    lines = ["| model | batch | dtype | label | median ms | J / sample | samples / J | avg W | |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    verdicts = []
+    for (model, _axes, bs, dtype), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r["energy_j_per_sample"])
+        fastest = min(rs, key=lambda r: r["latency_ms_median"])
+        for r in rs:
+            mark = ", ".join(m for m, x in (("most frugal", rs[0]), ("fastest", fastest)) if x is r)
+            lines.append(f"| {model} | {bs} | {dtype} | {_name(r)} | {r['latency_ms_median']:.3f} | "
+                         f"{r['energy_j_per_sample']:.4f} | {1 / r['energy_j_per_sample']:,.1f} | "
+                         f"{r['gpu_power_w_avg'] or 0:.0f} | {mark} |")
+        if rs[0] is not fastest:
+            verdicts.append(f"- {model} bs {bs} {dtype}: the most frugal ({_name(rs[0])}, "
+                            f"{rs[0]['energy_j_per_sample']:.4f} J) is not the fastest ({_name(fastest)}, "
+                            f"{fastest['energy_j_per_sample']:.4f} J, "
+                            f"{fastest['energy_j_per_sample'] / rs[0]['energy_j_per_sample']:.2f}x the energy)")
+    return "\n".join(lines + [""] + (verdicts or ["- the fastest label is the most frugal at every point"]))
+
+
 def notes(rows: list[dict[str, Any]]) -> str:
     out = []
     compiled = [r for r in rows if r["backend"] == "torch-compile" and r["compile_time_s"] is not None]
@@ -136,7 +165,8 @@ def main() -> None:
         dirs = [run(args.plan, out, bs, labels)]
     rows = load(dirs)
     devices = ", ".join(sorted({r["device_name"] or "?" for r in rows}))
-    text = f"{len(rows)} rows on {devices}\n{notes(rows)}\n\n{fastest_table(rows)}\n" if rows else "no rows\n"
+    text = (f"{len(rows)} rows on {devices}\n{notes(rows)}\n\n{fastest_table(rows)}\n\n{energy_table(rows)}\n"
+            if rows else "no rows\n")
     try:
         (out / "fastest.md").write_text(text)
     except OSError:  # a read-only --report directory: the table is printed anyway
