@@ -131,7 +131,8 @@ def test_tiny_bert_on_every_cuda_backend_in_fp32_and_fp16():
     from workers.trial import run_trial
 
     backends = ["torch-eager", "torch-cudagraph", {"backend": "torch-compile", "options": {"mode": "default"}},
-                "ort", {"backend": "ort", "label": "ort-bind", "options": {"io_binding": True}},
+                {"backend": "ort", "io": ["host"]},
+                {"backend": "ort", "label": "ort-bind", "options": {"io_binding": True}},
                 {"backend": "ort", "label": "ort-graph", "options": {"io_binding": True, "cuda_graph": True}},
                 {"backend": "ort", "label": "ort-dynamic", "options": {"io_binding": True, "dynamic_shapes": True}}]
     data = plan([TINY_BERT], backends, device="cuda", dtypes=["fp32", "fp16"])
@@ -140,13 +141,17 @@ def test_tiny_bert_on_every_cuda_backend_in_fp32_and_fp16():
     assert len(rows) == 28
     for r in rows:
         assert r["status"] == "ok", (r["label"], r["dtype"], r["axes"], r.get("error"))
-    fp16 = [r for r in rows if r["backend"] == "ort" and r["dtype"] == "fp16"]
-    assert {r["export_route"] for r in fp16} == {"torch.onnx dynamo export of the fp16 model, static shapes"}
+    routes = {r["label"]: r["export_route"] for r in rows if r["backend"] == "ort" and r["dtype"] == "fp16"}
+    route = "torch.onnx dynamo export of the fp16 model, "
+    assert routes.pop("ort-dynamic") == route + "dynamic shapes (one export for every shape)"
+    assert set(routes.values()) == {route + "static shapes"}
 
 
-def test_dynamic_shapes_is_one_export_for_every_shape_and_agrees():
-    """ORT's dynamic_shapes option: the second sequence length reuses the first one's export."""
-    data = plan([TINY_BERT], [{"backend": "ort", "options": {"dynamic_shapes": True, "exporter": "torchscript"}}])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_dynamic_shapes_is_one_export_for_every_shape_and_agrees(exporter):
+    """ORT's dynamic_shapes option: the second sequence length reuses the first one's export, with
+    either exporter (dynamo takes torch.export's dynamic_shapes; it can't convert dynamic_axes here)."""
+    data = plan([TINY_BERT], [{"backend": "ort", "options": {"dynamic_shapes": True, "exporter": exporter}}])
     data["matrix"].update(batch_sizes=[1, 3], exclude=[{"batch_size": 1, "axes": {"seq": 16}},
                                                        {"batch_size": 3, "axes": {"seq": 8}}])
     rows = run_all(expand(parse_plan(data)))

@@ -190,7 +190,10 @@ def onnx_export(
         kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], **names}
         if opset is not None:
             kwargs["opset_version"] = opset
-        if dynamic:
+        if dynamic and exporter == "dynamo":  # torch.export's own form; it can't convert dynamic_axes for every model
+            shapes = dynamic_shapes(spec)
+            kwargs["dynamic_shapes"] = (shapes,) if spec.inputs else shapes  # FlatCall.forward(*xs): one argument
+        elif dynamic:
             kwargs["dynamic_axes"] = dynamic_axes(spec)
         if exporter == "dynamo":
             kwargs.update(dynamo=True, external_data=False, verbose=False)
@@ -210,6 +213,16 @@ def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
     if not spec.inputs:
         return {"input": {0: "batch"}}
     return {i.name: {k: d for k, d in enumerate(i.shape) if isinstance(d, str)} for i in spec.inputs}
+
+
+def dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...]:
+    """torch.export's ``dynamic_shapes`` for ``spec``, positional like the export's arguments: one
+    ``Dim`` per axis name, shared by every input that has that axis (so the graph knows they agree)."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    return tuple({k: dims.setdefault(name, torch.export.Dim(name)) for k, name in axes.items()}
+                 for axes in dynamic_axes(spec).values())
 
 
 def make_input(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: int) -> Any:
