@@ -1,0 +1,34 @@
+"""The same CUDA-graph trial three times in one process: does a trial's place in its worker matter?
+
+Found on an H200 (BENCHMARKS.md, "BERT-base"): the first torch-cudagraph trial of BERT-base b8 fp16
+in a fresh process measured 0.914 ms, the next two 0.991 and 0.986 ms; a hand-written replay loop
+does the same (0.915 ms until an eager forward of the model runs after a capture, 0.98 ms ever after,
+in the same process). This prints the three medians.
+
+    PYTHONPATH=$PWD python bench/trial_order.py          # on a GPU, about a minute
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from bench import fidelity
+    from workers.models import ModelStore
+    from workers.trial import run_trial
+
+    cfg = fidelity.config(False, True)  # BERT-base seq 128, as bench/fidelity.py --bert
+    store = ModelStore(0)
+    trial = fidelity.make_trial(cfg, "torch-cudagraph", 8, "fp16")
+    for i in range(3):
+        r = run_trial(trial, "cuda", store)
+        print(f"trial {i + 1} torch-cudagraph BERT b8 fp16 in one process: {r['latency_ms_median']:.4f} ms "
+              f"({r['status']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
