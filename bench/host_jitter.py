@@ -103,8 +103,9 @@ def main() -> None:
             for _ in range(args.procs):
                 spec = {"case": case, "device": args.device, "cpus": cpus, "windows": args.windows,
                         "window_s": args.window_s}
+                path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
                 p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                   text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                   text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
                 if p.returncode:
                     raise SystemExit(f"{case} {mode}: {p.stderr[-2000:]}")
                 procs.append(json.loads(p.stdout.strip().splitlines()[-1])["windows_ms"])
