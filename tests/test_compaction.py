@@ -134,3 +134,15 @@ def test_a_newer_attempt_wins_and_the_older_stays_as_history(tmp_path):
     # compacting again adds nothing to the history
     write_run(out, [row(2)]).compact()
     assert pq.read_table(out / "_history/history.parquet").num_rows == 1 and ids_once(out, 3)
+
+
+def test_rows_waiting_in_the_writer_are_written_when_the_run_stops(tmp_path):
+    out = tmp_path / "run"
+    sink = ResultSink(out, "r1", "plan: x\n", metadata={"plan": {"name": "x"}, "device": "cuda"})
+    sink._writer.batch_s = 60  # a busy run: every row after the first waits for the next part
+    for i in range(5):
+        sink.write(row(i))
+    assert sink.stored < 5
+    sink.discard_stream()  # what Ctrl-C, SIGTERM and a failed run do before they report
+    assert sink.stored == 5 and stored_trials(out) == {f"{i:016x}": "ok" for i in range(5)}
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == ["_plan.yaml"]
