@@ -61,10 +61,12 @@ class BatchWriter:
 
     def flush(self) -> None:
         """Return once every item put so far is written; raises the error of a write that failed."""
-        if self._thread is not None:
+        thread = self._thread
+        if thread is not None:
             done = threading.Event()
             self._queue.put(done)
-            done.wait()
+            while not done.wait(0.5) and thread.is_alive():  # (a close from another thread ends it first)
+                pass
         self._raise()
 
     def close(self) -> None:

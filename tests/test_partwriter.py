@@ -94,3 +94,24 @@ def test_a_failed_write_is_raised_to_the_caller_and_later_rows_are_dropped():
     with pytest.raises(OSError):
         w.close()
     assert written == [[0]]
+
+
+def test_a_flush_from_another_thread_returns_when_the_writer_was_closed_meanwhile():
+    # the head watch flushes from its own thread; the main thread may be closing the writer then
+    batches: list[list[int]] = []
+    hold = threading.Event()
+    w = BatchWriter(recorder(batches, hold), batch_s=0.01)
+    w.put(0)
+    thread = w._thread
+    closer = threading.Thread(target=w.close)
+    closer.start()
+    deadline = time.monotonic() + 2
+    while w._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    w._thread = thread  # as the flushing thread saw it before the close took it
+    flusher = threading.Thread(target=w.flush)
+    flusher.start()
+    hold.set()
+    closer.join(5)
+    flusher.join(5)
+    assert not flusher.is_alive() and batches == [[0]]
