@@ -1,7 +1,7 @@
 """Reading runs back: one Arrow table of one or many run directories.
 
-A run directory holds its rows in ``results.parquet`` once the run has ended (compacted), and one
-``part-<trial_id>.parquet`` per trial while it runs (and in runs of older versions); see
+A run directory holds its rows in ``results.parquet`` once the run has ended (compacted), and
+``part-<trial_id>.parquet`` files while it runs (one per trial in runs of older versions); see
 ``orchestrator.sink`` for the layout and which file wins when a trial is in several. Runs written
 by different versions of infer-orch may have different columns: tables are unified by name, and
 a column one run lacks is null in its rows, so readers can use a newer column where it exists

@@ -224,6 +224,7 @@ def run_plan(
         raise
     catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
     watch: HeadWatch | None = None
+    sink: ResultSink | None = None
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
@@ -252,7 +253,7 @@ def run_plan(
 
         def take(row: dict[str, Any]) -> None:
             row.setdefault("device", device)
-            sink.write(row, metadata={"environment": envs.of_row(row)})
+            sink.write(row, environment=envs.of_row(row))  # handed to the sink's writer thread
             result.rows.append(slim(row))  # the samples are on disk: the driver keeps no more per trial
             if on_row:
                 on_row(row)
@@ -260,9 +261,13 @@ def run_plan(
         summary = {"plan": plan.name, "device": device, "workers": result.workers, "started_at": now.isoformat()}
 
         def head_lost() -> str:
+            try:
+                sink.flush()  # the rows waiting in the writer: on disk before the process leaves
+            except ResultWriteError:
+                pass
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all(), "head_lost": True})
-            stored = len(result.rows) + len(result.kept)
+            stored = sink.stored + len(result.kept)
             return (f"the cluster's head ({watch.address if watch else address}) stopped answering mid-run; "
                     f"{stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}, whole; once a "
                     f"cluster is up again (or without --address, on this machine), resume with: "
@@ -273,18 +278,19 @@ def run_plan(
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
                               facts={s.name: s.columns() for s in seats})
+            sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
             sink.discard_stream()
-            stored = len(result.rows) + len(result.kept)
+            stored = sink.stored + len(result.kept)
             raise ResultWriteError(
                 f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
                 f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}") from None
         except KeyboardInterrupt as stop:
-            sink.discard_stream()  # the parts hold every row: --resume compacts
+            sink.discard_stream()  # the rows waiting are written: the parts hold every row, --resume compacts
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
                          "environment": envs.all()})
-            stored = len(result.rows) + len(result.kept)
+            stored = sink.stored + len(result.kept)
             # Ray turns any exception a signal handler raises inside its blocking calls into a plain
             # KeyboardInterrupt, so the handler's flag says which signal it was
             term = isinstance(stop, Terminated) or _SIGTERM.is_set()
@@ -304,6 +310,8 @@ def run_plan(
                      "compacted": _compacted(out_dir)})
         return result.judge()
     finally:
+        if sink is not None:  # a run that ended otherwise: its waiting rows to parts, the writer stopped
+            sink.discard_stream()
         if watch is not None:
             watch.stop()
         try:

@@ -1,4 +1,4 @@
-"""Writing a run: one Parquet part file per trial as it finishes, one compacted file at the end.
+"""Writing a run: Parquet part files as trials finish, one compacted file at the end.
 
 Layout of a run directory::
 
@@ -7,22 +7,24 @@ Layout of a run directory::
         _run.json           run id, start, device, workers, and the final counts
         _ray.log            Ray's own messages during the run (see orchestrator.raylog)
         results.parquet     every trial's row, once: written when the run ends (compaction)
-        part-<trial_id>.parquet   one per trial while the run goes on (and in runs of older versions)
+        part-<trial_id>.parquet   while the run goes on: the trials that ended together, named after
+                            the first (one trial each in runs of older versions)
         _history/history.parquet  rows replaced by a newer attempt (``--retry-failed``), if any
         profiles/<trial_id>.<backend>.json   a trial's profile, when asked for (its row's profile_file)
 
-While a run goes on, each finished trial is written at once as its own part (under a temporary
-name, then renamed: a crash never leaves a torn file), and also streamed into ``.fresh.parquet.tmp``
+While a run goes on, a writer thread (``orchestrator.partwriter``) writes each finished trial within
+``BATCH_S`` of its end, in one part with the trials that ended meanwhile (under a temporary name,
+then renamed: a crash never leaves a torn file), and also streams it into ``.fresh.parquet.tmp``
 (hidden, unreadable until closed). When the run ends, that file is closed and merged with what was
 stored before (a resumed run) into ``results.parquet``: written under a temporary name, then the
 parts are renamed out of sight (``.part-<id>.parquet.absorbed``), the compacted file renamed into
 place, and only then the hidden parts removed. So the parts stay until compaction has succeeded (a
 crash loses nothing), and no reader ever sees a trial twice: readers that glob ``*.parquet`` see a
 trial in a part or in ``results.parquet``, never both; infer-orch's own readers (``stored_table``)
-also read the hidden parts of an interrupted compaction, with the precedence
-``part-*.parquet`` > ``.part-*.absorbed`` > ``results.parquet`` (a trial stored in several places
-is the newest attempt where it is newest). Run directories of older versions (parts only) read
-the same way, and are compacted when ``--resume`` completes them.
+also read the hidden parts of an interrupted compaction, with the precedence ``part-*.parquet`` >
+``.part-*.absorbed`` > ``results.parquet`` (a trial stored in several places is the newest attempt
+where it is newest). Run directories of older versions (parts only) read the same way, and are
+compacted when ``--resume`` completes them.
 
 Files and folders starting with ``_`` or ``.`` are ignored by Arrow datasets, so
 ``pandas.read_parquet(dir)`` reads the rows alone; polars and DuckDB read ``dir/*.parquet``.
@@ -45,6 +47,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.errors import InputError, OutputError, ResultWriteError
+from orchestrator.partwriter import BatchWriter
 from workers.contract import FILES_KEY
 from workers.schema import NAMES, SCHEMA, SCHEMA_VERSION, to_batch
 
@@ -142,8 +145,8 @@ def stored_table(out: Path, columns: Iterable[str] | None = None, strict: bool =
     None when it holds no rows. ``columns``: only these (a file lacking one gives it null).
 
     ``strict``: a part file that can't be read raises InputError (naming it); otherwise such a
-    file, or a part whose row is not the trial its name says, counts as absent (resuming runs that
-    trial again and replaces it)."""
+    file, or a part whose rows are not of the trial its name says, counts as absent (resuming runs
+    its trials again and replaces them)."""
     lay = layout(out)
     columns = list(columns) if columns is not None else None
     if columns is not None and "trial_id" not in columns:
@@ -158,7 +161,7 @@ def stored_table(out: Path, columns: Iterable[str] | None = None, strict: bool =
                     raise InputError(f"{part}: can't read this part file: {exc}") from None
                 continue
             ids = t.column("trial_id").to_pylist() if "trial_id" in t.column_names else []
-            if not strict and ids != [_part_id(part)]:
+            if not strict and _part_id(part) not in ids:
                 continue
             if set(ids) & seen:  # an absorbed part of a trial whose part is newer
                 t = _without(t, seen)
@@ -394,10 +397,11 @@ def compact(out: Path, fresh: Path | None = None, metadata: dict[str, Any] | Non
     replaced = [conform(pa.concat_tables(replaced, promote_options="permissive"))] if replaced else []
     for raw, workers in env_workers.items():
         env = _decode(b"infer_orch.environment", raw)
-        if isinstance(env, dict):
+        if isinstance(env, dict):  # a part's: {"driver", "workers": {name: ...}}, or one trial's {"driver", "worker"}
             envs["driver"] = envs["driver"] or env.get("driver")
+            own = env.get("workers")
             for w in workers:
-                envs["workers"].setdefault(w, env.get("worker"))
+                envs["workers"].setdefault(w, own.get(w) if isinstance(own, dict) else env.get("worker"))
     if metadata:
         meta.update(metadata)
     if "plan" not in meta and (out / PLAN_FILE).is_file():  # parts don't carry it: the resolved plan beside them
@@ -504,13 +508,14 @@ def _fsync(path: Path) -> None:
 class ResultSink:
     """Writes one run's directory. ``plan_yaml=None`` (resuming) keeps the ``_plan.yaml`` there.
 
-    Keeps no row: each goes to its part file and into the stream of this run's rows at once."""
+    Keeps no row: ``write`` hands each to a writer thread (``orchestrator.partwriter``), which writes
+    the rows of the last ``BATCH_S`` as one part and into the stream of this run's rows."""
 
     def __init__(self, out: Path, run_id: str, plan_yaml: str | None, metadata: dict[str, Any]) -> None:
         self.out, self.run_id = out, run_id
-        self.stored = 0
+        self.stored = 0  # rows on disk (written by the writer thread)
         self._metadata = metadata
-        # a part carries what tells its row apart (schema version, run, device, environment), not the
+        # a part carries what tells its rows apart (schema version, run, device, environment), not the
         # plan: that is in _plan.yaml beside it, and once in the compacted file (14 KB a part saved)
         self.schema = SCHEMA.with_metadata(_encode({"schema_version": SCHEMA_VERSION, "run_id": run_id,
                                                     **{k: v for k, v in metadata.items() if k != PART_OMITS}}))
@@ -519,6 +524,7 @@ class ResultSink:
         self._fresh: _RowGroups | None = None
         self._driver_env: Any = None
         self._worker_envs: dict[str, Any] = {}
+        self._writer = BatchWriter(self._write_part)
 
     def _open(self) -> None:
         try:
@@ -531,11 +537,13 @@ class ResultSink:
             raise OutputError(f"output directory {self.out}: {exc.strerror or exc}") from None
         self._opened = True
 
-    def write(self, row: dict[str, Any], metadata: dict[str, Any] | None = None) -> Path:
-        """Persist one trial's row now, as its own part file (``metadata``: this file's own keys).
+    def write(self, row: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
+        """Store one trial's row: on disk within ``BATCH_S`` (``flush``: now). ``environment``: the
+        driver's and the row's worker's (``{"driver": ..., "worker": ...}``), for the metadata.
 
         Files the worker sent with the row (``FILES_KEY``: profiles) are taken out of ``row`` and
-        written first, so a stored row never names a file that is not there."""
+        written now, before the row is handed over, so a stored row never names a file that is not
+        there. Raises ResultWriteError when they, or an earlier part, could not be written."""
         if not self._opened:
             self._open()
         files = dict(row.pop(FILES_KEY, None) or {})
@@ -546,30 +554,43 @@ class ResultSink:
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
             raise ValueError(f"trial id {tid!r} is not a trial id")
-        schema = self.schema
-        if metadata:
-            schema = schema.with_metadata({**schema.metadata, **{
-                f"infer_orch.{k}".encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()}})
-            env = metadata.get("environment")
-            if isinstance(env, dict):
-                self._driver_env = env.get("driver") or self._driver_env
-                if row.get("worker") is not None and row["worker"] not in self._worker_envs:
-                    self._worker_envs[row["worker"]] = env.get("worker")
-        path = self.out / f"part-{tid}.parquet"
+        if isinstance(environment, dict):
+            self._driver_env = environment.get("driver") or self._driver_env
+            if row.get("worker") is not None and row["worker"] not in self._worker_envs:
+                self._worker_envs[row["worker"]] = environment.get("worker")
         try:  # a full disk, a file-size limit: no partial file stays behind, the run stops with one line
             for rel, data in files.items():
                 (self.out / rel).parent.mkdir(exist_ok=True)
                 _atomic_write(self.out / rel, data)
-            batch = to_batch([row])
-            table = pa.Table.from_batches([batch]).replace_schema_metadata(schema.metadata)
+        except OSError as exc:
+            raise ResultWriteError(f"could not write results in {self.out}: {describe(exc)}") from None
+        self._writer.put(row)
+
+    def flush(self) -> None:
+        """Return once every row written so far is on disk; ResultWriteError if one could not be."""
+        self._writer.flush()
+
+    def _write_part(self, rows: list[dict[str, Any]]) -> None:
+        """On the writer thread: ``rows`` as one part, named after the first of them whose name is
+        free (a part of an older attempt stays until compaction moves it to the history)."""
+        ids = [str(r["trial_id"]) for r in rows]
+        path = next((p for p in (self.out / f"part-{t}.parquet" for t in ids) if not p.exists()),
+                    self.out / f"part-{ids[0]}.parquet")
+        metadata = self.schema.metadata
+        workers = sorted({r["worker"] for r in rows if r.get("worker") is not None})
+        if self._driver_env is not None or workers:
+            env = {"driver": self._driver_env, "workers": {w: self._worker_envs.get(w) for w in workers}}
+            metadata = {**metadata, **_encode({"environment": env})}
+        try:
+            batch = to_batch(rows)
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(metadata)
             _atomic(path, lambda tmp: pq.write_table(table, tmp, **PART_OPTIONS))
             if self._fresh is None:
                 self._fresh = _RowGroups(self.out / FRESH_FILE, SCHEMA, {"compression": "none"})
             self._fresh.add_batch(batch)
         except OSError as exc:
             raise ResultWriteError(f"could not write results in {self.out}: {describe(exc)}") from None
-        self.stored += 1
-        return path
+        self.stored += len(rows)
 
     def compact(self) -> Compaction | None:
         """This run's rows and what was stored before, into ``results.parquet``; the parts go.
@@ -577,6 +598,7 @@ class ResultSink:
         parts stay: every row is still stored, and ``--resume`` compacts)."""
         if not self._opened:
             self._open()
+        self._writer.close()  # every row in its part and in the stream (raises if one could not be)
         fresh = None
         try:
             if self._fresh is not None:
@@ -594,7 +616,12 @@ class ResultSink:
                                    "trial is still stored there, in its own part file") from None
 
     def discard_stream(self) -> None:
-        """Stop streaming (an interrupted run): its rows stay in their parts, for ``--resume``."""
+        """Stop streaming (an interrupted run): the rows waiting are written to parts (as far as
+        they can be), where they stay for ``--resume``."""
+        try:
+            self._writer.close()
+        except Exception:  # the run stops with its own error; what is on disk stays
+            pass
         if self._fresh is not None:
             self._fresh.abandon()
             self._fresh = None

@@ -64,3 +64,16 @@ def run_all(trials) -> list[dict[str, Any]]:
 
     store = ModelStore()
     return [run_trial(t, "cpu", store, cpus=1) for t in trials]
+
+
+def stored_rows(out: Path) -> int:
+    """How many rows the part files in ``out`` hold now (a part holds the trials that ended together)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for part in out.glob("part-*.parquet"):
+        try:
+            n += pq.read_metadata(part).num_rows
+        except FileNotFoundError:  # absorbed by a compaction meanwhile
+            pass
+    return n

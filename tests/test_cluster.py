@@ -19,7 +19,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO, cli
+from helpers import REPO, cli, stored_rows
 from raycluster import RayCluster
 from typer.testing import CliRunner
 
@@ -120,7 +120,7 @@ def test_a_frozen_node_is_waited_for_not_taken_for_crashes(two_nodes, tmp_path):
     stopped = two_nodes.pids("f")
     try:
         deadline = time.monotonic() + 120
-        while len(list(out.glob("part-*.parquet"))) < 3:  # every worker busy by now
+        while stored_rows(out) < 3:  # every worker busy by now
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         stopped = two_nodes.pids("f")
@@ -145,12 +145,14 @@ def test_a_frozen_node_is_waited_for_not_taken_for_crashes(two_nodes, tmp_path):
 @pytest.mark.slow
 def test_losing_a_node_mid_run_requeues_its_trials_on_the_other(two_nodes, tmp_path):
     plan = tmp_path / "plan.yaml"
-    plan.write_text(plan_text("loss", list(range(1, 9)), 0.1, iters=10))  # 16 trials of 1 s on 4 workers
+    # 24 trials of 1 s on 4 workers: the node dies with 4-5 s of the run left (the rows that show every
+    # worker busy reach the disk up to 0.5 s after they end: the part writer gathers them)
+    plan.write_text(plan_text("loss", list(range(1, 13)), 0.1, iters=10))
     out = tmp_path / "out"
     proc = infer_orch(two_nodes, str(plan), "--out", str(out), wait=False)
     try:
         deadline = time.monotonic() + 120
-        while len(list(out.glob("part-*.parquet"))) < 2:  # running on every worker by now
+        while stored_rows(out) < 2:  # running on every worker by now
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         os.kill(two_nodes.raylet_pid("w"), signal.SIGKILL)  # the A100 node's raylet dies
@@ -159,7 +161,7 @@ def test_losing_a_node_mid_run_requeues_its_trials_on_the_other(two_nodes, tmp_p
         if proc.poll() is None:
             proc.kill()
     df = pd.read_parquet(out)
-    assert len(df) == 16 and set(df.status) == {"ok"}, text  # every trial ran, none lost
+    assert len(df) == 24 and set(df.status) == {"ok"}, text  # every trial ran, none lost
     assert proc.returncode == 0, text
     run = json.loads((out / "_run.json").read_text())
     assert len(run["lost_workers"]) == 2 and all("died" in cause for cause in run["lost_workers"].values())
@@ -183,7 +185,7 @@ def test_a_dead_head_stops_the_run_with_one_line_and_resume_completes_elsewhere(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while len(list(out.glob("part-*.parquet"))) < 2:
+        while stored_rows(out) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         two_nodes.kill(two_nodes.pids("h"))
@@ -198,7 +200,7 @@ def test_a_dead_head_stops_the_run_with_one_line_and_resume_completes_elsewhere(
     assert len(errors) == 1 and "stopped answering mid-run" in errors[0] and f"--resume {out}" in errors[0], stderr
     assert "Traceback" not in stdout + stderr and "Failed to connect to GCS" not in stderr
     parts = sorted(out.glob("part-*.parquet"))
-    assert parts and all(pd.read_parquet(p).shape[0] == 1 for p in parts)  # whole, one trial each
+    assert parts and all(pd.read_parquet(p).shape[0] >= 1 for p in parts)  # whole
     resumed = cli("run", plan, "--resume", out)  # on this process's Ray: a fresh cluster
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     df = pd.read_parquet(out)

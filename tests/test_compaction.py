@@ -30,11 +30,21 @@ def row(i: int, status: str = "ok", started: int = 0, attempt: int = 1) -> dict:
             "latency_ms_median": 1.5 + i if status == "ok" else None, "error": None if status == "ok" else "boom"}
 
 
-def write_run(out, rows, run_id="r1"):
+def write_run(out, rows, run_id="r1", part_each=False):
+    """``rows`` written by the driver's sink, on disk; ``part_each``: a part each (trials that end
+    far apart), else as the writer thread gathers them."""
     sink = ResultSink(out, run_id, "plan: x\n", metadata={"plan": {"name": "x"}, "device": "cuda"})
     for r in rows:
-        sink.write(dict(r), metadata={"environment": {**ENV, "worker": {"worker": r["worker"]}}})
+        sink.write(dict(r), environment={**ENV, "worker": {"worker": r["worker"]}})
+        if part_each:
+            sink.flush()
+    sink.flush()  # the writer thread's parts on disk
     return sink
+
+
+def part_rows(out):
+    """The rows of each part file (the trials that ended together share one)."""
+    return [pq.read_metadata(p).num_rows for p in sorted(out.glob("part-*.parquet"))]
 
 
 def ids_once(out, n):
@@ -52,9 +62,10 @@ def globbed(out):
 def test_a_finished_run_is_one_file_that_every_reader_reads(tmp_path):
     out = tmp_path / "run"
     sink = write_run(out, [row(i) for i in range(6)])
-    assert len(list(out.glob("part-*.parquet"))) == 6 and not is_compacted(out)
+    parts = part_rows(out)
+    assert sum(parts) == 6 and len(parts) < 6 and not is_compacted(out)  # rows that came together: one part
     done = sink.compact()
-    assert (done.rows, done.parts, done.history) == (6, 6, 0)
+    assert (done.rows, done.parts, done.history) == (6, len(parts), 0)
     assert sorted(p.name for p in out.iterdir()) == ["_plan.yaml", "results.parquet"] and is_compacted(out)
     meta = pq.read_schema(out / "results.parquet").metadata
     env = json.loads(meta[b"infer_orch.environment"])
@@ -72,8 +83,8 @@ def test_a_finished_run_is_one_file_that_every_reader_reads(tmp_path):
 @pytest.mark.parametrize("step", ["history", "hide", "rename"])
 def test_a_crash_at_any_step_of_compaction_loses_nothing_and_shows_no_trial_twice(tmp_path, step):
     out = tmp_path / "run"
-    sink = write_run(out, [row(i) for i in range(6)])
-    sink._fresh.close()  # what ResultSink.compact does first
+    sink = write_run(out, [row(i) for i in range(6)], part_each=True)  # "hide" stops half-way through them
+    sink._fresh.close()  # what ResultSink.compact does first (the writer thread is idle: flushed)
     sink._fresh = None
     with pytest.raises(SystemExit):
         compact(out, out / ".fresh.parquet.tmp", crash_after=step)
@@ -94,9 +105,14 @@ def test_a_run_of_parts_only_loads_and_compacts(tmp_path):
     sink.discard_stream()  # an older version's run, or one that was interrupted: parts only
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert ids_once(out, 4) and len(pd.read_parquet(out)) == 4
+    parts = part_rows(out)
+    assert sum(parts) == 4 and max(parts) > 1  # (a part of two workers' rows: the check below means something)
     done = compact(out)
-    assert (done.rows, done.parts) == (4, 4) and is_compacted(out)
+    assert (done.rows, done.parts) == (4, len(parts)) and is_compacted(out)
     assert ids_once(out, 4)[f"{2:016x}"]["samples_ms"] == [3.0, 4.0]
+    # the parts held rows of two workers: each worker's environment is its own in the compacted file
+    env = json.loads(pq.read_schema(out / "results.parquet").metadata[b"infer_orch.environment"])
+    assert env == {"driver": {"host": "d"}, "workers": {"w0": {"worker": "w0"}, "w1": {"worker": "w1"}}}
 
 
 def test_a_newer_attempt_wins_and_the_older_stays_as_history(tmp_path):
@@ -118,3 +134,15 @@ def test_a_newer_attempt_wins_and_the_older_stays_as_history(tmp_path):
     # compacting again adds nothing to the history
     write_run(out, [row(2)]).compact()
     assert pq.read_table(out / "_history/history.parquet").num_rows == 1 and ids_once(out, 3)
+
+
+def test_rows_waiting_in_the_writer_are_written_when_the_run_stops(tmp_path):
+    out = tmp_path / "run"
+    sink = ResultSink(out, "r1", "plan: x\n", metadata={"plan": {"name": "x"}, "device": "cuda"})
+    sink._writer.batch_s = 60  # a busy run: every row after the first waits for the next part
+    for i in range(5):
+        sink.write(row(i))
+    assert sink.stored < 5
+    sink.discard_stream()  # what Ctrl-C, SIGTERM and a failed run do before they report
+    assert sink.stored == 5 and stored_trials(out) == {f"{i:016x}": "ok" for i in range(5)}
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == ["_plan.yaml"]

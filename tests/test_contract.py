@@ -110,6 +110,7 @@ def test_a_runner_reporting_a_column_the_schema_lacks_fails_only_its_trial(monke
     # and the driver writes it like any row
     sink = ResultSink(tmp_path, "r", "plan: x\n", metadata={})
     sink.write(bad)
+    sink.flush()
     (stored,) = pq.read_table(tmp_path).to_pylist()
     assert stored["status"] == "failed" and stored["trial_id"] == trial.trial_id
 

@@ -16,7 +16,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO
+from helpers import REPO, stored_rows
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -52,13 +52,14 @@ def start_driver(plan, out, address):
 
 
 def wait_for_parts(out, n, proc, timeout=60):
+    """Until the parts hold ``n`` trials."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(list(out.glob("part-*.parquet"))) >= n:
+        if stored_rows(out) >= n:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
-    raise AssertionError(f"no {n} part files in {timeout} s")
+    raise AssertionError(f"no {n} trials in part files in {timeout} s")
 
 
 def assert_complete(out, plan):
@@ -92,7 +93,7 @@ def test_driver_killed_mid_run_then_resume_runs_only_the_missing_trials(address,
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     before = started(out)  # from the parts: the killed run never compacted
-    assert 2 <= len(before) < 12 and len(list(out.glob("part-*.parquet"))) == len(before)
+    assert 2 <= len(before) < 12 and stored_rows(out) == len(before)
 
     result = run_plan(plan, resume=out, workers=2)
     assert len(result.rows) == 12 - len(before) and set(result.counts) == {"ok"}
@@ -115,7 +116,7 @@ def test_ctrl_c_keeps_results_and_prints_the_resume_command(address, write_plan,
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
-    stored = len(list(out.glob("part-*.parquet")))
+    stored = stored_rows(out)  # the rows waiting in the writer too: written as the run stopped
     assert f"interrupted: {stored} of 12 trials are stored in {out}" in stderr
     assert json.loads((out / "_run.json").read_text())["state"] == "interrupted"
     command = next(line for line in stderr.splitlines() if line.startswith("resume with: "))

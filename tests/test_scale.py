@@ -8,6 +8,7 @@ the run compacted into one file.
 from __future__ import annotations
 
 from bench.scale import check, fault_modes, make_plan
+from bench.span_budget import span_budget
 from orchestrator.results import is_compacted
 from orchestrator.run import run_plan
 
@@ -22,3 +23,7 @@ def test_a_hundred_trials_with_faults_every_id_once_exact_statuses_compacted(ray
     assert c["ids_once"] and c["counts_ok"], c
     assert is_compacted(out) and not list(out.glob("part-*")) and not list(out.glob(".*"))
     assert all("samples_ms" not in r for r in result.rows)  # the driver kept none of the samples
+    b = span_budget(out, nominal_s=0.05)  # every worker-second of the span in one of its four parts
+    assert 90 <= b["trials"] <= 100 and b["workers"] == 4  # (a trial whose worker died has no start)
+    assert b["ramp"] >= 0 and b["gaps"] >= 0 and b["tail"] >= 0
+    assert abs(b["worker_s"] - b["ideal_worker_s"] - (b["ramp"] + b["overrun"] + b["gaps"] + b["tail"])) < 1e-6

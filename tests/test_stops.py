@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, cli
+from helpers import REPO, cli, stored_rows
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")]
@@ -149,7 +149,7 @@ def test_sigterm_keeps_results_prints_the_resume_command_exits_143_and_leaves_no
     assert proc.returncode == 143, stderr[-3000:]
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "Traceback" not in stderr
-    stored = len(list(out.glob("part-*.parquet")))
+    stored = stored_rows(out)
     assert f"terminated (SIGTERM): {stored} of 6 trials are stored in {out}" in stderr
     assert json.loads((out / "_run.json").read_text())["state"] == "interrupted"
     assert any(line.startswith(f"resume with: infer-orch run {plan} --resume {out}") for line in stderr.splitlines())
@@ -178,7 +178,8 @@ def test_ray_s_worker_died_paragraph_goes_to_the_run_log_and_a_normal_ending_lea
 
 
 DRIVER = """\
-import resource, signal, sys
+import resource, signal, sys, time
+from pathlib import Path
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, not a kill
 
@@ -190,6 +191,8 @@ real_run_plan = orchestrator.run.run_plan
 def run_plan(*args, on_row=None, **kwargs):
     def first_row_then_limit(row):
         on_row(row)
+        while not list(Path(kwargs["out"]).glob("part-*.parquet")):  # the first row's part, written
+            time.sleep(0.01)
         # the driver only, once Ray runs (its processes would inherit the limit and die of SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
