@@ -17,11 +17,14 @@ more than that (another CPU load, clocks, memory placement), so the interval is 
 space, by the between-run noise of both rows::
 
     s_row = max(repeat_cv of the row, BETWEEN_RUN_FLOOR[row's device])   # or the --noise-floor given
+    s_row = max(s_row, HOST_BOUND_FLOOR)     # a GPU row whose GPU was busy < HOST_BOUND_UTIL_PCT of its timing
     ci = ci * exp(-+ z * sqrt(s_base^2 + s_cand^2))                       # z: the confidence's quantile
 
 ``repeat_cv`` (a plan's ``measure.repeats`` >= 2) measures the between-run spread of that trial;
 the floors are what two runs of the same plan on the same machine were seen to differ by
-(docs/reports.md, "Between-run noise").
+(docs/reports.md, "Between-run noise"). A launch-bound GPU row (eager mode at batch 1: the GPU
+waits on Python, ``gpu_util_pct`` low) measures the host's pace, which moves between processes far
+more than a GPU's: it gets the host's floor.
 
 A trial regressed when the ratio is above ``1 + threshold`` AND the whole (widened) interval is
 above 1: a small slowdown, or a large one within the noise, is not flagged. A trial that was
@@ -59,6 +62,12 @@ DEFAULT_THRESHOLD = 0.03
 #: threshold's sensitivity (the interval widens by x/ 1.028) while two processes' cuDNN picks and clocks
 #: may differ by a percent or two; bench/aa.py on the H100 checks it.
 BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
+#: A GPU row whose GPU was busy less than this share of its timing (``gpu_util_pct``, NVML) is
+#: launch-bound: its latency is the host's pace, and it is judged at ``HOST_BOUND_FLOOR`` at least. On the
+#: H200 VM a hand-written eager loop pinned to one CPU moved 7-14% between three fresh processes
+#: (unpinned 40-61%), a CUDA-graph loop 0.3% (bench/host_jitter.py, BENCHMARKS.md "A/A on the GPU").
+HOST_BOUND_UTIL_PCT = 80.0
+HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
              "concurrency", "target_rate", "arrival", "latency_bound_ms")
 #: What each scenario is judged on (the ``metric`` of a verdict).
@@ -117,7 +126,15 @@ def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
     ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger."""
     if floor is None:
         floor = BETWEEN_RUN_FLOOR.get(str(row.get("device") or "cpu"), max(BETWEEN_RUN_FLOOR.values()))
+    if host_bound(row):
+        floor = max(floor, HOST_BOUND_FLOOR)
     return max(floor, row.get("repeat_cv") or 0.0)
+
+
+def host_bound(row: dict[str, Any]) -> bool:
+    """A GPU row whose GPU sat idle much of its timing (``HOST_BOUND_UTIL_PCT``): launch-bound."""
+    util = row.get("gpu_util_pct")
+    return row.get("device") == "cuda" and util is not None and util < HOST_BOUND_UTIL_PCT
 
 
 def widen(lo: float, hi: float, noise: float, confidence: float) -> tuple[float, float]:

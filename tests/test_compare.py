@@ -138,6 +138,23 @@ def test_between_run_noise_widens_the_interval_so_a_machine_drift_is_no_verdict(
     assert repeated == {"drift": "unchanged", "slow": "regressed"}  # on a GPU, but its repeats spread 4%
 
 
+def test_a_launch_bound_gpu_row_is_judged_at_the_host_floor():
+    """On a GPU, a trial whose GPU sat idle most of its timing (gpu_util_pct low: eager at batch 1)
+    measures the host: an 8% move between runs is no verdict there, while the same move of a
+    GPU-bound row is; a 40% slowdown of the launch-bound row is still caught."""
+    rng = np.random.default_rng(5)
+    base = {"moved": rng.normal(10, 0.1, 200), "slow": rng.normal(10, 0.1, 200)}
+    cand = {"moved": rng.normal(10.8, 0.1, 200), "slow": rng.normal(14, 0.1, 200)}
+    gpu_bound = {i["trial_id"]: i["verdict"] for i in compare(_table(base, gpu_util_pct=98.0),
+                                                                 _table(cand, gpu_util_pct=97.0))}
+    assert gpu_bound == {"moved": "regressed", "slow": "regressed"}
+    launch = {i["trial_id"]: i for i in compare(_table(base, gpu_util_pct=35.0), _table(cand, gpu_util_pct=33.0))}
+    assert {k: v["verdict"] for k, v in launch.items()} == {"moved": "unchanged", "slow": "regressed"}
+    assert launch["moved"]["noise"] == pytest.approx(0.05 * 2 ** 0.5)
+    unknown = compare(_table(base), _table(cand))  # no utilization read (no NVML): the GPU floor
+    assert {i["trial_id"]: i["verdict"] for i in unknown} == {"moved": "regressed", "slow": "regressed"}
+
+
 def test_bootstrap_interval_is_seeded_and_covers_the_true_ratio():
     rng = np.random.default_rng(1)
     a, b = rng.exponential(1, 500) + 5, (rng.exponential(1, 500) + 5) * 1.2

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import platform
 import socket
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -260,12 +261,26 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     return sorted(pids)[1:] if pids else []
 
 
+def gpu_utilization(uuid: str | None) -> int | None:
+    """NVML's utilization of GPU ``uuid`` now: the % of its last sample period in which a kernel ran."""
+    h = _handle(uuid)
+    if h is None:
+        return None
+    try:
+        return int(_nvml().nvmlDeviceGetUtilizationRates(h).gpu)
+    except Exception:
+        return None
+
+
 #: How often the GPU's process list is read during timing (by the trial's sampler thread), s.
 CONTENTION_PERIOD_S = 0.5
+#: How often its utilization is read then, s (NVML averages it over about 1/6 s to 1 s, by GPU).
+UTIL_PERIOD_S = 0.2
 
 #: The per-trial NVML columns (null on a CPU trial or without NVML).
 GPU_COLUMNS = tuple(f"gpu_{k}_{when}" for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")
-                    for when in ("start", "end")) + ("contended", "gpu_other_pids", "contention_checks")
+                    for when in ("start", "end")) + ("contended", "gpu_other_pids", "contention_checks",
+                                                                 "gpu_util_pct")
 
 
 class GpuWatch:
@@ -278,6 +293,7 @@ class GpuWatch:
         self.uuid, self.period_s = uuid, period_s
         self.start = gpu_state(uuid, "start")
         self.reads: list[list[int]] = []
+        self.util: list[int] = []  # during timing only
         self._read()
         self._sampler: Any = None
 
@@ -290,13 +306,16 @@ class GpuWatch:
         if starting:
             from workers.sampler import Sampler
 
-            self._sampler = Sampler({"others": (lambda: other_gpu_processes(self.uuid), self.period_s)})
+            self._sampler = Sampler({"others": (lambda: other_gpu_processes(self.uuid), self.period_s),
+                                     "util": (lambda: gpu_utilization(self.uuid), UTIL_PERIOD_S)})
         else:
             self.close()
 
     def close(self) -> None:
         if self._sampler is not None:
-            self.reads += [v for _, v in self._sampler.stop()["others"]]
+            readings = self._sampler.stop()
+            self.reads += [v for _, v in readings["others"]]
+            self.util += [v for _, v in readings["util"]]
             self._sampler = None
 
     def finish(self) -> dict[str, Any]:
@@ -308,7 +327,9 @@ class GpuWatch:
         else:
             pids = sorted(set().union(*map(set, self.reads)))
             contended, checks = bool(pids), len(self.reads)
-        return {**self.start, **end, "contended": contended, "gpu_other_pids": pids, "contention_checks": checks}
+        util = float(statistics.median(self.util)) if self.util else None
+        return {**self.start, **end, "contended": contended, "gpu_other_pids": pids, "contention_checks": checks,
+                "gpu_util_pct": util}
 
 
 def merge_watches(repeats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -322,4 +343,6 @@ def merge_watches(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(contended=any(r["contended"] for r in known) if known else None,
                gpu_other_pids=sorted({p for r in known for p in r["gpu_other_pids"] or []}) if known else None,
                contention_checks=sum(r["contention_checks"] or 0 for r in known) if known else None)
+    utils = [r["gpu_util_pct"] for r in repeats if r.get("gpu_util_pct") is not None]
+    out["gpu_util_pct"] = float(statistics.median(utils)) if utils else None
     return out

@@ -15,7 +15,8 @@ import pyarrow as pa
 #: 3: the load scenario columns (``scenario`` ...; null in older runs, which readers take as
 #: single-stream), the validity verdict (``valid``, ``invalid_reasons``), the stale-output check,
 #: ``export_route`` and the sampler's ``contention_checks``; rows of older runs load with them null.
-SCHEMA_VERSION = "3"
+#: 4: ``gpu_util_pct`` and ``timing_cpu``; rows of older runs load with them null.
+SCHEMA_VERSION = "4"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -140,6 +141,11 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("contended", _BOOL, "another process had a compute context on this GPU during timing (NVML: read as it "
                          "started, ended and every 0.5 s in between); null without NVML"),
     ("gpu_other_pids", pa.list_(_I64), "NVML: the other processes seen on the GPU"),
+    ("gpu_util_pct", _F64, "NVML: the GPU's utilization during timing (the share of time a kernel ran), median "
+                           "of reads every 0.2 s, %; below HOST_BOUND_UTIL_PCT the latency is the host's pace "
+                           "(launch-bound) and compare judges it at the host's between-run floor"),
+    ("timing_cpu", _I64, "GPU single-stream trials: the CPU the timing thread was pinned to for warm-up and "
+                         "timing (workers/affinity.py); null when not pinned"),
 ]
 
 #: Memory of the trial, each figure measured on its own (workers/memory.py; docs/measuring.md#memory).

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import energy, envinfo, memory, parity, scenarios, stale, stats, validity
+from workers import affinity, energy, envinfo, memory, parity, scenarios, stale, stats, validity
 from workers.backends import SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import (
@@ -143,7 +143,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         **memory.merge([r["memory"] for r in repeats]),
         **host_peak,
         **first["copies"],
-        **envinfo.merge_watches([r["gpu"] for r in repeats]),
+        **envinfo.merge_watches([r["gpu"] for r in repeats]), "timing_cpu": repeats[-1]["timing_cpu"],
         **lat,
         **ctx.facts,
         **first["extra"],
@@ -203,8 +203,10 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
         window = energy.TimedWindow(meter) if meter else None
         timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
-        samples = measure(runner.step, timer, ctx.trial.measure,
-                          on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
+        cpu = affinity.timing_cpu(gpu_uuid) if on_gpu else None
+        with affinity.pinned(cpu):  # warm-up and timed loop on one CPU near the GPU (workers/affinity.py)
+            samples = measure(runner.step, timer, ctx.trial.measure,
+                              on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
         gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
         output = runner.output()  # a runner whose output can't be read has not really run
         extra = runner.extra_columns()
@@ -232,7 +234,7 @@ def _measure_once(runner_cls: Any, ctx: TrialContext, on_gpu: bool, first: bool,
         runner.teardown()
     del runner
     mem.release()
-    return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "output": output, "extra": extra,
+    return {"samples": samples, "setup_s": setup_s, "gpu": gpu, "timing_cpu": cpu, "output": output, "extra": extra,
             "copies": copies, "peak": peak, "memory": mem_cols, "profile": profiled,
             "energy": joules, "stale": second}
 
