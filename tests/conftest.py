@@ -7,6 +7,8 @@ temporary directory for the run, inherited by subprocesses, Ray workers and xdis
 removed at the end. The run fails, naming the files, if anything was written under the user's own
 infer-orch cache all the same.
 
+pytest's own ``tmp_path`` directories are in that directory too (unless ``--basetemp`` is given).
+
 Parallel runs: ``make test`` runs ``pytest -n 2 --dist loadfile`` (a module's tests stay on one xdist
 worker, so module fixtures are built once). The ``xdist_group`` marks below (every Ray test in group
 ``ray``: one Ray per run) take effect with ``--dist loadgroup`` once xdist works with pytest 9 again.
@@ -67,12 +69,19 @@ def _isolate() -> Path | None:
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path factory reads --basetemp
 def pytest_configure(config):
     # Runs before test modules are imported and before xdist starts its workers.
     config._infer_orch_user_caches = _user_caches()
     config._infer_orch_tmp = _isolate()
     if config._infer_orch_tmp is not None:
         config._infer_orch_user_before = _snapshot(config._infer_orch_user_caches)
+        if config.option.basetemp is None:
+            # tmp_path under the run's own directory (xdist workers get theirs below it), not
+            # /tmp/pytest-of-$USER/pytest-N: every pytest session started there deletes all but the
+            # newest three, so on a machine where others run pytest too a long run lost the output
+            # directory of a test mid-test (2026-11-26: test_resume's Ctrl-C test, "No such file").
+            config.option.basetemp = str(config._infer_orch_tmp / "pytest")
 
 
 def pytest_unconfigure(config):
