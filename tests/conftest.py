@@ -7,6 +7,8 @@ temporary directory for the run, inherited by subprocesses, Ray workers and xdis
 removed at the end. The run fails, naming the files, if anything was written under the user's own
 infer-orch cache all the same.
 
+pytest's own ``tmp_path`` directories are in that directory too (unless ``--basetemp`` is given).
+
 Parallel runs: ``make test`` runs ``pytest -n 2 --dist loadfile`` (a module's tests stay on one xdist
 worker, so module fixtures are built once). The ``xdist_group`` marks below (every Ray test in group
 ``ray``: one Ray per run) take effect with ``--dist loadgroup`` once xdist works with pytest 9 again.
@@ -67,12 +69,19 @@ def _isolate() -> Path | None:
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path factory reads --basetemp
 def pytest_configure(config):
     # Runs before test modules are imported and before xdist starts its workers.
     config._infer_orch_user_caches = _user_caches()
     config._infer_orch_tmp = _isolate()
     if config._infer_orch_tmp is not None:
         config._infer_orch_user_before = _snapshot(config._infer_orch_user_caches)
+        if config.option.basetemp is None:
+            # tmp_path under the run's own directory (xdist workers get theirs below it), not
+            # /tmp/pytest-of-$USER/pytest-N: every pytest session started there deletes all but the
+            # newest three, so on a machine where others run pytest too a long run lost the output
+            # directory of a test mid-test (2026-11-26: test_resume's Ctrl-C test, "No such file").
+            config.option.basetemp = str(config._infer_orch_tmp / "pytest")
 
 
 def pytest_unconfigure(config):
@@ -127,10 +136,11 @@ def pytest_itemcollected(item):
 #: gives xdist's ``loadfile`` modules in collection order (``--no-loadscope-reorder``; by default it
 #: orders them by their number of tests), so these start first and the short ones fill in after
 #: them: the two processes then finish close together, not one of them alone on a long module.
-LONG_FIRST = ("test_cli.py", "test_stops.py", "test_cluster.py", "test_compile.py", "test_guards.py",
-              "test_parity.py", "test_startup.py", "test_resume.py", "test_profiles.py", "test_inputs.py",
-              "test_hf.py", "test_scenarios.py", "test_validity.py", "test_faults.py", "test_scale.py",
-              "test_compare.py", "test_report.py", "test_backends.py", "test_light_driver.py")
+LONG_FIRST = ("test_cluster.py", "test_stops.py", "test_cli.py", "test_startup.py", "test_parity.py",
+              "test_resume.py", "test_guards.py", "test_compile.py", "test_scale.py", "test_faults.py",
+              "test_hf.py", "test_report.py", "test_junit.py", "test_profiles.py", "test_bad_input.py",
+              "test_compare.py", "test_run.py", "test_backends.py", "test_cli_table.py", "test_validity.py",
+              "test_inputs.py", "test_scenarios.py", "test_light_driver.py")
 
 
 def _long_first(items) -> None:

@@ -42,6 +42,7 @@ class RayCluster:
                     "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                     "RAY_health_check_failure_threshold": "3", "RAY_USAGE_STATS_ENABLED": "0"}
         self.address: str | None = None
+        self.head: str | None = None
         self.dirs: dict[str, Path] = {}
 
     def add_node(self, name: str, num_cpus: int, num_gpus: int, resources: dict[str, float]) -> None:
@@ -62,6 +63,7 @@ class RayCluster:
             if not found:
                 raise RuntimeError(f"no address in ray start's output:\n{done.stdout[-2000:]}")
             self.address = found.group(1)
+            self.head = name
         self.dirs[name] = d
 
     def nodes(self) -> list[dict]:
@@ -74,8 +76,11 @@ class RayCluster:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def pids(self, name: str | None = None) -> list[int]:
-        """Processes of one node (or all nodes): those naming its temp dir, and their children."""
+        """Processes of one node (or all nodes): those naming its temp dir, and their children. The
+        head's Ray Client server names neither (only the GCS address) and is orphaned once ``ray
+        start`` exits: it is found by that address, else it outlived every test run."""
         key = str(self.dirs[name]) if name else str(self.root)
+        client = f"--address={self.address} " if name in (None, self.head) else None
         found, parents = set(), {}
         for p in Path("/proc").iterdir():
             if not p.name.isdigit():
@@ -86,7 +91,7 @@ class RayCluster:
             except (OSError, ValueError, IndexError):
                 continue
             parents[int(p.name)] = ppid
-            if key in cmd:
+            if key in cmd or (client and "ray.util.client.server" in cmd and client in cmd):
                 found.add(int(p.name))
         grew = True
         while grew:
@@ -104,6 +109,12 @@ class RayCluster:
             except OSError:
                 pass
         raise RuntimeError(f"no raylet found for node {name}")
+
+    def node_id(self, name: str) -> str:
+        """The node's id, from its raylet's command line (``--node_id=``): no driver to start."""
+        cmd = Path(f"/proc/{self.raylet_pid(name)}/cmdline").read_bytes().split(b"\0")
+        [found] = [a.split(b"=", 1)[1].decode() for a in cmd if a.startswith(b"--node_id=")]
+        return found
 
     def kill(self, pids: list[int], grace_s: float = 3.0) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -112,7 +112,7 @@ def test_a_frozen_node_is_waited_for_not_taken_for_crashes(two_nodes, tmp_path):
     timeout, no fresh worker is placed on it, and the run ends within 120 s of the freeze. The
     driver's grace comes from the same RAY_health_check_* settings the cluster runs with."""
     two_nodes.add_node("f", num_cpus=2, num_gpus=2, resources={})
-    frozen = next(n["node_id"] for n in two_nodes.nodes() if n["node_id"] not in two_nodes.node_of.values())
+    frozen = two_nodes.node_id("f")
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text("freeze", list(range(1, 10)), 0.1, iters=10))  # 18 trials of 1 s on 6 workers
     out = tmp_path / "out"
