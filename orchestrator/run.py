@@ -229,7 +229,9 @@ def run_plan(
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
-        seats = cluster.layout(nodes, device, workers, cpus_per_worker or plan.cpus_per_worker)
+        # never more workers than trials to run: each would start (and import torch) for nothing
+        most = min(workers or len(trials), len(trials)) if device == "cuda" or workers else None
+        seats = cluster.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
         if previous is not None and layout(out_dir).pending:
             # parts left by a run that did not end (or of an older version): compacted first, so
             # that a row this run replaces (--retry-failed) is still there to go to the history
