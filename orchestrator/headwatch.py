@@ -98,6 +98,9 @@ class HeadWatch:
                 self._give_up()
 
 
+#: ``before_asking_the_head``'s second look at the head, this long after the first, s.
+CONFIRM_S = 1.0
+
 #: The watch of the run in progress, if it joined a cluster.
 ACTIVE: HeadWatch | None = None
 
@@ -107,7 +110,11 @@ def before_asking_the_head() -> None:
     the process from C++ ("Check failed ... RpcError"). If the head doesn't answer, wait for it as
     the watch does; gone for good, the run stops as the watch stops it (this call doesn't return)."""
     watch = ACTIVE
-    if watch is None or watch._answers():
+    if watch is None:
+        return
+    # twice, CONFIRM_S apart: a worker on the head dies as the head's processes are being killed, and
+    # the GCS's port may still take a connection for a moment before Ray's client aborts on it
+    if watch._answers() and not watch._stop.wait(CONFIRM_S) and watch._answers():
         return
     for _ in range(watch.failures):
         if watch._stop.wait(watch.period_s) or watch._answers():
