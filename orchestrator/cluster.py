@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import ClusterError
+from orchestrator.errors import ClusterError, env_seconds
 
 ACCEL_PREFIX = "accelerator_type:"
 
@@ -131,12 +131,19 @@ def disconnect() -> None:
             _REAPER = None
 
 
-#: How long to wait for a Ray address to answer before giving up (Ray itself would wait minutes).
-CONNECT_WAIT_S = float(os.environ.get("INFER_ORCH_CONNECT_WAIT_S", "15"))
+#: How long to wait for a Ray address to answer before giving up (Ray itself would wait minutes), s;
+#: ``INFER_ORCH_CONNECT_WAIT_S`` sets it.
+CONNECT_WAIT_S = 15.0
+
+
+def connect_wait_s() -> float:
+    """``INFER_ORCH_CONNECT_WAIT_S`` or ``CONNECT_WAIT_S``; a value that is not a positive number of
+    seconds is refused with a line that names it (InputError, exit 2)."""
+    return env_seconds("INFER_ORCH_CONNECT_WAIT_S", CONNECT_WAIT_S)
 
 
 def _wait_for(address: str) -> None:
-    """Wait at most CONNECT_WAIT_S for something to listen at ``address``; ClusterError if not."""
+    """Wait at most ``connect_wait_s()`` for something to listen at ``address``; ClusterError if not."""
     target = address.removeprefix("ray://")
     if target == "auto":
         target = _auto_address()
@@ -145,7 +152,8 @@ def _wait_for(address: str) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise ClusterError(f"Ray address {address!r}: expected host:port, ray://host:port or auto")
-    deadline = time.monotonic() + CONNECT_WAIT_S
+    wait_s = connect_wait_s()
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
@@ -153,7 +161,7 @@ def _wait_for(address: str) -> None:
         except OSError as exc:
             if time.monotonic() >= deadline:
                 raise ClusterError(
-                    f"no Ray cluster answers at {address!r} (waited {CONNECT_WAIT_S:g} s: {exc.strerror or exc}); "
+                    f"no Ray cluster answers at {address!r} (waited {wait_s:g} s: {exc.strerror or exc}); "
                     "check the address and that `ray start --head` runs there, or leave out --address "
                     "to start a local Ray"
                 ) from None

@@ -15,6 +15,8 @@ Errors raised inside a trial never reach this hierarchy: they become the trial's
 
 from __future__ import annotations
 
+import os
+
 
 class InferOrchError(Exception):
     """An error whose message is meant for the user as it is."""
@@ -63,3 +65,16 @@ class Terminated(KeyboardInterrupt):
     so every ``finally`` and every worker clean-up on that path runs) and exits 143."""
 
     exit_code = 143
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name`` (``default`` when unset);
+    anything else is an InputError (exit 2) that names the variable and its value."""
+    raw = os.environ.get(name)
+    try:
+        seconds = default if raw is None else float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:  # also NaN
+        raise InputError(f"{name}={raw!r}: expected a positive number of seconds")
+    return seconds

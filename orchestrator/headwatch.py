@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from orchestrator.errors import InputError, RunError
+from orchestrator.errors import RunError, env_seconds
 
 PERIOD_S = 2.0
 #: How long the head may not answer before the run stops: well inside Ray's own 60 s, but long
@@ -35,14 +35,7 @@ def failures_allowed() -> int:
     """Probes in a row that may fail before the head counts as gone: ``INFER_ORCH_HEAD_TIMEOUT_S``
     (default ``HEAD_TIMEOUT_S``) over ``PERIOD_S``. A value that is not a positive number of seconds
     is refused with a line that names it (InputError, exit 2), before anything runs."""
-    raw = os.environ.get("INFER_ORCH_HEAD_TIMEOUT_S")
-    try:
-        seconds = HEAD_TIMEOUT_S if raw is None else float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise InputError(f"INFER_ORCH_HEAD_TIMEOUT_S={raw!r}: expected a positive number of seconds")
-    return max(1, round(seconds / PERIOD_S))
+    return max(1, round(env_seconds("INFER_ORCH_HEAD_TIMEOUT_S", HEAD_TIMEOUT_S) / PERIOD_S))
 
 
 class HeadLost(RunError):

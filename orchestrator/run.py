@@ -211,6 +211,8 @@ def run_plan(
                     result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
             return result.judge()
     head_failures = failures_allowed() if address else None  # a bad INFER_ORCH_HEAD_TIMEOUT_S: before any write
+    if address:
+        cluster.connect_wait_s()  # and a bad INFER_ORCH_CONNECT_WAIT_S
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)

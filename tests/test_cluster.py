@@ -286,11 +286,12 @@ def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gp
     assert list(report.lost_workers) == [failed[0]["worker"]]
 
 
-def test_a_bad_head_timeout_is_refused_before_anything_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["INFER_ORCH_HEAD_TIMEOUT_S", "INFER_ORCH_CONNECT_WAIT_S"])
+def test_a_bad_wait_setting_is_refused_before_anything_runs(tmp_path, monkeypatch, name):
     plan = tmp_path / "p.yaml"
     plan.write_text(plan_text("p", [1], 0.01))
-    monkeypatch.setenv("INFER_ORCH_HEAD_TIMEOUT_S", "soon")
+    monkeypatch.setenv(name, "soon")
     res = CliRunner().invoke(app, ["run", str(plan), "--out", str(tmp_path / "o"), "--address", "127.0.0.1:1"])
     assert res.exit_code == 2
-    assert "INFER_ORCH_HEAD_TIMEOUT_S='soon': expected a positive number of seconds" in res.output
+    assert f"{name}='soon': expected a positive number of seconds" in res.output
     assert not (tmp_path / "o").exists() and "Traceback" not in res.output
