@@ -58,11 +58,14 @@ def timing_cpu(uuid: str | None) -> int | None:
     allowed = os.sched_getaffinity(0)
     try:
         index, count = nv.nvmlDeviceGetIndex(h), nv.nvmlDeviceGetCount()
+    except Exception:
+        return None
+    try:  # a container may hide sysfs: then every CPU this process may use
         bus = nv.nvmlDeviceGetPciInfo(h).busId
         bus = (bus.decode() if isinstance(bus, bytes) else bus).lower()[-12:]  # 0000:19:00.0
         local = [c for c in _cpulist(Path(f"/sys/bus/pci/devices/{bus}/local_cpulist").read_text()) if c in allowed]
     except Exception:
-        return None
+        local = []
     return choose(local or sorted(allowed), index, count)
 
 
