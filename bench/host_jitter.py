@@ -38,21 +38,11 @@ CASES = {"mobilenet_v2 eager b1 fp16": ("torchvision:mobilenet_v2", "torch-eager
 
 
 def gpu_local_cpus() -> list[int]:
-    """The CPUs sysfs lists as local to GPU 0's PCI device (all CPUs where it can't tell)."""
-    try:
-        import pynvml
+    """The CPUs local to GPU 0, as infer-orch pins its timing thread (``workers.affinity``)."""
+    from workers import affinity, envinfo
 
-        pynvml.nvmlInit()
-        bus = pynvml.nvmlDeviceGetPciInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).busId
-        bus = (bus.decode() if isinstance(bus, bytes) else bus).lower()[-12:]  # 0000:19:00.0
-        text = Path(f"/sys/bus/pci/devices/{bus}/local_cpulist").read_text().strip()
-        cpus: list[int] = []
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            cpus += range(int(lo), int(hi or lo) + 1)
-        return sorted(set(cpus) & os.sched_getaffinity(0))
-    except Exception:
-        return sorted(os.sched_getaffinity(0))
+    nv = envinfo._nvml()
+    return affinity.local_cpus(nv, nv.nvmlDeviceGetHandleByIndex(0)) if nv else sorted(os.sched_getaffinity(0))
 
 
 def child(spec: dict[str, Any]) -> None:

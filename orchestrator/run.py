@@ -210,9 +210,10 @@ def run_plan(
                 except OSError as exc:
                     result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
             return result.judge()
-    head_failures = failures_allowed() if address else None  # a bad INFER_ORCH_HEAD_TIMEOUT_S: before any write
-    if address:
-        cluster.connect_wait_s()  # and a bad INFER_ORCH_CONNECT_WAIT_S
+    head_failures = None
+    if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
+        head_failures = failures_allowed()
+        cluster.connect_wait_s()
     out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
     if previous is None:
         check_writable(out_dir)
@@ -232,7 +233,7 @@ def run_plan(
         device = cluster.resolve_device(plan.device, nodes)
         nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
         # never more workers than trials to run: each would start (and import torch) for nothing
-        most = min(workers or len(trials), len(trials)) if device == "cuda" or workers else None
+        most = min(workers or (len(trials) if device == "cuda" else 1), len(trials))
         seats = cluster.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
         if previous is not None and layout(out_dir).pending:
             # parts left by a run that did not end (or of an older version): compacted first, so

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_pinned: dict[str, Any] = {"cpu": None, "others": None}
+#: While a thread is pinned: the CPUs left for the other threads (``away_from_timing``).
+_others: set[int] | None = None
 
 
 def choose(local: list[int], index: int, count: int) -> int | None:
@@ -55,18 +56,24 @@ def timing_cpu(uuid: str | None) -> int | None:
     nv, h = envinfo._nvml(), envinfo._handle(uuid)
     if nv is None or h is None:
         return None
-    allowed = os.sched_getaffinity(0)
     try:
         index, count = nv.nvmlDeviceGetIndex(h), nv.nvmlDeviceGetCount()
     except Exception:
         return None
-    try:  # a container may hide sysfs: then every CPU this process may use
+    return choose(local_cpus(nv, h), index, count)
+
+
+def local_cpus(nv: Any, h: Any) -> list[int]:
+    """The CPUs sysfs lists as local to the PCI device of NVML handle ``h``, among those this process
+    may use; all of those where sysfs can't tell (a container may hide it)."""
+    allowed = os.sched_getaffinity(0)
+    try:
         bus = nv.nvmlDeviceGetPciInfo(h).busId
         bus = (bus.decode() if isinstance(bus, bytes) else bus).lower()[-12:]  # 0000:19:00.0
         local = [c for c in _cpulist(Path(f"/sys/bus/pci/devices/{bus}/local_cpulist").read_text()) if c in allowed]
     except Exception:
         local = []
-    return choose(local or sorted(allowed), index, count)
+    return local or sorted(allowed)
 
 
 @contextmanager
@@ -76,19 +83,20 @@ def pinned(cpu: int | None) -> Iterator[int | None]:
     if cpu is None:
         yield None
         return
+    global _others
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})  # Linux: pid 0 is the calling thread
-    _pinned.update(cpu=cpu, others=(before - {cpu}) or before)
+    _others = (before - {cpu}) or before
     try:
         yield cpu
     finally:
-        _pinned.update(cpu=None, others=None)
+        _others = None
         os.sched_setaffinity(0, before)
 
 
 def away_from_timing() -> None:
     """Called first on a helper thread: off the timing thread's CPU, if one is pinned now (a new
     thread inherits its creator's affinity, and the sampler is started from the timing thread)."""
-    others = _pinned["others"]
+    others = _others
     if others is not None:
         os.sched_setaffinity(0, others)
