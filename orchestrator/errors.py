@@ -78,3 +78,11 @@ def env_seconds(name: str, default: float) -> float:
     if not seconds > 0:  # also NaN
         raise InputError(f"{name}={raw!r}: expected a positive number of seconds")
     return seconds
+
+
+def env_switch(name: str) -> None:
+    """An on/off environment variable (``0`` or ``1``; unset is the default): anything else is an
+    InputError (exit 2) that names the variable and its value."""
+    raw = os.environ.get(name)
+    if raw is not None and raw not in ("0", "1"):
+        raise InputError(f"{name}={raw!r}: expected 0 (off) or 1 (on)")

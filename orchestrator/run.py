@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from orchestrator import budgets, cluster
-from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated
+from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
 from orchestrator.expand import expand, with_profiles
 from orchestrator.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.plan import Plan, load_plan
@@ -210,6 +210,7 @@ def run_plan(
                 except OSError as exc:
                     result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
             return result.judge()
+    env_switch("INFER_ORCH_PIN_TIMING")  # read by the workers (workers/affinity.py): refused here, before any write
     head_failures = None
     if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
         head_failures = failures_allowed()

@@ -26,6 +26,21 @@ def test_off_by_environment(monkeypatch):
     assert affinity.timing_cpu("GPU-any") is None
 
 
+def test_a_bad_pin_setting_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    plan = tmp_path / "p.yaml"
+    plan.write_text("name: p\ndevice: cpu\nmodels: [torchvision:resnet18]\n"
+                    "matrix: {batch_sizes: [1], backends: [{backend: sleep, options: {step_s: 0.001}}]}\n")
+    monkeypatch.setenv("INFER_ORCH_PIN_TIMING", "no")
+    res = CliRunner().invoke(app, ["run", str(plan), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "INFER_ORCH_PIN_TIMING='no': expected 0 (off) or 1 (on)" in res.output
+    assert not (tmp_path / "o").exists() and "Traceback" not in res.output
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux and two CPUs")
 def test_pinned_inside_the_block_only_and_the_sampler_runs_on_the_other_cpus():

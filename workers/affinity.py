@@ -14,8 +14,8 @@ only (setup, compiles, exports and everything after keep every CPU the process h
 
 so the GPUs of one host take CPUs spread over their local set, none the first of it (where
 interrupts usually land). The sampler threads started while it is pinned run on the others.
-``INFER_ORCH_PIN_TIMING=0`` turns it off; the row's ``timing_cpu`` says which CPU it was (null:
-not pinned).
+``INFER_ORCH_PIN_TIMING=0`` turns it off (the driver refuses values other than 0 and 1); the row's
+``timing_cpu`` says which CPU it was (null: not pinned).
 """
 
 from __future__ import annotations
