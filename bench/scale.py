@@ -20,6 +20,9 @@ sampled), and checks and measures:
                goals <= 300 MB (10,000 trials), <= 200 MB (500)
     driver     the driver's CPU time per trial over the run; with --zero-length N, a second run of N
                trials of no length on the same workers: the most trials/s this driver sustains here
+    floor      with --ray-floor, before the run: one bare actor per logical GPU (no infer-orch code, placed
+               as the run's workers are) started on the same cluster, and how long Ray takes to bring them
+               all up: the part of the ramp below that is Ray's, not the driver's or the worker's
     budget     where the span goes, in worker-seconds over the ideal (bench/span_budget.py): the workers'
                ramp to their first trial, trials longer than nominal, the gaps between trials, the tail
     readers    pandas, polars, DuckDB and load_results reading the run; ``infer-orch report`` (terminal
@@ -190,6 +193,51 @@ def run_driver(plan: Path, out: Path, env: dict[str, str], address: str, workers
             "sampler": sampler, "log_tail": (out.parent / f"{out.name}.log").read_text()[-1500:]}
 
 
+#: A driver that starts one bare actor per logical GPU of the cluster (one GPU and the node's even CPU
+#: share each, pinned to its node, as ``orchestrator.cluster.start_workers`` places the run's), and
+#: prints the seconds from creation to each one's first answer.
+FLOOR_DRIVER = """
+import json, os, sys, time, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], logging_level="ERROR")
+class Bare:
+    def info(self):
+        return os.getpid()
+Bare = ray.remote(Bare)
+nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+t0, calls = time.time(), {}
+for n in nodes:
+    gpus, cpus = int(n["Resources"]["GPU"]), n["Resources"].get("CPU", 0)
+    for _ in range(gpus):
+        a = Bare.options(num_gpus=1, num_cpus=int(cpus / gpus * 100) / 100, max_restarts=0,
+                         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        calls[a.info.remote()] = a
+ready, left = [], list(calls)
+while left:
+    done, left = ray.wait(left, num_returns=1)
+    ready.append(time.time() - t0)
+for a in calls.values():
+    ray.kill(a)
+print("READY", json.dumps(ready), flush=True)
+"""
+
+
+def ray_floor(env: dict[str, str], address: str, trials: int, trial_s: float) -> dict[str, Any]:
+    """Ray's own ramp on this cluster: bare actors, one per logical GPU, from creation to ready.
+
+    ``ramp_worker_s`` is bench/span_budget.py's ramp for them (each actor's ready time after the
+    first one's), also as a share of the run's ideal worker-seconds (``trials`` x ``trial_s``)."""
+    done = subprocess.run([sys.executable, "-c", FLOOR_DRIVER, address], env=env, capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode:
+        raise SystemExit(f"the bare-actor driver failed:\n{done.stderr[-2000:]}")
+    # Ray's own warnings may share the driver's stdout: the answer is the line marked READY
+    ready = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("READY "))[6:])
+    ramp = sum(t - ready[0] for t in ready)
+    return {"actors": len(ready), "first_ready_s": ready[0], "last_ready_s": ready[-1],
+            "spread_s": ready[-1] - ready[0], "ramp_worker_s": ramp, "ramp_share": ramp / (trials * trial_s)}
+
+
 def memory_and_cpu(d: dict[str, Any], first_start: float, last_end: float, trials: int) -> dict[str, Any]:
     s: Sampler = d["sampler"]
     base = s.at(d["first_row_seen"] or first_start)
@@ -284,6 +332,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=None, help=f"fault modes (default: {' '.join(FAULT_STATUS)})")
     ap.add_argument("--hang-timeout-s", type=float, default=None, help="default: the timing cap + 2 s")
     ap.add_argument("--zero-length", type=int, default=0, help="also run this many trials of no length")
+    ap.add_argument("--ray-floor", action="store_true",
+                    help="first time bare actors (one per logical GPU) coming up on the same cluster: Ray's ramp")
     args = ap.parse_args()
     from raycluster import RayCluster
 
@@ -307,6 +357,10 @@ def main() -> None:
         print(f"cluster: {args.nodes} nodes, {args.gpus} logical GPUs, up in {result['cluster_start_s']} s",
               flush=True)
         env = {**cluster.env, "COLUMNS": "200"}
+        if args.ray_floor:
+            result["floor"] = ray_floor(env, cluster.address, args.trials, args.trial_s)
+            print(json.dumps({"floor": result["floor"]}), flush=True)
+            time.sleep(5)  # the bare actors' processes gone before the run's start
         run_out = out / "run"
         d = run_driver(plan, run_out, env, cluster.address, args.gpus)
         if d["rc"] not in (0, 1):
@@ -374,6 +428,10 @@ def summary(res: dict[str, Any]) -> None:
                                              f"{r['startup_s']:.1f} (after the last trial: {r['after_trials_s']:.1f})"),
         ("span / ideal", f"{r['span_ratio']:.3f} (goal <= 1.10: {'met' if r['goal_span'] else 'NOT met'})"),
         *([("where the span goes", describe_budget(r["budget"]))] if r.get("budget") else []),
+        *([("Ray's own ramp: bare actors", (lambda fl: (
+            f"{fl['actors']} up {fl['first_ready_s']:.1f}-{fl['last_ready_s']:.1f} s after creation, "
+            f"spread {fl['spread_s']:.1f} s: ramp {fl['ramp_worker_s']:.0f} worker-s "
+            f"({fl['ramp_share']:.1%} of the ideal)"))(res["floor"]))] if res.get("floor") else []),
         ("wall <= 1.15 x ideal + start-up", f"{'met' if r['goal_wall_faults'] else 'NOT met'} "
                                             f"((wall - start-up) / ideal = {r['wall_ratio_less_startup']:.3f})"),
         ("driver RSS first row / peak / growth MB", f"{r['rss_first_row_mb']:.0f} / {r['rss_peak_mb']:.0f} / "
