@@ -103,8 +103,21 @@ class Layout:
 def layout(out: Path) -> Layout:
     compacted = out / COMPACT_FILE
     return Layout(compacted=compacted if compacted.is_file() else None,
-                  parts=sorted(out.glob("part-*.parquet")),
-                  absorbed=sorted(out.glob(f".part-*.parquet{ABSORBED}")))
+                  parts=_newest_first(out.glob("part-*.parquet")),
+                  absorbed=_newest_first(out.glob(f".part-*.parquet{ABSORBED}")))
+
+
+def _newest_first(paths: Iterable[Path]) -> list[Path]:
+    """Parts by when they were written, the newest first (by name where that is equal): a trial in
+    two parts (two runs stopped before compaction) is the newer attempt's. A part is named after its
+    first trial, so names say nothing of age."""
+    def written(p: Path) -> int:
+        try:
+            return p.stat().st_mtime_ns
+        except FileNotFoundError:  # removed meanwhile (a compaction ending): the oldest
+            return 0
+
+    return sorted(sorted(paths), key=written, reverse=True)
 
 
 def _part_id(path: Path) -> str:
@@ -174,7 +187,7 @@ def stored_table(out: Path, columns: Iterable[str] | None = None, strict: bool =
             raise InputError(f"{lay.compacted}: can't read this results file: {exc}") from None
     if not tables:
         return None
-    tables.reverse()  # the compacted rows first, then the parts in trial-id order
+    tables.reverse()  # the compacted rows first, then the parts, oldest first
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -136,6 +136,24 @@ def test_a_newer_attempt_wins_and_the_older_stays_as_history(tmp_path):
     assert pq.read_table(out / "_history/history.parquet").num_rows == 1 and ids_once(out, 3)
 
 
+def test_with_two_uncompacted_attempts_the_newer_part_wins_whatever_the_names(tmp_path):
+    # A run killed before compaction, then a --retry-failed run killed too: both attempts of trial 3
+    # are in parts. The newer one is in a part named after another trial, sorting after the older.
+    out = tmp_path / "run"
+    write_run(out, [row(3, "failed", started=1)]).discard_stream()
+    again = write_run(out, [row(9, started=5), row(3, "ok", started=6)])
+    again.discard_stream()
+    (old,) = [p for p in out.glob("part-*.parquet") if pq.read_metadata(p).num_rows == 1]
+    (new,) = [p for p in out.glob("part-*.parquet") if p != old]
+    assert old.name < new.name, "the test needs the older attempt's part to sort first"
+    assert ids_once(out, 2)[f"{3:016x}"]["status"] == "ok"
+    assert stored_trials(out)[f"{3:016x}"] == "ok"  # what --resume goes by
+    done = compact(out)
+    assert done.history == 1 and ids_once(out, 2)[f"{3:016x}"]["status"] == "ok"
+    (hist,) = pq.read_table(out / "_history/history.parquet").to_pylist()
+    assert (hist["status"], hist["started_at"].second) == ("failed", 1)
+
+
 def test_rows_waiting_in_the_writer_are_written_when_the_run_stops(tmp_path):
     out = tmp_path / "run"
     sink = ResultSink(out, "r1", "plan: x\n", metadata={"plan": {"name": "x"}, "device": "cuda"})
