@@ -1,9 +1,11 @@
 """The same CUDA-graph trial three times in one process: does a trial's place in its worker matter?
 
 Found on an H200 (BENCHMARKS.md, "BERT-base"): the first torch-cudagraph trial of BERT-base b8 fp16
-in a fresh process measured 0.914 ms, the next two 0.991 and 0.986 ms; a hand-written replay loop
-does the same (0.915 ms until an eager forward of the model runs after a capture, 0.98 ms ever after,
-in the same process). This prints the three medians.
+in a fresh process measured 0.914 ms, the next two 0.991 and 0.986 ms. A hand-written replay loop
+did the same: 0.915 ms until the process had launched some 50 eager kernels, 0.98 ms ever after.
+Since then a process launches tiny kernels before its first GPU trial
+(``workers.timing.settle_launch_state``), so that every trial runs in the same state. This prints
+the three medians and their spread, max / min (``tests/test_hf.py`` runs it on a GPU).
 
     PYTHONPATH=$PWD python bench/trial_order.py          # on a GPU, about a minute
 """
@@ -24,10 +26,13 @@ def main() -> None:
     cfg = fidelity.config(False, True)  # BERT-base seq 128, as bench/fidelity.py --bert
     store = ModelStore(0)
     trial = fidelity.make_trial(cfg, "torch-cudagraph", 8, "fp16")
+    medians = []
     for i in range(3):
         r = run_trial(trial, "cuda", store)
+        medians.append(r["latency_ms_median"])
         print(f"trial {i + 1} torch-cudagraph BERT b8 fp16 in one process: {r['latency_ms_median']:.4f} ms "
               f"({r['status']})", flush=True)
+    print(f"spread: {max(medians) / min(medians):.4f}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,34 @@ class CudaTimer:
         self._torch.cuda.synchronize()
 
 
+#: Tiny eager kernels a process launches before its first GPU trial (``settle_launch_state``).
+SETTLE_LAUNCHES = 256
+_settled = False
+
+
+def settle_launch_state() -> None:
+    """Once per process, before its first GPU trial: launch SETTLE_LAUNCHES tiny kernels and wait.
+
+    On an H200 (BENCHMARKS.md, "A trial's place in its worker"), a process's CUDA-graph replays
+    ran about 7% faster until the process had launched some 50 eager kernels on its default
+    stream, before or after the capture, and at the slower speed ever after. Idling and
+    ``empty_cache`` did not restore the fast state. Any eager work does it: an eager trial, a
+    parity reference, the next trial's set-up. So without this, only a worker's first trial could
+    be fast, and a trial's place in its worker moved its result. The cause is below PyTorch.
+    Costs a few milliseconds, once.
+    """
+    global _settled
+    if _settled:
+        return
+    import torch
+
+    z = torch.zeros(1, device="cuda")
+    for _ in range(SETTLE_LAUNCHES):
+        z = z + 1
+    torch.cuda.synchronize()
+    _settled = True
+
+
 @dataclass
 class Samples:
     warmup_iters: int

@@ -29,7 +29,7 @@ from workers.contract import (
 from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
-from workers.timing import CudaTimer, HostTimer, measure, measure_copies
+from workers.timing import CudaTimer, HostTimer, measure, measure_copies, settle_launch_state
 
 TRACEBACK_TAIL = 4000
 
@@ -106,6 +106,8 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
         )
     on_gpu = device == "cuda" and cuda_ok
+    if on_gpu:
+        settle_launch_state()  # a worker's first trial in the state of its later ones
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
     if trial.scenario != "single-stream":  # several requests in flight: workers/scenarios.py
         out, outputs = scenarios.measure(runner_cls, ctx, on_gpu)
