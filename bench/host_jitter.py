@@ -63,7 +63,7 @@ def child(spec: dict[str, Any]) -> None:
     windows = [hand.median(hand.time_loop(step, device, warmup=50 if i == 0 else 0, min_time_s=spec["window_s"],
                                           max_iters=100_000)) for i in range(spec["windows"])]
     cleanup()
-    print(json.dumps({"windows_ms": windows, "cpu": os.sched_getaffinity(0).__len__()}))
+    print(json.dumps({"windows_ms": windows, "cpu": len(os.sched_getaffinity(0))}))
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
 #: fault mode -> the status its trial ends with: extend here when the fault backend learns a mode (a
 #: mode the installed backend lacks is left out). ``stale`` is being added on another branch: its
 #: status here is an assumption to confirm when it lands.
@@ -199,6 +200,7 @@ def run_driver(plan: Path, out: Path, env: dict[str, str], address: str, workers
 FLOOR_DRIVER = """
 import json, os, sys, time, ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from orchestrator.cluster import _share
 ray.init(address=sys.argv[1], logging_level="ERROR")
 class Bare:
     def info(self):
@@ -209,7 +211,7 @@ t0, calls = time.time(), {}
 for n in nodes:
     gpus, cpus = int(n["Resources"]["GPU"]), n["Resources"].get("CPU", 0)
     for _ in range(gpus):
-        a = Bare.options(num_gpus=1, num_cpus=int(cpus / gpus * 100) / 100, max_restarts=0,
+        a = Bare.options(num_gpus=1, num_cpus=_share(cpus, gpus), max_restarts=0,
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
         calls[a.info.remote()] = a
 ready, left = [], list(calls)

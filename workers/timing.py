@@ -94,9 +94,9 @@ _settled = False
 def settle_launch_state() -> None:
     """Once per process, before its first GPU trial: launch SETTLE_LAUNCHES tiny kernels and wait.
 
-    On an H200 (BENCHMARKS.md, "A trial's place in its worker"), a process's CUDA-graph replays
-    ran about 7% faster until the process had launched some 50 eager kernels on its default
-    stream, before or after the capture, and at the slower speed ever after. Idling and
+    On an H200 and an H100 (BENCHMARKS.md, "A trial's place in its worker"), a process's CUDA-graph
+    replays ran about 7% faster until the process had launched some 50 eager kernels, before or
+    after the capture, and at the slower speed ever after. Idling and
     ``empty_cache`` did not restore the fast state. Any eager work does it: an eager trial, a
     parity reference, the next trial's set-up. So without this, only a worker's first trial could
     be fast, and a trial's place in its worker moved its result. The cause is below PyTorch.
