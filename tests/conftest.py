@@ -170,9 +170,20 @@ def ray_gpus():
     already initialised as it is). Tests of start-up itself run the CLI in a subprocess instead."""
     import ray
 
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
-                                       "INFER_ORCH_CACHE": os.environ["INFER_ORCH_CACHE"]}})
+    # The workers get the tests' PYTHONPATH (and the run's isolated caches) by inheriting this
+    # process's environment, as an embedded Ray's workers do in a real run (orchestrator.cluster
+    # .connect); not through a job runtime_env, which sends every worker through Ray's runtime-env
+    # agent and keeps actors off the prestarted workers: 0.8 CPU-s and ~1 s more for each actor
+    # on 2 vCPUs (BENCHMARKS.md, "the suite's own Ray").
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), *filter(None, [saved])])
+    try:
+        ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
 
