@@ -11,8 +11,10 @@ STAMP := $(VENV)/.installed
 
 # Two pytest processes (pytest-xdist), a test module's tests in one of them (module fixtures built
 # once; each process starts its own Ray when it first needs one), the longest modules first
-# (tests/conftest.py: LONG_FIRST). Exit code 5 (no tests ran) fails.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+# (tests/conftest.py: LONG_FIRST). Exit code 5 (no tests ran) fails. Bytecode is cached even where
+# the environment sets PYTHONDONTWRITEBYTECODE (this machine's image does): otherwise every Ray
+# worker, CLI subprocess and pytest process compiles infer-orch's modules and the tests again.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 .PHONY: run test test-fast coverage lint clean chromium
 
