@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import textwrap
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from helpers import REPO
@@ -173,17 +174,11 @@ def ray_gpus():
     # The workers get the tests' PYTHONPATH (and the run's isolated caches) by inheriting this
     # process's environment, as an embedded Ray's workers do in a real run (orchestrator.cluster
     # .connect); not through a job runtime_env, which sends every worker through Ray's runtime-env
-    # agent and keeps actors off the prestarted workers: 0.8 CPU-s and ~1 s more for each actor
-    # on 2 vCPUs (BENCHMARKS.md, "the suite's own Ray").
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), *filter(None, [saved])])
-    try:
+    # agent and keeps actors off the prestarted workers: about 0.9 CPU-s more for each actor on
+    # 2 vCPUs (bench/actor_env.py; BENCHMARKS.md, "2026-11-26, sixth session").
+    path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    with mock.patch.dict(os.environ, {"PYTHONPATH": path}):  # for the length of ray.init only
         ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
 
