@@ -11,6 +11,7 @@ nodes share no filesystem, and each keeps its own ONNX export cache (``$INFER_OR
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -78,9 +79,12 @@ def connect(address: str | None = None) -> bool:
         _use_token(address)
     saved = os.environ.get("PYTHONPATH")
     try:
-        if not address:
+        if address:
+            ray.init(**kwargs)
+        else:
             os.environ["PYTHONPATH"] = _worker_pythonpath()
-        ray.init(**kwargs)
+            with lean_node(worker_logs=kwargs["log_to_driver"]):
+                ray.init(**kwargs)
     except Exception as exc:
         raise ClusterError(connect_error(address, exc)) from None
     finally:
@@ -91,6 +95,46 @@ def connect(address: str | None = None) -> bool:
     global _REAPER
     _REAPER = _watch_embedded_node()
     return True
+
+
+@contextlib.contextmanager
+def lean_node(worker_logs: bool = False):
+    """Within it, a Ray this process starts (``ray.init`` with no address) leaves out the daemons a
+    local node that lives for one run has no use for. Ray's own ``ray start`` has flags for the
+    first two (``--no-monitor``, ``--include-log-monitor=false``); ``ray.init`` has none, so its
+    node's parameters are set here:
+
+    - the autoscaler's monitor: a local node has nothing to scale;
+    - the log monitor, which tails every worker's log files and sends them to the driver: off
+      unless the driver shows worker logs (``INFER_ORCH_WORKER_LOGS=1``);
+    - the dashboard's modules in its agent and API server: they run as for a Ray without the
+      dashboard's packages (Ray's "minimal" mode). The dashboard itself is off already
+      (``include_dashboard=False``); minimal mode also drops the agent's reporter, which scanned
+      every worker process every few seconds, timed iterations included.
+
+    What stays: the GCS, the raylet and its object store, the runtime-env agent, the API server's
+    process. On this 2-vCPU machine ``ray.init`` took 5.7-6.0 s and 7.3-8.4 CPU-s instead of
+    7.1-7.6 s and 10.4-11.3 CPU-s (``bench/startup.py --lean``; BENCHMARKS.md). A Ray whose
+    internals differ is started as ``ray.init`` would: nothing here is needed for a run to work.
+    """
+    try:
+        from ray._private import parameter, utils
+    except ImportError:
+        yield
+        return
+    make_params, dependency_error = parameter.RayParams.__init__, utils.get_dashboard_dependency_error
+
+    def lean_params(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("no_monitor", True)
+        kwargs.setdefault("include_log_monitor", worker_logs)
+        make_params(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = lean_params
+    utils.get_dashboard_dependency_error = lambda: ImportError("infer-orch: an embedded node runs minimal")
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__, utils.get_dashboard_dependency_error = make_params, dependency_error
 
 
 #: The watchdog of the embedded node this process started (see ``orchestrator.reaper``).

@@ -176,8 +176,11 @@ def ray_gpus():
     # .connect); not through a job runtime_env, which sends every worker through Ray's runtime-env
     # agent and keeps actors off the prestarted workers: about 0.9 CPU-s more for each actor on
     # 2 vCPUs (bench/actor_env.py; BENCHMARKS.md, "2026-11-26, sixth session").
+    # It is started as a run starts its embedded Ray (orchestrator.cluster.lean_node).
+    from orchestrator.cluster import lean_node
+
     path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-    with mock.patch.dict(os.environ, {"PYTHONPATH": path}):  # for the length of ray.init only
+    with mock.patch.dict(os.environ, {"PYTHONPATH": path}), lean_node():  # for the length of ray.init only
         ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
