@@ -73,6 +73,12 @@ def _isolate() -> Path | None:
 @pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path factory reads --basetemp
 def pytest_configure(config):
     # Runs before test modules are imported and before xdist starts its workers.
+    # OpenMP threads wait for work passively (sleep) instead of spinning for a while first: two
+    # pytest processes, Ray workers and CLI runs share the cores, and a thread spinning for a core
+    # another process holds burns what that process needs. Thread counts stay as they are. In
+    # test_parity, test_backends, test_hf and test_compile (-n 2): 133 CPU-s instead of 166, 75.6 s
+    # instead of 91.8 (BENCHMARKS.md, "2026-11-26, seventh session"). Inherited by every subprocess.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config._infer_orch_user_caches = _user_caches()
     config._infer_orch_tmp = _isolate()
     if config._infer_orch_tmp is not None:
