@@ -113,9 +113,10 @@ def lean_node(worker_logs: bool = False):
       every worker process every few seconds, timed iterations included.
 
     What stays: the GCS, the raylet and its object store, the runtime-env agent, the API server's
-    process. On this 2-vCPU machine ``ray.init`` took 5.7-6.0 s and 7.3-8.4 CPU-s instead of
-    7.1-7.6 s and 10.4-11.3 CPU-s (``bench/startup.py --lean``; BENCHMARKS.md). A Ray whose
-    internals differ is started as ``ray.init`` would: nothing here is needed for a run to work.
+    process. On 2 vCPUs ``ray.init`` took 4.95 s instead of 6.43 (``bench/startup.py``, medians),
+    and 8.5-8.9 CPU-s instead of 10.4-11.1; on an H100 machine's 16 vCPUs the wall time is within
+    noise (BENCHMARKS.md, "A fast tool"). A Ray whose internals differ is started as ``ray.init``
+    would: nothing here is needed for a run to work.
     """
     try:
         from ray._private import parameter, utils

@@ -106,3 +106,21 @@ def test_a_cold_run_workers_import_python_models_from_the_drivers_pythonpath(tmp
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     [row] = pq.read_table(tmp_path / "out").to_pylist()
     assert row["status"] == "ok" and row["model_source"] == "python:startup_factory:make", row.get("error")
+
+
+@pytest.mark.parametrize("worker_logs", [False, True])
+def test_the_embedded_node_leaves_out_what_a_local_run_never_uses(worker_logs):
+    """What ``ray.init`` gets inside ``lean_node``: Ray's node parameters without the autoscaler's
+    monitor, the log monitor only when worker logs are shown, the dashboard's processes minimal;
+    and Ray as it was once the block ends. (The started node itself: test_stops' Ctrl-C test.) A
+    Ray whose internals moved fails here, not silently in every run."""
+    from ray._private import parameter, utils
+
+    with cluster.lean_node(worker_logs=worker_logs):
+        params = parameter.RayParams(num_cpus=1)
+        assert params.no_monitor is True and params.include_log_monitor is worker_logs
+        assert isinstance(utils.get_dashboard_dependency_error(), ImportError)
+        assert parameter.RayParams(no_monitor=False).no_monitor is False  # what a caller says, stays
+    assert parameter.RayParams(num_cpus=1).no_monitor is False
+    assert parameter.RayParams(num_cpus=1).include_log_monitor is None  # Ray's default: decided later
+    assert utils.get_dashboard_dependency_error() is None  # ray[default] is installed

@@ -122,10 +122,26 @@ def test_sigkill_of_the_driver_leaves_nothing_of_its_ray_after_30_s(tmp_path):
         proc.communicate()
 
 
+def cmdlines(pids: set[int]) -> list[str]:
+    found = []
+    for p in pids:
+        try:
+            found.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return found
+
+
 def test_ctrl_c_in_the_terminal_leaves_nothing_of_its_ray(tmp_path):
     proc, _, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
     try:
         ray_processes = first_part(proc, out)
+        # the embedded node is the lean one (orchestrator.cluster.lean_node): no autoscaler monitor,
+        # no log monitor, the dashboard's agent in minimal mode
+        running = cmdlines(ray_processes)
+        assert any("gcs_server" in c for c in running) and any("default_worker" in c for c in running), running
+        assert not [c for c in running if "log_monitor.py" in c or "autoscaler/_private/monitor.py" in c], running
+        assert [c for c in running if "dashboard/agent.py" in c and "--minimal" in c], running
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
         _, stderr = proc.communicate(timeout=30)
     finally:
