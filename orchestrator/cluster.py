@@ -120,10 +120,11 @@ def lean_node(worker_logs: bool = False):
     """
     try:
         from ray._private import parameter, utils
-    except ImportError:
+
+        make_params, dependency_error = parameter.RayParams.__init__, utils.get_dashboard_dependency_error
+    except (ImportError, AttributeError):  # moved or renamed: Ray's own start, as the docstring says
         yield
         return
-    make_params, dependency_error = parameter.RayParams.__init__, utils.get_dashboard_dependency_error
 
     def lean_params(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("no_monitor", True)

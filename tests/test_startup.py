@@ -124,3 +124,15 @@ def test_the_embedded_node_leaves_out_what_a_local_run_never_uses(worker_logs):
     assert parameter.RayParams(num_cpus=1).no_monitor is False
     assert parameter.RayParams(num_cpus=1).include_log_monitor is None  # Ray's default: decided later
     assert utils.get_dashboard_dependency_error() is None  # ray[default] is installed
+
+
+def test_a_ray_whose_internals_moved_starts_as_ray_init_would(monkeypatch):
+    """lean_node changes nothing when a piece it sets is gone (renamed in some Ray release): the
+    node then starts with Ray's own defaults instead of the run failing."""
+    from ray._private import parameter, utils
+
+    monkeypatch.delattr(utils, "get_dashboard_dependency_error")
+    init = parameter.RayParams.__init__
+    with cluster.lean_node():
+        assert parameter.RayParams.__init__ is init
+        assert parameter.RayParams(num_cpus=1).no_monitor is False
