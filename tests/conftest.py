@@ -143,8 +143,8 @@ def pytest_itemcollected(item):
 #: gives xdist's ``loadfile`` modules in collection order (``--no-loadscope-reorder``; by default it
 #: orders them by their number of tests), so these start first and the short ones fill in after
 #: them: the two processes then finish close together, not one of them alone on a long module.
-LONG_FIRST = ("test_cluster.py", "test_cli.py", "test_stops.py", "test_compile.py", "test_resume.py",
-              "test_parity.py", "test_guards.py", "test_hf.py", "test_startup.py", "test_report.py",
+LONG_FIRST = ("test_cluster.py", "test_stops.py", "test_cli.py", "test_resume.py", "test_compile.py",
+              "test_parity.py", "test_guards.py", "test_startup.py", "test_hf.py", "test_report.py",
               "test_scenarios.py", "test_compare.py", "test_profiles.py", "test_bad_input.py", "test_faults.py",
               "test_backends.py", "test_validity.py", "test_light_driver.py", "test_scale.py", "test_junit.py",
               "test_cli_table.py", "test_run.py", "test_memory.py", "test_inputs.py")
