@@ -63,6 +63,9 @@ def onnx_file(path: Path, shape: list[int]) -> Path:
     ("batch_sizes: [1]", "batch_sizes: [one]", "matrix.batch_sizes[0]: Input should be a valid integer"),
     ("backends: [torch-eager]", "backends: [torch-eager]\n  exclude: [{batch_size: 1}]",
      "matrix: no trials left after `exclude`"),
+    # a rule with a misspelt name would match nothing and leave in the trials it was meant to take out
+    ("backends: [torch-eager]", "backends: [torch-eager]\n  exclude: [{model: resnet81}]",
+     "matrix.exclude[0].model: no trial has 'resnet81' (did you mean 'resnet18'?); the plan's models: resnet18"),
     ("torchvision:resnet18", "torchvision:resnet81", "unknown torchvision model 'resnet81'; did you mean resnet18"),
     ("torchvision:resnet18", "missing.onnx", "ONNX file not found:"),
     ("name: bad", "name: ../bad", "name: String should match pattern"),

@@ -218,7 +218,7 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     plan.write_text(PLAN.format(model="models/net.onnx", backend="ort").replace(
         "models: [{onnx: models/net.onnx}]",
         "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}]").replace(
-        "backends: [ort]", "backends: [ort, torch-eager]\n  exclude: [{backend: ort, model: tiny}]"))
+        "backends: [ort]", "backends: [ort, torch-eager]\n  exclude: [{backend: ort, model: make}]"))
 
     def move_away(*_):
         models.rename(tmp_path / "elsewhere")

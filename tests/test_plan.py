@@ -61,6 +61,17 @@ def test_exclude_rules_remove_matching_trials(write_plan):
     assert len(trials) == 16 - 4 - 2
 
 
+@pytest.mark.parametrize(("rule", "message"), [
+    ("{label: ort_bound}", "matrix.exclude[1].label: no trial has 'ort_bound' (did you mean 'ort-bound'?); "
+                           "the plan's labels: ort-bound, torch-eager"),
+    ("{backend: ort, batch_size: [2, 4]}", "matrix.exclude[1].batch_size: no trial has 4; the plan's batch sizes: 1, 2"),
+    ("{axes: {seq: 128}}", "matrix.exclude[1].axes: no trial has an axis 'seq'; the plan has none"),
+])
+def test_an_exclude_value_no_trial_has_is_an_error(write_plan, rule, message):
+    # the second rule is the bad one: the message names it by its place
+    assert message in error_of(write_plan, BASE + f"  exclude:\n    - {{dtype: bf16}}\n    - {rule}\n")
+
+
 def test_empty_matrix_after_exclude_is_an_error(write_plan):
     msg = error_of(write_plan, BASE + "  exclude:\n    - {dtype: [fp32, bf16]}\n")
     assert "no trials left after `exclude`" in msg
