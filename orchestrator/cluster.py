@@ -107,21 +107,26 @@ def lean_node(worker_logs: bool = False):
     - the autoscaler's monitor: a local node has nothing to scale;
     - the log monitor, which tails every worker's log files and sends them to the driver: off
       unless the driver shows worker logs (``INFER_ORCH_WORKER_LOGS=1``);
-    - the dashboard's modules in its agent and API server: they run as for a Ray without the
-      dashboard's packages (Ray's "minimal" mode). The dashboard itself is off already
-      (``include_dashboard=False``); minimal mode also drops the agent's reporter, which scanned
-      every worker process every few seconds, timed iterations included.
+    - the dashboard's modules in its agent: they run as for a Ray without the dashboard's packages
+      (Ray's "minimal" mode), which also drops the agent's reporter: it scanned every worker
+      process every few seconds, timed iterations included;
+    - the API server (the dashboard's head process). The dashboard itself is off already
+      (``include_dashboard=False``); what the server still serves is the state API (``ray list``),
+      job submission and the dashboard's URL, which nothing of a run uses. Ray already goes on
+      without it when it fails to start with the dashboard off; here it is not started.
 
-    What stays: the GCS, the raylet and its object store, the runtime-env agent, the API server's
-    process. On 2 vCPUs ``ray.init`` took 4.95 s instead of 6.43 (``bench/startup.py``, medians),
-    and 8.5-8.9 CPU-s instead of 10.4-11.1; on an H100 machine's 16 vCPUs the wall time is within
-    noise (BENCHMARKS.md, "A fast tool"). A Ray whose internals differ is started as ``ray.init``
-    would: nothing here is needed for a run to work.
+    What stays: the GCS, the raylet and its object store, the dashboard agent (minimal) and the
+    runtime-env agent (the raylet needs both). On 2 vCPUs the first three made ``ray.init`` take
+    4.95 s instead of 6.43 (``bench/startup.py``, medians), 8.5-8.9 CPU-s instead of 10.4-11.1;
+    leaving out the API server took it to 4.5 s and about 6.2 CPU-s (BENCHMARKS.md, "A fast
+    tool"). A Ray whose internals differ is started as ``ray.init`` would: nothing here is needed
+    for a run to work.
     """
     try:
-        from ray._private import parameter, utils
+        from ray._private import node, parameter, utils
 
         make_params, dependency_error = parameter.RayParams.__init__, utils.get_dashboard_dependency_error
+        api_server = node.Node.start_api_server
     except (ImportError, AttributeError):  # moved or renamed: Ray's own start, as the docstring says
         yield
         return
@@ -131,12 +136,18 @@ def lean_node(worker_logs: bool = False):
         kwargs.setdefault("include_log_monitor", worker_logs)
         make_params(self, *args, **kwargs)
 
+    def no_api_server(self: Any, *, include_dashboard: bool | None, **kwargs: Any) -> None:
+        if include_dashboard:  # asked for by a caller: Ray's own start
+            api_server(self, include_dashboard=include_dashboard, **kwargs)
+
     parameter.RayParams.__init__ = lean_params
     utils.get_dashboard_dependency_error = lambda: ImportError("infer-orch: an embedded node runs minimal")
+    node.Node.start_api_server = no_api_server
     try:
         yield
     finally:
         parameter.RayParams.__init__, utils.get_dashboard_dependency_error = make_params, dependency_error
+        node.Node.start_api_server = api_server
 
 
 #: The watchdog of the embedded node this process started (see ``orchestrator.reaper``).

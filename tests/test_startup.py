@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest import mock
 
 import pyarrow.parquet as pq
 import pytest
@@ -111,16 +112,24 @@ def test_a_cold_run_workers_import_python_models_from_the_drivers_pythonpath(tmp
 @pytest.mark.parametrize("worker_logs", [False, True])
 def test_the_embedded_node_leaves_out_what_a_local_run_never_uses(worker_logs):
     """What ``ray.init`` gets inside ``lean_node``: Ray's node parameters without the autoscaler's
-    monitor, the log monitor only when worker logs are shown, the dashboard's processes minimal;
-    and Ray as it was once the block ends. (The started node itself: test_stops' Ctrl-C test.) A
-    Ray whose internals moved fails here, not silently in every run."""
-    from ray._private import parameter, utils
+    monitor, the log monitor only when worker logs are shown, the dashboard's agent minimal, no API
+    server unless the dashboard is asked for; and Ray as it was once the block ends. (The started
+    node itself: test_stops' Ctrl-C test.) A Ray whose internals moved fails here, not silently in
+    every run."""
+    from ray._private import node, parameter, utils
 
-    with cluster.lean_node(worker_logs=worker_logs):
+    started = []
+    ray_api_server = node.Node.start_api_server
+    with mock.patch.object(node.Node, "start_api_server", lambda self, **kw: started.append(kw)), \
+            cluster.lean_node(worker_logs=worker_logs):
         params = parameter.RayParams(num_cpus=1)
         assert params.no_monitor is True and params.include_log_monitor is worker_logs
         assert isinstance(utils.get_dashboard_dependency_error(), ImportError)
         assert parameter.RayParams(no_monitor=False).no_monitor is False  # what a caller says, stays
+        for asked in (False, None, True):  # None: ray.init's default
+            node.Node.start_api_server(object(), include_dashboard=asked, raise_on_failure=False)
+        assert started == [{"include_dashboard": True, "raise_on_failure": False}]
+    assert node.Node.start_api_server is ray_api_server
     assert parameter.RayParams(num_cpus=1).no_monitor is False
     assert parameter.RayParams(num_cpus=1).include_log_monitor is None  # Ray's default: decided later
     assert utils.get_dashboard_dependency_error() is None  # ray[default] is installed

@@ -137,10 +137,11 @@ def test_ctrl_c_in_the_terminal_leaves_nothing_of_its_ray(tmp_path):
     try:
         ray_processes = first_part(proc, out)
         # the embedded node is the lean one (orchestrator.cluster.lean_node): no autoscaler monitor,
-        # no log monitor, the dashboard's agent in minimal mode
+        # no log monitor, no API server, the dashboard's agent in minimal mode
         running = cmdlines(ray_processes)
         assert any("gcs_server" in c for c in running) and any("default_worker" in c for c in running), running
         assert not [c for c in running if "log_monitor.py" in c or "autoscaler/_private/monitor.py" in c], running
+        assert not [c for c in running if "dashboard/dashboard.py" in c], running
         assert [c for c in running if "dashboard/agent.py" in c and "--minimal" in c], running
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
         _, stderr = proc.communicate(timeout=30)
