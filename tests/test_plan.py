@@ -64,7 +64,8 @@ def test_exclude_rules_remove_matching_trials(write_plan):
 @pytest.mark.parametrize(("rule", "message"), [
     ("{label: ort_bound}", "matrix.exclude[1].label: no trial has 'ort_bound' (did you mean 'ort-bound'?); "
                            "the plan's labels: ort-bound, torch-eager"),
-    ("{backend: ort, batch_size: [2, 4]}", "matrix.exclude[1].batch_size: no trial has 4; the plan's batch sizes: 1, 2"),
+    ("{backend: ort, batch_size: [2, 4]}",
+     "matrix.exclude[1].batch_size: no trial has 4; the plan's batch sizes: 1, 2"),
     ("{axes: {seq: 128}}", "matrix.exclude[1].axes: no trial has an axis 'seq'; the plan has none"),
 ])
 def test_an_exclude_value_no_trial_has_is_an_error(write_plan, rule, message):
