@@ -118,9 +118,9 @@ def lean_node(worker_logs: bool = False):
     What stays: the GCS, the raylet and its object store, the dashboard agent (minimal) and the
     runtime-env agent (the raylet needs both). On 2 vCPUs the first three made ``ray.init`` take
     4.95 s instead of 6.43 (``bench/startup.py``, medians), 8.5-8.9 CPU-s instead of 10.4-11.1;
-    leaving out the API server took it to 4.5 s and about 6.2 CPU-s (BENCHMARKS.md, "A fast
-    tool"). A Ray whose internals differ is started as ``ray.init`` would: nothing here is needed
-    for a run to work.
+    leaving out the API server took it from 4.86 s to 3.26 s and about 1.8 CPU-s more off
+    (BENCHMARKS.md, "A fast tool"). A Ray whose internals differ is started as ``ray.init`` would:
+    nothing here is needed for a run to work.
     """
     try:
         from ray._private import node, parameter, utils
