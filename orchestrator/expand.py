@@ -10,14 +10,14 @@ judges the output, it doesn't change what is measured.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import itertools
 from typing import Any
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import EXCLUDE_KEYS, Plan, scenario_settings
+from orchestrator.plan import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
+from workers.config import did_you_mean
 from workers.contract import SCENARIO_FIELDS, ModelSpec, Trial
 
 
@@ -120,39 +120,34 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
 def _check_exclude(rules: list[Any], candidates: list[Trial], source: str) -> None:
     """Every value an exclude rule names must be one some trial of the plan has: a rule with a
     misspelt model or label otherwise matches nothing, and the trials it was meant to leave out run."""
+    axis_names = sorted({name for t in candidates for name in t.axes})
     for i, rule in enumerate(rules):
+        checks = []  # (where in the rule, the values it names, the values the plan's trials have)
         for key in EXCLUDE_KEYS:
             want = getattr(rule, key)
             if want is None:
                 continue
-            if key == "axes":
-                checks = [(f"axes.{name}", values, {t.axes[name] for t in candidates if name in t.axes})
-                          for name, values in want.items()]
-                names = sorted({name for t in candidates for name in t.axes})
-                for name in want:
-                    if name not in names:
-                        raise PlanError(f"{source}: matrix.exclude[{i}].axes: no trial has an axis '{name}'"
-                                        f"{_did_you_mean(name, names)}; "
-                                        + (f"the plan's axes: {', '.join(names)}" if names else "the plan has none"))
-            else:
-                checks = [(key, want, {t.model.name if key == "model" else getattr(t, key) for t in candidates})]
-            for where, values, have in checks:
-                for value in values if isinstance(values, list) else [values]:
-                    if value not in have:
-                        what = _PLURAL.get(where, f"values of {where.removeprefix('axes.')}")
-                        listed = ", ".join(map(str, sorted(have, key=str)))
-                        raise PlanError(f"{source}: matrix.exclude[{i}].{where}: no trial has {value!r}"
-                                        f"{_did_you_mean(value, have)}; the plan's {what}: {listed}")
+            if key != "axes":
+                checks.append((key, want, {exclude_value(t, key) for t in candidates}))
+                continue
+            for name, values in want.items():
+                if name not in axis_names:
+                    listed = f"the plan's axes: {', '.join(axis_names)}" if axis_names else "the plan has none"
+                    raise PlanError(f"{source}: matrix.exclude[{i}].axes: no trial has an axis '{name}'"
+                                    f"{did_you_mean(name, axis_names)}; {listed}")
+                checks.append((f"axes.{name}", values, {t.axes[name] for t in candidates if name in t.axes}))
+        for where, values, have in checks:
+            for value in values if isinstance(values, list) else [values]:
+                if value not in have:
+                    what = _PLURAL.get(where, f"values of {where.removeprefix('axes.')}")
+                    hint = did_you_mean(value, have) if isinstance(value, str) else ""
+                    raise PlanError(f"{source}: matrix.exclude[{i}].{where}: no trial has {value!r}{hint}; "
+                                    f"the plan's {what}: {', '.join(map(str, sorted(have, key=str)))}")
 
 
 _PLURAL = {"model": "models", "backend": "backends", "label": "labels", "batch_size": "batch sizes",
            "dtype": "dtypes", "io": "io values", "scenario": "scenarios", "concurrency": "concurrencies",
            "rate": "rates"}
-
-
-def _did_you_mean(value: Any, have: Any) -> str:
-    close = difflib.get_close_matches(value, [str(h) for h in have], n=1) if isinstance(value, str) else []
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:

@@ -86,10 +86,15 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
 from workers import zoo
-from workers.config import StrictModel
+from workers.config import StrictModel, did_you_mean
 from workers.contract import ARRIVALS, SCENARIOS, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
 EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
+
+
+def exclude_value(trial: Trial, key: str) -> Any:
+    """What an exclude rule's ``key`` (any of EXCLUDE_KEYS but ``axes``) is compared with in ``trial``."""
+    return trial.model.name if key == "model" else getattr(trial, key)
 
 
 Strict = StrictModel
@@ -157,8 +162,7 @@ class ExcludeRule(Strict):
                 if not _axes_match(want, trial.axes):
                     return False
                 continue
-            got = trial.model.name if key == "model" else getattr(trial, key)
-            if got not in (want if isinstance(want, list) else [want]):
+            if exclude_value(trial, key) not in (want if isinstance(want, list) else [want]):
                 return False
         return True
 
@@ -640,10 +644,8 @@ def _onnx_inputs(ref: str, found: list[tuple[str, str, list[int | str | None]]],
     by_name = {p.name: p for p in raw}
     for i, p in enumerate(raw):
         if p.name not in names:
-            close = difflib.get_close_matches(p.name, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise _err("inputs[{i}]: the ONNX model {ref} has no input '{name}'{hint}; its inputs: {names}",
-                       i=i, ref=ref, name=p.name, hint=hint, names=", ".join(names))
+                       i=i, ref=ref, name=p.name, hint=did_you_mean(p.name, names), names=", ".join(names))
     leads = {dims[0] if dims else None for _, _, dims in found}
     batch_dim = next(iter(leads)) if len(leads) == 1 and isinstance(next(iter(leads)), str) else None
     out = []
@@ -759,9 +761,7 @@ def _describe(err: dict[str, Any]) -> str:
         from workers.backends import registry
 
         tag = err.get("ctx", {}).get("tag", "")
-        close = difflib.get_close_matches(str(tag), list(registry()), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown backend '{tag}'{hint}; known: {', '.join(sorted(registry()))}"
+        return f"unknown backend '{tag}'{did_you_mean(tag, registry())}; known: {', '.join(sorted(registry()))}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if err["type"] not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):

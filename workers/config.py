@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 
+def did_you_mean(value: Any, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` with the choice closest to ``value``, or "" when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 class StrictModel(BaseModel):
     """Frozen, and rejects unknown keys with a 'did you mean' and the list of known keys."""
 
@@ -21,11 +27,9 @@ class StrictModel(BaseModel):
             known = list(cls.model_fields)
             for key in data:
                 if key not in known:
-                    close = difflib.get_close_matches(str(key), known, n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else ""
                     raise PydanticCustomError(
                         "unknown_key",
                         "unknown key '{key}'{hint}; expected one of: {known}",
-                        {"key": key, "hint": hint, "known": ", ".join(known) or "none"},
+                        {"key": key, "hint": did_you_mean(key, known), "known": ", ".join(known) or "none"},
                     )
         return data
