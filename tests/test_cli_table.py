@@ -22,7 +22,9 @@ measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 2, target_rel_ci: null}
 
 
 def invoke(*args):
-    return CliRunner().invoke(cli.app, ["run", *map(str, args)])
+    """`infer-orch run ARGS --workers 1`: the trials take no time and the table is the point, so one worker
+    runs them (four would each start a Ray worker process for a dozen instant trials)."""
+    return CliRunner().invoke(cli.app, ["run", *map(str, args), "--workers", "1"])
 
 
 def rows(output: str) -> list[list[str]]:

@@ -105,7 +105,7 @@ measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 3}
 
 def test_run_plan_gives_the_verdicts_the_command_line_exits_with(ray_gpus, write_plan, tmp_path):
     plan, out = write_plan(VERDICT_PLAN), tmp_path / "out"
-    result = run_plan(plan, out=out)
+    result = run_plan(plan, out=out, workers=1)  # two instant trials: one worker process, not two
     assert result.counts == {"ok": 2} and result.failed_trials == []
     (row, messages), = result.budget_misses
     assert row["label"] == "over" and len(messages) == 1 and "is above max_latency_ms 1e-06" in messages[0]
