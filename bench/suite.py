@@ -1,0 +1,135 @@
+"""How long ``make test``'s pytest takes, and how fast the machine was while it ran (issue 14's goal:
+<= 240 s of pytest on the 2-vCPU machine).
+
+A suite's time says as much about the host as about the tests: the same commit (5e589aa) took 330.5 s
+one day and 192.7 s the next on "the same" 2-vCPU machine, whose ``import torch`` took 4.5 and 2.0
+CPU-s. So every run is bracketed by a host calibration, and both are printed: the CPU seconds of
+``import torch`` in a fresh interpreter (what the suite does in every pytest process, CLI run and
+torch worker) and of a fixed pure-Python loop, medians of three before and three after the run.
+Figures from different days compare only where their calibrations agree.
+
+The pytest command is ``make test``'s own (the ``PYTEST :=`` line of the tree's Makefile, with the
+tree's ``.venv``); ruff and the install are not timed. Machine-wide CPU (``/proc/stat``: Ray's
+daemons, workers and CLI subprocesses count too) gives how busy the two cores were, and steal how
+much of them the hypervisor kept. Run it on an otherwise idle machine::
+
+    python3 bench/suite.py                      # once, in this checkout (make test's .venv)
+    python3 bench/suite.py --runs 3 --tree /tmp/cc --log-dir /tmp/suite-logs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_S = 240.0
+CALIBRATIONS = {
+    "import torch": "import torch",
+    "py loop": "s = 0\nfor i in range(10_000_000):\n    s += i",
+}
+
+
+def machine_ticks() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot: busy is every state but idle,
+    iowait and steal."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def pytest_command(tree: Path) -> tuple[list[str], dict[str, str]]:
+    """``make test``'s pytest argv and the variables it sets, from the tree's Makefile."""
+    makefile = tree / "Makefile"
+    m = re.search(r"^PYTEST\s*:=\s*(.+)$", makefile.read_text(), re.M)
+    if m is None:
+        raise SystemExit(f"error: no 'PYTEST :=' line in {makefile}")
+    words = shlex.split(m.group(1).replace("$(BIN)", str(tree / ".venv" / "bin")))
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    if not Path(words[0]).exists():
+        raise SystemExit(f"error: {words[0]} does not exist: run 'make test' (or make {tree}/.venv/.installed) first")
+    return words, env
+
+
+def cpu_of(argv: list[str]) -> float:
+    """CPU seconds (user + system) of one run of ``argv``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def calibrate(python: str, times: int = 3) -> dict[str, float]:
+    return {name: statistics.median(cpu_of([python, "-c", code]) for _ in range(times))
+            for name, code in CALIBRATIONS.items()}
+
+
+def run_suite(tree: Path, log: Path) -> dict:
+    argv, extra_env = pytest_command(tree)
+    env = {**os.environ, **extra_env}
+    calib_before = calibrate(argv[0])
+    load = os.getloadavg()[0]
+    busy0, steal0 = machine_ticks()
+    t0 = time.monotonic()
+    with log.open("w") as out:
+        rc = subprocess.run(argv, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    wall = time.monotonic() - t0
+    busy1, steal1 = machine_ticks()
+    calib_after = calibrate(argv[0])
+    tail = log.read_text().splitlines()[-1:] or [""]
+    summary = re.search(r"in ([\d.]+)s", tail[0])
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail[0])}
+    cores = os.cpu_count() or 1
+    return {
+        "rc": rc, "pytest_s": float(summary.group(1)) if summary else None, "wall_s": round(wall, 1),
+        **counts, "machine_cpu_s": round(busy1 - busy0, 1),
+        "busy_pct": round(100 * (busy1 - busy0) / (wall * cores), 1),
+        "steal_pct": round(100 * (steal1 - steal0) / (wall * cores), 1), "load_before": round(load, 2),
+        **{f"{k} cpu_s": round(statistics.median([calib_before[k], calib_after[k]]), 2) for k in CALIBRATIONS},
+        "log": str(log),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", type=Path, default=REPO, help="checkout to test (its Makefile and .venv)")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--log-dir", type=Path, default=None, help="where each run's pytest output goes")
+    args = ap.parse_args()
+    tree = args.tree.resolve()
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="suite-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{os.cpu_count()} vCPUs, {tree}, logs in {log_dir}", file=sys.stderr)
+    rows = []
+    for i in range(args.runs):
+        row = run_suite(tree, log_dir / f"run{i + 1}.log")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{'run':>3} {'pytest s':>9} {'passed':>6} {'failed':>6} {'CPU-s':>7} {'busy %':>6} {'steal %':>7}"
+          f" {'torch CPU-s':>11} {'loop CPU-s':>10}  goal {GOAL_S:.0f} s")
+    for i, r in enumerate(rows, 1):
+        ok = r["rc"] == 0 and r["pytest_s"] is not None and r["pytest_s"] <= GOAL_S
+        print(f"{i:>3} {r['pytest_s'] or float('nan'):>9.1f} {r.get('passed', 0):>6} {r.get('failed', 0):>6}"
+              f" {r['machine_cpu_s']:>7.0f} {r['busy_pct']:>6.0f} {r['steal_pct']:>7.1f}"
+              f" {r['import torch cpu_s']:>11.2f} {r['py loop cpu_s']:>10.2f}  {'met' if ok else 'NOT met'}")
+    if len(rows) > 1:
+        print(f"median pytest s: {statistics.median(r['pytest_s'] or float('nan') for r in rows):.1f}")
+    sys.exit(max(r["rc"] for r in rows))
+
+
+if __name__ == "__main__":
+    main()
