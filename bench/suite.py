@@ -5,7 +5,8 @@ A suite's time says as much about the host as about the tests: the same commit (
 one day and 192.7 s the next on "the same" 2-vCPU machine, whose ``import torch`` took 4.5 and 2.0
 CPU-s. So every run is bracketed by a host calibration, and both are printed: the CPU seconds of
 ``import torch`` in a fresh interpreter (what the suite does in every pytest process, CLI run and
-torch worker) and of a fixed pure-Python loop, medians of three before and three after the run.
+torch worker) and of a fixed pure-Python loop: the median of three runs before the suite and of three
+after it, and the mean of those two.
 Figures from different days compare only where their calibrations agree.
 
 The pytest command is ``make test``'s own (the ``PYTEST :=`` line of the tree's Makefile, with the
@@ -78,9 +79,7 @@ def calibrate(python: str, times: int = 3) -> dict[str, float]:
             for name, code in CALIBRATIONS.items()}
 
 
-def run_suite(tree: Path, log: Path) -> dict:
-    argv, extra_env = pytest_command(tree)
-    env = {**os.environ, **extra_env}
+def run_suite(tree: Path, argv: list[str], env: dict[str, str], log: Path) -> dict:
     calib_before = calibrate(argv[0])
     load = os.getloadavg()[0]
     busy0, steal0 = machine_ticks()
@@ -99,7 +98,7 @@ def run_suite(tree: Path, log: Path) -> dict:
         **counts, "machine_cpu_s": round(busy1 - busy0, 1),
         "busy_pct": round(100 * (busy1 - busy0) / (wall * cores), 1),
         "steal_pct": round(100 * (steal1 - steal0) / (wall * cores), 1), "load_before": round(load, 2),
-        **{f"{k} cpu_s": round(statistics.median([calib_before[k], calib_after[k]]), 2) for k in CALIBRATIONS},
+        **{f"{k} cpu_s": round((calib_before[k] + calib_after[k]) / 2, 2) for k in CALIBRATIONS},
         "log": str(log),
     }
 
@@ -111,12 +110,14 @@ def main() -> None:
     ap.add_argument("--log-dir", type=Path, default=None, help="where each run's pytest output goes")
     args = ap.parse_args()
     tree = args.tree.resolve()
+    argv, extra_env = pytest_command(tree)
+    env = {**os.environ, **extra_env}
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="suite-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} vCPUs, {tree}, logs in {log_dir}", file=sys.stderr)
     rows = []
     for i in range(args.runs):
-        row = run_suite(tree, log_dir / f"run{i + 1}.log")
+        row = run_suite(tree, argv, env, log_dir / f"run{i + 1}.log")
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(f"\n{'run':>3} {'pytest s':>9} {'passed':>6} {'failed':>6} {'CPU-s':>7} {'busy %':>6} {'steal %':>7}"
