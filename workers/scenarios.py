@@ -20,7 +20,7 @@ to completion (its own stream synchronized). Policy, in the order it runs::
         every lane: take the next request i (FIFO, a shared counter); sleep until t0 + a_i;
             start = now; lane.run(); end = now                     # stop taking at max_time_s
         latency_i = end_i - a_i            # from the SCHEDULED arrival: queueing counts (no coordinated omission)
-        issue lag_i = start_i - max(a_i, when its lane took it)   # the harness's own lateness
+        issue lag_i = start_i - max(a_i, when its lane was last free)   # the harness's own lateness
         schedule_rate = (n - 1) / (a_n - a_1); achieved_rate = (n - 1) / (last end - first end)
 
     find-peak(c lanes, bound):
@@ -233,6 +233,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     def job(i: int, lane: Lane) -> None:
         barrier.wait()
         base, append, run, stop, clock = t0[0], records[i].append, lane.run, threads.stop, time.perf_counter
+        free = base  # when this lane was last free: its issue lag counts from here or the arrival
         while not stop.is_set():
             r = next(order)
             taken = clock()
@@ -246,7 +247,8 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
                 s = taken  # queued: it starts now
             run()
             e = clock()
-            append((r, taken, s, e))
+            append((r, free, s, e))
+            free = e
 
     threads.run(job)
     base = t0[0]
@@ -255,9 +257,9 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     for i, rec in enumerate(records):
         if not rec:
             continue
-        r, taken, s, e = (np.asarray(c) for c in zip(*rec))
+        r, free, s, e = (np.asarray(c) for c in zip(*rec))
         start[r], end[r], lanes[r] = s - base, e - base, i
-        lag[r] = s - np.maximum(base + arrivals[r], taken)
+        lag[r] = s - np.maximum(base + arrivals[r], free)
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
