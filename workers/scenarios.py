@@ -224,7 +224,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     and the row does not (``bench/queue_theory.py`` measures it as ``handoff``)."""
     n = len(arrivals)
     k = len(threads.lanes)
-    records: list[list[tuple[int, float, float, float]]] = [[] for _ in range(k)]
+    records: list[list[tuple[int, float, float]]] = [[] for _ in range(k)]
     order = itertools.count()  # next() is one C call under the GIL: FIFO without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
@@ -233,7 +233,6 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     def job(i: int, lane: Lane) -> None:
         barrier.wait()
         base, append, run, stop, clock = t0[0], records[i].append, lane.run, threads.stop, time.perf_counter
-        free = base  # when this lane was last free: its issue lag counts from here or the arrival
         while not stop.is_set():
             r = next(order)
             taken = clock()
@@ -247,8 +246,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
                 s = taken  # queued: it starts now
             run()
             e = clock()
-            append((r, free, s, e))
-            free = e
+            append((r, s, e))
 
     threads.run(job)
     base = t0[0]
@@ -257,8 +255,9 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     for i, rec in enumerate(records):
         if not rec:
             continue
-        r, free, s, e = (np.asarray(c) for c in zip(*rec))
+        r, s, e = (np.asarray(c) for c in zip(*rec))
         start[r], end[r], lanes[r] = s - base, e - base, i
+        free = np.concatenate([[base], e[:-1]])  # when the lane was last free: the start, then its last end
         lag[r] = s - np.maximum(base + arrivals[r], free)
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
