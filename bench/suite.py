@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shlex
 import statistics
 import subprocess
@@ -34,6 +33,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(REPO))
+
+from bench.cli_speed import run_once  # noqa: E402
+
 GOAL_S = 240.0
 CALIBRATIONS = {
     "import torch": "import torch",
@@ -66,21 +70,14 @@ def pytest_command(tree: Path) -> tuple[list[str], dict[str, str]]:
     return words, env
 
 
-def cpu_of(argv: list[str]) -> float:
-    """CPU seconds (user + system) of one run of ``argv``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def calibrate(python: str, times: int = 3) -> dict[str, float]:
-    return {name: statistics.median(cpu_of([python, "-c", code]) for _ in range(times))
+def calibrate(python: str, tree: Path, times: int = 3) -> dict[str, float]:
+    """The median CPU seconds of each calibration, run by ``python`` in ``tree``."""
+    return {name: statistics.median(run_once([python, "-c", code], tree)[1] for _ in range(times))
             for name, code in CALIBRATIONS.items()}
 
 
 def run_suite(tree: Path, argv: list[str], env: dict[str, str], log: Path) -> dict:
-    calib_before = calibrate(argv[0])
+    calib_before = calibrate(argv[0], tree)
     load = os.getloadavg()[0]
     busy0, steal0 = machine_ticks()
     t0 = time.monotonic()
@@ -88,7 +85,7 @@ def run_suite(tree: Path, argv: list[str], env: dict[str, str], log: Path) -> di
         rc = subprocess.run(argv, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     wall = time.monotonic() - t0
     busy1, steal1 = machine_ticks()
-    calib_after = calibrate(argv[0])
+    calib_after = calibrate(argv[0], tree)
     tail = log.read_text().splitlines()[-1:] or [""]
     summary = re.search(r"in ([\d.]+)s", tail[0])
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail[0])}
