@@ -1,7 +1,8 @@
-"""A/A: the same plan run twice on the same code and machine, then compared. A gate that compares
-runs must stay quiet here: 0 regressed/improved verdicts, and on a GPU, among the rows both runs
-call valid, 95% of medians within 2% of each other (issue 17; on a CPU that share is printed,
-not a goal).
+"""A/A: one plan run twice, then compared (BENCHMARKS.md, "Do two runs of the same plan agree?").
+
+A gate that compares runs must stay quiet here: 0 regressed/improved verdicts, and on a GPU, among
+the rows both runs call valid, 95% of medians within 2% of each other (on a CPU that share is
+printed, not a goal).
 
 Usage::
 

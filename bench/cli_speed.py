@@ -1,5 +1,7 @@
-"""How long the driver's own commands take, as whole processes: ``validate``, ``run --dry-run`` and
-``backends`` (issue 14's goals: <= 1.5 s, <= 1.5 s, <= 4 s on the H100 machine).
+"""How long the driver's own commands take (BENCHMARKS.md, "The driver's own commands").
+
+``validate``, ``run --dry-run`` and ``backends``, as whole processes (goals: <= 1.5 s, <= 1.5 s,
+<= 4 s on an H100 host).
 
 Each command is started ``--runs`` times (after one warm-up run, not counted, that fills the page
 cache and writes .pyc files), the commands taking turns so a drift in the machine's speed reaches

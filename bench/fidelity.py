@@ -1,4 +1,4 @@
-"""Fidelity benchmark: do infer-orch's numbers match a hand-written loop?
+"""Do infer-orch's numbers match a hand-written loop? (BENCHMARKS.md, "One request at a time").
 
 Three measurements, in this order:
 
@@ -65,7 +65,7 @@ SAMPLER_STRESS_PERIOD_S = 0.001
 CPU_MEASURE = {"warmup_iters": 2, "iters": 10, "min_time_s": 0.0, "max_time_s": 1.0, "warmup_max_s": 0.5}
 
 
-#: ``--bert``: the transformer fidelity point (issue 15): BERT-base, seq 128, batch 8, fp16.
+#: ``--bert``: the transformer fidelity point: BERT-base, seq 128, batch 8, fp16.
 BERT = {"model": {"hf": "bert-base", "axes": {"seq": 128}}, "batches": [8], "dtypes": ["fp16"],
         "variants": ["torch-cudagraph", "ort-iobind"]}
 

@@ -1,4 +1,4 @@
-"""Which backend configuration is fastest, per model, batch size and dtype, and by how much.
+"""The fastest backend per model, batch size and dtype (BENCHMARKS.md, "Which backend is fastest ...").
 
 Runs a plan (default ``plans/h100.yaml``) through the real CLI (``python -m orchestrator.cli
 run``: embedded Ray, one worker per GPU, Parquet), then reads the Parquet rows and prints, last,

@@ -1,4 +1,6 @@
-"""Hand-written inference loops: what a performance engineer writes to check a number.
+"""Hand-written inference loops for bench/fidelity.py (BENCHMARKS.md, "One request at a time").
+
+What a performance engineer writes to check a number.
 
 They share only the model's weights, the input and the ONNX file with infer-orch (so both time
 the same computation); everything else (sessions, bindings, graph capture, the timing loop) is

@@ -1,5 +1,6 @@
-"""Launch-bound loops between processes: how far a host-bound median moves from one fresh process
-to the next, and whether pinning the process to CPUs steadies it.
+"""How far a launch-bound median moves between fresh processes, pinned or not (BENCHMARKS.md, "A/A on the GPU").
+
+Whether pinning the process to CPUs steadies a host-bound median.
 
 A launch-bound trial (eager mode at batch 1: the GPU waits on Python) measures the host as much as
 the GPU, and an A/A run (``bench/aa.py``) found such medians 5-58% apart between two runs of the

@@ -1,4 +1,4 @@
-"""infer-orch across the GPUs of one host: placement, parallel efficiency, interference.
+"""Placement, parallel efficiency, interference (BENCHMARKS.md, "How do several GPUs of one host scale?").
 
     python3 bench/multigpu.py plans/multigpu.yaml OUT_DIR [--logical-gpus N]
 

@@ -1,4 +1,4 @@
-"""Where do GPU parity errors come from? TF32, and ORT's CUDA graph, checked one by one.
+"""GPU parity errors by backend and TF32 setting (BENCHMARKS.md, "How close are the backends' outputs?").
 
 For each model and batch size (fp32 on the GPU), the max |y - ref| / max |ref| of:
 torch eager with TF32 on (torch's default for cuDNN convolutions) and off; ORT ``run``; ORT IO

@@ -1,4 +1,4 @@
-"""The server scenario against queueing theory: an M/D/1 queue on the sleep backend.
+"""The server scenario against M/D/1 (BENCHMARKS.md, "The server scenario against queueing theory").
 
 One lane, Poisson arrivals at rate lambda = rho / D, a service that sleeps a fixed step: an M/D/1
 queue, whose mean time in system is

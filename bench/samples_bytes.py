@@ -1,6 +1,7 @@
-"""Bytes per trial of the per-iteration samples on disk, by Parquet encoding: what the compacted
-file uses (zstd, byte-stream-split floats) against a part's defaults (snappy, dictionary), and
-float32.
+"""Bytes per trial of the samples on disk, by encoding (BENCHMARKS.md, "Samples on disk: bytes per trial").
+
+What the compacted file uses (zstd, no dictionary) against a part's defaults (snappy, dictionary),
+byte-stream-split, and float32.
 
     python bench/samples_bytes.py [--trials 200] [--iters 2000]
 

@@ -1,10 +1,10 @@
-"""Thousands of trials on a big (simulated) cluster: one driver, streamed rows, compacted results.
+"""Thousands of trials on a simulated cluster (BENCHMARKS.md, "How far does one driver scale? ...").
 
 One script, sized by its arguments (BENCHMARKS.md has both runs):
 
-    # issue 19: 10,000 sleep trials of 1 s over 64 logical GPUs on 4 local Ray nodes
+    # 10,000 sleep trials of 1 s over 64 logical GPUs on 4 local Ray nodes
     python bench/scale.py OUT --trials 10000 --gpus 64 --nodes 4 --trial-s 1 --zero-length 2000
-    # issue 17: 500 sleep trials over 8 logical GPUs, 5% of them faults (abort, hang, raise, nan, oom, ...)
+    # 500 sleep trials over 8 logical GPUs, 5% of them faults (abort, hang, raise, nan, oom, ...)
     python bench/scale.py OUT --trials 500 --gpus 8 --nodes 2 --trial-s 1 --faults 0.05
 
 Starts N local ``ray start`` nodes with logical GPUs (as ``tests/raycluster.py`` does), runs

@@ -1,6 +1,8 @@
-"""Several requests in flight on one GPU: infer-orch's offline scenario against a hand-written loop,
-then server runs and find-peak. One process, no Ray: the trials go through ``workers.trial.run_trial``
-(the worker's own code path), the hand loops are written out here.
+"""Several requests in flight on one GPU (BENCHMARKS.md, "Several requests in flight", "How much traffic ...").
+
+infer-orch's offline scenario against a hand-written loop, then server runs and find-peak. One
+process, no Ray: the trials go through ``workers.trial.run_trial`` (the worker's own code path),
+the hand loops are written out here.
 
 1. Offline, ResNet-50 (random weights), batch 1 and 8, fp16 channels_last and fp32 (ORT: fp16 and
    fp32; ``ort`` binds device buffers, ``ort-graph`` adds ORT's CUDA graph, fp16 only), concurrency

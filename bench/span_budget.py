@@ -1,4 +1,4 @@
-"""Where a run's span goes, from its stored rows: worker-seconds against the ideal.
+"""Where a run's span goes, from its stored rows (BENCHMARKS.md, "How far does one driver scale? ...").
 
     python bench/span_budget.py RUN_DIR [--nominal-s 1]
 

@@ -1,4 +1,4 @@
-"""A cold `infer-orch run` against its floor: what Ray needs before any of our code can run.
+"""A cold `infer-orch run` against Ray's floor (BENCHMARKS.md, "A cold run's start-up").
 
 (a) floor: a fresh process starts Ray as the run does (``orchestrator.cluster.connect``) and one
     actor with the resources the run's worker would get (``num_gpus=1`` when Ray sees a GPU)

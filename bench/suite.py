@@ -1,5 +1,6 @@
-"""How long ``make test``'s pytest takes, and how fast the machine was while it ran (issue 14's goal:
-<= 240 s of pytest on the 2-vCPU machine).
+"""How long ``make test``'s pytest takes, and the host's speed (BENCHMARKS.md, "How long does the test suite take?").
+
+The goal: <= 240 s of pytest on a 2-vCPU machine.
 
 A suite's time says as much about the host as about the tests: the same commit (5e589aa) took 330.5 s
 one day and 192.7 s the next on "the same" 2-vCPU machine, whose ``import torch`` took 4.5 and 2.0
@@ -15,7 +16,7 @@ daemons, workers and CLI subprocesses count too) gives how busy the two cores we
 much of them the hypervisor kept. Run it on an otherwise idle machine::
 
     python3 bench/suite.py                      # once, in this checkout (make test's .venv)
-    python3 bench/suite.py --runs 3 --tree /tmp/cc --log-dir /tmp/suite-logs
+    python3 bench/suite.py --runs 3 --tree CLONE --log-dir LOGS   # CLONE: a clean clone
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How busy a sweep keeps its GPUs, and where the rest of the wall time goes.
+"""How busy a sweep keeps its GPUs, and where the rest goes (BENCHMARKS.md, "Where a sweep's worker-time goes").
 
     python bench/sweep_efficiency.py RUN_DIR                 # a run that is already there
     python bench/sweep_efficiency.py --plan plans/h100.yaml  # run it first (into $OUT or a temp dir)

@@ -1,5 +1,6 @@
-"""A tiny model for the fidelity benchmark: a few microseconds of GPU work per inference, so the
-harness's own per-iteration cost is what shows."""
+"""A tiny model for bench/fidelity.py's harness overhead (BENCHMARKS.md, "One request at a time").
+
+A few microseconds of GPU work per inference, so the harness's own per-iteration cost is what shows."""
 
 from torch import nn
 

@@ -1,11 +1,11 @@
-"""The same CUDA-graph trial three times in one process: does a trial's place in its worker matter?
+"""One CUDA-graph trial three times in a process (BENCHMARKS.md, "A trial's place in its worker").
 
-Found on an H200 (BENCHMARKS.md, "BERT-base"): the first torch-cudagraph trial of BERT-base b8 fp16
-in a fresh process measured 0.914 ms, the next two 0.991 and 0.986 ms. A hand-written replay loop
-did the same: 0.915 ms until the process had launched some 50 eager kernels, 0.98 ms ever after.
-Since then a process launches tiny kernels before its first GPU trial
-(``workers.timing.settle_launch_state``), so that every trial runs in the same state. This prints
-the three medians and their spread, max / min (``tests/test_hf.py`` runs it on a GPU).
+Found on an H200: the first torch-cudagraph trial of BERT-base b8 fp16 in a fresh process measured
+0.914 ms, the next two 0.991 and 0.986 ms. A hand-written replay loop did the same: 0.915 ms until
+the process had launched some 50 eager kernels, 0.98 ms ever after. Since then a process launches
+tiny kernels before its first GPU trial (``workers.timing.settle_launch_state``), so that every
+trial runs in the same state. This prints the three medians and their spread, max / min
+(``tests/test_hf.py`` runs it on a GPU).
 
     PYTHONPATH=$PWD python bench/trial_order.py          # on a GPU, about a minute
 """

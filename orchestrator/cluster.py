@@ -119,7 +119,7 @@ def lean_node(worker_logs: bool = False):
     runtime-env agent (the raylet needs both). On 2 vCPUs the first three made ``ray.init`` take
     4.95 s instead of 6.43 (``bench/startup.py``, medians), 8.5-8.9 CPU-s instead of 10.4-11.1;
     leaving out the API server took it from 4.86 s to 3.26 s and about 1.8 CPU-s more off
-    (BENCHMARKS.md, "A fast tool"). A Ray whose internals differ is started as ``ray.init`` would:
+    (BENCHMARKS.md, "A cold run's start-up"). A Ray whose internals differ is started as ``ray.init`` would:
     nothing here is needed for a run to work.
     """
     try:

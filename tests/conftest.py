@@ -77,7 +77,7 @@ def pytest_configure(config):
     # pytest processes, Ray workers and CLI runs share the cores, and a thread spinning for a core
     # another process holds burns what that process needs. Thread counts stay as they are. In
     # test_parity, test_backends, test_hf and test_compile (-n 2): 133 CPU-s instead of 166, 75.6 s
-    # instead of 91.8 (BENCHMARKS.md, "2026-11-26, seventh session"). Inherited by every subprocess.
+    # instead of 91.8 on a 2-vCPU machine. Inherited by every subprocess.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config._infer_orch_user_caches = _user_caches()
     config._infer_orch_tmp = _isolate()
@@ -181,7 +181,7 @@ def ray_gpus():
     # process's environment, as an embedded Ray's workers do in a real run (orchestrator.cluster
     # .connect); not through a job runtime_env, which sends every worker through Ray's runtime-env
     # agent and keeps actors off the prestarted workers: about 0.9 CPU-s more for each actor on
-    # 2 vCPUs (bench/actor_env.py; BENCHMARKS.md, "2026-11-26, sixth session").
+    # 2 vCPUs (10 runs of 2 actors: 47.5-48.8 CPU-s through a runtime_env, 30.0-31.1 inherited).
     # It is started as a run starts its embedded Ray (orchestrator.cluster.lean_node).
     from orchestrator.cluster import lean_node
 

@@ -157,7 +157,7 @@ def test_gpu_trial_has_energy_from_the_counter():
 
 @pytest.mark.gpu
 def test_gpu_counter_and_sampled_power_agree():
-    """The issue's check: a long GPU-bound window (ResNet-50, batch 256, 5 s), the counter's energy
+    """The energy check: a long GPU-bound window (ResNet-50, batch 256, 5 s), the counter's energy
     and the integral of power sampled every 10 ms agree within 5%."""
     import torch
     import torchvision

@@ -102,7 +102,7 @@ def test_a_row_carries_every_new_column():
 
 
 def _shipped_torchvision_models() -> list[str]:
-    names = {"squeezenet1_1", "mobilenet_v3_large"}  # used in tests; named by the issue
+    names = {"squeezenet1_1", "mobilenet_v3_large"}  # used by the tests themselves
     for p in (REPO / "plans").glob("*.yaml"):
         for m in yaml.safe_load(p.read_text())["models"]:
             if isinstance(m, str) and m.startswith("torchvision:"):
@@ -154,7 +154,7 @@ def test_bad_measure_and_parity_settings_are_located(section, value, message):
 
 @pytest.mark.gpu
 def test_on_cuda_every_backend_passes_parity_and_rows_carry_gpu_facts():
-    """The H100 case of the issue: MobileNetV3-Large in fp16 must not be NaN; every backend's output
+    """The H100 case: MobileNetV3-Large in fp16 must not be NaN; every backend's output
     within tolerance of torch fp32 on the same GPU; NVML, copy and launch columns filled."""
     data = {"name": "g", "device": "cuda", "models": ["torchvision:mobilenet_v3_large"],
             "matrix": {"batch_sizes": [8], "dtypes": ["fp32", "fp16", "bf16"], "io": ["device"],

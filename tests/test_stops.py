@@ -1,4 +1,4 @@
-"""Clean stops, whatever stops the run (issue 17): nothing of an embedded Ray outlives its driver
+"""Clean stops, whatever stops the run: nothing of an embedded Ray outlives its driver
 (SIGKILL, Ctrl-C, SIGTERM, a normal ending), SIGTERM takes Ctrl-C's way out with exit 143, a full
 disk or file-size limit stops the run with one line and whole part files, and Ray's own messages
 go to the run's log, not the terminal.
