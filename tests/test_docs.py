@@ -1,9 +1,14 @@
 """README.md and docs/ read once: no paragraph stands twice, every relative link leads to a file
-(and heading) that exists, and docs/schema.md is what the code generates. Text only: no Ray, no torch."""
+(and heading) that exists, and docs/schema.md is what the code generates. BENCHMARKS.md answers first
+and stays small, each bench/ script names the section it backs, and no file of the repository speaks
+of anything but the product (tracker numbers, work periods, internal tools, machine paths). Text only:
+no Ray, no torch."""
 
 from __future__ import annotations
 
+import ast
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +24,26 @@ RUN_WORDS = 12
 #: The README stays an introduction (around 12 KB); the manual goes to docs/.
 README_MAX_BYTES = 15_000
 REGENERATE = f"python -m {markdown_page.__module__} > docs/schema.md"
+#: BENCHMARKS.md is a results page: a new figure replaces the one it updates.
+BENCHMARKS_MAX_BYTES = 40_000
+
+#: Words that speak of how the project is run rather than of the product: a tracker's numbers, work
+#: periods and who did what, internal tools, machine paths. They belong in commit messages.
+NOT_PRODUCT = {
+    "a tracker number": r"\bissues?\s+#?\d+|\(#\d+\)|(?:^|[\s(])#\d{1,4}\b(?![;,}])",
+    "a work period": r"(?<!\ba )(?<!another )\b(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"
+                     r"|tenth|eleventh|twelfth|\d+(?:st|nd|rd|th)) session\b|\bsession \d+\b|\bwork[- ]period"
+                     r"|\bthe lead\b",
+    "an internal tool": r"\bfarm-(?:bench|studio)\b|\bmake-kit\b|\bdevice tool\b|\b(?:the|device) kit\b|\bkit's\b"
+                        r"|`duplicates`|\bduplicates tool\b",
+    "a machine path": r"/work/|/tmp/cc\d*\b|\.\./shared\b",
+}
+#: The product's own words and other projects' public trackers, which stay: "ONNX Runtime issues
+#: 20050" names ONNX Runtime's tracker, not ours.
+PROJECTS_BEFORE_ISSUE = ("ONNX Runtime", "PyTorch", "torch", "Ray", "vLLM", "TensorRT", "transformers", "Arrow")
+#: This module names the words it looks for, so it is the one file the scan leaves out.
+SCAN_SKIPS = {"tests/test_docs.py"}
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".sh", ".json", ".html"}
 
 
 def doc_files(root: Path = REPO) -> list[Path]:
@@ -164,7 +189,7 @@ def test_a_copy_inside_a_paragraph_is_found(tmp_path):
 
 
 def test_relative_links_lead_somewhere():
-    broken = [b for path in doc_files() for b in broken_links(path)]
+    broken = [b for path in [*doc_files(), REPO / "BENCHMARKS.md"] for b in broken_links(path)]
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
@@ -214,3 +239,88 @@ def test_readme_plan_is_the_quickstart_plan():
 def test_readme_stays_an_introduction():
     size = len((REPO / "README.md").read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes: move the manual's parts to docs/"
+
+
+def tracked_text_files(root: Path = REPO) -> list[Path]:
+    """The repository's tracked text files (``git ls-files``; every file under ``root`` outside hidden
+    folders and virtual environments where there is no git)."""
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") or part in {"venv", "results"} for part in p.relative_to(root).parts)]
+    return [root / n for n in names if n not in SCAN_SKIPS and (root / n).is_file()
+            and ((root / n).suffix in TEXT_SUFFIXES or (root / n).name in {"Makefile", ".gitignore", "run"})]
+
+
+def not_product_words(path: Path, root: Path = REPO) -> list[str]:
+    """Each place in ``path`` that speaks of the project's running rather than of the product."""
+    found = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for what, pattern in NOT_PRODUCT.items():
+            for m in re.finditer(pattern, line, re.IGNORECASE):
+                if what == "a tracker number" and line[:m.start()].rstrip().endswith(PROJECTS_BEFORE_ISSUE):
+                    continue  # another project's public tracker
+                found.append(f"{path.relative_to(root).as_posix()}:{number}: {what}: {m.group(0).strip()!r}")
+    return found
+
+
+def test_repo_files_speak_of_the_product_only():
+    found = [f for path in tracked_text_files() for f in not_product_words(path)]
+    assert not found, ("tracker numbers, work periods, internal tools or machine paths in the repository "
+                       "(they belong in commit messages):\n" + "\n".join(found))
+
+
+def test_words_that_are_not_the_products_are_found(tmp_path):
+    issue, tool = "issue", "farm" + "-bench"
+    text = (f"As {issue} 14 asked (see {issue}s 15, 16 and #7), {tool} timed it in the seventh session.\n"
+            f"Measured by the lead in /{'work'}/main and /tmp/{'cc'}3; the device kit's Ray.\n"
+            f"ONNX Runtime {issue}s 20050, 22583 and PyTorch {issue} 1234 are public.\n"
+            "The issue lag, issue_lag_ms_p99, first issue to last completion, color:#222; a Ray session;\n"
+            "ORT profiles in a second session like the timed one.\n")
+    (tmp_path / "a.md").write_text(text)
+    found = not_product_words(tmp_path / "a.md", tmp_path)
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "a tracker number: 'issue 14'", "a tracker number: 'issues 15'", "a tracker number: '#7'",
+        "a work period: 'seventh session'", "an internal tool: 'farm-bench'",
+        "a work period: 'the lead'", "an internal tool: 'device kit'",
+        "a machine path: '/work/'", "a machine path: '/tmp/cc3'",
+    ]
+
+
+def headings(path: Path) -> list[tuple[int, str]]:
+    """(level, title) of each Markdown heading of ``path``, outside code."""
+    return [(len(m.group(1)), m.group(2).strip()) for _, line in prose_lines(path.read_text())
+            if (m := re.match(r"(#{1,6})\s+(.*)", line))]
+
+
+def test_benchmarks_page_answers_first_and_stays_small():
+    path = REPO / "BENCHMARKS.md"
+    size = len(path.read_bytes())
+    assert size <= BENCHMARKS_MAX_BYTES, (
+        f"BENCHMARKS.md is {size} bytes (at most {BENCHMARKS_MAX_BYTES}): replace the figure a new one updates, "
+        "and leave how it was reached to the commit message")
+    sections = [title for level, title in headings(path) if level == 2]
+    assert sections and sections[0] == "Answers", f"BENCHMARKS.md must open with its answers; its sections: {sections}"
+    answers = path.read_text().split("\n## ", 2)[1]
+    links = re.findall(r"\]\(#([^)]+)\)", answers)
+    assert len(links) >= 5 and not broken_links(path), "the answers link to the sections that back them"
+
+
+def test_each_bench_script_names_the_section_it_backs():
+    page = (REPO / "BENCHMARKS.md").read_text()
+    titles = [title for _, title in headings(REPO / "BENCHMARKS.md")]
+    wrong = []
+    for script in sorted((REPO / "bench").glob("*.py")):
+        if script.name == "__init__.py":
+            continue
+        doc = (ast.get_docstring(ast.parse(script.read_text())) or "").splitlines()
+        cited = re.findall(r'"([^"]+)"', doc[0]) if doc and "BENCHMARKS.md" in doc[0] else []
+        if not cited:
+            wrong.append(f"bench/{script.name}: its docstring's first line names no BENCHMARKS.md section")
+        for title in cited:
+            if not any(t.startswith(title.removesuffix("...").rstrip()) for t in titles):
+                wrong.append(f"bench/{script.name}: no section {title!r} in BENCHMARKS.md")
+        if f"bench/{script.name}" not in page and f"bench.{script.stem}" not in page:
+            wrong.append(f"bench/{script.name}: BENCHMARKS.md does not name it; a script that backs no figure leaves")
+    assert not wrong, "\n".join(wrong)
