@@ -119,7 +119,9 @@ def test_regression_needs_both_size_and_significance():
     assert verdicts["noisy"]["verdict"] == "unchanged" and verdicts["noisy"]["ci_low"] < 1
     assert verdicts["tight"]["verdict"] == "unchanged" and verdicts["tight"]["ci_low"] > 1
     assert verdicts["big"]["verdict"] == "regressed"
-    assert compare(_table(base), _table(cand), threshold=0.01, noise_floor=0)[0]["trial_id"] in ("big", "tight")
+    # a 1% threshold: the significant 1.5% slowdown is a regression too; the noisy 10% still is not
+    verdicts = {i["trial_id"]: i["verdict"] for i in compare(_table(base), _table(cand), threshold=0.01, noise_floor=0)}
+    assert verdicts == {"noisy": "unchanged", "tight": "regressed", "big": "regressed"}
 
 
 def test_between_run_noise_widens_the_interval_so_a_machine_drift_is_no_verdict():
