@@ -77,3 +77,33 @@ def stored_rows(out: Path) -> int:
         except FileNotFoundError:  # absorbed by a compaction meanwhile
             pass
     return n
+
+
+def reseed(run: Path, medians: dict[str, float], seed: int, copy_to: Path | None = None) -> Path:
+    """The run stored in ``run`` with the timed samples of its ok rows labelled in ``medians`` replaced
+    by seeded ones (normal around that median in ms, a 1% spread, as many as were timed), their
+    latency columns and validity verdict recomputed: a real run whose figures are fixed, whatever the
+    machine's load did to its sleeps. Rewritten in place, or in a copy of the directory at ``copy_to``."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workers import stats, validity
+
+    if copy_to is not None:
+        run = Path(shutil.copytree(run, copy_to))
+    path = run / "results.parquet"  # a run that ended: compacted
+    table = pq.read_table(path)
+    rng = np.random.default_rng(seed)
+    rows = table.to_pylist()
+    for r in rows:
+        if r["label"] not in medians or r["status"] != "ok":
+            continue
+        samples = rng.normal(medians[r["label"]], 0.01 * medians[r["label"]], len(r["samples_ms"]))
+        r.update(samples_ms=samples.tolist(), **stats.latency_stats(samples, r["batch_size"], seed=seed))
+        r.update(validity.verdict(r, None))
+        assert r["valid"], r["invalid_reasons"]  # tight samples: valid by every rule
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    return run

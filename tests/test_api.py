@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,7 +50,13 @@ def results(ray_gpus, tmp_path_factory):
 
 
 def test_load_results_is_exported_from_the_package():
-    assert orchestrator.__all__ == ["load_results"] and orchestrator.load_results is load_results
+    from orchestrator import results
+
+    star: dict = {}
+    exec("from orchestrator import *", star)  # what __all__ promises, through the package's lazy attribute
+    assert star["load_results"] is results.load_results and orchestrator.__all__ == ["load_results"]
+    with pytest.raises(AttributeError, match="no attribute 'load_result'"):
+        orchestrator.load_result  # noqa: B018 -- a typo is an AttributeError, not a silent None
 
 
 def test_one_run_is_a_table_with_the_schema(results):
@@ -116,3 +124,26 @@ def test_readme_python_api_snippet_runs(results, index):
     finally:
         os.chdir(cwd)
     assert "ort-tuned" in out.getvalue(), out.getvalue()  # each snippet prints a result
+    # ... and its numbers are the stored ones, computed here without the snippet's library
+    printed = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", out.getvalue())]
+    missing = [x for x in snippet_numbers(snippet, results)
+               if not any(math.isclose(x, p, rel_tol=1e-6) for p in printed)]
+    assert not missing, (missing, out.getvalue())
+
+
+def snippet_numbers(snippet: str, results) -> list[float]:
+    """The figures a snippet of docs/results.md prints for the runs of ``results``, from the stored rows."""
+    runs = {name: [r for r in load_results(results / "results" / name).to_pylist() if r["status"] == "ok"]
+            for name in ("base", "candidate")}
+    both = runs["base"] + runs["candidate"]
+    if "pivot_table(" in snippet:  # pandas: every run's median latencies
+        return [r["latency_ms_median"] for r in both]
+    if ".group_by(" in snippet:  # polars: the base run's best throughput of each label
+        return [max(r["throughput"] for r in runs["base"] if r["label"] == label)
+                for label in ("ort-tuned", "torch-eager")]
+    if "unnest(samples_ms)" in snippet:  # DuckDB: every timed iteration of both runs, by label and batch size
+        pooled: dict[tuple, list[float]] = {}
+        for r in both:
+            pooled.setdefault((r["label"], r["batch_size"]), []).extend(r["samples_ms"])
+        return [x for ms in pooled.values() for x in (len(ms), float(np.median(ms)))]
+    return []  # a new snippet: its result names a label (above); add its figures here

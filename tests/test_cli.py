@@ -79,7 +79,19 @@ def test_validate_checks_every_plan_and_fails_on_the_bad_one(tmp_path):
 
 
 def test_backends_lists_registry_and_versions():
+    import platform
+
+    import onnxruntime
+    import ray
+    import torch
+
     proc = infer_orch("backends")
     assert proc.returncode == 0, proc.stderr
-    for name in ("torch-eager", "torch-cudagraph", "ort", "onnxruntime", "torch"):
-        assert name in proc.stdout
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("│")[1:-1]] for line in proc.stdout.splitlines())
+             if c and c[0]}
+    assert cells["torch-eager"][0] == cells["ort"][0] == "yes", cells
+    assert cells["torch-cudagraph"][0] == "no" and "needs a CUDA GPU" in cells["torch-cudagraph"][-1], cells
+    # the versions of what is installed here, each on its own line
+    facts = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line and "│" not in line)
+    assert facts["torch"] == torch.__version__ and facts["onnxruntime"] == onnxruntime.__version__, facts
+    assert facts["ray"] == ray.__version__ and facts["python"] == platform.python_version(), facts

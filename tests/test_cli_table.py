@@ -57,8 +57,23 @@ def test_table_full_prints_every_row(ray_gpus, write_plan, tmp_path):
     res = invoke(write_plan(MANY), "--out", tmp_path / "out", "--table", "full")
     assert res.exit_code == 1, res.output
     assert "Results by label and model" not in res.output
-    labels = [c[1] for c in rows(res.output)]  # model, label, ...
+    table = rows(res.output)  # model, label, batch, dtype, io, status, median, p99, samples/s, note
+    labels = [c[1] for c in table]
     assert labels.count("quick") == 24 and labels.count("broken") == 24
+    # each row's own verdict: the ok rows of 2 samples say they are not numbers to act on, and why
+    for c in table:
+        status, note = ("ok, invalid", "too few samples: 2 < 6") if c[1] == "quick" else ("failed", "injected error")
+        assert c[5] == status and note in c[9], c
+
+
+def test_table_summary_prints_the_summary_even_when_every_row_would_fit(ray_gpus, write_plan, tmp_path):
+    few = (MANY.replace("resnet18, torchvision:resnet50, torchvision:mobilenet_v2, torchvision:alexnet", "resnet18")
+           .replace("[1, 2, 4]", "[1]").replace("[fp32, fp16]", "[fp32]"))  # 2 trials: one ok, one failed
+    res = invoke(write_plan(few), "--out", tmp_path / "out", "--table", "summary")
+    assert res.exit_code == 1, res.output
+    assert "Results by label and model" in res.output
+    assert sorted(c[:7] for c in rows(res.output) if c[0] in ("quick", "broken")) == [
+        ["broken", "resnet18", "1", "0", "0", "0", "1"], ["quick", "resnet18", "1", "1", "1", "0", "0"]]
 
 
 def test_a_bad_table_mode_exits_2_before_anything_runs(write_plan, tmp_path):

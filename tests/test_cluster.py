@@ -244,8 +244,20 @@ def test_plan_cpus_per_worker_must_be_positive():
 def test_cli_cpus_per_worker_option_is_checked(tmp_path):
     plan = tmp_path / "p.yaml"
     plan.write_text(plan_text("p", [1], 0.01))
-    res = CliRunner().invoke(app, ["run", str(plan), "--cpus-per-worker", "0"])
-    assert res.exit_code == 2 and "--cpus-per-worker" in res.output
+    res = CliRunner().invoke(app, ["run", str(plan), "--cpus-per-worker", "0", "--out", str(tmp_path / "o")])
+    said = " ".join(res.output.replace("│", " ").split())  # Typer's box, unwrapped
+    assert res.exit_code == 2 and "Invalid value for '--cpus-per-worker'" in said, said
+    assert "greater than or equal to 0.01" in said and not (tmp_path / "o").exists()
+
+
+def test_cli_cpus_per_worker_sets_each_workers_share_over_the_plans(ray_gpus, tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(plan_text("p", [1], 0.01, extra="cpus_per_worker: 2"))
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["run", str(plan), "--out", str(out), "--workers", "1", "--cpus-per-worker", "0.5"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    assert set(df.status) == {"ok"} and set(df.cpus_per_worker) == {0.5}  # not the plan's 2
 
 
 def test_connect_error_names_the_token_settings():

@@ -74,9 +74,21 @@ def test_a_field_added_later_stays_out_of_the_id_at_its_default(monkeypatch):
     assert other.trial_id != base.trial_id
 
 
+#: SLEEP_PLAN's trial id before the Trial had scenario fields (computed at that commit).
+SLEEP_ID_BEFORE_SCENARIOS = "59c3c8dec932720d"
+
+
 def test_the_scenario_fields_stay_out_of_the_id_at_their_defaults():
     base = sleep_trial()
-    assert base.scenario == "single-stream"
+    assert base.trial_id == SLEEP_ID_BEFORE_SCENARIOS
+    # every scenario field written out at its default, in the plan and on the trial: the same id
+    spelled = {"name": "single-stream", "concurrency": 1, "arrival": "poisson", "min_duration_s": 2.0,
+               "min_requests": 200}
+    (planned,) = expand(parse_plan({**SLEEP_PLAN, "scenario": spelled}))
+    assert planned.trial_id == SLEEP_ID_BEFORE_SCENARIOS
+    defaults = {name: contract.ID_FIELDS_ADDED[name] for name in contract.SCENARIO_FIELDS["server"]}
+    explicit = dataclasses.replace(base, scenario="single-stream", **defaults).with_id()
+    assert explicit.trial_id == SLEEP_ID_BEFORE_SCENARIOS
     offline = dataclasses.replace(base, scenario="offline", concurrency=2).with_id()
     assert offline.trial_id != base.trial_id
     assert dataclasses.replace(offline, concurrency=4).with_id().trial_id != offline.trial_id

@@ -9,13 +9,16 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from conftest import REPO
 
-from workers.schema import COLUMNS, markdown_page, markdown_table
+from workers.schema import markdown_page, to_batch
 
 #: Shorter paragraphs ("Default: 1.") may stand twice; longer ones are a copy to remove.
 MIN_CHARS = 60
@@ -216,17 +219,33 @@ def test_every_docs_page_is_linked_from_the_readme_or_another_page():
 
 
 def test_schema_page_is_generated_from_the_code():
-    text = (REPO / "docs/schema.md").read_text()
-    assert markdown_table() in text and text.rstrip("\n") == markdown_page(), (
+    # the command the page and this message name, run as a user runs it: the page is what it prints
+    done = subprocess.run([sys.executable, *REGENERATE.split(">")[0].split()[1:]], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert (REPO / "docs/schema.md").read_text() == done.stdout, (
         f"docs/schema.md is not what the code generates; regenerate it: {REGENERATE}")
 
 
 def test_schema_page_has_one_row_per_column():
-    rows = re.findall(r"^\| `([^`]+)` \|", (REPO / "docs/schema.md").read_text(), re.M)
-    names = [name for name, _, _ in COLUMNS]
-    missing = [n for n in names if n not in rows]
-    stale = [r for r in rows if r not in names]
-    assert rows == names, f"docs/schema.md: missing {missing}, stale {stale}; regenerate it: {REGENERATE}"
+    """One row per column a results file has, in the file's order, each with its Arrow type and a meaning."""
+    rows = re.findall(r"^\| `([^`]+)` \| (.+?) \| (.*) \|$", (REPO / "docs/schema.md").read_text(), re.M)
+    stored = pq.read_schema(pa.BufferReader(parquet_bytes()))  # a results file's schema, read back
+    names = [name for name, _, _ in rows]
+    missing = [n for n in stored.names if n not in names]
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    assert names == stored.names, f"docs/schema.md: missing {missing}, repeated {repeated}; regenerate it: {REGENERATE}"
+    # (a list's item is named "element" in a Parquet file, "item" in Arrow: the page names neither)
+    wrong = [(n, t) for n, t, _ in rows if t != re.sub(r"(item|element): ", "", str(stored.field(n).type))]
+    assert not wrong and all(meaning.strip() for _, _, meaning in rows), wrong
+
+
+def parquet_bytes() -> bytes:
+    """A results file with no rows, as the sink writes its parts (``to_batch``), in memory."""
+    sink = pa.BufferOutputStream()
+    batch = to_batch([])
+    with pq.ParquetWriter(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def test_readme_plan_is_the_quickstart_plan():

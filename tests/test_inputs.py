@@ -16,6 +16,9 @@ from onnx import TensorProto, helper
 
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
+from workers.backends import get
+from workers.context import TrialContext
+from workers.models import ModelStore
 
 MEASURE = {"warmup_iters": 1, "iters": 3, "warmup_max_s": 0.2, "max_time_s": 0.5, "target_rel_ci": None}
 
@@ -58,8 +61,16 @@ def test_onnx_file_with_two_inputs_runs_on_ort_cpu_at_two_sequence_lengths(tmp_p
     assert rows[1]["inputs"] == [{"name": "input_ids", "dtype": "int64", "shape": [2, 8]},
                                  {"name": "attention_mask", "dtype": "float32", "shape": [2, 8]}]
     assert rows[0]["input_shape"] is None  # two inputs: the inputs column says it
-    # the mask is ones by default and the ids in [0, 10): the model's sum is in [0, 9 * seq]
     assert rows[0]["parity_reference"] is None  # an ONNX file has no torch reference
+    # the mask is ones by default and the ids in [0, 10): the model's sum is a whole number in [0, 9 * seq]
+    # (fractional where the mask is not ones, above where the ids pass `high`), and not all zero
+    for trial, seq in zip(trials, (4, 8), strict=True):
+        cls = get("ort")
+        with cls(TrialContext(trial, "cpu", ModelStore()), cls.Options.model_validate(trial.options)) as runner:
+            runner.step()
+            score = runner.output()
+        assert score.shape == (2, 1) and (score == np.round(score)).all(), score
+        assert 0 <= score.min() and score.max() <= 9 * seq and score.max() > 0, score
 
 
 def test_python_factory_with_two_named_inputs_on_torch_eager_and_ort_agree():

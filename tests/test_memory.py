@@ -41,12 +41,22 @@ def test_sampled_fallback_sees_a_short_peak(monkeypatch):
     import numpy as np
 
     monkeypatch.setattr(memory, "_reset_high_water_mark", lambda: False)
+    reads, real_rss = [], memory._rss
+
+    def counted_rss():
+        reads.append(1)
+        return real_rss()
+
+    monkeypatch.setattr(memory, "_rss", counted_rss)
     quiet = memory.HostPeak()
     time.sleep(0.05)
     base = quiet.finish()
     watch = memory.HostPeak()
     buf = np.ones(200 * MB // 8)
-    time.sleep(0.1)
+    # the peak lasts until the sampler has read the RSS twice more, however late a busy machine runs it
+    seen, deadline = len(reads), time.monotonic() + 30
+    while len(reads) < seen + 2 and time.monotonic() < deadline:
+        time.sleep(memory.SAMPLE_S)
     del buf
     got = watch.finish()
     assert got["host_rss_peak_method"].startswith("sampled")

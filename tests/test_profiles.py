@@ -97,9 +97,11 @@ def test_latency_comes_from_the_unprofiled_iterations(monkeypatch):
     from workers.backends import base
 
     real = base.torch_profile
+    profiled = []  # one entry per profiled step
 
     def slow_profile(step, iters, on_gpu):
         def slow():
+            profiled.append(1)
             time.sleep(0.05)
             step()
         return real(slow, iters, on_gpu)
@@ -110,8 +112,11 @@ def test_latency_comes_from_the_unprofiled_iterations(monkeypatch):
     (row,) = run_all([dataclasses.replace(trial, profile=True)])
     assert row["status"] == "ok", row.get("error")
     assert row["iters"] == len(row["samples_ms"]) == ITERS and row["profile_iters"] == PROFILE_ITERS
-    assert row["latency_ms_max"] < 50 and max(row["samples_ms"]) < 50
-    assert row["profile_s"] >= PROFILE_ITERS * 0.05
+    assert len(profiled) == PROFILE_ITERS and row["profile_s"] >= PROFILE_ITERS * 0.05
+    # had the profiled steps been timed, PROFILE_ITERS samples would take 50 ms or more; a busy machine
+    # may stall one tinynet step that long, never five
+    slow = [s for s in row["samples_ms"] if s >= 50]
+    assert len(slow) <= 1 and row["latency_ms_median"] < 50, row["samples_ms"]
     trace = json.loads(row[FILES_KEY][row["profile_file"]])
     assert trace["traceEvents"]
 

@@ -39,7 +39,15 @@ def run(trial) -> dict:
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.8])
-def test_server_rows_are_lindleys_recursion_one_request_at_a_time_from_the_scheduled_arrival(rho):
+def test_server_rows_are_lindleys_recursion_one_request_at_a_time_from_the_scheduled_arrival(rho, monkeypatch):
+    # The harness made late on purpose, once: the first wait for an arrival ends DELAY_S after it.
+    delay_s, waits, real_wait = 0.01, [], scenarios._wait_until
+
+    def late_once(deadline: float) -> None:
+        waits.append(deadline)
+        real_wait(deadline + (delay_s if len(waits) == 1 else 0.0))
+
+    monkeypatch.setattr(scenarios, "_wait_until", late_once)
     trial = sleep_trial({"name": "server", "rates": rho / STEP_S, "min_requests": 40, "min_duration_s": 0.5})
     row = run(trial)
     assert row["status"] == "ok", row["error"]
@@ -57,9 +65,10 @@ def test_server_rows_are_lindleys_recursion_one_request_at_a_time_from_the_sched
     free = np.maximum(arrivals, np.concatenate([[0.0], end[:-1]]))
     handover_ms = (start - free) * 1e3
     assert handover_ms.min() > -1e-6 and np.median(handover_ms) < 1.0, handover_ms
-    # Every late start is the row's own: with one lane, the hand-over is the issue lag it reports.
-    assert row["issue_lag_ms_max"] == pytest.approx(handover_ms.max(), abs=1e-6)
-    assert row["late_requests"] == (handover_ms > scenarios.LATE_S * 1e3).sum()
+    # The late start made on purpose is in the row: as its issue lag, and among its late requests;
+    # time queued is not lag (most requests start within a millisecond of when they could: above).
+    assert len(waits) > 1 and handover_ms.max() >= delay_s * 1e3
+    assert row["issue_lag_ms_max"] >= delay_s * 1e3 and 1 <= row["late_requests"] <= row["requests"] // 2
     queued_ms = (end[:-1] - arrivals[1:]) * 1e3
     assert queued_ms.max() > STEP_S * 1e3 / 2  # queueing happened and is counted, not omitted
 

@@ -78,8 +78,10 @@ def test_a_worker_for_model_trials_imports_torch_as_it_starts(ray_gpus, write_pl
 
 def test_a_run_of_model_less_trials_keeps_its_workers_light(ray_gpus, write_plan, tmp_path):
     # one worker runs all four: whether workers start light is decided once for the run, not per seat
-    result = run_plan(write_plan(PLAN), out=tmp_path / "out", workers=1)
+    with mock.patch.object(cluster, "start_workers", wraps=cluster.start_workers) as start:
+        result = run_plan(write_plan(PLAN), out=tmp_path / "out", workers=1)
     assert len(result.rows) == 4
+    assert [c.kwargs["warm"] for c in start.call_args_list] == [False]  # started light: no torch at start
     # cuDNN's version is read from torch only: a light worker leaves it null
     assert {r["cudnn_version"] for r in result.rows} == {None}
     assert all(r["torch_version"] for r in result.rows)

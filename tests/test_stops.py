@@ -164,9 +164,10 @@ def test_sigterm_keeps_results_prints_the_resume_command_exits_143_and_leaves_no
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr[-3000:]
-    assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "Traceback" not in stderr
     stored = stored_rows(out)
+    # it stopped, rather than finishing the run first: the trials still queued (1.2 s each) never ran
+    assert stored < 6, f"all 6 trials stored: the run went on for {stopped_in:.1f} s after SIGTERM"
     assert f"terminated (SIGTERM): {stored} of 6 trials are stored in {out}" in stderr
     assert json.loads((out / "_run.json").read_text())["state"] == "interrupted"
     assert any(line.startswith(f"resume with: infer-orch run {plan} --resume {out}") for line in stderr.splitlines())
