@@ -231,3 +231,44 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     assert by[("onnx", "ort")]["status"] == "ok", by[("onnx", "ort")].get("error")
     assert by[("python", "torch-eager")]["status"] == "ok", by[("python", "torch-eager")].get("error")
     assert by[("onnx", "ort")]["model_source"] == f"onnx:{models / 'net.onnx'}"
+
+
+# --- python: factories whose module the workers can't import -------------------------------------
+
+FACTORY = """\
+name: factory
+device: cpu
+models: [{{python: '{ref}', input_shape: [3, 8, 8]}}]
+matrix:
+  batch_sizes: [1]
+  backends: [torch-eager]
+measure: {{warmup_iters: 0, warmup_max_iters: 0, iters: 2, max_time_s: 1}}
+"""
+
+
+@pytest.mark.parametrize(("ref", "module"), [("nosuchpkg.models:make", "nosuchpkg"),
+                                             ("tinynet.nosuch:make", "tinynet.nosuch")])
+def test_a_factory_whose_module_is_nowhere_is_refused_at_validation(tmp_path, ref, module):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(FACTORY.format(ref=ref))
+    done = cli("validate", plan)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out
+    assert f"models[0]: python: module '{module}' is not found on the workers' path" in out, out
+    assert os.getcwd() in out and "Traceback" not in out
+    # a plan for a cluster, whose nodes may have the module: one warning line
+    done = cli("validate", plan, "--address", "auto")
+    assert done.returncode == 0 and f"warning: {plan}: models[0]: python: module '{module}'" in done.stderr
+    plan.write_text(FACTORY.format(ref="tinynet:make"))
+    assert cli("validate", plan).returncode == 0
+
+
+def test_with_an_address_a_missing_factory_module_is_a_warning_and_the_run_goes_on(tmp_path, ray_gpus):
+    """On a cluster the module may exist on the nodes only: one line says where it was looked for."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(FACTORY.format(ref="nosuchpkg.models:make"))
+    done = cli("run", plan, "--out", tmp_path / "out", "--address", "auto")
+    err = " ".join(done.stderr.split())
+    assert err.count("models[0]: python: module 'nosuchpkg' is not found on the workers' path") == 1, err
+    assert "warning: " in err and os.getcwd() in err
+    assert done.returncode == 1 and "1 trials: 1 failed" in done.stdout, done.stdout + done.stderr
