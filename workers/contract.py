@@ -23,6 +23,7 @@ the docs' table is generated from it) and the code that sets it in the row.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -292,9 +293,7 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
     """
     m = trial.model
     ref = model_digest(m) if model_digest else m.ref
-    measure = trial.measure.model_dump(mode="json")
-    defaults = type(trial.measure)().model_dump(mode="json")
-    measure = {k: v for k, v in measure.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
+    measure = _measure_ident(trial.measure)
     ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
     if m.inputs:  # models of the inputs form only: the ids of every other model stay what they were
         ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
@@ -308,6 +307,14 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
             ident[name] = value
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+
+
+@functools.lru_cache(maxsize=64)
+def _measure_ident(measure: MeasureSpec) -> dict[str, Any]:
+    """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
+    dump = measure.model_dump(mode="json")
+    defaults = type(measure)().model_dump(mode="json")
+    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
 
 
 def _jsonable(v: Any) -> Any:
