@@ -133,7 +133,8 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 continue
             # built again with both filled in (trial_id doesn't hash budgets): dataclasses.replace took
             # twice as long, a second for 100,000 trials
-            trials.append(Trial(**spec, budgets=_budgets(plan, trial, e, entry), trial_id=trial_id(trial, model_digest)))
+            trials.append(Trial(**spec, budgets=_budgets(plan, trial, e, entry),
+                                trial_id=trial_id(trial, model_digest)))
     _check_exclude(m.exclude, candidates, source)
     if not trials:
         raise PlanError(f"{source}: matrix: no trials left after `exclude`; loosen the exclude rules")

@@ -801,19 +801,15 @@ def _backend_names() -> set[str]:
     return set(registry())
 
 
-#: What a validator's error type means, in the plan's words (``{ctx}`` keys filled from the error).
-_EXPECTED = {
-    "int_parsing": "expected an integer", "int_type": "expected an integer", "int_from_float": "expected an integer",
-    "float_parsing": "expected a number", "float_type": "expected a number",
-    "finite_number": "expected a finite number",
-    "bool_parsing": "expected true or false", "bool_type": "expected true or false",
-    "string_type": "expected a string", "list_type": "expected a list", "tuple_type": "expected a list",
-    "dict_type": "expected a mapping of keys", "model_type": "expected a mapping of keys",
-    "model_attributes_type": "expected a mapping of keys", "dataclass_type": "expected a mapping of keys",
-    "greater_than_equal": "expected at least {ge}", "greater_than": "expected more than {gt}",
-    "less_than_equal": "expected at most {le}", "less_than": "expected less than {lt}",
-    "too_short": "expected at least {min_length} {entries}", "too_long": "expected at most {max_length} {entries}",
-    "missing": "missing: this key is required",
+#: Validator messages reworded where they speak the validator's language (a class name, "after
+#: validation", "Field"); the others ("Input should be greater than 0") already say what is accepted.
+_REWORDED = {
+    "int_parsing": "Input should be a valid integer", "float_parsing": "Input should be a valid number",
+    "model_type": "Input should be a valid dictionary", "model_attributes_type": "Input should be a valid dictionary",
+    "dataclass_type": "Input should be a valid dictionary",
+    "too_short": "Input should have at least {min_length} {items}",
+    "too_long": "Input should have at most {max_length} {items}",
+    "missing": "this key is required",
 }
 
 
@@ -830,13 +826,9 @@ def _describe(err: dict[str, Any]) -> str:
         from workers.backends import registry
 
         return f"an entry needs `backend:`, one of: {', '.join(sorted(registry()))}"
-    if kind in _EXPECTED:
+    if kind in _REWORDED:
         n = ctx.get("min_length", ctx.get("max_length"))
-        msg = _EXPECTED[kind].format(**{**ctx, "entries": "entry" if n == 1 else "entries"})
-    elif kind == "literal_error":
-        msg = f"expected {ctx.get('expected', '')}"
-    elif msg.startswith("Input should be "):
-        msg = "expected " + msg[len("Input should be "):]
+        msg = _REWORDED[kind].format(**{**ctx, "items": "item" if n == 1 else "items"})
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):

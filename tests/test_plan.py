@@ -149,20 +149,22 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
 @pytest.mark.parametrize(("old", "new", "message"), [
     # a number no result column can hold passed validation, then crashed the driver's Parquet writer
     ("batch_sizes: [1, 2]", "batch_sizes: [1, 1000000000000000000000000000000]",
-     "matrix.batch_sizes[1]: expected at most 16777216 (got 1000000000000000000000000000000)"),
-    ("name: t", "name: t\nseed: -1", "seed: expected at least 0 (got -1)"),
-    ("name: t", "name: t\nseed: 100000000000000000000", "seed: expected at most 4294967295"),
-    ("name: t", "name: t\nretries: 100000000000000000000", "retries: expected at most 100"),
-    ("name: t", "name: t\nmeasure: {iters: 100000000000000000000}", "measure.iters: expected at most 10000000"),
-    ("name: t", "name: t\nmeasure: {warmup_iters: 100000000000000000000}", "measure.warmup_iters: expected at most"),
+     "matrix.batch_sizes[1]: Input should be less than or equal to 16777216 (got 1000000000000000000000000000000)"),
+    ("name: t", "name: t\nseed: -1", "seed: Input should be greater than or equal to 0 (got -1)"),
+    ("name: t", "name: t\nseed: 100000000000000000000", "seed: Input should be less than or equal to 4294967295"),
+    ("name: t", "name: t\nretries: 100000000000000000000", "retries: Input should be less than or equal to 100"),
+    ("name: t", "name: t\nmeasure: {iters: 100000000000000000000}",
+     "measure.iters: Input should be less than or equal to 10000000"),
+    ("name: t", "name: t\nmeasure: {warmup_iters: 100000000000000000000}",
+     "measure.warmup_iters: Input should be less than or equal to"),
     ("io_binding: true", "intra_op_num_threads: 100000000000000000000",
-     "matrix.backends[1].options.intra_op_num_threads: expected at most 1024"),
+     "matrix.backends[1].options.intra_op_num_threads: Input should be less than or equal to 1024"),
     ("[torchvision:resnet18]", "[{torchvision: resnet18, input_shape: [3, 224, 100000000000000000000]}]",
-     "models[0].input_shape[2]: expected at most 16777216"),
+     "models[0].input_shape[2]: Input should be less than or equal to 16777216"),
     ("name: t", "name: t\nscenario: {name: offline, concurrency: [100000000000000000000]}",
-     "scenario.concurrency[0]: expected at most 4096"),
+     "scenario.concurrency[0]: Input should be less than or equal to 4096"),
     ("name: t", "name: t\nscenario: {name: offline, min_requests: 100000000000000000000}",
-     "scenario.min_requests: expected at most 10000000"),
+     "scenario.min_requests: Input should be less than or equal to 10000000"),
     # any integer at all: at most 64 bits, wherever it is
     ("  exclude:", "  exclude:", None),
 ])
@@ -218,32 +220,36 @@ def test_a_merge_key_is_not_a_duplicate(write_plan):
     ("- torch-eager", "- null",
      "matrix.backends[0]: expected a backend name or a mapping {backend: NAME, ...} (got null)"),
     ("- torch-eager", "- []", "matrix.backends[0]: expected a backend name or a mapping {backend: NAME, ...} (got [])"),
-    ("{io_binding: true}", "3", "matrix.backends[1].options: expected a mapping of keys (got 3)"),
-    ("name: t", "name: t\nmeasure: 3", "measure: expected a mapping of keys (got 3)"),
-    ("name: t", "name: t\nmeasure: {warmup_iters: 1e30}", "measure.warmup_iters: expected an integer (got '1e30')"),
-    ("name: t", "name: t\nmeasure: {warmup_max_s: .inf}", "measure.warmup_max_s: expected a finite number (got inf)"),
+    ("{io_binding: true}", "3", "matrix.backends[1].options: Input should be a valid dictionary (got 3)"),
+    ("name: t", "name: t\nmeasure: 3", "measure: Input should be a valid dictionary (got 3)"),
+    ("name: t", "name: t\nmeasure: {warmup_iters: 1e30}",
+     "measure.warmup_iters: Input should be a valid integer (got '1e30')"),
+    ("name: t", "name: t\nmeasure: {warmup_max_s: .inf}",
+     "measure.warmup_max_s: Input should be a finite number (got inf)"),
     ("{io_binding: true}", "{providers: []}",
-     "matrix.backends[1].options.providers: expected at least 1 entry (got [])"),
+     "matrix.backends[1].options.providers: Input should have at least 1 item (got [])"),
 ])
 def test_messages_speak_the_plans_language(write_plan, old, new, message):
     msg = error_of(write_plan, BASE.replace(old, new))
     assert message in msg, msg
-    for word in ("Input should", "Unable to extract", "discriminator", "OrtOptions", "MeasureSpec", "Matrix", ".int"):
+    for word in ("Unable to", "discriminator", "instance of", "OrtOptions", "MeasureSpec", "Matrix", ".int",
+                 "after validation"):
         assert word not in msg, msg
 
 
 def test_a_bad_exclude_value_is_located_at_its_key(write_plan):
     msg = error_of(write_plan, BASE + "  exclude: [{batch_size: abc}]\n")
-    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size: expected an integer or a list of them (got 'abc')")
+    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size: Input should be a valid integer or a list of them "
+                        "(got 'abc')"), msg
     msg = error_of(write_plan, BASE + "  exclude: [{batch_size: [1, abc]}]\n")
-    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size[1]: expected an integer (got 'abc')"), msg
+    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size[1]: Input should be a valid integer (got 'abc')"), msg
 
 
 def test_an_axis_shorthand_is_located_as_written(write_plan):
     text = BASE.replace("[torchvision:resnet18]", "[{python: 'textnet:one_arg', inputs: [{name: ids, dtype: int64, "
                         "shape: [batch, seq], high: 10}]}]") + "  seq_lens: [8, x]\n"
     msg = error_of(write_plan, text)
-    assert "matrix.seq_lens[1]: expected an integer (got 'x')" in msg and "axes" not in msg, msg
+    assert "matrix.seq_lens[1]: Input should be a valid integer (got 'x')" in msg and "axes" not in msg, msg
     assert "matrix.seq_lens[1]: 8 is listed twice" in error_of(write_plan, text.replace("[8, x]", "[8, 8]"))
 
 
