@@ -344,7 +344,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
         name = rest.pop("name", ref)
     elif kind == "python":
         module, sep, attr = ref.partition(":")
-        if not sep or not module or not attr.isidentifier():
+        if not sep or not all(p.isidentifier() for p in module.split(".")) or not attr.isidentifier():
             raise PydanticCustomError(
                 "model_form", "python model '{ref}' must be written package.module:factory", {"ref": ref}
             )

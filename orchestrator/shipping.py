@@ -94,19 +94,31 @@ def missing_module(ref: str, paths: list[str]) -> str | None:
     ``paths`` nor installed here, or None when every part of it is found. Imports nothing: each
     part is looked for in the folders of the one before (a package's ``__init__`` doesn't run)."""
     parts = ref.partition(":")[0].split(".")
-    spec = importlib.machinery.PathFinder.find_spec(parts[0], paths)
-    if spec is None:
-        try:  # installed, built in, or on this interpreter's own path
-            spec = importlib.util.find_spec(parts[0])
-        except (ImportError, ValueError):
-            spec = None
-    for k in range(1, len(parts) + 1):
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0], paths)
+        # else installed, built in, or on this interpreter's own path
+        spec = spec or importlib.util.find_spec(parts[0])
         if spec is None:
-            return ".".join(parts[:k])
-        if k < len(parts):
+            return parts[0]
+        for k in range(1, len(parts)):
             inside = list(spec.submodule_search_locations or [])
-            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:k + 1]), inside) if inside else None
+            if not inside:  # a module, not a package: an installed one may make its own (os.path)
+                return None if _installed(spec) else ".".join(parts[:k + 1])
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:k + 1]), inside)
+            if spec is None:
+                return ".".join(parts[:k + 1])
+    except (ImportError, ValueError):  # a name no finder takes: the trial's import says what is wrong
+        return None
     return None
+
+
+def _installed(spec: Any) -> bool:
+    """Whether a module spec is Python's own or an installed package's (not the user's files)."""
+    if spec.origin in (None, "built-in", "frozen"):
+        return True
+    where = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    origin = Path(spec.origin).resolve()
+    return any(origin.is_relative_to(p) for p in where) or "site-packages" in origin.parts
 
 
 def check_factories(models: Sequence[Any], source: str, address: str | None,
