@@ -900,7 +900,7 @@ def _check_int64(data: Any, source: str, loc: tuple[Any, ...] = ()) -> None:
         for i, v in enumerate(data):
             _check_int64(v, source, (*loc, i))
     elif isinstance(data, int) and not INT64[0] <= data <= INT64[1]:
-        raise PlanError(f"{source}: {format_loc(loc)}: {data} is too large: a plan's integers are at most "
+        raise PlanError(f"{source}: {format_loc(loc)}: {data} is out of range: a plan's integers are "
                         f"64-bit (from {INT64[0]} to {INT64[1]})")
 
 

@@ -171,7 +171,7 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
 def test_integers_have_ranges(write_plan, old, new, message):
     if message is None:
         text = BASE + "  exclude: [{batch_size: 100000000000000000000}]\n"
-        message = "matrix.exclude[0].batch_size: 100000000000000000000 is too large"
+        message = "matrix.exclude[0].batch_size: 100000000000000000000 is out of range: a plan's integers are 64-bit"
     else:
         text = BASE.replace(old, new)
     assert message in error_of(write_plan, text)
