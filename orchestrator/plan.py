@@ -1,4 +1,5 @@
-"""Plans: a YAML file read with ``yaml.safe_load`` and validated into typed, frozen objects.
+"""Plans: a YAML file read with a safe loader (``PlanLoader``: ``yaml.safe_load``'s, refusing a key
+given twice) and validated into typed, frozen objects.
 
 Every error names the file, the key path (``matrix.backends[2].options.io_binding``) and what
 was expected. Validation is pure: it reads the plan (and an ONNX file's header) and nothing
