@@ -912,14 +912,10 @@ def _check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], sour
         ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
         ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
         *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
-        *((f"scenario.{k}", getattr(plan.scenario, k)) for k in ("name", "concurrency", "rates", "arrival",
-                                                                 "latency_bound_ms")),
+        *_list_settings("scenario", plan.scenario),
     ]
     for i, e in enumerate(entries):
-        axes.append((f"matrix.backends[{i}].io", e.io))
-        if e.scenario is not None:
-            axes += [(f"matrix.backends[{i}].scenario.{k}", getattr(e.scenario, k))
-                     for k in ("name", "concurrency", "rates", "arrival", "latency_bound_ms")]
+        axes += [(f"matrix.backends[{i}].io", e.io), *_list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
     keys = [mod.key + mod.name for mod in plan.models]
     for where, values in [*axes, ("models", keys)]:
         seen: dict[Any, int] = {}
@@ -986,6 +982,13 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     return {**merged, "name": names}
 
 
+def _list_settings(where: str, settings: Any) -> list[tuple[str, list[Any]]]:
+    """(key, values) of each setting given as a list (an axis) in a ``scenario:`` section."""
+    if settings is None:
+        return []
+    return [(f"{where}.{k}", v) for k in type(settings).model_fields if isinstance(v := getattr(settings, k), list)]
+
+
 def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...],
                    aliases: dict[str, str] | None = None) -> str:
     """One line per error, located as the plan wrote it: union members (``int | list[int]``) give one
@@ -995,8 +998,8 @@ def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...],
         loc = prefix + tuple(err["loc"])
         if loc[:2] == ("matrix", "axes") and len(loc) > 2 and loc[2] in (aliases or {}):
             loc = ("matrix", (aliases or {})[loc[2]], *loc[3:])
-        lines.append(f"{source}: {format_loc(loc)}: {_describe(err)}".replace(" (got", f"{extra} (got", 1)
-                     if extra else f"{source}: {format_loc(loc)}: {_describe(err)}")
+        message = _describe(err).replace(" (got", f"{extra} (got", 1) if extra else _describe(err)
+        lines.append(f"{source}: {format_loc(loc)}: {message}")
     return "\n".join(dict.fromkeys(lines))
 
 

@@ -289,3 +289,8 @@ def test_the_reference_plan_in_the_docs_validates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trials = expand(load_plan(tmp_path / "plan.yaml"))
     assert {t.label for t in trials} == {"torch-eager", "torch-cudagraph", "ort-default", "ort-tuned"}
+
+
+def test_a_value_repeated_in_a_scenario_axis_is_named(write_plan):
+    text = BASE + "scenario: {name: offline, concurrency: [1, 2, 2]}\n"
+    assert "scenario.concurrency[2]: 2 is listed twice (also at scenario.concurrency[1])" in error_of(write_plan, text)
