@@ -71,6 +71,9 @@ def onnx_file(path: Path, shape: list[int]) -> Path:
      "matrix.exclude[0].model: no trial has 'resnet81' (did you mean 'resnet18'?); the plan's models: resnet18"),
     ("torchvision:resnet18", "torchvision:resnet81", "unknown torchvision model 'resnet81'; did you mean resnet18"),
     ("torchvision:resnet18", "missing.onnx", "ONNX file not found:"),
+    # a factory no worker of an embedded Ray could import: refused before Ray starts, not four failed rows
+    ("torchvision:resnet18", "{python: 'nosuchpkg.models:make', input_shape: [3, 8, 8]}",
+     "models[0]: python: module 'nosuchpkg' is not found on the workers' path"),
     ("name: bad", "name: ../bad", "name: String should match pattern"),
 ])
 def test_bad_plan_is_refused_with_a_located_message(write_plan, tmp_path, old, new, message):
