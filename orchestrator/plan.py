@@ -75,6 +75,7 @@ import difflib
 import functools
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -337,6 +338,8 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     ref = str(item[kind]).strip()
     if kind == "hf":
         return _hf_model(ref, rest, base_dir)
+    if "overrides" in rest:
+        raise _err("overrides: config values of an hf: model's architecture; a {kind} model has none", kind=kind)
     if _uses_inputs_form(kind, ref, rest, base_dir):
         return _inputs_form_model(kind, ref, rest, base_dir)
     if kind == "torchvision":
@@ -521,7 +524,9 @@ class PlanInput(Strict):
 
 
 def _err(msg: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError("model_form", msg, ctx)
+    """A model's error; ``msg`` a ``str.format`` template (``{{`` for a brace: pydantic's own
+    templates keep it doubled), formatted here."""
+    return PydanticCustomError("model_form", msg.format(**ctx))
 
 
 def _uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> bool:
@@ -788,11 +793,17 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and bool(_UNION_TAG.match(part))
 
 
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 4, 4
+_SHORT.maxstring = _SHORT.maxlong = _SHORT.maxother = 56
+
+
 def _yaml_repr(value: Any) -> str:
-    """A value as the plan would write it: null, true, 'abc', [1, 2] (long ones cut)."""
+    """A value as the plan would write it: null, true, 'abc', [1, 2] (long or deep ones cut, never
+    written out whole: a YAML alias bomb is billions of items)."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -891,18 +902,22 @@ def _check_backend_forms(backends: Any, source: str) -> None:
 INT64 = (-(2**63), 2**63 - 1)
 
 
-def _check_int64(data: Any, source: str, loc: tuple[Any, ...] = ()) -> None:
+def _check_int64(data: Any, source: str) -> None:
     """Every integer anywhere in the plan fits in 64 bits (the keys with a range of their own are
-    checked by it; this catches the rest: exclude and budget values, hf overrides)."""
-    if isinstance(data, dict):
-        for k, v in data.items():
-            _check_int64(v, source, (*loc, k))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            _check_int64(v, source, (*loc, i))
-    elif isinstance(data, int) and not INT64[0] <= data <= INT64[1]:
-        raise PlanError(f"{source}: {format_loc(loc)}: {data} is out of range: a plan's integers are "
-                        f"64-bit (from {INT64[0]} to {INT64[1]})")
+    checked by it; this catches the rest: exclude and budget values, hf overrides). Each list or
+    mapping is looked at once, however many YAML aliases share it (an alias bomb stays small)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen: set[int] = set()
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) not in seen:
+                seen.add(id(value))
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                stack += [(v, (*loc, k)) for k, v in items]
+        elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise PlanError(f"{source}: {format_loc(loc)}: {value} is out of range: a plan's integers are "
+                            f"64-bit (from {INT64[0]} to {INT64[1]})")
 
 
 def _check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], source: str) -> None:
@@ -1022,8 +1037,22 @@ def _union_errors(errors: list[Any]) -> list[tuple[Any, str]]:
         if in_list or not scalars:
             out += [(e, "") for e in in_list or lists]
         else:
-            out += [(e, " or a list of them" if lists else "") for e in scalars]
+            out += [(e, " or a list of them" if lists else "") for e in _merged(scalars)]
     return out
+
+
+def _merged(errors: list[Any]) -> list[Any]:
+    """The scalar members' errors at one place as one: ``bool | int | str`` given a list says
+    "Input should be a valid boolean, integer or string", not three lines."""
+    here = [e for e in errors if len(e["loc"]) == len(errors[0]["loc"])]
+    if len(here) < 2:
+        return errors
+    wants = [_describe(e).partition(" (got")[0].removeprefix("Input should be ").removeprefix("a valid ")
+             for e in here]
+    what = ", ".join(wants[:-1]) + " or " + wants[-1]
+    prefix = "a valid " if all(_describe(e).startswith("Input should be a valid ") for e in here) else ""
+    merged = {**here[0], "type": "union_members", "msg": f"Input should be {prefix}{what}", "ctx": {}}
+    return [merged, *(e for e in errors if e not in here)]
 
 
 class DuplicateKey(yaml.YAMLError):

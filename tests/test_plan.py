@@ -294,3 +294,10 @@ def test_the_reference_plan_in_the_docs_validates(tmp_path, monkeypatch):
 def test_a_value_repeated_in_a_scenario_axis_is_named(write_plan):
     text = BASE + "scenario: {name: offline, concurrency: [1, 2, 2]}\n"
     assert "scenario.concurrency[2]: 2 is listed twice (also at scenario.concurrency[1])" in error_of(write_plan, text)
+
+
+def test_a_model_message_writes_its_example_with_single_braces(write_plan):
+    model = "[{hf: bert-base, axes: {seq: 8}, overrides: {num_hidden_layers: [2]}}]"
+    text = BASE.replace("[torchvision:resnet18]", model)
+    msg = error_of(write_plan, text)
+    assert "e.g. {num_hidden_layers: 2}" in msg and "{{" not in msg, msg

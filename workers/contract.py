@@ -171,7 +171,7 @@ class ModelSpec(StrictModel):
     axes: dict[str, int] = Field(default_factory=dict)
     pass_inputs: Literal["kwargs", "positional"] = "kwargs"
     #: ``hf:`` models: config values that replace the architecture's defaults (``num_hidden_layers: 2``)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
