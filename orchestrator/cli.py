@@ -196,7 +196,11 @@ def run(
 
     try:
         if dry_run:
-            trials = with_profiles(expand(load_plan(plan), source=str(plan)), tuple(profile or ()), str(plan))
+            from orchestrator.shipping import check_factories
+
+            plan_obj = load_plan(plan)
+            trials = with_profiles(expand(plan_obj, source=str(plan)), tuple(profile or ()), str(plan))
+            check_factories(plan_obj.models, str(plan), address, _warn)
             console.print(trial_table(trials, f"{len(trials)} trials (dry run: nothing was run)"))
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -230,7 +234,7 @@ def run(
                 raise InputError("--retry-invalid needs --resume DIR: it re-runs the invalid trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                               on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
-                              profile=tuple(profile or ()), retry_invalid=retry_invalid)
+                              profile=tuple(profile or ()), retry_invalid=retry_invalid, on_warning=_warn)
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -252,6 +256,10 @@ def run(
     _budgets_and_junit(result, junit)
     if result.exit_code:
         raise typer.Exit(code=result.exit_code)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _budgets_and_junit(result: Any, junit: Path | None) -> None:
@@ -390,6 +398,9 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
 @app.command()
 def validate(
     plans: Annotated[list[Path], typer.Argument(help="YAML plan files.", show_default=False)],
+    address: Annotated[str | None, typer.Option(
+        help="The plans are for this Ray cluster (contacted: no): a python: model's module missing here is a "
+             "warning, not an error, since the cluster's nodes may have it.")] = None,
 ) -> None:
     """Check each PLAN and print how many trials it expands to. Touches no device.
 
@@ -397,11 +408,14 @@ def validate(
     """
     from orchestrator.expand import expand
     from orchestrator.plan import load_plan
+    from orchestrator.shipping import check_factories
 
     first_error: InferOrchError | None = None
     for plan in plans:
         try:
-            trials = expand(load_plan(plan), source=str(plan))
+            plan_obj = load_plan(plan)
+            trials = expand(plan_obj, source=str(plan))
+            check_factories(plan_obj.models, str(plan), address, _warn)
         except InferOrchError as exc:
             _fail(exc)
             first_error = first_error or exc

@@ -1,4 +1,5 @@
-"""Plans: a YAML file read with ``yaml.safe_load`` and validated into typed, frozen objects.
+"""Plans: a YAML file read with a safe loader (``PlanLoader``: ``yaml.safe_load``'s, refusing a key
+given twice) and validated into typed, frozen objects.
 
 Every error names the file, the key path (``matrix.backends[2].options.io_binding``) and what
 was expected. Validation is pure: it reads the plan (and an ONNX file's header) and nothing
@@ -62,6 +63,10 @@ A plan, all keys shown::
     timeout_s: 900               # a trial running longer is killed (worker replaced): status timeout
     retries: 0                   # tries again of a trial whose worker died or that timed out
                                  # (both may also be set on a matrix.backends entry)
+    max_trials: 100000           # a plan expanding to more (counted before exclude) is refused
+
+Numbers have ranges a result column can hold and that make sense (batch sizes and dims up to
+MAX_DIM, iterations up to MAX_ITERS, no infinities); any other integer is at most 64 bits.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -87,7 +94,24 @@ from pydantic_core import PydanticCustomError
 from orchestrator.errors import PlanError
 from workers import zoo
 from workers.config import StrictModel, did_you_mean
-from workers.contract import ARRIVALS, SCENARIOS, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
+from workers.contract import (
+    ARRIVALS,
+    MAX_DIM,
+    SCENARIOS,
+    Dtype,
+    Io,
+    MeasureSpec,
+    ModelSpec,
+    ParitySpec,
+    Trial,
+)
+
+#: The most trials a plan may expand to (counted before ``exclude``) unless it sets ``max_trials``:
+#: expanding and checking 100,000 takes a few seconds; millions took minutes and gigabytes.
+MAX_TRIALS = 100_000
+#: The most requests a load scenario keeps in flight, and the most retries of a trial.
+MAX_CONCURRENCY = 4096
+MAX_RETRIES = 100
 
 EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
 
@@ -107,7 +131,8 @@ def _listify(v: Any) -> Any:
     return v if isinstance(v, list) or v is None else [v]
 
 
-PosInts = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify), Field(min_length=1)]
+PosInts = Annotated[list[Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]], BeforeValidator(_listify),
+                    Field(min_length=1)]
 PosFloats = Annotated[list[Annotated[float, Field(gt=0)]], BeforeValidator(_listify), Field(min_length=1)]
 
 
@@ -123,7 +148,7 @@ class ScenarioSettings(Strict):
     latency_bound_ms: PosFloats | None = None
     """The p99 latency bound, ms: required for find-peak; for server, a row over it is not valid."""
     min_duration_s: float | None = Field(None, gt=0)
-    min_requests: int | None = Field(None, ge=1)
+    min_requests: int | None = Field(None, ge=1, le=10_000_000)
 
 
 def _scenario_from_yaml(v: Any) -> Any:
@@ -213,7 +238,7 @@ class BackendEntry(Strict):
     label: str | None = None
     io: list[Io] | None = None
     timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
-    retries: int | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
     budgets: Budget | None = None
     profile: bool = False  # a profile of a few iterations after the timed ones (not part of the trial id)
     scenario: ScenarioField | None = None  # overrides the plan's scenario settings, key by key
@@ -238,12 +263,12 @@ def backend_entry_type() -> Any:
 
 
 class Matrix(Strict):
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: ["fp32"], min_length=1)
     io: list[Io] = Field(default_factory=lambda: ["device"], min_length=1)
     backends: list[Any] = Field(min_length=1)
     exclude: list[ExcludeRule] = Field(default_factory=list)
-    axes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(default_factory=dict)
+    axes: dict[str, list[Annotated[int, Field(ge=1, le=MAX_DIM)]]] = Field(default_factory=dict)
     """Named axes swept like batch sizes: {seq: [128, 384]}; ``seq_lens: [...]`` is short for it."""
     scenarios: Annotated[list[ScenarioName], Field(min_length=1)] | None = None
     """Load scenarios as an axis (the same as the plan's ``scenario.name`` as a list)."""
@@ -256,7 +281,7 @@ class Plan(Strict):
     device: Literal["cuda", "cpu", "auto"] = "auto"
     accelerator_type: str | None = None
     cpus_per_worker: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     models: list[Annotated[ModelSpec, BeforeValidator(lambda v, info: _model_from_yaml(v, info))]] = Field(
         min_length=1
     )
@@ -264,9 +289,11 @@ class Plan(Strict):
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     parity: ParitySpec = Field(default_factory=ParitySpec)
     timeout_s: float = Field(900.0, gt=0)
-    retries: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0, le=MAX_RETRIES)
     budgets: list[BudgetRule] = Field(default_factory=list)
     scenario: ScenarioField = Field(default_factory=ScenarioSettings)
+    max_trials: int = Field(MAX_TRIALS, ge=1, le=100_000_000)
+    """A plan expanding to more trials than this (before ``exclude``) is refused before expanding."""
 
 
 def _parse_backends(raw: Any) -> Any:
@@ -305,9 +332,14 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
         )
     kind = kinds[0]
     rest = {k: v for k, v in item.items() if k != kind}
+    if "input_name" in rest:  # set from an ONNX file, not by the plan
+        raise _err("unknown key 'input_name'; a model mapping takes {kind}, name, input_shape, inputs, axes, "
+                   "axes_map, pass_inputs", kind=kind)
     ref = str(item[kind]).strip()
     if kind == "hf":
         return _hf_model(ref, rest, base_dir)
+    if "overrides" in rest:
+        raise _err("overrides: config values of an hf: model's architecture; a {kind} model has none", kind=kind)
     if _uses_inputs_form(kind, ref, rest, base_dir):
         return _inputs_form_model(kind, ref, rest, base_dir)
     if kind == "torchvision":
@@ -316,7 +348,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
         name = rest.pop("name", ref)
     elif kind == "python":
         module, sep, attr = ref.partition(":")
-        if not sep or not module or not attr.isidentifier():
+        if not sep or not all(p.isidentifier() for p in module.split(".")) or not attr.isidentifier():
             raise PydanticCustomError(
                 "model_form", "python model '{ref}' must be written package.module:factory", {"ref": ref}
             )
@@ -342,6 +374,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
                 {"declared": list(shape), "found": list(file_shape), "ref": ref},
             )
         name = rest.pop("name", path.stem)
+        rest["input_name"] = _onnx_file_inputs(path)[0][0]  # the inputs column names it as the file does
     return {"kind": kind, "ref": ref, "name": name, "input_shape": shape, **rest}
 
 
@@ -491,7 +524,9 @@ class PlanInput(Strict):
 
 
 def _err(msg: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError("model_form", msg, ctx)
+    """A model's error; ``msg`` a ``str.format`` template (``{{`` for a brace: pydantic's own
+    templates keep it doubled), formatted here."""
+    return PydanticCustomError("model_form", msg.format(**ctx))
 
 
 def _uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> bool:
@@ -554,9 +589,9 @@ def _input_entry(where: str, raw: PlanInput, dtype: str, shape: list[int | str])
     if fill == "constant" and raw.value is None:
         raise _err("{where}: fill constant needs value", where=where)
     for d in shape:
-        if isinstance(d, int) and d < 1 or isinstance(d, str) and not d.isidentifier():
-            raise _err("{where}: shape {shape}: each dim is a positive int or an axis name", where=where,
-                       shape=list(shape))
+        if isinstance(d, int) and not 1 <= d <= MAX_DIM or isinstance(d, str) and not d.isidentifier():
+            raise _err("{where}: shape {shape}: each dim is an int from 1 to {most} or an axis name", where=where,
+                       shape=list(shape), most=MAX_DIM)
     return {"name": raw.name, "dtype": dtype, "shape": tuple(shape), "fill": fill, "low": low, "high": high,
             "value": raw.value}
 
@@ -583,9 +618,9 @@ def _model_axes(rest: dict[str, Any]) -> dict[str, int]:
     """A model's own ``axes`` (taken out of ``rest``): fixed values of its named axes, checked."""
     axes = rest.pop("axes", {}) or {}
     if not isinstance(axes, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                             and v >= 1 for k, v in axes.items()):
-        raise _err("axes: a mapping of axis name to a positive int, e.g. {{seq: 128}} (to sweep values, "
-                   "use matrix.axes)")
+                                             and 1 <= v <= MAX_DIM for k, v in axes.items()):
+        raise _err("axes: a mapping of axis name to an int from 1 to {most}, e.g. {{seq: 128}} (to sweep values, "
+                   "use matrix.axes)", most=MAX_DIM)
     if "batch" in axes:
         raise _err("axes: batch is the batch axis: its values are matrix.batch_sizes")
     return axes
@@ -699,9 +734,9 @@ def _axes_shorthand(matrix: dict[str, Any], source: str) -> dict[str, Any]:
     return matrix
 
 
-def _check_axes(plan: Plan, source: str) -> None:
+def _check_axes(plan: Plan, source: str, aliases: dict[str, str] | None = None) -> None:
     """Every named axis of every model has a value (the model's axes or the matrix's), and every
-    value given names an axis some model has."""
+    value given names an axis some model has (``aliases``: the axes given by a ``<axis>_lens`` key)."""
     swept = plan.matrix.axes
     if "batch" in swept:
         raise PlanError(f"{source}: matrix.axes.batch: the batch axis's values are matrix.batch_sizes")
@@ -723,7 +758,8 @@ def _check_axes(plan: Plan, source: str) -> None:
                                     f"{{{d}: [...]}}{hint}")
     for a in swept:
         if a not in used:
-            raise PlanError(f"{source}: matrix.axes.{a}: no model has an axis named '{a}'"
+            key = (aliases or {}).get(a, f"axes.{a}")
+            raise PlanError(f"{source}: matrix.{key}: no model has an axis named '{a}'"
                             + (f" (their axes: {', '.join(sorted(used))})" if used else ""))
 
 
@@ -741,12 +777,34 @@ def format_loc(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif in_backends and part in _backend_names():
             pass  # the discriminator's tag: the index already says which entry
-        elif str(part).startswith("function-"):
+        elif str(part).startswith("function-") or _is_union_tag(part):
             pass
         else:
             out += f".{part}" if out else str(part)
         prev = part
     return out or "(top level)"
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|(list|tuple|dict|literal)\[.*\])$")
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Whether a location part names a member of a union (``int`` of ``int | list[int]``), not a key."""
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 4, 4
+_SHORT.maxstring = _SHORT.maxlong = _SHORT.maxother = 56
+
+
+def _yaml_repr(value: Any) -> str:
+    """A value as the plan would write it: null, true, 'abc', [1, 2] (long or deep ones cut, never
+    written out whole: a YAML alias bomb is billions of items)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = _SHORT.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _backend_names() -> set[str]:
@@ -755,19 +813,38 @@ def _backend_names() -> set[str]:
     return set(registry())
 
 
+#: Validator messages reworded where they speak the validator's language (a class name, "after
+#: validation", "Field"); the others ("Input should be greater than 0") already say what is accepted.
+_REWORDED = {
+    "int_parsing": "Input should be a valid integer", "float_parsing": "Input should be a valid number",
+    "model_type": "Input should be a valid dictionary", "model_attributes_type": "Input should be a valid dictionary",
+    "dataclass_type": "Input should be a valid dictionary",
+    "too_short": "Input should have at least {min_length} {items}",
+    "too_long": "Input should have at most {max_length} {items}",
+    "missing": "this key is required",
+}
+
+
 def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"]
-    if err["type"] in ("union_tag_invalid",):
+    kind = err["type"]
+    ctx = err.get("ctx", {})
+    if kind in ("union_tag_invalid",):
         from workers.backends import registry
 
-        tag = err.get("ctx", {}).get("tag", "")
+        tag = ctx.get("tag", "")
         return f"unknown backend '{tag}'{did_you_mean(tag, registry())}; known: {', '.join(sorted(registry()))}"
+    if kind == "union_tag_not_found":
+        from workers.backends import registry
+
+        return f"an entry needs `backend:`, one of: {', '.join(sorted(registry()))}"
+    if kind in _REWORDED:
+        n = ctx.get("min_length", ctx.get("max_length"))
+        msg = _REWORDED[kind].format(**{**ctx, "items": "item" if n == 1 else "items"})
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if err["type"] not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):
-        inp = err.get("input")
-        if not isinstance(inp, (dict, list)):
-            msg += f" (got {inp!r})"
+    if kind not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):
+        msg += f" (got {_yaml_repr(err.get('input'))})"
     return msg
 
 
@@ -777,19 +854,24 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
         raise PlanError(
             f"{source}: a plan must be a mapping of keys (name, models, matrix, ...), got {type(data).__name__}"
         )
-    data = dict(data)
+    raw, data = data, dict(data)
+    aliases: dict[str, str] = {}
     if isinstance(data.get("matrix"), dict):
         matrix = dict(data["matrix"])
         matrix["backends"] = _parse_backends(matrix.get("backends"))
+        _check_backend_forms(matrix["backends"], source)
+        aliases = {k[:-5]: k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5}
         data["matrix"] = _axes_shorthand(matrix, source)
     try:
         plan = Plan.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise PlanError(_format_errors(source, exc, prefix=())) from None
+        raise PlanError(_format_errors(source, exc, prefix=(), aliases=aliases)) from None
     try:
         entries = TypeAdapter(list[backend_entry_type()]).validate_python(plan.matrix.backends)
     except ValidationError as exc:
         raise PlanError(_format_errors(source, exc, prefix=("matrix", "backends"))) from None
+    _check_int64(raw, source)
+    _check_repeats(plan, entries, aliases, source)
     labels = [e.label or e.backend for e in entries]
     for i, label in enumerate(labels):
         if label in labels[:i]:
@@ -798,7 +880,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
                 f"matrix.backends[{labels.index(label)}]; give each entry of one backend its own `label`"
             )
     _check_timeouts(plan, entries, source)
-    _check_axes(plan, source)
+    _check_axes(plan, source, aliases)
     _check_hf_axes(plan, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
@@ -806,6 +888,58 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
         raise PlanError(f"{source}: {plan_rates}: rates are for the server scenario, which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
+
+
+def _check_backend_forms(backends: Any, source: str) -> None:
+    """Each matrix.backends entry is a backend's name or a mapping (its other errors come later)."""
+    for i, b in enumerate(backends if isinstance(backends, list) else []):
+        if not isinstance(b, dict):
+            raise PlanError(f"{source}: matrix.backends[{i}]: expected a backend name or a mapping "
+                            f"{{backend: NAME, ...}} (got {_yaml_repr(b)})")
+
+
+#: A plan's integers are stored as int64 (and passed to libraries that take C longs).
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_int64(data: Any, source: str) -> None:
+    """Every integer anywhere in the plan fits in 64 bits (the keys with a range of their own are
+    checked by it; this catches the rest: exclude and budget values, hf overrides). Each list or
+    mapping is looked at once, however many YAML aliases share it (an alias bomb stays small)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen: set[int] = set()
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) not in seen:
+                seen.add(id(value))
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                stack += [(v, (*loc, k)) for k, v in items]
+        elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise PlanError(f"{source}: {format_loc(loc)}: {value} is out of range: a plan's integers are "
+                            f"64-bit (from {INT64[0]} to {INT64[1]})")
+
+
+def _check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], source: str) -> None:
+    """A value given twice in an axis (or a model listed twice) would measure the same trials twice."""
+    m = plan.matrix
+    axes: list[tuple[str, list[Any] | None]] = [
+        ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
+        ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
+        *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
+        *_list_settings("scenario", plan.scenario),
+    ]
+    for i, e in enumerate(entries):
+        axes += [(f"matrix.backends[{i}].io", e.io), *_list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
+    keys = [mod.key + mod.name for mod in plan.models]
+    for where, values in [*axes, ("models", keys)]:
+        seen: dict[Any, int] = {}
+        for k, v in enumerate(values or []):
+            first = seen.setdefault(v, k)
+            if first != k:
+                what = f"model '{plan.models[k].name}'" if where == "models" else _yaml_repr(v)
+                raise PlanError(f"{source}: {where}[{k}]: {what} is listed twice (also at {where}[{first}]); "
+                                "give each value once")
 
 
 def _check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
@@ -863,11 +997,93 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     return {**merged, "name": names}
 
 
-def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:
+def _list_settings(where: str, settings: Any) -> list[tuple[str, list[Any]]]:
+    """(key, values) of each setting given as a list (an axis) in a ``scenario:`` section."""
+    if settings is None:
+        return []
+    return [(f"{where}.{k}", v) for k in type(settings).model_fields if isinstance(v := getattr(settings, k), list)]
+
+
+def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...],
+                   aliases: dict[str, str] | None = None) -> str:
+    """One line per error, located as the plan wrote it: union members (``int | list[int]``) give one
+    line for the member the value was meant for; ``aliases`` maps a named axis to its shorthand key."""
     lines = []
-    for err in exc.errors():
-        lines.append(f"{source}: {format_loc(prefix + tuple(err['loc']))}: {_describe(err)}")
+    for err, extra in _union_errors(exc.errors()):
+        loc = prefix + tuple(err["loc"])
+        if loc[:2] == ("matrix", "axes") and len(loc) > 2 and loc[2] in (aliases or {}):
+            loc = ("matrix", (aliases or {})[loc[2]], *loc[3:])
+        message = _describe(err).replace(" (got", f"{extra} (got", 1) if extra else _describe(err)
+        lines.append(f"{source}: {format_loc(loc)}: {message}")
     return "\n".join(dict.fromkeys(lines))
+
+
+def _union_errors(errors: list[Any]) -> list[tuple[Any, str]]:
+    """The errors of a value of ``X | list[X]``, reduced to the member it was meant for: the list
+    member's where the value is a list, else the scalar's (saying "or a list of them"); each with
+    that extra wording ("" for errors not in such a union)."""
+    groups: dict[tuple[Any, ...], list[tuple[str, Any]]] = {}
+    out: list[tuple[Any, str]] = []
+    for err in errors:
+        k = next((i for i, part in enumerate(err["loc"]) if _is_union_tag(part)), None)
+        if k is None:
+            out.append((err, ""))
+            continue
+        groups.setdefault(tuple(err["loc"][:k]), []).append((str(err["loc"][k]), err))
+    for point, members in groups.items():
+        lists = [e for tag, e in members if tag.startswith("list[")]
+        scalars = [e for tag, e in members if not tag.startswith("list[")]
+        in_list = [e for e in lists if not (e["type"] == "list_type" and len(e["loc"]) == len(point) + 1)]
+        if in_list or not scalars:
+            out += [(e, "") for e in in_list or lists]
+        else:
+            out += [(e, " or a list of them" if lists else "") for e in _merged(scalars)]
+    return out
+
+
+def _merged(errors: list[Any]) -> list[Any]:
+    """The scalar members' errors at one place as one: ``bool | int | str`` given a list says
+    "Input should be a valid boolean, integer or string", not three lines."""
+    here = [e for e in errors if len(e["loc"]) == len(errors[0]["loc"])]
+    if len(here) < 2:
+        return errors
+    wants = [_describe(e).partition(" (got")[0].removeprefix("Input should be ").removeprefix("a valid ")
+             for e in here]
+    what = ", ".join(wants[:-1]) + " or " + wants[-1]
+    prefix = "a valid " if all(_describe(e).startswith("Input should be a valid ") for e in here) else ""
+    merged = {**here[0], "type": "union_members", "msg": f"Input should be {prefix}{what}", "ctx": {}}
+    return [merged, *(e for e in errors if e not in here)]
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"{line}: duplicate key {key!r} (first at line {first}); give each key once")
+
+
+class PlanLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """``yaml.safe_load``'s loader (libyaml's parser where installed: 4x faster on large plans)
+    that refuses a key given twice in one mapping, at any depth: YAML keeps the last silently."""
+
+    def flatten_mapping(self, node: Any) -> None:
+        # called on every mapping before its construction and before merge keys (<<) change it
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)  # a scalar: hashable
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKey(key, line, seen[key])
+                seen[key] = line
+        super().flatten_mapping(node)
+
+    @property
+    def _checked(self) -> set[int]:
+        if not hasattr(self, "_checked_ids"):
+            self._checked_ids: set[int] = set()
+        return self._checked_ids
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:
@@ -880,7 +1096,9 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"{p}: can't read the plan: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=PlanLoader)  # noqa: S506 (a safe loader: PlanLoader is yaml's SafeLoader)
+    except DuplicateKey as exc:
+        raise PlanError(f"{p}:{exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

@@ -28,7 +28,7 @@ from orchestrator.plan import Plan, load_plan
 from orchestrator.raylog import RayLog
 from orchestrator.resume import open_resume, resume_command
 from orchestrator.scheduler import schedule
-from orchestrator.shipping import ship
+from orchestrator.shipping import check_factories, ship
 from orchestrator.sink import SAMPLE_COLUMNS, Compaction, ResultSink, check_writable, compact, describe, layout, slim
 from workers.contract import Trial, succeeded
 
@@ -177,6 +177,7 @@ def run_plan(
     retry_failed: bool = False,
     profile: Sequence[str] = (),
     retry_invalid: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
@@ -187,12 +188,14 @@ def run_plan(
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
     ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
+    ``on_warning``: gets each warning line (a ``python:`` module not found here, on a cluster run).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
     the command line exits with.
     """
 
     plan = load_plan(plan_path)
     trials = all_trials = with_profiles(expand(plan, source=str(plan_path)), tuple(profile), str(plan_path))
+    check_factories(plan.models, str(plan_path), address, on_warning)
     now = dt.datetime.now(dt.timezone.utc)
     previous = None
     if resume is not None:

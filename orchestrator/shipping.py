@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import os
+import sys
 import sysconfig
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,62 @@ def _put(folder: Path, names: list[str], main: str) -> dict[str, Any]:
         digest.update(name.encode() + b"\0" + data)
         files[name] = ray.put(data)
     return {"digest": digest.hexdigest()[:32], "main": main, "files": files}
+
+
+def missing_module(ref: str, paths: list[str]) -> str | None:
+    """The module of the ``python:`` reference ``ref`` (``pkg.mod:factory``) that is neither on
+    ``paths`` nor installed here, or None when every part of it is found. Imports nothing: each
+    part is looked for in the folders of the one before (a package's ``__init__`` doesn't run)."""
+    parts = ref.partition(":")[0].split(".")
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0], paths)
+        # else installed, built in, or on this interpreter's own path
+        spec = spec or importlib.util.find_spec(parts[0])
+        if spec is None:
+            return parts[0]
+        for k in range(1, len(parts)):
+            inside = list(spec.submodule_search_locations or [])
+            if not inside:  # a module, not a package: an installed one may make its own (os.path)
+                return None if _installed(spec) else ".".join(parts[:k + 1])
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:k + 1]), inside)
+            if spec is None:
+                return ".".join(parts[:k + 1])
+    except (ImportError, ValueError):  # a name no finder takes: the trial's import says what is wrong
+        return None
+    return None
+
+
+def _installed(spec: Any) -> bool:
+    """Whether a module spec is Python's own or an installed package's (not the user's files)."""
+    if spec.origin in (None, "built-in", "frozen"):
+        return True
+    where = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    origin = Path(spec.origin).resolve()
+    return any(origin.is_relative_to(p) for p in where) or "site-packages" in origin.parts
+
+
+def check_factories(models: Sequence[Any], source: str, address: str | None,
+                    warn: Callable[[str], None] | None = None) -> None:
+    """Every ``python:`` model's module is one the workers can import. For an embedded Ray, whose
+    workers import from the driver's working directory and PYTHONPATH (and its installed packages),
+    a module found in none of them is a PlanError; on a cluster (``address``) a module may be
+    installed on the nodes only, so ``warn`` gets one line and the run goes on."""
+    from orchestrator.cluster import worker_pythonpath
+    from orchestrator.errors import PlanError
+
+    paths = worker_pythonpath()
+    for i, model in enumerate(models):
+        if model.kind != "python":
+            continue
+        missing = missing_module(model.ref, [*paths, *sys.path])
+        if missing is None:
+            continue
+        message = (f"{source}: models[{i}]: python: module '{missing}' is not found on the workers' path "
+                   f"(the working directory and PYTHONPATH: {os.pathsep.join(paths)}) nor installed")
+        if address is None:
+            raise PlanError(f"{message}; run from the folder that holds it, or add that folder to PYTHONPATH")
+        if warn is not None:
+            warn(f"{message}: going on, in case the cluster's nodes have it")
 
 
 def ship(trials: list[Trial], pythonpath: list[str]) -> dict[str, dict[str, Any]]:

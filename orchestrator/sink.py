@@ -36,6 +36,7 @@ import errno
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ def _part_id(path: Path) -> str:
 
 
 def check_writable(out: Path) -> None:
-    """Fail early, before anything runs, when ``out`` can't be used. Creates nothing."""
+    """Fail early, before anything runs, when ``out`` can't be used. Leaves nothing behind."""
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -134,6 +135,11 @@ def check_writable(out: Path) -> None:
         raise OutputError(f"output directory {out}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {out}: {probe} is not writable")
+    try:  # permissions are not the whole story: /proc, a read-only mount, root on a network share
+        os.rmdir(tempfile.mkdtemp(prefix=".infer-orch-probe-", dir=probe))
+    except OSError as exc:
+        raise OutputError(f"output directory {out}: can't create a directory in {probe}: "
+                          f"{exc.strerror or exc}") from None
     if out.exists() and not layout(out).empty:
         raise OutputError(f"output directory {out} already holds results: continue that run with "
                           f"`--resume {out}` (the same plan), or choose another --out")

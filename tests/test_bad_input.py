@@ -58,9 +58,12 @@ def onnx_file(path: Path, shape: list[int]) -> Path:
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ("batch_sizes: [1]", "batch_sizes: [1", "plan.yaml:6:9: YAML syntax error: expected ',' or ']'"),
+    ("batch_sizes: [1]", "batch_sizes: [1", "plan.yaml:6:9: YAML syntax error: did not find expected ',' or ']'"),
     ("iters: 2", "itres: 2", "measure: unknown key 'itres' (did you mean 'iters'?)"),
-    ("batch_sizes: [1]", "batch_sizes: [one]", "matrix.batch_sizes[0]: Input should be a valid integer"),
+    ("batch_sizes: [1]", "batch_sizes: [one]", "matrix.batch_sizes[0]: Input should be a valid integer (got 'one')"),
+    ("batch_sizes: [1]", "batch_sizes: [1000000000000000000000000000000]",
+     "matrix.batch_sizes[0]: Input should be less than or equal to 16777216"),
+    ("measure: {", "measure: {iters: 3}\nmeasure: {", "plan.yaml:9: duplicate key 'measure' (first at line 8)"),
     ("backends: [torch-eager]", "backends: [torch-eager]\n  exclude: [{batch_size: 1}]",
      "matrix: no trials left after `exclude`"),
     # a rule with a misspelt name would match nothing and leave in the trials it was meant to take out
@@ -68,6 +71,9 @@ def onnx_file(path: Path, shape: list[int]) -> Path:
      "matrix.exclude[0].model: no trial has 'resnet81' (did you mean 'resnet18'?); the plan's models: resnet18"),
     ("torchvision:resnet18", "torchvision:resnet81", "unknown torchvision model 'resnet81'; did you mean resnet18"),
     ("torchvision:resnet18", "missing.onnx", "ONNX file not found:"),
+    # a factory no worker of an embedded Ray could import: refused before Ray starts, not four failed rows
+    ("torchvision:resnet18", "{python: 'nosuchpkg.models:make', input_shape: [3, 8, 8]}",
+     "models[0]: python: module 'nosuchpkg' is not found on the workers' path"),
     ("name: bad", "name: ../bad", "name: String should match pattern"),
 ])
 def test_bad_plan_is_refused_with_a_located_message(write_plan, tmp_path, old, new, message):
@@ -86,6 +92,13 @@ def test_unwritable_output_directory_is_refused(write_plan, tmp_path):
         pytest.skip("needs a directory this user can't write")
     msg = refused(write_plan, tmp_path, BASE, out=Path("/proc/sys/infer-orch-out"))
     assert "output directory /proc/sys/infer-orch-out: /proc/sys is not writable" in msg
+
+
+def test_an_output_directory_that_cannot_be_created_is_refused_before_ray_starts(write_plan, tmp_path):
+    # /proc takes no new directories, whoever asks (root too): refused like an unwritable one, at once
+    msg = refused(write_plan, tmp_path, BASE, out=Path("/proc/infer-orch-out"))
+    assert "output directory /proc/infer-orch-out: can't create a directory in /proc" in msg, msg
+    assert "Ray" not in msg
 
 
 def test_accelerator_type_the_cluster_lacks_is_refused(ray_gpus, write_plan, tmp_path):

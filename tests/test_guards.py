@@ -231,3 +231,66 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     assert by[("onnx", "ort")]["status"] == "ok", by[("onnx", "ort")].get("error")
     assert by[("python", "torch-eager")]["status"] == "ok", by[("python", "torch-eager")].get("error")
     assert by[("onnx", "ort")]["model_source"] == f"onnx:{models / 'net.onnx'}"
+
+
+# --- python: factories whose module the workers can't import -------------------------------------
+
+FACTORY = """\
+name: factory
+device: cpu
+models: [{{python: '{ref}', input_shape: [3, 8, 8]}}]
+matrix:
+  batch_sizes: [1]
+  backends: [torch-eager]
+measure: {{warmup_iters: 0, warmup_max_iters: 0, iters: 2, max_time_s: 1}}
+"""
+
+
+@pytest.mark.parametrize(("ref", "module"), [("nosuchpkg.models:make", "nosuchpkg"),
+                                             ("tinynet.nosuch:make", "tinynet.nosuch")])
+def test_a_factory_whose_module_is_nowhere_is_refused_at_validation(tmp_path, ref, module):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(FACTORY.format(ref=ref))
+    done = cli("validate", plan)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out
+    assert f"models[0]: python: module '{module}' is not found on the workers' path" in out, out
+    assert os.getcwd() in out and "Traceback" not in out
+    # a plan for a cluster, whose nodes may have the module: one warning line
+    done = cli("validate", plan, "--address", "auto")
+    assert done.returncode == 0 and f"warning: {plan}: models[0]: python: module '{module}'" in done.stderr
+    plan.write_text(FACTORY.format(ref="tinynet:make"))
+    assert cli("validate", plan).returncode == 0
+
+
+def test_with_an_address_a_missing_factory_module_is_a_warning_and_the_run_goes_on(tmp_path, ray_gpus):
+    """On a cluster the module may exist on the nodes only: one line says where it was looked for."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(FACTORY.format(ref="nosuchpkg.models:make"))
+    done = cli("run", plan, "--out", tmp_path / "out", "--address", "auto")
+    err = " ".join(done.stderr.split())
+    assert err.count("models[0]: python: module 'nosuchpkg' is not found on the workers' path") == 1, err
+    assert "warning: " in err and os.getcwd() in err
+    assert done.returncode == 1 and "1 trials: 1 failed" in done.stdout, done.stdout + done.stderr
+
+
+def test_an_alias_bomb_where_any_value_was_taken_is_refused_at_once(tmp_path):
+    """Nine YAML aliases nine deep are 387 million values once written out: refused without that,
+    in a model's overrides (which took any value for a torchvision model, and hung validate)."""
+    from helpers import infer_orch
+
+    levels = ["x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]"
+                                                       for i in range(1, 9)]
+    bomb = "    overrides:\n" + "".join(f"      {line}\n" for line in levels)
+    matrix = "matrix: {batch_sizes: [1], backends: [torch-eager]}\n"
+    for model, message in [
+        ("  - torchvision: resnet18\n", "models[0]: overrides: config values of an hf: model's architecture; "
+                                      "a torchvision model has none"),
+        # the resolved form a run directory stores (a resume reads it back)
+        ("  - kind: torchvision\n    ref: resnet18\n    name: r\n    input_shape: [3, 8, 8]\n",
+         "models[0].overrides.x8: Input should be a valid boolean, integer, number or string (got [[[["),
+    ]:
+        plan = tmp_path / "plan.yaml"
+        plan.write_text("name: bomb\ndevice: cpu\nmodels:\n" + model + bomb + matrix)
+        done = infer_orch("validate", plan, timeout=60)  # it hung for good: a bound, not a timing
+        assert done.returncode == 2 and message in " ".join(done.stderr.split()), done.stderr

@@ -150,7 +150,7 @@ def _bad(tmp_path, model, **matrix):
     ("unnamed", "dim 1 has no size and no name in the file; declare it"),
     ("bounds", "empty integer bounds: low 5 >= high 5"),
     ("no_high", "needs high"),
-    ("unused_axis", "matrix.axes.width: no model has an axis named 'width'"),
+    ("unused_axis", "matrix.width_lens: no model has an axis named 'width'"),
 ])
 def test_bad_inputs_are_located_exit_2(tmp_path, case, expected):
     path = str(two_input_onnx(tmp_path / "two.onnx", seq_dim="" if case == "unnamed" else "sequence"))

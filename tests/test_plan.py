@@ -142,3 +142,162 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
     trials = expand(load_plan(write_plan(text, "ok.yaml")))
     assert trials[0].model.input_shape == (3, 16, 16) and trials[0].model.name == "net"
     assert "ONNX file not found" in error_of(write_plan, BASE.replace("[torchvision:resnet18]", "[missing.onnx]"))
+
+
+# --- bad values: every one refused at validation, located where the user wrote it -------------------
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    # a number no result column can hold passed validation, then crashed the driver's Parquet writer
+    ("batch_sizes: [1, 2]", "batch_sizes: [1, 1000000000000000000000000000000]",
+     "matrix.batch_sizes[1]: Input should be less than or equal to 16777216 (got 1000000000000000000000000000000)"),
+    ("name: t", "name: t\nseed: -1", "seed: Input should be greater than or equal to 0 (got -1)"),
+    ("name: t", "name: t\nseed: 100000000000000000000", "seed: Input should be less than or equal to 4294967295"),
+    ("name: t", "name: t\nretries: 100000000000000000000", "retries: Input should be less than or equal to 100"),
+    ("name: t", "name: t\nmeasure: {iters: 100000000000000000000}",
+     "measure.iters: Input should be less than or equal to 10000000"),
+    ("name: t", "name: t\nmeasure: {warmup_iters: 100000000000000000000}",
+     "measure.warmup_iters: Input should be less than or equal to"),
+    ("io_binding: true", "intra_op_num_threads: 100000000000000000000",
+     "matrix.backends[1].options.intra_op_num_threads: Input should be less than or equal to 1024"),
+    ("[torchvision:resnet18]", "[{torchvision: resnet18, input_shape: [3, 224, 100000000000000000000]}]",
+     "models[0].input_shape[2]: Input should be less than or equal to 16777216"),
+    ("name: t", "name: t\nscenario: {name: offline, concurrency: [100000000000000000000]}",
+     "scenario.concurrency[0]: Input should be less than or equal to 4096"),
+    ("name: t", "name: t\nscenario: {name: offline, min_requests: 100000000000000000000}",
+     "scenario.min_requests: Input should be less than or equal to 10000000"),
+    # any integer at all: at most 64 bits, wherever it is
+    ("{io_binding: true}\n", "{io_binding: true}\n  exclude: [{batch_size: 100000000000000000000}]\n",
+     "matrix.exclude[0].batch_size: 100000000000000000000 is out of range: a plan's integers are 64-bit"),
+])
+def test_integers_have_ranges(write_plan, old, new, message):
+    assert message in error_of(write_plan, BASE.replace(old, new))
+
+
+def test_a_plan_of_too_many_trials_is_refused_before_expanding(write_plan):
+    # 1,000 batch sizes x 101 concurrencies x 2 dtypes x 2 io x 2 backends: 808,000 trials, counted, not built
+    text = BASE.replace("batch_sizes: [1, 2]", f"batch_sizes: [{', '.join(map(str, range(1, 1001)))}]")
+    text += "scenario: {name: offline, concurrency: [" + ", ".join(map(str, range(1, 102))) + "]}\n"
+    msg = error_of(write_plan, text)
+    assert ("matrix: the plan expands to 808,000 trials (before exclude), more than max_trials (100,000)"
+            in msg), msg
+    # the limit is the plan's to raise or lower; exclude rules don't count
+    small = "max_trials: 15\n" + BASE + "  exclude: [{dtype: bf16}]\n"
+    msg = error_of(write_plan, small)
+    assert "matrix: the plan expands to 16 trials (before exclude), more than max_trials (15)" in msg
+    assert len(expand(load_plan(write_plan(small.replace("max_trials: 15", "max_trials: 16"), "ok.yaml")))) == 8
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (BASE + "measure: {iters: 5}\nmeasure: {iters: 6}\n", "plan.yaml:14: duplicate key 'measure' (first at line 13)"),
+    (BASE.replace("{io_binding: true}", "{io_binding: true, io_binding: false}"),
+     "plan.yaml:12: duplicate key 'io_binding' (first at line 12)"),
+    (BASE.replace("      label: ort-bound\n", "      label: ort-bound\n      label: x\n"),
+     "plan.yaml:12: duplicate key 'label' (first at line 11)"),
+])
+def test_duplicate_keys_are_refused_with_both_lines(write_plan, text, message):
+    assert message in error_of(write_plan, text)
+
+
+def test_a_merge_key_is_not_a_duplicate(write_plan):
+    text = BASE + "measure: &m {iters: 5}\nparity: {check: true}\nbudgets: [{<<: {max_p99_ms: 3}, max_p99_ms: 4}]\n"
+    assert len(expand(load_plan(write_plan(text)))) == 16
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("batch_sizes: [1, 2]", "batch_sizes: [1, 4, 1]",
+     "matrix.batch_sizes[2]: 1 is listed twice (also at matrix.batch_sizes[0]); give each value once"),
+    ("dtypes: [fp32, bf16]", "dtypes: [fp32, fp32]",
+     "matrix.dtypes[1]: 'fp32' is listed twice (also at matrix.dtypes[0]); give each value once"),
+    ("[torchvision:resnet18]", "[torchvision:resnet18, {torchvision: resnet18}]",
+     "models[1]: model 'resnet18' is listed twice (also at models[0])"),
+    ("- torch-eager", "- {label: eager}",
+     "matrix.backends[0]: an entry needs `backend:`, one of: "),
+    ("- torch-eager", "- 0", "matrix.backends[0]: expected a backend name or a mapping {backend: NAME, ...} (got 0)"),
+    ("- torch-eager", "- null",
+     "matrix.backends[0]: expected a backend name or a mapping {backend: NAME, ...} (got null)"),
+    ("- torch-eager", "- []", "matrix.backends[0]: expected a backend name or a mapping {backend: NAME, ...} (got [])"),
+    ("{io_binding: true}", "3", "matrix.backends[1].options: Input should be a valid dictionary (got 3)"),
+    ("name: t", "name: t\nmeasure: 3", "measure: Input should be a valid dictionary (got 3)"),
+    ("name: t", "name: t\nmeasure: {warmup_iters: 1e30}",
+     "measure.warmup_iters: Input should be a valid integer (got '1e30')"),
+    ("name: t", "name: t\nmeasure: {warmup_max_s: .inf}",
+     "measure.warmup_max_s: Input should be a finite number (got inf)"),
+    ("{io_binding: true}", "{providers: []}",
+     "matrix.backends[1].options.providers: Input should have at least 1 item (got [])"),
+])
+def test_messages_speak_the_plans_language(write_plan, old, new, message):
+    msg = error_of(write_plan, BASE.replace(old, new))
+    assert message in msg, msg
+    for word in ("Unable to", "discriminator", "instance of", "OrtOptions", "MeasureSpec", "Matrix", ".int",
+                 "after validation"):
+        assert word not in msg, msg
+
+
+def test_a_bad_exclude_value_is_located_at_its_key(write_plan):
+    msg = error_of(write_plan, BASE + "  exclude: [{batch_size: abc}]\n")
+    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size: Input should be a valid integer or a list of them "
+                        "(got 'abc')"), msg
+    msg = error_of(write_plan, BASE + "  exclude: [{batch_size: [1, abc]}]\n")
+    assert msg.endswith("plan.yaml: matrix.exclude[0].batch_size[1]: Input should be a valid integer (got 'abc')"), msg
+
+
+def test_an_axis_shorthand_is_located_as_written(write_plan):
+    text = BASE.replace("[torchvision:resnet18]", "[{python: 'textnet:one_arg', inputs: [{name: ids, dtype: int64, "
+                        "shape: [batch, seq], high: 10}]}]") + "  seq_lens: [8, x]\n"
+    msg = error_of(write_plan, text)
+    assert "matrix.seq_lens[1]: Input should be a valid integer (got 'x')" in msg and "axes" not in msg, msg
+    assert "matrix.seq_lens[1]: 8 is listed twice" in error_of(write_plan, text.replace("[8, x]", "[8, 8]"))
+
+
+def _relu_onnx(path, name: str, shape: list[int]) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Relu", [name], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # one every ONNX Runtime reads
+    onnx.save(model, str(path))
+
+
+def test_the_one_input_form_names_the_onnx_files_input(write_plan, tmp_path):
+    from workers.contract import spec_columns
+
+    _relu_onnx(tmp_path / "net.onnx", "features", [1, 4])
+    trials = expand(load_plan(write_plan(BASE.replace("[torchvision:resnet18]", "[net.onnx]"))))
+    assert spec_columns(trials[0])["inputs"] == [{"name": "features", "dtype": "float32", "shape": [1, 4]}]
+    # a torchvision model's single input has no name of its own
+    trials = expand(load_plan(write_plan(BASE, "tv.yaml")))
+    assert spec_columns(trials[0])["inputs"][0]["name"] == "input"
+
+
+def test_the_reference_plan_in_the_docs_validates(tmp_path, monkeypatch):
+    """docs/plans-and-backends.md's "Every key" plan, with the files it names, is a valid plan."""
+    import re
+
+    from helpers import REPO
+
+    page = (REPO / "docs" / "plans-and-backends.md").read_text()
+    text = re.search(r"## Every key\n.*?```yaml\n(.*?)```", page, re.S).group(1)
+    (tmp_path / "models").mkdir()
+    _relu_onnx(tmp_path / "models" / "net.onnx", "x", [1, 3, 8, 8])
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text("def make_net():\n    raise NotImplementedError\n")
+    (tmp_path / "plan.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    trials = expand(load_plan(tmp_path / "plan.yaml"))
+    assert {t.label for t in trials} == {"torch-eager", "torch-cudagraph", "ort-default", "ort-tuned"}
+
+
+def test_a_value_repeated_in_a_scenario_axis_is_named(write_plan):
+    text = BASE + "scenario: {name: offline, concurrency: [1, 2, 2]}\n"
+    assert "scenario.concurrency[2]: 2 is listed twice (also at scenario.concurrency[1])" in error_of(write_plan, text)
+
+
+def test_a_model_message_writes_its_example_with_single_braces(write_plan):
+    model = "[{hf: bert-base, axes: {seq: 8}, overrides: {num_hidden_layers: [2]}}]"
+    text = BASE.replace("[torchvision:resnet18]", model)
+    msg = error_of(write_plan, text)
+    assert "e.g. {num_hidden_layers: 2}" in msg and "{{" not in msg, msg

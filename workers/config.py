@@ -16,9 +16,10 @@ def did_you_mean(value: Any, choices: Any) -> str:
 
 
 class StrictModel(BaseModel):
-    """Frozen, and rejects unknown keys with a 'did you mean' and the list of known keys."""
+    """Frozen, and rejects unknown keys with a 'did you mean' and the list of known keys. Its numbers
+    are finite: an infinite or NaN time, tolerance or rate is refused rather than given a meaning."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -23,11 +23,12 @@ the docs' table is generated from it) and the code that sets it in the row.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
@@ -65,19 +66,26 @@ Dtype = Literal["fp32", "fp16", "bf16"]
 Io = Literal["device", "host"]
 
 
+#: The most iterations a trial may time or warm up with: the timed ones are stored, one sample each.
+MAX_ITERS = 10_000_000
+#: The largest batch size, named-axis value or input dim a plan may give (a row stores it as int64;
+#: one that fits no device is still that trial's failed row at run time).
+MAX_DIM = 2**24
+
+
 class MeasureSpec(StrictModel):
     """How each trial is timed (``workers.timing.measure`` documents the policy). The defaults live here."""
 
-    warmup_iters: int = Field(10, ge=0)
-    warmup_window: int = Field(10, ge=1)
+    warmup_iters: int = Field(10, ge=0, le=MAX_ITERS)
+    warmup_window: int = Field(10, ge=1, le=MAX_ITERS)
     warmup_rel_tol: float = Field(0.02, gt=0)
-    warmup_max_iters: int = Field(1000, ge=0)
+    warmup_max_iters: int = Field(1000, ge=0, le=MAX_ITERS)
     warmup_max_s: float = Field(10.0, ge=0)
-    iters: int = Field(50, ge=1)
+    iters: int = Field(50, ge=1, le=MAX_ITERS)
     min_time_s: float = Field(0.0, ge=0)
     target_rel_ci: float | None = Field(0.01, gt=0, lt=1)
     max_time_s: float = Field(60.0, gt=0)
-    max_iters: int = Field(20_000, ge=1)
+    max_iters: int = Field(20_000, ge=1, le=MAX_ITERS)
     repeats: int = Field(1, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -156,18 +164,21 @@ class ModelSpec(StrictModel):
     kind: Literal["torchvision", "onnx", "python", "hf"]
     ref: str
     name: str
-    input_shape: tuple[int, ...] = ()
+    input_shape: tuple[Annotated[int, Field(ge=1, le=MAX_DIM)], ...] = ()
+    #: the one-input form's input: the ONNX file's own name for it (other models' input has none)
+    input_name: str = "input"
     inputs: tuple[InputSpec, ...] = ()
     axes: dict[str, int] = Field(default_factory=dict)
     pass_inputs: Literal["kwargs", "positional"] = "kwargs"
     #: ``hf:`` models: config values that replace the architecture's defaults (``num_hidden_layers: 2``)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         """The fields of the inputs form only where set: a one-input model dumps as it always has."""
         out = handler(self)
-        for k, default in (("inputs", ()), ("axes", {}), ("pass_inputs", "kwargs"), ("overrides", {})):
+        for k, default in (("inputs", ()), ("axes", {}), ("pass_inputs", "kwargs"), ("overrides", {}),
+                           ("input_name", "input")):
             if getattr(self, k) == default:
                 out.pop(k, None)
         return out
@@ -282,9 +293,7 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
     """
     m = trial.model
     ref = model_digest(m) if model_digest else m.ref
-    measure = trial.measure.model_dump(mode="json")
-    defaults = type(trial.measure)().model_dump(mode="json")
-    measure = {k: v for k, v in measure.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
+    measure = _measure_ident(trial.measure)
     ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
     if m.inputs:  # models of the inputs form only: the ids of every other model stay what they were
         ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
@@ -298,6 +307,14 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
             ident[name] = value
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+
+
+@functools.lru_cache(maxsize=64)
+def _measure_ident(measure: MeasureSpec) -> dict[str, Any]:
+    """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
+    dump = measure.model_dump(mode="json")
+    defaults = type(measure)().model_dump(mode="json")
+    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
 
 
 def _jsonable(v: Any) -> Any:
@@ -376,7 +393,7 @@ def fed_inputs(trial: Trial) -> list[dict[str, Any]]:
     m = trial.model
     if not m.inputs:
         dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(trial.dtype, trial.dtype)
-        return [{"name": "input", "dtype": dtype, "shape": [trial.batch_size, *m.input_shape]}]
+        return [{"name": m.input_name, "dtype": dtype, "shape": [trial.batch_size, *m.input_shape]}]
     return [{"name": i.name, "dtype": i.fed_dtype(trial.dtype) if trial.dtype in ("fp32", "fp16", "bf16")
              else i.dtype, "shape": i.resolved_shape(trial.batch_size, trial.axes)} for i in m.inputs]
 

@@ -31,7 +31,8 @@ _CORE: list[tuple[str, pa.DataType, str]] = [
                                     "with several inputs (see inputs)"),
     ("inputs", pa.list_(pa.struct([("name", _STR), ("dtype", _STR), ("shape", pa.list_(_I64))])),
      "every input fed: name, dtype (as fed: floating inputs follow the trial's dtype) and full shape, "
-     "batch included; one entry named input for a model of the single-input form"),
+     "batch included; one entry for a model of the single-input form, named as its ONNX file names "
+     "it (input for other models)"),
     ("axes", _STR, "the values of the model's named axes in this trial, as JSON text ({\"seq\": 128}); null "
                    "when the model has none besides batch"),
     ("backend", _STR, "backend registry name: torch-eager, torch-cudagraph, ort, ..."),

@@ -41,7 +41,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from workers.backends.base import ALL_SCENARIOS, NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
@@ -69,12 +69,12 @@ CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy"
 #: A CUDA-graph lane's first runs that capture (ORT runs once, or not, before it captures): one lane at a time.
 GRAPH_SERIAL_RUNS = 2
 class OrtOptions(BackendOptions):
-    providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = None
+    providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = Field(None, min_length=1)
     """Execution providers in order; default: [cuda] on a cuda trial, [cpu] on a cpu trial."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] | None = None
     """Session graph optimisations; default: ORT's own default (all)."""
-    intra_op_num_threads: int | None = None
-    inter_op_num_threads: int | None = None
+    intra_op_num_threads: int | None = Field(None, le=1024)
+    inter_op_num_threads: int | None = Field(None, ge=0, le=1024)
     io_binding: bool = False
     """Bind device buffers by pointer instead of passing numpy arrays to session.run."""
     cuda_graph: bool = False
@@ -93,7 +93,7 @@ class OrtOptions(BackendOptions):
     """Torch models: one export with the batch and named axes dynamic, for every shape, instead of one
     static-shape export per shape (the default, and the fair one: a dynamic export leaves shape ops on
     the CPU, and ORT's CUDA graph may refuse it). An ONNX file is used as it is either way."""
-    opset: int | None = None
+    opset: int | None = Field(None, ge=1, le=99)
 
     @model_validator(mode="after")
     def _graph_needs_binding(self) -> OrtOptions:
