@@ -17,7 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
+from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
+from workers.scenarios import label as scenario_label
+from workers.scenarios import tag as scenario_tag
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -47,7 +50,7 @@ def trial_table(trials: list[Trial], title: str) -> Table:
         t.add_column(col)
     for tr, tag in zip(trials, tags):
         t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io,
-                  *([tag or "single-stream"] if any(tags) else []))
+                  *([tag or DEFAULT_SCENARIO] if any(tags) else []))
     return t
 
 
@@ -81,7 +84,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                      scenario_tag(r))
     for r in sorted(rows, key=key):
         t.add_row(r["model"], r["label"], str(r["batch_size"]), *([axes_text(r)] * with_axes), r["dtype"], r["io"],
-                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
+                  *([escape(scenario_label(r))] if scenarios else []),
                   _status(r), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
                   _fmt(r.get("throughput"), ".1f"), _note(r))
     return t
@@ -376,7 +379,7 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
-                  *([escape(scenario_tag(r) or "single-stream"), r.get("metric") or ""] if scenarios else []),
+                  *([escape(scenario_label(r)), r.get("metric") or ""] if scenarios else []),
                   *([_fmt(r.get("base_value")), _fmt(r.get("cand_value"))] if scenarios
                     else [_fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"])]),
                   _fmt(r["ratio"]), ci,

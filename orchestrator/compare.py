@@ -53,7 +53,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workers.contract import Status, scenario_tag
+from workers import scenarios
+from workers.contract import Status
+from workers.scenarios import tag as scenario_tag
 
 DEFAULT_THRESHOLD = 0.03
 #: The least between-run noise assumed of a row (relative SD of a run's median), by its device, when its
@@ -70,8 +72,6 @@ HOST_BOUND_UTIL_PCT = 80.0
 HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
              "concurrency", "target_rate", "arrival", "latency_bound_ms")
-#: What each scenario is judged on (the ``metric`` of a verdict).
-METRICS = {"single-stream": "median ms", "offline": "samples/s", "server": "p99 ms", "find-peak": "peak req/s"}
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
@@ -79,7 +79,7 @@ _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound m
 
 def _config(row: dict[str, Any]) -> tuple[Any, ...]:
     values = [row.get(k) for k in CONFIG_KEYS]
-    values[CONFIG_KEYS.index("scenario")] = row.get("scenario") or "single-stream"  # runs older than scenarios
+    values[CONFIG_KEYS.index("scenario")] = scenarios.of(row).name  # runs older than scenarios: the default
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
@@ -163,7 +163,7 @@ def compare(
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
             "ratio": None, "ci_low": None, "ci_high": None, "noise": None, "invalid_reasons": None,
-            "metric": METRICS.get(ref.get("scenario") or "single-stream"),
+            "metric": scenarios.of(ref).figures[0].label,
             "base_value": b and _value(b), "cand_value": c and _value(c),
             "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
@@ -179,7 +179,7 @@ def compare(
             item["verdict"] = "not ok"
         else:
             ratio, lo, hi = _judge(b, c, confidence, n_boot, seed)
-            if ratio is not None and (ref.get("scenario") or "single-stream") != "find-peak":
+            if ratio is not None and scenarios.of(ref).widen_by_noise:
                 noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
                 lo, hi = widen(lo, hi, noise, confidence)  # find-peak: its brackets are its interval
                 item["noise"] = noise
@@ -205,48 +205,20 @@ def compare(
 
 
 def _value(row: dict[str, Any]) -> float | None:
-    """The figure a row is judged on (``METRICS``)."""
-    scenario = row.get("scenario") or "single-stream"
-    key = {"single-stream": "latency_ms_median", "offline": "throughput", "server": "latency_ms_p99",
-           "find-peak": "peak_rate"}[scenario]
-    return row.get(key)
+    """The figure a row is judged on foremost (its scenario's first)."""
+    return scenarios.of(row).figures[0].value(row)
 
 
 def _judge(b: dict[str, Any], c: dict[str, Any], confidence: float, n_boot: int,
            seed: int) -> tuple[float | None, float | None, float | None]:
-    """(ratio, interval low, interval high) of two ok rows of one trial, > 1 worse (see the module's doc)."""
-    scenario = b.get("scenario") or "single-stream"
-    if scenario == "find-peak":
-        return _peak_ratio(b, c)
-    if scenario == "offline":
-        sb = np.asarray(b["request_service_ms"], dtype=np.float64)
-        sc = np.asarray(c["request_service_ms"], dtype=np.float64)
-        ratio = float(b["throughput"] / c["throughput"])
-        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=np.mean)
-        centre = float(sc.mean() / sb.mean())
-        return ratio, lo * ratio / centre, hi * ratio / centre
-    sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
-    sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
-    if scenario == "server":
-        p99 = lambda a, axis=None: np.percentile(a, 99, axis=axis)  # noqa: E731
-        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=p99)
-        return float(p99(sc) / p99(sb)), lo, hi
-    lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed)
-    return float(np.median(sc) / np.median(sb)), lo, hi
+    """(ratio, interval low, interval high) of two ok rows of one trial on its scenario's first figure,
+    > 1 worse (see the module's doc)."""
+    scenario = scenarios.of(b)
 
+    def interval(sb: np.ndarray, sc: np.ndarray, statistic: Any) -> tuple[float, float]:
+        return bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=statistic)
 
-def _peak_ratio(b: dict[str, Any], c: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
-    """base peak / candidate peak, and the range the bisection brackets allow for it: each true peak
-    lies in [peak_rate, peak_rate_fail] (no failing rate tried: up to infinity)."""
-    pb, pc = b.get("peak_rate"), c.get("peak_rate")
-    if pb is None and pc is None:
-        return None, None, None
-    if pc is None:
-        return float("inf"), float("inf"), float("inf")  # the candidate met the bound at no rate
-    if pb is None:
-        return 0.0, 0.0, 0.0
-    fb, fc = b.get("peak_rate_fail") or float("inf"), c.get("peak_rate_fail") or float("inf")
-    return float(pb / pc), float(pb / fc), float(fb / pc)
+    return scenario.judge(scenario.figures[0], b, c, interval)
 
 
 def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

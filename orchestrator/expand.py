@@ -17,8 +17,9 @@ from typing import Any
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
+from workers import scenarios
 from workers.config import did_you_mean
-from workers.contract import SCENARIO_FIELDS, ModelSpec, Trial
+from workers.contract import ModelSpec, Trial
 
 
 @functools.cache
@@ -52,19 +53,13 @@ def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str,
     return [dict(zip(names, values)) for values in itertools.product(*choices)]
 
 
-#: Trial field -> the scenario settings' key that holds its values.
-_SETTING = {"concurrency": "concurrency", "rate": "rates", "arrival": "arrival",
-            "latency_bound_ms": "latency_bound_ms", "min_duration_s": "min_duration_s",
-            "min_requests": "min_requests"}
-
-
 def scenario_points(settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The scenario fields of each trial of one backend entry: per scenario name, the product of the
-    parameters it uses (``SCENARIO_FIELDS``); the others stay at their defaults (single-stream: none)."""
+    parameters it uses (``Scenario.fields``); the others stay at their defaults (the default scenario: none)."""
     points = []
     for name in settings["name"]:
-        used = [f for f in SCENARIO_FIELDS[name] if settings[_SETTING[f]] is not None]
-        values = [v if isinstance(v := settings[_SETTING[f]], list) else [v] for f in used]
+        used = [f for f in scenarios.get(name).fields if settings[scenarios.PARAMS[f].setting] is not None]
+        values = [v if isinstance(v := settings[scenarios.PARAMS[f].setting], list) else [v] for f in used]
         points += [{"scenario": name, **dict(zip(used, combo))} for combo in itertools.product(*values)]
     return points
 
@@ -74,10 +69,10 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     trials, candidates = [], []
     m = plan.matrix
     points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
-    scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
+    entry_scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
     for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
-        for io, scenario in itertools.product(entry.io or m.io, scenarios[e]):
+        for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
             trial = Trial(
                 plan=plan.name,
                 model=model,

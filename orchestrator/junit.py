@@ -20,7 +20,8 @@ from typing import Any
 
 from orchestrator.budgets import missed
 from orchestrator.errors import OutputError
-from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
+from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.scenarios import tag as scenario_tag
 
 
 def case_name(row: dict[str, Any]) -> tuple[str, str]:

@@ -74,6 +74,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     TypeAdapter,
@@ -85,9 +86,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
-from workers import zoo
+from workers import scenarios, zoo
 from workers.config import StrictModel, did_you_mean
-from workers.contract import ARRIVALS, SCENARIOS, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
+from workers.contract import ARRIVALS, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
 
 EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
 
@@ -98,7 +99,20 @@ def exclude_value(trial: Trial, key: str) -> Any:
 
 
 Strict = StrictModel
-ScenarioName = Literal[SCENARIOS]  # type: ignore[valid-type]
+
+
+def _known_scenario(name: str) -> str:
+    """A scenario's name, checked against the registry when the plan is read (a scenario registered
+    at run time is known too)."""
+    known = scenarios.names()
+    if name not in known:
+        expected = " or ".join([", ".join(f"'{n}'" for n in known[:-1]), f"'{known[-1]}'"] if len(known) > 1
+                               else [f"'{known[0]}'"])
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return name
+
+
+ScenarioName = Annotated[str, AfterValidator(_known_scenario)]
 Arrival = Literal[ARRIVALS]  # type: ignore[valid-type]
 
 
@@ -802,8 +816,9 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     _check_hf_axes(plan, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
-    if plan_rates and "server" not in names:
-        raise PlanError(f"{source}: {plan_rates}: rates are for the server scenario, which no trial of this plan runs")
+    if plan_rates and not names & set(_rate_users()):
+        raise PlanError(f"{source}: {plan_rates}: rates are for the {' and '.join(_rate_users())} scenario, "
+                        "which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 
@@ -839,28 +854,21 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     if own is not None:
         merged.update({k: getattr(own, k) for k in own.model_fields_set if getattr(own, k) is not None})
     where = f"matrix.backends[{i}]" + (".scenario" if own is not None else " (with the plan's scenario)")
-    names = merged["name"] or ["single-stream"]
-    if "server" in names and not merged["rates"]:
-        raise PlanError(f"{source}: {where}: the server scenario needs rates (requests/s), e.g. "
-                        "scenario: {name: server, rates: [100, 200]} or matrix.rates")
-    if "find-peak" in names and not merged["latency_bound_ms"]:
-        raise PlanError(f"{source}: {where}: find-peak needs latency_bound_ms: the p99 bound the peak rate "
-                        "must meet, e.g. scenario: {name: find-peak, latency_bound_ms: 5}")
-    if own is not None and own.rates and "server" not in names:
-        raise PlanError(f"{source}: {where}: rates are for the server scenario; this entry's scenarios are "
-                        f"{', '.join(names)}")
-    if "server" in names:
-        n = merged["min_requests"] or Trial.min_requests
-        slowest = min(merged["rates"])
-        if n / slowest > plan.measure.max_time_s:
-            raise PlanError(f"{source}: {where}: at {slowest:g} requests/s, min_requests {n} take "
-                            f"{n / slowest:g} s, more than measure.max_time_s ({plan.measure.max_time_s:g} s); "
-                            "raise max_time_s or lower min_requests")
-    minimum = merged["min_duration_s"] or Trial.min_duration_s
-    if set(names) - {"single-stream"} and minimum > plan.measure.max_time_s:
-        raise PlanError(f"{source}: {where}: min_duration_s {minimum:g} is longer than measure.max_time_s "
-                        f"({plan.measure.max_time_s:g} s)")
-    return {**merged, "name": names}
+    names = merged["name"] or [scenarios.DEFAULT]
+    settings = {**merged, "name": names}
+    if own is not None and own.rates and not set(names) & set(_rate_users()):
+        raise PlanError(f"{source}: {where}: rates are for the {' and '.join(_rate_users())} scenario; "
+                        f"this entry's scenarios are {', '.join(names)}")
+    for name in sorted(set(names), key=scenarios.names().index):  # each scenario checks its own settings
+        problem = scenarios.get(name).check(settings, plan.measure.max_time_s)  # type: ignore[arg-type]
+        if problem:
+            raise PlanError(f"{source}: {where}: {problem}")
+    return settings
+
+
+def _rate_users() -> list[str]:
+    """The scenarios that use the ``rates`` setting (a trial's ``rate``)."""
+    return [n for n in scenarios.names() if "rate" in scenarios.get(n).fields]
 
 
 def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:

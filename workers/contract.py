@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
+from workers import scenarios
 from workers.config import StrictModel
 
 
@@ -214,8 +215,8 @@ class Trial:
     #: the values of the model's named axes in this trial (``{"seq": 128}``); empty for models without
     axes: dict[str, int] = field(default_factory=dict)
     #: the load scenario and its parameters (``workers.scenarios``; docs/measuring.md#load-scenarios).
-    #: At their defaults (single-stream) they stay out of the id, so existing trials keep theirs.
-    scenario: str = "single-stream"
+    #: At their defaults (the default scenario) they stay out of the id, so existing trials keep theirs.
+    scenario: str = scenarios.DEFAULT
     concurrency: int = 1  # requests in flight at most (offline, server, find-peak)
     rate: float | None = None  # server: the target arrival rate, requests/s
     arrival: str = "poisson"  # server, find-peak: poisson | constant inter-arrival times
@@ -251,19 +252,10 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: Fields added to ``Trial`` since then, with their defaults. A field at its default stays out of the
 #: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
-ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": "single-stream", "concurrency": 1, "rate": None,
+ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
                                    "min_requests": 200}
-#: The load scenarios (``workers.scenarios``); single-stream is today's closed loop, the default.
-SCENARIOS = ("single-stream", "offline", "server", "find-peak")
 ARRIVALS = ("poisson", "constant")
-#: The trial fields each scenario uses; the others stay at their defaults in its trials.
-SCENARIO_FIELDS = {
-    "single-stream": (),
-    "offline": ("concurrency", "min_duration_s", "min_requests"),
-    "server": ("concurrency", "rate", "arrival", "latency_bound_ms", "min_duration_s", "min_requests"),
-    "find-peak": ("concurrency", "arrival", "latency_bound_ms", "min_duration_s", "min_requests"),
-}
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
 OPTIONS_ADDED: dict[str, Any] = {"dynamic_shapes": False}
@@ -346,29 +338,12 @@ def spec_columns(trial: Trial) -> dict[str, Any]:
 
 def scenario_columns(trial: Trial) -> dict[str, Any]:
     """The row's scenario columns: the scenario's name always, its parameters where it uses them."""
-    used = SCENARIO_FIELDS.get(trial.scenario, ())
+    used = scenarios.get(trial.scenario).fields
     return {"scenario": trial.scenario,
             "concurrency": trial.concurrency if "concurrency" in used else None,
             "target_rate": trial.rate if "rate" in used else None,
             "arrival": trial.arrival if "arrival" in used else None,
             "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None}
-
-
-def scenario_tag(row: dict[str, Any]) -> str:
-    """A row's (or a trial's ``spec_columns``') scenario in a few words, for case names and tables:
-    empty for single-stream (and rows of runs older than scenarios), else e.g. ``offline c=4``,
-    ``server c=1 200/s`` (``constant`` added when not Poisson), ``find-peak c=1 p99<=5ms``."""
-    name = row.get("scenario") or "single-stream"
-    if name == "single-stream":
-        return ""
-    parts = [name, f"c={row.get('concurrency') or 1}"]
-    if row.get("target_rate") is not None:
-        parts.append(f"{row['target_rate']:g}/s")
-    if row.get("arrival") not in (None, "poisson"):
-        parts.append(str(row["arrival"]))
-    if row.get("latency_bound_ms") is not None:
-        parts.append(f"p99<={row['latency_bound_ms']:g}ms")
-    return " ".join(parts)
 
 
 def fed_inputs(trial: Trial) -> list[dict[str, Any]]:

@@ -35,11 +35,12 @@ MAX_REPEAT_SPREAD = 0.01
 MIN_SAMPLES = 6
 
 
-def _single_stream(row: dict[str, Any], trial: Trial | None) -> bool:
-    """Whether the row is single-stream latency (one query at a time): the spread rules are about that.
+def _spread_rules(row: dict[str, Any], trial: Trial | None) -> bool:
+    """Whether the spread rules judge the row: its scenario's ``spread_rules`` (one query at a time).
     A load scenario's latencies include queueing, whose spread is its own business (``scenario_reasons``)."""
-    scenario = row.get("scenario") or getattr(trial, "scenario", None) or "single-stream"
-    return scenario == "single-stream"
+    from workers import scenarios
+
+    return scenarios.of(row if row.get("scenario") or trial is None else trial).spread_rules
 
 
 def _pct(x: float) -> str:
@@ -118,7 +119,7 @@ def measurement_reasons(row: dict[str, Any], trial: Trial | None = None) -> list
     """Why the timing itself can't be trusted: another process on the GPU (any scenario); and for
     single-stream latency rows: not converged, noisy, repeats that disagree, too few samples."""
     reasons = [_contended(row)]
-    if _single_stream(row, trial):
+    if _spread_rules(row, trial):
         reasons += [_not_converged(row, trial), _too_few(row), _noisy(row),
                     repeats_disagree(list(row.get("repeat_medians_ms") or []), row.get("repeat_rel_ci"))]
     return [r for r in reasons if r]
@@ -128,48 +129,15 @@ def queueing(row: dict[str, Any]) -> bool:
     """True for rows of a load scenario with requests in flight (offline, server, find-peak): their
     latency spread is queueing by nature, not noise, so spread-based rules (noisy, CI of the median
     not met, between-repeat CV) must not judge them. Rows of runs older than scenarios: single-stream."""
-    return not _single_stream(row, None)
-
-
-#: A server run kept its schedule when its achieved rate is within this of the schedule's own rate.
-RATE_TOL = 0.01
+    return not _spread_rules(row, None)
 
 
 def scenario_reasons(row: dict[str, Any], trial: Trial) -> list[str]:
-    """Why the load scenario's own conditions were not met (single-stream has none).
+    """Why the load scenario's own conditions were not met (``Scenario.reasons``; the default
+    scenario has none). Queueing spread is never a reason here."""
+    from workers import scenarios
 
-    - offline, server: the run met min_requests and min_duration_s (it did not stop at max_time_s
-      first); server: every scheduled request was served, at an achieved rate within 1% of the
-      generated schedule's own rate (not the nominal target: a finite Poisson schedule is rarely
-      on it), and p99 within latency_bound_ms where one is given;
-    - find-peak: some rate met the bound (``peak_rate`` set).
-    Queueing spread is never a reason here."""
-    scenario = row.get("scenario") or "single-stream"
-    if scenario == "single-stream":
-        return []
-    reasons: list[str] = []
-    if scenario == "find-peak":
-        if row.get("peak_rate") is None:
-            tried = row.get("probe_rates") or []
-            reasons.append(f"no peak: none of the {len(tried)} rate(s) tried met p99 <= {trial.latency_bound_ms:g} ms"
-                           if tried else "no peak: no server run fitted in measure.max_time_s")
-        return reasons
-    n, window = row.get("requests") or 0, row.get("measured_s") or 0.0
-    if n < trial.min_requests:
-        reasons.append(f"too few requests: {n} < min_requests {trial.min_requests}")
-    if window < trial.min_duration_s:
-        reasons.append(f"too short: {window:.3g} s < min_duration_s {trial.min_duration_s:g} s")
-    if scenario == "server":
-        own, got = row.get("schedule_rate"), row.get("achieved_rate")
-        if own is None:
-            reasons.append(f"schedule not kept: {n} request(s) served before max_time_s, not the whole schedule")
-        elif got is None or abs(got / own - 1) > RATE_TOL:
-            reasons.append(f"schedule not kept: achieved {got or 0:.4g}/s vs the schedule's {own:.4g}/s "
-                           f"(more than {RATE_TOL:.0%} apart)")
-        bound, p99 = trial.latency_bound_ms, row.get("latency_ms_p99")
-        if bound is not None and p99 is not None and p99 > bound:
-            reasons.append(f"over the bound: p99 {p99:.3g} ms > latency_bound_ms {bound:g}")
-    return reasons
+    return scenarios.of(row).reasons(row, trial)
 
 
 def verdict(row: dict[str, Any], trial: Trial) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Load scenarios: several requests in flight, driven through a runner's lanes from host threads.
 
-single-stream (one request, wait for it, the next) is ``workers.timing``; this module is the rest.
+One request at a time is ``workers.scenarios._repeats`` (``workers.timing``); this module is the rest.
 A runner gives ``concurrency`` lanes (``Runner.lanes``); each lane lives on one host thread for the
 whole trial (``LaneThreads``: ORT keeps its CUDA graph per thread) and serves one request at a time
 to completion (its own stream synchronized). Policy, in the order it runs::
@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from workers import envinfo, memory, stats
+from workers import memory, scenarios, stats
 from workers.backends.base import Lane
-from workers.context import TrialContext
 from workers.contract import Trial
-from workers.validity import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
+from workers.scenarios._session import Harness, Measured
+from workers.scenarios.server import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
 
 #: Waiting for an arrival sleeps until this close, then yields in a loop (sleep wakes late by ~0.1 ms).
 SPIN_S = 0.001
@@ -347,53 +347,42 @@ def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
     return out
 
 
-def measure(runner_cls: Any, ctx: TrialContext, on_gpu: bool) -> tuple[dict[str, Any], list[Any]]:
-    """Set the runner and its lanes up, run the trial's scenario, and return the row's columns and
-    every lane's output (each is parity-checked)."""
-    trial = ctx.trial
+def offline_run(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+    """An offline run's row columns."""
+    run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
+    cols = run_columns(run, trial.batch_size, trial.seed)
+    cols["achieved_rate"] = len(run.end) / run.window_s
+    cols["throughput"] = cols["achieved_rate"] * trial.batch_size
+    return cols
+
+
+def server_run(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+    """A server run's row columns, at the trial's rate."""
+    return _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)[0]
+
+
+def measure(h: Harness, run: Callable[[LaneThreads, Trial], dict[str, Any]]) -> Measured:
+    """Set the runner and its lanes up, warm them, ``run`` the scenario on them, and return the
+    row's columns and every lane's output (each is parity-checked)."""
+    trial, ctx = h.trial, h.ctx
     host_mem = memory.HostPeak()
-    runner = runner_cls(ctx, runner_cls.Options.model_validate(trial.options))
-    gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
-    mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
-    threads = None
-    lanes: list[Lane] = []
-    t_setup = time.perf_counter()
     try:
-        runner.setup()
-        lanes = runner.lanes(trial.concurrency)
-        setup_s = time.perf_counter() - t_setup
-        threads = LaneThreads(lanes)
-        t_warm = time.perf_counter()
-        warm = warm_up(threads, trial.measure.warmup_iters)
-        warmup_s = time.perf_counter() - t_warm
-        watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
-        if trial.scenario == "offline":
-            run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
-            cols = run_columns(run, trial.batch_size, trial.seed)
-            cols["achieved_rate"] = len(run.end) / run.window_s
-            cols["throughput"] = cols["achieved_rate"] * trial.batch_size
-        elif trial.scenario == "server":
-            cols, _ = _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)
-        elif trial.scenario == "find-peak":
-            cols = find_peak(threads, trial)
-        else:
-            raise ValueError(f"unknown scenario {trial.scenario!r}")
-        gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
-        outputs = [lane.output() for lane in lanes]
-        extra = runner.extra_columns()
-        mem_cols = mem.columns()
-        peak = mem_cols.pop("peak")
+        with h.session() as s:
+            threads = s.open_lanes(trial.concurrency)
+            t_warm = time.perf_counter()
+            warm = warm_up(threads, trial.measure.warmup_iters)
+            warmup_s = time.perf_counter() - t_warm
+            s.watch()
+            cols = run(threads, trial)
+            gpu = s.gpu_columns()
+            outputs = [lane.output() for lane in threads.lanes]
+            after = s.after()
     finally:
-        if threads is not None:
-            threads.close()
-        del threads, lanes  # their graphs and buffers go with the runner's
-        runner.teardown()
         host_peak = host_mem.finish()
-    del runner
-    mem.release()
-    out = {"warmup_iters": warm, "setup_s": setup_s, "warmup_s": warmup_s, "repeats": 1,
-           "gpu_mem_peak_bytes": peak, **mem_cols, **host_peak, **gpu, **ctx.facts, **extra, **cols,
-           "energy_note": f"energy is measured for single-stream trials only (this one: {trial.scenario})"}
+    only = f"{scenarios.DEFAULT} trials only (this one: {trial.scenario})"
+    out = {"warmup_iters": warm, "setup_s": s.setup_s, "warmup_s": warmup_s, "repeats": 1,
+           "gpu_mem_peak_bytes": after.peak, **after.memory, **host_peak, **gpu, **ctx.facts, **after.extra, **cols,
+           "energy_note": f"energy is measured for {only}"}
     if trial.profile:
-        out["profile_error"] = f"profiles are recorded for single-stream trials only (this one: {trial.scenario})"
-    return out, outputs
+        out["profile_error"] = f"profiles are recorded for {only}"
+    return Measured(columns=out, outputs=outputs)
