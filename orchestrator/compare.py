@@ -33,9 +33,11 @@ code 1). A row that is ``ok`` but not ``valid`` on either side (it did not conve
 shared its GPU, ...: ``workers/validity.py``) gets the verdict ``invalid``, never ``regressed``
 or ``improved``: its number is not one to act on.
 
-Each load scenario is judged on its own figure (``metric``), always as a ratio where > 1 is worse:
+Each load scenario is judged on its own figures (``Scenario.figures``; the first is the item's
+``metric``), each as a ratio where > 1 is worse (``Scenario.judge``), the verdict the worst of
+theirs; the table of which scenario is judged on what is in docs/reports.md:
 
-- single-stream: median latency, candidate / base (as above);
+- one request at a time: median latency, candidate / base (as above);
 - offline: throughput, base / candidate; the interval is the bootstrap one of the mean service
   times' ratio, centred on the throughput ratio;
 - server: p99 latency at the rate, candidate / base; percentile bootstrap of the p99s;
@@ -178,24 +180,17 @@ def compare(
         elif b["status"] != Status.OK:
             item["verdict"] = "not ok"
         else:
-            ratio, lo, hi = _judge(b, c, confidence, n_boot, seed)
-            if ratio is not None and scenarios.of(ref).widen_by_noise:
-                noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
-                lo, hi = widen(lo, hi, noise, confidence)  # find-peak: its brackets are its interval
-                item["noise"] = noise
-            item.update(ratio=ratio, ci_low=lo, ci_high=hi)
+            judged = [_judged(f, b, c, threshold, confidence, n_boot, seed, noise_floor)
+                      for f in scenarios.of(ref).figures]
+            item.update(judged[0])  # the first figure's numbers; the verdict is the worst figure's
             invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
                        for r in row.get("invalid_reasons") or ["invalid"]]
             if invalid:
                 item.update(verdict="invalid", invalid_reasons=invalid)
-            elif ratio is None:
-                item["verdict"] = "unchanged"
-            elif ratio > 1 + threshold and lo > 1:
-                item["verdict"] = "regressed"
-            elif ratio < 1 - threshold and hi < 1:
-                item["verdict"] = "improved"
             else:
-                item["verdict"] = "unchanged"
+                item["verdict"] = min((j["verdict"] for j in judged), key=_WORST.index)
+            if len(judged) > 1:
+                item["figures"] = judged
         out.append(item)
     order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4}
     out.sort(key=lambda r: (order.get(r["verdict"], 5), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
@@ -209,16 +204,34 @@ def _value(row: dict[str, Any]) -> float | None:
     return scenarios.of(row).figures[0].value(row)
 
 
-def _judge(b: dict[str, Any], c: dict[str, Any], confidence: float, n_boot: int,
-           seed: int) -> tuple[float | None, float | None, float | None]:
-    """(ratio, interval low, interval high) of two ok rows of one trial on its scenario's first figure,
-    > 1 worse (see the module's doc)."""
+#: A trial judged on several figures takes the worst of their verdicts.
+_WORST = ("regressed", "improved", "unchanged")
+
+
+def _judged(figure: scenarios.Figure, b: dict[str, Any], c: dict[str, Any], threshold: float, confidence: float,
+            n_boot: int, seed: int, noise_floor: float | None) -> dict[str, Any]:
+    """Two ok rows of one trial on one of its scenario's figures: ratio (> 1 worse), interval (widened
+    by the between-run noise where the scenario's interval is not its own bracket) and verdict."""
     scenario = scenarios.of(b)
 
     def interval(sb: np.ndarray, sc: np.ndarray, statistic: Any) -> tuple[float, float]:
         return bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=statistic)
 
-    return scenario.judge(scenario.figures[0], b, c, interval)
+    ratio, lo, hi = scenario.judge(figure, b, c, interval)
+    out: dict[str, Any] = {"metric": figure.label}
+    if ratio is not None and scenario.widen_by_noise:
+        noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
+        lo, hi = widen(lo, hi, noise, confidence)
+        out["noise"] = noise
+    if ratio is None:
+        verdict = "unchanged"
+    elif ratio > 1 + threshold and lo > 1:
+        verdict = "regressed"
+    elif ratio < 1 - threshold and hi < 1:
+        verdict = "improved"
+    else:
+        verdict = "unchanged"
+    return {**out, "ratio": ratio, "ci_low": lo, "ci_high": hi, "verdict": verdict}
 
 
 def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -225,12 +225,17 @@ def serving_answers(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _peak_names() -> str:
+    """The scenarios whose rows go to the peak table."""
+    return " / ".join(n for n in scenarios.names() if scenarios.get(n).report == "peak")
+
+
 def peak_table(rows: list[dict[str, Any]]) -> Table | None:
     """The find-peak table for the terminal, or None when the run has no find-peak rows."""
     cells = peak_rows(rows)
     if not cells:
         return None
-    t = Table(title="Peak rate within the p99 bound (find-peak)", title_justify="left")
+    t = Table(title=f"Peak rate within the p99 bound ({_peak_names()})", title_justify="left")
     for col in PEAK_COLUMNS:
         t.add_column(col, justify="right" if col not in ("model", "dtype", "io", "label", "valid") else "left")
     for c in cells:
@@ -501,7 +506,7 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_pa
         head = "".join(f"<th>{html.escape(c)}</th>" for c in PEAK_COLUMNS)
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in peaks)
         answers = "".join(f"<li>{html.escape(a)}</li>" for a in serving_answers(rows))
-        parts.append("<h2>Peak rate within the p99 bound</h2><p>find-peak: the highest arrival rate (Poisson "
+        parts.append(f"<h2>Peak rate within the p99 bound</h2><p>{_peak_names()}: the highest arrival rate (Poisson "
                      "unless constant) whose p99 request latency stayed within the bound, found by bisection "
                      "between server runs; the bracket is the highest rate that passed and the lowest that failed."
                      f"</p><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
