@@ -18,6 +18,7 @@ from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
 from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.row import Row
 from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
 from workers.scenarios import label as scenario_label
 from workers.scenarios import tag as scenario_tag
@@ -54,7 +55,7 @@ def trial_table(trials: list[Trial], title: str) -> Table:
     return t
 
 
-def _status(row: dict[str, Any]) -> str:
+def _status(row: Row) -> str:
     """The status as the tables show it: an ok row that is not valid (workers/validity.py) says so."""
     s = row["status"]
     if s == Status.OK and row.get("valid") is False:
@@ -63,12 +64,12 @@ def _status(row: dict[str, Any]) -> str:
     return f"[{color}]{s}[/]"
 
 
-def _note(row: dict[str, Any]) -> str:
+def _note(row: Row) -> str:
     """The error of a row that failed, or why an ok row is not valid (not converged, noisy, contended...)."""
     return escape((row.get("error") or "; ".join(row.get("invalid_reasons") or []))[:100])
 
 
-def summary_table(rows: list[dict[str, Any]]) -> Table:
+def summary_table(rows: list[Row]) -> Table:
     """One line per trial; an ``axes`` column when some model has named axes (seq=128)."""
     from orchestrator.report import axes_text
 
@@ -99,13 +100,13 @@ TABLE_MODES = ("auto", "full", "summary")
 REPORT_ROWS = 500
 
 
-def _config(r: dict[str, Any]) -> str:
+def _config(r: Row) -> str:
     from orchestrator.report import axes_text
 
     return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}", scenario_tag(r)]))
 
 
-def grouped_table(rows: list[dict[str, Any]]) -> Table:
+def grouped_table(rows: list[Row]) -> Table:
     """One line per label x model: its trials by status, and its fastest and slowest ok ones.
 
     "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed); "invalid"
@@ -115,7 +116,7 @@ def grouped_table(rows: list[dict[str, Any]]) -> Table:
                       ("invalid", "right"), ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
                       ("slowest median ms", "right"), ("best samples/s", "right")):
         t.add_column(col, justify=just)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r["label"], r["model"]), []).append(r)
     for (label, model), rs in sorted(groups.items()):
@@ -142,7 +143,7 @@ def _table_fits(n_rows: int) -> bool:
     return n_rows + 8 <= console.size.height  # title, header, rules and the lines printed after it
 
 
-def print_results(rows: list[dict[str, Any]], mode: str, out: Path) -> None:
+def print_results(rows: list[Row], mode: str, out: Path) -> None:
     """The results of a run: every row (``full``), or a summary that stays readable at any size:
     one line per label x model, then the rows that are not ok (failures first), up to a limit."""
     if mode == "full" or (mode == "auto" and _table_fits(len(rows))):
@@ -219,7 +220,7 @@ def run(
             progress.start()
             task.append(progress.add_task("trials", total=n))
 
-        def on_row(row: dict[str, Any]) -> None:
+        def on_row(row: Row) -> None:
             progress.advance(task[0])
             if not succeeded(row["status"]):
                 progress.console.print(f"[red]{row['status']}[/] {row['label']} {row['model']} bs={row['batch_size']} "

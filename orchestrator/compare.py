@@ -57,6 +57,7 @@ import pyarrow as pa
 
 from workers import scenarios
 from workers.contract import Status
+from workers.row import Row
 from workers.scenarios import tag as scenario_tag
 
 DEFAULT_THRESHOLD = 0.03
@@ -79,13 +80,13 @@ REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
 
 
-def _config(row: dict[str, Any]) -> tuple[Any, ...]:
+def _config(row: Row) -> tuple[Any, ...]:
     values = [row.get(k) for k in CONFIG_KEYS]
     values[CONFIG_KEYS.index("scenario")] = scenarios.of(row).name  # runs older than scenarios: the default
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
-def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
+def match(base: list[Row], cand: list[Row]) -> list[tuple[dict | None, dict | None]]:
     """Pairs (base row, candidate row); None on the side a trial is missing from."""
     by_id = {r["trial_id"]: r for r in cand}
     pairs: list[tuple[dict | None, dict | None]] = []
@@ -123,7 +124,7 @@ def bootstrap_ratio_ci(
     return float(lo), float(hi)
 
 
-def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
+def between_run_noise(row: Row, floor: float | None = None) -> float:
     """The relative SD a run's median of this trial is taken to have from run to run: the trial's own
     ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger."""
     if floor is None:
@@ -133,7 +134,7 @@ def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
     return max(floor, row.get("repeat_cv") or 0.0)
 
 
-def host_bound(row: dict[str, Any]) -> bool:
+def host_bound(row: Row) -> bool:
     """A GPU row whose GPU sat idle much of its timing (``HOST_BOUND_UTIL_PCT``): launch-bound."""
     util = row.get("gpu_util_pct")
     return row.get("device") == "cuda" and util is not None and util < HOST_BOUND_UTIL_PCT
@@ -199,7 +200,7 @@ def compare(
     return out
 
 
-def _value(row: dict[str, Any]) -> float | None:
+def _value(row: Row) -> float | None:
     """The figure a row is judged on foremost (its scenario's first)."""
     return scenarios.of(row).figures[0].value(row)
 
@@ -208,7 +209,7 @@ def _value(row: dict[str, Any]) -> float | None:
 _WORST = ("regressed", "improved", "unchanged")
 
 
-def _judged(figure: scenarios.Figure, b: dict[str, Any], c: dict[str, Any], threshold: float, confidence: float,
+def _judged(figure: scenarios.Figure, b: Row, c: Row, threshold: float, confidence: float,
             n_boot: int, seed: int, noise_floor: float | None) -> dict[str, Any]:
     """Two ok rows of one trial on one of its scenario's figures: ratio (> 1 worse), interval (widened
     by the between-run noise where the scenario's interval is not its own bracket) and verdict."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.dispatch import Dispatcher, Outcome
 from workers.contract import Status, Trial, failure_row
+from workers.row import Row
 
 #: The longest single wait, so that ``should_stop`` is polled.
 POLL_S = 1.0
@@ -46,10 +47,10 @@ class Report:
 def schedule(
     workers: list[tuple[Any, str]],
     trials: list[Trial],
-    on_row: Callable[[dict[str, Any]], None],
+    on_row: Callable[[Row], None],
     should_stop: Callable[[], bool] = lambda: False,
     respawn: Callable[[str], Any] | None = None,
-    facts: dict[str, dict[str, Any]] | None = None,
+    facts: dict[str, Row] | None = None,
 ) -> Report:
     """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready.
 
@@ -153,7 +154,7 @@ class _RayPool:
         self._owner.clear()
 
 
-def _row(outcome: Outcome, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _row(outcome: Outcome, facts: dict[str, Row]) -> Row:
     """The row of a trial that ended: the worker's own, or one from the trial (the one place failure
     rows are built), with what only the driver knows."""
     row = outcome.row

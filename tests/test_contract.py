@@ -145,3 +145,14 @@ def test_measure_settings_reject_misspelled_keys_and_impossible_bounds():
         MeasureSpec(iter=5)
     with pytest.raises(ValidationError, match="iters .* is larger than max_iters"):
         MeasureSpec(iters=10, max_iters=5)
+
+
+def test_the_row_type_is_generated_from_the_schema_and_current():
+    """``workers.row.Row`` names every column of the schema: regenerate it when a column changes."""
+    from pathlib import Path
+
+    from workers import row, schema
+
+    current = (Path(row.__file__)).read_text()
+    assert current == schema.row_module(), "workers/row.py is stale: python -m workers.schema row > workers/row.py"
+    assert set(row.Row.__annotations__) == schema.NAMES

@@ -33,6 +33,7 @@ from pydantic import Field, model_serializer, model_validator
 
 from workers import scenarios
 from workers.config import StrictModel
+from workers.row import InputsItem, Row
 
 
 class Status(str, enum.Enum):
@@ -315,8 +316,9 @@ def profile_path(trial: Trial) -> str:
     return f"profiles/{trial.trial_id}.{trial.backend}.json"
 
 
-def spec_columns(trial: Trial) -> dict[str, Any]:
-    """The row columns that come from the trial alone (every row has them, failed ones too)."""
+def spec_columns(trial: Trial) -> Row:
+    """The row columns that come from the trial alone: what the driver knows (every row has them,
+    failed ones too)."""
     m = trial.model
     return {
         "trial_id": trial.trial_id,
@@ -336,7 +338,7 @@ def spec_columns(trial: Trial) -> dict[str, Any]:
     }
 
 
-def scenario_columns(trial: Trial) -> dict[str, Any]:
+def scenario_columns(trial: Trial) -> Row:
     """The row's scenario columns: the scenario's name always, its parameters where it uses them."""
     used = scenarios.get(trial.scenario).fields
     return {"scenario": trial.scenario,
@@ -346,7 +348,7 @@ def scenario_columns(trial: Trial) -> dict[str, Any]:
             "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None}
 
 
-def fed_inputs(trial: Trial) -> list[dict[str, Any]]:
+def fed_inputs(trial: Trial) -> list[InputsItem]:
     """Every input the trial feeds: name, dtype and full shape (the batch axis included)."""
     m = trial.model
     if not m.inputs:
@@ -367,18 +369,18 @@ def _input_shape_column(trial: Trial) -> list[int] | None:
     return [n for d, n in zip(i.shape, i.resolved_shape(trial.batch_size, trial.axes)) if d != BATCH_AXIS]
 
 
-def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> dict[str, Any]:
+def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> Row:
     """The row of a trial that ended without a measurement (its worker died, it timed out, ...)."""
     return checked_row({**spec_columns(trial), **columns, "status": str(status), "error": error})
 
 
-def unknown_columns(row: dict[str, Any]) -> list[str]:
+def unknown_columns(row: Row) -> list[str]:
     from workers.schema import NAMES  # pyarrow: only where rows are made, not where plans are checked
 
     return sorted(set(row) - NAMES)
 
 
-def checked_row(row: dict[str, Any]) -> dict[str, Any]:
+def checked_row(row: Row) -> Row:
     """``row`` if every key is a schema column; else the row without the strangers, ``failed``,
     its error naming them (a runner that reports a column the schema lacks fails its own trial)."""
     bad = unknown_columns(row)

@@ -9,7 +9,6 @@ import functools
 import sys
 import time
 import traceback
-from typing import Any
 
 from workers import envinfo, memory, parity, scenarios, stale, validity
 from workers.backends import Runner, SkipTrial, get
@@ -18,13 +17,14 @@ from workers.contract import FILES_KEY, Status, Trial, checked_row, spec_columns
 from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
-from workers.scenarios._session import Columns, Harness, Measured
+from workers.row import Row
+from workers.scenarios._session import Harness, Measured
 from workers.timing import settle_launch_state
 
 TRACEBACK_TAIL = 4000
 
 
-def versions() -> dict[str, Any]:
+def versions() -> Row:
     """The version columns of a row, without importing torch or ORT into a process that hasn't.
 
     A light worker (model-less trials only) reads the versions from the packages' metadata;
@@ -36,7 +36,7 @@ def versions() -> dict[str, Any]:
 
 
 @functools.cache
-def _light_versions() -> dict[str, Any]:
+def _light_versions() -> Row:
     import platform
 
     build = envinfo.torch_build()  # torch/version.py read as text: no import
@@ -47,17 +47,17 @@ def _light_versions() -> dict[str, Any]:
             "cudnn_version": None, "driver_version": None, "cpu_model": envinfo.cpu_model()}
 
 
-def run_trial(
-    trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True
-) -> dict[str, Any]:
-    """Measure ``trial`` on ``device`` ("cuda"/"cpu") and return its row.
+def run_trial(trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True,
+              spec: Row | None = None, worker: Row | None = None) -> Row:
+    """Measure ``trial`` on ``device`` ("cuda"/"cpu") and return its row: ``spec`` (the driver's
+    trial's columns; default: ``trial``'s), ``worker``'s columns, and what was measured.
 
     ``cuda_ok`` is False in a worker that Ray gave a GPU which CUDA can't see (logical GPUs in
     tests): model-less backends still run there; the others fail with that reason.
     """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    row = spec_columns(trial)
+    row: Row = {**(spec or spec_columns(trial)), **(worker or {})}
     row.update(device=device, started_at=started, **versions(),
                **envinfo.device_facts(device if cuda_ok else "cpu"))
     try:
@@ -83,7 +83,7 @@ def run_trial(
     return row
 
 
-def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> Columns:
+def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> Row:
     runner_cls = get(trial.backend)
     reason = runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
     if reason:
@@ -104,7 +104,7 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
 
 
 def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner_cls: type[Runner],
-             measured: Measured) -> Columns:
+             measured: Measured) -> Row:
     """The measured columns with the parity columns of its outputs (every repeat's, or every lane's)
     and the stale-output check of its probe (None where not probed); raises ParityFailure, keeping
     what ran, when one is wrong."""
@@ -123,7 +123,7 @@ def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner
     return out
 
 
-#: Columns a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
+#: Row a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
                                      "gpu_mem_peak_bytes", "contended", "contention_checks",
                                      *memory.COLUMNS})

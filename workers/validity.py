@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workers.row import Row
 
 if TYPE_CHECKING:  # pragma: no cover
     from workers.contract import Trial
@@ -35,7 +37,7 @@ MAX_REPEAT_SPREAD = 0.01
 MIN_SAMPLES = 6
 
 
-def _spread_rules(row: dict[str, Any], trial: Trial | None) -> bool:
+def _spread_rules(row: Row, trial: Trial | None) -> bool:
     """Whether the spread rules judge the row: its scenario's ``spread_rules`` (one query at a time).
     A load scenario's latencies include queueing, whose spread is its own business (``scenario_reasons``)."""
     from workers import scenarios
@@ -47,7 +49,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
+def _not_converged(row: Row, trial: Trial | None) -> str | None:
     if row.get("converged") is not False:
         return None
     from workers.stats import relative_ci  # numpy: only where rows are judged
@@ -65,7 +67,7 @@ def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
     return f"not converged: {got}{want} when {bound} stopped it ({row.get('iters')} iterations)"
 
 
-def _contended(row: dict[str, Any]) -> str | None:
+def _contended(row: Row) -> str | None:
     if not row.get("contended"):
         return None
     pids = row.get("gpu_other_pids") or []
@@ -73,7 +75,7 @@ def _contended(row: dict[str, Any]) -> str | None:
     return f"contended: {who} also on the GPU during timing"
 
 
-def _noisy(row: dict[str, Any]) -> str | None:
+def _noisy(row: Row) -> str | None:
     iqr, med = row.get("latency_ms_iqr"), row.get("latency_ms_median")
     if iqr is None or not med or med <= 0:
         return None
@@ -81,7 +83,7 @@ def _noisy(row: dict[str, Any]) -> str | None:
     return f"noisy: IQR/median {_pct(rel)} > {_pct(MAX_REL_IQR)}" if rel > MAX_REL_IQR else None
 
 
-def _too_few(row: dict[str, Any]) -> str | None:
+def _too_few(row: Row) -> str | None:
     n = row.get("iters")
     if n is None or n >= MIN_SAMPLES:
         return None
@@ -115,7 +117,7 @@ def repeats_disagree(medians: list[float], rel_cis: list[float] | None) -> str |
             f"> {_pct(MAX_REPEAT_SPREAD)}{within}")
 
 
-def measurement_reasons(row: dict[str, Any], trial: Trial | None = None) -> list[str]:
+def measurement_reasons(row: Row, trial: Trial | None = None) -> list[str]:
     """Why the timing itself can't be trusted: another process on the GPU (any scenario); and for
     single-stream latency rows: not converged, noisy, repeats that disagree, too few samples."""
     reasons = [_contended(row)]
@@ -125,14 +127,14 @@ def measurement_reasons(row: dict[str, Any], trial: Trial | None = None) -> list
     return [r for r in reasons if r]
 
 
-def queueing(row: dict[str, Any]) -> bool:
+def queueing(row: Row) -> bool:
     """True for rows of a load scenario with requests in flight (offline, server, find-peak): their
     latency spread is queueing by nature, not noise, so spread-based rules (noisy, CI of the median
     not met, between-repeat CV) must not judge them. Rows of runs older than scenarios: single-stream."""
     return not _spread_rules(row, None)
 
 
-def scenario_reasons(row: dict[str, Any], trial: Trial) -> list[str]:
+def scenario_reasons(row: Row, trial: Trial) -> list[str]:
     """Why the load scenario's own conditions were not met (``Scenario.reasons``; the default
     scenario has none). Queueing spread is never a reason here."""
     from workers import scenarios
@@ -140,7 +142,7 @@ def scenario_reasons(row: dict[str, Any], trial: Trial) -> list[str]:
     return scenarios.of(row).reasons(row, trial)
 
 
-def verdict(row: dict[str, Any], trial: Trial) -> dict[str, Any]:
+def verdict(row: Row, trial: Trial) -> Row:
     """The row's ``valid`` and ``invalid_reasons`` columns."""
     if row.get("status") != "ok":
         return dict.fromkeys(COLUMNS)

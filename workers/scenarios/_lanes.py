@@ -51,6 +51,7 @@ import numpy as np
 from workers import memory, scenarios, stats
 from workers.backends.base import Lane
 from workers.contract import Trial
+from workers.row import Row
 from workers.scenarios._session import Harness, Measured
 from workers.scenarios.server import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
 
@@ -265,7 +266,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
                window_s=float(np.nanmax(end)) if served.any() else 0.0)
 
 
-def server_columns(run: Run) -> dict[str, Any]:
+def server_columns(run: Run) -> Row:
     """The row columns of a server run: rates, issue lag, per-request arrays."""
     a = run.arrival if run.arrival is not None else np.empty(0)
     full = schedule_rate(a) if run.scheduled == len(a) else None
@@ -287,13 +288,13 @@ def schedule_rate(arrivals: np.ndarray) -> float | None:
     return float((len(arrivals) - 1) / span) if span > 0 else None
 
 
-def kept_schedule(cols: dict[str, Any]) -> bool:
+def kept_schedule(cols: Row) -> bool:
     """The server kept up: every request served, at a rate within RATE_TOL of the schedule's own."""
     own, got = cols.get("schedule_rate"), cols.get("achieved_rate")
     return own is not None and got is not None and abs(got / own - 1) <= RATE_TOL
 
 
-def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
+def run_columns(run: Run, batch_size: int, seed: int) -> Row:
     """The columns every offline or server row has: latency statistics, requests, per-request arrays."""
     lat = stats.latency_stats(run.latency_ms.tolist(), batch_size, seed=seed)
     return {
@@ -305,7 +306,7 @@ def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[dict[str, Any], Run]:
+def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[Row, Run]:
     arrivals = schedule(rate, trial.arrival, trial.seed, trial.min_requests, trial.min_duration_s)
     run = server(threads, arrivals, max_s)
     if not len(run.end):
@@ -315,15 +316,15 @@ def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -
     return cols, run
 
 
-def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+def find_peak(threads: LaneThreads, trial: Trial) -> Row:
     """Bisection over server runs for the highest rate whose p99 is within the bound (see the module's doc)."""
     budget = trial.measure.max_time_s
     t_start = time.perf_counter()
     cap_run = offline(threads, 1, min(trial.min_duration_s, CAPACITY_SHARE * budget), budget)
     cap = len(cap_run.end) / cap_run.window_s
     lo, hi, fail = 0.0, cap, None
-    best: dict[str, Any] | None = None
-    lowest_fail: dict[str, Any] | None = None  # the row's figures when no rate passed
+    best: Row | None = None
+    lowest_fail: Row | None = None  # the row's figures when no rate passed
     rates, p99s, passed = [], [], []
     while (hi - lo) > PEAK_REL_TOL * hi:
         r = (lo + hi) / 2
@@ -347,7 +348,7 @@ def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
     return out
 
 
-def offline_run(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+def offline_run(threads: LaneThreads, trial: Trial) -> Row:
     """An offline run's row columns."""
     run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
     cols = run_columns(run, trial.batch_size, trial.seed)
@@ -356,12 +357,12 @@ def offline_run(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
     return cols
 
 
-def server_run(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+def server_run(threads: LaneThreads, trial: Trial) -> Row:
     """A server run's row columns, at the trial's rate."""
     return _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)[0]
 
 
-def measure(h: Harness, run: Callable[[LaneThreads, Trial], dict[str, Any]]) -> Measured:
+def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
     """Set the runner and its lanes up, warm them, ``run`` the scenario on them, and return the
     row's columns and every lane's output (each is parity-checked)."""
     trial, ctx = h.trial, h.ctx

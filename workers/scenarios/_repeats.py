@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from workers import affinity, energy, envinfo, memory, stale, stats
-from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Trial, profile_path
-from workers.scenarios._session import After, Columns, Harness, Measured
+from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Row, Trial, profile_path
+from workers.scenarios._session import After, Harness, Measured
 from workers.timing import CudaTimer, HostTimer, Samples, measure_copies
 from workers.timing import measure as timed_loop
 
@@ -24,14 +24,14 @@ class Repeat:
 
     samples: Samples
     setup_s: float
-    gpu: Columns
+    gpu: Row
     timing_cpu: int | None
     output: Any
     after: After
-    copies: Columns
-    profile: Columns = field(default_factory=dict)
-    energy: Columns = field(default_factory=dict)
-    stale: Columns | None = None
+    copies: Row
+    profile: Row = field(default_factory=dict)
+    energy: Row = field(default_factory=dict)
+    stale: Row | None = None
 
 
 def measure(h: Harness) -> Measured:
@@ -99,7 +99,7 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
         copies = {"copy_in_ms": None, "copy_out_ms": None, **(_copy_times(h, output) if on_gpu and first else {})}
         after = s.after()  # after the copies: their buffers count in the trial's memory, as they always have
         joules = _energy(h, meter, window, len(samples.device_ms), runner.step, timer.synchronize, last)
-        profiled: Columns = {}
+        profiled: Row = {}
         if profile is not None:
             profile.finish()
             profiled = _profile(runner, ctx.trial)
@@ -108,8 +108,8 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
                   copies=copies, profile=profiled, energy=joules, stale=second)
 
 
-def _energy(h: Harness, meter: Any, window: Any, iters: int, step: Any, sync: Any, last: bool) -> Columns:
-    joules: Columns = dict.fromkeys(energy.COLUMNS)
+def _energy(h: Harness, meter: Any, window: Any, iters: int, step: Any, sync: Any, last: bool) -> Row:
+    joules: Row = dict.fromkeys(energy.COLUMNS)
     if meter and window:  # more iterations, untimed, where the timed loop was too short for the counter
         try:
             joules = energy.columns(meter, window, iters, h.ctx.batch_size, step, sync)
@@ -120,11 +120,11 @@ def _energy(h: Harness, meter: Any, window: Any, iters: int, step: Any, sync: An
     return joules
 
 
-def _profile(runner: Any, trial: Trial) -> Columns:
+def _profile(runner: Any, trial: Trial) -> Row:
     """Profile PROFILE_ITERS more steps of a timed runner: the row's profile columns, and the trace
     under FILES_KEY for the driver to write. A profile that can't be made is the row's
     ``profile_error``, not the trial's failure: the measurement itself is unaffected."""
-    cols: Columns = {"profile_iters": None, "profile_file": None, "profile_bytes": None,
+    cols: Row = {"profile_iters": None, "profile_file": None, "profile_bytes": None,
                      "profile_s": None, "profile_error": None}
     if runner.profiler is None:
         return {**cols, "profile_error": f"backend {runner.name} has no profiler"}
@@ -141,7 +141,7 @@ def _profile(runner: Any, trial: Trial) -> Columns:
     return {**cols, "profile_file": path, FILES_KEY: {path: trace}}
 
 
-def _copy_times(h: Harness, output: Any) -> Columns:
+def _copy_times(h: Harness, output: Any) -> Row:
     """For ``io: host`` on runners that do the copies themselves (``Runner.times_copies``): the
     host->device copy of the input and device->host copy of the output, timed alone."""
     ctx, runner_cls = h.ctx, h.runner_cls

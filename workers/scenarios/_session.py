@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from workers import envinfo, memory
+from workers.row import Row
 
 if TYPE_CHECKING:
     from workers.backends.base import Runner
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from workers.contract import Trial
     from workers.scenarios._lanes import LaneThreads
 
-#: Row columns as a measurement gives them: column name -> value (``workers.schema`` names them).
-Columns = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -39,9 +38,9 @@ class Measured:
     """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
     or each lane's) and ``second``, the stale-output probe's result (``workers.stale.probe``; None: not probed)."""
 
-    columns: Columns
+    columns: Row
     outputs: list[Any]
-    second: Columns | None = None
+    second: Row | None = None
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,8 @@ class After:
     """What a session reads from a runner after timing, before teardown: the backend's own columns,
     the device memory columns and the peak (``gpu_mem_peak_bytes``)."""
 
-    extra: Columns
-    memory: Columns
+    extra: Row
+    memory: Row
     peak: int | None
 
 
@@ -109,7 +108,7 @@ class RunnerSession:
         self._watch = envinfo.GpuWatch(self.gpu_uuid) if self.harness.on_gpu else None
         return self._watch
 
-    def gpu_columns(self) -> Columns:
+    def gpu_columns(self) -> Row:
         return self._watch.finish() if self._watch else dict.fromkeys(envinfo.GPU_COLUMNS)
 
     def after(self) -> After:

@@ -13,9 +13,11 @@ imported by ``measure`` when a trial runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+
+from workers.row import Row
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from workers.contract import Trial
     from workers.scenarios.session import Measured, RunnerSession
 
-#: A row as the readers see it: column name -> value (a stored row, or a trial's spec columns).
-Row = Mapping[str, Any]
 #: (ratio candidate/base as "worse when > 1", interval low, interval high); Nones where not judged.
 Judged = tuple[float | None, float | None, float | None]
 #: ``interval(base samples, candidate samples, statistic)``: the bootstrap interval of the ratio
