@@ -232,7 +232,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-#: Load scenarios (workers/scenarios.py; docs/measuring.md#load-scenarios). Single-stream rows have
+#: Load scenarios (workers/scenarios/; docs/measuring.md#load-scenarios). Single-stream rows have
 #: ``scenario`` alone; times of the per-request lists are seconds from the start of the measured run.
 _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("scenario", _STR, "the load scenario: single-stream (one request at a time, the default), offline "
