@@ -53,7 +53,7 @@ def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str,
     return [dict(zip(names, values)) for values in itertools.product(*choices)]
 
 
-def scenario_points(settings: dict[str, Any]) -> list[dict[str, Any]]:
+def scenario_points(settings: scenarios.Settings) -> list[dict[str, Any]]:
     """The scenario fields of each trial of one backend entry: per scenario name, the product of the
     parameters it uses (``Scenario.fields``); the others stay at their defaults (the default scenario: none)."""
     points = []

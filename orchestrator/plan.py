@@ -838,7 +838,7 @@ def _check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
 MATRIX_SCENARIO_AXES = {"name": "scenarios", "concurrency": "concurrency", "rates": "rates"}
 
 
-def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, Any]:
+def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> scenarios.Settings:
     """The scenario settings of matrix.backends[i]: the plan's ``scenario``, the matrix's scenario
     axes, then the entry's own ``scenario`` (key by key); each value a list (an axis), or None.
     Raises PlanError where a scenario lacks what it needs or a setting is given twice."""
@@ -859,11 +859,13 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     if own is not None and own.rates and not set(names) & set(_rate_users()):
         raise PlanError(f"{source}: {where}: rates are for the {' and '.join(_rate_users())} scenario; "
                         f"this entry's scenarios are {', '.join(names)}")
+    minimums = {"min_requests": merged["min_requests"] or Trial.min_requests,
+                "min_duration_s": merged["min_duration_s"] or Trial.min_duration_s}
     for name in sorted(set(names), key=scenarios.names().index):  # each scenario checks its own settings
-        problem = scenarios.get(name).check(settings, plan.measure.max_time_s)  # type: ignore[arg-type]
+        problem = scenarios.get(name).check({**settings, **minimums}, plan.measure.max_time_s)  # type: ignore[arg-type]
         if problem:
             raise PlanError(f"{source}: {where}: {problem}")
-    return settings
+    return settings  # type: ignore[return-value]
 
 
 def _rate_users() -> list[str]:

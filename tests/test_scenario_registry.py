@@ -70,7 +70,7 @@ class Burst(Scenario):
 
     @classmethod
     def measure(cls, h):
-        from workers.scenarios._session import Measured
+        from workers.scenarios.base import Measured
 
         trial = h.trial
         with h.session() as s:

@@ -18,7 +18,8 @@ from workers.faults import oom_message
 from workers.models import ModelStore
 from workers.parity import ParityFailure
 from workers.row import Row
-from workers.scenarios._session import Harness, Measured
+from workers.scenarios._session import Harness
+from workers.scenarios.base import Measured
 from workers.timing import settle_launch_state
 
 TRACEBACK_TAIL = 4000

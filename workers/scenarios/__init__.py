@@ -6,7 +6,9 @@ lists the modules: every module here whose name does not start with ``_`` is imp
 ``Scenario`` subclass defined in it that sets ``name`` is a scenario. ``register`` adds one defined
 elsewhere (a test's, a plugin's) at run time.
 
-``_session`` (a runner's life cycle, typed results), ``_lanes`` (several requests in flight) and
+The registry is read on first use (``get``, ``names``, ...), not at import: ``workers.contract``
+imports this package, and the scenario modules may import the contract. ``_session`` (a runner's
+life cycle, its lane threads, typed results), ``_lanes`` (several requests in flight) and
 ``_repeats`` (one at a time) are the measuring machinery the scenarios share; they import numpy
 and are imported only when a trial runs.
 """
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from workers.scenarios.base import PARAMS, Figure, Row, Scenario, Settings
+from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
 __all__ = ["DEFAULT", "PARAMS", "Figure", "Row", "Scenario", "Settings", "get", "label", "names", "of",
            "register", "registry", "tag"]
@@ -58,16 +60,13 @@ def _add(found: dict[str, type[Scenario]], cls: type[Scenario]) -> None:
 @functools.cache
 def _registry() -> dict[str, type[Scenario]]:
     found = discover(__name__)
-    defaults = [c.name for c in found.values() if c.default]
-    if len(defaults) != 1:
-        raise ValueError(f"exactly one scenario must be the default, found: {defaults}")
+    if DEFAULT not in found:
+        raise ValueError(f"no module of {__name__} defines the default scenario, {DEFAULT!r}")
     return found
 
 
 def register(cls: type[Scenario]) -> type[Scenario]:
     """Add a scenario defined outside this package (usable as a class decorator); returns it."""
-    if cls.default:
-        raise ValueError(f"scenario {cls.name!r}: only this package's default scenario may be the default")
     _add(_registry(), cls)
     return cls
 
@@ -104,7 +103,4 @@ def label(row: Row) -> str:
     """A row's scenario in a few words, the default's name where ``tag`` is empty (table cells)."""
     return tag(row) or DEFAULT
 
-
-#: The default scenario's name: a trial's when its plan names none.
-DEFAULT: str = next(c.name for c in _registry().values() if c.default)
 

@@ -44,16 +44,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from workers import memory, scenarios, stats
+from workers import memory, stats
 from workers.backends.base import Lane
 from workers.contract import Trial
 from workers.row import Row
-from workers.scenarios._session import Harness, Measured
-from workers.scenarios.server import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
+from workers.scenarios._session import Harness, LaneThreads
+from workers.scenarios.base import DEFAULT, Measured
 
 #: Waiting for an arrival sleeps until this close, then yields in a loop (sleep wakes late by ~0.1 ms).
 SPIN_S = 0.001
@@ -85,57 +84,6 @@ def schedule(rate: float, arrival: str, seed: int, min_requests: int, min_s: flo
         gaps = np.concatenate([gaps, rng.exponential(1.0 / rate, n // 10 + 1)])
     out = np.cumsum(gaps)
     return out[: max(min_requests, int(np.searchsorted(out, min_s)) + 1)]
-
-
-class LaneThreads:
-    """One long-lived host thread per lane: ``run(job)`` calls ``job(i, lane)`` on every lane's own
-    thread at once and returns when all are done; an exception in one is raised here, the others
-    told to stop (``stop`` is set)."""
-
-    def __init__(self, lanes: list[Lane]) -> None:
-        self.lanes = lanes
-        self.stop = threading.Event()
-        self._jobs: list[Any] = [None] * len(lanes)
-        self._go = [threading.Event() for _ in lanes]
-        self._done = [threading.Event() for _ in lanes]
-        self._errors: list[BaseException | None] = [None] * len(lanes)
-        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"lane-{i}")
-                         for i in range(len(lanes))]
-        for t in self._threads:
-            t.start()
-
-    def _loop(self, i: int) -> None:
-        while True:
-            self._go[i].wait()
-            self._go[i].clear()
-            job = self._jobs[i]
-            if job is None:
-                return
-            try:
-                job(i, self.lanes[i])
-            except BaseException as exc:  # raised again on the caller's thread
-                self._errors[i] = exc
-                self.stop.set()
-            self._done[i].set()
-
-    def run(self, job: Callable[[int, Lane], None]) -> None:
-        self.stop.clear()
-        for i in range(len(self.lanes)):
-            self._jobs[i], self._errors[i] = job, None
-            self._done[i].clear()
-            self._go[i].set()
-        for d in self._done:
-            d.wait()
-        err = next((e for e in self._errors if e is not None), None)
-        if err is not None:
-            raise err
-
-    def close(self) -> None:
-        for i in range(len(self.lanes)):
-            self._jobs[i] = None
-            self._go[i].set()
-        for t in self._threads:
-            t.join(timeout=60)
 
 
 def warm_up(threads: LaneThreads, iters: int) -> int:
@@ -288,10 +236,10 @@ def schedule_rate(arrivals: np.ndarray) -> float | None:
     return float((len(arrivals) - 1) / span) if span > 0 else None
 
 
-def kept_schedule(cols: Row) -> bool:
-    """The server kept up: every request served, at a rate within RATE_TOL of the schedule's own."""
+def kept_schedule(cols: Row, rate_tol: float) -> bool:
+    """The server kept up: every request served, at a rate within ``rate_tol`` of the schedule's own."""
     own, got = cols.get("schedule_rate"), cols.get("achieved_rate")
-    return own is not None and got is not None and abs(got / own - 1) <= RATE_TOL
+    return own is not None and got is not None and abs(got / own - 1) <= rate_tol
 
 
 def run_columns(run: Run, batch_size: int, seed: int) -> Row:
@@ -316,7 +264,7 @@ def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -
     return cols, run
 
 
-def find_peak(threads: LaneThreads, trial: Trial) -> Row:
+def find_peak(threads: LaneThreads, trial: Trial, rate_tol: float) -> Row:
     """Bisection over server runs for the highest rate whose p99 is within the bound (see the module's doc)."""
     budget = trial.measure.max_time_s
     t_start = time.perf_counter()
@@ -333,7 +281,7 @@ def find_peak(threads: LaneThreads, trial: Trial) -> Row:
         if n / r > left:
             break  # the next run would not fit in the trial's time: the bracket stays as it is
         cols, _ = _server_run(threads, trial, r, left)
-        ok = kept_schedule(cols) and cols["latency_ms_p99"] <= trial.latency_bound_ms
+        ok = kept_schedule(cols, rate_tol) and cols["latency_ms_p99"] <= trial.latency_bound_ms
         rates.append(r)
         p99s.append(cols["latency_ms_p99"])
         passed.append(ok)
@@ -380,7 +328,7 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
             after = s.after()
     finally:
         host_peak = host_mem.finish()
-    only = f"{scenarios.DEFAULT} trials only (this one: {trial.scenario})"
+    only = f"{DEFAULT} trials only (this one: {trial.scenario})"
     out = {"warmup_iters": warm, "setup_s": s.setup_s, "warmup_s": warmup_s, "repeats": 1,
            "gpu_mem_peak_bytes": after.peak, **after.memory, **host_peak, **gpu, **ctx.facts, **after.extra, **cols,
            "energy_note": f"energy is measured for {only}"}

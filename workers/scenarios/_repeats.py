@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from workers import affinity, energy, envinfo, memory, stale, stats
-from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Row, Trial, profile_path
-from workers.scenarios._session import After, Harness, Measured
+from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Trial, profile_path
+from workers.row import Row
+from workers.scenarios._session import After, Harness
+from workers.scenarios.base import Measured
 from workers.timing import CudaTimer, HostTimer, Samples, measure_copies
 from workers.timing import measure as timed_loop
 

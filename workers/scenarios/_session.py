@@ -11,13 +11,15 @@
     # on leaving, always: the watch's sampler stopped, the lane threads joined, runner.teardown(),
     # the device's cached memory released
 
-What a scenario measured comes back as ``Measured``: the row's columns, the outputs to
+What a scenario measured comes back as ``base.Measured``: the row's columns, the outputs to
 parity-check and the stale-output probe.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -26,21 +28,61 @@ from workers import envinfo, memory
 from workers.row import Row
 
 if TYPE_CHECKING:
-    from workers.backends.base import Runner
+    from workers.backends.base import Lane, Runner
     from workers.context import TrialContext
     from workers.contract import Trial
-    from workers.scenarios._lanes import LaneThreads
 
 
 
-@dataclass(frozen=True)
-class Measured:
-    """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
-    or each lane's) and ``second``, the stale-output probe's result (``workers.stale.probe``; None: not probed)."""
+class LaneThreads:
+    """One long-lived host thread per lane: ``run(job)`` calls ``job(i, lane)`` on every lane's own
+    thread at once and returns when all are done; an exception in one is raised here, the others
+    told to stop (``stop`` is set)."""
 
-    columns: Row
-    outputs: list[Any]
-    second: Row | None = None
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.lanes = lanes
+        self.stop = threading.Event()
+        self._jobs: list[Any] = [None] * len(lanes)
+        self._go = [threading.Event() for _ in lanes]
+        self._done = [threading.Event() for _ in lanes]
+        self._errors: list[BaseException | None] = [None] * len(lanes)
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"lane-{i}")
+                         for i in range(len(lanes))]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, i: int) -> None:
+        while True:
+            self._go[i].wait()
+            self._go[i].clear()
+            job = self._jobs[i]
+            if job is None:
+                return
+            try:
+                job(i, self.lanes[i])
+            except BaseException as exc:  # raised again on the caller's thread
+                self._errors[i] = exc
+                self.stop.set()
+            self._done[i].set()
+
+    def run(self, job: Callable[[int, Lane], None]) -> None:
+        self.stop.clear()
+        for i in range(len(self.lanes)):
+            self._jobs[i], self._errors[i] = job, None
+            self._done[i].clear()
+            self._go[i].set()
+        for d in self._done:
+            d.wait()
+        err = next((e for e in self._errors if e is not None), None)
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        for i in range(len(self.lanes)):
+            self._jobs[i] = None
+            self._go[i].set()
+        for t in self._threads:
+            t.join(timeout=60)
 
 
 @dataclass(frozen=True)
@@ -95,7 +137,6 @@ class RunnerSession:
 
     def open_lanes(self, k: int) -> LaneThreads:
         """``k`` of the runner's lanes, each on its own host thread (their building counts as setup)."""
-        from workers.scenarios._lanes import LaneThreads
 
         t0 = time.perf_counter()
         self.threads = LaneThreads(self.runner.lanes(k))

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypedDict
 
 from workers.row import Row
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from workers.contract import Trial
-    from workers.scenarios.session import Measured, RunnerSession
 
 #: (ratio candidate/base as "worse when > 1", interval low, interval high); Nones where not judged.
 Judged = tuple[float | None, float | None, float | None]
@@ -34,7 +31,8 @@ Interval = Callable[["np.ndarray", "np.ndarray", Callable[..., Any]], tuple[floa
 
 class Settings(TypedDict):
     """A backend entry's scenario settings as the plan merges them (``orchestrator.plan.scenario_settings``):
-    every value a list (an axis) or None."""
+    every value a list (an axis) or None; in ``Scenario.check`` the minimums are filled with the
+    trial's defaults."""
 
     name: list[str]
     concurrency: list[int] | None
@@ -83,10 +81,40 @@ class Param:
     setting: str
 
 
+#: The default scenario's name: a trial's when its plan names none, and that of rows of runs older
+#: than scenarios. Its class is in ``single_stream.py``; the name is here because the trial contract
+#: needs it without scanning the package.
+DEFAULT = "single-stream"
+
 #: The trial fields scenarios may use, by name (``Trial``'s scenario parameters), with their settings keys.
 PARAMS = {p.field: p for p in (Param("concurrency", "concurrency"), Param("rate", "rates"),
                                Param("arrival", "arrival"), Param("latency_bound_ms", "latency_bound_ms"),
                                Param("min_duration_s", "min_duration_s"), Param("min_requests", "min_requests"))}
+
+
+class TrialSpec(Protocol):
+    """What a scenario reads of a trial (``workers.contract.Trial`` is one)."""
+
+    scenario: str
+    batch_size: int
+    seed: int
+    concurrency: int
+    rate: float | None
+    arrival: str
+    latency_bound_ms: float | None
+    min_duration_s: float
+    min_requests: int
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
+    or each lane's) and ``second``, the stale-output probe's result (``workers.stale.probe``; None: not probed)."""
+
+    columns: Row
+    outputs: list[Any]
+    second: Row | None = None
+
 
 
 class Scenario:
@@ -96,8 +124,6 @@ class Scenario:
     name: ClassVar[str]
     #: where it is listed among the scenarios (plan messages, tables): lower first
     order: ClassVar[int] = 100
-    #: the scenario of a trial whose plan names none, and of rows of runs older than scenarios (one only)
-    default: ClassVar[bool] = False
     #: several requests in flight through a runner's ``lanes``; False: the runner's ``step``, one at a time
     uses_lanes: ClassVar[bool] = True
     #: the trial fields it uses (``PARAMS``' names); the others stay at their defaults in its trials
@@ -120,18 +146,19 @@ class Scenario:
         """What is wrong with one backend entry's merged settings for this scenario, or None.
 
         Called for every scenario an entry runs; ``max_time_s`` is the plan's ``measure.max_time_s``."""
-        minimum = settings["min_duration_s"] or _trial_default("min_duration_s")
+        minimum = settings["min_duration_s"]
         if "min_duration_s" in cls.fields and minimum > max_time_s:
             return f"min_duration_s {minimum:g} is longer than measure.max_time_s ({max_time_s:g} s)"
         return None
 
     @classmethod
-    def measure(cls, session: RunnerSession) -> Measured:
-        """Measure the trial through ``session``'s runner (set up, its memory and GPU watched)."""
+    def measure(cls, h: Any) -> Measured:
+        """Measure the trial with ``h``, a ``workers.scenarios._session.Harness`` (``h.session()``: a
+        runner set up, its memory and GPU watched)."""
         raise NotImplementedError(f"scenario {cls.name} does not measure")
 
     @classmethod
-    def reasons(cls, row: Row, trial: Trial) -> list[str]:
+    def reasons(cls, row: Row, trial: TrialSpec) -> list[str]:
         """Why an ok row does not meet this scenario's own conditions (the row's ``invalid_reasons``)."""
         return []
 
@@ -159,7 +186,7 @@ class Scenario:
     def tag(cls, row: Row) -> str:
         """The row's scenario in a few words for case names and tables (``offline c=4``,
         ``server c=1 200/s``); empty for the default scenario."""
-        if cls.default:
+        if cls.name == DEFAULT:
             return ""
         parts = [cls.name, f"c={row.get('concurrency') or 1}"]
         if row.get("target_rate") is not None:
@@ -174,10 +201,3 @@ class Scenario:
     def curve_label(cls, row: Row) -> str:
         """A row's line in the capacity curves."""
         return f"{row['label']} ({row['io']}, {cls.name})"
-
-
-def _trial_default(name: str) -> Any:
-    from workers.contract import Trial
-
-    return Trial.__dataclass_fields__[name].default
-

@@ -10,7 +10,8 @@ from workers.scenarios.base import Figure, Interval, Judged, Row, Scenario, Sett
 
 if TYPE_CHECKING:
     from workers.contract import Trial
-    from workers.scenarios._session import Harness, Measured
+    from workers.scenarios._session import Harness
+    from workers.scenarios.base import Measured
 
 
 class FindPeak(Scenario):
@@ -30,9 +31,12 @@ class FindPeak(Scenario):
 
     @classmethod
     def measure(cls, h: Harness) -> Measured:  # type: ignore[override]
-        from workers.scenarios import _lanes
+        import functools
 
-        return _lanes.measure(h, _lanes.find_peak)
+        from workers.scenarios import _lanes
+        from workers.scenarios.server import RATE_TOL
+
+        return _lanes.measure(h, functools.partial(_lanes.find_peak, rate_tol=RATE_TOL))
 
     @classmethod
     def reasons(cls, row: Row, trial: Trial) -> list[str]:

@@ -9,7 +9,8 @@ from workers.scenarios.base import Figure, Interval, Judged, Row, Scenario
 
 if TYPE_CHECKING:
     from workers.contract import Trial
-    from workers.scenarios._session import Harness, Measured
+    from workers.scenarios._session import Harness
+    from workers.scenarios.base import Measured
 
 
 def run_reasons(row: Row, trial: Trial) -> list[str]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.scenarios.base import Figure, Row, Scenario, Settings, _trial_default
+from workers.scenarios.base import Figure, Row, Scenario, Settings
 from workers.scenarios.offline import run_reasons
 
 if TYPE_CHECKING:
     from workers.contract import Trial
-    from workers.scenarios._session import Harness, Measured
+    from workers.scenarios._session import Harness
+    from workers.scenarios.base import Measured
 
 #: The server kept up: its achieved rate within this of the generated schedule's own rate.
 RATE_TOL = 0.01
@@ -28,7 +29,7 @@ class Server(Scenario):
         if not settings["rates"]:
             return ("the server scenario needs rates (requests/s), e.g. "
                     "scenario: {name: server, rates: [100, 200]} or matrix.rates")
-        n = settings["min_requests"] or _trial_default("min_requests")
+        n = settings["min_requests"]
         slowest = min(settings["rates"])
         if n / slowest > max_time_s:
             return (f"at {slowest:g} requests/s, min_requests {n} take {n / slowest:g} s, more than "

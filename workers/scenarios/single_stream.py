@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.scenarios.base import Figure, Scenario
+from workers.scenarios.base import DEFAULT, Figure, Scenario
 
 if TYPE_CHECKING:
-    from workers.scenarios._session import Harness, Measured
+    from workers.scenarios._session import Harness
+    from workers.scenarios.base import Measured
 
 
 class SingleStream(Scenario):
-    name = "single-stream"
+    name = DEFAULT
     order = 0
-    default = True
     uses_lanes = False
     figures = (Figure("latency_ms_median", "median ms", "lower", samples="samples_ms"),)
     spread_rules = True
