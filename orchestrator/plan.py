@@ -74,7 +74,6 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Field,
     TypeAdapter,
@@ -99,20 +98,7 @@ def exclude_value(trial: Trial, key: str) -> Any:
 
 
 Strict = StrictModel
-
-
-def _known_scenario(name: str) -> str:
-    """A scenario's name, checked against the registry when the plan is read (a scenario registered
-    at run time is known too)."""
-    known = scenarios.names()
-    if name not in known:
-        expected = " or ".join([", ".join(f"'{n}'" for n in known[:-1]), f"'{known[-1]}'"] if len(known) > 1
-                               else [f"'{known[0]}'"])
-        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
-    return name
-
-
-ScenarioName = Annotated[str, AfterValidator(_known_scenario)]
+ScenarioName = scenarios.Name
 Arrival = Literal[ARRIVALS]  # type: ignore[valid-type]
 
 
@@ -816,8 +802,8 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     _check_hf_axes(plan, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
-    if plan_rates and not names & set(_rate_users()):
-        raise PlanError(f"{source}: {plan_rates}: rates are for the {' and '.join(_rate_users())} scenario, "
+    if plan_rates and not names & set(scenarios.using("rate")):
+        raise PlanError(f"{source}: {plan_rates}: rates are for the {' and '.join(scenarios.using('rate'))} scenario, "
                         "which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
@@ -856,8 +842,8 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> scenarios.
     where = f"matrix.backends[{i}]" + (".scenario" if own is not None else " (with the plan's scenario)")
     names = merged["name"] or [scenarios.DEFAULT]
     settings = {**merged, "name": names}
-    if own is not None and own.rates and not set(names) & set(_rate_users()):
-        raise PlanError(f"{source}: {where}: rates are for the {' and '.join(_rate_users())} scenario; "
+    if own is not None and own.rates and not set(names) & set(scenarios.using("rate")):
+        raise PlanError(f"{source}: {where}: rates are for the {' and '.join(scenarios.using('rate'))} scenario; "
                         f"this entry's scenarios are {', '.join(names)}")
     minimums = {"min_requests": merged["min_requests"] or Trial.min_requests,
                 "min_duration_s": merged["min_duration_s"] or Trial.min_duration_s}
@@ -867,10 +853,6 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> scenarios.
             raise PlanError(f"{source}: {where}: {problem}")
     return settings  # type: ignore[return-value]
 
-
-def _rate_users() -> list[str]:
-    """The scenarios that use the ``rates`` setting (a trial's ``rate``)."""
-    return [n for n in scenarios.names() if "rate" in scenarios.get(n).fields]
 
 
 def _format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...]) -> str:

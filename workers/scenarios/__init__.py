@@ -20,12 +20,15 @@ import importlib
 import pkgutil
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
-__all__ = ["DEFAULT", "PARAMS", "Figure", "Row", "Scenario", "Settings", "get", "label", "names", "of",
-           "register", "registry", "tag"]
+__all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "label", "names", "of",
+           "register", "registry", "tag", "using"]
 
 
 def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
@@ -79,6 +82,25 @@ def registry() -> dict[str, type[Scenario]]:
 def names() -> tuple[str, ...]:
     """Every scenario's name, in their ``order``."""
     return tuple(sorted(_registry(), key=lambda n: (_registry()[n].order, n)))
+
+
+def using(field: str) -> list[str]:
+    """The scenarios whose trials use ``field`` (``PARAMS``' names), in their order."""
+    return [n for n in names() if field in _registry()[n].fields]
+
+
+def _known(name: str) -> str:
+    """A scenario's name, checked against the registry when a plan is read (a scenario registered at
+    run time is known too); an unknown one is refused as pydantic refuses a literal."""
+    known = names()
+    if name not in known:
+        expected = " or ".join(filter(None, [", ".join(f"'{n}'" for n in known[:-1]), f"'{known[-1]}'"]))
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return name
+
+
+#: A scenario's name in a plan (pydantic).
+Name = Annotated[str, AfterValidator(_known)]
 
 
 def get(name: str) -> type[Scenario]:
