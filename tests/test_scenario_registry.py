@@ -135,3 +135,31 @@ def test_default_scenario_trials_keep_their_ids_and_the_registry_refuses_a_name_
 
     with pytest.raises(ValueError, match="scenario name 'burst-test' is used twice"):
         scenarios.register(Other)
+
+
+def test_a_lane_whose_request_has_timings_of_its_own_keeps_them_per_request():
+    """A request with several timings (a generated sequence's first token, then the rest) returns
+    them from ``Lane.run``; offline and server runs keep them with the request they belong to."""
+    import numpy as np
+
+    from workers.backends.base import Lane
+    from workers.scenarios import _lanes
+    from workers.scenarios._session import LaneThreads
+
+    def request() -> float:
+        time.sleep(0.002)  # the first token
+        first = time.perf_counter()
+        time.sleep(0.003)  # the rest
+        return first
+
+    threads = LaneThreads([Lane(run=request, output=lambda: None) for _ in range(2)])
+    try:
+        runs = [_lanes.offline(threads, 20, 0.05, 5.0),
+                _lanes.server(threads, _lanes.schedule(200.0, "constant", 0, 20, 0.05), 5.0)]
+    finally:
+        threads.close()
+    for run in runs:
+        first = np.asarray(run.marks) - run.t0
+        assert len(run.marks) == len(run.end) >= 20
+        assert (run.start < first).all() and (first < run.end).all()  # each inside its own request
+        assert np.median(first - run.start) >= 0.002 and np.median(run.end - first) >= 0.003

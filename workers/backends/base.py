@@ -81,11 +81,14 @@ class Lane:
 
     ``run`` serves ONE request and returns when it is complete (on a GPU: its work queued on the
     lane's own stream, then that stream synchronized), so the host time around it is the request's
-    service time. ``output`` reads the lane's last result as host arrays, for the parity check.
+    service time. It returns None, or the request's own timings where one request has several (a
+    generated sequence's first token and each later one, as ``time.perf_counter`` times): the load
+    scenarios keep them per request (``workers.scenarios._lanes.Run.marks``) for a scenario's figures.
+    ``output`` reads the lane's last result as host arrays, for the parity check.
     Lanes share nothing mutable: k host threads may call k lanes' ``run`` at once.
     """
 
-    run: Callable[[], None]
+    run: Callable[[], Any]
     output: Callable[[], Any]
     #: the lane's first runs that must not overlap another lane's (a CUDA graph captured on the first
     #: runs, as ORT's is): the warm-up runs them one lane at a time, on the lane's own thread

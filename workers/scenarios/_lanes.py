@@ -43,7 +43,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -122,6 +123,11 @@ class Run:
     scheduled: int = 0  # server: requests in the schedule (some unserved when the time limit hit)
     hit_max_time: bool = False
     window_s: float = 0.0
+    #: what each request's ``Lane.run`` returned, in the order above: None for a lane that times only
+    #: the whole request; a lane whose request has timings of its own (a first token, each later one)
+    #: returns them, as ``time.perf_counter`` times (``t0``, the run's start, on that clock)
+    marks: list[Any] = field(default_factory=list)
+    t0: float = 0.0
 
     @property
     def service_ms(self) -> np.ndarray:
@@ -136,7 +142,7 @@ class Run:
 def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float) -> Run:
     """Every lane busy until both minimums are met (or ``max_s`` passed)."""
     k = len(threads.lanes)
-    records: list[list[tuple[float, float]]] = [[] for _ in range(k)]
+    records: list[list[tuple[float, float, Any]]] = [[] for _ in range(k)]
     completed = itertools.count(1)  # next() is one C call under the GIL: a shared count without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
@@ -149,19 +155,20 @@ def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float)
             s = clock()
             if s - start >= max_s or (done >= min_requests and s - start >= min_s):
                 return
-            run()
+            marks = run()
             e = clock()
-            append((s, e))
+            append((s, e, marks))
             done = next(completed)
 
     threads.run(job)
     base = t0[0]
-    rows = sorted((s - base, e - base, i) for i, rec in enumerate(records) for s, e in rec)
-    a = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    rows = sorted(((s - base, e - base, i, m) for i, rec in enumerate(records) for s, e, m in rec),
+                  key=lambda r: r[:3])
+    a = np.asarray([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
     end = a[:, 1]
     window = float(end.max()) if end.size else 0.0
     return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window,
-               hit_max_time=bool(len(rows) < min_requests or window < min_s))
+               hit_max_time=bool(len(rows) < min_requests or window < min_s), marks=[r[3] for r in rows], t0=base)
 
 
 def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
@@ -173,7 +180,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     and the row does not (``bench/queue_theory.py`` measures it as ``handoff``)."""
     n = len(arrivals)
     k = len(threads.lanes)
-    records: list[list[tuple[int, float, float]]] = [[] for _ in range(k)]
+    records: list[list[tuple[int, float, float, Any]]] = [[] for _ in range(k)]
     order = itertools.count()  # next() is one C call under the GIL: FIFO without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
@@ -193,25 +200,29 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
                 s = clock()
             else:
                 s = taken  # queued: it starts now
-            run()
+            marks = run()
             e = clock()
-            append((r, s, e))
+            append((r, s, e, marks))
 
     threads.run(job)
     base = t0[0]
     start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     lanes = np.full(n, -1, dtype=np.int64)
+    marks: list[Any] = [None] * n
     for i, rec in enumerate(records):
         if not rec:
             continue
-        r, s, e = (np.asarray(c) for c in zip(*rec))
+        r, s, e = (np.asarray(c) for c in list(zip(*rec))[:3])
         start[r], end[r], lanes[r] = s - base, e - base, i
+        for j, m in zip(r.tolist(), (x[3] for x in rec)):
+            marks[j] = m
         free = np.concatenate([[base], e[:-1]])  # when the lane was last free: the start, then its last end
         lag[r] = s - np.maximum(base + arrivals[r], free)
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
-               window_s=float(np.nanmax(end)) if served.any() else 0.0)
+               window_s=float(np.nanmax(end)) if served.any() else 0.0,
+               marks=[m for m, ok in zip(marks, served.tolist()) if ok], t0=base)
 
 
 def server_columns(run: Run) -> Row:
