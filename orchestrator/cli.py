@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from workers.row import Row
 from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
 from workers.scenarios import label as scenario_label
 from workers.scenarios import tag as scenario_tag
+
+if TYPE_CHECKING:
+    from orchestrator.compare import Verdict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -362,7 +365,7 @@ def compare(
         raise typer.Exit(code=1)
 
 
-def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
+def compare_table(items: list[Verdict], confidence: float) -> Table:
     scenarios = any(scenario_tag(r) for r in items)  # the columns only where some trial has one
     title = ("Candidate vs base (each scenario on its metric; ratio > 1 is worse)" if scenarios
              else "Candidate vs base (ratio of medians: > 1 is slower)")

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -78,6 +78,54 @@ SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "bat
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
+
+
+class Judgement(TypedDict, total=False):
+    """One figure of a trial judged: its label, the ratio (> 1 worse), its interval, the between-run
+    noise it was widened by (where it was) and the verdict on it."""
+
+    metric: str
+    noise: float
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+
+
+class Verdict(TypedDict, total=False):
+    """One trial of either run, compared (``compare``): its spec, both statuses and values, the first
+    figure's judgement, every figure's where there are several, and the verdict."""
+
+    trial_id: str
+    model: str | None
+    axes: str | None
+    backend: str | None
+    label: str | None
+    options: str | None
+    batch_size: int | None
+    dtype: str | None
+    io: str | None
+    scenario: str | None
+    concurrency: int | None
+    target_rate: float | None
+    arrival: str | None
+    latency_bound_ms: float | None
+    base_status: str | None
+    cand_status: str | None
+    base_median_ms: float | None
+    cand_median_ms: float | None
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+    noise: float | None
+    invalid_reasons: list[str] | None
+    metric: str
+    base_value: float | None
+    cand_value: float | None
+    matched_by: str | None
+    cand_options: str
+    verdict: str
+    figures: list[Judgement]
 
 
 def _config(row: Row) -> tuple[Any, ...]:
@@ -154,14 +202,14 @@ def compare(
     n_boot: int = 2000,
     seed: int = 0,
     noise_floor: float | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Verdict]:
     """One verdict per trial of either run: regressed, improved, unchanged, invalid, broken, fixed,
     not ok (in both), only in base, only in candidate; with medians, ratio and interval (widened by the
     between-run noise, ``noise``; ``noise_floor`` replaces ``BETWEEN_RUN_FLOOR``)."""
     out = []
     for b, c in match(base.to_pylist(), cand.to_pylist()):
         ref = b or c or {}
-        item: dict[str, Any] = {
+        item: Verdict = {  # type: ignore[typeddict-item]
             "trial_id": ref["trial_id"], **{k: ref.get(k) for k in SPEC_KEYS if k != "input_shape"},
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
@@ -210,7 +258,7 @@ _WORST = ("regressed", "improved", "unchanged")
 
 
 def _judged(figure: scenarios.Figure, b: Row, c: Row, threshold: float, confidence: float,
-            n_boot: int, seed: int, noise_floor: float | None) -> dict[str, Any]:
+            n_boot: int, seed: int, noise_floor: float | None) -> Judgement:
     """Two ok rows of one trial on one of its scenario's figures: ratio (> 1 worse), interval (widened
     by the between-run noise where the scenario's interval is not its own bracket) and verdict."""
     scenario = scenarios.of(b)
@@ -219,7 +267,7 @@ def _judged(figure: scenarios.Figure, b: Row, c: Row, threshold: float, confiden
         return bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=statistic)
 
     ratio, lo, hi = scenario.judge(figure, b, c, interval)
-    out: dict[str, Any] = {"metric": figure.label}
+    out = Judgement(metric=figure.label)
     if ratio is not None and scenario.widen_by_noise:
         noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
         lo, hi = widen(lo, hi, noise, confidence)
@@ -235,5 +283,5 @@ def _judged(figure: scenarios.Figure, b: Row, c: Row, threshold: float, confiden
     return {**out, "ratio": ratio, "ci_low": lo, "ci_high": hi, "verdict": verdict}
 
 
-def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def regressions(items: list[Verdict]) -> list[Verdict]:
     return [r for r in items if r["verdict"] in REGRESSIONS]

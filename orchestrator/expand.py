@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-from typing import Any
+from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
@@ -53,7 +53,19 @@ def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str,
     return [dict(zip(names, values)) for values in itertools.product(*choices)]
 
 
-def scenario_points(settings: scenarios.Settings) -> list[dict[str, Any]]:
+class ScenarioPoint(TypedDict, total=False):
+    """A trial's scenario fields (``Trial``'s), as one point of an entry's scenario settings."""
+
+    scenario: str
+    concurrency: int
+    rate: float
+    arrival: str
+    latency_bound_ms: float
+    min_duration_s: float
+    min_requests: int
+
+
+def scenario_points(settings: scenarios.Settings) -> list[ScenarioPoint]:
     """The scenario fields of each trial of one backend entry: per scenario name, the product of the
     parameters it uses (``Scenario.fields``); the others stay at their defaults (the default scenario: none)."""
     points = []

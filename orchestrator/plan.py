@@ -828,7 +828,7 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> scenarios.
     """The scenario settings of matrix.backends[i]: the plan's ``scenario``, the matrix's scenario
     axes, then the entry's own ``scenario`` (key by key); each value a list (an axis), or None.
     Raises PlanError where a scenario lacks what it needs or a setting is given twice."""
-    merged: dict[str, Any] = {k: getattr(plan.scenario, k) for k in ScenarioSettings.model_fields}
+    merged: scenarios.Settings = {k: getattr(plan.scenario, k) for k in ScenarioSettings.model_fields}  # type: ignore[misc]
     for key, axis in MATRIX_SCENARIO_AXES.items():
         value = getattr(plan.matrix, axis)
         if value is None:
