@@ -35,7 +35,7 @@ or ``improved``: its number is not one to act on.
 
 Each load scenario is judged on its own figures (``Scenario.figures``; the first is the item's
 ``metric``), each as a ratio where > 1 is worse (``Scenario.judge``), the verdict the worst of
-theirs; the table of which scenario is judged on what is in docs/reports.md:
+theirs (the scenario table of docs/plans-and-backends.md lists each one's figures):
 
 - one request at a time: median latency, candidate / base (as above);
 - offline: throughput, base / candidate; the interval is the bootstrap one of the mean service
