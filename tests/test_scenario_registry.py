@@ -97,7 +97,7 @@ class Burst(Scenario):
 def burst():
     scenarios.register(Burst)
     yield Burst
-    scenarios._registry().pop(Burst.name)
+    scenarios.unregister(Burst.name)
 
 
 def _plan(scenario, step_s=0.005):

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
 __all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "label", "names", "of",
-           "register", "registry", "tag", "using"]
+           "register", "registry", "tag", "unregister", "using"]
 
 
 def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
@@ -72,6 +72,14 @@ def register(cls: type[Scenario]) -> type[Scenario]:
     """Add a scenario defined outside this package (usable as a class decorator); returns it."""
     _add(_registry(), cls)
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a scenario ``register`` added (a test's, when it is done)."""
+    found = _registry()
+    if name == DEFAULT or found.get(name) is None or found[name].__module__.startswith(f"{__name__}."):
+        raise ValueError(f"scenario {name!r} was not registered at run time")
+    del found[name]
 
 
 def registry() -> dict[str, type[Scenario]]:
