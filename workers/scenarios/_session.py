@@ -136,11 +136,11 @@ class RunnerSession:
         return self
 
     def open_lanes(self, k: int) -> LaneThreads:
-        """``k`` of the runner's lanes, each on its own host thread (their building counts as setup)."""
-
+        """``k`` of the runner's lanes, each on its own host thread (building the lanes counts as setup)."""
         t0 = time.perf_counter()
-        self.threads = LaneThreads(self.runner.lanes(k))
+        lanes = self.runner.lanes(k)
         self.setup_s += time.perf_counter() - t0
+        self.threads = LaneThreads(lanes)
         return self.threads
 
     def watch(self) -> envinfo.GpuWatch | None:
