@@ -328,14 +328,14 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
     host_mem = memory.HostPeak()
     try:
         with h.session() as s:
-            threads = s.open_lanes(trial.concurrency)
+            s.open_lanes(trial.concurrency)  # held by the session alone: they go with the runner
             t_warm = time.perf_counter()
-            warm = warm_up(threads, trial.measure.warmup_iters)
+            warm = warm_up(s.threads, trial.measure.warmup_iters)  # type: ignore[arg-type]
             warmup_s = time.perf_counter() - t_warm
             s.watch()
-            cols = run(threads, trial)
+            cols = run(s.threads, trial)  # type: ignore[arg-type]
             gpu = s.gpu_columns()
-            outputs = [lane.output() for lane in threads.lanes]
+            outputs = [lane.output() for lane in s.threads.lanes]  # type: ignore[union-attr]
             after = s.after()
     finally:
         host_peak = host_mem.finish()

@@ -86,7 +86,7 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
     memory window (``profile``) closed first, so nothing measured includes the profiler."""
     ctx, on_gpu = h.ctx, h.on_gpu
     with h.session() as s:
-        runner, gpu_uuid = s.runner, s.gpu_uuid
+        gpu_uuid = s.gpu_uuid  # the runner is s.runner alone: it goes at teardown, not with this frame
         timer = CudaTimer() if on_gpu else HostTimer()
         watch = s.watch()
         meter = energy.NvmlMeter(gpu_uuid) if on_gpu and last else None
@@ -94,18 +94,18 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
         timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
         cpu = affinity.timing_cpu(gpu_uuid) if on_gpu else None
         with affinity.pinned(cpu):  # warm-up and timed loop on one CPU near the GPU (workers/affinity.py)
-            samples = timed_loop(runner.step, timer, ctx.trial.measure,
+            samples = timed_loop(s.runner.step, timer, ctx.trial.measure,
                                  on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
         gpu = s.gpu_columns()
-        output = runner.output()  # a runner whose output can't be read has not really run
+        output = s.runner.output()  # a runner whose output can't be read has not really run
         copies = {"copy_in_ms": None, "copy_out_ms": None, **(_copy_times(h, output) if on_gpu and first else {})}
         after = s.after()  # after the copies: their buffers count in the trial's memory, as they always have
-        joules = _energy(h, meter, window, len(samples.device_ms), runner.step, timer.synchronize, last)
+        joules = _energy(h, meter, window, len(samples.device_ms), s.runner.step, timer.synchronize, last)
         profiled: Row = {}
         if profile is not None:
             profile.finish()
-            profiled = _profile(runner, ctx.trial)
-        second = stale.probe(runner) if last else None  # last: a second input through the timed buffers
+            profiled = _profile(s.runner, ctx.trial)
+        second = stale.probe(s.runner) if last else None  # last: a second input through the timed buffers
     return Repeat(samples=samples, setup_s=s.setup_s, gpu=gpu, timing_cpu=cpu, output=output, after=after,
                   copies=copies, profile=profiled, energy=joules, stale=second)
 
