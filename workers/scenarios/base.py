@@ -1,7 +1,7 @@
 """The base class of load scenarios, and the figures a scenario is judged on.
 
 A scenario is one class: the trial fields it uses and their checks (``fields``, ``check``), how it
-measures through a runner (``measure``, given a ``workers.scenarios.session.RunnerSession``), the
+measures through a runner (``measure``, given a ``workers.scenarios._session.Harness``), the
 figures it is judged on (``figures``: ``compare`` judges each, ``report`` ranks by the first), its
 validity rules (``reasons``) and where its rows go in a report (``report``). Nothing outside
 ``workers.scenarios`` names a scenario: the driver and the worker ask the registry.
