@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
+from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.row import Row
+from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
+from workers.scenarios import label as scenario_label
+from workers.scenarios import tag as scenario_tag
+
+if TYPE_CHECKING:
+    from orchestrator.compare import Verdict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -47,11 +54,11 @@ def trial_table(trials: list[Trial], title: str) -> Table:
         t.add_column(col)
     for tr, tag in zip(trials, tags):
         t.add_row(tr.trial_id, tr.model.name, tr.backend, tr.label, str(tr.batch_size), tr.dtype, tr.io,
-                  *([tag or "single-stream"] if any(tags) else []))
+                  *([tag or DEFAULT_SCENARIO] if any(tags) else []))
     return t
 
 
-def _status(row: dict[str, Any]) -> str:
+def _status(row: Row) -> str:
     """The status as the tables show it: an ok row that is not valid (workers/validity.py) says so."""
     s = row["status"]
     if s == Status.OK and row.get("valid") is False:
@@ -60,12 +67,12 @@ def _status(row: dict[str, Any]) -> str:
     return f"[{color}]{s}[/]"
 
 
-def _note(row: dict[str, Any]) -> str:
+def _note(row: Row) -> str:
     """The error of a row that failed, or why an ok row is not valid (not converged, noisy, contended...)."""
     return escape((row.get("error") or "; ".join(row.get("invalid_reasons") or []))[:100])
 
 
-def summary_table(rows: list[dict[str, Any]]) -> Table:
+def summary_table(rows: list[Row]) -> Table:
     """One line per trial; an ``axes`` column when some model has named axes (seq=128)."""
     from orchestrator.report import axes_text
 
@@ -81,7 +88,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                      scenario_tag(r))
     for r in sorted(rows, key=key):
         t.add_row(r["model"], r["label"], str(r["batch_size"]), *([axes_text(r)] * with_axes), r["dtype"], r["io"],
-                  *([escape(scenario_tag(r) or "single-stream")] if scenarios else []),
+                  *([escape(scenario_label(r))] if scenarios else []),
                   _status(r), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
                   _fmt(r.get("throughput"), ".1f"), _note(r))
     return t
@@ -96,13 +103,13 @@ TABLE_MODES = ("auto", "full", "summary")
 REPORT_ROWS = 500
 
 
-def _config(r: dict[str, Any]) -> str:
+def _config(r: Row) -> str:
     from orchestrator.report import axes_text
 
     return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}", scenario_tag(r)]))
 
 
-def grouped_table(rows: list[dict[str, Any]]) -> Table:
+def grouped_table(rows: list[Row]) -> Table:
     """One line per label x model: its trials by status, and its fastest and slowest ok ones.
 
     "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed); "invalid"
@@ -112,7 +119,7 @@ def grouped_table(rows: list[dict[str, Any]]) -> Table:
                       ("invalid", "right"), ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
                       ("slowest median ms", "right"), ("best samples/s", "right")):
         t.add_column(col, justify=just)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r["label"], r["model"]), []).append(r)
     for (label, model), rs in sorted(groups.items()):
@@ -139,7 +146,7 @@ def _table_fits(n_rows: int) -> bool:
     return n_rows + 8 <= console.size.height  # title, header, rules and the lines printed after it
 
 
-def print_results(rows: list[dict[str, Any]], mode: str, out: Path) -> None:
+def print_results(rows: list[Row], mode: str, out: Path) -> None:
     """The results of a run: every row (``full``), or a summary that stays readable at any size:
     one line per label x model, then the rows that are not ok (failures first), up to a limit."""
     if mode == "full" or (mode == "auto" and _table_fits(len(rows))):
@@ -220,7 +227,7 @@ def run(
             progress.start()
             task.append(progress.add_task("trials", total=n))
 
-        def on_row(row: dict[str, Any]) -> None:
+        def on_row(row: Row) -> None:
             progress.advance(task[0])
             if not succeeded(row["status"]):
                 progress.console.print(f"[red]{row['status']}[/] {row['label']} {row['model']} bs={row['batch_size']} "
@@ -366,7 +373,7 @@ def compare(
         raise typer.Exit(code=1)
 
 
-def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
+def compare_table(items: list[Verdict], confidence: float) -> Table:
     scenarios = any(scenario_tag(r) for r in items)  # the columns only where some trial has one
     title = ("Candidate vs base (each scenario on its metric; ratio > 1 is worse)" if scenarios
              else "Candidate vs base (ratio of medians: > 1 is slower)")
@@ -384,7 +391,7 @@ def compare_table(items: list[dict[str, Any]], confidence: float) -> Table:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]
         t.add_row(*(escape(str(r[k])) for k in ("model", "label", "batch_size", "dtype", "io")),
-                  *([escape(scenario_tag(r) or "single-stream"), r.get("metric") or ""] if scenarios else []),
+                  *([escape(scenario_label(r)), r.get("metric") or ""] if scenarios else []),
                   *([_fmt(r.get("base_value")), _fmt(r.get("cand_value"))] if scenarios
                     else [_fmt(r["base_median_ms"]), _fmt(r["cand_median_ms"])]),
                   _fmt(r["ratio"]), ci,

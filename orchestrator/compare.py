@@ -33,9 +33,11 @@ code 1). A row that is ``ok`` but not ``valid`` on either side (it did not conve
 shared its GPU, ...: ``workers/validity.py``) gets the verdict ``invalid``, never ``regressed``
 or ``improved``: its number is not one to act on.
 
-Each load scenario is judged on its own figure (``metric``), always as a ratio where > 1 is worse:
+Each load scenario is judged on its own figures (``Scenario.figures``; the first is the item's
+``metric``), each as a ratio where > 1 is worse (``Scenario.judge``), the verdict the worst of
+theirs (the scenario table of docs/plans-and-backends.md lists each one's figures):
 
-- single-stream: median latency, candidate / base (as above);
+- one request at a time: median latency, candidate / base (as above);
 - offline: throughput, base / candidate; the interval is the bootstrap one of the mean service
   times' ratio, centred on the throughput ratio;
 - server: p99 latency at the rate, candidate / base; percentile bootstrap of the p99s;
@@ -48,12 +50,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
 
-from workers.contract import Status, scenario_tag
+from workers import scenarios
+from workers.contract import Status
+from workers.row import Row
+from workers.scenarios import tag as scenario_tag
 
 DEFAULT_THRESHOLD = 0.03
 #: The least between-run noise assumed of a row (relative SD of a run's median), by its device, when its
@@ -70,20 +75,66 @@ HOST_BOUND_UTIL_PCT = 80.0
 HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
              "concurrency", "target_rate", "arrival", "latency_bound_ms")
-#: What each scenario is judged on (the ``metric`` of a verdict).
-METRICS = {"single-stream": "median ms", "offline": "samples/s", "server": "p99 ms", "find-peak": "peak req/s"}
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
 
 
-def _config(row: dict[str, Any]) -> tuple[Any, ...]:
+class Judgement(TypedDict, total=False):
+    """One figure of a trial judged: its label, the ratio (> 1 worse), its interval, the between-run
+    noise it was widened by (where it was) and the verdict on it."""
+
+    metric: str
+    noise: float
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+
+
+class Verdict(TypedDict, total=False):
+    """One trial of either run, compared (``compare``): its spec, both statuses and values, the first
+    figure's judgement, every figure's where there are several, and the verdict."""
+
+    trial_id: str
+    model: str | None
+    axes: str | None
+    backend: str | None
+    label: str | None
+    options: str | None
+    batch_size: int | None
+    dtype: str | None
+    io: str | None
+    scenario: str | None
+    concurrency: int | None
+    target_rate: float | None
+    arrival: str | None
+    latency_bound_ms: float | None
+    base_status: str | None
+    cand_status: str | None
+    base_median_ms: float | None
+    cand_median_ms: float | None
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+    noise: float | None
+    invalid_reasons: list[str] | None
+    metric: str
+    base_value: float | None
+    cand_value: float | None
+    matched_by: str | None
+    cand_options: str
+    verdict: str
+    figures: list[Judgement]
+
+
+def _config(row: Row) -> tuple[Any, ...]:
     values = [row.get(k) for k in CONFIG_KEYS]
-    values[CONFIG_KEYS.index("scenario")] = row.get("scenario") or "single-stream"  # runs older than scenarios
+    values[CONFIG_KEYS.index("scenario")] = scenarios.of(row).name  # runs older than scenarios: the default
     return tuple(tuple(v) if isinstance(v, list) else v for v in values)
 
 
-def match(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
+def match(base: list[Row], cand: list[Row]) -> list[tuple[dict | None, dict | None]]:
     """Pairs (base row, candidate row); None on the side a trial is missing from."""
     by_id = {r["trial_id"]: r for r in cand}
     pairs: list[tuple[dict | None, dict | None]] = []
@@ -121,7 +172,7 @@ def bootstrap_ratio_ci(
     return float(lo), float(hi)
 
 
-def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
+def between_run_noise(row: Row, floor: float | None = None) -> float:
     """The relative SD a run's median of this trial is taken to have from run to run: the trial's own
     ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger."""
     if floor is None:
@@ -131,7 +182,7 @@ def between_run_noise(row: dict[str, Any], floor: float | None = None) -> float:
     return max(floor, row.get("repeat_cv") or 0.0)
 
 
-def host_bound(row: dict[str, Any]) -> bool:
+def host_bound(row: Row) -> bool:
     """A GPU row whose GPU sat idle much of its timing (``HOST_BOUND_UTIL_PCT``): launch-bound."""
     util = row.get("gpu_util_pct")
     return row.get("device") == "cuda" and util is not None and util < HOST_BOUND_UTIL_PCT
@@ -151,19 +202,19 @@ def compare(
     n_boot: int = 2000,
     seed: int = 0,
     noise_floor: float | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Verdict]:
     """One verdict per trial of either run: regressed, improved, unchanged, invalid, broken, fixed,
     not ok (in both), only in base, only in candidate; with medians, ratio and interval (widened by the
     between-run noise, ``noise``; ``noise_floor`` replaces ``BETWEEN_RUN_FLOOR``)."""
     out = []
     for b, c in match(base.to_pylist(), cand.to_pylist()):
         ref = b or c or {}
-        item: dict[str, Any] = {
+        item: Verdict = {  # type: ignore[typeddict-item]
             "trial_id": ref["trial_id"], **{k: ref.get(k) for k in SPEC_KEYS if k != "input_shape"},
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
             "ratio": None, "ci_low": None, "ci_high": None, "noise": None, "invalid_reasons": None,
-            "metric": METRICS.get(ref.get("scenario") or "single-stream"),
+            "metric": scenarios.of(ref).figures[0].label,
             "base_value": b and _value(b), "cand_value": c and _value(c),
             "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
@@ -178,24 +229,17 @@ def compare(
         elif b["status"] != Status.OK:
             item["verdict"] = "not ok"
         else:
-            ratio, lo, hi = _judge(b, c, confidence, n_boot, seed)
-            if ratio is not None and (ref.get("scenario") or "single-stream") != "find-peak":
-                noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
-                lo, hi = widen(lo, hi, noise, confidence)  # find-peak: its brackets are its interval
-                item["noise"] = noise
-            item.update(ratio=ratio, ci_low=lo, ci_high=hi)
+            judged = [_judged(f, b, c, threshold, confidence, n_boot, seed, noise_floor)
+                      for f in scenarios.of(ref).figures]
+            item.update(judged[0])  # the first figure's numbers; the verdict is the worst figure's
             invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
                        for r in row.get("invalid_reasons") or ["invalid"]]
             if invalid:
                 item.update(verdict="invalid", invalid_reasons=invalid)
-            elif ratio is None:
-                item["verdict"] = "unchanged"
-            elif ratio > 1 + threshold and lo > 1:
-                item["verdict"] = "regressed"
-            elif ratio < 1 - threshold and hi < 1:
-                item["verdict"] = "improved"
             else:
-                item["verdict"] = "unchanged"
+                item["verdict"] = min((j["verdict"] for j in judged), key=_WORST.index)
+            if len(judged) > 1:
+                item["figures"] = judged
         out.append(item)
     order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4}
     out.sort(key=lambda r: (order.get(r["verdict"], 5), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
@@ -204,50 +248,40 @@ def compare(
     return out
 
 
-def _value(row: dict[str, Any]) -> float | None:
-    """The figure a row is judged on (``METRICS``)."""
-    scenario = row.get("scenario") or "single-stream"
-    key = {"single-stream": "latency_ms_median", "offline": "throughput", "server": "latency_ms_p99",
-           "find-peak": "peak_rate"}[scenario]
-    return row.get(key)
+def _value(row: Row) -> float | None:
+    """The figure a row is judged on foremost (its scenario's first)."""
+    return scenarios.of(row).figures[0].value(row)
 
 
-def _judge(b: dict[str, Any], c: dict[str, Any], confidence: float, n_boot: int,
-           seed: int) -> tuple[float | None, float | None, float | None]:
-    """(ratio, interval low, interval high) of two ok rows of one trial, > 1 worse (see the module's doc)."""
-    scenario = b.get("scenario") or "single-stream"
-    if scenario == "find-peak":
-        return _peak_ratio(b, c)
-    if scenario == "offline":
-        sb = np.asarray(b["request_service_ms"], dtype=np.float64)
-        sc = np.asarray(c["request_service_ms"], dtype=np.float64)
-        ratio = float(b["throughput"] / c["throughput"])
-        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=np.mean)
-        centre = float(sc.mean() / sb.mean())
-        return ratio, lo * ratio / centre, hi * ratio / centre
-    sb = np.asarray(b.get("samples_ms") or [b["latency_ms_median"]], dtype=np.float64)
-    sc = np.asarray(c.get("samples_ms") or [c["latency_ms_median"]], dtype=np.float64)
-    if scenario == "server":
-        p99 = lambda a, axis=None: np.percentile(a, 99, axis=axis)  # noqa: E731
-        lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=p99)
-        return float(p99(sc) / p99(sb)), lo, hi
-    lo, hi = bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed)
-    return float(np.median(sc) / np.median(sb)), lo, hi
+#: A trial judged on several figures takes the worst of their verdicts.
+_WORST = ("regressed", "improved", "unchanged")
 
 
-def _peak_ratio(b: dict[str, Any], c: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
-    """base peak / candidate peak, and the range the bisection brackets allow for it: each true peak
-    lies in [peak_rate, peak_rate_fail] (no failing rate tried: up to infinity)."""
-    pb, pc = b.get("peak_rate"), c.get("peak_rate")
-    if pb is None and pc is None:
-        return None, None, None
-    if pc is None:
-        return float("inf"), float("inf"), float("inf")  # the candidate met the bound at no rate
-    if pb is None:
-        return 0.0, 0.0, 0.0
-    fb, fc = b.get("peak_rate_fail") or float("inf"), c.get("peak_rate_fail") or float("inf")
-    return float(pb / pc), float(pb / fc), float(fb / pc)
+def _judged(figure: scenarios.Figure, b: Row, c: Row, threshold: float, confidence: float,
+            n_boot: int, seed: int, noise_floor: float | None) -> Judgement:
+    """Two ok rows of one trial on one of its scenario's figures: ratio (> 1 worse), interval (widened
+    by the between-run noise where the scenario's interval is not its own bracket) and verdict."""
+    scenario = scenarios.of(b)
+
+    def interval(sb: np.ndarray, sc: np.ndarray, statistic: Any) -> tuple[float, float]:
+        return bootstrap_ratio_ci(sb, sc, confidence, n_boot, seed, statistic=statistic)
+
+    ratio, lo, hi = scenario.judge(figure, b, c, interval)
+    out = Judgement(metric=figure.label)
+    if ratio is not None and scenario.widen_by_noise:
+        noise = math.hypot(between_run_noise(b, noise_floor), between_run_noise(c, noise_floor))
+        lo, hi = widen(lo, hi, noise, confidence)
+        out["noise"] = noise
+    if ratio is None:
+        verdict = "unchanged"
+    elif ratio > 1 + threshold and lo > 1:
+        verdict = "regressed"
+    elif ratio < 1 - threshold and hi < 1:
+        verdict = "improved"
+    else:
+        verdict = "unchanged"
+    return {**out, "ratio": ratio, "ci_low": lo, "ci_high": hi, "verdict": verdict}
 
 
-def regressions(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def regressions(items: list[Verdict]) -> list[Verdict]:
     return [r for r in items if r["verdict"] in REGRESSIONS]

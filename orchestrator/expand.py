@@ -14,12 +14,13 @@ import functools
 import hashlib
 import itertools
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
 from orchestrator.plan import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
+from workers import scenarios
 from workers.config import did_you_mean
-from workers.contract import SCENARIO_FIELDS, ModelSpec, Trial, trial_id
+from workers.contract import ModelSpec, Trial, trial_id
 
 
 @functools.cache
@@ -53,20 +54,36 @@ def axis_points(model: ModelSpec, swept: dict[str, list[int]]) -> list[dict[str,
     return [dict(zip(names, values)) for values in itertools.product(*choices)]
 
 
-#: Trial field -> the scenario settings' key that holds its values.
-_SETTING = {"concurrency": "concurrency", "rate": "rates", "arrival": "arrival",
-            "latency_bound_ms": "latency_bound_ms", "min_duration_s": "min_duration_s",
-            "min_requests": "min_requests"}
+class ScenarioPoint(TypedDict, total=False):
+    """A trial's scenario fields (``Trial``'s), as one point of an entry's scenario settings."""
+
+    scenario: str
+    concurrency: int
+    rate: float
+    arrival: str
+    latency_bound_ms: float
+    min_duration_s: float
+    min_requests: int
 
 
-def scenario_points(settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _used(settings: scenarios.Settings, name: str) -> list[str]:
+    """The trial fields scenario ``name`` takes that the settings give a value."""
+    return [f for f in scenarios.get(name).fields if settings[scenarios.PARAMS[f].setting] is not None]
+
+
+def _values(settings: scenarios.Settings, field: str) -> list[Any]:
+    v = settings[scenarios.PARAMS[field].setting]
+    return v if isinstance(v, list) else [v]
+
+
+def scenario_points(settings: scenarios.Settings) -> list[ScenarioPoint]:
     """The scenario fields of each trial of one backend entry: per scenario name, the product of the
-    parameters it uses (``SCENARIO_FIELDS``); the others stay at their defaults (single-stream: none)."""
+    parameters it uses (``Scenario.fields``); the others stay at their defaults (the default scenario: none)."""
     points = []
     for name in settings["name"]:
-        used = [f for f in SCENARIO_FIELDS[name] if settings[_SETTING[f]] is not None]
-        values = [v if isinstance(v := settings[_SETTING[f]], list) else [v] for f in used]
-        points += [{"scenario": name, **dict(zip(used, combo))} for combo in itertools.product(*values)]
+        used = _used(settings, name)
+        points += [{"scenario": name, **dict(zip(used, combo))}
+                   for combo in itertools.product(*(_values(settings, f) for f in used))]
     return points
 
 
@@ -79,10 +96,8 @@ def count_trials(plan: Plan, source: str = "<plan>") -> int:
     per_entry = 0
     for e, entry in enumerate(m.backends):
         settings = scenario_settings(plan, entry, e, source)
-        scenarios = sum(math.prod(len(v) if isinstance(v := settings[_SETTING[f]], list) else 1
-                                  for f in SCENARIO_FIELDS[name] if settings[_SETTING[f]] is not None)
-                        for name in settings["name"])
-        per_entry += len(entry.io or m.io) * scenarios
+        n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
+        per_entry += len(entry.io or m.io) * n_points
     return points * len(m.batch_sizes) * len(m.dtypes) * per_entry
 
 
@@ -102,11 +117,11 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     trials, candidates = [], []
     m = plan.matrix
     points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
-    scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
+    entry_scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
     for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
-        for io, scenario in itertools.product(entry.io or m.io, scenarios[e]):
+        for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
             spec = dict(
                 plan=plan.name,
                 model=model,

@@ -41,7 +41,7 @@ def describe(address: str | None = None) -> dict[str, Any]:
             backends.append({
                 "name": offer.name, "available": offer.unavailable is None,
                 "dtypes": " / ".join(",".join(sorted(offer.dtypes.get(d, ()))) or "-" for d in DEVICES),
-                "scenarios": ", ".join(sorted(runner.scenarios)), "note": offer.unavailable or offer.note,
+                "scenarios": ", ".join(sorted(runner.scenarios())), "note": offer.unavailable or offer.note,
             })
     providers, ort_version = _ort_providers()
     if address:

@@ -16,14 +16,15 @@ import os
 import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 from orchestrator.budgets import missed
 from orchestrator.errors import OutputError
-from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
+from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.row import Row
+from workers.scenarios import tag as scenario_tag
 
 
-def case_name(row: dict[str, Any]) -> tuple[str, str]:
+def case_name(row: Row) -> tuple[str, str]:
     """(classname, name) of a row (or a trial's ``spec_columns``): ``plan.model`` and ``label[bs=N,dtype,io]``,
     with the load scenario after io where it is not single-stream (``label[bs=1,fp16,device,server c=1 200/s]``)."""
     tag = scenario_tag(row)
@@ -31,7 +32,7 @@ def case_name(row: dict[str, Any]) -> tuple[str, str]:
             f"{row['label']}[bs={row['batch_size']},{row['dtype']},{row['io']}{',' + tag if tag else ''}]")
 
 
-def to_xml(trials: list[Trial], rows: list[dict[str, Any]], suite: str) -> ET.ElementTree:
+def to_xml(trials: list[Trial], rows: list[Row], suite: str) -> ET.ElementTree:
     """The JUnit tree of a run: one case per trial, in the plan's order."""
     by_id = {r["trial_id"]: r for r in rows}
     cases = []
@@ -79,7 +80,7 @@ def to_xml(trials: list[Trial], rows: list[dict[str, Any]], suite: str) -> ET.El
     return ET.ElementTree(root)
 
 
-def _facts(trial: Trial, row: dict[str, Any]) -> str:
+def _facts(trial: Trial, row: Row) -> str:
     keys = ("status", "latency_ms_median", "latency_ms_p99", "throughput", "device_name", "node", "worker",
             "gpu_uuid")
     lines = [f"trial_id: {trial.trial_id}", f"options: {row.get('options')}"]
@@ -99,7 +100,7 @@ def check_junit_path(path: str | os.PathLike[str]) -> None:
         raise OutputError(f"--junit {p}: {probe} is not a writable directory")
 
 
-def write_junit(path: str | os.PathLike[str], trials: list[Trial], rows: list[dict[str, Any]],
+def write_junit(path: str | os.PathLike[str], trials: list[Trial], rows: list[Row],
                 suite: str) -> dict[str, int]:
     """Write the JUnit file of a run (atomically); returns its counts (tests, failures, errors, skipped)."""
     tree = to_xml(trials, rows, suite)

@@ -92,12 +92,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
-from workers import zoo
+from workers import scenarios, zoo
 from workers.config import StrictModel, did_you_mean
 from workers.contract import (
     ARRIVALS,
     MAX_DIM,
-    SCENARIOS,
     Dtype,
     Io,
     MeasureSpec,
@@ -122,7 +121,7 @@ def exclude_value(trial: Trial, key: str) -> Any:
 
 
 Strict = StrictModel
-ScenarioName = Literal[SCENARIOS]  # type: ignore[valid-type]
+ScenarioName = scenarios.Name
 Arrival = Literal[ARRIVALS]  # type: ignore[valid-type]
 
 
@@ -884,8 +883,9 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     _check_hf_axes(plan, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
-    if plan_rates and "server" not in names:
-        raise PlanError(f"{source}: {plan_rates}: rates are for the server scenario, which no trial of this plan runs")
+    if plan_rates and not names & set(scenarios.using("rate")):
+        raise PlanError(f"{source}: {plan_rates}: rates are for the {' and '.join(scenarios.using('rate'))} scenario, "
+                        "which no trial of this plan runs")
     matrix = plan.matrix.model_copy(update={"backends": entries})
     return plan.model_copy(update={"matrix": matrix})
 
@@ -957,11 +957,11 @@ def _check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
 MATRIX_SCENARIO_AXES = {"name": "scenarios", "concurrency": "concurrency", "rates": "rates"}
 
 
-def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, Any]:
+def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> scenarios.Settings:
     """The scenario settings of matrix.backends[i]: the plan's ``scenario``, the matrix's scenario
     axes, then the entry's own ``scenario`` (key by key); each value a list (an axis), or None.
     Raises PlanError where a scenario lacks what it needs or a setting is given twice."""
-    merged: dict[str, Any] = {k: getattr(plan.scenario, k) for k in ScenarioSettings.model_fields}
+    merged: scenarios.Settings = {k: getattr(plan.scenario, k) for k in ScenarioSettings.model_fields}  # type: ignore[misc]
     for key, axis in MATRIX_SCENARIO_AXES.items():
         value = getattr(plan.matrix, axis)
         if value is None:
@@ -973,28 +973,19 @@ def scenario_settings(plan: Plan, entry: Any, i: int, source: str) -> dict[str, 
     if own is not None:
         merged.update({k: getattr(own, k) for k in own.model_fields_set if getattr(own, k) is not None})
     where = f"matrix.backends[{i}]" + (".scenario" if own is not None else " (with the plan's scenario)")
-    names = merged["name"] or ["single-stream"]
-    if "server" in names and not merged["rates"]:
-        raise PlanError(f"{source}: {where}: the server scenario needs rates (requests/s), e.g. "
-                        "scenario: {name: server, rates: [100, 200]} or matrix.rates")
-    if "find-peak" in names and not merged["latency_bound_ms"]:
-        raise PlanError(f"{source}: {where}: find-peak needs latency_bound_ms: the p99 bound the peak rate "
-                        "must meet, e.g. scenario: {name: find-peak, latency_bound_ms: 5}")
-    if own is not None and own.rates and "server" not in names:
-        raise PlanError(f"{source}: {where}: rates are for the server scenario; this entry's scenarios are "
-                        f"{', '.join(names)}")
-    if "server" in names:
-        n = merged["min_requests"] or Trial.min_requests
-        slowest = min(merged["rates"])
-        if n / slowest > plan.measure.max_time_s:
-            raise PlanError(f"{source}: {where}: at {slowest:g} requests/s, min_requests {n} take "
-                            f"{n / slowest:g} s, more than measure.max_time_s ({plan.measure.max_time_s:g} s); "
-                            "raise max_time_s or lower min_requests")
-    minimum = merged["min_duration_s"] or Trial.min_duration_s
-    if set(names) - {"single-stream"} and minimum > plan.measure.max_time_s:
-        raise PlanError(f"{source}: {where}: min_duration_s {minimum:g} is longer than measure.max_time_s "
-                        f"({plan.measure.max_time_s:g} s)")
-    return {**merged, "name": names}
+    names = merged["name"] or [scenarios.DEFAULT]
+    settings = {**merged, "name": names}
+    if own is not None and own.rates and not set(names) & set(scenarios.using("rate")):
+        raise PlanError(f"{source}: {where}: rates are for the {' and '.join(scenarios.using('rate'))} scenario; "
+                        f"this entry's scenarios are {', '.join(names)}")
+    minimums = {"min_requests": merged["min_requests"] or Trial.min_requests,
+                "min_duration_s": merged["min_duration_s"] or Trial.min_duration_s}
+    for name in sorted(set(names), key=scenarios.names().index):  # each scenario checks its own settings
+        problem = scenarios.get(name).check({**settings, **minimums}, plan.measure.max_time_s)  # type: ignore[arg-type]
+        if problem:
+            raise PlanError(f"{source}: {where}: {problem}")
+    return settings  # type: ignore[return-value]
+
 
 
 def _list_settings(where: str, settings: Any) -> list[tuple[str, list[Any]]]:

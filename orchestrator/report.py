@@ -34,7 +34,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.results import load_results, run_info
-from workers.contract import Status, scenario_tag, succeeded
+from workers import scenarios
+from workers.contract import Status, succeeded
+from workers.scenarios import label as scenario_label
+from workers.scenarios import tag as scenario_tag
 
 DEFAULT_BASELINE = "torch-eager"
 GROUP = ("model", "axes", "batch_size", "dtype", "io")
@@ -59,15 +62,9 @@ def _order(r: dict[str, Any], baseline: str) -> tuple[Any, ...]:
 
 
 def speed(r: dict[str, Any]) -> float | None:
-    """The figure a row's speedup compares, higher is better: 1 / median latency (single-stream),
-    throughput (offline), 1 / p99 latency (server), the peak rate (find-peak)."""
-    scenario = r.get("scenario") or "single-stream"
-    if scenario == "offline":
-        return r.get("throughput")
-    if scenario == "find-peak":
-        return r.get("peak_rate")
-    ms = r.get("latency_ms_p99" if scenario == "server" else "latency_ms_median")
-    return 1.0 / ms if ms else None
+    """The figure a row's speedup compares, higher is better: its scenario's first figure (a latency
+    inverted)."""
+    return scenarios.of(r).figures[0].speed(r)
 
 
 def _is_baseline(r: dict[str, Any], baseline: str) -> bool:
@@ -144,7 +141,7 @@ def columns(summary: list[dict[str, Any]]) -> tuple[str, ...]:
 
 def _cells(r: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> list[str]:
     model = f"{r.get('model')} {axes_text(r)}".strip()
-    scenario = [scenario_tag(r) or "single-stream"] if "scenario" in cols else []
+    scenario = [scenario_label(r)] if "scenario" in cols else []
     return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), *scenario, str(r.get("label")),
             str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
             _fmt(r.get("throughput"), ".1f"), _fmt(_per_joule(r), ".1f"), _speedup(r), _note(r)]
@@ -183,7 +180,7 @@ PEAK_COLUMNS = ("model", "batch", "dtype", "io", "label", "concurrency", "p99 bo
 
 def peak_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     """The cells of the find-peak table: one line per find-peak row, by group, highest peak first."""
-    found = [r for r in rows if r.get("scenario") == "find-peak"]
+    found = [r for r in rows if scenarios.of(r).report == "peak"]
     found.sort(key=lambda r: (str(r.get("model")), r.get("batch_size") or 0, str(r.get("dtype")), str(r.get("io")),
                               -(r.get("peak_rate") or 0)))
     out = []
@@ -209,9 +206,8 @@ def serving_answers(rows: list[dict[str, Any]]) -> list[str]:
             groups[(str(r.get("model")), axes_text(r), r.get("batch_size"), str(r.get("dtype")))].append(r)
     out = []
     for (model, axes, bs, dtype), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        peaks = [r for r in rs if r.get("scenario") == "find-peak" and r.get("peak_rate")]
-        singles = [r for r in rs if (r.get("scenario") or "single-stream") == "single-stream"
-                   and r.get("latency_ms_median")]
+        peaks = [r for r in rs if scenarios.of(r).report == "peak" and r.get("peak_rate")]
+        singles = [r for r in rs if scenarios.of(r).report == "latency" and r.get("latency_ms_median")]
         if not peaks:
             continue
         best = max(peaks, key=lambda r: r["peak_rate"])
@@ -229,12 +225,17 @@ def serving_answers(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _peak_names() -> str:
+    """The scenarios whose rows go to the peak table."""
+    return " / ".join(n for n in scenarios.names() if scenarios.get(n).report == "peak")
+
+
 def peak_table(rows: list[dict[str, Any]]) -> Table | None:
     """The find-peak table for the terminal, or None when the run has no find-peak rows."""
     cells = peak_rows(rows)
     if not cells:
         return None
-    t = Table(title="Peak rate within the p99 bound (find-peak)", title_justify="left")
+    t = Table(title=f"Peak rate within the p99 bound ({_peak_names()})", title_justify="left")
     for col in PEAK_COLUMNS:
         t.add_column(col, justify="right" if col not in ("model", "dtype", "io", "label", "valid") else "left")
     for c in cells:
@@ -392,8 +393,7 @@ def _curves(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]
     panels = sorted({(r["dtype"], r["batch_size"]) for r in ok})
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ok:
-        lines[f"{r['label']} ({r['io']}, {r['scenario']}"
-              + (f" c={r['concurrency']})" if r["scenario"] == "server" else ")")].append(r)
+        lines[scenarios.of(r).curve_label(r)].append(r)
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
@@ -406,10 +406,10 @@ def _curves(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]
                              if r["dtype"] == dtype and r["batch_size"] == bs)
                 if not pts:
                     continue
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if "offline" in name else "s",
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=scenarios.of(rs[0]).curve_marker,
                         label=name, color=colors[name])
                 for x, y, r in pts:
-                    if r["scenario"] == "offline":
+                    if scenarios.of(r).curve_labels_concurrency:
                         ax.annotate(f"c={r['concurrency']}", (x, y), fontsize=6, xytext=(3, 3),
                                     textcoords="offset points")
             _log_y(ax)
@@ -506,7 +506,7 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_pa
         head = "".join(f"<th>{html.escape(c)}</th>" for c in PEAK_COLUMNS)
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in peaks)
         answers = "".join(f"<li>{html.escape(a)}</li>" for a in serving_answers(rows))
-        parts.append("<h2>Peak rate within the p99 bound</h2><p>find-peak: the highest arrival rate (Poisson "
+        parts.append(f"<h2>Peak rate within the p99 bound</h2><p>{_peak_names()}: the highest arrival rate (Poisson "
                      "unless constant) whose p99 request latency stayed within the bound, found by bisection "
                      "between server runs; the bracket is the highest rate that passed and the lowest that failed."
                      f"</p><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
@@ -514,9 +514,10 @@ def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_pa
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     loaded: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if (r.get("scenario") or "single-stream") == "single-stream":
+        section = scenarios.of(r).report
+        if section == "latency":
             by_model[str(r.get("model"))].append(r)
-        elif r.get("scenario") in ("offline", "server"):
+        elif section == "capacity":
             loaded[str(r.get("model"))].append(r)
     try:
         figures = [p for model in sorted(by_model) for p in _plots(model, by_model[model])]

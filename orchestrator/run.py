@@ -31,6 +31,7 @@ from orchestrator.scheduler import schedule
 from orchestrator.shipping import check_factories, ship
 from orchestrator.sink import SAMPLE_COLUMNS, Compaction, ResultSink, check_writable, compact, describe, layout, slim
 from workers.contract import Trial, succeeded
+from workers.row import Row
 
 
 @dataclass
@@ -260,8 +261,7 @@ def run_plan(
         if on_start:
             on_start(len(trials), result.workers, device)
 
-        def take(row: dict[str, Any]) -> None:
-            row.setdefault("device", device)
+        def take(row: Row) -> None:
             sink.write(row, environment=envs.of_row(row))  # handed to the sink's writer thread
             result.rows.append(slim(row))  # the samples are on disk: the driver keeps no more per trial
             if on_row:
@@ -286,7 +286,7 @@ def run_plan(
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
-                              facts={s.name: s.columns() for s in seats})
+                              facts={s.name: s.columns() for s in seats}, run=Row(device=device))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
             sink.discard_stream()

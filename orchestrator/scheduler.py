@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.dispatch import Dispatcher, Outcome
 from workers.contract import Status, Trial, failure_row
+from workers.row import Row
 
 #: The longest single wait, so that ``should_stop`` is polled.
 POLL_S = 1.0
@@ -46,12 +47,16 @@ class Report:
 def schedule(
     workers: list[tuple[Any, str]],
     trials: list[Trial],
-    on_row: Callable[[dict[str, Any]], None],
+    on_row: Callable[[Row], None],
     should_stop: Callable[[], bool] = lambda: False,
     respawn: Callable[[str], Any] | None = None,
-    facts: dict[str, dict[str, Any]] | None = None,
+    facts: dict[str, Row] | None = None,
+    run: Row | None = None,
 ) -> Report:
     """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready.
+
+    ``facts``: each worker's own columns (by worker name); ``run``: the run's columns, for rows that
+    lack them (the device of a trial whose worker never reported).
 
     ``respawn(name)`` starts a fresh actor in place of a dead or killed worker; without it such a
     worker is gone for the rest of the run. ``should_stop()`` true: no new trial starts.
@@ -65,7 +70,7 @@ def schedule(
 
     def flush() -> None:
         for outcome in core.take_outcomes():
-            on_row(_row(outcome, facts))
+            on_row(_row(outcome, facts, run or {}))
 
     try:
         for name in pool.actors:
@@ -153,7 +158,7 @@ class _RayPool:
         self._owner.clear()
 
 
-def _row(outcome: Outcome, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _row(outcome: Outcome, facts: dict[str, Row], run: Row) -> Row:
     """The row of a trial that ended: the worker's own, or one from the trial (the one place failure
     rows are built), with what only the driver knows."""
     row = outcome.row
@@ -165,6 +170,8 @@ def _row(outcome: Outcome, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                timeout_s=outcome.job.timeout_s, worker_replaced=outcome.replaced)
     if outcome.worker is not None:
         row.update(facts.get(outcome.worker, {}), concurrent_trials=outcome.concurrent)
+    for key, value in run.items():
+        row.setdefault(key, value)  # type: ignore[misc]
     return row
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
 from orchestrator.sink import ResultSink
-from workers import contract
+from workers import contract, scenarios
 from workers.backends.sleep import SleepRunner
 from workers.contract import MeasureSpec, Status, Trial, checked_row, failure_row, spec_columns
 from workers.models import ModelStore
@@ -86,7 +86,7 @@ def test_the_scenario_fields_stay_out_of_the_id_at_their_defaults():
                "min_requests": 200}
     (planned,) = expand(parse_plan({**SLEEP_PLAN, "scenario": spelled}))
     assert planned.trial_id == SLEEP_ID_BEFORE_SCENARIOS
-    defaults = {name: contract.ID_FIELDS_ADDED[name] for name in contract.SCENARIO_FIELDS["server"]}
+    defaults = {name: contract.ID_FIELDS_ADDED[name] for name in scenarios.get("server").fields}
     explicit = dataclasses.replace(base, scenario="single-stream", **defaults).with_id()
     assert explicit.trial_id == SLEEP_ID_BEFORE_SCENARIOS
     offline = dataclasses.replace(base, scenario="offline", concurrency=2).with_id()
@@ -157,3 +157,14 @@ def test_measure_settings_reject_misspelled_keys_and_impossible_bounds():
         MeasureSpec(iter=5)
     with pytest.raises(ValidationError, match="iters .* is larger than max_iters"):
         MeasureSpec(iters=10, max_iters=5)
+
+
+def test_the_row_type_is_generated_from_the_schema_and_current():
+    """``workers.row.Row`` names every column of the schema: regenerate it when a column changes."""
+    from pathlib import Path
+
+    from workers import row, schema
+
+    current = (Path(row.__file__)).read_text()
+    assert current == schema.row_module(), "workers/row.py is stale: python -m workers.schema row > workers/row.py"
+    assert set(row.Row.__annotations__) == schema.NAMES

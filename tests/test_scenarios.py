@@ -17,8 +17,8 @@ from helpers import cli, trials_for
 
 from orchestrator.expand import expand
 from orchestrator.plan import parse_plan
-from workers import scenarios
 from workers.models import ModelStore
+from workers.scenarios import _lanes as scenarios
 from workers.trial import run_trial
 
 STEP_S = 0.02

@@ -22,8 +22,9 @@ from typing import Any
 
 from workers import shipped
 from workers.backends import get
-from workers.contract import Status, Trial, failure_row
+from workers.contract import Status, Trial, failure_row, spec_columns
 from workers.models import ModelStore
+from workers.row import Row
 from workers.trial import run_trial, versions
 
 
@@ -88,8 +89,9 @@ class Worker:
                     **device_facts("cpu")}
         return {"worker": self.name, **environment(self.device if self.warm() else "cpu")}
 
-    def run(self, trial: Trial) -> dict[str, Any]:
+    def run(self, trial: Trial) -> Row:
         source = trial.model.ref
+        spec = spec_columns(trial)  # the driver's trial: its model_source names the driver's file
         try:  # the node's copy of the files the driver shipped, not the driver's paths
             if trial.model.kind == "onnx" and source in self.shipped.get("onnx", {}):
                 local = shipped.onnx_file(self.shipped["onnx"][source])
@@ -104,11 +106,8 @@ class Worker:
             cuda_ok = False  # not warmed: a model-less trial doesn't touch CUDA (see the module's doc)
         else:
             cuda_ok = self.warm()
-        row = run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok)
-        row["model_source"] = f"{trial.model.kind}:{source}"
-        row["worker"] = self.name
-        row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-        return row
+        worker = Row(worker=self.name, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker)
 
 
 def _modelless(backend: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from workers.contract import ModelSpec, Trial
 from workers.models import ModelStore, make_input, make_inputs, onnx_export
+from workers.row import Row
 
 
 @dataclass
@@ -17,7 +18,7 @@ class TrialContext:
     store: ModelStore
     cpus: float = 1.0
     #: facts a runner learns during setup that belong in the row (export cache hit, ...).
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: Row = field(default_factory=dict)
 
     @property
     def model(self) -> ModelSpec:

@@ -32,7 +32,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
+from workers import scenarios
 from workers.config import StrictModel
+from workers.row import InputsItem, Row
 
 
 class Status(str, enum.Enum):
@@ -225,8 +227,8 @@ class Trial:
     #: the values of the model's named axes in this trial (``{"seq": 128}``); empty for models without
     axes: dict[str, int] = field(default_factory=dict)
     #: the load scenario and its parameters (``workers.scenarios``; docs/measuring.md#load-scenarios).
-    #: At their defaults (single-stream) they stay out of the id, so existing trials keep theirs.
-    scenario: str = "single-stream"
+    #: At their defaults (the default scenario) they stay out of the id, so existing trials keep theirs.
+    scenario: str = scenarios.DEFAULT
     concurrency: int = 1  # requests in flight at most (offline, server, find-peak)
     rate: float | None = None  # server: the target arrival rate, requests/s
     arrival: str = "poisson"  # server, find-peak: poisson | constant inter-arrival times
@@ -262,19 +264,10 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: Fields added to ``Trial`` since then, with their defaults. A field at its default stays out of the
 #: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
-ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": "single-stream", "concurrency": 1, "rate": None,
+ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
                                    "min_requests": 200}
-#: The load scenarios (``workers.scenarios``); single-stream is today's closed loop, the default.
-SCENARIOS = ("single-stream", "offline", "server", "find-peak")
 ARRIVALS = ("poisson", "constant")
-#: The trial fields each scenario uses; the others stay at their defaults in its trials.
-SCENARIO_FIELDS = {
-    "single-stream": (),
-    "offline": ("concurrency", "min_duration_s", "min_requests"),
-    "server": ("concurrency", "rate", "arrival", "latency_bound_ms", "min_duration_s", "min_requests"),
-    "find-peak": ("concurrency", "arrival", "latency_bound_ms", "min_duration_s", "min_requests"),
-}
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
 OPTIONS_ADDED: dict[str, Any] = {"dynamic_shapes": False}
@@ -340,8 +333,9 @@ def profile_path(trial: Trial) -> str:
     return f"profiles/{trial.trial_id}.{trial.backend}.json"
 
 
-def spec_columns(trial: Trial) -> dict[str, Any]:
-    """The row columns that come from the trial alone (every row has them, failed ones too)."""
+def spec_columns(trial: Trial) -> Row:
+    """The row columns that come from the trial alone: what the driver knows (every row has them,
+    failed ones too)."""
     m = trial.model
     return {
         "trial_id": trial.trial_id,
@@ -361,9 +355,9 @@ def spec_columns(trial: Trial) -> dict[str, Any]:
     }
 
 
-def scenario_columns(trial: Trial) -> dict[str, Any]:
+def scenario_columns(trial: Trial) -> Row:
     """The row's scenario columns: the scenario's name always, its parameters where it uses them."""
-    used = SCENARIO_FIELDS.get(trial.scenario, ())
+    used = scenarios.get(trial.scenario).fields
     return {"scenario": trial.scenario,
             "concurrency": trial.concurrency if "concurrency" in used else None,
             "target_rate": trial.rate if "rate" in used else None,
@@ -371,24 +365,7 @@ def scenario_columns(trial: Trial) -> dict[str, Any]:
             "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None}
 
 
-def scenario_tag(row: dict[str, Any]) -> str:
-    """A row's (or a trial's ``spec_columns``') scenario in a few words, for case names and tables:
-    empty for single-stream (and rows of runs older than scenarios), else e.g. ``offline c=4``,
-    ``server c=1 200/s`` (``constant`` added when not Poisson), ``find-peak c=1 p99<=5ms``."""
-    name = row.get("scenario") or "single-stream"
-    if name == "single-stream":
-        return ""
-    parts = [name, f"c={row.get('concurrency') or 1}"]
-    if row.get("target_rate") is not None:
-        parts.append(f"{row['target_rate']:g}/s")
-    if row.get("arrival") not in (None, "poisson"):
-        parts.append(str(row["arrival"]))
-    if row.get("latency_bound_ms") is not None:
-        parts.append(f"p99<={row['latency_bound_ms']:g}ms")
-    return " ".join(parts)
-
-
-def fed_inputs(trial: Trial) -> list[dict[str, Any]]:
+def fed_inputs(trial: Trial) -> list[InputsItem]:
     """Every input the trial feeds: name, dtype and full shape (the batch axis included)."""
     m = trial.model
     if not m.inputs:
@@ -409,18 +386,18 @@ def _input_shape_column(trial: Trial) -> list[int] | None:
     return [n for d, n in zip(i.shape, i.resolved_shape(trial.batch_size, trial.axes)) if d != BATCH_AXIS]
 
 
-def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> dict[str, Any]:
+def failure_row(trial: Trial, status: Status, error: str, **columns: Any) -> Row:
     """The row of a trial that ended without a measurement (its worker died, it timed out, ...)."""
     return checked_row({**spec_columns(trial), **columns, "status": str(status), "error": error})
 
 
-def unknown_columns(row: dict[str, Any]) -> list[str]:
+def unknown_columns(row: Row) -> list[str]:
     from workers.schema import NAMES  # pyarrow: only where rows are made, not where plans are checked
 
     return sorted(set(row) - NAMES)
 
 
-def checked_row(row: dict[str, Any]) -> dict[str, Any]:
+def checked_row(row: Row) -> Row:
     """``row`` if every key is a schema column; else the row without the strangers, ``failed``,
     its error naming them (a runner that reports a column the schema lacks fails its own trial)."""
     bad = unknown_columns(row)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
+
+from workers.row import Row
 
 MIN_WINDOW_S = 1.0
 SAMPLE_S = 0.01
@@ -136,10 +138,10 @@ class TimedWindow:
 
 def columns(meter: Meter, timed: TimedWindow, iters: int, batch_size: int, step: Callable[[], None],
             synchronize: Callable[[], None], min_s: float = MIN_WINDOW_S,
-            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+            clock: Callable[[], float] = time.perf_counter) -> Row:
     """The energy columns of one trial: from the timed loop (``timed``, ``iters`` iterations) when the
     counter covers it, else from iterations of ``step`` run now, after timing, for at least ``min_s``."""
-    out: dict[str, Any] = dict.fromkeys(COLUMNS)
+    out: Row = dict.fromkeys(COLUMNS)
     got = timed.joules()
     if got is not None:
         joules, seconds = got

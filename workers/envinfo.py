@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.row import Row
+
 
 @functools.cache
 def cpu_model() -> str:
@@ -122,7 +124,7 @@ def _cudnn_installed() -> str | None:
     return str(major * (10000 if major >= 9 else 1000) + minor * 100 + patch)
 
 
-def versions() -> dict[str, Any]:
+def versions() -> Row:
     """Library versions, CUDA, driver and CPU; never imports torch (see the module's docstring)."""
     out = dict(_installed_versions())
     torch = sys.modules.get("torch")
@@ -132,7 +134,7 @@ def versions() -> dict[str, Any]:
 
 
 @functools.cache
-def _installed_versions() -> dict[str, Any]:
+def _installed_versions() -> Row:
     build = torch_build()
     return {
         "torch_version": build["__version__"] or dist_version("torch"),
@@ -148,7 +150,7 @@ def _installed_versions() -> dict[str, Any]:
 
 
 @functools.cache
-def _torch_versions() -> dict[str, Any]:
+def _torch_versions() -> Row:
     import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -157,9 +159,9 @@ def _torch_versions() -> dict[str, Any]:
             "cudnn_version": str(cudnn) if cudnn else None}
 
 
-def device_facts(device: str) -> dict[str, Any]:
+def device_facts(device: str) -> Row:
     """device_name, gpu_uuid and node for a worker running on ``device``."""
-    facts: dict[str, Any] = {"node": socket.gethostname(), "gpu_uuid": None}
+    facts: Row = {"node": socket.gethostname(), "gpu_uuid": None}
     if device == "cuda":
         import torch
 
@@ -221,9 +223,9 @@ def _handle(uuid: str | None) -> Any:
         return None
 
 
-def gpu_state(uuid: str | None, suffix: str) -> dict[str, Any]:
+def gpu_state(uuid: str | None, suffix: str) -> Row:
     """Clocks (MHz), temperature (C) and power (W) of the GPU ``uuid`` now; nulls without NVML."""
-    cols: dict[str, Any] = {f"gpu_{k}_{suffix}": None for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")}
+    cols: Row = {f"gpu_{k}_{suffix}": None for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")}
     h = _handle(uuid)
     if h is None:
         return cols
@@ -318,7 +320,7 @@ class GpuWatch:
             self.util += [v for _, v in readings["util"]]
             self._sampler = None
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Row:
         self.close()
         end = gpu_state(self.uuid, "end")
         self._read()
@@ -332,7 +334,7 @@ class GpuWatch:
                 "gpu_util_pct": util}
 
 
-def merge_watches(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_watches(repeats: list[Row]) -> Row:
     """The GPU columns of a trial measured in several repeats: the first's start, the last's end,
     contended if any repeat was, every other process seen, every check counted."""
     if not repeats:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+
+from workers.row import Row
 
 SAMPLE_S = 0.01
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -68,7 +69,7 @@ class HostPeak:
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._result: dict[str, Any] | None = None
+        self._result: Row | None = None
         if _rss() is None:
             return  # no /proc: not Linux
         if _reset_high_water_mark():
@@ -83,7 +84,7 @@ class HostPeak:
         while not self._stop.wait(SAMPLE_S):
             self._peak = max(self._peak, _rss() or 0)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> Row:
         """The peak since this watch began; the first call ends the window (later calls repeat its answer)."""
         if self._result is not None:
             return self._result
@@ -144,7 +145,7 @@ class TrialMemory:
             free, total = torch.cuda.mem_get_info()
             self._used0 = total - free
 
-    def columns(self) -> dict[str, Any]:
+    def columns(self) -> Row:
         """The GPU columns (null on a CPU trial) and ``peak``, the legacy ``gpu_mem_peak_bytes``."""
         if self.device != "cuda":
             return {k: None for k in COLUMNS if not k.startswith("host_")} | {"peak": None}
@@ -167,7 +168,7 @@ class TrialMemory:
             self._torch.cuda.empty_cache()
 
 
-def merge(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+def merge(repeats: list[Row]) -> Row:
     """One trial's GPU memory columns from its repeats' (each a fresh runner): peaks are the largest,
     the device's used memory before is the first repeat's and after is the last's."""
     first, last = repeats[0], repeats[-1]

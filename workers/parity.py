@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # numpy is imported where used: the driver imports this modul
     import numpy as np
 
 from workers.contract import Trial
+from workers.row import Row
 
 REFERENCE = "torch-eager fp32"
 
@@ -38,7 +39,7 @@ class ParityFailure(Exception):
     ``columns`` carries what was learnt (the errors, the environment) for the row.
     """
 
-    def __init__(self, message: str, columns: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, columns: Row | None = None) -> None:
         super().__init__(message)
         self.columns = columns or {}
 
@@ -124,7 +125,7 @@ def nonfinite(output: np.ndarray) -> int:
 
 
 def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict[str, np.ndarray]],
-          modelless: bool) -> dict[str, Any]:
+          modelless: bool) -> Row:
     """Parity columns for the trial's outputs (one per repeat; each one array, or several by name);
     raises ParityFailure when wrong. Every output is compared with the reference's output in the same
     place (the names are the reference's: an ONNX export may name them otherwise); the errors kept are
@@ -136,14 +137,14 @@ def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict
             if bad:
                 which = f"output '{name}'" if several else "output"
                 raise ParityFailure(f"{which} has {bad} NaN/Inf values of {arr.size}; latency not published")
-    cols: dict[str, Any] = {"parity_reference": None, "parity_max_abs_err": None,
+    cols: Row = {"parity_reference": None, "parity_max_abs_err": None,
                             "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None}
     if not trial.parity.check or modelless or trial.model.kind == "onnx":
         return cols
     tol = float(getattr(trial.parity.tolerance, trial.dtype))
     ref = named(reference_output(trial, device, store))
     cols.update(parity_reference=f"{REFERENCE} on {device}", parity_tolerance=tol)
-    worst: dict[str, Any] = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0, "parity_worst_output": None}
+    worst: Row = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0, "parity_worst_output": None}
     for y in outputs:
         got = list(named(y).values())
         if len(got) != len(ref):

@@ -233,7 +233,7 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
-#: Load scenarios (workers/scenarios.py; docs/measuring.md#load-scenarios). Single-stream rows have
+#: Load scenarios (workers/scenarios/; docs/measuring.md#load-scenarios). Single-stream rows have
 #: ``scenario`` alone; times of the per-request lists are seconds from the start of the measured run.
 _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("scenario", _STR, "the load scenario: single-stream (one request at a time, the default), offline "
@@ -310,5 +310,49 @@ def markdown_page() -> str:
     ])
 
 
+def _py(t: pa.DataType, structs: dict[str, str], name: str) -> str:
+    """The Python type of an Arrow type, for ``row_module`` (a struct becomes a TypedDict of its own)."""
+    if pa.types.is_list(t):
+        return f"list[{_py(t.value_type, structs, name)}]"
+    if pa.types.is_struct(t):
+        cls = "".join(w.title() for w in name.split("_")) + "Item"
+        fields = "".join(f"\n    {f.name}: {_py(f.type, structs, f.name)}" for f in t)
+        structs[cls] = f"class {cls}(TypedDict):{fields}\n"
+        return cls
+    if pa.types.is_timestamp(t):
+        return "datetime"
+    return {"string": "str", "int64": "int", "double": "float", "bool": "bool"}[str(t)]
+
+
+def row_module() -> str:
+    """workers/row.py, whole: ``Row``, a TypedDict of every column (``python -m workers.schema row``)."""
+    structs: dict[str, str] = {}
+    fields = [f"    {n}: {_py(t, structs, n)} | None" for n, t, _ in COLUMNS]
+    module = __spec__.name if __spec__ else __name__
+    return "\n".join([
+        f'"""A result row as a type: every column of ``{module}`` (generated from it: edit the columns',
+        f"there, then run ``python -m {module} row > workers/row.py``).",
+        "",
+        "Any station that builds part of a row (the driver's spec columns, the worker's measurement, the",
+        "sink's run columns) fills some of these keys; a row read back from a results file has them all.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from datetime import datetime",
+        "from typing import TypedDict",
+        "",
+        "",
+        *[f"{body}\n" for body in structs.values()],
+        "class Row(TypedDict, total=False):",
+        '    """One trial\'s result row (docs/schema.md says what each column means)."""',
+        "",
+        *fields,
+        "",
+    ])
+
+
 if __name__ == "__main__":
-    print(markdown_page())
+    import sys
+
+    print(row_module() if sys.argv[1:] == ["row"] else markdown_page(), end="" if sys.argv[1:] == ["row"] else "\n")

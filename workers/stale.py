@@ -22,6 +22,7 @@ from typing import Any
 
 from workers.contract import Trial
 from workers.parity import REFERENCE, ParityFailure, compare, named, nonfinite, reference_output
+from workers.row import Row
 
 SECOND_SEED_OFFSET = 1
 COLUMNS = ("stale_reference", "stale_max_rel_err")
@@ -40,10 +41,10 @@ def probe(runner: Any) -> dict[str, Any] | None:
 
 
 def check(trial: Trial, device: str, store: Any, got: dict[str, Any] | None, first: Any,
-          modelless: bool) -> dict[str, Any]:
+          modelless: bool) -> Row:
     """The stale columns for a ``probe``'s result; raises ParityFailure ("stale output") when the
     second input's output is off its reference. ``first``: the timed input's output."""
-    cols: dict[str, Any] = dict.fromkeys(COLUMNS)
+    cols: Row = dict.fromkeys(COLUMNS)
     if got is None:
         return cols
     seed = got["seed"]

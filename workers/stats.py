@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+
+from workers.row import Row
 
 PERCENTILE_METHOD = "linear"
 BOOTSTRAP_RESAMPLES = 1000
@@ -71,7 +72,7 @@ def relative_ci(samples: Sequence[float] | np.ndarray) -> float:
     return max(med - ci[0], ci[1] - med) / med
 
 
-def latency_stats(samples_ms: Sequence[float], batch_size: int, seed: int = 0) -> dict[str, Any]:
+def latency_stats(samples_ms: Sequence[float], batch_size: int, seed: int = 0) -> Row:
     """Every latency column of a row (ms) and the throughput (samples/s, from the median)."""
     a = np.asarray(samples_ms, dtype=np.float64)
     if a.size == 0:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workers.row import Row
 
 if TYPE_CHECKING:  # pragma: no cover
     from workers.contract import Trial
@@ -35,18 +37,19 @@ MAX_REPEAT_SPREAD = 0.01
 MIN_SAMPLES = 6
 
 
-def _single_stream(row: dict[str, Any], trial: Trial | None) -> bool:
-    """Whether the row is single-stream latency (one query at a time): the spread rules are about that.
+def _spread_rules(row: Row, trial: Trial | None) -> bool:
+    """Whether the spread rules judge the row: its scenario's ``spread_rules`` (one query at a time).
     A load scenario's latencies include queueing, whose spread is its own business (``scenario_reasons``)."""
-    scenario = row.get("scenario") or getattr(trial, "scenario", None) or "single-stream"
-    return scenario == "single-stream"
+    from workers import scenarios
+
+    return scenarios.of(row if row.get("scenario") or trial is None else trial).spread_rules
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
+def _not_converged(row: Row, trial: Trial | None) -> str | None:
     if row.get("converged") is not False:
         return None
     from workers.stats import relative_ci  # numpy: only where rows are judged
@@ -64,7 +67,7 @@ def _not_converged(row: dict[str, Any], trial: Trial | None) -> str | None:
     return f"not converged: {got}{want} when {bound} stopped it ({row.get('iters')} iterations)"
 
 
-def _contended(row: dict[str, Any]) -> str | None:
+def _contended(row: Row) -> str | None:
     if not row.get("contended"):
         return None
     pids = row.get("gpu_other_pids") or []
@@ -72,7 +75,7 @@ def _contended(row: dict[str, Any]) -> str | None:
     return f"contended: {who} also on the GPU during timing"
 
 
-def _noisy(row: dict[str, Any]) -> str | None:
+def _noisy(row: Row) -> str | None:
     iqr, med = row.get("latency_ms_iqr"), row.get("latency_ms_median")
     if iqr is None or not med or med <= 0:
         return None
@@ -80,7 +83,7 @@ def _noisy(row: dict[str, Any]) -> str | None:
     return f"noisy: IQR/median {_pct(rel)} > {_pct(MAX_REL_IQR)}" if rel > MAX_REL_IQR else None
 
 
-def _too_few(row: dict[str, Any]) -> str | None:
+def _too_few(row: Row) -> str | None:
     n = row.get("iters")
     if n is None or n >= MIN_SAMPLES:
         return None
@@ -114,65 +117,32 @@ def repeats_disagree(medians: list[float], rel_cis: list[float] | None) -> str |
             f"> {_pct(MAX_REPEAT_SPREAD)}{within}")
 
 
-def measurement_reasons(row: dict[str, Any], trial: Trial | None = None) -> list[str]:
+def measurement_reasons(row: Row, trial: Trial | None = None) -> list[str]:
     """Why the timing itself can't be trusted: another process on the GPU (any scenario); and for
     single-stream latency rows: not converged, noisy, repeats that disagree, too few samples."""
     reasons = [_contended(row)]
-    if _single_stream(row, trial):
+    if _spread_rules(row, trial):
         reasons += [_not_converged(row, trial), _too_few(row), _noisy(row),
                     repeats_disagree(list(row.get("repeat_medians_ms") or []), row.get("repeat_rel_ci"))]
     return [r for r in reasons if r]
 
 
-def queueing(row: dict[str, Any]) -> bool:
+def queueing(row: Row) -> bool:
     """True for rows of a load scenario with requests in flight (offline, server, find-peak): their
     latency spread is queueing by nature, not noise, so spread-based rules (noisy, CI of the median
     not met, between-repeat CV) must not judge them. Rows of runs older than scenarios: single-stream."""
-    return not _single_stream(row, None)
+    return not _spread_rules(row, None)
 
 
-#: A server run kept its schedule when its achieved rate is within this of the schedule's own rate.
-RATE_TOL = 0.01
+def scenario_reasons(row: Row, trial: Trial) -> list[str]:
+    """Why the load scenario's own conditions were not met (``Scenario.reasons``; the default
+    scenario has none). Queueing spread is never a reason here."""
+    from workers import scenarios
+
+    return scenarios.of(row).reasons(row, trial)
 
 
-def scenario_reasons(row: dict[str, Any], trial: Trial) -> list[str]:
-    """Why the load scenario's own conditions were not met (single-stream has none).
-
-    - offline, server: the run met min_requests and min_duration_s (it did not stop at max_time_s
-      first); server: every scheduled request was served, at an achieved rate within 1% of the
-      generated schedule's own rate (not the nominal target: a finite Poisson schedule is rarely
-      on it), and p99 within latency_bound_ms where one is given;
-    - find-peak: some rate met the bound (``peak_rate`` set).
-    Queueing spread is never a reason here."""
-    scenario = row.get("scenario") or "single-stream"
-    if scenario == "single-stream":
-        return []
-    reasons: list[str] = []
-    if scenario == "find-peak":
-        if row.get("peak_rate") is None:
-            tried = row.get("probe_rates") or []
-            reasons.append(f"no peak: none of the {len(tried)} rate(s) tried met p99 <= {trial.latency_bound_ms:g} ms"
-                           if tried else "no peak: no server run fitted in measure.max_time_s")
-        return reasons
-    n, window = row.get("requests") or 0, row.get("measured_s") or 0.0
-    if n < trial.min_requests:
-        reasons.append(f"too few requests: {n} < min_requests {trial.min_requests}")
-    if window < trial.min_duration_s:
-        reasons.append(f"too short: {window:.3g} s < min_duration_s {trial.min_duration_s:g} s")
-    if scenario == "server":
-        own, got = row.get("schedule_rate"), row.get("achieved_rate")
-        if own is None:
-            reasons.append(f"schedule not kept: {n} request(s) served before max_time_s, not the whole schedule")
-        elif got is None or abs(got / own - 1) > RATE_TOL:
-            reasons.append(f"schedule not kept: achieved {got or 0:.4g}/s vs the schedule's {own:.4g}/s "
-                           f"(more than {RATE_TOL:.0%} apart)")
-        bound, p99 = trial.latency_bound_ms, row.get("latency_ms_p99")
-        if bound is not None and p99 is not None and p99 > bound:
-            reasons.append(f"over the bound: p99 {p99:.3g} ms > latency_bound_ms {bound:g}")
-    return reasons
-
-
-def verdict(row: dict[str, Any], trial: Trial) -> dict[str, Any]:
+def verdict(row: Row, trial: Trial) -> Row:
     """The row's ``valid`` and ``invalid_reasons`` columns."""
     if row.get("status") != "ok":
         return dict.fromkeys(COLUMNS)

@@ -10,8 +10,8 @@ driver imports every backend module to validate plans and must stay light.
 
 What a backend can do is said on its class, never by testing its name elsewhere:
 
-- ``Options``, ``dtypes``, ``model_kinds``, ``modelless``, ``scenarios``: what a plan may ask of it;
-- ``lanes(k)``: for the load scenarios beyond single-stream (``workers.scenarios``), k independent
+- ``Options``, ``dtypes``, ``model_kinds``, ``modelless``, ``concurrent``: what a plan may ask of it;
+- ``lanes(k)``: for the load scenarios with several requests in flight (``workers.scenarios``), k independent
   lanes, each serving one request at a time to completion on its own stream and buffers, so k host
   threads keep k requests in flight;
 - ``requires``: the libraries it needs, checked by ``unavailable`` without importing them;
@@ -73,8 +73,6 @@ class Offer:
 
 
 NEEDS_GPU = "needs a CUDA GPU; none is visible here"
-#: Every load scenario (``workers.contract.SCENARIOS``): what a runner with ``lanes`` can run.
-ALL_SCENARIOS = frozenset({"single-stream", "offline", "server", "find-peak"})
 
 
 @dataclass
@@ -83,11 +81,14 @@ class Lane:
 
     ``run`` serves ONE request and returns when it is complete (on a GPU: its work queued on the
     lane's own stream, then that stream synchronized), so the host time around it is the request's
-    service time. ``output`` reads the lane's last result as host arrays, for the parity check.
+    service time. It returns None, or the request's own timings where one request has several (a
+    generated sequence's first token and each later one, as ``time.perf_counter`` times): the load
+    scenarios keep them per request (``workers.scenarios._lanes.Run.marks``) for a scenario's figures.
+    ``output`` reads the lane's last result as host arrays, for the parity check.
     Lanes share nothing mutable: k host threads may call k lanes' ``run`` at once.
     """
 
-    run: Callable[[], None]
+    run: Callable[[], Any]
     output: Callable[[], Any]
     #: the lane's first runs that must not overlap another lane's (a CUDA graph captured on the first
     #: runs, as ORT's is): the warm-up runs them one lane at a time, on the lane's own thread
@@ -112,10 +113,10 @@ class Runner(ABC):
     model_kinds: ClassVar[frozenset[str]] = frozenset({"torchvision", "python", "hf"})
     #: True when the backend needs no model at all (fault injection, scheduling benchmarks).
     modelless: ClassVar[bool] = False
-    #: load scenarios it can run; "single-stream": one query at a time, the next when it is done. A
-    #: runner that implements ``lanes`` lists ALL_SCENARIOS (``scenario_skip_reason`` may still refuse
-    #: a configuration of its options).
-    scenarios: ClassVar[frozenset[str]] = frozenset({"single-stream"})
+    #: True when it implements ``lanes``: it runs every load scenario (``workers.scenarios``), those with
+    #: several requests in flight too (``scenario_skip_reason`` may still refuse a configuration of its
+    #: options); False: only the scenarios that send one request at a time.
+    concurrent: ClassVar[bool] = False
     #: importable modules it needs in the worker (checked by ``unavailable`` without importing them).
     requires: ClassVar[tuple[str, ...]] = ()
     #: the row columns this backend adds (``extra_columns`` and the facts its trials' context records).
@@ -167,19 +168,25 @@ class Runner(ABC):
         return None
 
     @classmethod
+    def scenarios(cls) -> tuple[str, ...]:
+        """The load scenarios it can run (``workers.scenarios``' names)."""
+        from workers import scenarios
+
+        return tuple(n for n in scenarios.names() if cls.concurrent or not scenarios.get(n).uses_lanes)
+
+    @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
-        """Why this backend can't run the trial's load scenario, or None (single-stream: always can).
+        """Why this backend can't run the trial's load scenario, or None (one request at a time: always can).
         Backends whose options decide it (a CUDA graph per thread) override this and say why."""
-        if trial.scenario in cls.scenarios:
+        if trial.scenario in cls.scenarios():
             return None
         return (f"backend {cls.name} can't run the {trial.scenario} scenario (several requests in flight); "
-                f"it runs: {', '.join(sorted(cls.scenarios))}")
+                f"it runs: {', '.join(sorted(cls.scenarios()))}")
 
     def lanes(self, k: int) -> list[Lane]:
         """``k`` independent lanes for the load scenarios, built after ``setup`` (not timed): each
         with its own stream, input and output buffers (and captured graph, for graph backends).
-        Every lane's output is parity-checked. Runners listing more than single-stream in
-        ``scenarios`` implement it."""
+        Every lane's output is parity-checked. Runners that set ``concurrent`` implement it."""
         raise NotImplementedError(f"backend {self.name} has no lanes")
 
     @abstractmethod

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from workers.backends.base import ALL_SCENARIOS, NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
+from workers.backends.base import NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
 from workers.models import cache_dir
@@ -158,7 +158,7 @@ class OrtRunner(Runner):
                          "compile_cache_warm"})
     kept_on_parity_failure = frozenset({"export_cached", "export_route", "providers_used"})
     profiler = "onnxruntime (a second session with enable_profiling, after timing)"
-    scenarios = ALL_SCENARIOS
+    concurrent = True
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:

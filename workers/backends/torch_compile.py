@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import model_validator
 
-from workers.backends.base import ALL_SCENARIOS, BackendOptions, InvalidMeasurement, Lane, Runner
+from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runner
 from workers.backends.torch_eager import TorchOptions, eager_lane, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 from workers.models import cache_dir
@@ -90,12 +90,14 @@ class TorchCompile(Runner):
     requires = ("torch",)
     columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
                          "recompiles_during_timing"})
-    scenarios = ALL_SCENARIOS
+    concurrent = True
 
     @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         mode = trial.options.get("mode", "default")
-        if trial.scenario != "single-stream" and device_type == "cuda" and mode in CUDA_GRAPH_MODES:
+        from workers import scenarios
+
+        if scenarios.get(trial.scenario).uses_lanes and device_type == "cuda" and mode in CUDA_GRAPH_MODES:
             return (f"torch-compile mode {mode} uses CUDA-graph trees, kept per thread with one memory pool: "
                     f"several requests in flight from several threads ({trial.scenario}) is not supported there; "
                     "use torch-cudagraph (one graph per lane) or mode default")

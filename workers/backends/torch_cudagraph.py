@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.backends.base import ALL_SCENARIOS, BackendOptions, Lane, Runner
+from workers.backends.base import BackendOptions, Lane, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 
@@ -30,7 +30,7 @@ class TorchCudaGraph(Runner):
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
     requires = ("torch",)
-    scenarios = ALL_SCENARIOS
+    concurrent = True
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:

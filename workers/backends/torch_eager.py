@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.backends.base import ALL_SCENARIOS, BackendOptions, Lane, Runner
+from workers.backends.base import BackendOptions, Lane, Runner
 from workers.contract import Trial
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
@@ -49,7 +49,7 @@ class TorchEager(Runner):
     profiler = "torch.profiler"
     Options = TorchOptions
     requires = ("torch",)
-    scenarios = ALL_SCENARIOS
+    concurrent = True
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:

@@ -1,6 +1,6 @@
 """Load scenarios: several requests in flight, driven through a runner's lanes from host threads.
 
-single-stream (one request, wait for it, the next) is ``workers.timing``; this module is the rest.
+One request at a time is ``workers.scenarios._repeats`` (``workers.timing``); this module is the rest.
 A runner gives ``concurrency`` lanes (``Runner.lanes``); each lane lives on one host thread for the
 whole trial (``LaneThreads``: ORT keeps its CUDA graph per thread) and serves one request at a time
 to completion (its own stream synchronized). Policy, in the order it runs::
@@ -43,16 +43,17 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from workers import envinfo, memory, stats
+from workers import memory, stats
 from workers.backends.base import Lane
-from workers.context import TrialContext
 from workers.contract import Trial
-from workers.validity import RATE_TOL  # the server kept up: achieved rate within this of the schedule's own
+from workers.row import Row
+from workers.scenarios._session import Harness, LaneThreads
+from workers.scenarios.base import DEFAULT, Measured
 
 #: Waiting for an arrival sleeps until this close, then yields in a loop (sleep wakes late by ~0.1 ms).
 SPIN_S = 0.001
@@ -84,57 +85,6 @@ def schedule(rate: float, arrival: str, seed: int, min_requests: int, min_s: flo
         gaps = np.concatenate([gaps, rng.exponential(1.0 / rate, n // 10 + 1)])
     out = np.cumsum(gaps)
     return out[: max(min_requests, int(np.searchsorted(out, min_s)) + 1)]
-
-
-class LaneThreads:
-    """One long-lived host thread per lane: ``run(job)`` calls ``job(i, lane)`` on every lane's own
-    thread at once and returns when all are done; an exception in one is raised here, the others
-    told to stop (``stop`` is set)."""
-
-    def __init__(self, lanes: list[Lane]) -> None:
-        self.lanes = lanes
-        self.stop = threading.Event()
-        self._jobs: list[Any] = [None] * len(lanes)
-        self._go = [threading.Event() for _ in lanes]
-        self._done = [threading.Event() for _ in lanes]
-        self._errors: list[BaseException | None] = [None] * len(lanes)
-        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"lane-{i}")
-                         for i in range(len(lanes))]
-        for t in self._threads:
-            t.start()
-
-    def _loop(self, i: int) -> None:
-        while True:
-            self._go[i].wait()
-            self._go[i].clear()
-            job = self._jobs[i]
-            if job is None:
-                return
-            try:
-                job(i, self.lanes[i])
-            except BaseException as exc:  # raised again on the caller's thread
-                self._errors[i] = exc
-                self.stop.set()
-            self._done[i].set()
-
-    def run(self, job: Callable[[int, Lane], None]) -> None:
-        self.stop.clear()
-        for i in range(len(self.lanes)):
-            self._jobs[i], self._errors[i] = job, None
-            self._done[i].clear()
-            self._go[i].set()
-        for d in self._done:
-            d.wait()
-        err = next((e for e in self._errors if e is not None), None)
-        if err is not None:
-            raise err
-
-    def close(self) -> None:
-        for i in range(len(self.lanes)):
-            self._jobs[i] = None
-            self._go[i].set()
-        for t in self._threads:
-            t.join(timeout=60)
 
 
 def warm_up(threads: LaneThreads, iters: int) -> int:
@@ -173,6 +123,11 @@ class Run:
     scheduled: int = 0  # server: requests in the schedule (some unserved when the time limit hit)
     hit_max_time: bool = False
     window_s: float = 0.0
+    #: what each request's ``Lane.run`` returned, in the order above: None for a lane that times only
+    #: the whole request; a lane whose request has timings of its own (a first token, each later one)
+    #: returns them, as ``time.perf_counter`` times (``t0``, the run's start, on that clock)
+    marks: list[Any] = field(default_factory=list)
+    t0: float = 0.0
 
     @property
     def service_ms(self) -> np.ndarray:
@@ -187,7 +142,7 @@ class Run:
 def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float) -> Run:
     """Every lane busy until both minimums are met (or ``max_s`` passed)."""
     k = len(threads.lanes)
-    records: list[list[tuple[float, float]]] = [[] for _ in range(k)]
+    records: list[list[tuple[float, float, Any]]] = [[] for _ in range(k)]
     completed = itertools.count(1)  # next() is one C call under the GIL: a shared count without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
@@ -200,19 +155,20 @@ def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float)
             s = clock()
             if s - start >= max_s or (done >= min_requests and s - start >= min_s):
                 return
-            run()
+            marks = run()
             e = clock()
-            append((s, e))
+            append((s, e, marks))
             done = next(completed)
 
     threads.run(job)
     base = t0[0]
-    rows = sorted((s - base, e - base, i) for i, rec in enumerate(records) for s, e in rec)
-    a = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    rows = sorted(((s - base, e - base, i, m) for i, rec in enumerate(records) for s, e, m in rec),
+                  key=lambda r: r[:3])
+    a = np.asarray([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
     end = a[:, 1]
     window = float(end.max()) if end.size else 0.0
     return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window,
-               hit_max_time=bool(len(rows) < min_requests or window < min_s))
+               hit_max_time=bool(len(rows) < min_requests or window < min_s), marks=[r[3] for r in rows], t0=base)
 
 
 def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
@@ -224,7 +180,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     and the row does not (``bench/queue_theory.py`` measures it as ``handoff``)."""
     n = len(arrivals)
     k = len(threads.lanes)
-    records: list[list[tuple[int, float, float]]] = [[] for _ in range(k)]
+    records: list[list[tuple[int, float, float, Any]]] = [[] for _ in range(k)]
     order = itertools.count()  # next() is one C call under the GIL: FIFO without a lock
     t0 = [0.0]
     barrier = threading.Barrier(k, action=lambda: t0.__setitem__(0, time.perf_counter()))
@@ -244,28 +200,32 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
                 s = clock()
             else:
                 s = taken  # queued: it starts now
-            run()
+            marks = run()
             e = clock()
-            append((r, s, e))
+            append((r, s, e, marks))
 
     threads.run(job)
     base = t0[0]
     start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     lanes = np.full(n, -1, dtype=np.int64)
+    marks: list[Any] = [None] * n
     for i, rec in enumerate(records):
         if not rec:
             continue
-        r, s, e = (np.asarray(c) for c in zip(*rec))
+        r, s, e = (np.asarray(c) for c in list(zip(*rec))[:3])
         start[r], end[r], lanes[r] = s - base, e - base, i
+        for j, m in zip(r.tolist(), (x[3] for x in rec)):
+            marks[j] = m
         free = np.concatenate([[base], e[:-1]])  # when the lane was last free: the start, then its last end
         lag[r] = s - np.maximum(base + arrivals[r], free)
     served = ~np.isnan(end)
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
-               window_s=float(np.nanmax(end)) if served.any() else 0.0)
+               window_s=float(np.nanmax(end)) if served.any() else 0.0,
+               marks=[m for m, ok in zip(marks, served.tolist()) if ok], t0=base)
 
 
-def server_columns(run: Run) -> dict[str, Any]:
+def server_columns(run: Run) -> Row:
     """The row columns of a server run: rates, issue lag, per-request arrays."""
     a = run.arrival if run.arrival is not None else np.empty(0)
     full = schedule_rate(a) if run.scheduled == len(a) else None
@@ -287,13 +247,13 @@ def schedule_rate(arrivals: np.ndarray) -> float | None:
     return float((len(arrivals) - 1) / span) if span > 0 else None
 
 
-def kept_schedule(cols: dict[str, Any]) -> bool:
-    """The server kept up: every request served, at a rate within RATE_TOL of the schedule's own."""
+def kept_schedule(cols: Row, rate_tol: float) -> bool:
+    """The server kept up: every request served, at a rate within ``rate_tol`` of the schedule's own."""
     own, got = cols.get("schedule_rate"), cols.get("achieved_rate")
-    return own is not None and got is not None and abs(got / own - 1) <= RATE_TOL
+    return own is not None and got is not None and abs(got / own - 1) <= rate_tol
 
 
-def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
+def run_columns(run: Run, batch_size: int, seed: int) -> Row:
     """The columns every offline or server row has: latency statistics, requests, per-request arrays."""
     lat = stats.latency_stats(run.latency_ms.tolist(), batch_size, seed=seed)
     return {
@@ -305,7 +265,7 @@ def run_columns(run: Run, batch_size: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[dict[str, Any], Run]:
+def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[Row, Run]:
     arrivals = schedule(rate, trial.arrival, trial.seed, trial.min_requests, trial.min_duration_s)
     run = server(threads, arrivals, max_s)
     if not len(run.end):
@@ -315,15 +275,15 @@ def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -
     return cols, run
 
 
-def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
+def find_peak(threads: LaneThreads, trial: Trial, rate_tol: float) -> Row:
     """Bisection over server runs for the highest rate whose p99 is within the bound (see the module's doc)."""
     budget = trial.measure.max_time_s
     t_start = time.perf_counter()
     cap_run = offline(threads, 1, min(trial.min_duration_s, CAPACITY_SHARE * budget), budget)
     cap = len(cap_run.end) / cap_run.window_s
     lo, hi, fail = 0.0, cap, None
-    best: dict[str, Any] | None = None
-    lowest_fail: dict[str, Any] | None = None  # the row's figures when no rate passed
+    best: Row | None = None
+    lowest_fail: Row | None = None  # the row's figures when no rate passed
     rates, p99s, passed = [], [], []
     while (hi - lo) > PEAK_REL_TOL * hi:
         r = (lo + hi) / 2
@@ -332,7 +292,7 @@ def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
         if n / r > left:
             break  # the next run would not fit in the trial's time: the bracket stays as it is
         cols, _ = _server_run(threads, trial, r, left)
-        ok = kept_schedule(cols) and cols["latency_ms_p99"] <= trial.latency_bound_ms
+        ok = kept_schedule(cols, rate_tol) and cols["latency_ms_p99"] <= trial.latency_bound_ms
         rates.append(r)
         p99s.append(cols["latency_ms_p99"])
         passed.append(ok)
@@ -347,53 +307,42 @@ def find_peak(threads: LaneThreads, trial: Trial) -> dict[str, Any]:
     return out
 
 
-def measure(runner_cls: Any, ctx: TrialContext, on_gpu: bool) -> tuple[dict[str, Any], list[Any]]:
-    """Set the runner and its lanes up, run the trial's scenario, and return the row's columns and
-    every lane's output (each is parity-checked)."""
-    trial = ctx.trial
+def offline_run(threads: LaneThreads, trial: Trial) -> Row:
+    """An offline run's row columns."""
+    run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
+    cols = run_columns(run, trial.batch_size, trial.seed)
+    cols["achieved_rate"] = len(run.end) / run.window_s
+    cols["throughput"] = cols["achieved_rate"] * trial.batch_size
+    return cols
+
+
+def server_run(threads: LaneThreads, trial: Trial) -> Row:
+    """A server run's row columns, at the trial's rate."""
+    return _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)[0]
+
+
+def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
+    """Set the runner and its lanes up, warm them, ``run`` the scenario on them, and return the
+    row's columns and every lane's output (each is parity-checked)."""
+    trial, ctx = h.trial, h.ctx
     host_mem = memory.HostPeak()
-    runner = runner_cls(ctx, runner_cls.Options.model_validate(trial.options))
-    gpu_uuid = envinfo.device_facts("cuda")["gpu_uuid"] if on_gpu else None
-    mem = memory.TrialMemory("cuda" if on_gpu else "cpu", gpu_uuid)
-    threads = None
-    lanes: list[Lane] = []
-    t_setup = time.perf_counter()
     try:
-        runner.setup()
-        lanes = runner.lanes(trial.concurrency)
-        setup_s = time.perf_counter() - t_setup
-        threads = LaneThreads(lanes)
-        t_warm = time.perf_counter()
-        warm = warm_up(threads, trial.measure.warmup_iters)
-        warmup_s = time.perf_counter() - t_warm
-        watch = envinfo.GpuWatch(gpu_uuid) if on_gpu else None
-        if trial.scenario == "offline":
-            run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
-            cols = run_columns(run, trial.batch_size, trial.seed)
-            cols["achieved_rate"] = len(run.end) / run.window_s
-            cols["throughput"] = cols["achieved_rate"] * trial.batch_size
-        elif trial.scenario == "server":
-            cols, _ = _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)
-        elif trial.scenario == "find-peak":
-            cols = find_peak(threads, trial)
-        else:
-            raise ValueError(f"unknown scenario {trial.scenario!r}")
-        gpu = watch.finish() if watch else dict.fromkeys(envinfo.GPU_COLUMNS)
-        outputs = [lane.output() for lane in lanes]
-        extra = runner.extra_columns()
-        mem_cols = mem.columns()
-        peak = mem_cols.pop("peak")
+        with h.session() as s:
+            s.open_lanes(trial.concurrency)  # held by the session alone: they go with the runner
+            t_warm = time.perf_counter()
+            warm = warm_up(s.threads, trial.measure.warmup_iters)  # type: ignore[arg-type]
+            warmup_s = time.perf_counter() - t_warm
+            s.watch()
+            cols = run(s.threads, trial)  # type: ignore[arg-type]
+            gpu = s.gpu_columns()
+            outputs = [lane.output() for lane in s.threads.lanes]  # type: ignore[union-attr]
+            after = s.after()
     finally:
-        if threads is not None:
-            threads.close()
-        del threads, lanes  # their graphs and buffers go with the runner's
-        runner.teardown()
         host_peak = host_mem.finish()
-    del runner
-    mem.release()
-    out = {"warmup_iters": warm, "setup_s": setup_s, "warmup_s": warmup_s, "repeats": 1,
-           "gpu_mem_peak_bytes": peak, **mem_cols, **host_peak, **gpu, **ctx.facts, **extra, **cols,
-           "energy_note": f"energy is measured for single-stream trials only (this one: {trial.scenario})"}
+    only = f"{DEFAULT} trials only (this one: {trial.scenario})"
+    out = {"warmup_iters": warm, "setup_s": s.setup_s, "warmup_s": warmup_s, "repeats": 1,
+           "gpu_mem_peak_bytes": after.peak, **after.memory, **host_peak, **gpu, **ctx.facts, **after.extra, **cols,
+           "energy_note": f"energy is measured for {only}"}
     if trial.profile:
-        out["profile_error"] = f"profiles are recorded for single-stream trials only (this one: {trial.scenario})"
-    return out, outputs
+        out["profile_error"] = f"profiles are recorded for {only}"
+    return Measured(columns=out, outputs=outputs)

@@ -1,0 +1,136 @@
+"""The scenario registry: name -> scenario class, found in this package's modules.
+
+Adding a load scenario is adding one module to this package that defines a ``Scenario`` subclass
+with a ``name`` (plus the schema columns it fills and its row in the docs' scenario table). Nothing
+lists the modules: every module here whose name does not start with ``_`` is imported, and every
+``Scenario`` subclass defined in it that sets ``name`` is a scenario. ``register`` adds one defined
+elsewhere (a test's, a plugin's) at run time.
+
+The registry is read on first use (``get``, ``names``, ...), not at import: ``workers.contract``
+imports this package, and the scenario modules may import the contract. ``_session`` (a runner's
+life cycle, its lane threads, typed results), ``_lanes`` (several requests in flight) and
+``_repeats`` (one at a time) are the measuring machinery the scenarios share; they import numpy
+and are imported only when a trial runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+
+from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
+
+__all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "label", "names", "of",
+           "register", "registry", "tag", "unregister", "using"]
+
+
+def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
+    """The scenarios ``module`` defines: its own ``Scenario`` subclasses that set ``name``."""
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Scenario) and obj.__module__ == module.__name__
+            and "name" in vars(obj)]
+
+
+def discover(package: str) -> dict[str, type[Scenario]]:
+    """Every scenario defined in the public modules of ``package``, by name."""
+    pkg = importlib.import_module(package)
+    found: dict[str, type[Scenario]] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            for cls in scenarios_in(importlib.import_module(f"{package}.{info.name}")):
+                _add(found, cls)
+    return found
+
+
+def _add(found: dict[str, type[Scenario]], cls: type[Scenario]) -> None:
+    if cls.name in found and found[cls.name] is not cls:
+        other = found[cls.name]
+        raise ValueError(f"scenario name {cls.name!r} is used twice: {other.__module__}.{other.__qualname__} "
+                         f"and {cls.__module__}.{cls.__qualname__}")
+    unknown = set(cls.fields) - set(PARAMS)
+    if unknown:
+        raise ValueError(f"scenario {cls.name!r} uses fields a trial lacks: {', '.join(sorted(unknown))}")
+    found[cls.name] = cls
+
+
+@functools.cache
+def _registry() -> dict[str, type[Scenario]]:
+    found = discover(__name__)
+    if DEFAULT not in found:
+        raise ValueError(f"no module of {__name__} defines the default scenario, {DEFAULT!r}")
+    return found
+
+
+def register(cls: type[Scenario]) -> type[Scenario]:
+    """Add a scenario defined outside this package (usable as a class decorator); returns it."""
+    _add(_registry(), cls)
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a scenario ``register`` added (a test's, when it is done)."""
+    found = _registry()
+    if name == DEFAULT or found.get(name) is None or found[name].__module__.startswith(f"{__name__}."):
+        raise ValueError(f"scenario {name!r} was not registered at run time")
+    del found[name]
+
+
+def registry() -> dict[str, type[Scenario]]:
+    """Every scenario, by name (imports the scenario modules once)."""
+    return dict(_registry())
+
+
+def names() -> tuple[str, ...]:
+    """Every scenario's name, in their ``order``."""
+    return tuple(sorted(_registry(), key=lambda n: (_registry()[n].order, n)))
+
+
+def using(field: str) -> list[str]:
+    """The scenarios whose trials use ``field`` (``PARAMS``' names), in their order."""
+    return [n for n in names() if field in _registry()[n].fields]
+
+
+def _known(name: str) -> str:
+    """A scenario's name, checked against the registry when a plan is read (a scenario registered at
+    run time is known too); an unknown one is refused as pydantic refuses a literal."""
+    known = names()
+    if name not in known:
+        expected = " or ".join(filter(None, [", ".join(f"'{n}'" for n in known[:-1]), f"'{known[-1]}'"]))
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return name
+
+
+#: A scenario's name in a plan (pydantic).
+Name = Annotated[str, AfterValidator(_known)]
+
+
+def get(name: str) -> type[Scenario]:
+    found = _registry()
+    if name not in found:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(names())}")
+    return found[name]
+
+
+def of(row: Row | Any) -> type[Scenario]:
+    """The scenario of a row (a null ``scenario``: a run older than scenarios, the default) or of a trial."""
+    name = row.get("scenario") if isinstance(row, Mapping) else getattr(row, "scenario", None)
+    return get(name or DEFAULT)
+
+
+def tag(row: Row) -> str:
+    """A row's scenario in a few words (``Scenario.tag``): empty for the default scenario."""
+    return of(row).tag(row)
+
+
+def label(row: Row) -> str:
+    """A row's scenario in a few words, the default's name where ``tag`` is empty (table cells)."""
+    return tag(row) or DEFAULT
+
+
