@@ -48,7 +48,7 @@ import yaml
 
 from orchestrator.errors import InputError, OutputError, ResultWriteError
 from orchestrator.partwriter import BatchWriter
-from workers.contract import FILES_KEY
+from workers.contract import FILES_KEY, strip_escapes
 from workers.schema import NAMES, SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
@@ -564,6 +564,7 @@ class ResultSink:
             del files[rel]  # only the shape a profile's has is written
             row.update(profile_file=None, profile_error=f"not written: {rel!r} is not a profile's file name")
         row.update(run_id=self.run_id)
+        strip_escapes(row)  # whoever built the row (worker, scheduler): its messages are stored as plain text
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
             raise ValueError(f"trial id {tid!r} is not a trial id")
