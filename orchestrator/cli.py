@@ -202,11 +202,14 @@ def run(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from orchestrator.run import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
+        from orchestrator.sink import check_hidden
 
         if junit is not None:
             from orchestrator.junit import check_junit_path
 
             check_junit_path(junit)
+            if out or resume:
+                check_hidden(junit, out or resume, "--junit")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err_console, transient=False)
         task: list[Any] = []
@@ -287,10 +290,12 @@ def report(
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
     from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
     from orchestrator.results import load_results
-    from orchestrator.sink import SAMPLE_COLUMNS
+    from orchestrator.sink import SAMPLE_COLUMNS, check_hidden
     from workers.schema import SCHEMA
 
     try:
+        if html is not None:
+            check_hidden(html, run_dir, "--html")
         rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))

@@ -317,11 +317,15 @@ PROFILE_MAX_BYTES = 64 * 2**20
 #: The key under which a worker's row carries files for the run directory ({relative path: bytes});
 #: the driver's sink writes them and drops the key before the row is stored.
 FILES_KEY = "_files"
+#: The folder of a run directory that holds its profiles.
+PROFILES_DIR = "_profiles"
 
 
 def profile_path(trial: Trial) -> str:
-    """Where a trial's profile lands, relative to the run directory."""
-    return f"profiles/{trial.trial_id}.{trial.backend}.json"
+    """Where a trial's profile lands, relative to the run directory: under ``_profiles``, which
+    Arrow datasets skip (a leading ``_``), so ``pandas.read_parquet(run_dir)`` reads the rows alone.
+    Runs of earlier versions used ``profiles/`` (docs/results.md says how to read those)."""
+    return f"{PROFILES_DIR}/{trial.trial_id}.{trial.backend}.json"
 
 
 def spec_columns(trial: Trial) -> dict[str, Any]:
