@@ -233,7 +233,8 @@ def run(
                 raise InputError("--retry-invalid needs --resume DIR: it re-runs the invalid trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                               on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
-                              profile=tuple(profile or ()), retry_invalid=retry_invalid)
+                              profile=tuple(profile or ()), retry_invalid=retry_invalid,
+                              command_options=_command_options(junit, table))
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -257,6 +258,12 @@ def run(
         raise typer.Exit(code=result.exit_code)
 
 
+def _command_options(junit: Path | None, table: str) -> list[str]:
+    """The options of ``run`` that ``run_plan`` doesn't take, as a resume command repeats them."""
+    return [*(["--junit", str(junit.absolute())] if junit is not None else []),
+            *(["--table", table] if table != "auto" else [])]
+
+
 def _budgets_and_junit(result: Any, junit: Path | None) -> None:
     """Print the budgets the run missed, write the JUnit file if asked."""
     from orchestrator.junit import write_junit
@@ -276,7 +283,7 @@ def _budgets_and_junit(result: Any, junit: Path | None) -> None:
         except OSError as exc:
             err_console.print(f"[bold red]error:[/] can't write {junit}: {exc}", highlight=False)
             raise typer.Exit(code=2) from None
-        console.print(f"JUnit: {junit} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
+        console.print(f"JUnit: {junit.absolute()} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
                       f"{c['skipped']} skipped)", highlight=False)
 
 
@@ -315,7 +322,7 @@ def report(
                 html.write_text(page, encoding="utf-8")
             except OSError as exc:
                 raise InputError(f"{html}: can't write the report: {exc.strerror or exc}") from None
-            console.print(f"HTML report: {html}", highlight=False)
+            console.print(f"HTML report: {html.absolute()}", highlight=False)
     except InferOrchError as exc:
         raise _fail(exc) from None
 

@@ -9,6 +9,7 @@ themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import threading
 import uuid
@@ -177,6 +178,7 @@ def run_plan(
     retry_failed: bool = False,
     profile: Sequence[str] = (),
     retry_invalid: bool = False,
+    command_options: Sequence[str] = (),
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
@@ -188,7 +190,10 @@ def run_plan(
     what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
     ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
-    the command line exits with.
+    the command line exits with. ``command_options``: the command line's own options (``--junit
+    FILE``), repeated in the resume command a stopped run prints. ``out`` is made absolute: the
+    paths printed and returned say where the rows are whatever the directory the run started in
+    (a Ray job's is the one ``ray start`` ran in).
     """
 
     plan = load_plan(plan_path)
@@ -202,8 +207,8 @@ def run_plan(
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed, retry_invalid)
         trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed; the run is complete
-            result = RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
-                               kept=previous.kept, trials=all_trials)
+            result = RunResult(out=previous.out.absolute(), run_id=previous.run_id or "", device=plan.device,
+                               workers=[], kept=previous.kept, trials=all_trials)
             if layout(previous.out).pending:
                 try:
                     result.compaction = compact(previous.out)
@@ -215,7 +220,13 @@ def run_plan(
     if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
         head_failures = failures_allowed()
         cluster.connect_wait_s()
-    out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
+    out_dir = (previous.out if previous else Path(out) if out else default_out(plan, now)).absolute()
+
+    def resume_line() -> str:
+        """The command that continues this run: on the cluster it ran on (``RAY_ADDRESS``: a Ray job's)."""
+        return resume_command(plan_path, out_dir, address or os.environ.get("RAY_ADDRESS") or None, workers,
+                              cpus_per_worker, profile, retry_failed=retry_failed, retry_invalid=retry_invalid,
+                              extra=command_options)
     if previous is None:
         check_writable(out_dir)
     previous_handler = catch_sigterm()
@@ -277,7 +288,7 @@ def run_plan(
             return (f"the cluster's head ({watch.address if watch else address}) stopped answering mid-run; "
                     f"{stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}, whole; once a "
                     f"cluster is up again (or without --address, on this machine), resume with: "
-                    f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}")
+                    f"{resume_line()}")
 
         watch = _watch_head(address, head_lost, head_failures)
         try:
@@ -291,7 +302,7 @@ def run_plan(
             raise ResultWriteError(
                 f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
-                f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}") from None
+                f"{resume_line()}") from None
         except KeyboardInterrupt as stop:
             sink.discard_stream()  # the rows waiting are written: the parts hold every row, --resume compacts
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
@@ -303,7 +314,7 @@ def run_plan(
             raise Interrupted(
                 f"{'terminated (SIGTERM)' if term else 'interrupted'}: {stored} of "
                 f"{len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}",
+                f"resume with: {resume_line()}",
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued

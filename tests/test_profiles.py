@@ -199,8 +199,8 @@ def test_the_resume_command_keeps_the_profile_labels(tmp_path):
 
     from orchestrator.resume import resume_command
 
-    line = resume_command("plans/p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
-    assert shlex.split(line) == ["infer-orch", "run", "plans/p.yaml", "--resume", str(tmp_path / "out"),
+    line = resume_command(tmp_path / "p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
+    assert shlex.split(line) == ["infer-orch", "run", str(tmp_path / "p.yaml"), "--resume", str(tmp_path / "out"),
                                  "--workers", "2", "--profile", "ort-tuned", "--profile", "my label"]
 
 
