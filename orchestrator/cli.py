@@ -6,18 +6,35 @@ directory, cluster) and nothing was run or written. User errors print one line, 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+#: Signals that arrived while this module was still importing (see ``_note_early_stop``).
+_EARLY_STOPS: list[int] = []
 
-from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded
+
+def _note_early_stop(signum: int, frame: Any) -> None:
+    _EARLY_STOPS.append(signum)
+
+
+# Run as the command (``infer-orch``, ``python -m orchestrator.cli``): a SIGTERM or Ctrl-C that comes
+# while the libraries below import is noted, and ``main`` ends with its one line, instead of a silent
+# death by SIGTERM or a KeyboardInterrupt traceback. Imported as a library, nothing is touched.
+if __name__ == "__main__" or Path(sys.argv[0] if sys.argv else "").name == "infer-orch":
+    signal.signal(signal.SIGTERM, _note_early_stop)
+    signal.signal(signal.SIGINT, _note_early_stop)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated  # noqa: E402
+from workers.contract import Status, Trial, scenario_tag, spec_columns, succeeded  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -28,7 +45,14 @@ err_console = Console(stderr=True)
 PlanArg = Annotated[Path, typer.Argument(help="YAML plan file.", show_default=False)]
 
 
+#: Set when a run was stopped while Ray was starting: the command then ends without the interpreter's
+#: clean-up (see ``main``).
+_END_NOW: list[bool] = []
+
+
 def _fail(exc: InferOrchError) -> typer.Exit:
+    if getattr(exc, "starting", False):
+        _END_NOW.append(True)
     prefix = "" if isinstance(exc, Interrupted) else "[bold red]error:[/] "
     for line in str(exc).splitlines():
         err_console.print(f"{prefix}{escape(line)}", highlight=False, soft_wrap=True)
@@ -239,6 +263,10 @@ def run(
             progress.stop()
     except InferOrchError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt as stop:  # before run_plan had Ray to start (reading the plan, checks)
+        from orchestrator.run import stopped_while_starting
+
+        raise _fail(stopped_while_starting(stop)) from None
     print_results(result.rows, table, result.out)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""
@@ -454,9 +482,27 @@ def backends(
         console.print(f"{k}: {v}", highlight=False)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # Ctrl-C's way out, until a run installs its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _EARLY_STOPS:  # stopped while starting up: nothing was done
+        term = signal.SIGTERM in _EARLY_STOPS
+        err_console.print("terminated (SIGTERM)" if term else "interrupted", highlight=False)
+        sys.exit(Terminated.exit_code if term else Interrupted.exit_code)
     try:
         app()
+    except SystemExit as done:
+        if _END_NOW:  # a Ray stopped half-started (Ctrl-C reaches its GCS and raylet too) could crash the
+            # interpreter's own clean-up (SIGSEGV at exit, 1 time in 3 on 2 vCPUs): its line is said,
+            # what Ray started is gone (the watchdog), nothing was stored; nothing is left to clean
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(done.code if isinstance(done.code, int) else 1)
+        raise
     except KeyboardInterrupt as stop:  # before a run had anything to keep (a Terminated: SIGTERM)
         err_console.print("terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted")
         sys.exit(getattr(stop, "exit_code", 130))

@@ -8,13 +8,15 @@ themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
+import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,15 +233,27 @@ def run_plan(
         check_writable(out_dir)
     previous_handler = catch_sigterm()
     raylog = RayLog(out_dir).install()  # Ray's own messages: to the run's log, not the terminal
-    try:
-        started_ray = cluster.connect(address)
-    except BaseException:
-        raylog.close()
-        release_sigterm(previous_handler)
-        raise
+    started_ray = False
+    with _noting_stops() as stops:
+        try:
+            started_ray = cluster.connect(address)
+            if stops or _SIGTERM.is_set():  # a stop that landed in a callback of Ray's, which swallowed it
+                raise KeyboardInterrupt
+        except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt) or bool(stops) or _SIGTERM.is_set()
+            try:
+                if started_ray:
+                    cluster.disconnect()
+            finally:
+                raylog.close(show_pending=not stopped)  # a stop says one line, not Ray's start-up notes
+                release_sigterm(previous_handler)
+            if stopped:
+                raise stopped_while_starting(exc) from None
+            raise
     catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
     watch: HeadWatch | None = None
     sink: ResultSink | None = None
+    scheduling = stopped = False
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
@@ -291,6 +305,7 @@ def run_plan(
                     f"{resume_line()}")
 
         watch = _watch_head(address, head_lost, head_failures)
+        scheduling = True
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
@@ -326,6 +341,11 @@ def run_plan(
                      "lost_workers": result.lost_workers, "requeued": result.requeued,
                      "compacted": _compacted(out_dir)})
         return result.judge()
+    except KeyboardInterrupt as stop:  # while the workers started: no trial ran (later ones are Interrupted)
+        stopped = True
+        if scheduling:
+            raise
+        raise stopped_while_starting(stop) from None
     finally:
         if sink is not None:  # a run that ended otherwise: its waiting rows to parts, the writer stopped
             sink.discard_stream()
@@ -335,8 +355,47 @@ def run_plan(
             if started_ray:
                 cluster.disconnect()
         finally:
-            raylog.close()
+            raylog.close(show_pending=not stopped)
         release_sigterm(previous_handler)
+
+
+@contextlib.contextmanager
+def _noting_stops() -> Iterator[list[int]]:
+    """Within it (Ray starting), Ctrl-C is noted as well as raised, and a KeyboardInterrupt that lands
+    in a callback (an at-fork handler of ``logging`` as Ray starts a process) is not reported as an
+    "Exception ignored" traceback: Python swallows those, so the caller checks the list (SIGTERM: the
+    ``_SIGTERM`` flag) once Ray is up. Outside the main thread: nothing changes."""
+    stops: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stops
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            previous_hook(info)
+
+    previous_int, previous_hook = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield stops
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_hook
+
+
+def stopped_while_starting(stop: BaseException) -> Interrupted:
+    """The one line of a run stopped (Ctrl-C, SIGTERM) before any trial ran: Ray starting, its
+    workers starting. Nothing of the run was stored; the same command starts it again."""
+    term = isinstance(stop, Terminated) or _SIGTERM.is_set()
+    stopped = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} while starting, before any trial "
+                          "ran: nothing was stored; the same command starts the run again",
+                          exit_code=Terminated.exit_code if term else Interrupted.exit_code)
+    stopped.starting = True
+    return stopped
 
 
 def _watch_head(address: str | None, on_lost: Callable[[], str], failures: int | None) -> HeadWatch | None:
