@@ -318,12 +318,22 @@ def _budgets_and_junit(result: Any, junit: Path | None) -> None:
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (what `run --out` wrote).", show_default=False)],
-    baseline: Annotated[str, typer.Option(help="Label (or backend) the speedups are against.")] = "torch-eager",
+    baseline: Annotated[str | None, typer.Option(
+        help="Label (or backend) the speedups are against [default: torch-eager; without it in the run, the label "
+             "with the most ok trials].")] = None,
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
 ) -> None:
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
-    from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
+    from orchestrator.report import (
+        counts_text,
+        html_report,
+        peak_table,
+        resolve_baseline,
+        serving_answers,
+        summarize,
+        terminal_table,
+    )
     from orchestrator.results import load_results
     from orchestrator.sink import SAMPLE_COLUMNS, check_hidden
     from workers.schema import SCHEMA
@@ -332,8 +342,12 @@ def report(
         if html is not None:
             check_hidden(html, run_dir, "--html")
         rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
+        baseline, baseline_note = resolve_baseline(rows, baseline)
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))
+            console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
+            if baseline_note:
+                console.print(f"[yellow]{escape(baseline_note)}[/]", highlight=False)
         else:  # thousands of trials: per label and model, and the ones not ok
             print_results(rows, "summary", run_dir)
             console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
