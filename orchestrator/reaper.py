@@ -61,14 +61,15 @@ def _table() -> dict[int, tuple[int, str, int]]:
     return out
 
 
-def _below(root: int, table: dict[int, tuple[int, str, int]]) -> set[int]:
+def _below(root: int, table: dict[int, tuple[int, str, int]], skip: frozenset[int] = frozenset()) -> set[int]:
+    """Every process below ``root``, leaving out the ones in ``skip`` and everything below them."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), [root]
     while todo:
         for child in children.get(todo.pop(), []):
-            if child not in found:
+            if child not in found and child not in skip:
                 found.add(child)
                 todo.append(child)
     return found
@@ -153,12 +154,14 @@ def session_of(pids: set[int]) -> str:
     return ""
 
 
-def _record(roots: list[int], seen: dict[int, int], table: dict[int, tuple[int, str, int]]) -> set[int]:
-    """Add every process below the roots still alive to ``seen``; the ones new to it."""
+def _record(roots: list[int], seen: dict[int, int], table: dict[int, tuple[int, str, int]],
+            before: frozenset[int] = frozenset()) -> set[int]:
+    """Add every process below the roots still alive to ``seen``; the ones new to it. ``before``: the
+    driver's children from before the watchdog started (not Ray's: a caller's own), never recorded."""
     me, new = os.getpid(), set()
     for root in roots:
         if root in table and table[root][2] == seen[root]:
-            below = {p for p in _below(root, table) if p != me and p not in seen}
+            below = {p for p in _below(root, table, before) if p != me and p not in seen}
             seen.update({p: table[p][2] for p in below})
             new |= below
     return new
@@ -170,9 +173,11 @@ def main(argv: list[str]) -> None:
     table = _table()
     roots = [p for p in roots if p in table]
     seen.update({p: table[p][2] for p in roots})
+    # Watching the driver itself (Ray not started yet): what was below it before is not Ray's
+    before = frozenset(p for p in _below(driver, table) if p != os.getpid()) if driver in roots else frozenset()
     buffered, released = b"", False
     while driver in table:  # belt and braces: the pipe says it first
-        _record(roots, seen, table)
+        _record(roots, seen, table, before)
         if not session:  # every time: a process seen between fork and exec had the driver's command line
             session = session_of({p for p in seen if p in table and p not in roots})
         ready, _, _ = select.select([sys.stdin], [], [], POLL_S if session else FAST_POLL_S)
@@ -189,7 +194,8 @@ def main(argv: list[str]) -> None:
         table = _table()
     if released:
         return
-    _record(roots, seen, _table())  # the driver closed the pipe and waits: its children are still below it
+    _record(roots, seen, _table(), before)  # the driver closed the pipe and waits: its children are still below it
+    seen.pop(driver, None)  # a root, when watched from before Ray: what is below it is recorded, ``before`` not
     reap(seen, session, driver)
 
 

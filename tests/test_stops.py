@@ -342,3 +342,24 @@ def test_no_compute_process_of_the_run_is_left_on_the_gpu_30_s_after_it_ends(tmp
         proc.kill()
         proc.communicate()
     assert not gpu_compute_pids() - before, f"still on the GPU 30 s after a {ending} ending"
+
+
+def test_the_watchdog_started_before_ray_leaves_the_driver_s_earlier_children_alone(tmp_path):
+    """Started before ray.init, the watchdog watches every process below the driver: those started
+    after it (Ray's) go when the driver lets it go; a child the driver had before (a caller's own)
+    stays."""
+    from orchestrator import reaper
+
+    earlier = subprocess.Popen(["sleep", "60"])
+    try:
+        watchdog = reaper.start("", [os.getpid()])
+        assert watchdog is not None
+        time.sleep(0.5)  # its first look at the process tree
+        later = subprocess.Popen(["sleep", "60"])
+        time.sleep(0.5)
+        watchdog.stop()
+        assert later.wait(timeout=10) == -signal.SIGTERM
+        assert earlier.poll() is None
+    finally:
+        earlier.kill()
+        earlier.wait()
