@@ -132,13 +132,14 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(html_report(run_dir))
-    loaded = load(page.as_uri())
+    loaded = load(page.as_uri(), width=1400, expression=SMALLEST_TEXT)  # a laptop's width
     (tmp_path / "report.png").write_bytes(loaded.screenshot)
     assert loaded.title.startswith("infer-orch report")
     assert loaded.console_errors == []
     assert loaded.requests == [page.as_uri()]  # the page itself and nothing else
     width, height = _png_size(loaded.screenshot)
-    assert width == 1280 and height > 1500  # the table, three kinds of plot, the environment
+    assert width == 1400 and height > 1500  # the table, three kinds of plot, the environment
+    assert loaded.value >= 8, f"the smallest chart text renders {loaded.value:.1f} px tall"
     assert len(loaded.screenshot) > 50_000  # not a blank page
 
 
