@@ -2,8 +2,10 @@
 
 Rows are grouped by (model, batch size, dtype, io); inside a group every backend label gets its
 median and p99 latency, throughput and speedup against a baseline label (``torch-eager`` by
-default): speedup = baseline median / this median, so 2.0x is twice as fast. Trials that did not
-run cleanly (skipped, failed, parity_failed, timeout, oom) stay in the table with their reason.
+default; in a run without it, the label with the most ok trials: :func:`resolve_baseline`):
+speedup = baseline median / this median, so 2.0x is twice as fast. Trials that did not run cleanly
+(skipped, failed, parity_failed, timeout, oom) stay in the table with their reason; an ok row that
+is not valid is ``ok, invalid`` with its reasons in every view (tables, counts, a mark in every plot).
 
 When the group has no baseline row (e.g. ``ort-default`` runs with ``io: host`` while eager runs
 with ``io: device``), the speedup is taken against the baseline at the same model, batch size
