@@ -267,6 +267,17 @@ def run(
         from orchestrator.run import stopped_while_starting
 
         raise _fail(stopped_while_starting(stop)) from None
+    try:
+        _print_run(result, table, junit)
+    except KeyboardInterrupt as stop:  # every trial is stored by now: the stop costs only the summary
+        term = isinstance(stop, Terminated)
+        raise _fail(Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} after the run: its trials "
+                                f"are stored in {result.out}", exit_code=143 if term else 130)) from None
+
+
+def _print_run(result: Any, table: str, junit: Path | None) -> None:
+    """What ``run`` prints once the run has ended (its results table, counts, budgets), the JUnit file;
+    exits 1 when the run failed."""
     print_results(result.rows, table, result.out)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""

@@ -247,3 +247,23 @@ def test_a_run_prints_absolute_paths_and_a_stopped_one_resumes_on_the_cluster_it
     command = shlex.split(message.split("resume with: ", 1)[1])
     assert command == ["infer-orch", "run", str(plan), "--resume", str(tmp_path / "rel2"), "--address",
                        "10.0.0.1:6379", "--workers", "1", "--junit", str(tmp_path / "j.xml")]
+
+
+def test_a_stop_after_the_run_says_where_the_rows_are_with_the_signal_s_exit_code(
+        ray_gpus, write_plan, tmp_path, monkeypatch):
+    """SIGTERM while the results table prints (injected there: every trial is stored by then): one
+    line that says so, exit 143, not Typer's silent 130."""
+    from orchestrator import cli as cli_module
+    from orchestrator.errors import Terminated
+
+    def terminated(*args, **kwargs):
+        raise Terminated()
+
+    plan = write_plan(SLOW_PLAN.replace("[1, 2, 3, 4, 5, 6]", "[1]").replace("[fp32, fp16]", "[fp32]")
+                      .replace("step_s: 0.15", "step_s: 0.001"))
+    monkeypatch.setattr(cli_module, "print_results", terminated)
+    res = CliRunner().invoke(app, ["run", str(plan), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert res.exit_code == 143, res.output
+    assert res.stderr.strip().splitlines()[-1] == ("terminated (SIGTERM) after the run: its trials are stored in "
+                                                   f"{tmp_path / 'out'}")  # after the progress lines
+    assert len(load_results(tmp_path / "out")) == 1
