@@ -6,22 +6,39 @@ directory, cluster) and nothing was run or written. User errors print one line, 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+#: Signals that arrived while this module was still importing (see ``_note_early_stop``).
+_EARLY_STOPS: list[int] = []
 
-from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
-from workers.contract import Status, Trial, spec_columns, succeeded
-from workers.row import Row
-from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
-from workers.scenarios import label as scenario_label
-from workers.scenarios import tag as scenario_tag
+
+def _note_early_stop(signum: int, frame: Any) -> None:
+    _EARLY_STOPS.append(signum)
+
+
+# Run as the command (``infer-orch``, ``python -m orchestrator.cli``): a SIGTERM or Ctrl-C that comes
+# while the libraries below import is noted, and ``main`` ends with its one line, instead of a silent
+# death by SIGTERM or a KeyboardInterrupt traceback. Imported as a library, nothing is touched.
+if __name__ == "__main__" or Path(sys.argv[0] if sys.argv else "").name == "infer-orch":
+    signal.signal(signal.SIGTERM, _note_early_stop)
+    signal.signal(signal.SIGINT, _note_early_stop)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated  # noqa: E402
+from workers.contract import Status, Trial, spec_columns, succeeded  # noqa: E402
+from workers.row import Row  # noqa: E402
+from workers.scenarios import DEFAULT as DEFAULT_SCENARIO  # noqa: E402
+from workers.scenarios import label as scenario_label  # noqa: E402
+from workers.scenarios import tag as scenario_tag  # noqa: E402
 
 if TYPE_CHECKING:
     from orchestrator.compare import Verdict
@@ -35,7 +52,14 @@ err_console = Console(stderr=True)
 PlanArg = Annotated[Path, typer.Argument(help="YAML plan file.", show_default=False)]
 
 
+#: Set when a run was stopped while Ray was starting: the command then ends without the interpreter's
+#: clean-up (see ``main``).
+_END_NOW: list[bool] = []
+
+
 def _fail(exc: InferOrchError) -> typer.Exit:
+    if getattr(exc, "starting", False):
+        _END_NOW.append(True)
     prefix = "" if isinstance(exc, Interrupted) else "[bold red]error:[/] "
     for line in str(exc).splitlines():
         err_console.print(f"{prefix}{escape(line)}", highlight=False, soft_wrap=True)
@@ -213,11 +237,14 @@ def run(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from orchestrator.run import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
+        from orchestrator.sink import check_hidden
 
         if junit is not None:
             from orchestrator.junit import check_junit_path
 
             check_junit_path(junit)
+            if out or resume:
+                check_hidden(junit, out or resume, "--junit")
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err_console, transient=False)
         task: list[Any] = []
@@ -241,11 +268,27 @@ def run(
                 raise InputError("--retry-invalid needs --resume DIR: it re-runs the invalid trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                               on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
-                              profile=tuple(profile or ()), retry_invalid=retry_invalid, on_warning=_warn)
+                              profile=tuple(profile or ()), retry_invalid=retry_invalid, on_warning=_warn,
+                              command_options=_command_options(junit, table))
         finally:
             progress.stop()
     except InferOrchError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt as stop:  # before run_plan had Ray to start (reading the plan, checks)
+        from orchestrator.run import stopped_while_starting
+
+        raise _fail(stopped_while_starting(stop)) from None
+    try:
+        _print_run(result, table, junit)
+    except KeyboardInterrupt as stop:  # every trial is stored by now: the stop costs only the summary
+        term = isinstance(stop, Terminated)
+        raise _fail(Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} after the run: its trials "
+                                f"are stored in {result.out}", exit_code=143 if term else 130)) from None
+
+
+def _print_run(result: Any, table: str, junit: Path | None) -> None:
+    """What ``run`` prints once the run has ended (its results table, counts, budgets), the JUnit file;
+    exits 1 when the run failed."""
     print_results(result.rows, table, result.out)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""
@@ -269,6 +312,12 @@ def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _command_options(junit: Path | None, table: str) -> list[str]:
+    """The options of ``run`` that ``run_plan`` doesn't take, as a resume command repeats them."""
+    return [*(["--junit", str(junit.absolute())] if junit is not None else []),
+            *(["--table", table] if table != "auto" else [])]
+
+
 def _budgets_and_junit(result: Any, junit: Path | None) -> None:
     """Print the budgets the run missed, write the JUnit file if asked."""
     from orchestrator.junit import write_junit
@@ -288,27 +337,43 @@ def _budgets_and_junit(result: Any, junit: Path | None) -> None:
         except OSError as exc:
             err_console.print(f"[bold red]error:[/] can't write {junit}: {exc}", highlight=False)
             raise typer.Exit(code=2) from None
-        console.print(f"JUnit: {junit} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
+        console.print(f"JUnit: {junit.absolute()} ({c['tests']} tests, {c['failures']} failures, {c['errors']} errors, "
                       f"{c['skipped']} skipped)", highlight=False)
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (what `run --out` wrote).", show_default=False)],
-    baseline: Annotated[str, typer.Option(help="Label (or backend) the speedups are against.")] = "torch-eager",
+    baseline: Annotated[str | None, typer.Option(
+        help="Label (or backend) the speedups are against [default: torch-eager; without it in the run, the label "
+             "with the most ok trials].")] = None,
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
 ) -> None:
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
-    from orchestrator.report import html_report, peak_table, serving_answers, summarize, terminal_table
+    from orchestrator.report import (
+        counts_text,
+        html_report,
+        peak_table,
+        resolve_baseline,
+        serving_answers,
+        summarize,
+        terminal_table,
+    )
     from orchestrator.results import load_results
-    from orchestrator.sink import SAMPLE_COLUMNS
+    from orchestrator.sink import SAMPLE_COLUMNS, check_hidden
     from workers.schema import SCHEMA
 
     try:
+        if html is not None:
+            check_hidden(html, run_dir, "--html")
         rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
+        baseline, baseline_note = resolve_baseline(rows, baseline)
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))
+            console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
+            if baseline_note:
+                console.print(f"[yellow]{escape(baseline_note)}[/]", highlight=False)
         else:  # thousands of trials: per label and model, and the ones not ok
             print_results(rows, "summary", run_dir)
             console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
@@ -325,7 +390,7 @@ def report(
                 html.write_text(page, encoding="utf-8")
             except OSError as exc:
                 raise InputError(f"{html}: can't write the report: {exc.strerror or exc}") from None
-            console.print(f"HTML report: {html}", highlight=False)
+            console.print(f"HTML report: {html.absolute()}", highlight=False)
     except InferOrchError as exc:
         raise _fail(exc) from None
 
@@ -463,9 +528,27 @@ def backends(
         console.print(f"{k}: {v}", highlight=False)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # Ctrl-C's way out, until a run installs its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _EARLY_STOPS:  # stopped while starting up: nothing was done
+        term = signal.SIGTERM in _EARLY_STOPS
+        err_console.print("terminated (SIGTERM)" if term else "interrupted", highlight=False)
+        sys.exit(Terminated.exit_code if term else Interrupted.exit_code)
     try:
         app()
+    except SystemExit as done:
+        if _END_NOW:  # a Ray stopped half-started (Ctrl-C reaches its GCS and raylet too) could crash the
+            # interpreter's own clean-up (SIGSEGV at exit, 1 time in 3 on 2 vCPUs): its line is said,
+            # what Ray started is gone (the watchdog), nothing was stored; nothing is left to clean
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(done.code if isinstance(done.code, int) else 1)
+        raise
     except KeyboardInterrupt as stop:  # before a run had anything to keep (a Terminated: SIGTERM)
         err_console.print("terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted")
         sys.exit(getattr(stop, "exit_code", 130))

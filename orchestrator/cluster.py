@@ -78,23 +78,102 @@ def connect(address: str | None = None) -> bool:
         _wait_for(address)
         _use_token(address)
     saved = os.environ.get("PYTHONPATH")
+    global _REAPER
+    # Started before ray.init: a driver stopped or killed while Ray starts leaves nothing of it either
+    _REAPER = None if address or os.environ.get("RAY_ADDRESS") else _watch_start()
     try:
-        if address:
-            ray.init(**kwargs)
-        else:
-            os.environ["PYTHONPATH"] = _worker_pythonpath()
-            with lean_node(worker_logs=kwargs["log_to_driver"]):
+        with _keep_sigterm_handler():
+            if address:
                 ray.init(**kwargs)
-    except Exception as exc:
-        raise ClusterError(connect_error(address, exc)) from None
+            else:
+                os.environ["PYTHONPATH"] = _worker_pythonpath()
+                with lean_node(worker_logs=kwargs["log_to_driver"]):
+                    ray.init(**kwargs)
+    except BaseException as exc:
+        _abandon_start()  # what was started of the node: shut down, the watchdog removes the rest
+        if isinstance(exc, Exception):
+            raise ClusterError(connect_error(address, exc)) from None
+        raise  # a stop (Ctrl-C, SIGTERM) while Ray was starting
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-    global _REAPER
-    _REAPER = _watch_embedded_node()
+    _adopt_node()
     return True
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """Within it, ``ray.init`` leaves this process's SIGTERM handler as it is. Ray sets its own as it
+    starts (``sys.exit(15)``: a run stopped then exited 15 with no word) and again as its driver
+    connects (exit 1); infer-orch's (``orchestrator.run.catch_sigterm``) takes Ctrl-C's way out,
+    which also stops a Ray that is half started. A Ray without ``set_sigterm_handler`` is left as is."""
+    try:
+        from ray._private import utils
+    except ImportError:
+        yield
+        return
+    original = getattr(utils, "set_sigterm_handler", None)
+    if original is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
+
+
+def _watch_start() -> Any:
+    """The watchdog (``orchestrator.reaper``) of a node this driver is about to start: it watches
+    every process below the driver until told the node's session directory."""
+    from orchestrator import reaper
+
+    return reaper.start("", [os.getpid()])
+
+
+def _adopt_node() -> None:
+    """After ``ray.init``: tell the watchdog the node's session directory; a driver that joined a
+    cluster instead (``ray.init`` found one) releases it, so nothing of that cluster is touched."""
+    global _REAPER
+    if _REAPER is None:
+        return
+    session = _embedded_session()
+    if session:
+        _REAPER.tell(f"session {session}")
+    elif session == "":
+        _REAPER.release()
+        _REAPER = None
+
+
+def _abandon_start() -> None:
+    """A ``ray.init`` that did not return: shut down what it started, then the watchdog removes the
+    processes left (those below this driver, and the session's)."""
+    global _REAPER
+    import ray
+
+    try:
+        ray.shutdown()
+    except BaseException:  # half started: the watchdog is the clean-up that counts
+        pass
+    if _REAPER is not None:
+        _REAPER.stop()
+        _REAPER = None
+
+
+def _embedded_session() -> str | None:
+    """The session directory of the node this process started: "" when it started none (it joined a
+    cluster), None when this Ray's internals don't say (the watchdog reads it from command lines)."""
+    try:
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        pids = [info.process.pid for infos in node.all_processes.values() for info in infos
+                if getattr(info, "process", None) is not None]
+        return node.get_session_dir_path() if pids else ""
+    except Exception:  # a Ray whose internals differ
+        return None
 
 
 @contextlib.contextmanager
@@ -152,27 +231,6 @@ def lean_node(worker_logs: bool = False):
 
 #: The watchdog of the embedded node this process started (see ``orchestrator.reaper``).
 _REAPER: Any = None
-
-
-def _watch_embedded_node() -> Any:
-    """Start the watchdog that removes the node's processes once this driver is gone, only for a
-    node this process started: Ray records the processes it started in ``_global_node``; a
-    driver that joined a cluster (``--address``, or ``RAY_ADDRESS``) has none, and gets no
-    watchdog, so nothing of a cluster it merely joined is ever touched."""
-    try:
-        from ray._private import worker as ray_worker
-
-        node = ray_worker._global_node
-        pids = [info.process.pid for infos in node.all_processes.values() for info in infos
-                if getattr(info, "process", None) is not None]
-        session = node.get_session_dir_path()
-    except Exception:  # a Ray whose internals differ: its own clean-up is all there is
-        return None
-    if not pids or not session:
-        return None
-    from orchestrator import reaper
-
-    return reaper.start(session, pids)
 
 
 def disconnect() -> None:

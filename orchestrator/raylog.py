@@ -92,8 +92,9 @@ class RayLog:
         if self.echo:
             self._original(data, ignore_prefix)
 
-    def close(self) -> None:
-        """Put Ray's behaviour back; messages that never found the run directory go to stderr."""
+    def close(self, show_pending: bool = True) -> None:
+        """Put Ray's behaviour back; messages that never found the run directory go to stderr
+        (``show_pending``; not for a run the user stopped, which says one line)."""
         if self._worker is not None and self._worker.print_to_stdstream == self._print_to_stdstream:
             self._worker.print_to_stdstream = self._original
         logger = logging.getLogger("ray")
@@ -103,7 +104,7 @@ class RayLog:
             logger.addHandler(h)
         with self._lock:
             self._flush()
-            if self._pending and not self.echo:
+            if self._pending and not self.echo and show_pending:
                 sys.stderr.write("".join(self._pending))
             self._pending.clear()
             if self._file is not None:

@@ -13,13 +13,23 @@ kills the ones still alive of those (pid and start time must match: pids are reu
 those whose command line or open files are in the node's session directory, and their children,
 then exits. Only ever started for a node this driver started: never for a cluster it joined.
 
+It is started *before* ``ray.init``, so that a driver stopped or killed while Ray is still starting
+leaves nothing either: then its root is the driver itself (every process below the driver is the
+node's: the GCS, the raylet, and the agents below the raylet), and the session directory is not
+known yet: it is read from the command lines it records (the GCS's ``--log_dir``), or sent by the
+driver through the pipe once ``ray.init`` returns (a line ``session PATH``). A driver that turns
+out to have joined a cluster sends ``release``: the watchdog then exits without touching anything.
+While the session is unknown it looks every ``FAST_POLL_S`` (Ray starts its processes within a
+few seconds); after, every ``POLL_S``.
+
 Standard library only: it runs as ``python reaper.py DRIVER_PID SESSION_DIR PID...`` in its own session
-(Ctrl-C in the terminal doesn't reach it).
+(Ctrl-C in the terminal doesn't reach it); SESSION_DIR may be empty.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -28,7 +38,10 @@ import time
 from pathlib import Path
 
 POLL_S = 1.0
+FAST_POLL_S = 0.2  # while the session directory is not known: Ray is starting
 GRACE_S = 3.0  # after SIGTERM, before SIGKILL
+#: A Ray session directory in a command line: ``/tmp/ray/session_2026-12-06_15-22-02_830209_26641``.
+SESSION = re.compile(rb"(/[^\0 =]+/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+)")
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -48,14 +61,15 @@ def _table() -> dict[int, tuple[int, str, int]]:
     return out
 
 
-def _below(root: int, table: dict[int, tuple[int, str, int]]) -> set[int]:
+def _below(root: int, table: dict[int, tuple[int, str, int]], skip: frozenset[int] = frozenset()) -> set[int]:
+    """Every process below ``root``, leaving out the ones in ``skip`` and everything below them."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), [root]
     while todo:
         for child in children.get(todo.pop(), []):
-            if child not in found:
+            if child not in found and child not in skip:
                 found.add(child)
                 todo.append(child)
     return found
@@ -108,41 +122,80 @@ def _alive(pids: set[int]) -> set[int]:
     return {p for p in pids if (st := _stat(p)) is not None and st[1] != "Z"}
 
 
-def reap(seen: dict[int, int], session: str, driver: int) -> None:
-    pids = targets(seen, session, {os.getpid(), driver})
-    for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 1.0)):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + wait
-        while (pids := _alive(pids)) and time.monotonic() < deadline:
-            time.sleep(0.1)
+def reap(seen: dict[int, int], session: str, driver: int, rounds: int = 3) -> None:
+    """End the targets: SIGTERM, then SIGKILL after ``GRACE_S``. Again while new ones appear (up to
+    ``rounds``): a raylet still starting may fork its agents between the look and the kill."""
+    for _ in range(rounds):
+        pids = targets(seen, session, {os.getpid(), driver})
         if not pids:
             return
+        for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 1.0)):
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + wait
+            while (pids := _alive(pids)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not pids:
+                break
+
+
+def session_of(pids: set[int]) -> str:
+    """The Ray session directory named in the command line of one of ``pids``; "" when none does."""
+    for pid in sorted(pids):
+        try:
+            found = SESSION.search(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except OSError:
+            continue
+        if found:
+            return found.group(1).decode(errors="replace")
+    return ""
+
+
+def _record(roots: list[int], seen: dict[int, int], table: dict[int, tuple[int, str, int]],
+            before: frozenset[int] = frozenset()) -> set[int]:
+    """Add every process below the roots still alive to ``seen``; the ones new to it. ``before``: the
+    driver's children from before the watchdog started (not Ray's: a caller's own), never recorded."""
+    me, new = os.getpid(), set()
+    for root in roots:
+        if root in table and table[root][2] == seen[root]:
+            below = {p for p in _below(root, table, before) if p != me and p not in seen}
+            seen.update({p: table[p][2] for p in below})
+            new |= below
+    return new
 
 
 def main(argv: list[str]) -> None:
     driver, session, roots = int(argv[1]), argv[2], [int(p) for p in argv[3:]]
     seen: dict[int, int] = {}
-    me = os.getpid()
     table = _table()
     roots = [p for p in roots if p in table]
     seen.update({p: table[p][2] for p in roots})
-    while True:
-        if driver not in table:  # belt and braces: the pipe says it first
-            break
-        for root in roots:
-            if root in table and table[root][2] == seen[root]:
-                seen.update({p: table[p][2] for p in _below(root, table) if p != me})
-        ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
-        if ready and not os.read(sys.stdin.fileno(), 64):
-            break
+    # Watching the driver itself (Ray not started yet): what was below it before is not Ray's
+    before = frozenset(p for p in _below(driver, table) if p != os.getpid()) if driver in roots else frozenset()
+    buffered, released = b"", False
+    while driver in table:  # belt and braces: the pipe says it first
+        _record(roots, seen, table, before)
+        if not session:  # every time: a process seen between fork and exec had the driver's command line
+            session = session_of({p for p in seen if p in table and p not in roots})
+        ready, _, _ = select.select([sys.stdin], [], [], POLL_S if session else FAST_POLL_S)
+        if ready:
+            data = os.read(sys.stdin.fileno(), 4096)
+            if not data:
+                break
+            buffered += data
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if line.startswith(b"session "):
+                    session = line[len(b"session "):].decode(errors="replace")
+                released = released or line == b"release"
         table = _table()
-        ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
-        if ready and not os.read(sys.stdin.fileno(), 64):
-            break
+    if released:
+        return
+    _record(roots, seen, _table(), before)  # the driver closed the pipe and waits: its children are still below it
+    seen.pop(driver, None)  # a root, when watched from before Ray: what is below it is recorded, ``before`` not
     reap(seen, session, driver)
 
 
@@ -151,6 +204,19 @@ class Reaper:
 
     def __init__(self, proc: subprocess.Popen[bytes], write_fd: int) -> None:
         self.proc, self._fd = proc, write_fd
+
+    def tell(self, line: str) -> None:
+        """Send the watchdog one line (``session PATH``); lost if it is gone (it can only have reaped)."""
+        if self._fd >= 0:
+            try:
+                os.write(self._fd, line.encode() + b"\n")
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Let the watchdog go without touching anything (the driver joined a cluster)."""
+        self.tell("release")
+        self.stop()
 
     def stop(self) -> None:
         """Close the pipe: the watchdog removes whatever Ray left and exits. Waits a little for it."""

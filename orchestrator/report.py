@@ -2,8 +2,10 @@
 
 Rows are grouped by (model, batch size, dtype, io); inside a group every backend label gets its
 median and p99 latency, throughput and speedup against a baseline label (``torch-eager`` by
-default): speedup = baseline median / this median, so 2.0x is twice as fast. Trials that did not
-run cleanly (skipped, failed, parity_failed, timeout, oom) stay in the table with their reason.
+default; in a run without it, the label with the most ok trials: :func:`resolve_baseline`):
+speedup = baseline median / this median, so 2.0x is twice as fast. Trials that did not run cleanly
+(skipped, failed, parity_failed, timeout, oom) stay in the table with their reason; an ok row that
+is not valid is ``ok, invalid`` with its reasons in every view (tables, counts, a mark in every plot).
 
 When the group has no baseline row (e.g. ``ort-default`` runs with ``io: host`` while eager runs
 with ``io: device``), the speedup is taken against the baseline at the same model, batch size
@@ -78,6 +80,26 @@ def _pick_baseline(rows: Iterable[dict[str, Any]], baseline: str) -> dict[str, A
     return found[0] if found else None
 
 
+def resolve_baseline(rows: list[dict[str, Any]], asked: str | None = None) -> tuple[str, str]:
+    """(the baseline the speedups are against, a note saying why when it is not what was asked for).
+
+    Asked for none: ``torch-eager`` where the run has it, else the label with the most ok trials
+    (alphabetically first of those), said in the note. Asked for one the run lacks: the note says
+    there are no speedups, and which labels there are."""
+    ok = [r for r in rows if r.get("status") == Status.OK]
+    labels = sorted({str(r.get("label")) for r in ok})
+    want = asked or DEFAULT_BASELINE
+    if any(_is_baseline(r, want) for r in ok):
+        return want, ""
+    if asked or not labels:
+        return want, (f"no ok trial has the label or backend {want}: no speedups"
+                      + (f" (--baseline one of: {', '.join(labels)})" if labels else ""))
+    counts = {label: sum(str(r.get("label")) == label for r in ok) for label in labels}
+    pick = min(labels, key=lambda label: (-counts[label], label))
+    return pick, (f"no {DEFAULT_BASELINE} trial in this run: speedups are against {pick}, the label with the most "
+                  "ok trials (--baseline LABEL picks another)")
+
+
 def summarize(rows: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE) -> list[dict[str, Any]]:
     """Rows sorted by group and label, each with ``speedup`` (or None) and ``speedup_vs`` (io note)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -108,10 +130,33 @@ def _speedup(r: dict[str, Any]) -> str:
     return f"{r['speedup']:.2f}x" + (f" ({r['speedup_vs']})" if r["speedup_vs"] else "")
 
 
+#: The parity figures a row's note shows (not every ``parity_*`` column: ``parity_s`` is a time).
+PARITY_NOTE = ("parity_max_abs_err", "parity_max_rel_err")
+
+
+def invalid(r: dict[str, Any]) -> bool:
+    """An ok row that is not a number to act on (workers/validity.py): every view says so."""
+    return r.get("status") == Status.OK and r.get("valid") is False
+
+
+def status_text(r: dict[str, Any]) -> str:
+    """The status as every view of a row shows it: ``ok, invalid`` for an ok row that is not valid."""
+    return "ok, invalid" if invalid(r) else str(r.get("status"))
+
+
+def counts_text(rows: list[dict[str, Any]]) -> str:
+    """``3 ok, 1 ok but invalid, 2 skipped``: the statuses, the invalid ok rows counted apart."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts["ok but invalid" if invalid(r) else str(r.get("status"))] += 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
 def _note(r: dict[str, Any]) -> str:
     if r.get("status") != Status.OK:
         return (r.get("error") or "").strip().splitlines()[0][:100] if r.get("error") else ""
-    notes = [f"{k}={r[k]:.3g}" for k in sorted(r) if k.startswith("parity_") and isinstance(r[k], float)]
+    notes = ["invalid: " + "; ".join(r.get("invalid_reasons") or ["see valid"])] if invalid(r) else []
+    notes += [f"{k}={r[k]:.3g}" for k in PARITY_NOTE if isinstance(r.get(k), float)]
     if r.get("hit_max_time"):
         notes.append("hit max_time_s")
     if r.get("profile_error"):
@@ -143,7 +188,7 @@ def _cells(r: dict[str, Any], cols: tuple[str, ...] = COLUMNS) -> list[str]:
     model = f"{r.get('model')} {axes_text(r)}".strip()
     scenario = [scenario_label(r)] if "scenario" in cols else []
     return [model, str(r.get("batch_size")), str(r.get("dtype")), str(r.get("io")), *scenario, str(r.get("label")),
-            str(r.get("status")), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
+            status_text(r), _fmt(r.get("latency_ms_median")), _fmt(r.get("latency_ms_p99")),
             _fmt(r.get("throughput"), ".1f"), _fmt(_per_joule(r), ".1f"), _speedup(r), _note(r)]
 
 
@@ -167,7 +212,8 @@ def terminal_table(summary: list[dict[str, Any]], baseline: str = DEFAULT_BASELI
         last = i == len(summary) - 1 or _group(summary[i + 1]) != _group(r)
         if not first:
             cells[:keys] = [""] * keys
-        cells[keys + 1] = f"[{STATUS_STYLE.get(r.get('status'), 'red')}]{cells[keys + 1]}[/]"
+        style = "yellow" if invalid(r) else STATUS_STYLE.get(r.get("status"), "red")
+        cells[keys + 1] = f"[{style}]{cells[keys + 1]}[/]"
         t.add_row(*cells, end_section=last)
     return t
 
@@ -252,7 +298,7 @@ h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.first td{border-top:2px solid #bbb}
-.ok{color:#1a7f37}.skipped{color:#9a6700}.bad{color:#cf222e;font-weight:600}
+.ok{color:#1a7f37}.skipped{color:#9a6700}.invalid{color:#9a6700;font-weight:600}.bad{color:#cf222e;font-weight:600}
 figure{margin:1em 0}svg{max-width:100%;height:auto}pre{background:#f6f8fa;padding:1em;overflow:auto}
 .muted{color:#666}
 """
@@ -274,18 +320,22 @@ def _log_y(ax: Any) -> None:
     ax.yaxis.set_major_formatter(plain)
     lo, hi = ax.get_ylim()
     ax.yaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.tick_params(axis="y", which="minor", labelsize=SMALL)
 
 
 def _series(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """ok rows of one model by series (label, plus io when the model ran with several), and colours."""
+    """ok rows of one model by series, and colours. A series is a label, plus what else the rows
+    differ in that the tables group by: the io where the model ran with several, its axes (seq=128)
+    where it ran with several: a line never joins two of them."""
     from matplotlib import colormaps
 
     several_io = len({r.get("io") for r in rows}) > 1
+    several_axes = len({r.get("axes") or "" for r in rows}) > 1
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("status") == Status.OK:
-            series[f"{r['label']} ({r['io']})" if several_io else str(r["label"])].append(r)
+            extra = ", ".join(filter(None, [str(r["io"]) if several_io else "", axes_text(r) if several_axes else ""]))
+            series[f"{r['label']} ({extra})" if extra else str(r["label"])].append(r)
     cmap = colormaps["tab10"]
     colors = {name: cmap(i % 10) for i, name in enumerate(sorted(series))}
     return dict(sorted(series.items())), colors
@@ -296,111 +346,173 @@ MAX_TICKS = 16
 #: The most distribution panels (dtypes x batch sizes) a model's figure draws: a sweep of thousands
 #: of trials gets its summaries (table, latency and throughput lines), not thousands of box plots.
 MAX_PANELS = 24
+#: Panels side by side in a figure: more wrap to the next row. A figure is at most about 14 in
+#: (1,350 CSS px) wide, and its smallest text 8 pt: on a page 1,400 px wide (the body is at most
+#: 1,200 px) every chart's text renders at least 8 CSS px tall.
+MAX_COLS = 3
+PANEL_W = 4.6
+SMALL = 8  # legends, minor ticks, annotations
+#: How an invalid point is marked in every plot (the table's note says why).
+INVALID_MARK = {"marker": "X", "s": 70, "color": "#cf222e", "zorder": 5, "linewidths": .5, "edgecolors": "white"}
+RC = {"svg.fonttype": "none", "svg.hashsalt": "infer-orch", "font.size": 9, "legend.fontsize": SMALL,
+      "xtick.labelsize": SMALL, "ytick.labelsize": SMALL}
+
+
+def _grid(n: int, panel_h: float) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, at most ``MAX_COLS`` a row; the panels in reading order."""
+    from matplotlib.figure import Figure
+
+    cols = min(MAX_COLS, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(PANEL_W * cols, panel_h * rows))
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _mark_invalid(ax: Any, points: list[tuple[float, float]], marked: list[bool]) -> None:
+    """Mark ``points`` (of rows not valid) with a red cross; the first mark of a panel joins its legend."""
+    if points:
+        ax.scatter(*zip(*points), label=None if marked else "invalid (see the table)", **INVALID_MARK)
+        marked.append(True)
+
+
+def _latency_figure(model: str, series: dict[str, list[dict[str, Any]]], colors: dict[str, Any],
+                    dtypes: list[str], batches: list[int]) -> str:
+    fig, axes = _grid(len(dtypes), 3.6)
+    for ax, dtype in zip(axes, dtypes):
+        marked: list[bool] = []
+        for name, rs in series.items():
+            mine = sorted((r for r in rs if r["dtype"] == dtype), key=lambda r: r["batch_size"])
+            if mine:
+                ax.plot([r["batch_size"] for r in mine], [r["latency_ms_median"] for r in mine], marker="o",
+                        label=name, color=colors[name])
+                _mark_invalid(ax, [(r["batch_size"], r["latency_ms_median"]) for r in mine if invalid(r)], marked)
+        if len(batches) > 1:
+            ax.set_xscale("log", base=2)
+        _log_y(ax)
+        if len(batches) <= MAX_TICKS:
+            ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="median latency (ms)")
+        ax.grid(True, which="both", alpha=.3)
+        ax.legend()
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def _throughput_figure(model: str, series: dict[str, list[dict[str, Any]]], colors: dict[str, Any],
+                       dtypes: list[str], batches: list[int]) -> str:
+    fig, axes = _grid(len(dtypes), 3.6)
+    width = 0.8 / len(series)
+    for ax, dtype in zip(axes, dtypes):
+        marked: list[bool] = []
+        for k, (name, rs) in enumerate(series.items()):
+            by_bs = {r["batch_size"]: r for r in rs if r["dtype"] == dtype and r["throughput"]}
+            if len(batches) > MAX_TICKS:  # too many for bars: a line per series
+                pts = sorted(by_bs.items())
+                if pts:
+                    ax.plot([b for b, _ in pts], [r["throughput"] for _, r in pts], label=name, color=colors[name])
+                    _mark_invalid(ax, [(b, r["throughput"]) for b, r in pts if invalid(r)], marked)
+                continue
+            xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_bs]
+            bars = [by_bs[b] for b in batches if b in by_bs]
+            ax.bar(xs, [r["throughput"] for r in bars], width, label=name, color=colors[name])
+            _mark_invalid(ax, [(x, r["throughput"]) for x, r in zip(xs, bars) if invalid(r)], marked)
+        if len(batches) <= MAX_TICKS:
+            ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+        _log_y(ax)
+        ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="throughput (samples/s)")
+        ax.grid(True, axis="y", which="both", alpha=.3)
+        ax.legend()
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def _distribution_figure(model: str, series: dict[str, list[dict[str, Any]]], colors: dict[str, Any],
+                         dtypes: list[str], batches: list[int]) -> str:
+    from matplotlib.ticker import FuncFormatter
+
+    names = list(series)
+    panels = [(dtype, bs) for dtype in dtypes for bs in batches]
+    fig, axes = _grid(len(panels), 1.2 + 0.32 * len(names))
+    for k, (ax, (dtype, bs)) in enumerate(zip(axes, panels)):
+        found = [next((r for r in series[name] if r["dtype"] == dtype and r["batch_size"] == bs), None)
+                 for name in names]
+        data = [r["samples_ms"] if r and r.get("samples_ms") else [float("nan")] for r in found]
+        bp = ax.boxplot(data, orientation="horizontal", whis=(1, 99), widths=.6, patch_artist=True,
+                        flierprops={"markersize": 2, "alpha": .5})
+        for patch, name, r in zip(bp["boxes"], names, found):
+            patch.set_facecolor(colors[name])
+            patch.set_alpha(.6)
+            if r is not None and invalid(r):
+                patch.set(hatch="xx", edgecolor=INVALID_MARK["color"])
+        ticks = [f"{name} (invalid)" if r is not None and invalid(r) else name for name, r in zip(names, found)]
+        ax.set_yticks(range(1, len(names) + 1), ticks if k % MAX_COLS == 0 else [""] * len(names))
+        for tick, r in zip(ax.get_yticklabels(), found):
+            if r is not None and invalid(r):
+                tick.set_color(INVALID_MARK["color"])
+        finite = [v for d in data for v in d if v == v and v > 0]
+        if finite and max(finite) / min(finite) > 20:  # eager at 40 ms beside ORT at 0.01 ms
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{dtype} batch {bs}")
+        ax.set_xlabel("latency (ms)")
+        ax.grid(True, axis="x", alpha=.3)
+    fig.suptitle(f"{model}: latency of every timed iteration (box: quartiles, whiskers: p1-p99)")
+    fig.tight_layout()
+    return _svg(fig)
 
 
 def _plots(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(section, caption, svg) for one model: latency vs batch size, throughput, distributions."""
+    """(section, caption, svg) for one model's single-stream rows: latency vs batch size,
+    throughput, distributions."""
     import matplotlib
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     series, colors = _series(rows)
     if not series:
         return []
     dtypes = sorted({r["dtype"] for s in series.values() for r in s})
     batches = sorted({r["batch_size"] for s in series.values() for r in s})
-    out = []
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "infer-orch", "font.size": 9}):
-        fig = Figure(figsize=(5.5 * len(dtypes), 3.6))
-        for ax, dtype in zip(fig.subplots(1, len(dtypes), squeeze=False)[0], dtypes):
-            for name, rs in series.items():
-                pts = sorted((r["batch_size"], r["latency_ms_median"]) for r in rs if r["dtype"] == dtype)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=name, color=colors[name])
-            if len(batches) > 1:
-                ax.set_xscale("log", base=2)
-            _log_y(ax)
-            if len(batches) <= MAX_TICKS:
-                ax.set_xticks(batches, [str(b) for b in batches])
-            ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="median latency (ms)")
-            ax.grid(True, which="both", alpha=.3)
-            ax.legend(fontsize=7)
-        out.append(("latency", f"{model}: median latency per inference vs batch size (log scales)", _svg(fig)))
-
-        fig = Figure(figsize=(5.5 * len(dtypes), 3.6))
-        width = 0.8 / len(series)
-        for ax, dtype in zip(fig.subplots(1, len(dtypes), squeeze=False)[0], dtypes):
-            for k, (name, rs) in enumerate(series.items()):
-                by_bs = {r["batch_size"]: r["throughput"] for r in rs if r["dtype"] == dtype and r["throughput"]}
-                if len(batches) > MAX_TICKS:  # too many for bars: a line per series
-                    pts = sorted(by_bs.items())
-                    if pts:
-                        ax.plot(*zip(*pts), label=name, color=colors[name])
-                    continue
-                xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(batches) if b in by_bs]
-                ax.bar(xs, [by_bs[b] for b in batches if b in by_bs], width, label=name, color=colors[name])
-            if len(batches) <= MAX_TICKS:
-                ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-            _log_y(ax)
-            ax.set(title=f"{model} {dtype}", xlabel="batch size", ylabel="throughput (samples/s)")
-            ax.grid(True, axis="y", which="both", alpha=.3)
-            ax.legend(fontsize=7)
-        out.append(("throughput", f"{model}: throughput at the median latency (log scale)", _svg(fig)))
-
-        names = list(series)
+    single = f"{scenarios.DEFAULT} trials only (the load scenarios are under Throughput vs latency)"
+    marks = "; a red cross marks an invalid row" if any(invalid(r) for s in series.values() for r in s) else ""
+    with matplotlib.rc_context(RC):
+        out = [("latency", f"{model}: median latency per inference vs batch size (log scales); {single}{marks}",
+                _latency_figure(model, series, colors, dtypes, batches)),
+               ("throughput", f"{model}: throughput at the median latency (log scale); {single}{marks}",
+                _throughput_figure(model, series, colors, dtypes, batches))]
         if len(dtypes) * len(batches) > MAX_PANELS:
             out.append(("distribution", f"{model}: {len(dtypes) * len(batches)} configurations (dtype x batch "
                         f"size) are too many to draw one distribution each (the most is {MAX_PANELS}); every "
                         "trial's samples are in the results (samples_ms)", ""))
             return out
-        fig = Figure(figsize=(max(4.0, 3.2 * len(batches)), (1.3 + 0.3 * len(names)) * len(dtypes)))
-        axes = fig.subplots(len(dtypes), len(batches), squeeze=False)
-        for i, dtype in enumerate(dtypes):
-            for j, bs in enumerate(batches):
-                ax = axes[i][j]
-                data = []
-                for name in names:
-                    r = next((r for r in series[name] if r["dtype"] == dtype and r["batch_size"] == bs), None)
-                    data.append(r["samples_ms"] if r and r.get("samples_ms") else [float("nan")])
-                bp = ax.boxplot(data, orientation="horizontal", whis=(1, 99), widths=.6, patch_artist=True,
-                                flierprops={"markersize": 2, "alpha": .5})
-                for patch, name in zip(bp["boxes"], names):
-                    patch.set_facecolor(colors[name])
-                    patch.set_alpha(.6)
-                ax.set_yticks(range(1, len(names) + 1), names if j == 0 else [""] * len(names))
-                finite = [v for d in data for v in d if v == v and v > 0]
-                if finite and max(finite) / min(finite) > 20:  # eager at 40 ms beside ORT at 0.01 ms
-                    ax.set_xscale("log")
-                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.set_title(f"{dtype} batch {bs}", fontsize=8)
-                ax.set_xlabel("latency (ms)" if i == len(dtypes) - 1 else "")
-                ax.grid(True, axis="x", alpha=.3)
-        fig.suptitle(f"{model}: latency of every timed iteration (box: quartiles, whiskers: p1-p99)")
-        fig.tight_layout()
-        out.append(("distribution", f"{model}: latency distribution of each trial", _svg(fig)))
+        out.append(("distribution", f"{model}: latency distribution of each trial ({scenarios.DEFAULT}; an invalid "
+                    "row's box is hatched)", _distribution_figure(model, series, colors, dtypes, batches)))
     return out
 
 
 def _curves(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(section, caption, svg): p99 request latency against throughput, one line per label (and io,
-    scenario), one panel per dtype and batch size; offline points are labelled with their concurrency."""
+    axes, scenario), one panel per dtype and batch size; offline points are labelled with their
+    concurrency, invalid points marked."""
     import matplotlib
-    from matplotlib.figure import Figure
 
     ok = [r for r in rows if r.get("status") == Status.OK and r.get("throughput") and r.get("latency_ms_p99")]
     if not ok:
         return []
     panels = sorted({(r["dtype"], r["batch_size"]) for r in ok})
+    several_axes = len({r.get("axes") or "" for r in ok}) > 1
     lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ok:
-        lines[scenarios.of(r).curve_label(r)].append(r)
+        lines[scenarios.of(r).curve_label(r, axes_text(r) if several_axes else "")].append(r)
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
     colors = {name: cmap(i % 10) for i, name in enumerate(sorted(lines))}
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "infer-orch", "font.size": 9}):
-        fig = Figure(figsize=(5.5 * len(panels), 3.8))
-        for ax, (dtype, bs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    with matplotlib.rc_context(RC):
+        fig, axes = _grid(len(panels), 3.8)
+        for ax, (dtype, bs) in zip(axes, panels):
+            marked: list[bool] = []
             for name, rs in sorted(lines.items()):
                 pts = sorted((r["throughput"], r["latency_ms_p99"], r) for r in rs
                              if r["dtype"] == dtype and r["batch_size"] == bs)
@@ -408,17 +520,20 @@ def _curves(model: str, rows: list[dict[str, Any]]) -> list[tuple[str, str, str]
                     continue
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=scenarios.of(rs[0]).curve_marker,
                         label=name, color=colors[name])
+                _mark_invalid(ax, [(x, y) for x, y, r in pts if invalid(r)], marked)
                 for x, y, r in pts:
                     if scenarios.of(r).curve_labels_concurrency:
-                        ax.annotate(f"c={r['concurrency']}", (x, y), fontsize=6, xytext=(3, 3),
+                        ax.annotate(f"c={r['concurrency']}", (x, y), fontsize=SMALL, xytext=(3, 3),
                                     textcoords="offset points")
             _log_y(ax)
             ax.set(title=f"{model} {dtype} batch {bs}", xlabel="throughput (samples/s)",
                    ylabel="p99 request latency (ms)")
             ax.grid(True, which="both", alpha=.3)
-            ax.legend(fontsize=7)
+            ax.legend()
+        fig.tight_layout()
         return [("capacity", f"{model}: p99 request latency vs throughput (offline: c requests in flight; "
-                             "server: arrival rates); down and right is better", _svg(fig))]
+                             "server: arrival rates); down and right is better; a red cross marks an invalid "
+                             "row (a server run that could not keep its schedule, ...)", _svg(fig))]
 
 
 def profile_href(r: dict[str, Any], run_dir: str | Path, report_dir: str | Path) -> str | None:
@@ -441,7 +556,7 @@ def _html_table(summary: list[dict[str, Any]], hrefs: list[str | None] | None = 
         cells = _cells(r, cols)
         first = i == 0 or _group(summary[i - 1]) != _group(r)
         status = r.get("status")
-        cls = status if succeeded(status) else "bad"
+        cls = "invalid" if invalid(r) else status if succeeded(status) else "bad"
         tds = []
         for col, cell in zip(cols, cells):
             if col in ("model", "batch", "dtype", "io", "scenario") and not first:
@@ -480,26 +595,27 @@ def _environment(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     return f"<table>{trs}</table>{plan_html}"
 
 
-def html_report(run_dir: str | Path, baseline: str = DEFAULT_BASELINE, report_path: str | Path | None = None) -> str:
+def html_report(run_dir: str | Path, baseline: str | None = None, report_path: str | Path | None = None) -> str:
     """The whole report of one run directory as one HTML document (no scripts, no external files).
 
-    Trials with a profile link to it (profiles/ in the run directory), relative to ``report_path``,
-    where the page will be written (default: inside the run directory)."""
+    Trials with a profile link to it (_profiles/ in the run directory), relative to ``report_path``,
+    where the page will be written (default: inside the run directory). ``baseline``: see
+    :func:`resolve_baseline`."""
     rows = load_results(run_dir).to_pylist()
     report_dir = Path(report_path).parent if report_path is not None else Path(run_dir)
     info = run_info(run_dir)
+    baseline, baseline_note = resolve_baseline(rows, baseline)
     summary = summarize(rows, baseline)
-    counts: dict[str, int] = defaultdict(int)
-    for r in rows:
-        counts[str(r.get("status"))] += 1
     title = f"infer-orch report: {info.get('plan') or rows[0].get('plan') or Path(run_dir).name}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{len(rows)} trials: '
-             f"{html.escape(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))}. Run directory "
+             f"{html.escape(counts_text(rows))}. Run directory "
              f"<code>{html.escape(str(run_dir))}</code>; generated "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
              f"<h2>Results</h2><p>Speedup: median latency of <b>{html.escape(baseline)}</b> / this median "
-             "(higher is faster). Trials that did not run cleanly keep their status and reason.</p>",
+             "(higher is faster). Trials that did not run cleanly keep their status and reason; <i>ok, invalid</i>: "
+             "measured, but not a number to act on (its reasons in the note)."
+             + (f" <b>{html.escape(baseline_note)}</b>." if baseline_note else "") + "</p>",
              _html_table(summary, [profile_href(r, run_dir, report_dir) for r in summary])]
     peaks = peak_rows(rows)
     if peaks:

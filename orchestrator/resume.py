@@ -9,6 +9,8 @@ may not, because the stored rows would then answer another question.
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +75,13 @@ def _changed_keys(a: Plan, b: Plan) -> list[str]:
 
 
 def resume_command(plan_path: str | Path, out: Path, address: str | None, workers: int | None,
-                   cpus_per_worker: float | None = None, profile: Sequence[str] = ()) -> str:
-    """The exact command line that continues this run (``--profile`` labels too: the trials still
-    to run are profiled as they would have been)."""
-    args = ["infer-orch", "run", str(plan_path), "--resume", str(out)]
+                   cpus_per_worker: float | None = None, profile: Sequence[str] = (), *,
+                   retry_failed: bool = False, retry_invalid: bool = False, extra: Sequence[str] = ()) -> str:
+    """The exact command line that continues this run, from any directory: absolute paths, the
+    cluster it ran on (``address``: the one it joined, ``RAY_ADDRESS`` included), and every option
+    the run used (``--profile`` labels: the trials still to run are profiled as they would have
+    been; ``extra``: the command line's own options, ``--junit FILE``, ``--table MODE``)."""
+    args = [program(), "run", str(Path(plan_path).absolute()), "--resume", str(Path(out).absolute())]
     if address:
         args += ["--address", address]
     if workers:
@@ -85,4 +90,17 @@ def resume_command(plan_path: str | Path, out: Path, address: str | None, worker
         args += ["--cpus-per-worker", f"{cpus_per_worker:g}"]
     for label in profile:
         args += ["--profile", label]
+    args += ["--retry-failed"] * retry_failed + ["--retry-invalid"] * retry_invalid + list(extra)
     return shlex.join(args)
+
+
+def program() -> str:
+    """How to call infer-orch again: ``infer-orch``, or its full path where the run was started by
+    its full path and another (or none) is first on PATH (a Ray job: the cluster's PATH lacks it)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is None or argv0.name != "infer-orch" or not argv0.is_file():
+        return "infer-orch"
+    found = shutil.which("infer-orch")
+    if found and Path(found).resolve() == argv0.resolve():
+        return "infer-orch"
+    return str(argv0.absolute())

@@ -8,12 +8,15 @@ themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import signal
+import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +182,7 @@ def run_plan(
     profile: Sequence[str] = (),
     retry_invalid: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    command_options: Sequence[str] = (),
 ) -> RunResult:
     """Run every trial of the plan at ``plan_path``; every trial becomes a row in ``out``.
 
@@ -191,7 +195,10 @@ def run_plan(
     ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     ``on_warning``: gets each warning line (a ``python:`` module not found here, on a cluster run).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
-    the command line exits with.
+    the command line exits with. ``command_options``: the command line's own options (``--junit
+    FILE``), repeated in the resume command a stopped run prints. ``out`` is made absolute: the
+    paths printed and returned say where the rows are whatever the directory the run started in
+    (a Ray job's is the one ``ray start`` ran in).
     """
 
     plan = load_plan(plan_path)
@@ -206,8 +213,8 @@ def run_plan(
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed, retry_invalid)
         trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed; the run is complete
-            result = RunResult(out=previous.out, run_id=previous.run_id or "", device=plan.device, workers=[],
-                               kept=previous.kept, trials=all_trials)
+            result = RunResult(out=previous.out.absolute(), run_id=previous.run_id or "", device=plan.device,
+                               workers=[], kept=previous.kept, trials=all_trials)
             if layout(previous.out).pending:
                 try:
                     result.compaction = compact(previous.out)
@@ -219,20 +226,38 @@ def run_plan(
     if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
         head_failures = failures_allowed()
         cluster.connect_wait_s()
-    out_dir = previous.out if previous else Path(out) if out else default_out(plan, now)
+    out_dir = (previous.out if previous else Path(out) if out else default_out(plan, now)).absolute()
+
+    def resume_line() -> str:
+        """The command that continues this run: on the cluster it ran on (``RAY_ADDRESS``: a Ray job's)."""
+        return resume_command(plan_path, out_dir, address or os.environ.get("RAY_ADDRESS") or None, workers,
+                              cpus_per_worker, profile, retry_failed=retry_failed, retry_invalid=retry_invalid,
+                              extra=command_options)
     if previous is None:
         check_writable(out_dir)
     previous_handler = catch_sigterm()
     raylog = RayLog(out_dir).install()  # Ray's own messages: to the run's log, not the terminal
-    try:
-        started_ray = cluster.connect(address)
-    except BaseException:
-        raylog.close()
-        release_sigterm(previous_handler)
-        raise
+    started_ray = False
+    with _noting_stops() as stops:
+        try:
+            started_ray = cluster.connect(address)
+            if stops or _SIGTERM.is_set():  # a stop that landed in a callback of Ray's, which swallowed it
+                raise KeyboardInterrupt
+        except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt) or bool(stops) or _SIGTERM.is_set()
+            try:
+                if started_ray:
+                    cluster.disconnect()
+            finally:
+                raylog.close(show_pending=not stopped)  # a stop says one line, not Ray's start-up notes
+                release_sigterm(previous_handler)
+            if stopped:
+                raise stopped_while_starting(exc) from None
+            raise
     catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
     watch: HeadWatch | None = None
     sink: ResultSink | None = None
+    scheduling = stopped = False
     try:
         nodes = cluster.nodes()
         device = cluster.resolve_device(plan.device, nodes)
@@ -280,9 +305,10 @@ def run_plan(
             return (f"the cluster's head ({watch.address if watch else address}) stopped answering mid-run; "
                     f"{stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}, whole; once a "
                     f"cluster is up again (or without --address, on this machine), resume with: "
-                    f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}")
+                    f"{resume_line()}")
 
         watch = _watch_head(address, head_lost, head_failures)
+        scheduling = True
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
@@ -294,7 +320,7 @@ def run_plan(
             raise ResultWriteError(
                 f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
-                f"{resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}") from None
+                f"{resume_line()}") from None
         except KeyboardInterrupt as stop:
             sink.discard_stream()  # the rows waiting are written: the parts hold every row, --resume compacts
             sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
@@ -306,7 +332,7 @@ def run_plan(
             raise Interrupted(
                 f"{'terminated (SIGTERM)' if term else 'interrupted'}: {stored} of "
                 f"{len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_command(plan_path, out_dir, address, workers, cpus_per_worker, profile)}",
+                f"resume with: {resume_line()}",
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
@@ -318,6 +344,11 @@ def run_plan(
                      "lost_workers": result.lost_workers, "requeued": result.requeued,
                      "compacted": _compacted(out_dir)})
         return result.judge()
+    except KeyboardInterrupt as stop:  # while the workers started: no trial ran (later ones are Interrupted)
+        stopped = True
+        if scheduling:
+            raise
+        raise stopped_while_starting(stop) from None
     finally:
         if sink is not None:  # a run that ended otherwise: its waiting rows to parts, the writer stopped
             sink.discard_stream()
@@ -327,8 +358,47 @@ def run_plan(
             if started_ray:
                 cluster.disconnect()
         finally:
-            raylog.close()
+            raylog.close(show_pending=not stopped)
         release_sigterm(previous_handler)
+
+
+@contextlib.contextmanager
+def _noting_stops() -> Iterator[list[int]]:
+    """Within it (Ray starting), Ctrl-C is noted as well as raised, and a KeyboardInterrupt that lands
+    in a callback (an at-fork handler of ``logging`` as Ray starts a process) is not reported as an
+    "Exception ignored" traceback: Python swallows those, so the caller checks the list (SIGTERM: the
+    ``_SIGTERM`` flag) once Ray is up. Outside the main thread: nothing changes."""
+    stops: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stops
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            previous_hook(info)
+
+    previous_int, previous_hook = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield stops
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_hook
+
+
+def stopped_while_starting(stop: BaseException) -> Interrupted:
+    """The one line of a run stopped (Ctrl-C, SIGTERM) before any trial ran: Ray starting, its
+    workers starting. Nothing of the run was stored; the same command starts it again."""
+    term = isinstance(stop, Terminated) or _SIGTERM.is_set()
+    stopped = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} while starting, before any trial "
+                          "ran: nothing was stored; the same command starts the run again",
+                          exit_code=Terminated.exit_code if term else Interrupted.exit_code)
+    stopped.starting = True
+    return stopped
 
 
 def _watch_head(address: str | None, on_lost: Callable[[], str], failures: int | None) -> HeadWatch | None:

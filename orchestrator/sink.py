@@ -10,7 +10,8 @@ Layout of a run directory::
         part-<trial_id>.parquet   while the run goes on: the trials that ended together, named after
                             the first (one trial each in runs of older versions)
         _history/history.parquet  rows replaced by a newer attempt (``--retry-failed``), if any
-        profiles/<trial_id>.<backend>.json   a trial's profile, when asked for (its row's profile_file)
+        _profiles/<trial_id>.<backend>.json   a trial's profile, when asked for (its row's profile_file;
+                            ``profiles/`` in runs of earlier versions)
 
 While a run goes on, a writer thread (``orchestrator.partwriter``) writes each finished trial within
 ``BATCH_S`` of its end, in one part with the trials that ended meanwhile (under a temporary name,
@@ -49,7 +50,7 @@ import yaml
 
 from orchestrator.errors import InputError, OutputError, ResultWriteError
 from orchestrator.partwriter import BatchWriter
-from workers.contract import FILES_KEY
+from workers.contract import FILES_KEY, PROFILES_DIR, strip_escapes
 from workers.schema import NAMES, SCHEMA, SCHEMA_VERSION, to_batch
 
 PLAN_FILE = "_plan.yaml"
@@ -59,7 +60,7 @@ HISTORY_FILE = "_history/history.parquet"
 FRESH_FILE = ".fresh.parquet.tmp"
 ABSORBED = ".absorbed"
 TRIAL_ID = re.compile(r"[0-9a-f]{16}")
-ATTACHED_FILE = re.compile(r"profiles/[0-9a-f]{16}\.[a-z0-9][a-z0-9_-]*\.json")
+ATTACHED_FILE = re.compile(rf"{PROFILES_DIR}/[0-9a-f]{{16}}\.[a-z0-9][a-z0-9_-]*\.json")
 #: The per-iteration columns: what makes a row big (up to 2 x 20,000 floats a repeat). The driver
 #: keeps no row with them (``slim``); they are on disk.
 SAMPLE_COLUMNS = ("samples_ms", "host_samples_ms")
@@ -143,6 +144,21 @@ def check_writable(out: Path) -> None:
     if out.exists() and not layout(out).empty:
         raise OutputError(f"output directory {out} already holds results: continue that run with "
                           f"`--resume {out}` (the same plan), or choose another --out")
+
+
+def check_hidden(path: Path, out: Path, option: str) -> None:
+    """Refuse (exit 2) a file that a command would write into the run directory ``out`` where
+    readers of the directory would take it for rows: ``pandas.read_parquet(out)`` reads every file
+    whose path below ``out`` has no part starting with ``_`` or ``.``, and fails on one that is not
+    Parquet. Outside ``out``, or hidden inside it (``out/_junit.xml``), it is fine."""
+    try:
+        rel = path.resolve().relative_to(out.resolve())
+    except ValueError:
+        return
+    if rel.parts and not any(part.startswith(("_", ".")) for part in rel.parts):
+        raise OutputError(f"{option} {path}: a file in the run directory {out} must have a name starting with "
+                          f"'_' (e.g. {out / ('_' + rel.parts[0])}), or pandas.read_parquet({str(out)!r}) would "
+                          "fail on it; or write it outside the run directory")
 
 
 def _read(path: Path, columns: Iterable[str] | None) -> pa.Table:
@@ -570,6 +586,7 @@ class ResultSink:
             del files[rel]  # only the shape a profile's has is written
             row.update(profile_file=None, profile_error=f"not written: {rel!r} is not a profile's file name")
         row.update(run_id=self.run_id)
+        strip_escapes(row)  # whoever built the row (worker, scheduler): its messages are stored as plain text
         tid = str(row["trial_id"])
         if not TRIAL_ID.fullmatch(tid):  # file names come from ids alone, never from labels or models
             raise ValueError(f"trial id {tid!r} is not a trial id")

@@ -35,6 +35,7 @@ class PageLoad:
     requests: list[str] = field(default_factory=list)
     screenshot: bytes = b""
     title: str = ""
+    value: Any = None  # what ``expression`` gave, evaluated in the page once it loaded
 
 
 class _Pipe:
@@ -83,8 +84,10 @@ class _Pipe:
                 return ev
 
 
-def load(url: str, width: int = 1280, chromium: str | None = None, settle_s: float = 0.5) -> PageLoad:
-    """Open ``url`` in a fresh headless Chromium profile; what the page did while loading."""
+def load(url: str, width: int = 1280, chromium: str | None = None, settle_s: float = 0.5,
+         expression: str | None = None) -> PageLoad:
+    """Open ``url`` in a fresh headless Chromium profile; what the page did while loading, and the
+    value of the JavaScript ``expression`` (JSON-able) evaluated in it once loaded."""
     exe = chromium or find_chromium()
     if exe is None:
         raise FileNotFoundError("chromium not found")
@@ -110,7 +113,7 @@ def load(url: str, width: int = 1280, chromium: str | None = None, settle_s: flo
         os.close(from_child_w)
         pipe = _Pipe(proc, to_child_w, from_child_r)
         try:
-            return _drive(pipe, url, width, settle_s)
+            return _drive(pipe, url, width, settle_s, expression)
         finally:
             try:
                 pipe.send("Browser.close", timeout=5)
@@ -125,7 +128,7 @@ def load(url: str, width: int = 1280, chromium: str | None = None, settle_s: flo
             os.close(from_child_r)
 
 
-def _drive(pipe: _Pipe, url: str, width: int, settle_s: float) -> PageLoad:
+def _drive(pipe: _Pipe, url: str, width: int, settle_s: float, expression: str | None = None) -> PageLoad:
     target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
@@ -145,6 +148,9 @@ def _drive(pipe: _Pipe, url: str, width: int, settle_s: float) -> PageLoad:
         "clip": {"x": 0, "y": 0, "width": width, "height": min(size["height"], 16000), "scale": 1},
     }, session=session)
     result = PageLoad(screenshot=base64.b64decode(shot["data"]), title=title)
+    if expression is not None:
+        result.value = pipe.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                 session=session)["result"].get("value")
     for ev in pipe.events:
         method, p = ev.get("method"), ev.get("params", {})
         if method == "Network.requestWillBeSent":

@@ -45,7 +45,9 @@ class RayCluster:
         self.head: str | None = None
         self.dirs: dict[str, Path] = {}
 
-    def add_node(self, name: str, num_cpus: int, num_gpus: int, resources: dict[str, float]) -> None:
+    def add_node(self, name: str, num_cpus: int, num_gpus: int, resources: dict[str, float],
+                 dashboard_port: int | None = None) -> None:
+        """``dashboard_port``: the head's dashboard (and its job server, ``ray job submit``) on that port."""
         d = self.root / name
         args = [*RAY_CLI, "start", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
                 f"--resources={json.dumps(resources)}", f"--temp-dir={d}", "--disable-usage-stats",
@@ -55,7 +57,9 @@ class RayCluster:
                 "--no-monitor", "--include-log-monitor=false"]
         if self.address is None:
             port = free_port()
-            args += ["--head", f"--port={port}", "--include-dashboard=false"]
+            args += ["--head", f"--port={port}"]
+            args += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard_port
+                     else ["--include-dashboard=false"])
         else:
             args += [f"--address={self.address}"]
         done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)

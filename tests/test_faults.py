@@ -123,3 +123,33 @@ def test_real_cuda_oom_is_status_oom_and_the_next_trial_runs():
     assert ok["status"] == "ok", ok.get("error")
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() - before < 64 << 20  # the failed trial's tensors were freed
+
+
+COLOURED = """\
+name: coloured
+device: cpu
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1]
+  backends:
+    - backend: fault
+      label: coloured
+      options: {mode: raise, message: "\\e[96mTorchRuntimeError\\e[0m: \\e[1mbad\\e[0m"}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 2, target_rel_ci: null}
+"""
+
+
+def test_an_error_with_terminal_colours_is_stored_and_shown_as_plain_text(ray_gpus, write_plan, tmp_path):
+    """A library's coloured message (torch.export colours its errors): no escape code in the row,
+    the stored Parquet, the table's note or the line printed as the trial fails."""
+    from helpers import cli
+
+    from orchestrator.results import load_results
+
+    res = cli("run", write_plan(COLOURED), "--out", tmp_path / "out", "--table", "full")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [row] = load_results(tmp_path / "out").to_pylist()
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: TorchRuntimeError: bad"
+    assert "\x1b" not in row["traceback"] and "[96m" not in row["traceback"]
+    assert "TorchRuntimeError: bad" in res.stdout and "TorchRuntimeError: bad" in res.stderr
+    assert "\x1b" not in res.stdout + res.stderr and "[96m" not in res.stdout + res.stderr

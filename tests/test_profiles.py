@@ -68,7 +68,7 @@ def rows(run_dir):
 def test_profile_lands_in_the_run_directory_named_by_its_row(rows, run_dir, label):
     r = rows[label]
     assert r["status"] == "ok", r["error"]
-    assert r["profile_file"] == f"profiles/{r['trial_id']}.{r['backend']}.json"
+    assert r["profile_file"] == f"_profiles/{r['trial_id']}.{r['backend']}.json"
     path = run_dir / r["profile_file"]
     assert path.stat().st_size == r["profile_bytes"] > 0
     events = chrome_events(path)
@@ -83,7 +83,7 @@ def test_unprofiled_trials_and_backends_without_a_profiler(rows, run_dir):
     idle = rows["idle"]  # asked for one; sleep has no profiler: said, and the trial is still ok
     assert idle["status"] == "ok" and idle["profile_file"] is None
     assert idle["profile_error"] == "backend sleep has no profiler"
-    assert sorted(p.name for p in (run_dir / "profiles").iterdir()) == sorted(
+    assert sorted(p.name for p in (run_dir / "_profiles").iterdir()) == sorted(
         Path(rows[k]["profile_file"]).name for k in ("torch-eager", "ort"))
 
 
@@ -122,7 +122,7 @@ def test_latency_comes_from_the_unprofiled_iterations(monkeypatch):
 
 
 def test_report_links_profiles_relative_to_the_report(rows, run_dir, tmp_path):
-    for where in (run_dir / "report.html", tmp_path / "elsewhere" / "report.html"):
+    for where in (run_dir / "_report.html", tmp_path / "elsewhere" / "report.html"):
         r = cli("report", run_dir, "--html", where)
         assert r.returncode == 0, r.stdout + r.stderr
         page = where.read_text()
@@ -131,7 +131,7 @@ def test_report_links_profiles_relative_to_the_report(rows, run_dir, tmp_path):
             hrefs = [h for h in _hrefs(page) if h.endswith(target.name)]
             assert len(hrefs) == 1, hrefs
             assert not hrefs[0].startswith("/") and (where.parent / hrefs[0]).resolve() == target.resolve()
-    assert 'href="profiles/' in html_report(run_dir)  # default: a page in the run directory
+    assert 'href="_profiles/' in html_report(run_dir)  # default: a page in the run directory
 
 
 def _hrefs(page: str) -> list[str]:
@@ -204,14 +204,14 @@ def test_the_resume_command_keeps_the_profile_labels(tmp_path):
 
     from orchestrator.resume import resume_command
 
-    line = resume_command("plans/p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
-    assert shlex.split(line) == ["infer-orch", "run", "plans/p.yaml", "--resume", str(tmp_path / "out"),
+    line = resume_command(tmp_path / "p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
+    assert shlex.split(line) == ["infer-orch", "run", str(tmp_path / "p.yaml"), "--resume", str(tmp_path / "out"),
                                  "--workers", "2", "--profile", "ort-tuned", "--profile", "my label"]
 
 
 def test_a_profile_that_cannot_be_written_stops_the_run_like_its_part_would_leaving_nothing_torn(tmp_path):
     """The profile is written before the row that names it, through the same whole-or-nothing writer:
-    when it can't be written (here: `profiles` is a file, not a directory) the run stops with the
+    when it can't be written (here: `_profiles` is a file, not a directory) the run stops with the
     one-line write error, and neither the profile nor the part is there."""
     from orchestrator.errors import ResultWriteError
     from orchestrator.sink import ResultSink
@@ -222,10 +222,10 @@ def test_a_profile_that_cannot_be_written_stops_the_run_like_its_part_would_leav
     assert row["status"] == "ok" and row[FILES_KEY], row.get("error")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "profiles").write_text("in the way")
+    (out / "_profiles").write_text("in the way")
     with pytest.raises(ResultWriteError, match=f"could not write results in {out}"):
         ResultSink(out, "r", None, metadata={}).write(row)
-    assert sorted(p.name for p in out.iterdir()) == ["profiles"]
+    assert sorted(p.name for p in out.iterdir()) == ["_profiles"]
 
 
 def test_a_profile_flag_that_is_not_a_boolean_is_a_located_error(tmp_path):
@@ -237,3 +237,76 @@ def test_a_profile_flag_that_is_not_a_boolean_is_a_located_error(tmp_path):
     r = cli("validate", path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{path}: matrix.backends[0].profile: Input should be a valid boolean" in " ".join(r.stderr.split())
+
+
+EVERY_FEATURE = """
+name: every
+device: cpu
+models:
+  - {python: "tinynet:make", input_shape: [3, 8, 8]}
+matrix:
+  batch_sizes: [2]
+  io: [host]
+  backends:
+    - {backend: torch-eager}
+    - {backend: fault, label: broken, options: {mode: raise}}
+measure: {warmup_iters: 1, iters: 5, warmup_max_s: 0.5, target_rel_ci: null}
+"""
+
+
+def test_a_run_directory_that_used_every_feature_reads_in_pandas_polars_and_duckdb(ray_gpus, tmp_path):
+    """Profiles, JUnit and the HTML report written into the run directory, a resume that retried a
+    failed trial (its old row to the history), Ray's log: pandas reads the directory as it is, polars
+    and DuckDB its *.parquet, and every file infer-orch left there that is not Parquet is one a
+    dataset reader skips."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    plan, out = tmp_path / "plan.yaml", tmp_path / "run"
+    plan.write_text(EVERY_FEATURE)
+    first = cli("run", plan, "--out", out, "--workers", "1", "--profile", "torch-eager", "--junit", out / "_junit.xml")
+    assert first.returncode == 1, first.stdout + first.stderr  # the fault trial failed, on purpose
+    again = cli("run", plan, "--resume", out, "--retry-failed", "--workers", "1", "--profile", "torch-eager",
+                "--junit", out / "_junit.xml")
+    assert again.returncode == 1, again.stdout + again.stderr
+    report = cli("report", out, "--html", out / "_report.html")
+    assert report.returncode == 0, report.stdout + report.stderr
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"_junit.xml", "_report.html", "_plan.yaml", "_run.json", "_history/history.parquet"} <= left, left
+    assert any(p.startswith("_profiles/") for p in left), left
+    assert all(p.endswith(".parquet") for p in left if not p.startswith(("_", "."))), left
+
+    df = pd.read_parquet(out)
+    assert sorted(df.label) == ["broken", "torch-eager"]
+    assert df.set_index("label").profile_file["torch-eager"].startswith("_profiles/")
+    assert pl.read_parquet(f"{out}/*.parquet").height == 2
+    assert duckdb.sql(f"select count(*) from read_parquet('{out}/*.parquet')").fetchall() == [(2,)]
+
+
+def test_a_file_written_into_the_run_directory_must_be_hidden_from_readers(ray_gpus, tmp_path):
+    """`--junit RUN/junit.xml` or `report RUN --html RUN/report.html` would make pandas.read_parquet(RUN)
+    fail: refused with the name to use instead, exit 2, before anything is run or written."""
+    plan, out = tmp_path / "plan.yaml", tmp_path / "run"
+    plan.write_text(EVERY_FEATURE)
+    r = cli("run", plan, "--out", out, "--junit", out / "junit.xml")
+    assert r.returncode == 2 and not out.exists(), r.stdout + r.stderr
+    assert f"--junit {out / 'junit.xml'}: a file in the run directory {out} must have a name starting with '_' " \
+           f"(e.g. {out / '_junit.xml'})" in " ".join(r.stderr.split())
+    r = cli("report", tmp_path, "--html", tmp_path / "sub" / "report.html")
+    assert r.returncode == 2 and not (tmp_path / "sub").exists()
+    assert "--html" in r.stderr and f"(e.g. {tmp_path / '_sub'})" in " ".join(r.stderr.split())
+
+
+def test_a_run_directory_of_an_earlier_version_with_profiles_reads_as_docs_say(run_dir, tmp_path):
+    """Runs of earlier versions kept profiles in profiles/ (not skipped by Arrow): infer-orch's readers
+    take them as they are; pandas with the ignore_prefixes docs/results.md gives."""
+    import shutil
+
+    import pandas as pd
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / "_profiles").rename(old / "profiles")
+    assert len(load_results(old)) == 3
+    assert len(pd.read_parquet(old, ignore_prefixes=["_", ".", "profiles"])) == 3

@@ -86,7 +86,7 @@ def test_cli_report_shows_failed_skipped_and_parity_failed_trials(run_dir, tmp_p
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for status in ("ok", "skipped", "failed", "parity_failed"):
-        assert re.search(rf"│ {status}\s", out), status
+        assert re.search(rf"│ {status}[\s,]", out), status  # "ok, invalid": an ok row that is not valid
     # each trial that did not run says why
     assert "NaN/Inf values" in out and "returned int, not an nn.Module" in out and "needs a CUDA device" in out
     assert "1.00x" in out and "speedup vs torch-eager" in out
@@ -132,13 +132,14 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_html_renders_in_headless_chromium_offline(run_dir, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(html_report(run_dir))
-    loaded = load(page.as_uri())
+    loaded = load(page.as_uri(), width=1400, expression=SMALLEST_TEXT)  # a laptop's width
     (tmp_path / "report.png").write_bytes(loaded.screenshot)
     assert loaded.title.startswith("infer-orch report")
     assert loaded.console_errors == []
     assert loaded.requests == [page.as_uri()]  # the page itself and nothing else
     width, height = _png_size(loaded.screenshot)
-    assert width == 1280 and height > 1500  # the table, three kinds of plot, the environment
+    assert width == 1400 and height > 1500  # the table, three kinds of plot, the environment
+    assert loaded.value >= 8, f"the smallest chart text renders {loaded.value:.1f} px tall"
     assert len(loaded.screenshot) > 50_000  # not a blank page
 
 
@@ -163,3 +164,79 @@ def test_terminal_table_keeps_brackets_in_errors_and_labels():
     console.print(terminal_table(summarize(rows)))
     text = console.export_text()
     assert "providers [tensorrt] are not available" in text and "ort[trt]" in text
+
+
+# A run drawn as a user's sweep would be: ten batch sizes and two sequence lengths (twenty panels of
+# distributions), two labels, neither of them torch-eager, and server runs asked for twice what the
+# sleep backend can serve (invalid: they can't keep their schedule). Model-less trials run in this
+# process (the sleep backend's real runner) and are stored by the real sink.
+LOOK = {
+    "name": "look", "device": "cpu",
+    "models": [{"python": "textnet:two_inputs", "name": "enc",
+                "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "high": 50},
+                           {"name": "attention_mask", "shape": ["batch", "seq"]}]}],
+    "matrix": {"batch_sizes": list(range(1, 11)), "seq_lens": [128, 384], "io": ["host"],
+               "backends": [{"backend": "sleep", "label": "quick", "options": {"step_s": 0.001}},
+                            {"backend": "sleep", "label": "slower", "options": {"step_s": 0.002}}]},
+    "measure": {"warmup_iters": 1, "warmup_max_iters": 1, "iters": 6, "target_rel_ci": None, "max_time_s": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def look_dir(tmp_path_factory):
+    from helpers import run_all
+
+    from orchestrator.expand import expand
+    from orchestrator.plan import parse_plan
+    from orchestrator.sink import ResultSink
+
+    server = {**LOOK, "name": "look", "matrix": {**LOOK["matrix"], "seq_lens": [128], "scenarios": ["server"],
+                                                 "concurrency": [1], "rates": [1500]},
+              "scenario": {"latency_bound_ms": 50, "min_requests": 20, "min_duration_s": 0.05}}
+    trials = expand(parse_plan(LOOK)) + expand(parse_plan(server))
+    out = tmp_path_factory.mktemp("look") / "run"
+    sink = ResultSink(out, "look-1", None, metadata={"device": "cpu"})
+    for row in run_all(trials):
+        sink.write(row)
+    sink.flush()
+    sink.compact()
+    return out
+
+
+def test_every_view_shows_the_verdict_and_plots_group_by_axes(look_dir):
+    """Invalid rows are `ok, invalid` with their reasons in the terminal and the page, counted apart
+    in both headers and marked in the plots; the lines are per label and seq; the latency charts
+    say they are single-stream; no parity_s in notes; the speedups are against a label the run has."""
+    rows = load_results(look_dir).to_pylist()
+    server = [r for r in rows if r["scenario"] == "server"]
+    assert server and all(r["status"] == "ok" and r["valid"] is False for r in server), server[0]
+    bad = [r for r in rows if r["valid"] is False]  # the server rows (and any a loaded machine made noisy)
+    proc = cli("report", look_dir)
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "ok, invalid" in out and "invalid: schedule not kept" in out
+    assert f"{len(bad)} ok but invalid" in out and "parity_s" not in out
+    assert "no torch-eager trial in this run: speedups are against quick" in out and "1.00x" in out
+    page = html_report(look_dir)
+    assert f"{len(bad)} ok but invalid" in page and 'class="invalid">ok, invalid<' in page
+    assert "parity_s" not in page and "speedups are against quick" in page
+    assert "quick (seq=128)" in page and "quick (seq=384)" in page
+    assert page.count("single-stream trials only") == 2 and "a red cross marks an invalid row" in page
+
+
+#: The height of the smallest rendered text of every chart (SVG <text>, matplotlib writes real text), CSS px.
+SMALLEST_TEXT = """
+Math.min(...Array.from(document.querySelectorAll('svg text'))
+  .filter(t => t.textContent.trim()).map(t => t.getBoundingClientRect().height))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_every_chart_s_text_is_readable_at_a_laptop_s_width(look_dir, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(html_report(look_dir))
+    loaded = load(page.as_uri(), width=1400, expression=SMALLEST_TEXT)
+    (tmp_path / "report.png").write_bytes(loaded.screenshot)
+    assert loaded.console_errors == []
+    assert loaded.value >= 8, f"the smallest chart text renders {loaded.value:.1f} px tall"

@@ -20,7 +20,7 @@ from helpers import REPO, stored_rows
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.errors import InputError, OutputError
+from orchestrator.errors import InputError, Interrupted, OutputError
 from orchestrator.expand import expand
 from orchestrator.plan import load_plan
 from orchestrator.results import load_results
@@ -195,3 +195,75 @@ def test_resumed_run_junit_covers_the_kept_trials_too(ray_gpus, write_plan, tmp_
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")
+
+
+def test_the_resume_command_is_complete_and_runs_from_any_directory(tmp_path, monkeypatch):
+    """Relative paths made absolute, the cluster, the workers and every option the run used; the
+    full path of infer-orch where it was started by one that PATH doesn't give (a Ray job)."""
+    from orchestrator.resume import resume_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["infer-orch", "run"])
+    line = resume_command("p.yaml", "out", "ray://head:10001", 4, 1.5, ("ort",), retry_failed=True,
+                          retry_invalid=True, extra=["--junit", "/ci/j.xml", "--table", "full"])
+    assert shlex.split(line) == ["infer-orch", "run", str(tmp_path / "p.yaml"), "--resume", str(tmp_path / "out"),
+                                 "--address", "ray://head:10001", "--workers", "4", "--cpus-per-worker", "1.5",
+                                 "--profile", "ort", "--retry-failed", "--retry-invalid", "--junit", "/ci/j.xml",
+                                 "--table", "full"]
+    script = tmp_path / "venv" / "bin" / "infer-orch"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script), "run"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not on PATH: as on a cluster's nodes
+    assert shlex.split(resume_command("p.yaml", "out", None, None))[0] == str(script)
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin")
+    assert shlex.split(resume_command("p.yaml", "out", None, None))[0] == "infer-orch"
+
+
+def test_a_run_prints_absolute_paths_and_a_stopped_one_resumes_on_the_cluster_it_joined(
+        ray_gpus, write_plan, tmp_path, monkeypatch):
+    """A relative --out (a Ray job's directory is the one `ray start` ran in): the paths printed and
+    returned are absolute. Stopped, the run prints the command with RAY_ADDRESS (how a Ray job joins
+    its cluster) as --address and the CLI's own options."""
+    plan = write_plan(SLOW_PLAN.replace("[1, 2, 3, 4, 5, 6]", "[1]").replace("[fp32, fp16]", "[fp32]")
+                      .replace("step_s: 0.15", "step_s: 0.001"))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", str(plan), "--out", "rel", "--workers", "1", "--junit", "j.xml"],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert f"Results: {tmp_path / 'rel'}" in " ".join(res.stdout.split())
+    assert f"JUnit: {tmp_path / 'j.xml'}" in res.stdout
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        run_plan(plan, out="rel2", workers=1, on_row=stop, command_options=["--junit", str(tmp_path / "j.xml")])
+    message = str(stopped.value)
+    assert f"stored in {tmp_path / 'rel2'}" in message
+    command = shlex.split(message.split("resume with: ", 1)[1])
+    assert command == ["infer-orch", "run", str(plan), "--resume", str(tmp_path / "rel2"), "--address",
+                       "10.0.0.1:6379", "--workers", "1", "--junit", str(tmp_path / "j.xml")]
+
+
+def test_a_stop_after_the_run_says_where_the_rows_are_with_the_signal_s_exit_code(
+        ray_gpus, write_plan, tmp_path, monkeypatch):
+    """SIGTERM while the results table prints (injected there: every trial is stored by then): one
+    line that says so, exit 143, not Typer's silent 130."""
+    from orchestrator import cli as cli_module
+    from orchestrator.errors import Terminated
+
+    def terminated(*args, **kwargs):
+        raise Terminated()
+
+    plan = write_plan(SLOW_PLAN.replace("[1, 2, 3, 4, 5, 6]", "[1]").replace("[fp32, fp16]", "[fp32]")
+                      .replace("step_s: 0.15", "step_s: 0.001"))
+    monkeypatch.setattr(cli_module, "print_results", terminated)
+    res = CliRunner().invoke(app, ["run", str(plan), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert res.exit_code == 143, res.output
+    assert res.stderr.strip().splitlines()[-1] == ("terminated (SIGTERM) after the run: its trials are stored in "
+                                                   f"{tmp_path / 'out'}")  # after the progress lines
+    assert len(load_results(tmp_path / "out")) == 1

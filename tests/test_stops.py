@@ -122,6 +122,58 @@ def test_sigkill_of_the_driver_leaves_nothing_of_its_ray_after_30_s(tmp_path):
         proc.communicate()
 
 
+def start_moment(proc: subprocess.Popen, moment: str) -> set[int]:
+    """Wait for a moment of Ray's start-up; the driver's descendants seen until then. ``gcs``: Ray's
+    first process (the GCS) is up, the raylet not yet; ``agents``: the raylet's agents are up (the
+    dashboard's and the runtime-env agent), no trial stored yet."""
+    want = {"gcs": ("gcs_server",), "agents": ("dashboard/agent.py", "runtime_env/agent/main.py", "ray::")}[moment]
+    deadline, seen = time.monotonic() + 90, set()
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {moment} in 90 s"
+        seen |= descendants(proc.pid)
+        if any(w in c for c in cmdlines(seen) for w in want):
+            return seen
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig, moment", [(signal.SIGTERM, "gcs"), (signal.SIGTERM, "agents"),
+                                         (signal.SIGINT, "gcs"), (signal.SIGINT, "agents"),
+                                         (signal.SIGKILL, "gcs"), (signal.SIGKILL, "agents")],
+                         ids=["term-gcs", "term-agents", "int-gcs", "int-agents", "kill-gcs", "kill-agents"])
+def test_a_stop_while_ray_starts_says_one_line_and_leaves_nothing_of_it(tmp_path, sig, moment):
+    """SIGTERM and Ctrl-C while Ray starts: exit 143 and 130 with one line, no traceback (Ray's own
+    handler used to exit 15 with no word, and Ctrl-C said nothing); after those and SIGKILL nothing
+    of the node started so far lives 30 s on (its agents used to, 50-65 s, parented to init)."""
+    proc, _, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
+    try:
+        seen = start_moment(proc, moment)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole foreground group, Ray's node too
+        else:
+            proc.send_signal(sig)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:  # what starts meanwhile counts too
+            seen |= descendants(proc.pid)
+            time.sleep(0.05)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        code, said = (143, "terminated (SIGTERM)") if sig == signal.SIGTERM else (130, "interrupted")
+        assert proc.returncode == code, stderr[-3000:]
+        assert "Traceback" not in stderr and lines, stderr[-3000:]
+        if not list(out.glob("part-*.parquet")) and "running" not in stderr:  # still starting: one line
+            assert lines == [f"{said} while starting, before any trial ran: nothing was stored; the same command "
+                             "starts the run again"], stderr[-3000:]
+        else:  # the workers were up by the time the signal was handled: the run's own stop
+            assert any(ln.startswith(said) for ln in lines), stderr[-3000:]
+    gone_within(seen, 30)
+
+
 def cmdlines(pids: set[int]) -> list[str]:
     found = []
     for p in pids:
@@ -291,3 +343,24 @@ def test_no_compute_process_of_the_run_is_left_on_the_gpu_30_s_after_it_ends(tmp
         proc.kill()
         proc.communicate()
     assert not gpu_compute_pids() - before, f"still on the GPU 30 s after a {ending} ending"
+
+
+def test_the_watchdog_started_before_ray_leaves_the_driver_s_earlier_children_alone(tmp_path):
+    """Started before ray.init, the watchdog watches every process below the driver: those started
+    after it (Ray's) go when the driver lets it go; a child the driver had before (a caller's own)
+    stays."""
+    from orchestrator import reaper
+
+    earlier = subprocess.Popen(["sleep", "60"])
+    try:
+        watchdog = reaper.start("", [os.getpid()])
+        assert watchdog is not None
+        time.sleep(0.5)  # its first look at the process tree
+        later = subprocess.Popen(["sleep", "60"])
+        time.sleep(0.5)
+        watchdog.stop()
+        assert later.wait(timeout=10) == -signal.SIGTERM
+        assert earlier.poll() is None
+    finally:
+        earlier.kill()
+        earlier.wait()

@@ -26,6 +26,7 @@ import enum
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
@@ -326,11 +327,15 @@ PROFILE_MAX_BYTES = 64 * 2**20
 #: The key under which a worker's row carries files for the run directory ({relative path: bytes});
 #: the driver's sink writes them and drops the key before the row is stored.
 FILES_KEY = "_files"
+#: The folder of a run directory that holds its profiles.
+PROFILES_DIR = "_profiles"
 
 
 def profile_path(trial: Trial) -> str:
-    """Where a trial's profile lands, relative to the run directory."""
-    return f"profiles/{trial.trial_id}.{trial.backend}.json"
+    """Where a trial's profile lands, relative to the run directory: under ``_profiles``, which
+    Arrow datasets skip (a leading ``_``), so ``pandas.read_parquet(run_dir)`` reads the rows alone.
+    Runs of earlier versions used ``profiles/`` (docs/results.md says how to read those)."""
+    return f"{PROFILES_DIR}/{trial.trial_id}.{trial.backend}.json"
 
 
 def spec_columns(trial: Trial) -> Row:
@@ -397,10 +402,34 @@ def unknown_columns(row: Row) -> list[str]:
     return sorted(set(row) - NAMES)
 
 
+#: Terminal escape sequences (colours, cursor moves, OSC titles and links) and the other control
+#: characters a library may put in its messages (torch.export colours its errors): not text a table,
+#: a report or a Parquet reader can show.
+_ESCAPES = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+#: The text columns that carry messages from libraries: stored without escape sequences.
+MESSAGE_COLUMNS = ("error", "profile_error", "traceback")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (newlines and tabs stay)."""
+    return _ESCAPES.sub("", text)
+
+
+def strip_escapes(row: Row) -> Row:
+    """``row`` with its message columns (and its ``invalid_reasons``) as plain text; changed in place."""
+    for col in MESSAGE_COLUMNS:
+        if isinstance(row.get(col), str):
+            row[col] = plain_text(row[col])
+    if isinstance(row.get("invalid_reasons"), list):
+        row["invalid_reasons"] = [plain_text(r) if isinstance(r, str) else r for r in row["invalid_reasons"]]
+    return row
+
+
 def checked_row(row: Row) -> Row:
     """``row`` if every key is a schema column; else the row without the strangers, ``failed``,
-    its error naming them (a runner that reports a column the schema lacks fails its own trial)."""
-    bad = unknown_columns(row)
+    its error naming them (a runner that reports a column the schema lacks fails its own trial).
+    Either way its messages are plain text (:func:`strip_escapes`)."""
+    bad = unknown_columns(strip_escapes(row))
     if not bad:
         return row
     kept = {k: v for k, v in row.items() if k not in bad}

@@ -192,7 +192,8 @@ _ENERGY: list[tuple[str, pa.DataType, str]] = [
 #: Profiles on request (a backend entry's ``profile: true`` or ``infer-orch run --profile LABEL``).
 _PROFILE: list[tuple[str, pa.DataType, str]] = [
     ("profile_file", _STR, "the trial's profile, a Chrome trace (JSON), relative to the run directory: "
-                           "profiles/<trial_id>.<backend>.json; null when not asked for or not kept"),
+                           "_profiles/<trial_id>.<backend>.json (profiles/... in runs of earlier versions); null "
+                           "when not asked for or not kept"),
     ("profile_iters", _I64, "iterations profiled, run after the timed ones and not among them (samples_ms, "
                             "the latency columns); ORT also runs one warm-up in its profiling session"),
     ("profile_bytes", _I64, "size of the trace, bytes (kept up to 64 MiB)"),

@@ -11,7 +11,8 @@ It lets the fault handling be exercised on any machine, GPU or not::
 ``mode`` says how the trial goes wrong, in ``setup`` (``where: setup``) or in the first timed
 ``step`` (``where: step``, the default):
 
-- ``raise``: raises a RuntimeError -> the row is ``failed`` with the error and traceback;
+- ``raise``: raises a RuntimeError (its text: ``message``) -> the row is ``failed`` with the error
+  and traceback;
 - ``abort``: ``os.abort()`` kills the worker process, as a segfault would -> ``failed``, the
   worker is replaced, the trial is retried ``retries`` times;
 - ``hang``: sleeps forever -> ``timeout`` after the trial's ``timeout_s``, the worker is replaced;
@@ -48,6 +49,8 @@ class FaultOptions(BackendOptions):
     """How the trial fails."""
     where: Literal["setup", "step"] = "step"
     """In which phase it fails."""
+    message: str = "fault backend: injected error (mode: raise)"
+    """The error's text in mode ``raise`` (a library's message as it comes, escape codes and all)."""
 
 
 def known_input(seed: int) -> np.ndarray:
@@ -107,7 +110,7 @@ class FaultRunner(Runner):
     def _fail(self) -> None:
         mode = self.options.mode
         if mode == "raise":
-            raise RuntimeError("fault backend: injected error (mode: raise)")
+            raise RuntimeError(self.options.message)
         if mode == "abort":
             os.abort()
         if mode == "hang":

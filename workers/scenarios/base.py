@@ -198,6 +198,6 @@ class Scenario:
         return " ".join(parts)
 
     @classmethod
-    def curve_label(cls, row: Row) -> str:
-        """A row's line in the capacity curves."""
-        return f"{row['label']} ({row['io']}, {cls.name})"
+    def curve_label(cls, row: Row, axes: str = "") -> str:
+        """A row's line in the capacity curves (``axes``: the row's named axes, where a model has several)."""
+        return f"{row['label']} ({row['io']}, {axes + ', ' if axes else ''}{cls.name})"

@@ -61,5 +61,5 @@ class Server(Scenario):
         return reasons
 
     @classmethod
-    def curve_label(cls, row: Row) -> str:
-        return f"{row['label']} ({row['io']}, {cls.name} c={row['concurrency']})"
+    def curve_label(cls, row: Row, axes: str = "") -> str:
+        return f"{row['label']} ({row['io']}, {axes + ', ' if axes else ''}{cls.name} c={row['concurrency']})"
