@@ -10,7 +10,7 @@ Usage::
     python bench/aa.py OUT_DIR --plan plans/quickstart.yaml   # any plan; quickstart runs on a CPU
 
 Each run is ``infer-orch run PLAN --out OUT_DIR/a`` (then ``/b``) in a fresh process, as a user
-or CI job runs it; the comparison is ``infer-orch compare``'s (``orchestrator.compare``), at its
+or CI job runs it; the comparison is ``infer-orch compare``'s (``orchestrator.answers.compare``), at its
 default threshold and noise floors. Writes OUT_DIR/aa.json and prints a short table last. Exit 0
 when both goals are met, 1 otherwise.
 """
@@ -53,8 +53,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     walls = {side: run(args.plan, args.out / side, args.out / f"{side}.log") for side in ("a", "b")}
 
-    from orchestrator.compare import compare
-    from orchestrator.results import load_results
+    from orchestrator.answers.compare import compare
+    from orchestrator.results.read import load_results
 
     items = compare(load_results(args.out / "a"), load_results(args.out / "b"))
     rows = {side: {r["trial_id"]: r for r in load_results(args.out / side).to_pylist()} for side in ("a", "b")}

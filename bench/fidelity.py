@@ -10,9 +10,9 @@ Three measurements, in this order:
    (hand, infer-orch, hand). Ratio = infer-orch median / mean of the two hand medians, all from
    CUDA events around each inference. Goal 1.00 +- 0.02.
 2. Harness overhead per iteration: a tiny model under CUDA-graph replay (a few us of GPU work),
-   N iterations of the hand loop vs N of ``workers.timing.measure`` (with its CI checks), wall
+   N iterations of the hand loop vs N of ``workers.measure.timing.measure`` (with its CI checks), wall
    time difference / N. Goal <= 5 us. On a GPU also the cost of the sampler thread that reads the
-   GPU's process list during timing (``workers.sampler``, for ``contended``): the same loop with it
+   GPU's process list during timing (``workers.measure.sampler``, for ``contended``): the same loop with it
    running at ``SAMPLER_STRESS_PERIOD_S`` (1 ms, 500x its real rate), difference / N; and one NVML
    read's time. At the real 0.5 s period the cost is that over 500.
 3. Reproducibility: one trial measured in 5 fresh processes; CV of their medians. Goal <= 1%.
@@ -86,8 +86,8 @@ def config(quick: bool, bert: bool = False) -> dict[str, Any]:
 
 
 def make_trial(cfg: dict[str, Any], variant: str, batch: int, dtype: str) -> dict[str, Any]:
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
 
     entry = {k: v for k, v in ENTRIES[variant].items() if k != "options"}
     entry["options"] = dict(ENTRIES[variant].get("options", {}))
@@ -147,7 +147,7 @@ def _log_case(log: Any, rec: dict[str, Any]) -> None:
 
 
 def ratio_child(arg: str) -> None:
-    from workers.models import ModelStore, onnx_export
+    from workers.models.build import ModelStore, onnx_export
     from workers.trial import run_trial
 
     spec = json.loads(arg)
@@ -219,7 +219,7 @@ def overhead(cfg: dict[str, Any], store: Any) -> dict[str, Any]:
     from workers.backends import get
     from workers.context import TrialContext
     from workers.contract import MeasureSpec
-    from workers.timing import CudaTimer, HostTimer, measure
+    from workers.measure.timing import CudaTimer, HostTimer, measure
 
     device = cfg["device"]
     variant = "torch-cudagraph" if device == "cuda" else "torch-eager"
@@ -250,7 +250,7 @@ def overhead(cfg: dict[str, Any], store: Any) -> dict[str, Any]:
                 kept.append(time.perf_counter() - t0)
         return time.perf_counter() - t
 
-    from workers import envinfo
+    from workers.measure import envinfo
 
     uuid = envinfo.device_facts(device)["gpu_uuid"] if device == "cuda" else None
     watched = device == "cuda" and envinfo.other_gpu_processes(uuid) is not None  # NVML answers
@@ -317,7 +317,7 @@ def repro(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 
 
 def child(arg: str) -> None:
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     spec = json.loads(arg)
@@ -395,8 +395,8 @@ def main() -> None:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from workers import envinfo
-    from workers.models import ModelStore
+    from workers.measure import envinfo
+    from workers.models.build import ModelStore
 
     t0 = time.perf_counter()
     store = ModelStore(0)

@@ -75,7 +75,7 @@ def run(plan: Path, out: Path, batch_sizes: list[int] | None, labels: list[str] 
 
 
 def load(dirs: list[Path]) -> list[dict[str, Any]]:
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     return load_results(dirs, columns=COLUMNS).to_pylist()  # compacted runs and runs of parts alike
 

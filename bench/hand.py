@@ -24,7 +24,7 @@ def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, devic
     made as infer-orch makes it, and with ORT every input and output is bound."""
     import torch
 
-    from workers.models import call_model, make_inputs, onnx_export
+    from workers.models.build import call_model, make_inputs, onnx_export
 
     axes = axes or {}
     if variant.startswith("torch"):

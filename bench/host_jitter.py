@@ -39,8 +39,8 @@ CASES = {"mobilenet_v2 eager b1 fp16": ("torchvision:mobilenet_v2", "torch-eager
 
 
 def gpu_local_cpus() -> list[int]:
-    """The CPUs local to GPU 0, as infer-orch pins its timing thread (``workers.affinity``)."""
-    from workers import affinity, envinfo
+    """The CPUs local to GPU 0, as infer-orch pins its timing thread (``workers.measure.affinity``)."""
+    from workers.measure import affinity, envinfo
 
     nv = envinfo._nvml()
     return affinity.local_cpus(nv, nv.nvmlDeviceGetHandleByIndex(0)) if nv else sorted(os.sched_getaffinity(0))
@@ -51,9 +51,9 @@ def child(spec: dict[str, Any]) -> None:
     if spec["cpus"]:
         os.sched_setaffinity(0, spec["cpus"])
     from bench import hand
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
-    from workers.models import ModelStore
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
+    from workers.models.build import ModelStore
 
     model, variant, batch, dtype = CASES[spec["case"]]
     device = spec["device"]

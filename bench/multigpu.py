@@ -43,7 +43,7 @@ from pathlib import Path
 import ray
 import yaml
 
-from orchestrator.run import run_plan
+from orchestrator.run.api import run_plan
 
 ROW_KEYS = ("trial_id", "label", "backend", "batch_size", "dtype", "worker", "status", "duration_s", "setup_s",
             "warmup_s", "timed_s", "parity_s", "export_s", "latency_ms_median")

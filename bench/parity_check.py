@@ -22,12 +22,12 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
     from workers.backends import get
     from workers.context import TrialContext
-    from workers.models import ModelStore
-    from workers.parity import _tf32_off, compare
+    from workers.measure.parity import _tf32_off, compare
+    from workers.models.build import ModelStore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mobilenet_v3_large,resnet50")

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from workers.models import ModelStore
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from workers.models.build import ModelStore
 from workers.trial import run_trial
 
 

@@ -116,9 +116,9 @@ def make_plan(trials: int, trial_s: float, faults: float = 0.0, modes: list[str]
 
 def check(out: Path, plan_path: Path, expected: dict[str, int]) -> dict[str, Any]:
     """What the run in ``out`` stored, against the plan: ids once each, the status counts."""
-    from orchestrator.expand import expand
-    from orchestrator.plan import load_plan
-    from orchestrator.results import load_results
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import load_plan
+    from orchestrator.results.read import load_results
 
     t = load_results(out, columns=["trial_id", "status", "started_at", "duration_s", "worker", "node_id"])
     ids = t.column("trial_id").to_pylist()
@@ -195,12 +195,12 @@ def run_driver(plan: Path, out: Path, env: dict[str, str], address: str, workers
 
 
 #: A driver that starts one bare actor per logical GPU of the cluster (one GPU and the node's even CPU
-#: share each, pinned to its node, as ``orchestrator.cluster.start_workers`` places the run's), and
+#: share each, pinned to its node, as ``orchestrator.run.cluster.start_workers`` places the run's), and
 #: prints the seconds from creation to each one's first answer.
 FLOOR_DRIVER = """
 import json, os, sys, time, ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from orchestrator.cluster import _share
+from orchestrator.run.cluster import _share
 ray.init(address=sys.argv[1], logging_level="ERROR")
 class Bare:
     def info(self):
@@ -283,7 +283,7 @@ def readers(out: Path) -> dict[str, Any]:
             "group by all").fetchall()))
     except ImportError:
         times["duckdb"] = "not installed"
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     timed("load_results", lambda: load_results(out).num_rows)
     return times
@@ -306,12 +306,12 @@ def part_bytes(out: Path, n: int = 50) -> float:
 
     import pyarrow.parquet as pq
 
-    from orchestrator.sink import stored_metadata
+    from orchestrator.results.sink import stored_metadata
 
     meta = stored_metadata(out)
     env = meta.get("environment") or {}
     rows = pq.ParquetFile(out / "results.parquet").read_row_group(0).slice(0, n).to_pylist()
-    from orchestrator.sink import ResultSink
+    from orchestrator.results.sink import ResultSink
 
     with tempfile.TemporaryDirectory() as d:
         sink = ResultSink(Path(d), "r", None, {"plan": meta.get("plan"), "device": "cuda"})

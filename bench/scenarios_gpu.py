@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
 from workers.context import TrialContext
-from workers.models import ModelStore
+from workers.models.build import ModelStore
 from workers.trial import run_trial
 
 #: label -> (backend, options, dtypes it runs here)

@@ -26,7 +26,7 @@ from typing import Any
 
 def span_budget(out: Path, nominal_s: float) -> dict[str, Any]:
     """The split above, in worker-seconds, of the run stored in ``out``."""
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     t = load_results(out, columns=["worker", "started_at", "duration_s"])
     by_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)

@@ -1,6 +1,6 @@
 """A cold `infer-orch run` against Ray's floor (BENCHMARKS.md, "A cold run's start-up").
 
-(a) floor: a fresh process starts Ray as the run does (``orchestrator.cluster.connect``) and one
+(a) floor: a fresh process starts Ray as the run does (``orchestrator.run.cluster.connect``) and one
     actor with the resources the run's worker would get (``num_gpus=1`` when Ray sees a GPU)
     that imports torch and initialises CUDA (creates its context; on the CPU: torch only).
     Timed from the process's launch: ``import ray``, ``ray.init``, the actor answering.
@@ -54,7 +54,7 @@ def floor_child() -> None:
     import ray
 
     t["ray_imported"] = time.time()
-    from orchestrator import cluster
+    from orchestrator.run import cluster
 
     cluster.connect()
     t["ray_initialised"] = time.time()

@@ -38,7 +38,7 @@ def _sum(rows: list[dict[str, Any]], col: str) -> float:
 
 def breakdown(run_dir: Path, launched_at: float | None = None) -> dict[str, Any]:
     """The figures of one run directory (``launched_at``: the CLI's launch, epoch seconds, if known)."""
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     rows = load_results(run_dir).to_pylist()
     info = json.loads((run_dir / "_run.json").read_text())

@@ -3,7 +3,7 @@
 Found on an H200: the first torch-cudagraph trial of BERT-base b8 fp16 in a fresh process measured
 0.914 ms, the next two 0.991 and 0.986 ms. A hand-written replay loop did the same: 0.915 ms until
 the process had launched some 50 eager kernels, 0.98 ms ever after. Since then a process launches
-tiny kernels before its first GPU trial (``workers.timing.settle_launch_state``), so that every
+tiny kernels before its first GPU trial (``workers.measure.timing.settle_launch_state``), so that every
 trial runs in the same state. This prints the three medians and their spread, max / min
 (``tests/test_hf.py`` runs it on a GPU).
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     from bench import fidelity
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     cfg = fidelity.config(False, True)  # BERT-base seq 128, as bench/fidelity.py --bert

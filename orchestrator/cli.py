@@ -41,7 +41,7 @@ from workers.scenarios import label as scenario_label  # noqa: E402
 from workers.scenarios import tag as scenario_tag  # noqa: E402
 
 if TYPE_CHECKING:
-    from orchestrator.compare import Verdict
+    from orchestrator.answers.compare import Verdict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
@@ -83,7 +83,7 @@ def trial_table(trials: list[Trial], title: str) -> Table:
 
 
 def _status(row: Row) -> str:
-    """The status as the tables show it: an ok row that is not valid (workers/validity.py) says so."""
+    """The status as the tables show it: an ok row that is not valid (workers/measure/validity.py) says so."""
     s = row["status"]
     if s == Status.OK and row.get("valid") is False:
         return "[yellow]ok, invalid[/]"
@@ -98,7 +98,7 @@ def _note(row: Row) -> str:
 
 def summary_table(rows: list[Row]) -> Table:
     """One line per trial; an ``axes`` column when some model has named axes (seq=128)."""
-    from orchestrator.report import axes_text
+    from orchestrator.answers.report import axes_text
 
     with_axes = any(r.get("axes") for r in rows)
     t = Table(title="Results", title_justify="left")
@@ -128,7 +128,7 @@ REPORT_ROWS = 500
 
 
 def _config(r: Row) -> str:
-    from orchestrator.report import axes_text
+    from orchestrator.answers.report import axes_text
 
     return " ".join(filter(None, [axes_text(r), f"bs{r['batch_size']} {r['dtype']} {r['io']}", scenario_tag(r)]))
 
@@ -137,7 +137,7 @@ def grouped_table(rows: list[Row]) -> Table:
     """One line per label x model: its trials by status, and its fastest and slowest ok ones.
 
     "failed" counts every status but ok and skipped (failed, timeout, oom, parity_failed); "invalid"
-    the ok ones that are not numbers to act on (workers/validity.py), also counted in "ok"."""
+    the ok ones that are not numbers to act on (workers/measure/validity.py), also counted in "ok"."""
     t = Table(title="Results by label and model", title_justify="left")
     for col, just in (("label", "left"), ("model", "left"), ("trials", "right"), ("ok", "right"),
                       ("invalid", "right"), ("skipped", "right"), ("failed", "right"), ("fastest median ms", "right"),
@@ -222,12 +222,12 @@ def run(
         err_console.print(f"[bold red]error:[/] --table must be one of {', '.join(TABLE_MODES)}, got "
                           f"{escape(repr(table))}", highlight=False)
         raise typer.Exit(code=2)
-    from orchestrator.expand import expand, with_profiles
-    from orchestrator.plan import load_plan
+    from orchestrator.plan.expand import expand, with_profiles
+    from orchestrator.plan.schema import load_plan
 
     try:
         if dry_run:
-            from orchestrator.shipping import check_factories
+            from orchestrator.run.shipping import check_factories
 
             plan_obj = load_plan(plan)
             trials = with_profiles(expand(plan_obj, source=str(plan)), tuple(profile or ()), str(plan))
@@ -236,11 +236,11 @@ def run(
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from orchestrator.run import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
-        from orchestrator.sink import check_hidden
+        from orchestrator.results.sink import check_hidden
+        from orchestrator.run.api import run_plan  # Ray, the scheduler, Parquet: not needed for a dry run
 
         if junit is not None:
-            from orchestrator.junit import check_junit_path
+            from orchestrator.answers.junit import check_junit_path
 
             check_junit_path(junit)
             if out or resume:
@@ -275,7 +275,7 @@ def run(
     except InferOrchError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt as stop:  # before run_plan had Ray to start (reading the plan, checks)
-        from orchestrator.run import stopped_while_starting
+        from orchestrator.run.api import stopped_while_starting
 
         raise _fail(stopped_while_starting(stop)) from None
     try:
@@ -320,7 +320,7 @@ def _command_options(junit: Path | None, table: str) -> list[str]:
 
 def _budgets_and_junit(result: Any, junit: Path | None) -> None:
     """Print the budgets the run missed, write the JUnit file if asked."""
-    from orchestrator.junit import write_junit
+    from orchestrator.answers.junit import write_junit
 
     for row, messages in result.budget_misses:
         for m in messages:
@@ -351,7 +351,7 @@ def report(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
 ) -> None:
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
-    from orchestrator.report import (
+    from orchestrator.answers.report import (
         counts_text,
         html_report,
         peak_table,
@@ -360,8 +360,8 @@ def report(
         summarize,
         terminal_table,
     )
-    from orchestrator.results import load_results
-    from orchestrator.sink import SAMPLE_COLUMNS, check_hidden
+    from orchestrator.results.read import load_results
+    from orchestrator.results.sink import SAMPLE_COLUMNS, check_hidden
     from workers.schema import SCHEMA
 
     try:
@@ -411,9 +411,9 @@ def compare(
     """Match the trials of two runs by spec; exit 1 when any got significantly slower or broke."""
     import json
 
-    from orchestrator.compare import compare as compare_runs
-    from orchestrator.compare import regressions
-    from orchestrator.results import load_results
+    from orchestrator.answers.compare import compare as compare_runs
+    from orchestrator.answers.compare import regressions
+    from orchestrator.results.read import load_results
 
     if fmt not in ("table", "json"):
         err_console.print(f"[bold red]error:[/] --format must be table or json, got '{fmt}'", highlight=False)
@@ -478,9 +478,9 @@ def validate(
 
     Every plan is checked, also after a bad one; the exit code is that of the first bad plan.
     """
-    from orchestrator.expand import expand
-    from orchestrator.plan import load_plan
-    from orchestrator.shipping import check_factories
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import load_plan
+    from orchestrator.run.shipping import check_factories
 
     first_error: InferOrchError | None = None
     for plan in plans:
@@ -502,7 +502,7 @@ def backends(
     address: Annotated[str | None, typer.Option(help="Ray cluster to inspect (default: this machine).")] = None,
 ) -> None:
     """What this machine (or cluster) can run: GPUs, ORT providers, backends, versions."""
-    from orchestrator.inspect import describe
+    from orchestrator.run.inspect import describe
 
     try:
         info = describe(address)

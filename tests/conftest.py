@@ -178,12 +178,12 @@ def ray_gpus():
     import ray
 
     # The workers get the tests' PYTHONPATH (and the run's isolated caches) by inheriting this
-    # process's environment, as an embedded Ray's workers do in a real run (orchestrator.cluster
+    # process's environment, as an embedded Ray's workers do in a real run (orchestrator.run.cluster
     # .connect); not through a job runtime_env, which sends every worker through Ray's runtime-env
     # agent and keeps actors off the prestarted workers: about 0.9 CPU-s more for each actor on
     # 2 vCPUs (10 runs of 2 actors: 47.5-48.8 CPU-s through a runtime_env, 30.0-31.1 inherited).
-    # It is started as a run starts its embedded Ray (orchestrator.cluster.lean_node).
-    from orchestrator.cluster import lean_node
+    # It is started as a run starts its embedded Ray (orchestrator.run.cluster.lean_node).
+    from orchestrator.run.cluster import lean_node
 
     path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     with mock.patch.dict(os.environ, {"PYTHONPATH": path}), lean_node():  # for the length of ray.init only

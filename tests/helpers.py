@@ -45,8 +45,8 @@ GPU_BACKEND_IDS = ("torch-eager", "torch-cudagraph", "ort-io_binding")
 def trials_for(backends, models=("python:tinynet:make",), io=("host", "device"), dtypes=("fp32",), **plan):
     """The trials of a small CPU plan: ``backends`` over ``models`` (``python:`` factories get a
     16x16 input), batch size 2, a short bounded measurement."""
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
 
     model_list = [{"python": m.split(":", 1)[1], "input_shape": [3, 16, 16]} if m.startswith("python:") else m
                   for m in models]
@@ -59,7 +59,7 @@ def trials_for(backends, models=("python:tinynet:make",), io=("host", "device"),
 
 def run_all(trials) -> list[dict[str, Any]]:
     """Run ``trials`` one after the other in this process on the CPU, sharing one model store."""
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     store = ModelStore()
@@ -90,7 +90,7 @@ def reseed(run: Path, medians: dict[str, float], seed: int, copy_to: Path | None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workers import stats, validity
+    from workers.measure import stats, validity
 
     if copy_to is not None:
         run = Path(shutil.copytree(run, copy_to))

@@ -52,7 +52,7 @@ class RayCluster:
         args = [*RAY_CLI, "start", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
                 f"--resources={json.dumps(resources)}", f"--temp-dir={d}", "--disable-usage-stats",
                 "--object-store-memory=100000000",
-                # as an embedded run's node (orchestrator.cluster.lean_node): no autoscaler monitor, and
+                # as an embedded run's node (orchestrator.run.cluster.lean_node): no autoscaler monitor, and
                 # no log monitor (the tests' drivers don't show worker logs)
                 "--no-monitor", "--include-log-monitor=false"]
         if self.address is None:

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from workers import affinity
-from workers.sampler import Sampler
+from workers.measure import affinity
+from workers.measure.sampler import Sampler
 
 
 def test_the_gpus_of_a_host_take_cpus_spread_over_their_local_set():
@@ -74,8 +74,8 @@ def test_a_gpu_trial_is_timed_pinned_and_its_utilization_tells_launch_bound_from
     import torch
     from helpers import trials_for
 
-    from orchestrator.compare import HOST_BOUND_UTIL_PCT, host_bound
-    from workers.models import ModelStore
+    from orchestrator.answers.compare import HOST_BOUND_UTIL_PCT, host_bound
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     if not torch.cuda.is_available():

@@ -19,7 +19,7 @@ from helpers import REPO
 import orchestrator
 from orchestrator import load_results
 from orchestrator.errors import InputError
-from orchestrator.run import run_plan
+from orchestrator.run.api import run_plan
 from workers.schema import SCHEMA
 
 PLAN = """\
@@ -50,7 +50,7 @@ def results(ray_gpus, tmp_path_factory):
 
 
 def test_load_results_is_exported_from_the_package():
-    from orchestrator import results
+    from orchestrator.results import read as results
 
     star: dict = {}
     exec("from orchestrator import *", star)  # what __all__ promises, through the package's lazy attribute

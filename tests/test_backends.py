@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from helpers import run_all, trials_for
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
 from workers.backends import registry
-from workers.models import ModelStore
+from workers.models.build import ModelStore
 from workers.trial import run_trial
 
 

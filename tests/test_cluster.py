@@ -23,10 +23,10 @@ from helpers import REPO, cli, stored_rows
 from raycluster import RayCluster
 from typer.testing import CliRunner
 
-from orchestrator import cluster
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, PlanError
-from orchestrator.plan import parse_plan
+from orchestrator.plan.schema import parse_plan
+from orchestrator.run import cluster
 
 PLAN = """\
 name: {name}
@@ -275,8 +275,8 @@ def test_connect_error_names_the_token_settings():
 
 
 def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gpus, tmp_path):
-    from orchestrator.expand import expand
-    from orchestrator.scheduler import schedule
+    from orchestrator.plan.expand import expand
+    from orchestrator.run.scheduler import schedule
 
     text = plan_text("die", [1, 2], 0.01).replace(
         "    - backend: sleep\n", "    - {backend: fault, options: {mode: abort}}\n    - backend: sleep\n")

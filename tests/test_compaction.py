@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import OutputError
-from orchestrator.results import is_compacted, load_results
-from orchestrator.sink import ResultSink, check_writable, compact, stored_trials
+from orchestrator.results.read import is_compacted, load_results
+from orchestrator.results.sink import ResultSink, check_writable, compact, stored_trials
 
 ENV = {"driver": {"host": "d"}, "worker": {"host": "h", "worker": "w0"}}
 

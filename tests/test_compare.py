@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cli, reseed
 
-from orchestrator.compare import bootstrap_ratio_ci, compare
-from orchestrator.results import load_results
-from orchestrator.run import run_plan
+from orchestrator.answers.compare import bootstrap_ratio_ci, compare
+from orchestrator.results.read import load_results
+from orchestrator.run.api import run_plan
 
 PLAN = """\
 name: cmp

@@ -9,12 +9,12 @@ import pytest
 from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from orchestrator.run import run_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from orchestrator.run.api import run_plan
 from workers.backends import get
 from workers.context import TrialContext
-from workers.models import ModelStore
+from workers.models.build import ModelStore
 from workers.trial import run_trial
 
 

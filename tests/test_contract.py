@@ -11,13 +11,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from orchestrator.sink import ResultSink
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from orchestrator.results.sink import ResultSink
 from workers import contract, scenarios
 from workers.backends.sleep import SleepRunner
 from workers.contract import MeasureSpec, Status, Trial, checked_row, failure_row, spec_columns
-from workers.models import ModelStore
+from workers.models.build import ModelStore
 from workers.trial import run_trial
 
 # The ids plans/quickstart.yaml had from the first schema until its measure section got a CI target

@@ -1,4 +1,4 @@
-"""Energy per sample (workers/energy.py): the window and method logic with a fake NVML meter on this
+"""Energy per sample (workers/measure/energy.py): the window and method logic with a fake NVML meter on this
 CPU, the timing loop's hook around its timed iterations, and on a GPU the real counter against
 sampled power."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from helpers import run_all, trials_for
 
-from workers import energy
 from workers.contract import MeasureSpec
+from workers.measure import energy
+from workers.measure.timing import measure
 from workers.schema import NAMES
-from workers.timing import measure
 
 
 class Clock:
@@ -140,7 +140,7 @@ def test_gpu_trial_has_energy_from_the_counter():
     (Volta and later), plausible for one board (between 5 W and 1500 W)."""
     import torch
 
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     if not torch.cuda.is_available():
@@ -162,7 +162,7 @@ def test_gpu_counter_and_sampled_power_agree():
     import torch
     import torchvision
 
-    from workers import envinfo
+    from workers.measure import envinfo
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -186,7 +186,7 @@ def test_gpu_counter_and_sampled_power_agree():
 
 
 def test_report_gives_samples_per_joule_next_to_samples_per_second():
-    from orchestrator.report import COLUMNS, _cells
+    from orchestrator.answers.report import COLUMNS, _cells
 
     row = {"model": "m", "batch_size": 8, "dtype": "fp16", "io": "device", "label": "ort", "status": "ok",
            "latency_ms_median": 2.0, "latency_ms_p99": 3.0, "throughput": 4000.0, "energy_j_per_sample": 0.025,

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import PlanError
-from orchestrator.expand import expand
-from orchestrator.plan import load_plan
-from orchestrator.run import run_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import load_plan
+from orchestrator.run.api import run_plan
 from workers.faults import oom_message
 
 FAULTS_PLAN = """\
@@ -108,8 +108,8 @@ def test_bad_timeout_and_retries_are_located(write_plan, snippet, message):
 def test_real_cuda_oom_is_status_oom_and_the_next_trial_runs():
     import torch
 
-    from orchestrator.plan import parse_plan
-    from workers.models import ModelStore
+    from orchestrator.plan.schema import parse_plan
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     data = {"name": "g", "device": "cuda", "models": [{"python": "hognet:make", "input_shape": [8]},
@@ -144,7 +144,7 @@ def test_an_error_with_terminal_colours_is_stored_and_shown_as_plain_text(ray_gp
     the stored Parquet, the table's note or the line printed as the trial fails."""
     from helpers import cli
 
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     res = cli("run", write_plan(COLOURED), "--out", tmp_path / "out", "--table", "full")
     assert res.returncode == 1, res.stdout + res.stderr

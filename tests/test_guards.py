@@ -48,7 +48,7 @@ def test_an_onnx_file_newer_than_the_installed_onnx_runtime_is_refused(tmp_path)
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from orchestrator.onnxfile import ort_max_ir_version
+    from orchestrator.plan.onnxfile import ort_max_ir_version
 
     version, most = ort_max_ir_version()
     onnx.save(_model(ir_version=most + 1), str(tmp_path / "net.onnx"))
@@ -72,7 +72,7 @@ def test_the_probe_matches_what_onnx_runtime_says_about_a_real_file(tmp_path):
     """The maximum comes from ORT itself, not a table: a file at that version loads, one above fails."""
     ort = pytest.importorskip("onnxruntime")
 
-    from orchestrator.onnxfile import ort_max_ir_version
+    from orchestrator.plan.onnxfile import ort_max_ir_version
 
     _, most = ort_max_ir_version()
     ort.InferenceSession(_model(ir_version=most).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -85,7 +85,7 @@ def test_without_onnx_runtime_on_the_driver_nothing_is_guessed(tmp_path, monkeyp
 
     import onnx
 
-    from orchestrator import onnxfile
+    from orchestrator.plan import onnxfile
 
     onnxfile.ort_max_ir_version.cache_clear()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
@@ -143,7 +143,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, how):
 
 CONNECT = """
 import json, sys, ray
-from orchestrator.cluster import connect
+from orchestrator.run.cluster import connect
 from orchestrator.errors import ClusterError
 try:
     connect(sys.argv[1])
@@ -202,8 +202,8 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from orchestrator.results import load_results
-    from orchestrator.run import run_plan
+    from orchestrator.results.read import load_results
+    from orchestrator.run.api import run_plan
 
     models, src = tmp_path / "models", tmp_path / "src"
     models.mkdir()

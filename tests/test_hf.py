@@ -2,7 +2,7 @@
 
 A tiny BERT (2 layers, hidden 64) and a tiny GPT-2 run in this process on the CPU, on torch eager
 and ORT, with parity over every tensor output; the driver checks `hf:` plans without importing
-transformers (or torch); the table in workers/hf.py is kept true against the installed library.
+transformers (or torch); the table in workers/models/hf.py is kept true against the installed library.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import sys
 import pytest
 from helpers import REPO, cli, run_all
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from workers import hf
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from workers.models import hf
 
 TINY_BERT = {"hf": "bert-base", "name": "bert-tiny", "overrides": {
     "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}}
@@ -127,7 +127,7 @@ def test_the_table_says_what_the_installed_transformers_has(name):
 def test_tiny_bert_on_every_cuda_backend_in_fp32_and_fp16():
     """A graph per shape (torch CUDA graph, ORT's CUDA graph), every input bound, ORT fp16 from the
     fp16 model's export; parity holds on every backend, dtype and sequence length."""
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     backends = ["torch-eager", "torch-cudagraph", {"backend": "torch-compile", "options": {"mode": "default"}},

@@ -14,11 +14,11 @@ import pytest
 from helpers import cli, run_all
 from onnx import TensorProto, helper
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
 from workers.backends import get
 from workers.context import TrialContext
-from workers.models import ModelStore
+from workers.models.build import ModelStore
 
 MEASURE = {"warmup_iters": 1, "iters": 3, "warmup_max_s": 0.2, "max_time_s": 0.5, "target_rel_ci": None}
 
@@ -121,7 +121,7 @@ def test_axes_are_trial_fields_out_of_the_id_when_unset_and_usable_in_exclude():
 
 
 def test_inputs_fill_as_declared():
-    from workers.models import make_inputs
+    from workers.models.build import make_inputs
 
     p = plan([{"python": "textnet:two_inputs", "inputs": [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", 3], "fill": "randint", "low": 5, "high": 7},
@@ -183,9 +183,9 @@ def test_through_ray_rows_carry_inputs_and_axes_and_a_run_of_schema_1_still_load
     rows still match this run's in compare."""
     import pyarrow.parquet as pq
 
-    from orchestrator.compare import match
-    from orchestrator.results import load_results
-    from orchestrator.run import run_plan
+    from orchestrator.answers.compare import match
+    from orchestrator.results.read import load_results
+    from orchestrator.run.api import run_plan
 
     data = plan([TWO_INPUTS, {"python": "tinynet:make", "input_shape": [3, 8, 8]}],
                 ["torch-eager", {"backend": "ort", "options": {"exporter": "torchscript"}}], seq_lens=[4, 8])
@@ -226,7 +226,7 @@ def test_two_inputs_on_every_cuda_backend_with_a_graph_per_shape():
                                    "options": {"exporter": "torchscript", "io_binding": True, "cuda_graph": True}}],
                    seq_lens=[6, 12]), "device": "cuda"}
     data["matrix"].update(io=["device"], dtypes=["fp32", "fp16"])
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     store = ModelStore()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.models import cache_dir
+from workers.models.build import cache_dir
 
 
 def _inside_tests_tmp(path: str | Path) -> bool:
@@ -25,7 +25,7 @@ def test_caches_point_into_the_runs_temporary_directory():
 def test_ray_workers_use_the_same_cache(ray_gpus):
     @ray_gpus.remote(num_cpus=0)
     def where() -> tuple[str, str]:
-        from workers.models import cache_dir
+        from workers.models.build import cache_dir
 
         return str(cache_dir()), os.environ.get("XDG_CACHE_HOME", "")
 

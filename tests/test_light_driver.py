@@ -14,8 +14,9 @@ import textwrap
 import pytest
 from conftest import REPO
 
-from workers import envinfo, zoo
 from workers.backends import Runner, discover, get, registry
+from workers.measure import envinfo
+from workers.models import zoo
 from workers.schema import SCHEMA
 
 HEAVY = ("torch", "torchvision", "onnxruntime", "transformers")
@@ -61,9 +62,9 @@ def test_checking_a_plan_imports_no_heavy_library_nor_ray_pyarrow_numpy(argv):
 
 def test_the_drivers_environment_and_the_backends_listing_import_no_torch():
     got = _modules_after("""
-        import orchestrator.run
-        from orchestrator.inspect import describe
-        from workers.envinfo import environment
+        import orchestrator.run.api
+        from orchestrator.run.inspect import describe
+        from workers.measure.envinfo import environment
         env = environment("cpu")
         assert env["torch_version"] and env["cpu_model"], env
         assert {b["name"] for b in describe()["backends"]} >= {"torch-eager", "ort"}
@@ -91,9 +92,9 @@ def test_what_a_worker_returns_unpickles_without_torch():
 
     import torch  # noqa: F401 - a worker has torch imported: versions() then asks torch itself
 
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
-    from workers.models import ModelStore
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     class Recorder(pickle.Unpickler):
@@ -169,10 +170,10 @@ def test_backend_columns_are_schema_columns_and_parity_keeps_a_subset():
                                              ("torch-eager", {}), ("sleep", {})])
 def test_a_runner_adds_only_the_columns_its_class_declares(backend, options):
     """What extra_columns() returns, and the facts the trial context records, are in ``columns``."""
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
     from workers.context import TrialContext
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
 
     (trial,) = expand(parse_plan({
         "name": "c", "device": "cpu", "models": [{"python": "tinynet:make", "input_shape": [3, 16, 16]}],
@@ -261,7 +262,7 @@ def test_visible_gpus_come_from_nvml_and_honour_cuda_visible_devices(monkeypatch
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
         assert envinfo.visible_gpus() == want, mask
 
-    from orchestrator.inspect import describe
+    from orchestrator.run.inspect import describe
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     info = describe()
@@ -280,7 +281,8 @@ def test_the_torchvision_table_names_what_torchvision_has():
     import torchvision
     from torchvision import models
 
-    assert zoo.installed_version().startswith(zoo.TABLE_VERSION), "regenerate workers/zoo.py for this torchvision"
+    assert zoo.installed_version().startswith(zoo.TABLE_VERSION), \
+        "regenerate workers/models/zoo.py for this torchvision"
     assert torchvision.__version__.startswith(zoo.TABLE_VERSION)
     modules = {"classification": models, "quantization": models.quantization, "detection": models.detection,
                "segmentation": models.segmentation, "video": models.video, "optical_flow": models.optical_flow}

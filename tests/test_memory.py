@@ -1,4 +1,4 @@
-"""The memory columns (workers/memory.py): what a CPU machine can check (host RSS per trial, GPU
+"""The memory columns (workers/measure/memory.py): what a CPU machine can check (host RSS per trial, GPU
 columns null rather than zero), and on a GPU that the numbers add up."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import pytest
 from helpers import GPU_BACKEND_IDS, GPU_BACKENDS, run_all, trials_for
 
-from workers import memory
+from workers.measure import memory
 from workers.schema import NAMES
 
 MB = 2**20
@@ -71,7 +71,7 @@ def test_gpu_memory_adds_up(backend):
     reserved >= what it allocated; the device's used memory is known before and after; host RSS too."""
     import torch
 
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     if not torch.cuda.is_available():

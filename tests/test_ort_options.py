@@ -10,10 +10,10 @@ import pytest
 from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
-from orchestrator.inspect import describe
+from orchestrator.run.inspect import describe
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import ModelSpec
-from workers.models import ModelStore, onnx_export
+from workers.models.build import ModelStore, onnx_export
 from workers.trial import run_trial
 
 TINY = ModelSpec(kind="python", ref="tinynet:make", name="make", input_shape=(3, 16, 16))
@@ -86,8 +86,8 @@ def test_backends_lists_ort_tensorrt_unavailable_with_the_reason():
 
 @pytest.mark.gpu
 def test_cuda_provider_options_reach_the_session():
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
 
     data = {"name": "g", "device": "cuda", "models": ["torchvision:resnet18"],
             "matrix": {"batch_sizes": [8], "dtypes": ["fp32", "fp16"], "io": ["device"], "backends": [

@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from orchestrator.errors import PlanError
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
 from workers.contract import DEFAULT_TOLERANCE as PARITY_TOLERANCE
 from workers.contract import ModelSpec
-from workers.models import ModelStore, make_input
-from workers.parity import compare
+from workers.measure.parity import compare
+from workers.models.build import ModelStore, make_input
 from workers.schema import _STATS
 from workers.trial import run_trial
 
@@ -218,7 +218,7 @@ class FakeNvml:
 def test_a_gpu_shared_with_another_process_is_flagged_contended(monkeypatch, pids, contended, others):
     import os
 
-    from workers import envinfo
+    from workers.measure import envinfo
 
     me = os.getpid()
     pids = {"me": [me], "me+1": [me, 1]}[pids] if isinstance(pids, str) else pids
@@ -231,7 +231,7 @@ def test_a_gpu_shared_with_another_process_is_flagged_contended(monkeypatch, pid
 
 
 def test_without_nvml_the_gpu_columns_are_null(monkeypatch):
-    from workers import envinfo
+    from workers.measure import envinfo
 
     monkeypatch.setattr(envinfo, "_nvml", lambda: None)
     cols = envinfo.GpuWatch("GPU-x").finish()

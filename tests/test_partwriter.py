@@ -1,4 +1,4 @@
-"""The writer thread that takes the part files off the scheduling loop (orchestrator/partwriter.py).
+"""The writer thread that takes the part files off the scheduling loop (orchestrator/results/partwriter.py).
 
 Its ``write`` here records the batches it is given (and, for the fault cases, blocks or raises);
 the sink's real Parquet parts are tested through it in test_compaction.py and test_resume.py.
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from orchestrator.partwriter import BatchWriter
+from orchestrator.results.partwriter import BatchWriter
 
 
 def recorder(batches: list[list[int]], hold: threading.Event | None = None):

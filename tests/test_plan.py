@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import PlanError
-from orchestrator.expand import expand
-from orchestrator.plan import load_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import load_plan
 
 BASE = """\
 name: t

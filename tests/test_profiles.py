@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import GPU_BACKEND_IDS, GPU_BACKENDS, cli, run_all, trials_for
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from orchestrator.report import html_report
-from orchestrator.results import load_results
+from orchestrator.answers.report import html_report
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from orchestrator.results.read import load_results
 from workers.contract import FILES_KEY, PROFILE_ITERS
 
 ITERS = 10
@@ -178,7 +178,7 @@ def test_gpu_profile_shows_the_gpus_work(backend):
     CUDA provider; the timed samples are the unprofiled ones."""
     import torch
 
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     if not torch.cuda.is_available():
@@ -202,7 +202,7 @@ def test_gpu_profile_shows_the_gpus_work(backend):
 def test_the_resume_command_keeps_the_profile_labels(tmp_path):
     import shlex
 
-    from orchestrator.resume import resume_command
+    from orchestrator.results.resume import resume_command
 
     line = resume_command(tmp_path / "p.yaml", tmp_path / "out", None, 2, profile=("ort-tuned", "my label"))
     assert shlex.split(line) == ["infer-orch", "run", str(tmp_path / "p.yaml"), "--resume", str(tmp_path / "out"),
@@ -214,7 +214,7 @@ def test_a_profile_that_cannot_be_written_stops_the_run_like_its_part_would_leav
     when it can't be written (here: `_profiles` is a file, not a directory) the run stops with the
     one-line write error, and neither the profile nor the part is there."""
     from orchestrator.errors import ResultWriteError
-    from orchestrator.sink import ResultSink
+    from orchestrator.results.sink import ResultSink
     from workers.contract import FILES_KEY
 
     (t,) = trials_for([{"backend": "torch-eager", "profile": True}], io=("host",))

@@ -10,9 +10,9 @@ import pytest
 from headless import find_chromium, load
 from helpers import cli
 
-from orchestrator.report import html_report, summarize
-from orchestrator.results import load_results
-from orchestrator.run import run_plan
+from orchestrator.answers.report import html_report, summarize
+from orchestrator.results.read import load_results
+from orchestrator.run.api import run_plan
 
 # Real models on two CPU workers: eager and ORT run, the CUDA graph is skipped on CPU, a factory
 # that returns no module fails, a model that outputs NaN is parity_failed. ORT exports with the
@@ -156,7 +156,7 @@ def test_html_without_matplotlib_keeps_the_table_and_says_why(run_dir, monkeypat
 def test_terminal_table_keeps_brackets_in_errors_and_labels():
     from rich.console import Console
 
-    from orchestrator.report import terminal_table
+    from orchestrator.answers.report import terminal_table
 
     rows = [{"model": "m", "batch_size": 1, "dtype": "fp16", "io": "device", "label": "ort[trt]", "backend": "ort",
              "status": "skipped", "error": "providers [tensorrt] are not available here"}]
@@ -186,9 +186,9 @@ LOOK = {
 def look_dir(tmp_path_factory):
     from helpers import run_all
 
-    from orchestrator.expand import expand
-    from orchestrator.plan import parse_plan
-    from orchestrator.sink import ResultSink
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.schema import parse_plan
+    from orchestrator.results.sink import ResultSink
 
     server = {**LOOK, "name": "look", "matrix": {**LOOK["matrix"], "seq_lens": [128], "scenarios": ["server"],
                                                  "concurrency": [1], "rates": [1500]},

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import InputError, Interrupted, OutputError
-from orchestrator.expand import expand
-from orchestrator.plan import load_plan
-from orchestrator.results import load_results
-from orchestrator.run import run_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import load_plan
+from orchestrator.results.read import load_results
+from orchestrator.run.api import run_plan
 
 SLOW_PLAN = """\
 name: slow
@@ -200,7 +200,7 @@ def test_resumed_run_junit_covers_the_kept_trials_too(ray_gpus, write_plan, tmp_
 def test_the_resume_command_is_complete_and_runs_from_any_directory(tmp_path, monkeypatch):
     """Relative paths made absolute, the cluster, the workers and every option the run used; the
     full path of infer-orch where it was started by one that PATH doesn't give (a Ray job)."""
-    from orchestrator.resume import resume_command
+    from orchestrator.results.resume import resume_command
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["infer-orch", "run"])

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import ClusterError, OutputError
-from orchestrator.run import run_plan
+from orchestrator.run.api import run_plan
 from workers.schema import SCHEMA, SCHEMA_VERSION
 
 SLEEP_PLAN = """\

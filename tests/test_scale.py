@@ -11,8 +11,8 @@ import time
 
 from bench.scale import check, fault_modes, make_plan
 from bench.span_budget import span_budget
-from orchestrator.results import is_compacted
-from orchestrator.run import run_plan
+from orchestrator.results.read import is_compacted
+from orchestrator.run.api import run_plan
 
 
 def test_a_hundred_trials_with_faults_every_id_once_exact_statuses_compacted(ray_gpus, write_plan, tmp_path):

@@ -10,11 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from orchestrator import compare, report
-from orchestrator.expand import expand
-from orchestrator.plan import PlanError, parse_plan
-from workers import scenarios, stats
-from workers.models import ModelStore
+from orchestrator.answers import compare, report
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import PlanError, parse_plan
+from workers import scenarios
+from workers.measure import stats
+from workers.models.build import ModelStore
 from workers.scenarios import Figure, Scenario
 from workers.trial import run_trial
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from helpers import cli, trials_for
 
-from orchestrator.expand import expand
-from orchestrator.plan import parse_plan
-from workers.models import ModelStore
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import parse_plan
+from workers.models.build import ModelStore
 from workers.scenarios import _lanes as scenarios
 from workers.trial import run_trial
 
@@ -264,7 +264,7 @@ def load_run(ray_gpus, tmp_path_factory):
 
 
 def test_a_load_plan_runs_end_to_end_and_every_output_names_its_scenario(load_run):
-    from orchestrator.results import load_results
+    from orchestrator.results.read import load_results
 
     d, result = load_run
     assert result.returncode == 0, result.stdout + result.stderr
@@ -302,7 +302,7 @@ def _table(rows):
 
 
 def test_compare_judges_each_scenario_on_its_own_figure():
-    from orchestrator.compare import compare
+    from orchestrator.answers.compare import compare
 
     rng = np.random.default_rng(0)
     service = rng.normal(10, 0.3, 400)
@@ -324,7 +324,7 @@ def test_compare_judges_each_scenario_on_its_own_figure():
 
 
 def test_a_server_row_is_judged_on_its_schedule_not_its_spread():
-    from workers.validity import queueing, scenario_reasons
+    from workers.measure.validity import queueing, scenario_reasons
 
     trial = sleep_trial({"name": "server", "rates": 50, "latency_bound_ms": 40, "min_requests": 10,
                          "min_duration_s": 0.2})

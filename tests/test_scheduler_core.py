@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.dispatch import (
+from orchestrator.run.dispatch import (
     MAX_START_FAILURES,
     NODE_DEATH_GRACE_S,
     START_TIMEOUT_S,

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from orchestrator import cluster
-from orchestrator.expand import expand
-from orchestrator.plan import load_plan
-from orchestrator.run import needs_torch, run_plan
+from orchestrator.plan.expand import expand
+from orchestrator.plan.schema import load_plan
+from orchestrator.run import cluster
+from orchestrator.run.api import needs_torch, run_plan
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "onnxruntime", "onnx")

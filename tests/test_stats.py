@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from workers import stats
 from workers.contract import MeasureSpec
-from workers.timing import measure
+from workers.measure import stats
+from workers.measure.timing import measure
 
 
 def test_percentiles_and_spread_of_1_to_100_follow_the_linear_method():

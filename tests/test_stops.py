@@ -188,7 +188,7 @@ def test_ctrl_c_in_the_terminal_leaves_nothing_of_its_ray(tmp_path):
     proc, _, out = start_run(tmp_path, PLAN, "-m", "orchestrator.cli")
     try:
         ray_processes = first_part(proc, out)
-        # the embedded node is the lean one (orchestrator.cluster.lean_node): no autoscaler monitor,
+        # the embedded node is the lean one (orchestrator.run.cluster.lean_node): no autoscaler monitor,
         # no log monitor, no API server, the dashboard's agent in minimal mode
         running = cmdlines(ray_processes)
         assert any("gcs_server" in c for c in running) and any("default_worker" in c for c in running), running
@@ -253,9 +253,9 @@ from pathlib import Path
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, not a kill
 
-import orchestrator.run
+import orchestrator.run.api
 
-real_run_plan = orchestrator.run.run_plan
+real_run_plan = orchestrator.run.api.run_plan
 
 
 def run_plan(*args, on_row=None, **kwargs):
@@ -269,7 +269,7 @@ def run_plan(*args, on_row=None, **kwargs):
     return real_run_plan(*args, on_row=first_row_then_limit, **kwargs)
 
 
-orchestrator.run.run_plan = run_plan  # the CLI imports it as it runs a plan
+orchestrator.run.api.run_plan = run_plan  # the CLI imports it as it runs a plan
 from orchestrator.cli import main
 
 sys.argv[0] = "infer-orch"
@@ -349,7 +349,7 @@ def test_the_watchdog_started_before_ray_leaves_the_driver_s_earlier_children_al
     """Started before ray.init, the watchdog watches every process below the driver: those started
     after it (Ray's) go when the driver lets it go; a child the driver had before (a caller's own)
     stays."""
-    from orchestrator import reaper
+    from orchestrator.run import reaper
 
     earlier = subprocess.Popen(["sleep", "60"])
     try:

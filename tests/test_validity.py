@@ -1,4 +1,4 @@
-"""The validity verdict (workers/validity.py): each rule on hand-built and seeded rows, then what a
+"""The validity verdict (workers/measure/validity.py): each rule on hand-built and seeded rows, then what a
 user relies on downstream of it: a stale CUDA-graph-like backend caught in every trial, `compare`
 saying `invalid` instead of a verdict, budgets saying they judged an invalid row, `--retry-invalid`
 re-running exactly the invalid trials."""
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from workers import stats, validity
+from workers.measure import stats, validity
 
 
 def _row(samples, repeats=None, **over):
@@ -88,7 +88,7 @@ def test_load_scenarios_spread_is_not_judged_here_but_contention_is():
     assert _reasons(_row(queueing))["valid"] is False  # the same spread in single-stream: noisy
 
 
-# --- stale outputs: a second input through the timed buffers (workers/stale.py) ---
+# --- stale outputs: a second input through the timed buffers (workers/measure/stale.py) ---
 
 def _affine_onnx(path):
     """x float [N, 8] -> y = 2 x + 1: an ONNX file with no torch form (its reference is its own)."""
@@ -166,7 +166,7 @@ def test_real_cuda_graphs_pass_the_stale_check_and_a_stale_one_fails(monkeypatch
 
     from workers.backends.ort import OrtRunner
     from workers.backends.torch_cudagraph import TorchCudaGraph
-    from workers.models import ModelStore
+    from workers.models.build import ModelStore
     from workers.trial import run_trial
 
     if not torch.cuda.is_available():
@@ -207,7 +207,7 @@ measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 16, target_rel_ci: null, 
 def stored_run(ray_gpus, tmp_path_factory):
     from helpers import reseed
 
-    from orchestrator.run import run_plan
+    from orchestrator.run.api import run_plan
 
     d = tmp_path_factory.mktemp("validity")
     (d / "plan.yaml").write_text(RUN_PLAN)
@@ -256,8 +256,8 @@ def test_compare_says_invalid_and_exits_0_for_an_invalid_row(stored_run):
 def test_retry_invalid_runs_exactly_the_invalid_trials_again(stored_run):
     from helpers import cli
 
-    from orchestrator.results import load_results
-    from orchestrator.run import run_plan
+    from orchestrator.results.read import load_results
+    from orchestrator.run.api import run_plan
 
     plan, out, first = stored_run
     started = lambda: {r["trial_id"]: r["started_at"] for r in load_results(out).to_pylist()}  # noqa: E731
@@ -294,9 +294,9 @@ class _Nvml:
 def test_a_process_that_uses_the_gpu_only_mid_timing_is_caught(monkeypatch):
     """Another process on the GPU for 0.2 s in the middle of 1 s of timing, gone before timing ends:
     reading the process list at the start and end alone misses it; the sampler during timing doesn't."""
-    from workers import envinfo
     from workers.contract import MeasureSpec
-    from workers.timing import HostTimer, measure
+    from workers.measure import envinfo
+    from workers.measure.timing import HostTimer, measure
 
     nv = _Nvml()
     monkeypatch.setattr(envinfo, "_nvml", lambda: nv)

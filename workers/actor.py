@@ -20,10 +20,10 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from workers import shipped
 from workers.backends import get
 from workers.contract import Status, Trial, failure_row, spec_columns
-from workers.models import ModelStore
+from workers.models import shipped
+from workers.models.build import ModelStore
 from workers.row import Row
 from workers.trial import run_trial, versions
 
@@ -33,7 +33,7 @@ class Worker:
                  shipped: dict[str, dict[str, Any]] | None = None) -> None:
         self.name, self.device, self.cpus = name, device, cpus
         self.store = ModelStore(seed)
-        #: the run's model files by the driver's path, in the object store (``orchestrator.shipping``)
+        #: the run's model files by the driver's path, in the object store (``orchestrator.run.shipping``)
         self.shipped = shipped or {}
         self._cuda_ok: bool | None = None  # known once torch is imported
         if warm:
@@ -82,7 +82,7 @@ class Worker:
 
     def environment(self) -> dict[str, Any]:
         """This worker's versions, host and device (the run's Parquet metadata holds them)."""
-        from workers.envinfo import device_facts, environment
+        from workers.measure.envinfo import device_facts, environment
 
         if self.light:  # a light worker doesn't import torch to describe itself
             return {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), **versions(),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.contract import ModelSpec, Trial
-from workers.models import ModelStore, make_input, make_inputs, onnx_export
+from workers.models.build import ModelStore, make_input, make_inputs, onnx_export
 from workers.row import Row
 
 
@@ -56,7 +56,7 @@ class TrialContext:
 
     def call(self, model: Any, inputs: dict[str, Any]) -> Any:
         """``model`` called on ``inputs`` the way the plan says (by name, or by position)."""
-        from workers.models import call_model
+        from workers.models.build import call_model
 
         return call_model(self.model, model, inputs)
 

@@ -77,7 +77,7 @@ MAX_DIM = 2**24
 
 
 class MeasureSpec(StrictModel):
-    """How each trial is timed (``workers.timing.measure`` documents the policy). The defaults live here."""
+    """How each trial is timed (``workers.measure.timing.measure`` documents the policy). The defaults live here."""
 
     warmup_iters: int = Field(10, ge=0, le=MAX_ITERS)
     warmup_window: int = Field(10, ge=1, le=MAX_ITERS)
@@ -118,7 +118,7 @@ class ParityTolerance(StrictModel):
 
 
 class ParitySpec(StrictModel):
-    """Each trial's output against a torch eager fp32 reference (``workers.parity``)."""
+    """Each trial's output against a torch eager fp32 reference (``workers.measure.parity``)."""
 
     check: bool = True
     tolerance: ParityTolerance = Field(default_factory=ParityTolerance)
@@ -157,7 +157,7 @@ class ModelSpec(StrictModel):
     """A model as a trial carries it: ``kind`` torchvision, onnx or python; ``ref`` the torchvision
     name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape.
 
-    ``kind`` hf: ``ref`` is an architecture name of ``workers.hf.ARCHS`` or a local model folder,
+    ``kind`` hf: ``ref`` is an architecture name of ``workers.models.hf.ARCHS`` or a local model folder,
     built with ``overrides`` applied to its config.
 
     A model with several (or non-float, or named-axis) inputs lists them in ``inputs`` (then
@@ -209,7 +209,7 @@ class ModelSpec(StrictModel):
 class Trial:
     """One measurement to make: a model, a backend configuration and one point of the matrix.
 
-    Built by ``orchestrator.expand`` (which fills ``trial_id``), sent to a worker as it is.
+    Built by ``orchestrator.plan.expand`` (which fills ``trial_id``), sent to a worker as it is.
     """
 
     plan: str

@@ -116,7 +116,7 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
                                   "the model's own output names)"),
     ("stale_reference", _STR, "graph backends (CUDA graphs, TensorRT): what the output of a second input, "
                               "fed through the timed buffers after timing, was checked against; null: not "
-                              "checked (workers/stale.py)"),
+                              "checked (workers/measure/stale.py)"),
     ("stale_max_rel_err", _F64, "that output's max |y - ref| / max |ref|; above parity_tolerance the trial is "
                                 "parity_failed (stale output)"),
     ("parity_tolerance", _F64, "the largest parity_max_rel_err allowed for this dtype (plan's parity.tolerance)"),
@@ -133,7 +133,7 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_temp_c_end", _F64, "NVML: GPU temperature when timing ended, C"),
     ("gpu_power_w_start", _F64, "NVML: power draw when timing started, W"),
     ("gpu_power_w_end", _F64, "NVML: power draw when timing ended, W"),
-    ("valid", _BOOL, "a number to act on: ok, and none of invalid_reasons applies (workers/validity.py); "
+    ("valid", _BOOL, "a number to act on: ok, and none of invalid_reasons applies (workers/measure/validity.py); "
                      "null for rows with no measurement"),
     ("invalid_reasons", pa.list_(_STR), "why the row is not valid, each a short code with its figures "
                                         "(noisy, not converged, contended, ...); empty when valid"),
@@ -146,10 +146,10 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
                            "of reads every 0.2 s, %; below HOST_BOUND_UTIL_PCT the latency is the host's pace "
                            "(launch-bound) and compare judges it at the host's between-run floor"),
     ("timing_cpu", _I64, "GPU single-stream trials: the CPU the timing thread was pinned to for warm-up and "
-                         "timing (workers/affinity.py); null when not pinned"),
+                         "timing (workers/measure/affinity.py); null when not pinned"),
 ]
 
-#: Memory of the trial, each figure measured on its own (workers/memory.py; docs/measuring.md#memory).
+#: Memory of the trial, each figure measured on its own (workers/measure/memory.py; docs/measuring.md#memory).
 _MEMORY: list[tuple[str, pa.DataType, str]] = [
     ("torch_mem_peak_allocated_bytes", _I64, "CUDA trials: torch's caching allocator, peak bytes allocated "
                                              "to tensors during setup and timing (peak stats reset as the trial "
@@ -172,7 +172,7 @@ _MEMORY: list[tuple[str, pa.DataType, str]] = [
                                    "mark, reset at the trial's start) or sampled every 10 ms"),
 ]
 
-#: Energy (workers/energy.py; docs/measuring.md#energy).
+#: Energy (workers/measure/energy.py; docs/measuring.md#energy).
 _ENERGY: list[tuple[str, pa.DataType, str]] = [
     ("energy_j_per_sample", _F64, "GPU trials: the GPU's energy per sample, J (whole board, every process on "
                                   "it: see contended), over the energy window; null where NVML can't tell "

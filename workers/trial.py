@@ -10,17 +10,18 @@ import sys
 import time
 import traceback
 
-from workers import envinfo, memory, parity, scenarios, stale, validity
+from workers import scenarios
 from workers.backends import Runner, SkipTrial, get
 from workers.context import TrialContext
 from workers.contract import FILES_KEY, Status, Trial, checked_row, spec_columns
 from workers.faults import oom_message
-from workers.models import ModelStore
-from workers.parity import ParityFailure
+from workers.measure import envinfo, memory, parity, stale, validity
+from workers.measure.parity import ParityFailure
+from workers.measure.timing import settle_launch_state
+from workers.models.build import ModelStore
 from workers.row import Row
 from workers.scenarios._session import Harness
 from workers.scenarios.base import Measured
-from workers.timing import settle_launch_state
 
 TRACEBACK_TAIL = 4000
 

@@ -2,7 +2,7 @@
 
 A runner owns one trial on one device: ``setup`` builds whatever the backend needs (a session,
 a captured graph, static buffers), ``step`` runs one inference, ``output`` gives the last result
-as a host array, ``teardown`` frees what setup took. The timing loop (``workers.timing``) calls
+as a host array, ``teardown`` frees what setup took. The timing loop (``workers.measure.timing``) calls
 ``step`` and nothing else while it measures, so setup cost never leaks into the numbers.
 
 Heavy libraries (torch, onnxruntime) are imported inside methods, not at module level: the
@@ -23,7 +23,7 @@ What a backend can do is said on its class, never by testing its name elsewhere:
   libraries of its own, as ORT with TensorRT);
 - ``checks_stale``, ``feed`` and ``stale_reference``: whether it replays something captured (a CUDA
   graph, an engine) that could keep returning an old result, and how a second input reaches it
-  (``workers.stale`` feeds one after timing and checks the output).
+  (``workers.measure.stale`` feeds one after timing and checks the output).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class Runner(ABC):
         a TensorRT engine) reading its input from buffers bound once: it could return an earlier
         result for a new input, and parity on the timed input would not see it. After timing the
         worker then ``feed``s it a second input, runs one ``step`` and checks that output against a
-        reference for the second input (``workers.stale``)."""
+        reference for the second input (``workers.measure.stale``)."""
         return False
 
     def feed(self, seed: int) -> None:
@@ -221,7 +221,7 @@ class Runner(ABC):
     def stale_reference(self, seed: int) -> tuple[str, Any] | None:
         """(what it is, the output expected) for the inputs of ``seed``, where the runner has its own
         reference (an ONNX file run without a graph; a model-less backend's known function); None:
-        the worker's torch eager fp32 reference (``workers.parity``) is the one."""
+        the worker's torch eager fp32 reference (``workers.measure.parity``) is the one."""
         return None
 
     def extra_columns(self) -> dict[str, Any]:

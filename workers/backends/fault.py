@@ -23,9 +23,9 @@ It lets the fault handling be exercised on any machine, GPU or not::
 - ``stale``: runs, and its "model" is a known function of its input (``2 x + 1`` on 8 seeded
   values), but like a CUDA graph replaying old buffers it returns its first output whatever the
   input is now -> ``parity_failed`` ("stale output") in every trial, from the check that feeds a
-  second input after timing (``workers.stale``). ``where`` does not apply;
+  second input after timing (``workers.measure.stale``). ``where`` does not apply;
 - ``noisy``: runs, each step sleeping 20 ms or 40 ms in turn -> ``ok``, but not ``valid`` (its
-  IQR is most of its median: workers/validity.py). ``where`` does not apply.
+  IQR is most of its median: workers/measure/validity.py). ``where`` does not apply.
 """
 
 from __future__ import annotations

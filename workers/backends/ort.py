@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from workers.backends.base import NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
-from workers.models import cache_dir
+from workers.models.build import cache_dir
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np

@@ -37,7 +37,7 @@ from pydantic import model_validator
 from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runner
 from workers.backends.torch_eager import TorchOptions, eager_lane, layout_skip_reason, prepare_torch
 from workers.contract import Trial
-from workers.models import cache_dir
+from workers.models.build import cache_dir
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
@@ -127,7 +127,7 @@ class TorchCompile(Runner):
         use_node_cache()
         torch._dynamo.reset()
         counters.clear()
-        from workers.models import map_outputs
+        from workers.models.build import map_outputs
 
         self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         model, self.x = prepare_torch(self.ctx, o.channels_last)
@@ -172,7 +172,7 @@ class TorchCompile(Runner):
                 self.x[k].copy_(x)
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
-        from workers.models import host_outputs
+        from workers.models.build import host_outputs
 
         return host_outputs(self.y)
 

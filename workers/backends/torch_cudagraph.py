@@ -45,7 +45,7 @@ class TorchCudaGraph(Runner):
     def setup(self) -> None:
         import torch
 
-        from workers.models import map_outputs
+        from workers.models.build import map_outputs
 
         model, xs = prepare_torch(self.ctx, self.options.channels_last)
         self.host_x = xs if self.ctx.io == "host" else None
@@ -78,7 +78,7 @@ class TorchCudaGraph(Runner):
         static buffers and stream; the lane synchronizes its stream after each replay."""
         import torch
 
-        from workers.models import host_outputs
+        from workers.models.build import host_outputs
 
         out = []
         for i in range(k):
@@ -134,7 +134,7 @@ class TorchCudaGraph(Runner):
                 (self.host_x if self.host_x is not None else self.static_x)[k].copy_(x)
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
-        from workers.models import host_outputs
+        from workers.models.build import host_outputs
 
         return host_outputs(self.y)
 

@@ -71,7 +71,7 @@ class TorchEager(Runner):
         import torch
 
         self._torch = torch
-        from workers.models import map_outputs
+        from workers.models.build import map_outputs
 
         self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         self.model, self.x = prepare_torch(self.ctx, self.options.channels_last)
@@ -87,7 +87,7 @@ class TorchEager(Runner):
                 self.y = self.ctx.call(self.model, self.x)
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
-        from workers.models import host_outputs
+        from workers.models.build import host_outputs
 
         return host_outputs(self.y)
 
@@ -99,7 +99,7 @@ def eager_lane(ctx: Any, model: Any, xs: dict[str, Any], to_host: Any) -> Lane:
     """A lane calling ``model`` (eager or compiled) on its own copy of the inputs, on its own stream."""
     import torch
 
-    from workers.models import host_outputs
+    from workers.models.build import host_outputs
 
     cuda = ctx.device == "cuda"
     stream = torch.cuda.Stream() if cuda else None

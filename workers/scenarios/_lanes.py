@@ -1,6 +1,6 @@
 """Load scenarios: several requests in flight, driven through a runner's lanes from host threads.
 
-One request at a time is ``workers.scenarios._repeats`` (``workers.timing``); this module is the rest.
+One request at a time is ``workers.scenarios._repeats`` (``workers.measure.timing``); this module is the rest.
 A runner gives ``concurrency`` lanes (``Runner.lanes``); each lane lives on one host thread for the
 whole trial (``LaneThreads``: ORT keeps its CUDA graph per thread) and serves one request at a time
 to completion (its own stream synchronized). Policy, in the order it runs::
@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from workers import memory, stats
 from workers.backends.base import Lane
 from workers.contract import Trial
+from workers.measure import memory, stats
 from workers.row import Row
 from workers.scenarios._session import Harness, LaneThreads
 from workers.scenarios.base import DEFAULT, Measured

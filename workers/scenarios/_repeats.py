@@ -1,4 +1,4 @@
-"""One request at a time, repeated: the default scenario's measurement (``workers.timing`` is its
+"""One request at a time, repeated: the default scenario's measurement (``workers.measure.timing`` is its
 timing policy). Each repeat is a fresh runner (a ``RunnerSession``), timed, its output read; the
 last repeat also gives the energy columns (on a GPU), the profile (where asked) and the
 stale-output probe. The row's columns merge every repeat's."""
@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from workers import affinity, energy, envinfo, memory, stale, stats
 from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Trial, profile_path
+from workers.measure import affinity, energy, envinfo, memory, stale, stats
+from workers.measure.timing import CudaTimer, HostTimer, Samples, measure_copies
+from workers.measure.timing import measure as timed_loop
 from workers.row import Row
 from workers.scenarios._session import After, Harness
 from workers.scenarios.base import Measured
-from workers.timing import CudaTimer, HostTimer, Samples, measure_copies
-from workers.timing import measure as timed_loop
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
         window = energy.TimedWindow(meter) if meter else None
         timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
         cpu = affinity.timing_cpu(gpu_uuid) if on_gpu else None
-        with affinity.pinned(cpu):  # warm-up and timed loop on one CPU near the GPU (workers/affinity.py)
+        with affinity.pinned(cpu):  # warm-up and timed loop on one CPU near the GPU (workers/measure/affinity.py)
             samples = timed_loop(s.runner.step, timer, ctx.trial.measure,
                                  on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
         gpu = s.gpu_columns()
@@ -153,7 +153,7 @@ def _copy_times(h: Harness, output: Any) -> Row:
         return {}  # several inputs or outputs: several copies, not one to time alone (null columns)
     import torch
 
-    from workers.models import torch_dtype
+    from workers.models.build import torch_dtype
 
     y = torch.empty(output.shape, dtype=torch_dtype(ctx.dtype), device="cuda")
     return measure_copies(ctx.input(device="cpu"), y, "cuda")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from workers import envinfo, memory
+from workers.measure import envinfo, memory
 from workers.row import Row
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ Interval = Callable[["np.ndarray", "np.ndarray", Callable[..., Any]], tuple[floa
 
 
 class Settings(TypedDict):
-    """A backend entry's scenario settings as the plan merges them (``orchestrator.plan.scenario_settings``):
+    """A backend entry's scenario settings as the plan merges them (``orchestrator.plan.schema.scenario_settings``):
     every value a list (an axis) or None; in ``Scenario.check`` the minimums are filled with the
     trial's defaults."""
 
@@ -109,7 +109,8 @@ class TrialSpec(Protocol):
 @dataclass(frozen=True)
 class Measured:
     """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
-    or each lane's) and ``second``, the stale-output probe's result (``workers.stale.probe``; None: not probed)."""
+    or each lane's) and ``second``, the stale-output probe's result (``workers.measure.stale.probe``;
+    None: not probed)."""
 
     columns: Row
     outputs: list[Any]
@@ -132,7 +133,7 @@ class Scenario:
     figures: ClassVar[tuple[Figure, ...]] = ()
     #: ``compare`` widens its interval by the between-run noise (False: the interval is its own bracket)
     widen_by_noise: ClassVar[bool] = True
-    #: the validity rules on the spread of one-at-a-time latencies apply (``workers.validity``)
+    #: the validity rules on the spread of one-at-a-time latencies apply (``workers.measure.validity``)
     spread_rules: ClassVar[bool] = False
     #: where its rows go in the HTML report: "latency" (latency vs batch size), "capacity" (throughput
     #: vs latency curves) or "peak" (the peak-rate table)

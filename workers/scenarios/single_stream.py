@@ -1,7 +1,7 @@
 """single-stream: one request at a time, the next when it is done (the default scenario).
 
-Its timing policy is ``workers.timing``'s; its trials are repeated (``measure.repeats``), each
-repeat a fresh runner. Judged on the median latency, with the spread rules of ``workers.validity``."""
+Its timing policy is ``workers.measure.timing``'s; its trials are repeated (``measure.repeats``), each
+repeat a fresh runner. Judged on the median latency, with the spread rules of ``workers.measure.validity``."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.contract import Trial
-from workers.shipped import top_module
+from workers.models.shipped import top_module
 
 #: Not shipped with a package: caches and version-control folders.
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -42,7 +42,7 @@ def _onnx_files(path: Path) -> list[str]:
     """The model file's name and the external-data files it names (relative to its folder)."""
     import onnx
 
-    from orchestrator.onnxfile import _external_locations
+    from orchestrator.plan.onnxfile import _external_locations
 
     model = onnx.load(str(path), load_external_data=False)
     extra = sorted({loc for _, loc in _external_locations(model) if loc})
@@ -127,8 +127,8 @@ def check_factories(models: Sequence[Any], source: str, address: str | None,
     workers import from the driver's working directory and PYTHONPATH (and its installed packages),
     a module found in none of them is a PlanError; on a cluster (``address``) a module may be
     installed on the nodes only, so ``warn`` gets one line and the run goes on."""
-    from orchestrator.cluster import worker_pythonpath
     from orchestrator.errors import PlanError
+    from orchestrator.run.cluster import worker_pythonpath
 
     paths = worker_pythonpath()
     for i, model in enumerate(models):

@@ -17,7 +17,7 @@ import math
 from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
+from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
 from workers import scenarios
 from workers.config import did_you_mean
 from workers.contract import ModelSpec, Trial, trial_id
@@ -201,7 +201,7 @@ _PLURAL = {"model": "models", "backend": "backends", "label": "labels", "batch_s
 def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:
     """An ``onnx:`` file that runs on ``ort`` must be one the installed onnxruntime can read."""
     if any(m.kind == "onnx" for m in plan.models):
-        from orchestrator.onnxfile import check_runtime
+        from orchestrator.plan.onnxfile import check_runtime
 
         check_runtime(trials, list(plan.models), source)
 

@@ -52,7 +52,7 @@ def _pct(x: float) -> str:
 def _not_converged(row: Row, trial: Trial | None) -> str | None:
     if row.get("converged") is not False:
         return None
-    from workers.stats import relative_ci  # numpy: only where rows are judged
+    from workers.measure.stats import relative_ci  # numpy: only where rows are judged
 
     spec = getattr(trial, "measure", None)
     target = getattr(spec, "target_rel_ci", None)

@@ -17,7 +17,7 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from orchestrator.budgets import missed
+from orchestrator.answers.budgets import missed
 from orchestrator.errors import OutputError
 from workers.contract import Status, Trial, spec_columns, succeeded
 from workers.row import Row

@@ -92,7 +92,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
-from workers import scenarios, zoo
+from workers import scenarios
 from workers.config import StrictModel, did_you_mean
 from workers.contract import (
     ARRIVALS,
@@ -104,6 +104,7 @@ from workers.contract import (
     ParitySpec,
     Trial,
 )
+from workers.models import zoo
 
 #: The most trials a plan may expand to (counted before ``exclude``) unless it sets ``max_trials``:
 #: expanding and checking 100,000 takes a few seconds; millions took minutes and gigabytes.
@@ -379,8 +380,8 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
 
 def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
     """ModelSpec fields of an ``hf:`` model: its inputs from the architecture's table entry
-    (``workers.hf``), token ids drawn below its vocabulary size; no transformers import."""
-    from workers import hf
+    (``workers.models.hf``), token ids drawn below its vocabulary size; no transformers import."""
+    from workers.models import hf
 
     rest = dict(rest)
     found = hf.arch_of(ref, base_dir)
@@ -423,7 +424,7 @@ def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
 
 def _check_hf_axes(plan: Plan, source: str) -> None:
     """An ``hf:`` text model takes sequences no longer than its position table."""
-    from workers import hf
+    from workers.models import hf
 
     for i, m in enumerate(plan.models):
         if m.kind != "hf":
@@ -496,7 +497,7 @@ def _read_onnx_inputs(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, i
 
 def _check_onnx_file(model: Any, path: Path) -> None:
     """External data inside the model's folder; the IR version kept for the runtime check."""
-    from orchestrator.onnxfile import check_loaded
+    from orchestrator.plan.onnxfile import check_loaded
 
     check_loaded(model, path)
 

@@ -1,4 +1,4 @@
-"""The worker's side of ``orchestrator.shipping``: the node's copy of the run's own files."""
+"""The worker's side of ``orchestrator.run.shipping``: the node's copy of the run's own files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workers.models import cache_dir
+from workers.models.build import cache_dir
 
 
 def top_module(ref: str) -> str:

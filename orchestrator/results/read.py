@@ -2,7 +2,7 @@
 
 A run directory holds its rows in ``results.parquet`` once the run has ended (compacted), and
 ``part-<trial_id>.parquet`` files while it runs (one per trial in runs of older versions); see
-``orchestrator.sink`` for the layout and which file wins when a trial is in several. Runs written
+``orchestrator.results.sink`` for the layout and which file wins when a trial is in several. Runs written
 by different versions of infer-orch may have different columns: tables are unified by name, and
 a column one run lacks is null in its rows, so readers can use a newer column where it exists
 and degrade where it doesn't.
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError
-from orchestrator.sink import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
+from orchestrator.results.sink import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
 
 PathLike = str | os.PathLike[str]
 

@@ -288,7 +288,7 @@ GPU_COLUMNS = tuple(f"gpu_{k}_{when}" for k in ("sm_clock_mhz", "mem_clock_mhz",
 class GpuWatch:
     """NVML facts at the start and end of a trial's timing, and the contention check: the GPU's
     process list read at the start, every ``period_s`` while timing runs (on the sampler thread,
-    between ``watch(True)`` and ``watch(False)``: ``workers.timing.measure``'s ``on_timed``) and at
+    between ``watch(True)`` and ``watch(False)``: ``workers.measure.timing.measure``'s ``on_timed``) and at
     the end. ``close`` stops the thread if timing ended early (an exception)."""
 
     def __init__(self, uuid: str | None, period_s: float = CONTENTION_PERIOD_S) -> None:
@@ -306,7 +306,7 @@ class GpuWatch:
 
     def __call__(self, starting: bool) -> None:
         if starting:
-            from workers.sampler import Sampler
+            from workers.measure.sampler import Sampler
 
             self._sampler = Sampler({"others": (lambda: other_gpu_processes(self.uuid), self.period_s),
                                      "util": (lambda: gpu_utilization(self.uuid), UTIL_PERIOD_S)})

@@ -30,7 +30,7 @@ A trial regressed when the ratio is above ``1 + threshold`` AND the whole (widen
 above 1: a small slowdown, or a large one within the noise, is not flagged. A trial that was
 ``ok`` in the base and is not in the candidate is ``broken``; both count as regressions (exit
 code 1). A row that is ``ok`` but not ``valid`` on either side (it did not converge, was noisy,
-shared its GPU, ...: ``workers/validity.py``) gets the verdict ``invalid``, never ``regressed``
+shared its GPU, ...: ``workers/measure/validity.py``) gets the verdict ``invalid``, never ``regressed``
 or ``improved``: its number is not one to act on.
 
 Each load scenario is judged on its own figures (``Scenario.figures``; the first is the item's

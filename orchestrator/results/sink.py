@@ -5,7 +5,7 @@ Layout of a run directory::
     results/quickstart-20261124-153012/
         _plan.yaml          the plan as resolved (defaults filled in)
         _run.json           run id, start, device, workers, and the final counts
-        _ray.log            Ray's own messages during the run (see orchestrator.raylog)
+        _ray.log            Ray's own messages during the run (see orchestrator.run.raylog)
         results.parquet     every trial's row, once: written when the run ends (compaction)
         part-<trial_id>.parquet   while the run goes on: the trials that ended together, named after
                             the first (one trial each in runs of older versions)
@@ -13,7 +13,7 @@ Layout of a run directory::
         _profiles/<trial_id>.<backend>.json   a trial's profile, when asked for (its row's profile_file;
                             ``profiles/`` in runs of earlier versions)
 
-While a run goes on, a writer thread (``orchestrator.partwriter``) writes each finished trial within
+While a run goes on, a writer thread (``orchestrator.results.partwriter``) writes each finished trial within
 ``BATCH_S`` of its end, in one part with the trials that ended meanwhile (under a temporary name,
 then renamed: a crash never leaves a torn file), and also streams it into ``.fresh.parquet.tmp``
 (hidden, unreadable until closed). When the run ends, that file is closed and merged with what was
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.errors import InputError, OutputError, ResultWriteError
-from orchestrator.partwriter import BatchWriter
+from orchestrator.results.partwriter import BatchWriter
 from workers.contract import FILES_KEY, PROFILES_DIR, strip_escapes
 from workers.schema import NAMES, SCHEMA, SCHEMA_VERSION, to_batch
 
@@ -255,7 +255,7 @@ def _encode(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def stored_invalid(out: Path, ids: set[str]) -> set[str]:
-    """Which of ``ids`` (stored trials) are stored as ok but not valid (workers/validity.py), in
+    """Which of ``ids`` (stored trials) are stored as ok but not valid (workers/measure/validity.py), in
     either layout; rows written before the verdict existed have no ``valid`` and count as valid."""
     t = stored_table(out, columns=["trial_id", "valid"], strict=False)
     if t is None or "valid" not in t.column_names:
@@ -543,7 +543,7 @@ def _fsync(path: Path) -> None:
 class ResultSink:
     """Writes one run's directory. ``plan_yaml=None`` (resuming) keeps the ``_plan.yaml`` there.
 
-    Keeps no row: ``write`` hands each to a writer thread (``orchestrator.partwriter``), which writes
+    Keeps no row: ``write`` hands each to a writer thread (``orchestrator.results.partwriter``), which writes
     the rows of the last ``BATCH_S`` as one part and into the stream of this run's rows."""
 
     def __init__(self, out: Path, run_id: str, plan_yaml: str | None, metadata: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ class Sampler:
                 self.readings[key].append((self.clock(), value))
 
     def _run(self) -> None:
-        from workers import affinity
+        from workers.measure import affinity
 
         affinity.away_from_timing()
         while not self._stop.wait(max(0.0, min(self._due.values()) - time.monotonic())):

@@ -102,7 +102,7 @@ class HostPeak:
 
 def process_gpu_memory(uuid: str | None) -> tuple[int | None, str | None]:
     """(bytes, None) of this process's memory on GPU ``uuid`` as NVML counts it, or (None, why not)."""
-    from workers import envinfo
+    from workers.measure import envinfo
 
     nv = envinfo._nvml()
     if nv is None:

@@ -7,7 +7,7 @@ So, after timing, a runner whose ``checks_stale`` is True gets a second seeded i
 its bound or static buffers (``Runner.feed``, seed = the trial's + ``SECOND_SEED_OFFSET``), runs
 one ``step``, and that output is checked against a reference for the second input::
 
-    torch models              torch eager fp32 on the device (workers.parity, the second input)
+    torch models              torch eager fp32 on the device (workers.measure.parity, the second input)
     onnx: models (ORT)        the same ONNX file run by ORT without a graph (Runner.stale_reference)
     model-less (fault: stale) the backend's known function of its input (Runner.stale_reference)
 
@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any
 
 from workers.contract import Trial
-from workers.parity import REFERENCE, ParityFailure, compare, named, nonfinite, reference_output
+from workers.measure.parity import REFERENCE, ParityFailure, compare, named, nonfinite, reference_output
 from workers.row import Row
 
 SECOND_SEED_OFFSET = 1

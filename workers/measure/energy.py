@@ -6,7 +6,7 @@ Two sources, from NVML:
   driver loaded; Volta and later): read at the start and the end of a window, no thread needed;
 - instantaneous power, ``NVML_FI_DEV_POWER_INSTANT`` where the GPU has it (else
   ``nvmlDeviceGetPowerUsage``, which on recent GPUs is a one-second average), sampled every
-  ``SAMPLE_S`` by the trial's one sampler thread (``workers.sampler``, which also watches the GPU's
+  ``SAMPLE_S`` by the trial's one sampler thread (``workers.measure.sampler``, which also watches the GPU's
   processes during timing) and integrated (trapezoids): the fallback where there is no counter,
   and the cross-check where there is.
 
@@ -47,7 +47,7 @@ class NvmlMeter:
     """The GPU ``uuid`` through NVML; every read None where NVML or the GPU can't answer."""
 
     def __init__(self, uuid: str | None) -> None:
-        from workers import envinfo
+        from workers.measure import envinfo
 
         self.nv, self.h = envinfo._nvml(), envinfo._handle(uuid)
         self.power_source: str | None = None
@@ -88,11 +88,11 @@ class NvmlMeter:
 
 
 class PowerSampler:
-    """``meter.power_w`` every ``period_s`` on the trial's one sampler thread (``workers.sampler``);
+    """``meter.power_w`` every ``period_s`` on the trial's one sampler thread (``workers.measure.sampler``);
     ``stop`` gives the integral (J)."""
 
     def __init__(self, meter: Meter, period_s: float = SAMPLE_S, clock: Callable[[], float] = time.perf_counter):
-        from workers.sampler import Sampler
+        from workers.measure.sampler import Sampler
 
         self._sampler = Sampler({"power": (meter.power_w, period_s)}, clock=clock, name="power-sampler")
 
@@ -112,7 +112,7 @@ def integrate(samples: list[tuple[float, float]]) -> float | None:
 
 
 class TimedWindow:
-    """The counter read as the timed loop starts and ends (``workers.timing.measure``'s ``on_timed``)."""
+    """The counter read as the timed loop starts and ends (``workers.measure.timing.measure``'s ``on_timed``)."""
 
     def __init__(self, meter: Meter, clock: Callable[[], float] = time.perf_counter) -> None:
         self.meter, self.clock = meter, clock

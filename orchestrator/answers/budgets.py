@@ -2,7 +2,7 @@
 ``min_throughput``). Checked on the driver, from the row, after the trial ran; a trial that is
 not ``ok`` has no numbers to check (its status already says what went wrong).
 
-A row that is ``ok`` but not ``valid`` (workers/validity.py: it did not converge, was noisy, shared
+A row that is ``ok`` but not ``valid`` (workers/measure/validity.py: it did not converge, was noisy, shared
 its GPU, ...) is still checked, and every verdict on it says so: a miss names the row's reasons,
 and :func:`on_invalid` lists the budgets that were judged (met or missed) on such a row.
 """

@@ -23,16 +23,26 @@ from typing import Any
 
 import yaml
 
-from orchestrator import budgets, cluster
+from orchestrator.answers import budgets
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
-from orchestrator.expand import expand, with_profiles
-from orchestrator.headwatch import HeadWatch, failures_allowed, gcs_address
-from orchestrator.plan import Plan, load_plan
-from orchestrator.raylog import RayLog
-from orchestrator.resume import open_resume, resume_command
-from orchestrator.scheduler import schedule
-from orchestrator.shipping import check_factories, ship
-from orchestrator.sink import SAMPLE_COLUMNS, Compaction, ResultSink, check_writable, compact, describe, layout, slim
+from orchestrator.plan.expand import expand, with_profiles
+from orchestrator.plan.schema import Plan, load_plan
+from orchestrator.results.resume import open_resume, resume_command
+from orchestrator.results.sink import (
+    SAMPLE_COLUMNS,
+    Compaction,
+    ResultSink,
+    check_writable,
+    compact,
+    describe,
+    layout,
+    slim,
+)
+from orchestrator.run import cluster
+from orchestrator.run.headwatch import HeadWatch, failures_allowed, gcs_address
+from orchestrator.run.raylog import RayLog
+from orchestrator.run.scheduler import schedule
+from orchestrator.run.shipping import check_factories, ship
 from workers.contract import Trial, succeeded
 from workers.row import Row
 
@@ -88,7 +98,7 @@ class RunResult:
         (read back from ``out``, without their samples)."""
         rows = list(self.rows)
         if self.kept:
-            from orchestrator.results import load_results
+            from orchestrator.results.read import load_results
             from workers.schema import SCHEMA
 
             fresh = {r["trial_id"] for r in rows}
@@ -106,7 +116,7 @@ class RunResult:
 
     @property
     def invalid(self) -> list[dict[str, Any]]:
-        """The rows of this run (not the kept ones) that are ok but not valid (workers/validity.py)."""
+        """The rows of this run (not the kept ones) that are ok but not valid (workers/measure/validity.py)."""
         return [r for r in self.rows if r.get("valid") is False]
 
 
@@ -144,7 +154,7 @@ class _Environments:
     def driver(self) -> dict[str, Any]:
         """The driver's own, taken when the first row is written: not on the way to the first trial."""
         if self._driver is None:
-            from workers.envinfo import environment
+            from workers.measure.envinfo import environment
 
             self._driver = environment("cpu")
         return self._driver
@@ -221,7 +231,8 @@ def run_plan(
                 except OSError as exc:
                     result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
             return result.judge()
-    env_switch("INFER_ORCH_PIN_TIMING")  # read by the workers (workers/affinity.py): refused here, before any write
+    # read by the workers (workers/measure/affinity.py): refused here, before any write
+    env_switch("INFER_ORCH_PIN_TIMING")
     head_failures = None
     if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
         head_failures = failures_allowed()
@@ -402,7 +413,7 @@ def stopped_while_starting(stop: BaseException) -> Interrupted:
 
 
 def _watch_head(address: str | None, on_lost: Callable[[], str], failures: int | None) -> HeadWatch | None:
-    """For a run on a cluster it joined, a watch on the cluster's head (``orchestrator.headwatch``)."""
+    """For a run on a cluster it joined, a watch on the cluster's head (``orchestrator.run.headwatch``)."""
     if not address:
         return None
     gcs = gcs_address()

@@ -11,7 +11,7 @@ import os
 import platform
 from typing import Any
 
-from workers import envinfo
+from workers.measure import envinfo
 
 DEVICES = ("cuda", "cpu")
 
@@ -45,7 +45,7 @@ def describe(address: str | None = None) -> dict[str, Any]:
             })
     providers, ort_version = _ort_providers()
     if address:
-        from orchestrator import cluster
+        from orchestrator.run import cluster
 
         started = cluster.connect(address)
         try:

@@ -58,7 +58,7 @@ def build_torch_model(spec: ModelSpec, seed: int) -> Any:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"python:{spec.ref} returned {type(model).__name__}, not an nn.Module")
     elif spec.kind == "hf":
-        from workers import hf
+        from workers.models import hf
 
         model = hf.build(spec.ref, spec.overrides, seed)
     else:
@@ -164,7 +164,7 @@ def onnx_export(
     if axes and not dynamic:  # only trials with named axes: every other export keeps its cache key
         ident.append(sorted(axes.items()))
     if spec.kind == "hf":  # the architecture's code is the library's: another version, another graph
-        from workers import hf
+        from workers.models import hf
 
         ident.append(["transformers", hf.library_version()])
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]

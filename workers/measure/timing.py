@@ -17,7 +17,7 @@ Policy, in the order it runs (``measure``)::
             break
 
 The confidence interval used to stop is the distribution-free order-statistic interval of the
-median (``workers.stats.median_ci_distribution_free``); it is evaluated every ~10% more samples,
+median (``workers.measure.stats.median_ci_distribution_free``); it is evaluated every ~10% more samples,
 between timed iterations, so checking costs the samples nothing.
 
 Each timed iteration on the GPU records a CUDA event before and after ``step`` on the current
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.contract import MeasureSpec
-from workers.stats import relative_ci
+from workers.measure.stats import relative_ci
 
 
 class Timer(Protocol):

@@ -1,7 +1,7 @@
 """The Ray side of scheduling: actors, futures and node liveness, fed to :class:`dispatch.Dispatcher`.
 
 Which trial goes to which worker, and what a death, a timeout, an OOM or a lost node means for the
-worker and the trial, is decided in ``orchestrator/dispatch.py`` (its docstring has the fault table).
+worker and the trial, is decided in ``orchestrator/run/dispatch.py`` (its docstring has the fault table).
 This loop waits on the in-flight calls with ``ray.wait`` (bounded by the nearest deadline, so it never
 waits on a dead or hung actor), tells the dispatcher how each ended, and carries out what it asks:
 ``actor.run.remote(trial)``, ``ray.kill``, and ``respawn(name)`` (a fresh actor in the old one's place,
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.dispatch import Dispatcher, Outcome
+from orchestrator.run.dispatch import Dispatcher, Outcome
 from workers.contract import Status, Trial, failure_row
 from workers.row import Row
 
@@ -187,7 +187,7 @@ def _kill(actor: Any) -> None:
 def _alive_nodes() -> set[str]:
     import ray
 
-    from orchestrator.headwatch import before_asking_the_head
+    from orchestrator.run.headwatch import before_asking_the_head
 
     before_asking_the_head()  # a dead head: one clear line, not Ray's abort inside ray.nodes()
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}

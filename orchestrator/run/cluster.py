@@ -107,7 +107,7 @@ def connect(address: str | None = None) -> bool:
 def _keep_sigterm_handler():
     """Within it, ``ray.init`` leaves this process's SIGTERM handler as it is. Ray sets its own as it
     starts (``sys.exit(15)``: a run stopped then exited 15 with no word) and again as its driver
-    connects (exit 1); infer-orch's (``orchestrator.run.catch_sigterm``) takes Ctrl-C's way out,
+    connects (exit 1); infer-orch's (``orchestrator.run.api.catch_sigterm``) takes Ctrl-C's way out,
     which also stops a Ray that is half started. A Ray without ``set_sigterm_handler`` is left as is."""
     try:
         from ray._private import utils
@@ -126,9 +126,9 @@ def _keep_sigterm_handler():
 
 
 def _watch_start() -> Any:
-    """The watchdog (``orchestrator.reaper``) of a node this driver is about to start: it watches
+    """The watchdog (``orchestrator.run.reaper``) of a node this driver is about to start: it watches
     every process below the driver until told the node's session directory."""
-    from orchestrator import reaper
+    from orchestrator.run import reaper
 
     return reaper.start("", [os.getpid()])
 
@@ -229,7 +229,7 @@ def lean_node(worker_logs: bool = False):
         node.Node.start_api_server = api_server
 
 
-#: The watchdog of the embedded node this process started (see ``orchestrator.reaper``).
+#: The watchdog of the embedded node this process started (see ``orchestrator.run.reaper``).
 _REAPER: Any = None
 
 

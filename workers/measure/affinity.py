@@ -51,7 +51,7 @@ def timing_cpu(uuid: str | None) -> int | None:
     """The CPU to time GPU ``uuid``'s trials on, or None (off, not Linux, or NVML can't tell)."""
     if os.environ.get("INFER_ORCH_PIN_TIMING", "1") == "0" or not hasattr(os, "sched_setaffinity"):
         return None
-    from workers import envinfo
+    from workers.measure import envinfo
 
     nv, h = envinfo._nvml(), envinfo._handle(uuid)
     if nv is None or h is None:

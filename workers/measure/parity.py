@@ -46,10 +46,10 @@ class ParityFailure(Exception):
 
 def reference_output(trial: Trial, device: str, store: Any) -> np.ndarray | dict[str, np.ndarray]:
     """Torch eager fp32 output for the trial's model, batch and inputs on ``device`` (TF32 off): one
-    array for a one-output model, else every output by name (``workers.models.flat_outputs``)."""
+    array for a one-output model, else every output by name (``workers.models.build.flat_outputs``)."""
     import torch
 
-    from workers.models import call_model, host_outputs, make_inputs
+    from workers.models.build import call_model, host_outputs, make_inputs
 
     spec, bs, seed = trial.model, trial.batch_size, trial.seed
 

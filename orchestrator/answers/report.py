@@ -35,7 +35,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.results import load_results, run_info
+from orchestrator.results.read import load_results, run_info
 from workers import scenarios
 from workers.contract import Status, succeeded
 from workers.scenarios import label as scenario_label
@@ -135,7 +135,7 @@ PARITY_NOTE = ("parity_max_abs_err", "parity_max_rel_err")
 
 
 def invalid(r: dict[str, Any]) -> bool:
-    """An ok row that is not a number to act on (workers/validity.py): every view says so."""
+    """An ok row that is not a number to act on (workers/measure/validity.py): every view says so."""
     return r.get("status") == Status.OK and r.get("valid") is False
 
 

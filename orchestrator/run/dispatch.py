@@ -1,7 +1,7 @@
 """The scheduler's decisions, without Ray: which trial a worker runs next, and what a fault means.
 
 :class:`Dispatcher` holds the pending trials and a state per worker; the Ray loop in
-``orchestrator/scheduler.py`` tells it what happened (a worker answered, returned a row, died,
+``orchestrator/run/scheduler.py`` tells it what happened (a worker answered, returned a row, died,
 became unreachable; time passed) and it answers through a :class:`Pool` (run this trial on that
 worker, kill it, start a fresh one in its place) and with :class:`Outcome`\\ s, one per trial that
 ended. Time comes from ``clock`` and node liveness from ``alive_nodes``, so tests drive it with

@@ -1,0 +1,1 @@
+"""A run as answers: the report, the comparison of two runs, JUnit, budgets."""

@@ -1,0 +1,1 @@
+"""Plans: the YAML schema, its checks and messages, and the expansion into trials."""
