@@ -45,8 +45,7 @@ def bare_graph_loop(src: Source, dtype: str, ids: np.ndarray, new_tokens: int, r
     pos = torch.zeros((1,), dtype=torch.long, device="cuda")
 
     def step():
-        return model(input_ids=tok, position_ids=pos[None].expand(b, 1), cache_position=pos, use_cache=True,
-                     **{kw: cache}).logits
+        return model(input_ids=tok, position_ids=pos[None].expand(b, 1), use_cache=True, **{kw: cache}).logits
     with torch.inference_mode():
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -62,7 +61,7 @@ def bare_graph_loop(src: Source, dtype: str, ids: np.ndarray, new_tokens: int, r
         for _ in range(reps):
             cache.reset()
             x = torch.as_tensor(ids, device="cuda")
-            model(input_ids=x, cache_position=torch.arange(p, device="cuda"), use_cache=True, **{kw: cache})
+            model(input_ids=x, use_cache=True, **{kw: cache})
             pos.fill_(p)
             torch.cuda.synchronize()
             a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -2,8 +2,8 @@
 by one hand-captured CUDA graph per decode step, or by ``torch.compile(mode="reduce-overhead")``.
 
 Static-cache decode step (``cudagraph``): the KV cache holds ``prompt_len + new_tokens`` positions;
-the step's inputs are device tensors (the last token, its position), so one graph per (batch,
-cache length) serves every step. The graph runs the model, masks the end-of-sequence logit, takes
+the step's inputs are device tensors (the last token, its position; the cache keeps its own write
+position as a device tensor too), so one graph per (batch, cache length) serves every step. The graph runs the model, masks the end-of-sequence logit, takes
 the argmax into the token buffer, writes it into the output buffer at its position and advances the
 position: a token costs one ``replay()`` and no host work. The prefill runs eagerly into the same
 cache (its shape is seen once per generation).
@@ -14,6 +14,7 @@ position advances outside it, as gpt-fast does, so the compiled function never m
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,9 @@ class TorchStatic(GenerationRunner):
         cfg, dev, shape = self.model.config, self.device, self.source.shape
         self.max_len = self.prompt_len + self.new_tokens
         self.kw = _cache_kw(self.model)
+        # transformers < 5.2x placed a step's keys by ``cache_position``; later ones keep the position in the
+        # static cache itself (a device tensor advanced in place), so either way it never leaves the device
+        self.takes_cache_position = "cache_position" in inspect.signature(self.model.forward).parameters
         self.cache = StaticCache(config=cfg, max_cache_len=self.max_len)
         tdt = getattr(torch, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.dtype])
         self.cache.early_initialization(self.batch, shape.kv_heads, shape.head_dim, tdt, torch.device(dev))
@@ -115,8 +119,9 @@ class TorchStatic(GenerationRunner):
 
     def _decode(self, tok: Any, pos: Any) -> tuple[Any, Any]:
         """One decode step: logits of ``tok`` at ``pos`` (the cache is updated in place) and the next token."""
-        logits = self.model(input_ids=tok[:, None], position_ids=pos[None].expand(tok.shape[0], 1),
-                            cache_position=pos, use_cache=True, **{self.kw: self.cache}).logits
+        extra = {"cache_position": pos} if self.takes_cache_position else {}
+        logits = self.model(input_ids=tok[:, None], position_ids=pos[None].expand(tok.shape[0], 1), use_cache=True,
+                            **extra, **{self.kw: self.cache}).logits
         return logits, _next_token(logits, self.eos)
 
     def _graph_body(self) -> None:
@@ -142,8 +147,8 @@ class TorchStatic(GenerationRunner):
 
     def _prefill(self, ids: Any) -> Any:
         torch = self.torch
-        cache_pos = torch.arange(self.prompt_len, device=self.device)
-        logits = self.model(input_ids=ids, cache_position=cache_pos, use_cache=True, **{self.kw: self.cache}).logits
+        extra = {"cache_position": torch.arange(self.prompt_len, device=self.device)} if self.takes_cache_position else {}
+        logits = self.model(input_ids=ids, use_cache=True, **extra, **{self.kw: self.cache}).logits
         tok = _next_token(logits, self.eos)
         self.tok.copy_(tok)
         self.out[:, 0] = tok
@@ -205,8 +210,6 @@ class TorchCompile(TorchStatic):
 
 def _cache_kw(model: Any) -> str:
     """The keyword of the KV cache: ``cache`` where transformers renamed ``past_key_values`` (5.2x)."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
