@@ -3,10 +3,10 @@ by one hand-captured CUDA graph per decode step, or by ``torch.compile(mode="red
 
 Static-cache decode step (``cudagraph``): the KV cache holds ``prompt_len + new_tokens`` positions;
 the step's inputs are device tensors (the last token, its position; the cache keeps its own write
-position as a device tensor too), so one graph per (batch, cache length) serves every step. The graph runs the model, masks the end-of-sequence logit, takes
-the argmax into the token buffer, writes it into the output buffer at its position and advances the
-position: a token costs one ``replay()`` and no host work. The prefill runs eagerly into the same
-cache (its shape is seen once per generation).
+position as a device tensor too), so one graph per (batch, cache length) serves every step. The
+graph runs the model, masks the end-of-sequence logit, takes the argmax into the token buffer,
+writes it into the output buffer at its position and advances the position: a token costs one
+``replay()`` and no host work. The prefill runs eagerly into the same cache (its shape is seen once per generation).
 
 ``compile`` compiles the same decode step (model, mask, argmax) with ``reduce-overhead``; the
 position advances outside it, as gpt-fast does, so the compiled function never mutates its inputs.
@@ -147,7 +147,8 @@ class TorchStatic(GenerationRunner):
 
     def _prefill(self, ids: Any) -> Any:
         torch = self.torch
-        extra = {"cache_position": torch.arange(self.prompt_len, device=self.device)} if self.takes_cache_position else {}
+        extra = {"cache_position": torch.arange(self.prompt_len, device=self.device)} \
+            if self.takes_cache_position else {}
         logits = self.model(input_ids=ids, use_cache=True, **extra, **{self.kw: self.cache}).logits
         tok = _next_token(logits, self.eos)
         self.tok.copy_(tok)
