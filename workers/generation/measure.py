@@ -115,14 +115,25 @@ def decode_bytes(source: Source, dtype: str, batch: int, prompt_len: int, new_to
 
 def measure(path: str, source: Source, dtype: str, batch: int, prompt_len: int, new_tokens: int, *,
             repeats: int = 3, warmup: int = 1, seed: int = 0, ref: Generation | None = None) -> dict[str, Any]:
-    """One record for ``path`` on this shape: status ``ok``, ``skipped`` (with the reason) or
-    ``parity_failed``; figures pooled over ``repeats`` timed generations."""
+    """One record for ``path`` on this shape: status ``ok``, ``skipped`` (with the reason),
+    ``parity_failed``, ``oom`` or ``failed`` (with the error); figures pooled over ``repeats`` timed
+    generations. A request the model can't serve raises GenerationInputError (a plan error)."""
     from workers.generation.models import check_request
 
     check_request(source.shape, batch, prompt_len, new_tokens)
-    device = source.device
     rec: dict[str, Any] = {"backend": path, "dtype": dtype, "batch": batch, "prompt_len": prompt_len,
                            "new_tokens": new_tokens, "status": "ok", "error": None}
+    try:
+        return _measure(rec, path, source, dtype, batch, prompt_len, new_tokens, repeats, warmup, seed, ref)
+    except Exception as exc:  # noqa: BLE001 - a failed path is a record, never the end of the run
+        oom = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return {**rec, "status": "oom" if oom else "failed", "error": f"{type(exc).__name__}: {first}"}
+
+
+def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: int, prompt_len: int,
+             new_tokens: int, repeats: int, warmup: int, seed: int, ref: Generation | None) -> dict[str, Any]:
+    device = source.device
     runner = RUNNERS[path]()
     peak = _PeakMemory(device)
     try:
