@@ -112,18 +112,25 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--workdir", default="/tmp/gen-bench")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer model: checks the script, measures nothing")
+    ap.add_argument("--paths", default="", help="comma-separated backends to run (default: all)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    src = Source("llama", LLAMA_1B, seed=0, device="cuda", workdir=args.workdir)
+    shape = {**LLAMA_1B, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256} if args.tiny else LLAMA_1B
+    src = Source("llama", shape, seed=0, device=args.device, workdir=args.workdir)
     b, p, n = args.batch, args.prompt, args.new
     ids = prompt(src.shape.vocab, b, p, 0)
     ref = reference(src, b, p, n, ids)
-    print(f"built, reference in {time.time() - t0:.0f} s; copy bandwidth {copy_bandwidth('cuda') / 1e12:.2f} TB/s",
-          flush=True)
+    bw = copy_bandwidth(args.device)
+    bw_text = f"{bw / 1e12:.2f} TB/s" if bw else "-"
+    print(f"built, reference in {time.time() - t0:.0f} s; copy bandwidth {bw_text}", flush=True)
     recs = []
-    for path, dtype in RUNS:
+    wanted = set(filter(None, args.paths.split(",")))
+    for path, dtype in [r for r in RUNS if not wanted or r[0] in wanted]:
         t = time.time()
         rec = measure(path, src, dtype, b, p, n, repeats=3, warmup=1, ref=ref)
         rec["wall_s"] = time.time() - t
@@ -132,19 +139,23 @@ def main() -> None:
         recs.append(rec)
         print(f"{path} {dtype}: {rec['status']} {rec.get('error') or ''} ({rec['wall_s']:.0f} s)", flush=True)
     fid = {}
-    for name, fn in (("torch-cudagraph bf16 vs bare graph loop", lambda: bare_graph_loop(src, "bf16", ids, n)),
-                     ("ort-genai fp16 vs bare Generator loop", lambda: bare_generator_loop(
-                         src.onnx_model("fp16", "cuda"), False, ids, n)),
-                     ("ort-genai-graph fp16 vs bare Generator loop", lambda: bare_generator_loop(
-                         src.onnx_model("fp16", "cuda"), True, ids, n))):
+    hand = (("torch-cudagraph bf16 vs bare graph loop", lambda: bare_graph_loop(src, "bf16", ids, n)),
+            ("ort-genai fp16 vs bare Generator loop",
+             lambda: bare_generator_loop(src.onnx_model("fp16", "cuda"), False, ids, n)),
+            ("ort-genai-graph fp16 vs bare Generator loop",
+             lambda: bare_generator_loop(src.onnx_model("fp16", "cuda"), True, ids, n)))
+    for name, fn in hand:
+        if wanted and name.split()[0] not in wanted:
+            continue
         try:
             fid[name] = fn()
         except Exception as exc:  # noqa: BLE001 - a bench prints what failed and goes on
             fid[name] = f"failed: {exc}"
     (out / "generation.json").write_text(json.dumps({"records": recs, "fidelity": fid}, default=str))
-    print(f"\n{torch.cuda.get_device_name()}  {time.strftime('%Y-%m-%d')}  llama ~1B, batch {b}, prompt {p}, "
-          f"{n} new tokens; copy bandwidth {copy_bandwidth('cuda') / 1e12:.2f} TB/s; "
-          f"decode step reads {recs[1].get('decode_bytes', 0) / 1e9:.2f} GB (bf16)")
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"\n{dev_name}  {time.strftime('%Y-%m-%d')}  llama {'tiny' if args.tiny else '~1B'}, batch {b}, prompt {p}, "
+          f"{n} new tokens; copy bandwidth {bw_text}; "
+          f"decode step reads {max(r.get('decode_bytes', 0) for r in recs) / 1e9:.2f} GB (2-byte dtypes)")
     print(f"{'backend':18} {'dtype':5} {'TTFT ms':>8} {'TPOT med':>9} {'TPOT p99':>9} {'tok/s':>8} {'roofline':>8} "
           f"{'agree':>6} status")
     for r in recs:

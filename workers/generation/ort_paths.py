@@ -64,7 +64,8 @@ class OrtIoBinding(GenerationRunner):
         names = [i.name for i in self.sess.get_inputs()]
         self.past_names = [n for n in names if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        unknown = set(names) - {"input_ids", "attention_mask", *self.past_names}
+        self.has_positions = "position_ids" in names
+        unknown = set(names) - {"input_ids", "attention_mask", "position_ids", *self.past_names}
         if unknown:
             raise SkipTrial(f"the decoder's inputs {sorted(unknown)} are not fed by this path")
         shape, b, dev = self.source.shape, self.batch, self.device
@@ -74,6 +75,8 @@ class OrtIoBinding(GenerationRunner):
         self.mask = torch.ones(b * self.max_len, dtype=torch.long, device=dev)
         self.prompt = torch.zeros((b, self.prompt_len), dtype=torch.long, device=dev)
         self.tok = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        self.prompt_pos = torch.arange(self.prompt_len, device=dev).repeat(b, 1)
+        self.step_pos = torch.zeros((b, 1), dtype=torch.long, device=dev)  # advanced in place on the device
         self.out = torch.zeros((b, self.new_tokens), dtype=torch.long, device=dev)
         self.prefill_logits = torch.empty((b, self.prompt_len, shape.vocab), dtype=tdt, device=dev)
         self.step_logits = torch.empty((b, 1, shape.vocab), dtype=tdt, device=dev)
@@ -85,12 +88,15 @@ class OrtIoBinding(GenerationRunner):
         f = self.binding.bind_output if output else self.binding.bind_input
         f(name, self.dev_type, self.dev_id, dtype, list(shape), t.data_ptr())
 
-    def _run(self, ids: Any, length: int, logits: Any, past: list[Any]) -> list[Any]:
-        """One run over ``ids`` with ``length`` positions in all; returns the present values (device)."""
+    def _run(self, ids: Any, pos: Any, length: int, logits: Any, past: list[Any]) -> list[Any]:
+        """One run over ``ids`` at positions ``pos`` with ``length`` positions in all; returns the present
+        values (on the device)."""
         b = self.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         self._bind("input_ids", ids, tuple(ids.shape), np.int64)
+        if self.has_positions:
+            self._bind("position_ids", pos, tuple(pos.shape), np.int64)
         self._bind("attention_mask", self.mask, (self.batch, length), np.int64)
         for name, value in zip(self.past_names, past):
             b.bind_ortvalue_input(name, value)
@@ -109,7 +115,9 @@ class OrtIoBinding(GenerationRunner):
         marks = marks_for(self.device)
         _sync(self.device)
         marks.mark()
-        present = self._run(self.prompt, self.prompt_len, self.prefill_logits, [self.empty_past] * len(self.past_names))
+        past0 = [self.empty_past] * len(self.past_names)
+        present = self._run(self.prompt, self.prompt_pos, self.prompt_len, self.prefill_logits, past0)
+        self.step_pos.fill_(self.prompt_len)
         tok = _next_token(self.prefill_logits, self.eos)
         self.tok[:, 0] = tok
         self.out[:, 0] = tok
@@ -117,7 +125,8 @@ class OrtIoBinding(GenerationRunner):
         if keep_logits:
             kept.append(_host_logits(self.prefill_logits))
         for i in range(1, self.new_tokens):
-            present = self._run(self.tok, self.prompt_len + i, self.step_logits, present)
+            present = self._run(self.tok, self.step_pos, self.prompt_len + i, self.step_logits, present)
+            self.step_pos.add_(1)
             tok = _next_token(self.step_logits, self.eos)
             self.tok[:, 0] = tok
             self.out[:, i] = tok
