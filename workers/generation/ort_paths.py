@@ -26,7 +26,8 @@ import numpy as np
 
 from workers.generation.base import Generation, GenerationRunner, HostMarks, SkipTrial, marks_for
 
-_NP = {"fp32": np.float32, "fp16": np.float16}
+#: ONNX element type -> (numpy type, torch dtype name)
+_TYPES = {"tensor(float)": (np.float32, "float32"), "tensor(float16)": (np.float16, "float16")}
 
 
 def _ep(device: str) -> str:
@@ -69,8 +70,14 @@ class OrtIoBinding(GenerationRunner):
         if unknown:
             raise SkipTrial(f"the decoder's inputs {sorted(unknown)} are not fed by this path")
         shape, b, dev = self.source.shape, self.batch, self.device
-        tdt = getattr(torch, {"fp32": "float32", "fp16": "float16"}[self.dtype])
-        self.np_dtype = _NP[self.dtype]
+        # the builder may keep the logits in fp32 for an fp16 model: each buffer takes the type the graph says
+        types = {i.name: i.type for i in [*self.sess.get_inputs(), *self.sess.get_outputs()]}
+        if types["logits"] not in _TYPES or types[self.past_names[0]] not in _TYPES:
+            raise SkipTrial(f"the decoder's logits are {types['logits']} and its past {types[self.past_names[0]]}; "
+                            f"this path binds {', '.join(_TYPES)}")
+        self.np_dtype, tname = _TYPES[types["logits"]]
+        tdt = getattr(torch, tname)
+        past_np = _TYPES[types[self.past_names[0]]][0]
         self.max_len = self.prompt_len + self.new_tokens
         self.mask = torch.ones(b * self.max_len, dtype=torch.long, device=dev)
         self.prompt = torch.zeros((b, self.prompt_len), dtype=torch.long, device=dev)
@@ -81,7 +88,7 @@ class OrtIoBinding(GenerationRunner):
         self.prefill_logits = torch.empty((b, self.prompt_len, shape.vocab), dtype=tdt, device=dev)
         self.step_logits = torch.empty((b, 1, shape.vocab), dtype=tdt, device=dev)
         empty = (b, shape.kv_heads, 0, shape.head_dim)
-        self.empty_past = ort.OrtValue.ortvalue_from_shape_and_type(empty, self.np_dtype, self.dev_type, self.dev_id)
+        self.empty_past = ort.OrtValue.ortvalue_from_shape_and_type(empty, past_np, self.dev_type, self.dev_id)
         self.binding = self.sess.io_binding()
 
     def _bind(self, name: str, t: Any, shape: tuple[int, ...], dtype: Any, output: bool = False) -> None:

@@ -23,10 +23,11 @@ from workers.generation.base import Generation, GenerationRunner, SkipTrial, mar
 
 
 def _next_token(logits: Any, eos: int | None) -> Any:
-    """Greedy token of the last position with the end-of-sequence logit masked: int64 [batch]."""
-    import torch
-
-    last = logits[:, -1, :].to(dtype=torch.float32, copy=True)  # a copy: the logits stay as computed
+    """Greedy token of the last position with the end-of-sequence logit masked: int64 [batch]. No import
+    in here: torch.compile traces it."""
+    last = logits[:, -1, :].float()
+    if last.dtype == logits.dtype:  # fp32: .float() returned the logits themselves; mask a copy
+        last = last.clone()
     if eos is not None:
         last[:, eos] = float("-inf")
     return last.argmax(-1)
