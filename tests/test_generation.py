@@ -61,6 +61,19 @@ def test_tiny_llama_agrees_on_torch_eager_static_cache_ort_and_ort_genai(llama):
     assert recs["ort-genai" if HAS_GENAI else "ort"]["clock"].startswith("host")
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_shapes_agree_on_the_static_cache_ort_and_ort_genai(arch, tmp_path):
+    src = Source(arch, TINY_LLAMA, seed=0, workdir=tmp_path)
+    try:
+        ref = _ref(src)
+        for path in ["torch-static", "ort"] + (["ort-genai"] if HAS_GENAI else []):
+            rec = measure(path, src, "fp32", **SHAPE, repeats=1, ref=ref)
+            assert rec["status"] == "ok" and rec["token_agreement"] == 1.0, (path, rec["error"])
+            assert rec["parity_max_rel_err"] < 1e-4, path
+    finally:
+        src.close()
+
+
 def test_the_end_of_sequence_token_is_never_generated():
     """An LM head biased so that EOS always wins, then token 5: greedy picks EOS unless masked."""
     import torch
