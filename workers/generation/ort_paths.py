@@ -13,7 +13,8 @@ queue like the torch paths' and CUDA events time them.
 ``ort-genai`` (ONNX Runtime GenAI): its ``Generator`` loop, greedy, ``min_length = max_length`` (its
 way of masking the end-of-sequence token), with and without its CUDA graph (``ort-genai-graph``).
 ``generate_next_token`` is a synchronous call and the library runs on its own stream behind it, so
-each step is timed on the host clock around that call. The Generator (and its KV cache, allocated
+each step is timed on the host clock around that call (the step is complete when it returns: on
+CUDA the session's run synchronizes its stream at its end, which ORT GenAI leaves on). The Generator (and its KV cache, allocated
 to ``max_length``) is made before the clock starts, as the torch paths allocate their static cache
 in setup.
 """
