@@ -1,0 +1,226 @@
+"""ONNX Runtime generation paths, both on the ``model.onnx`` that ORT GenAI's model builder writes.
+
+``ort`` (ONNX Runtime with IO binding): a plain ``InferenceSession`` over the decoder with past
+key/values in and present key/values out. Every buffer lives on the device: the prompt and the
+token buffer, an all-ones attention mask (one flat buffer; each step binds its first
+``batch * length`` elements as [batch, length]), the logits (a torch buffer bound by pointer, so the
+masked argmax that picks the next token runs on the device and writes the next step's input), and
+the KV cache (each step's present values, allocated by ORT on the device, are bound as the next
+step's past). No host copy per token. On CUDA the session runs on torch's current stream (the
+``user_compute_stream`` provider option) and ORT's end-of-run synchronization is off, so the steps
+queue like the torch paths' and CUDA events time them.
+
+``ort-genai`` (ONNX Runtime GenAI): its ``Generator`` loop, greedy, ``min_length = max_length`` (its
+way of masking the end-of-sequence token), with and without its CUDA graph (``ort-genai-graph``).
+``generate_next_token`` is a synchronous call and the library runs on its own stream behind it, so
+each step is timed on the host clock around that call (the step is complete when it returns: on
+CUDA the session's run synchronizes its stream at its end, which ORT GenAI leaves on). The
+Generator (and its KV cache, allocated to ``max_length``) is made before the clock starts, as the
+torch paths allocate their static cache in setup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workers.generation.base import Generation, GenerationRunner, HostMarks, SkipTrial, marks_for
+
+#: ONNX element type -> (numpy type, torch dtype name)
+_TYPES = {"tensor(float)": (np.float32, "float32"), "tensor(float16)": (np.float16, "float16")}
+
+
+def _ep(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+class OrtIoBinding(GenerationRunner):
+    """A plain ORT session with IO binding over the builder's decoder (see the module docstring)."""
+
+    name = "ort"
+    dtypes = frozenset({"fp32", "fp16"})  # bfloat16 has no numpy element type for bind_input/bind_output
+
+    def _setup(self) -> None:
+        import onnxruntime as ort
+        import torch
+
+        self.torch, self.ort = torch, ort
+        folder = self.source.onnx_model(self.dtype, _ep(self.device))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.dev_type, self.dev_id = "cpu", 0
+        if _ep(self.device) == "cuda":
+            torch.cuda.init()
+            self.dev_id = torch.device(self.device).index or 0
+            opts = {"device_id": self.dev_id, "user_compute_stream": str(torch.cuda.current_stream().cuda_stream)}
+            providers: list[Any] = [("CUDAExecutionProvider", opts)]
+            self.dev_type = "cuda"
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=providers)
+        if _ep(self.device) == "cuda" and self.sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise SkipTrial(f"onnxruntime has no CUDA provider here ({', '.join(self.sess.get_providers())})")
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        names = [i.name for i in self.sess.get_inputs()]
+        self.past_names = [n for n in names if n.startswith("past_key_values.")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.has_positions = "position_ids" in names
+        unknown = set(names) - {"input_ids", "attention_mask", "position_ids", *self.past_names}
+        if unknown:
+            raise SkipTrial(f"the decoder's inputs {sorted(unknown)} are not fed by this path")
+        shape, b, dev = self.source.shape, self.batch, self.device
+        # the builder may keep the logits in fp32 for an fp16 model: each buffer takes the type the graph says
+        types = {i.name: i.type for i in [*self.sess.get_inputs(), *self.sess.get_outputs()]}
+        if types["logits"] not in _TYPES or types[self.past_names[0]] not in _TYPES:
+            raise SkipTrial(f"the decoder's logits are {types['logits']} and its past {types[self.past_names[0]]}; "
+                            f"this path binds {', '.join(_TYPES)}")
+        self.np_dtype, tname = _TYPES[types["logits"]]
+        tdt = getattr(torch, tname)
+        past_np = _TYPES[types[self.past_names[0]]][0]
+        self.max_len = self.prompt_len + self.new_tokens
+        self.mask = torch.ones(b * self.max_len, dtype=torch.long, device=dev)
+        self.prompt = torch.zeros((b, self.prompt_len), dtype=torch.long, device=dev)
+        self.tok = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        self.prompt_pos = torch.arange(self.prompt_len, device=dev).repeat(b, 1)
+        self.step_pos = torch.zeros((b, 1), dtype=torch.long, device=dev)  # advanced in place on the device
+        self.out = torch.zeros((b, self.new_tokens), dtype=torch.long, device=dev)
+        self.prefill_logits = torch.empty((b, self.prompt_len, shape.vocab), dtype=tdt, device=dev)
+        self.step_logits = torch.empty((b, 1, shape.vocab), dtype=tdt, device=dev)
+        empty = (b, shape.kv_heads, 0, shape.head_dim)
+        self.empty_past = ort.OrtValue.ortvalue_from_shape_and_type(empty, past_np, self.dev_type, self.dev_id)
+        self.binding = self.sess.io_binding()
+
+    def _bind(self, name: str, t: Any, shape: tuple[int, ...], dtype: Any, output: bool = False) -> None:
+        f = self.binding.bind_output if output else self.binding.bind_input
+        f(name, self.dev_type, self.dev_id, dtype, list(shape), t.data_ptr())
+
+    def _run(self, ids: Any, pos: Any, length: int, logits: Any, past: list[Any]) -> list[Any]:
+        """One run over ``ids`` at positions ``pos`` with ``length`` positions in all; returns the present
+        values (on the device)."""
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        self._bind("input_ids", ids, tuple(ids.shape), np.int64)
+        if self.has_positions:
+            self._bind("position_ids", pos, tuple(pos.shape), np.int64)
+        self._bind("attention_mask", self.mask, (self.batch, length), np.int64)
+        for name, value in zip(self.past_names, past):
+            b.bind_ortvalue_input(name, value)
+        self._bind("logits", logits, tuple(logits.shape), self.np_dtype, output=True)
+        for name in self.present_names:
+            b.bind_output(name, self.dev_type, self.dev_id)
+        self.sess.run_with_iobinding(b, self.run_options)
+        return b.get_outputs()[1:]
+
+    def generate(self, prompt_ids: np.ndarray, keep_logits: int = 0) -> Generation:
+        torch = self.torch
+        from workers.generation.torch_paths import _host_logits, _next_token, _sync
+
+        self.prompt.copy_(torch.as_tensor(prompt_ids))
+        kept: list[np.ndarray] = []
+        marks = marks_for(self.device)
+        _sync(self.device)
+        marks.mark()
+        past0 = [self.empty_past] * len(self.past_names)
+        present = self._run(self.prompt, self.prompt_pos, self.prompt_len, self.prefill_logits, past0)
+        self.step_pos.fill_(self.prompt_len)
+        tok = _next_token(self.prefill_logits, self.eos)
+        self.tok[:, 0] = tok
+        self.out[:, 0] = tok
+        marks.mark()
+        if keep_logits:
+            kept.append(_host_logits(self.prefill_logits))
+        for i in range(1, self.new_tokens):
+            present = self._run(self.tok, self.step_pos, self.prompt_len + i, self.step_logits, present)
+            self.step_pos.add_(1)
+            tok = _next_token(self.step_logits, self.eos)
+            self.tok[:, 0] = tok
+            self.out[:, i] = tok
+            marks.mark()
+            if i < keep_logits:
+                kept.append(_host_logits(self.step_logits))
+        ms = marks.intervals_ms()
+        return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock)
+
+    def teardown(self) -> None:
+        self.sess = self.binding = self.empty_past = None
+        self.prefill_logits = self.step_logits = self.mask = None
+
+
+class OrtGenAI(GenerationRunner):
+    """ONNX Runtime GenAI's own Generator loop (see the module docstring); host-timed per step."""
+
+    name = "ort-genai"
+    graph = False
+    dtypes = frozenset({"fp32", "fp16", "bf16"})
+
+    def _setup(self) -> None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError as exc:
+            raise SkipTrial(f"onnxruntime-genai-cuda is not installed (the optional extra 'genai'): {exc}") from exc
+        self.og = og
+        ep = _ep(self.device)
+        if self.graph and ep != "cuda":
+            raise SkipTrial("ORT GenAI's CUDA graph needs a CUDA device")
+        folder = self.source.onnx_model(self.dtype, ep)
+        config = og.Config(str(folder))
+        config.clear_providers()
+        if ep == "cuda":
+            config.append_provider("cuda")
+            if self.graph:
+                config.set_provider_option("cuda", "enable_cuda_graph", "1")
+        self.model = og.Model(config)
+        self.search = {"max_length": self.prompt_len + self.new_tokens, "min_length": self.prompt_len + self.new_tokens,
+                       "do_sample": False, "batch_size": self.batch}
+        self.note = ""
+        if self.graph and self.batch > 1:  # older releases sized the graph by this search option
+            try:
+                self._generator(max_batch_size=self.batch)
+                self.search["max_batch_size"] = self.batch
+            except Exception as exc:  # noqa: BLE001 - kept for the reason below
+                self.note = f" (search option max_batch_size: {str(exc).strip()})"
+        try:
+            self._generator()  # the library's own checks of this shape (its graph at batch > 1) say so here
+        except Exception as exc:  # noqa: BLE001 - the library's reason goes into the skipped row
+            raise SkipTrial(f"ORT GenAI can't run batch {self.batch}{' with its CUDA graph' if self.graph else ''}: "
+                            f"{exc}{self.note}") from exc
+
+    def _generator(self, **extra: Any) -> Any:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(**self.search, **extra)
+        return self.og.Generator(self.model, params)
+
+    def generate(self, prompt_ids: np.ndarray, keep_logits: int = 0) -> Generation:
+        gen = self._generator()
+        ids = np.ascontiguousarray(prompt_ids, dtype=np.int32)
+        kept: list[np.ndarray] = []
+        marks = HostMarks()
+        marks.mark()
+        gen.append_tokens(ids)
+        if keep_logits:
+            kept.append(self._logits(gen))
+        gen.generate_next_token()
+        marks.mark()
+        for i in range(1, self.new_tokens):
+            if i < keep_logits:
+                kept.append(self._logits(gen))  # computes this step's logits; the call below only picks
+            gen.generate_next_token()
+            marks.mark()
+        tokens = np.stack([np.asarray(gen.get_sequence(b))[-self.new_tokens:] for b in range(self.batch)])
+        ms = marks.intervals_ms()
+        return Generation(tokens.astype(np.int64), ms[0], ms[1:], kept, "host (around generate_next_token)")
+
+    def _logits(self, gen: Any) -> np.ndarray:
+        return np.asarray(gen.get_logits(), dtype=np.float32).reshape(self.batch, -1)
+
+    def teardown(self) -> None:
+        self.model = None
+
+
+class OrtGenAIGraph(OrtGenAI):
+    name = "ort-genai-graph"
+    graph = True
+    replays = True
