@@ -53,7 +53,7 @@ def prompt(shape_vocab: int, batch: int, prompt_len: int, seed: int) -> np.ndarr
 
 def reference(source: Source, batch: int, prompt_len: int, new_tokens: int, ids: np.ndarray) -> Generation:
     """torch eager fp32 with TF32 off: tokens and the prefill + first decode steps' logits."""
-    from workers.parity import _tf32_off
+    from workers.measure.parity import _tf32_off
 
     r = TorchEager()
     r.setup(source, "fp32", source.device, batch, prompt_len, new_tokens)

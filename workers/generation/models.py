@@ -8,7 +8,7 @@ keeps the table true against the installed transformers.
 
 A name builds ``<Config>(**overrides)`` and ``<ForCausalLM>(config)`` under ``torch.manual_seed``;
 a folder with a ``config.json`` of a ``model_type`` in the table loads its own weights. The ``hf:``
-forms of ``workers.hf`` (base model, no head, one forward pass) are separate and keep their meaning.
+forms of ``workers.models.hf`` (base model, no head, one forward pass) are separate and keep their meaning.
 
 A ~1B Llama shape, for example: ``llama`` with ``hidden_size: 2048, num_hidden_layers: 16,
 num_attention_heads: 32, num_key_value_heads: 8, intermediate_size: 8192, vocab_size: 32000``.
