@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError
-from orchestrator.results.sink import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
+from orchestrator.results.rundir import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
 
 PathLike = str | os.PathLike[str]
 
