@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,10 +72,25 @@ def is_compacted(path: PathLike) -> bool:
     return lay.compacted is not None and not lay.pending
 
 
-def run_info(path: PathLike) -> dict[str, Any]:
+class RunInfo(TypedDict, total=False):
+    """What a run directory says about itself (``_run.json``, as ``orchestrator.run.api`` writes it, and
+    ``_plan.yaml``); a run that was interrupted early may lack any of it."""
+
+    run_id: str
+    plan: str
+    device: str
+    workers: list[str]
+    started_at: str
+    state: str  # finished, interrupted
+    counts: dict[str, int]  # status -> trials
+    environment: dict[str, Any]  # {"driver": EnvInfo, "workers": {name: EnvInfo}}
+    plan_yaml: str  # the resolved plan's text
+
+
+def run_info(path: PathLike) -> RunInfo:
     """What a run directory says about itself: ``_run.json``'s summary and ``_plan.yaml``'s text."""
     p = Path(path)
-    info: dict[str, Any] = {}
+    info = RunInfo()
     if (p / RUN_FILE).is_file():
         try:
             info.update(json.loads((p / RUN_FILE).read_text()))
