@@ -56,7 +56,8 @@ from workers.backends.ort_session import (
 )
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
-from workers.models.build import cache_dir
+from workers.models.build import Tensors, cache_dir
+from workers.row import Row
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
@@ -202,7 +203,7 @@ class OrtRunner(Runner):
             self.y = outs
             if o.io_binding:
                 self._bind(device, device_id, xs)
-        self.build: dict[str, Any] = {}
+        self.build: Row = {}
         if trt:
             new = set(engines.glob("*.engine")) - engines_before
             self.build = {"engine_build_s": time.perf_counter() - t_session,
@@ -273,7 +274,7 @@ class OrtRunner(Runner):
             opts["arena_extend_strategy"] = o.arena_extend_strategy
         return opts
 
-    def _check_inputs(self, sess: Any, seed: int | None = None) -> dict[str, Any]:
+    def _check_inputs(self, sess: Any, seed: int | None = None) -> Tensors:
         """The trial's inputs (host tensors) by the session's input names, their types checked: floating
         inputs in the trial's dtype, the others in their own. ``seed``: drawn with it, not the trial's."""
         xs = self.ctx.inputs(device="cpu", seed=seed)
@@ -295,7 +296,7 @@ class OrtRunner(Runner):
                 raise SkipTrial(f"the ONNX model's input '{i.name}' is {i.type}, not {want} ({self.ctx.dtype} trial)")
         return {n: xs[n] for n in names}
 
-    def _bind(self, device: str, device_id: int, xs: dict[str, Any]) -> None:
+    def _bind(self, device: str, device_id: int, xs: Tensors) -> None:
         import numpy as np
 
         torch = self._torch
@@ -309,7 +310,7 @@ class OrtRunner(Runner):
         self.binding = self._binding_for(self.sess)
         self.host_x = xs if self.ctx.io == "host" else None
 
-    def _binding_for(self, sess: Any, dev_x: dict[str, Any] | None = None, dev_outs: list[Any] | None = None) -> Any:
+    def _binding_for(self, sess: Any, dev_x: Tensors | None = None, dev_outs: list[Any] | None = None) -> Any:
         """An IO binding of ``sess`` to device buffers (this runner's, or a lane's), every input and output
         by pointer."""
         import numpy as np
@@ -466,7 +467,7 @@ class OrtRunner(Runner):
                 self.sess, self.binding = timed
                 del sess
 
-    def extra_columns(self) -> dict[str, Any]:
+    def extra_columns(self) -> Row:
         return {"providers_used": list(getattr(self, "providers_used", [])),
                 "ort_provider_options": json.dumps(getattr(self, "provider_options", {}), sort_keys=True),
                 **getattr(self, "build", {})}

@@ -37,7 +37,7 @@ def static_outputs(sess: Any) -> list[tuple[str, tuple[int, ...], Any]] | None:
 
 
 def probe_outputs(path: Any, so: Any, providers: list[Any],
-                   feeds: dict[str, Any]) -> list[tuple[str, tuple[int, ...], Any]]:
+                   feeds: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], Any]]:
     """(name, shape, numpy dtype) of each output of a model with dynamic output dims: one plain run
     of a throwaway session with the same providers, the CUDA graph off."""
     import onnxruntime as ort
