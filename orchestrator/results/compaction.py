@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +21,8 @@ from orchestrator.results.rundir import (
     FRESH_FILE,
     HISTORY_FILE,
     PLAN_FILE,
+    Environments,
+    WriterOptions,
     atomic,
     decode_meta,
     discard,
@@ -39,7 +41,7 @@ ROW_GROUP_BYTES = 64 << 20
 ATTEMPT_KEY = ("trial_id", "run_id", "started_at", "attempt")
 #: Writer options of the compacted file (BENCHMARKS.md, "Samples on disk"): zstd; no dictionary for
 #: the per-iteration floats (it only grows them); byte-stream-split measured larger on timer samples.
-COMPACT_OPTIONS: dict[str, Any] = {"compression": "zstd",
+COMPACT_OPTIONS: WriterOptions = {"compression": "zstd",
                                    "use_dictionary": [n for n, t in zip(SCHEMA.names, SCHEMA.types, strict=True)
                                                       if not pa.types.is_list(t)]}
 
@@ -47,7 +49,7 @@ COMPACT_OPTIONS: dict[str, Any] = {"compression": "zstd",
 class RowGroups:
     """A Parquet writer fed small tables, writing row groups of about ROW_GROUP_BYTES."""
 
-    def __init__(self, path: Path, schema: pa.Schema, options: dict[str, Any]) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, options: WriterOptions) -> None:
         self.writer = pq.ParquetWriter(path, schema, **options)
         self.schema = schema
         self._buf: list[pa.Table] = []
@@ -125,13 +127,6 @@ class Compaction:
     rows: int
     history: int  # rows moved to the history by this compaction
     parts: int  # part files absorbed
-
-
-class Environments(TypedDict):
-    """The environments of a run's machines, as its metadata stores them."""
-
-    driver: Any  # EnvInfo's dict of the driver, or None where unknown
-    workers: dict[str, Any]  # worker name -> its EnvInfo dict
 
 
 @dataclass

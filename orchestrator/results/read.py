@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError
-from orchestrator.results.rundir import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
+from orchestrator.results.rundir import COMPACT_FILE, PLAN_FILE, RUN_FILE, Environments, layout, stored_table
 
 PathLike = str | os.PathLike[str]
 
@@ -83,7 +83,11 @@ class RunInfo(TypedDict, total=False):
     started_at: str
     state: str  # finished, interrupted
     counts: dict[str, int]  # status -> trials
-    environment: dict[str, Any]  # {"driver": EnvInfo, "workers": {name: EnvInfo}}
+    environment: Environments
+    head_lost: bool  # the cluster's head stopped answering mid-run
+    lost_workers: dict[str, str]  # worker name -> why it was given up
+    requeued: list[str]  # trial ids put back after their node died
+    compacted: bool  # results.parquet holds every row
     plan_yaml: str  # the resolved plan's text
 
 

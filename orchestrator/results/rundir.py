@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError, OutputError
 from workers.contract import PROFILES_DIR
+from workers.measure.envinfo import EnvInfo
 
 PLAN_FILE = "_plan.yaml"
 RUN_FILE = "_run.json"
@@ -31,6 +32,29 @@ FRESH_FILE = ".fresh.parquet.tmp"
 ABSORBED = ".absorbed"
 TRIAL_ID = re.compile(r"[0-9a-f]{16}")
 ATTACHED_FILE = re.compile(rf"{PROFILES_DIR}/[0-9a-f]{{16}}\.[a-z0-9][a-z0-9_-]*\.json")
+
+
+
+class Environments(TypedDict):
+    """The environments of a run's processes, as its metadata stores them (``infer_orch.environment``)."""
+
+    driver: EnvInfo | None  # None where unknown
+    workers: dict[str, EnvInfo | None]  # by worker name
+
+
+class TrialEnvironment(TypedDict):
+    """The environments a row was measured in: the driver's and its worker's (``ResultSink.write``)."""
+
+    driver: EnvInfo | None
+    worker: EnvInfo | None
+
+
+class WriterOptions(TypedDict, total=False):
+    """``pyarrow.parquet.ParquetWriter``'s options that infer-orch sets."""
+
+    compression: str
+    use_dictionary: bool | list[str]  # every column, or these
+    write_statistics: bool
 
 
 @dataclass

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from orchestrator.errors import OutputError, ResultWriteError
 from orchestrator.results.compaction import Compaction, RowGroups, compact
 from orchestrator.results.partwriter import BatchWriter
+from orchestrator.results.read import RunInfo
 from orchestrator.results.rundir import (
     ATTACHED_FILE,
     COMPACT_FILE,
@@ -50,6 +51,8 @@ from orchestrator.results.rundir import (
     PLAN_FILE,
     RUN_FILE,
     TRIAL_ID,
+    TrialEnvironment,
+    WriterOptions,
     atomic,
     atomic_write,
     check_hidden,
@@ -65,6 +68,8 @@ from orchestrator.results.rundir import (
     stored_trials,
 )
 from workers.contract import FILES_KEY, strip_escapes
+from workers.measure.envinfo import EnvInfo
+from workers.row import Row
 from workers.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
 #: What callers import from here (the run directory and compaction have modules of their own).
@@ -79,12 +84,12 @@ PART_OMITS = "plan"
 SAMPLE_COLUMNS = ("samples_ms", "host_samples_ms")
 #: Writer options of a part: it is read whole, once, by compaction (or by a reader of a run going
 #: on), so no statistics, dictionaries or compression: 15-20% less of the driver's time a trial.
-PART_OPTIONS: dict[str, Any] = {"write_statistics": False, "use_dictionary": False, "compression": "none"}
+PART_OPTIONS: WriterOptions = {"write_statistics": False, "use_dictionary": False, "compression": "none"}
 
 
-def slim(row: dict[str, Any]) -> dict[str, Any]:
+def slim(row: Row) -> Row:
     """``row`` without its per-iteration samples: what the driver keeps of a trial it stored."""
-    return {k: v for k, v in row.items() if k not in SAMPLE_COLUMNS}
+    return {k: v for k, v in row.items() if k not in SAMPLE_COLUMNS}  # type: ignore[return-value]
 
 
 class ResultSink:
@@ -104,8 +109,8 @@ class ResultSink:
         self._plan_yaml = plan_yaml
         self._opened = False
         self._fresh: RowGroups | None = None
-        self._driver_env: Any = None
-        self._worker_envs: dict[str, Any] = {}
+        self._driver_env: EnvInfo | None = None
+        self._worker_envs: dict[str, EnvInfo | None] = {}
         self._writer = BatchWriter(self._write_part)
 
     def _open(self) -> None:
@@ -119,7 +124,7 @@ class ResultSink:
             raise OutputError(f"output directory {self.out}: {exc.strerror or exc}") from None
         self._opened = True
 
-    def write(self, row: dict[str, Any], environment: dict[str, Any] | None = None) -> None:
+    def write(self, row: Row, environment: TrialEnvironment | None = None) -> None:
         """Store one trial's row: on disk within ``BATCH_S`` (``flush``: now). ``environment``: the
         driver's and the row's worker's (``{"driver": ..., "worker": ...}``), for the metadata.
 
@@ -153,7 +158,7 @@ class ResultSink:
         """Return once every row written so far is on disk; ResultWriteError if one could not be."""
         self._writer.flush()
 
-    def _write_part(self, rows: list[dict[str, Any]]) -> None:
+    def _write_part(self, rows: list[Row]) -> None:
         """On the writer thread: ``rows`` as one part, named after the first of them whose name is
         free (a part of an older attempt stays until compaction moves it to the history)."""
         ids = [str(r["trial_id"]) for r in rows]
@@ -210,7 +215,7 @@ class ResultSink:
             self._fresh = None
             discard(self.out / FRESH_FILE)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: RunInfo) -> None:
         if not self._opened:
             self._open()
         atomic_write(self.out / RUN_FILE, json.dumps({"run_id": self.run_id, **summary},
