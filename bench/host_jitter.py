@@ -40,9 +40,9 @@ CASES = {"mobilenet_v2 eager b1 fp16": ("torchvision:mobilenet_v2", "torch-eager
 
 def gpu_local_cpus() -> list[int]:
     """The CPUs local to GPU 0, as infer-orch pins its timing thread (``workers.measure.affinity``)."""
-    from workers.measure import affinity, envinfo
+    from workers.measure import affinity, nvml
 
-    nv = envinfo._nvml()
+    nv = nvml.load()
     return affinity.local_cpus(nv, nv.nvmlDeviceGetHandleByIndex(0)) if nv else sorted(os.sched_getaffinity(0))
 
 

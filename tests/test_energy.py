@@ -186,12 +186,12 @@ def test_gpu_counter_and_sampled_power_agree():
 
 
 def test_report_gives_samples_per_joule_next_to_samples_per_second():
-    from orchestrator.answers.report import COLUMNS, _cells
+    from orchestrator.answers.report import COLUMNS, row_cells
 
     row = {"model": "m", "batch_size": 8, "dtype": "fp16", "io": "device", "label": "ort", "status": "ok",
            "latency_ms_median": 2.0, "latency_ms_p99": 3.0, "throughput": 4000.0, "energy_j_per_sample": 0.025,
            "speedup": None, "speedup_vs": None}
-    cells = dict(zip(COLUMNS, _cells(row)))
+    cells = dict(zip(COLUMNS, row_cells(row)))
     assert COLUMNS.index("samples/J") == COLUMNS.index("samples/s") + 1
     assert cells["samples/s"] == "4000.0" and cells["samples/J"] == "40.0"
-    assert dict(zip(COLUMNS, _cells({**row, "energy_j_per_sample": None})))["samples/J"] == "-"
+    assert dict(zip(COLUMNS, row_cells({**row, "energy_j_per_sample": None})))["samples/J"] == "-"

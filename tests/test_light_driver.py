@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from workers.backends import Runner, discover, get, registry
-from workers.measure import envinfo
+from workers.measure import envinfo, nvml
 from workers.models import zoo
 from workers.schema import SCHEMA
 
@@ -254,7 +254,7 @@ class FakeNvml:
 
 def test_visible_gpus_come_from_nvml_and_honour_cuda_visible_devices(monkeypatch):
     nv = FakeNvml([("GPU-aaaa-1", "NVIDIA H100 80GB HBM3"), ("GPU-bbbb-2", "NVIDIA H200")])
-    monkeypatch.setattr(envinfo, "_nvml", lambda: nv)
+    monkeypatch.setattr(nvml, "load", lambda: nv)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert envinfo.visible_gpus() == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
     for mask, want in (("1", ["NVIDIA H200"]), ("GPU-bbbb,0", ["NVIDIA H200", "NVIDIA H100 80GB HBM3"]),
@@ -269,7 +269,7 @@ def test_visible_gpus_come_from_nvml_and_honour_cuda_visible_devices(monkeypatch
     assert info["nodes"][0]["gpus"] == 2 and info["versions"]["GPUs seen by"] == "NVML"
     rows = {b["name"]: b for b in info["backends"]}
     assert rows["torch-cudagraph"]["available"]
-    monkeypatch.setattr(envinfo, "_nvml", lambda: None)
+    monkeypatch.setattr(nvml, "load", lambda: None)
     assert envinfo.visible_gpus() is None
     info = describe()
     assert info["nodes"][0]["gpus"] == 0 and info["versions"]["GPUs seen by"].startswith("nothing: NVML is absent")

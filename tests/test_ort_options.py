@@ -129,7 +129,7 @@ def test_graph_sessions_learn_output_shapes_without_a_plain_run(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from workers.backends.ort import _probe_outputs, _static_outputs
+    from workers.backends.ort_session import probe_outputs, static_outputs
 
     def model(dims, path):
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
@@ -140,10 +140,10 @@ def test_graph_sessions_learn_output_shapes_without_a_plain_run(tmp_path):
 
     feeds = {"x": np.ones((3, 4), np.float32)}
     fixed = ort.InferenceSession(model([3, 4], tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
-    assert _static_outputs(fixed) == [("y", (3, 4), np.dtype(np.float32))]
+    assert static_outputs(fixed) == [("y", (3, 4), np.dtype(np.float32))]
 
     path = model(["n", 4], tmp_path / "dynamic.onnx")
     dynamic = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    assert _static_outputs(dynamic) is None
-    assert _probe_outputs(path, ort.SessionOptions(), ["CPUExecutionProvider"], feeds) == [
+    assert static_outputs(dynamic) is None
+    assert probe_outputs(path, ort.SessionOptions(), ["CPUExecutionProvider"], feeds) == [
         ("y", (3, 4), np.dtype(np.float32))]

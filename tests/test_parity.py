@@ -218,11 +218,11 @@ class FakeNvml:
 def test_a_gpu_shared_with_another_process_is_flagged_contended(monkeypatch, pids, contended, others):
     import os
 
-    from workers.measure import envinfo
+    from workers.measure import envinfo, nvml
 
     me = os.getpid()
     pids = {"me": [me], "me+1": [me, 1]}[pids] if isinstance(pids, str) else pids
-    monkeypatch.setattr(envinfo, "_nvml", lambda: FakeNvml(pids))
+    monkeypatch.setattr(nvml, "load", lambda: FakeNvml(pids))
     watch = envinfo.GpuWatch("GPU-x")
     cols = watch.finish()
     assert cols["contended"] is contended and cols["gpu_other_pids"] == others
@@ -231,8 +231,8 @@ def test_a_gpu_shared_with_another_process_is_flagged_contended(monkeypatch, pid
 
 
 def test_without_nvml_the_gpu_columns_are_null(monkeypatch):
-    from workers.measure import envinfo
+    from workers.measure import envinfo, nvml
 
-    monkeypatch.setattr(envinfo, "_nvml", lambda: None)
+    monkeypatch.setattr(nvml, "load", lambda: None)
     cols = envinfo.GpuWatch("GPU-x").finish()
     assert cols == dict.fromkeys(envinfo.GPU_COLUMNS)

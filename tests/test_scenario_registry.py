@@ -126,6 +126,35 @@ def test_a_scenario_defined_only_in_a_test_runs_from_plan_to_row_to_report_and_c
     assert all(f["verdict"] == "regressed" for f in item["figures"])
 
 
+def test_rows_of_a_scenario_not_registered_here_are_judged_by_the_default_rules(tmp_path):
+    """A run made with a scenario of its own, read where it is not registered: report and compare
+    show its rows under its name, judged on the default scenario's figure, with a note on the page."""
+    from orchestrator.results.sink import ResultSink
+
+    scenarios.register(Burst)
+    try:
+        fast, slow = (expand(parse_plan(_plan({"name": "burst-test", "min_requests": 4}, step_s=s)))[0]
+                      for s in (0.005, 0.02))
+        row, slower = run_trial(fast, "cpu", ModelStore()), run_trial(slow, "cpu", ModelStore())
+    finally:
+        scenarios.unregister(Burst.name)
+    assert row["status"] == "ok" and not scenarios.is_registered(row)
+    default = scenarios.get(scenarios.DEFAULT)
+    assert report.speed(row) == pytest.approx(default.figures[0].speed(row))
+    (summary,) = report.summarize([row])
+    assert report.row_cells(summary, report.columns([summary]))[4] == "burst-test c=1"
+    slower["trial_id"] = row["trial_id"]
+    (item,) = compare.compare(pa.Table.from_pylist([row]), pa.Table.from_pylist([slower]))
+    assert item["verdict"] == "regressed" and item["metric"] == default.figures[0].label
+    assert len(item.get("figures") or [item]) == len(default.figures)  # not burst-test's two
+    sink = ResultSink(tmp_path / "run", "plugin-1", None, metadata={"device": "cpu"})
+    sink.write(dict(row))
+    sink.flush()
+    sink.compact()
+    page = report.html_report(tmp_path / "run")
+    assert "burst-test c=1" in page and "scenario burst-test is not registered here" in page
+
+
 def test_default_scenario_trials_keep_their_ids_and_the_registry_refuses_a_name_twice(burst):
     (plain,) = expand(parse_plan({k: v for k, v in _plan(None).items() if k != "scenario"}))
     (named,) = expand(parse_plan(_plan(scenarios.DEFAULT)))

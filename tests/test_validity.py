@@ -295,11 +295,11 @@ def test_a_process_that_uses_the_gpu_only_mid_timing_is_caught(monkeypatch):
     """Another process on the GPU for 0.2 s in the middle of 1 s of timing, gone before timing ends:
     reading the process list at the start and end alone misses it; the sampler during timing doesn't."""
     from workers.contract import MeasureSpec
-    from workers.measure import envinfo
+    from workers.measure import envinfo, nvml
     from workers.measure.timing import HostTimer, measure
 
     nv = _Nvml()
-    monkeypatch.setattr(envinfo, "_nvml", lambda: nv)
+    monkeypatch.setattr(nvml, "load", lambda: nv)
     spec = MeasureSpec(warmup_iters=0, warmup_max_iters=0, iters=40, target_rel_ci=None)
 
     def timed(other: bool) -> dict:

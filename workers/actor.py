@@ -18,19 +18,34 @@ import os
 import socket
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TypedDict
 
 from workers.backends import get
 from workers.contract import Status, Trial, failure_row, spec_columns
+from workers.measure.envinfo import EnvInfo
 from workers.models import shipped
 from workers.models.build import ModelStore
+from workers.models.shipped import Shipped
 from workers.row import Row
 from workers.trial import run_trial, versions
 
 
+class WorkerInfo(TypedDict, total=False):
+    """Who and where a worker is (``Worker.info``)."""
+
+    worker: str
+    node: str
+    pid: int
+    cuda_visible_devices: str | None
+    device: str
+    cuda_available: bool | None  # None: not known yet (a light worker has not initialised CUDA)
+    light: bool  # torch not imported
+    device_name: str  # a GPU's, once CUDA is known to work
+
+
 class Worker:
     def __init__(self, name: str, device: str, cpus: float, seed: int = 0, warm: bool = False,
-                 shipped: dict[str, dict[str, Any]] | None = None) -> None:
+                 shipped: Shipped | None = None) -> None:
         self.name, self.device, self.cpus = name, device, cpus
         self.store = ModelStore(seed)
         #: the run's model files by the driver's path, in the object store (``orchestrator.run.shipping``)
@@ -59,9 +74,9 @@ class Worker:
         """True while this worker has not imported torch."""
         return self._cuda_ok is None and "torch" not in sys.modules
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         """Who and where this worker is; answers at once (the scheduler's readiness probe)."""
-        info = {
+        info: WorkerInfo = {
             "worker": self.name,
             "node": socket.gethostname(),
             "pid": os.getpid(),
@@ -80,7 +95,7 @@ class Worker:
         """The names of the modules this worker's process has imported (what a test checks)."""
         return sorted(sys.modules)
 
-    def environment(self) -> dict[str, Any]:
+    def environment(self) -> EnvInfo:
         """This worker's versions, host and device (the run's Parquet metadata holds them)."""
         from workers.measure.envinfo import device_facts, environment
 

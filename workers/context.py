@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.contract import ModelSpec, Trial
-from workers.models.build import ModelStore, make_input, make_inputs, onnx_export
+from workers.models.build import ModelStore, Tensors, make_input, make_inputs, onnx_export
 from workers.row import Row
 
 
@@ -48,13 +48,13 @@ class TrialContext:
         """The trial's input tensor: on ``device`` (default: the trial's device)."""
         return make_input(self.model, self.batch_size, self.dtype, device or self.device, self.seed)
 
-    def inputs(self, device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    def inputs(self, device: str | None = None, seed: int | None = None) -> Tensors:
         """Every input of the trial by name (``input`` alone for a one-input model), on ``device``;
         drawn with ``seed`` instead of the trial's own where given (the stale-output check's second input)."""
         return make_inputs(self.model, self.batch_size, self.dtype, device or self.device,
                            self.seed if seed is None else seed, self.trial.axes)
 
-    def call(self, model: Any, inputs: dict[str, Any]) -> Any:
+    def call(self, model: Any, inputs: Tensors) -> Any:
         """``model`` called on ``inputs`` the way the plan says (by name, or by position)."""
         from workers.models.build import call_model
 

@@ -14,13 +14,13 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import InputError
-from orchestrator.results.sink import COMPACT_FILE, PLAN_FILE, RUN_FILE, layout, stored_table
+from orchestrator.results.rundir import COMPACT_FILE, PLAN_FILE, RUN_FILE, Environments, layout, stored_table
 
 PathLike = str | os.PathLike[str]
 
@@ -72,10 +72,29 @@ def is_compacted(path: PathLike) -> bool:
     return lay.compacted is not None and not lay.pending
 
 
-def run_info(path: PathLike) -> dict[str, Any]:
+class RunInfo(TypedDict, total=False):
+    """What a run directory says about itself (``_run.json``, as ``orchestrator.run.api`` writes it, and
+    ``_plan.yaml``); a run that was interrupted early may lack any of it."""
+
+    run_id: str
+    plan: str
+    device: str
+    workers: list[str]
+    started_at: str
+    state: str  # finished, interrupted
+    counts: dict[str, int]  # status -> trials
+    environment: Environments
+    head_lost: bool  # the cluster's head stopped answering mid-run
+    lost_workers: dict[str, str]  # worker name -> why it was given up
+    requeued: list[str]  # trial ids put back after their node died
+    compacted: bool  # results.parquet holds every row
+    plan_yaml: str  # the resolved plan's text
+
+
+def run_info(path: PathLike) -> RunInfo:
     """What a run directory says about itself: ``_run.json``'s summary and ``_plan.yaml``'s text."""
     p = Path(path)
-    info: dict[str, Any] = {}
+    info = RunInfo()
     if (p / RUN_FILE).is_file():
         try:
             info.update(json.loads((p / RUN_FILE).read_text()))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workers.config import StrictModel
+from workers.row import Row
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -56,7 +57,7 @@ class InvalidMeasurement(Exception):
     torch.compile recompiled while being timed). The row is ``failed`` with this message, no latency
     is published, and ``columns`` (the facts that show why) still go into the row."""
 
-    def __init__(self, message: str, columns: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, columns: Row | None = None) -> None:
         super().__init__(message)
         self.columns = dict(columns or {})
 
@@ -224,7 +225,7 @@ class Runner(ABC):
         the worker's torch eager fp32 reference (``workers.measure.parity``) is the one."""
         return None
 
-    def extra_columns(self) -> dict[str, Any]:
+    def extra_columns(self) -> Row:
         """Backend-specific facts for the row (e.g. the providers ORT really used).
 
         Called after timing; raises ``InvalidMeasurement`` when those facts show the timed

@@ -39,35 +39,35 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from workers.backends.base import NEEDS_GPU, BackendOptions, Lane, Offer, Runner, SkipTrial
+from workers.backends.ort_session import (
+    OPT_LEVELS,
+    ORT_TYPES,
+    PROVIDERS,
+    ort_version,
+    output_meta,
+    probe_outputs,
+    static_outputs,
+)
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
-from workers.models.build import cache_dir
+from workers.models.build import Tensors, cache_dir
+from workers.row import Row
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
 
-PROVIDERS = {
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
-ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-             "tensor(int32)": "int32", "tensor(double)": "float64", "tensor(bool)": "bool"}
 TRIAL_DTYPE = {"fp32": "tensor(float)", "fp16": "tensor(float16)"}
 CUDA_OPTIONS = ("cudnn_conv_algo_search", "prefer_nhwc", "arena_extend_strategy")
 #: A CUDA-graph lane's first runs that capture (ORT runs once, or not, before it captures): one lane at a time.
 GRAPH_SERIAL_RUNS = 2
+
+
 class OrtOptions(BackendOptions):
     providers: list[Literal["cuda", "cpu", "tensorrt"]] | None = Field(None, min_length=1)
     """Execution providers in order; default: [cuda] on a cuda trial, [cpu] on a cpu trial."""
@@ -110,42 +110,6 @@ class OrtOptions(BackendOptions):
         return self
 
 
-def _static_outputs(sess: Any) -> list[tuple[str, tuple[int, ...], Any]] | None:
-    """The session's outputs as (name, shape, numpy dtype) when every dim is fixed, else None."""
-    import numpy as np
-
-    out = []
-    for o in sess.get_outputs():
-        if o.type not in ORT_TYPES or not all(isinstance(d, int) and d >= 0 for d in o.shape):
-            return None
-        out.append((o.name, tuple(o.shape), np.dtype(ORT_TYPES[o.type])))
-    return out
-
-
-def _probe_outputs(path: Any, so: Any, providers: list[Any],
-                   feeds: dict[str, Any]) -> list[tuple[str, tuple[int, ...], Any]]:
-    """(name, shape, numpy dtype) of each output of a model with dynamic output dims: one plain run
-    of a throwaway session with the same providers, the CUDA graph off."""
-    import onnxruntime as ort
-
-    plain = [(p[0], {**p[1], "enable_cuda_graph": "0"}) if isinstance(p, tuple) and p[0] == PROVIDERS["cuda"]
-             else p for p in providers]
-    probe = ort.InferenceSession(str(path), sess_options=so, providers=plain)
-    return _output_meta(probe, probe.run(None, feeds))
-
-
-def _output_meta(sess: Any, outs: list[np.ndarray]) -> list[tuple[str, tuple[int, ...], Any]]:
-    """(name, shape, numpy dtype) of each output, from the arrays one run of ``sess`` returned."""
-    return [(o.name, r.shape, r.dtype) for o, r in zip(sess.get_outputs(), outs)]
-
-
-def _ort_version() -> tuple[int, int]:
-    import onnxruntime
-
-    major, minor = onnxruntime.__version__.split(".")[:2]
-    return int(major), int(minor)
-
-
 class OrtRunner(Runner):
     name = "ort"
     Options = OrtOptions
@@ -154,8 +118,7 @@ class OrtRunner(Runner):
     requires = ("onnxruntime", "torch")  # torch: the export, and the device buffers of IO binding
     # export_cached, export_s: recorded by the trial context when the runner asks for the ONNX export
     columns = frozenset({"export_cached", "export_s", "export_route", "providers_used", "ort_provider_options",
-                         "engine_build_s",
-                         "compile_cache_warm"})
+                         "engine_build_s", "compile_cache_warm"})
     kept_on_parity_failure = frozenset({"export_cached", "export_route", "providers_used"})
     profiler = "onnxruntime (a second session with enable_profiling, after timing)"
     concurrent = True
@@ -188,7 +151,7 @@ class OrtRunner(Runner):
         cuda_opts = [k for k in CUDA_OPTIONS if opts.get(k) not in (None, False)]
         if cuda_opts and "cuda" not in providers:
             return f"{', '.join(cuda_opts)}: CUDA provider options; this trial's providers are {providers}"
-        if opts.get("prefer_nhwc") and _ort_version() < (1, 20):
+        if opts.get("prefer_nhwc") and ort_version() < (1, 20):
             # Before 1.20 the option was accepted but default builds had no NHWC kernels: a no-op.
             return "prefer_nhwc needs onnxruntime >= 1.20 (earlier default builds have no CUDA NHWC kernels)"
         if "tensorrt" in providers:
@@ -206,21 +169,66 @@ class OrtRunner(Runner):
         device = self.ctx.device
         providers = o.providers or [device]
         path = self.ctx.onnx_path(o.exporter, o.opset, o.dynamic_shapes)
+        so = self._session_options(ort)
+        device_id = torch.cuda.current_device() if device == "cuda" else 0
+        engines = cache_dir() / "tensorrt"
+        prov_list = self._provider_list(providers, device_id, engines)
+        trt = "tensorrt" in providers
+        engines_before = set(engines.glob("*.engine")) if trt else set()
+        t_session = time.perf_counter()
+        try:
+            sess = ort.InferenceSession(path, sess_options=so, providers=prov_list)
+        except Exception as exc:
+            if o.prefer_nhwc and "nhwc" in str(exc).lower():
+                raise SkipTrial(f"this onnxruntime build can't do prefer_nhwc: {exc}") from exc
+            raise
+        self._check_session(sess, providers, ort.get_available_providers())
+        self._session_args = (path, so, prov_list)  # for the profiling session (profile)
+        xs = self._check_inputs(sess)
+        self.feeds = {k: x.numpy() for k, x in xs.items()}
+        self.binding = None
+        if o.cuda_graph:
+            # ORT captures its CUDA graph on the session's first run, whatever that run is bound to:
+            # after a plain session.run, every replay writes into ORT's own buffers of that run and
+            # never into the bound output (ORT 1.31.1 on an H100: a wrong answer at every step). So
+            # the output shapes come from the model, and the first run is the bound one.
+            self.out_meta = static_outputs(sess) or probe_outputs(path, so, prov_list, self.feeds)
+            self._bind(device, device_id, xs)
+            sess.run_with_iobinding(self.binding)
+            self.y: Any = list(self.dev_outs)
+        else:
+            # One plain run learns the output shapes and types (and serves as the first warm-up).
+            outs = sess.run(None, self.feeds)
+            self.out_meta = output_meta(sess, outs)
+            self.y = outs
+            if o.io_binding:
+                self._bind(device, device_id, xs)
+        self.build: Row = {}
+        if trt:
+            new = set(engines.glob("*.engine")) - engines_before
+            self.build = {"engine_build_s": time.perf_counter() - t_session,
+                          "compile_cache_warm": None if not (new or engines_before) else not new}
+
+    def _session_options(self, ort: Any) -> Any:
+        """The session's options: log level, graph optimisations and threads as the trial asks."""
+        o = self.options
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if o.graph_optimization_level is not None:
             so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[o.graph_optimization_level])
         threads = o.intra_op_num_threads
-        if threads is None and device == "cpu":
+        if threads is None and self.ctx.device == "cpu":
             # ORT would take every core of the node; neighbouring actors own some of them.
             threads = max(1, int(self.ctx.cpus))
         if threads is not None:
             so.intra_op_num_threads = threads
         if o.inter_op_num_threads is not None:
             so.inter_op_num_threads = o.inter_op_num_threads
-        device_id = torch.cuda.current_device() if device == "cuda" else 0
+        return so
+
+    def _provider_list(self, providers: list[str], device_id: int, engines: Path) -> list[Any]:
+        """The providers as ORT takes them: a name, or (name, options) for CUDA and TensorRT."""
         prov_list: list[Any] = []
-        engines = cache_dir() / "tensorrt"
         for p in providers:
             name = PROVIDERS[p]
             if p == "cuda":
@@ -231,57 +239,28 @@ class OrtRunner(Runner):
                     "device_id": device_id,
                     "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(engines),
                     "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(engines),
-                    "trt_fp16_enable": "1" if o.trt_fp16 else "0",
+                    "trt_fp16_enable": "1" if self.options.trt_fp16 else "0",
                 }))
             else:
                 prov_list.append(name)
-        trt = "tensorrt" in providers
-        engines_before = set(engines.glob("*.engine")) if trt else set()
-        t_session = time.perf_counter()
-        try:
-            sess = ort.InferenceSession(path, sess_options=so, providers=prov_list)
-        except Exception as exc:
-            if o.prefer_nhwc and "nhwc" in str(exc).lower():
-                raise SkipTrial(f"this onnxruntime build can't do prefer_nhwc: {exc}") from exc
-            raise
+        return prov_list
+
+    def _check_session(self, sess: Any, providers: list[str], available: list[str]) -> None:
+        """The session runs on every provider asked for (else RuntimeError: no CPU number published as a
+        GPU one), and with prefer_nhwc where asked (else SkipTrial); keeps what it really uses."""
         got = sess.get_providers()
         missing = [PROVIDERS[p] for p in providers if PROVIDERS[p] not in got]
         if missing:
             raise RuntimeError(
                 f"asked for {', '.join(missing)} but the session runs on {', '.join(got)}; "
-                f"available in this onnxruntime build: {', '.join(ort.get_available_providers())}"
+                f"available in this onnxruntime build: {', '.join(available)}"
             )
         self.sess, self.providers_used = sess, got
-        self._session_args = (path, so, prov_list)  # for the profiling session (profile)
         effective = sess.get_provider_options()
         self.provider_options = {p: effective.get(p, {}) for p in got if p != PROVIDERS["cpu"] or len(got) == 1}
-        if o.prefer_nhwc and effective.get(PROVIDERS["cuda"], {}).get("prefer_nhwc") != "1":
+        if self.options.prefer_nhwc and effective.get(PROVIDERS["cuda"], {}).get("prefer_nhwc") != "1":
             raise SkipTrial("this onnxruntime build's CUDA provider does not support prefer_nhwc (it is not "
                             "among the options the session reports)")
-        xs = self._check_inputs(sess)
-        self.feeds = {k: x.numpy() for k, x in xs.items()}
-        self.binding = None
-        if o.cuda_graph:
-            # ORT captures its CUDA graph on the session's first run, whatever that run is bound to:
-            # after a plain session.run, every replay writes into ORT's own buffers of that run and
-            # never into the bound output (ORT 1.31.1 on an H100: a wrong answer at every step). So
-            # the output shapes come from the model, and the first run is the bound one.
-            self.out_meta = _static_outputs(sess) or _probe_outputs(path, so, prov_list, self.feeds)
-            self._bind(device, device_id, xs)
-            sess.run_with_iobinding(self.binding)
-            self.y: Any = list(self.dev_outs)
-        else:
-            # One plain run learns the output shapes and types (and serves as the first warm-up).
-            outs = sess.run(None, self.feeds)
-            self.out_meta = _output_meta(sess, outs)
-            self.y = outs
-            if o.io_binding:
-                self._bind(device, device_id, xs)
-        self.build: dict[str, Any] = {}
-        if trt:
-            new = set(engines.glob("*.engine")) - engines_before
-            self.build = {"engine_build_s": time.perf_counter() - t_session,
-                          "compile_cache_warm": None if not (new or engines_before) else not new}
 
     def _cuda_options(self, device_id: int) -> dict[str, str]:
         """The CUDA provider's options: only those set, so unset ones stay ORT's defaults."""
@@ -295,7 +274,7 @@ class OrtRunner(Runner):
             opts["arena_extend_strategy"] = o.arena_extend_strategy
         return opts
 
-    def _check_inputs(self, sess: Any, seed: int | None = None) -> dict[str, Any]:
+    def _check_inputs(self, sess: Any, seed: int | None = None) -> Tensors:
         """The trial's inputs (host tensors) by the session's input names, their types checked: floating
         inputs in the trial's dtype, the others in their own. ``seed``: drawn with it, not the trial's."""
         xs = self.ctx.inputs(device="cpu", seed=seed)
@@ -317,7 +296,7 @@ class OrtRunner(Runner):
                 raise SkipTrial(f"the ONNX model's input '{i.name}' is {i.type}, not {want} ({self.ctx.dtype} trial)")
         return {n: xs[n] for n in names}
 
-    def _bind(self, device: str, device_id: int, xs: dict[str, Any]) -> None:
+    def _bind(self, device: str, device_id: int, xs: Tensors) -> None:
         import numpy as np
 
         torch = self._torch
@@ -331,14 +310,17 @@ class OrtRunner(Runner):
         self.binding = self._binding_for(self.sess)
         self.host_x = xs if self.ctx.io == "host" else None
 
-    def _binding_for(self, sess: Any) -> Any:
-        """An IO binding of ``sess`` to this runner's device buffers, every input and output by pointer."""
+    def _binding_for(self, sess: Any, dev_x: Tensors | None = None, dev_outs: list[Any] | None = None) -> Any:
+        """An IO binding of ``sess`` to device buffers (this runner's, or a lane's), every input and output
+        by pointer."""
+        import numpy as np
+
         device, device_id = self.ctx.device, self._device_id
         b = sess.io_binding()
-        for name, x in self.dev_x.items():
+        for name, x in (self.dev_x if dev_x is None else dev_x).items():
             b.bind_input(name, device, device_id, self.feeds[name].dtype, tuple(x.shape), x.data_ptr())
-        for (name, shape, dt), t in zip(self.out_meta, self.dev_outs):
-            b.bind_output(name, device, device_id, dt, tuple(shape), t.data_ptr())
+        for (name, shape, dt), t in zip(self.out_meta, self.dev_outs if dev_outs is None else dev_outs):
+            b.bind_output(name, device, device_id, np.dtype(dt), tuple(shape), t.data_ptr())
         return b
 
     def lanes(self, k: int) -> list[Lane]:
@@ -349,8 +331,6 @@ class OrtRunner(Runner):
         return [self._lane(ort.InferenceSession(path, sess_options=so, providers=providers)) for _ in range(k)]
 
     def _lane(self, sess: Any) -> Lane:
-        import numpy as np
-
         state: dict[str, Any] = {}
         if self.binding is None:
             feeds = {n: a.copy() for n, a in self.feeds.items()}
@@ -360,15 +340,11 @@ class OrtRunner(Runner):
 
             return Lane(run=run_plain, output=lambda: self._arrays(state["y"]))
         torch = self._torch
-        device, device_id = self.ctx.device, self._device_id
+        device = self.ctx.device
         dev_x = {n: x.clone() for n, x in self.dev_x.items()}
         dev_outs = [torch.empty_like(t) for t in self.dev_outs]
         torch.cuda.synchronize() if device == "cuda" else None
-        b = sess.io_binding()
-        for name, x in dev_x.items():
-            b.bind_input(name, device, device_id, self.feeds[name].dtype, tuple(x.shape), x.data_ptr())
-        for (name, shape, dt), t in zip(self.out_meta, dev_outs):
-            b.bind_output(name, device, device_id, np.dtype(dt), tuple(shape), t.data_ptr())
+        b = self._binding_for(sess, dev_x, dev_outs)
         host_x = self.host_x
         stream = torch.cuda.Stream() if device == "cuda" else None
         state["y"] = dev_outs
@@ -468,7 +444,6 @@ class OrtRunner(Runner):
         engine's build or load), then ``iters`` steps as the timed ones ran them. ORT's trace is a
         JSON array of Chrome trace events (session creation and the warm run included)."""
         import tempfile
-        from pathlib import Path
 
         import onnxruntime as ort
 
@@ -492,7 +467,7 @@ class OrtRunner(Runner):
                 self.sess, self.binding = timed
                 del sess
 
-    def extra_columns(self) -> dict[str, Any]:
+    def extra_columns(self) -> Row:
         return {"providers_used": list(getattr(self, "providers_used", [])),
                 "ort_provider_options": json.dumps(getattr(self, "provider_options", {}), sort_keys=True),
                 **getattr(self, "build", {})}

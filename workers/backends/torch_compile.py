@@ -38,6 +38,7 @@ from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runn
 from workers.backends.torch_eager import TorchOptions, eager_lane, layout_skip_reason, prepare_torch
 from workers.contract import Trial
 from workers.models.build import cache_dir
+from workers.row import Row
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
@@ -176,7 +177,7 @@ class TorchCompile(Runner):
 
         return host_outputs(self.y)
 
-    def extra_columns(self) -> dict[str, Any]:
+    def extra_columns(self) -> Row:
         recompiles = int(self._counters["frames"]["total"] - self.frames_after_setup)
         cols = {
             "compile_time_s": self.compile_time_s,

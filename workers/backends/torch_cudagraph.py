@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from workers.backends.base import BackendOptions, Lane, Runner
 from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
 from workers.contract import Trial
+from workers.models.build import Tensors
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
@@ -63,7 +64,7 @@ class TorchCudaGraph(Runner):
         self._to_host = lambda y: map_outputs(lambda t: t.cpu(), y)
         self.y: Any = static_y
 
-    def _capture(self, model: Any, static_x: dict[str, Any]) -> tuple[Any, Any]:
+    def _capture(self, model: Any, static_x: Tensors) -> tuple[Any, Any]:
         """A graph of one call of ``model`` on ``static_x`` (in a memory pool of its own), and its output."""
         import torch
 
@@ -92,7 +93,7 @@ class TorchCudaGraph(Runner):
         torch.cuda.synchronize()
         return out
 
-    def _lane(self, graph: Any, static_x: dict[str, Any], static_y: Any, stream: Any, host_outputs: Any) -> Lane:
+    def _lane(self, graph: Any, static_x: Tensors, static_y: Any, stream: Any, host_outputs: Any) -> Lane:
         import torch
 
         host_x, to_host = self.host_x, self._to_host

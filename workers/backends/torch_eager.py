@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers.backends.base import BackendOptions, Lane, Runner
 from workers.contract import Trial
+from workers.models.build import Tensors
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
@@ -29,7 +30,7 @@ def layout_skip_reason(trial: Trial) -> str | None:
     return None
 
 
-def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, dict[str, Any]]:
+def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Tensors]:
     """The trial's model and inputs by name, on the device, in channels_last when asked (4-D ones).
 
     With ``io: host`` the inputs stay CPU tensors: the copies in are part of every step.
@@ -95,7 +96,7 @@ class TorchEager(Runner):
         self.model = self.x = self.y = None
 
 
-def eager_lane(ctx: Any, model: Any, xs: dict[str, Any], to_host: Any) -> Lane:
+def eager_lane(ctx: Any, model: Any, xs: Tensors, to_host: Any) -> Lane:
     """A lane calling ``model`` (eager or compiled) on its own copy of the inputs, on its own stream."""
     import torch
 

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from workers.measure import nvml
+
 #: While a thread is pinned: the CPUs left for the other threads (``away_from_timing``).
 _others: set[int] | None = None
 
@@ -51,9 +53,7 @@ def timing_cpu(uuid: str | None) -> int | None:
     """The CPU to time GPU ``uuid``'s trials on, or None (off, not Linux, or NVML can't tell)."""
     if os.environ.get("INFER_ORCH_PIN_TIMING", "1") == "0" or not hasattr(os, "sched_setaffinity"):
         return None
-    from workers.measure import envinfo
-
-    nv, h = envinfo._nvml(), envinfo._handle(uuid)
+    nv, h = nvml.load(), nvml.handle(uuid)
     if nv is None or h is None:
         return None
     try:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from workers.measure import nvml
 from workers.row import Row
 
 MIN_WINDOW_S = 1.0
@@ -47,9 +48,7 @@ class NvmlMeter:
     """The GPU ``uuid`` through NVML; every read None where NVML or the GPU can't answer."""
 
     def __init__(self, uuid: str | None) -> None:
-        from workers.measure import envinfo
-
-        self.nv, self.h = envinfo._nvml(), envinfo._handle(uuid)
+        self.nv, self.h = nvml.load(), nvml.handle(uuid)
         self.power_source: str | None = None
         if self.h is None:
             return

@@ -1,8 +1,8 @@
 """Facts about the worker's environment: per run (versions, host, GPU) and per trial (the GPU's
 clocks, temperature and power at the start and end, and whether another process used the GPU).
 
-NVML comes from ``nvidia-ml-py`` (module ``pynvml``), imported lazily: where it is missing or
-fails (no driver, a container without the NVML library) the NVML columns are null, nothing else.
+NVML comes from ``workers.measure.nvml``: where it is missing or fails (no driver, a container
+without the NVML library) the NVML columns are null, nothing else.
 
 Asking costs no torch import: library versions come from the modules where this process has
 imported them (a worker), else from the installed packages (the driver, which never imports
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.measure import nvml
 from workers.row import Row
 
 
@@ -38,27 +39,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.cache
-def _nvml() -> Any:
-    """The initialised pynvml module, or None."""
-    try:
-        import pynvml  # nvidia-ml-py
-
-        pynvml.nvmlInit()
-        return pynvml
-    except Exception:
-        return None
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def driver_version() -> str | None:
-    nv = _nvml()
+    nv = nvml.load()
     if nv is not None:
         try:
-            return _text(nv.nvmlSystemGetDriverVersion())
+            return nvml.text(nv.nvmlSystemGetDriverVersion())
         except Exception:
             pass
     try:
@@ -174,9 +159,19 @@ def device_facts(device: str) -> Row:
     return facts
 
 
-def environment(device: str) -> dict[str, Any]:
+class EnvInfo(Row, total=False):
+    """A process's environment, as the run's Parquet metadata stores it: its version and device columns
+    (as a row has them), and where it ran."""
+
+    host: str
+    pid: int
+    worker: str  # a worker's (the driver's has none)
+    device_error: str  # why its device could not be described
+
+
+def environment(device: str) -> EnvInfo:
     """The run-level environment of this process (for the Parquet schema metadata)."""
-    env: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), **versions()}
+    env: EnvInfo = {"host": socket.gethostname(), "pid": os.getpid(), **versions()}
     try:
         env.update(device_facts(device))
     except Exception as exc:  # a driver that can't see CUDA: say so rather than fail the run
@@ -191,12 +186,12 @@ def visible_gpus() -> list[str] | None:
     Honours ``CUDA_VISIBLE_DEVICES`` as CUDA does: indices or UUID prefixes, up to the first
     entry that names no GPU.
     """
-    nv = _nvml()
+    nv = nvml.load()
     if nv is None:
         return None
     try:
         handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
-        gpus = [(_text(nv.nvmlDeviceGetUUID(h)), _text(nv.nvmlDeviceGetName(h))) for h in handles]
+        gpus = [(nvml.text(nv.nvmlDeviceGetUUID(h)), nvml.text(nv.nvmlDeviceGetName(h))) for h in handles]
     except Exception:
         return None
     mask = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -213,23 +208,13 @@ def visible_gpus() -> list[str] | None:
     return picked
 
 
-def _handle(uuid: str | None) -> Any:
-    nv = _nvml()
-    if nv is None or not uuid:
-        return None
-    try:
-        return nv.nvmlDeviceGetHandleByUUID(uuid)
-    except Exception:
-        return None
-
-
 def gpu_state(uuid: str | None, suffix: str) -> Row:
     """Clocks (MHz), temperature (C) and power (W) of the GPU ``uuid`` now; nulls without NVML."""
     cols: Row = {f"gpu_{k}_{suffix}": None for k in ("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")}
-    h = _handle(uuid)
+    h = nvml.handle(uuid)
     if h is None:
         return cols
-    nv = _nvml()
+    nv = nvml.load()
     reads = {
         "sm_clock_mhz": lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
         "mem_clock_mhz": lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
@@ -250,11 +235,11 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     Inside a container NVML reports host PIDs, so our own PID may not be among them; then one
     process is taken to be us (this process holds a context on the GPU during the trial).
     """
-    h = _handle(uuid)
+    h = nvml.handle(uuid)
     if h is None:
         return None
     try:
-        pids = [int(p.pid) for p in _nvml().nvmlDeviceGetComputeRunningProcesses(h)]
+        pids = [int(p.pid) for p in nvml.load().nvmlDeviceGetComputeRunningProcesses(h)]
     except Exception:
         return None
     me = os.getpid()
@@ -265,11 +250,11 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
 
 def gpu_utilization(uuid: str | None) -> int | None:
     """NVML's utilization of GPU ``uuid`` now: the % of its last sample period in which a kernel ran."""
-    h = _handle(uuid)
+    h = nvml.handle(uuid)
     if h is None:
         return None
     try:
-        return int(_nvml().nvmlDeviceGetUtilizationRates(h).gpu)
+        return int(nvml.load().nvmlDeviceGetUtilizationRates(h).gpu)
     except Exception:
         return None
 

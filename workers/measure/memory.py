@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 
+from workers.measure import nvml
 from workers.row import Row
 
 SAMPLE_S = 0.01
@@ -102,12 +103,10 @@ class HostPeak:
 
 def process_gpu_memory(uuid: str | None) -> tuple[int | None, str | None]:
     """(bytes, None) of this process's memory on GPU ``uuid`` as NVML counts it, or (None, why not)."""
-    from workers.measure import envinfo
-
-    nv = envinfo._nvml()
+    nv = nvml.load()
     if nv is None:
         return None, "NVML unavailable (nvidia-ml-py missing or no driver)"
-    h = envinfo._handle(uuid)
+    h = nvml.handle(uuid)
     if h is None:
         return None, f"NVML has no handle for GPU {uuid}"
     try:

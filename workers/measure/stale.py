@@ -18,7 +18,7 @@ output" error and no latency. ``parity.check: false`` turns this check off too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypedDict
 
 from workers.contract import Trial
 from workers.measure.parity import REFERENCE, ParityFailure, compare, named, nonfinite, reference_output
@@ -28,7 +28,15 @@ SECOND_SEED_OFFSET = 1
 COLUMNS = ("stale_reference", "stale_max_rel_err")
 
 
-def probe(runner: Any) -> dict[str, Any] | None:
+class Probe(TypedDict):
+    """What ``probe`` kept of the second input's step."""
+
+    seed: int
+    output: Any  # the runner's output (an array, or arrays by name)
+    reference: tuple[str, Any] | None  # the runner's own (what, reference output), if it has one
+
+
+def probe(runner: Any) -> Probe | None:
     """On a live runner, after timing (its timed output already read): feed the second input, step
     once, and keep that output (and the runner's own reference, if it has one). None: not checked."""
     trial = runner.ctx.trial
@@ -37,10 +45,10 @@ def probe(runner: Any) -> dict[str, Any] | None:
     seed = trial.seed + SECOND_SEED_OFFSET
     runner.feed(seed)
     runner.step()
-    return {"seed": seed, "output": runner.output(), "reference": runner.stale_reference(seed)}
+    return Probe(seed=seed, output=runner.output(), reference=runner.stale_reference(seed))
 
 
-def check(trial: Trial, device: str, store: Any, got: dict[str, Any] | None, first: Any,
+def check(trial: Trial, device: str, store: Any, got: Probe | None, first: Any,
           modelless: bool) -> Row:
     """The stale columns for a ``probe``'s result; raises ParityFailure ("stale output") when the
     second input's output is off its reference. ``first``: the timed input's output."""

@@ -24,9 +24,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.contract import ModelSpec
+
+if TYPE_CHECKING:  # torch: imported where a model is built, never by the driver
+    import torch
+
+#: Tensors by name: a model's inputs (the one-input form: ``{"input": x}``), or its outputs.
+Tensors = dict[str, "torch.Tensor"]
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 #: Bumped whenever the weights a spec builds to change (part of the export cache key).
@@ -95,7 +101,7 @@ class ModelStore:
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, torch.nn.Module] = {}
         self._refs: dict[Any, Any] = {}
 
     def holds(self, spec: ModelSpec) -> bool:
@@ -235,7 +241,7 @@ def make_input(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: 
 
 
 def make_inputs(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed: int,
-                axes: dict[str, int]) -> dict[str, Any]:
+                axes: dict[str, int]) -> Tensors:
     """Every input of the trial by name, seeded, the same on every backend. A model of the one-input
     form has one, ``input`` (``make_input``'s); the others' are filled as their ``InputSpec`` says,
     in order from one generator, floating ones in the trial's dtype."""
@@ -259,7 +265,7 @@ def make_inputs(spec: ModelSpec, batch_size: int, dtype: str, device: str, seed:
     return out
 
 
-def call_model(spec: ModelSpec, model: Any, inputs: dict[str, Any]) -> Any:
+def call_model(spec: ModelSpec, model: Any, inputs: Tensors) -> Any:
     """``model`` called on ``inputs``: by name (``forward(input_ids=..., ...)``), or by position for
     the one-input form and ``pass_inputs: positional``."""
     if not spec.inputs or spec.pass_inputs == "positional":
@@ -267,7 +273,7 @@ def call_model(spec: ModelSpec, model: Any, inputs: dict[str, Any]) -> Any:
     return model(**inputs)
 
 
-def flat_outputs(y: Any, prefix: str = "") -> dict[str, Any]:
+def flat_outputs(y: Any, prefix: str = "") -> Tensors:
     """A model's tensor outputs by name: one tensor is ``output``; a tuple or list gives ``output0``,
     ``output1``...; a dict (or a ModelOutput) its keys, nested ones joined with dots. Other values
     (None, Python numbers) are left out."""
@@ -275,7 +281,7 @@ def flat_outputs(y: Any, prefix: str = "") -> dict[str, Any]:
 
     if isinstance(y, torch.Tensor):
         return {prefix or "output": y}
-    out: dict[str, Any] = {}
+    out: Tensors = {}
     if isinstance(y, dict) or (hasattr(y, "keys") and hasattr(y, "__getitem__")):
         for k in y.keys():
             out.update(flat_outputs(y[k], f"{prefix}.{k}" if prefix else str(k)))

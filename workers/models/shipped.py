@@ -8,9 +8,21 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from workers.models.build import cache_dir
+
+
+class Shipment(TypedDict):
+    """The run's own files of one model, as the driver ships them (``orchestrator.run.shipping``)."""
+
+    digest: str  # of the content: the folder's name in the node's cache
+    main: str  # the ONNX file among them (a module's: its folder)
+    files: dict[str, Any]  # relative name -> the Ray ObjectRef of its bytes
+
+
+#: What a worker is given: shipments by kind (``onnx``, ``python``), then by model reference or module.
+Shipped = dict[str, dict[str, Shipment]]
 
 
 def top_module(ref: str) -> str:
@@ -18,7 +30,7 @@ def top_module(ref: str) -> str:
     return ref.partition(":")[0].split(".")[0]
 
 
-def local_copy(entry: dict[str, Any]) -> Path:
+def local_copy(entry: Shipment) -> Path:
     """The folder holding the shipped files on this node, written there first if it isn't yet.
 
     The files are written into a temporary folder that is renamed into place, so a neighbour
@@ -46,12 +58,12 @@ def local_copy(entry: dict[str, Any]) -> Path:
     return final
 
 
-def onnx_file(entry: dict[str, Any]) -> str:
+def onnx_file(entry: Shipment) -> str:
     """This node's copy of a shipped ONNX file (and its external data, beside it)."""
     return str(local_copy(entry) / entry["main"])
 
 
-def use_module(entry: dict[str, Any]) -> None:
+def use_module(entry: Shipment) -> None:
     """Put this node's copy of a shipped module first on ``sys.path`` (once)."""
     folder = str(local_copy(entry))
     if folder not in sys.path:

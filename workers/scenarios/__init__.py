@@ -27,8 +27,8 @@ from pydantic_core import PydanticCustomError
 
 from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
-__all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "label", "names", "of",
-           "register", "registry", "tag", "unregister", "using"]
+__all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "is_registered", "label",
+           "names", "of", "register", "registry", "tag", "unregister", "unregistered", "using"]
 
 
 def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
@@ -119,9 +119,30 @@ def get(name: str) -> type[Scenario]:
 
 
 def of(row: Row | Any) -> type[Scenario]:
-    """The scenario of a row (a null ``scenario``: a run older than scenarios, the default) or of a trial."""
-    name = row.get("scenario") if isinstance(row, Mapping) else getattr(row, "scenario", None)
-    return get(name or DEFAULT)
+    """The scenario of a row (a null ``scenario``: a run older than scenarios, the default) or of a trial.
+
+    A row of a scenario not registered here (read back from a run made with a scenario of its own)
+    gets a stand-in: see ``unregistered``; a trial's must be registered (KeyError)."""
+    if isinstance(row, Mapping):
+        name = row.get("scenario") or DEFAULT
+        return _registry().get(name) or unregistered(name)
+    return get(getattr(row, "scenario", None) or DEFAULT)
+
+
+@functools.cache
+def unregistered(name: str) -> type[Scenario]:
+    """The stand-in for a stored row's scenario that is not registered here: judged on the default
+    scenario's figures and rules, shown under its own name (its rows group apart), in the results
+    table only (no plot: what its figures mean is its own module's)."""
+    base = _registry()[DEFAULT]
+    doc = f"{name}: not registered here; its rows are judged as {DEFAULT} rows."
+    return type(f"Unregistered_{name}", (base,), {"name": name, "report": "table", "__doc__": doc,
+                                                   "__module__": __name__})
+
+
+def is_registered(row: Row) -> bool:
+    """Whether a row's scenario is registered here (a null one is the default's)."""
+    return (row.get("scenario") or DEFAULT) in _registry()
 
 
 def tag(row: Row) -> str:

@@ -136,8 +136,8 @@ class Scenario:
     #: the validity rules on the spread of one-at-a-time latencies apply (``workers.measure.validity``)
     spread_rules: ClassVar[bool] = False
     #: where its rows go in the HTML report: "latency" (latency vs batch size), "capacity" (throughput
-    #: vs latency curves) or "peak" (the peak-rate table)
-    report: ClassVar[Literal["latency", "capacity", "peak"]] = "capacity"
+    #: vs latency curves), "peak" (the peak-rate table) or "table" (the results table only)
+    report: ClassVar[Literal["latency", "capacity", "peak", "table"]] = "capacity"
     #: capacity curves: its points' marker, and whether each point is labelled with its concurrency
     curve_marker: ClassVar[str] = "s"
     curve_labels_concurrency: ClassVar[bool] = False
