@@ -195,3 +195,22 @@ def test_report_gives_samples_per_joule_next_to_samples_per_second():
     assert COLUMNS.index("samples/J") == COLUMNS.index("samples/s") + 1
     assert cells["samples/s"] == "4000.0" and cells["samples/J"] == "40.0"
     assert dict(zip(COLUMNS, row_cells({**row, "energy_j_per_sample": None})))["samples/J"] == "-"
+
+
+def test_a_load_run_is_its_own_energy_window_per_request_and_per_sample():
+    clock = Clock()
+    meter = FakeMeter(clock, watts=250.0)
+    window = energy.LoadWindow(meter, clock=clock)
+    with window:
+        clock.t += 2.0  # the run: 400 requests of batch 8 in 2 s
+    out = window.columns(requests=400, batch_size=8)
+    assert out["energy_method"] == "nvml_energy_counter: the measured run"
+    assert out["energy_j_per_request"] == pytest.approx(250 * 2.0 / 400)
+    assert out["energy_j_per_sample"] == pytest.approx(250 * 2.0 / 3200)
+    assert out["gpu_power_w_avg"] == pytest.approx(250) and out["energy_iters"] == 400
+    short = energy.LoadWindow(meter, clock=clock)
+    with short:
+        clock.t += 0.2
+    got = short.columns(requests=40, batch_size=8)
+    assert got["energy_j_per_request"] is None and "under the counter's 1 s" in got["energy_note"]
+    assert energy.LoadWindow(None).columns(1, 1)["energy_note"] == "not a GPU trial"

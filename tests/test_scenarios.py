@@ -128,6 +128,29 @@ def test_find_peak_brackets_the_highest_rate_within_the_bound():
     assert row["latency_ms_p99"] <= bound  # the row's latency figures are the found rate's run
 
 
+def test_confident_find_peak_extends_a_probe_too_short_to_decide():
+    # 15 requests can't show 1 in 100 over the bound with 95% confidence: the probe is run again at
+    # the same rate with twice the requests, and not passed meanwhile
+    settings = {"name": "find-peak", "latency_bound_ms": 40 * 2.0, "min_requests": 15, "min_duration_s": 0.05}
+    trial = sleep_trial({**settings, "confident": True}, measure={"max_time_s": 6}, step_s=0.002)
+    assert trial.trial_id != sleep_trial(settings, step_s=0.002).trial_id
+    assert sleep_trial({**settings, "confident": False}, step_s=0.002).trial_id == \
+        sleep_trial(settings, step_s=0.002).trial_id  # off, the default: today's ids
+    row = run(trial)
+    assert row["status"] == "ok", row["error"]
+    assert row["confident"] is True
+    rates, requests, verdicts = row["probe_rates"], row["probe_requests"], row["probe_verdicts"]
+    assert verdicts[0] == "undecided" and row["probe_passed"][0] is False
+    assert rates[1] == rates[0] and requests[1] >= 2 * requests[0]
+    for upper, verdict, n in zip(row["probe_p99_upper_ms"], verdicts, requests):
+        assert verdict != "pass" or (upper is not None and upper <= 80.0 and n >= 270)
+    if row["peak_rate"] is not None:
+        assert row["latency_ms_p99_upper"] <= 80.0 and row["effective_requests"] >= 1
+    else:
+        assert verdicts[-1] == "undecided" and not any(row["probe_passed"])
+        assert row["valid"] is False and "could not be decided with confidence" in row["invalid_reasons"][0]
+
+
 @pytest.mark.parametrize("scenario, message", [
     ("{name: ofline}", "scenario.name[0]: Input should be 'single-stream', 'offline', 'server' or 'find-peak'"),
     ("{name: server, rates: [100, 0]}", "scenario.rates[1]: Input should be greater than 0"),

@@ -295,6 +295,17 @@ def test_concurrent_counts_the_other_busy_workers_on_the_same_node():
     assert {tid: o.concurrent for tid, o in r.by_id().items()} == {"t0": 0, "t1": 1, "t2": 0, "t3": 1}
 
 
+def test_busy_max_counts_the_most_trials_on_the_node_while_a_trial_ran_neighbours_that_came_later_too():
+    r = Run([trial(f"t{i}") for i in range(5)], workers={"w0": "n0", "w1": "n0", "w2": "n1"})
+    r.ok("w0")  # t3 goes to w0 while w1 runs on n0
+    r.ok("w1")  # t4 goes to w1 while t3 runs
+    r.ok("w0")  # t3 ends: t4 runs alone from here, but had a neighbour while it ran
+    for name in ("w1", "w2"):
+        r.ok(name)
+    got = {tid: (o.concurrent, o.busy_max) for tid, o in r.by_id().items()}
+    assert got == {"t0": (0, 2), "t1": (1, 2), "t2": (0, 1), "t3": (1, 2), "t4": (1, 2)}
+
+
 def test_a_trial_that_finished_in_time_is_not_timed_out_later():
     r = Run([trial("t1", timeout_s=5.0), trial("t2", timeout_s=50.0)])
     r.clock.t += 4

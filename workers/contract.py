@@ -236,6 +236,7 @@ class Trial:
     latency_bound_ms: float | None = None  # server (optional), find-peak (required): the p99 bound
     min_duration_s: float = 2.0  # offline, server: a run lasts at least this long...
     min_requests: int = 200  # ...and completes at least this many requests
+    confident: bool = False  # find-peak: judge each probe on the p99's upper confidence bound
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -267,7 +268,7 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
 ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
-                                   "min_requests": 200}
+                                   "min_requests": 200, "confident": False}
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
@@ -367,7 +368,8 @@ def scenario_columns(trial: Trial) -> Row:
             "concurrency": trial.concurrency if "concurrency" in used else None,
             "target_rate": trial.rate if "rate" in used else None,
             "arrival": trial.arrival if "arrival" in used else None,
-            "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None}
+            "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None,
+            "confident": trial.confident if "confident" in used else None}
 
 
 def fed_inputs(trial: Trial) -> list[InputsItem]:

@@ -123,6 +123,7 @@ class Row(TypedDict, total=False):
     host_rss_peak_bytes: int | None
     host_rss_peak_method: str | None
     energy_j_per_sample: float | None
+    energy_j_per_request: float | None
     gpu_power_w_avg: float | None
     energy_method: str | None
     energy_window_s: float | None
@@ -142,6 +143,7 @@ class Row(TypedDict, total=False):
     node_ip: str | None
     cpus_per_worker: float | None
     concurrent_trials: int | None
+    node_trials_busy_max: int | None
     compile_time_s: float | None
     compile_cache_warm: bool | None
     graph_breaks: int | None
@@ -155,6 +157,9 @@ class Row(TypedDict, total=False):
     arrival: str | None
     latency_bound_ms: float | None
     requests: int | None
+    latency_ms_p99_upper: float | None
+    effective_requests: float | None
+    confident: bool | None
     measured_s: float | None
     schedule_rate: float | None
     achieved_rate: float | None
@@ -172,3 +177,6 @@ class Row(TypedDict, total=False):
     probe_rates: list[float] | None
     probe_p99_ms: list[float] | None
     probe_passed: list[bool] | None
+    probe_p99_upper_ms: list[float] | None
+    probe_requests: list[int] | None
+    probe_verdicts: list[str] | None

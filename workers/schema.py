@@ -177,10 +177,13 @@ _ENERGY: list[tuple[str, pa.DataType, str]] = [
     ("energy_j_per_sample", _F64, "GPU trials: the GPU's energy per sample, J (whole board, every process on "
                                   "it: see contended), over the energy window; null where NVML can't tell "
                                   "(energy_note says why)"),
+    ("energy_j_per_request", _F64, "GPU trials: the GPU's energy per request (batch_size samples), J, over the "
+                                   "energy window"),
     ("gpu_power_w_avg", _F64, "GPU trials: average power over the energy window, W"),
     ("energy_method", _STR, "what gave the energy: nvml_energy_counter (the cumulative counter) over the timed "
                             "loop, or over iterations after timing when the timed loop was shorter than 1 s; "
-                            "or sampled power integrated, where there is no counter"),
+                            "or sampled power integrated, where there is no counter; load scenarios: the "
+                            "counter over the measured run (find-peak: its last passing probe)"),
     ("energy_window_s", _F64, "seconds of the energy window"),
     ("energy_iters", _I64, "iterations in the energy window (the timed ones, or extra untimed ones)"),
     ("energy_j_per_sample_integral", _F64, "the cross-check: power sampled every 10 ms (NVML's instantaneous "
@@ -218,6 +221,9 @@ _CLUSTER: list[tuple[str, pa.DataType, str]] = [
     ("cpus_per_worker", _F64, "CPUs Ray reserved for the worker (plan's cpus_per_worker, or an even split "
                               "of the node); torch's intra-op threads follow it"),
     ("concurrent_trials", _I64, "how many other trials were running on the same node when this one started"),
+    ("node_trials_busy_max", _I64, "the most trials running on this trial's node at once while it ran, itself "
+                                   "included (the scheduler's count, from dispatch to its end: an upper bound "
+                                   "for its timed window); one GPU per worker: the node's busy GPUs"),
 ]
 
 #: Compilation and engine builds (torch.compile, TensorRT).
@@ -247,6 +253,12 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("arrival", _STR, "server, find-peak: poisson (exponential gaps, seeded) or constant gaps"),
     ("latency_bound_ms", _F64, "server (optional), find-peak: the bound on p99 request latency, ms"),
     ("requests", _I64, "offline, server: requests completed in the measured run (each of batch_size samples)"),
+    ("latency_ms_p99_upper", _F64, "offline, server, find-peak: the 95% upper confidence bound on the p99 "
+                                   "latency, counting requests by their effective number (effective_requests); "
+                                   "null when the run is too short to bound it"),
+    ("effective_requests", _F64, "offline, server, find-peak: requests over the latencies' integrated "
+                                 "autocorrelation time: how many independent requests the run is worth"),
+    ("confident", _BOOL, "find-peak: each rate was judged on latency_ms_p99_upper, not the p99 itself"),
     ("measured_s", _F64, "offline: the measured window, first issue to last completion; server: the run's "
                          "start (arrivals are counted from it) to the last completion, s"),
     ("schedule_rate", _F64, "server: the generated schedule's own rate, (n - 1) / (last - first arrival), "
@@ -270,6 +282,11 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("probe_rates", pa.list_(_F64), "find-peak: every server rate tried, in order, requests/s"),
     ("probe_p99_ms", pa.list_(_F64), "find-peak: p99 latency of each rate tried, ms"),
     ("probe_passed", pa.list_(_BOOL), "find-peak: whether each rate tried met the bound and kept its schedule"),
+    ("probe_p99_upper_ms", pa.list_(_F64), "find-peak: the p99's upper confidence bound of each rate tried, ms "
+                                           "(null where too few requests)"),
+    ("probe_requests", pa.list_(_I64), "find-peak: requests served in each run tried"),
+    ("probe_verdicts", pa.list_(_STR), "find-peak: each run's verdict: pass, fail, or undecided (confident only: "
+                                       "run again at the same rate with twice the requests)"),
 ]
 
 COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO

@@ -64,6 +64,7 @@ class ScenarioPoint(TypedDict, total=False):
     latency_bound_ms: float
     min_duration_s: float
     min_requests: int
+    confident: bool
 
 
 def _used(settings: scenarios.Settings, name: str) -> list[str]:

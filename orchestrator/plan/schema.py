@@ -42,6 +42,7 @@ A plan, all keys shown::
       latency_bound_ms: null     # p99 bound: required for find-peak, optional for server
       min_duration_s: 2          # offline, server: at least this long...
       min_requests: 200          # ...and at least this many requests
+      confident: false           # find-peak: judge each rate on the p99's upper confidence bound
     budgets:                     # limits a trial must meet (JUnit: a missed one fails the case)
       - {max_latency_ms: 50}     # every trial: median latency at most 50 ms
       - {model: resnet50, batch_size: 1, max_p99_ms: 8, min_throughput: 150}
@@ -149,6 +150,8 @@ class ScenarioSettings(Strict):
     """The p99 latency bound, ms: required for find-peak; for server, a row over it is not valid."""
     min_duration_s: float | None = Field(None, gt=0)
     min_requests: int | None = Field(None, ge=1, le=10_000_000)
+    confident: bool | None = None
+    """find-peak: judge each probe on the p99's 95% upper confidence bound, not its point estimate."""
 
 
 def _scenario_from_yaml(v: Any) -> Any:

@@ -114,6 +114,7 @@ class Worker:
     job: Job | None = None  # while busy or doubtful
     deadline: float = INF  # starting: to answer; busy: timeout_s; doubtful: end of the grace
     concurrent: int = 0  # other trials busy on its node when its trial was dispatched
+    busy_max: int = 0  # the most trials busy on its node at once while its trial ran (itself included)
     start_failures: int = 0  # in a row
     cause: str = ""  # while doubtful: Ray's account
 
@@ -131,6 +132,7 @@ class Outcome:
     attempt: int
     earlier_errors: tuple[str, ...]
     concurrent: int  # other trials running on the worker's node when it was dispatched
+    busy_max: int = 0  # the most trials running on its node at once while it ran, itself included
 
 
 class Pool(Protocol):
@@ -303,6 +305,11 @@ class Dispatcher:
         if state is State.BUSY:
             self._busy_nodes[w.node] += 1
             self._busy_models[w.model] += 1
+            busy = self._busy_nodes[w.node]
+            w.busy_max = busy
+            for other in self._by_state[State.BUSY].values():  # its neighbours now run beside one more
+                if other.node == w.node and other.busy_max < busy:
+                    other.busy_max = busy
         self._by_state[w.state].pop(w.name, None)
         self._by_state[state][w.name] = w
         w.state, w.deadline = state, deadline
@@ -403,7 +410,7 @@ class Dispatcher:
                  w: Worker | None, replaced: bool) -> Outcome:
         earlier = tuple(self._errors.get(job.trial_id, ()))
         return Outcome(job, status, error, row, w.name if w else None, replaced, len(earlier) + 1, earlier,
-                       w.concurrent if w else 0)
+                       w.concurrent if w else 0, w.busy_max if w else 0)
 
 
 def poisons_context(row: dict[str, Any]) -> bool:

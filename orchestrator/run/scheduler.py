@@ -15,9 +15,9 @@ dispatcher waits up to ``NODE_DEATH_GRACE_S`` for Ray to say whether the node di
 Each :class:`dispatch.Outcome` becomes a row here: the worker's own, or one built from the trial for
 a trial that ended without one; ``facts`` (worker name -> columns, from ``cluster.Seat.columns``)
 are added, with ``concurrent_trials``: how many other trials were running on the same node when this
-one was dispatched. Free workers get their next trial before the finished rows are written, so no
-GPU waits on the driver's disk. The workers belong to the scheduler once given: it kills every one
-it still holds when it returns.
+one was dispatched, and ``node_trials_busy_max``: the most running there at once while it ran. Free
+workers get their next trial before the finished rows are written, so no GPU waits on the driver's
+disk. The workers belong to the scheduler once given: it kills every one it still holds when it returns.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def _row(outcome: Outcome, facts: dict[str, Row], run: Row) -> Row:
     row.update(attempt=outcome.attempt, earlier_errors=list(outcome.earlier_errors),
                timeout_s=outcome.job.timeout_s, worker_replaced=outcome.replaced)
     if outcome.worker is not None:
-        row.update(facts.get(outcome.worker, {}), concurrent_trials=outcome.concurrent)
+        row.update(facts.get(outcome.worker, {}), concurrent_trials=outcome.concurrent,
+                   node_trials_busy_max=outcome.busy_max or None)
     for key, value in run.items():
         row.setdefault(key, value)  # type: ignore[misc]
     return row

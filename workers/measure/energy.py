@@ -10,8 +10,14 @@ Two sources, from NVML:
   processes during timing) and integrated (trapezoids): the fallback where there is no counter,
   and the cross-check where there is.
 
-The window is the timed loop itself when it lasts at least ``MIN_WINDOW_S`` (the counter is read
-as the loop starts and ends; nothing runs beside it, so timing is untouched). A shorter timed loop
+Load scenarios (offline, server, find-peak) read the counter as their measured run starts and
+ends (``LoadWindow``): the energy at the load the run served, every lane's requests in it; a
+find-peak row's is its last passing probe's (the run its other figures come from). A run shorter
+than ``MIN_WINDOW_S`` gets null columns and a note: no extra iterations, since those would not be at
+the run's load.
+
+The window of one request at a time is the timed loop itself when it lasts at least ``MIN_WINDOW_S``
+(the counter is read as the loop starts and ends; nothing runs beside it, so timing is untouched). A shorter timed loop
 is too short for the counter's resolution: the energy is then measured over more iterations run
 after the timed ones, for at least ``MIN_WINDOW_S``, with the sampler beside them (they are not
 timed, so the thread costs the measurement nothing). Where neither source answers, the columns
@@ -30,7 +36,8 @@ from workers.row import Row
 MIN_WINDOW_S = 1.0
 SAMPLE_S = 0.01
 
-COLUMNS = ("energy_j_per_sample", "gpu_power_w_avg", "energy_method", "energy_window_s", "energy_iters",
+COLUMNS = ("energy_j_per_sample", "energy_j_per_request", "gpu_power_w_avg", "energy_method", "energy_window_s",
+           "energy_iters",
            "energy_j_per_sample_integral", "energy_note")
 
 
@@ -145,7 +152,8 @@ def columns(meter: Meter, timed: TimedWindow, iters: int, batch_size: int, step:
     if got is not None:
         joules, seconds = got
         out.update(energy_method="nvml_energy_counter: timed loop", energy_window_s=seconds, energy_iters=iters,
-                   energy_j_per_sample=joules / (iters * batch_size), gpu_power_w_avg=joules / seconds)
+                   energy_j_per_sample=joules / (iters * batch_size), energy_j_per_request=joules / iters,
+                   gpu_power_w_avg=joules / seconds)
         return out
     if meter.energy_mj() is None and meter.power_source is None:
         return {**out, "energy_note": "NVML reports neither an energy counter nor power for this GPU"}
@@ -166,11 +174,47 @@ def columns(meter: Meter, timed: TimedWindow, iters: int, batch_size: int, step:
     if e0 is not None and e1 is not None:
         joules = (e1 - e0) / 1000.0
         out.update(energy_method="nvml_energy_counter: iterations after timing", energy_j_per_sample=joules / samples,
-                   gpu_power_w_avg=joules / seconds)
+                   energy_j_per_request=joules / n, gpu_power_w_avg=joules / seconds)
     elif integral is not None:
         out.update(energy_method=f"{meter.power_source} power sampled every {SAMPLE_S * 1e3:g} ms: iterations "
                                  "after timing", energy_j_per_sample=integral / samples,
-                   gpu_power_w_avg=integral / seconds)
+                   energy_j_per_request=integral / n, gpu_power_w_avg=integral / seconds)
     else:
         out["energy_note"] = "NVML's counter and power reads failed during the energy window"
     return out
+
+
+class LoadWindow:
+    """The counter read as a load run starts and ends (``with window:`` around it); ``columns`` gives
+    the energy columns for the requests it served (each of ``batch_size`` samples)."""
+
+    def __init__(self, meter: Meter | None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.meter, self.clock = meter, clock
+        self.marks: list[tuple[float, float | None]] = []
+
+    def __enter__(self) -> LoadWindow:
+        if self.meter is not None:
+            self.marks = [(self.clock(), self.meter.energy_mj())]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.meter is not None:
+            self.marks.append((self.clock(), self.meter.energy_mj()))
+
+    def columns(self, requests: int, batch_size: int) -> Row:
+        out: Row = dict.fromkeys(COLUMNS)
+        if self.meter is None:
+            return {**out, "energy_note": "not a GPU trial"}
+        if len(self.marks) != 2 or self.marks[0][1] is None or self.marks[1][1] is None:
+            return {**out, "energy_note": "NVML reports no energy counter for this GPU (load scenarios read "
+                                          "the counter alone)"}
+        (t0, e0), (t1, e1) = self.marks
+        seconds = t1 - t0
+        if seconds < MIN_WINDOW_S or requests < 1:
+            return {**out, "energy_window_s": seconds,
+                    "energy_note": f"the measured run lasted {seconds:.3g} s, under the counter's {MIN_WINDOW_S:g} s"}
+        joules = (e1 - e0) / 1000.0  # type: ignore[operator]
+        out.update(energy_method="nvml_energy_counter: the measured run", energy_window_s=seconds,
+                   energy_iters=requests, energy_j_per_request=joules / requests,
+                   energy_j_per_sample=joules / (requests * batch_size), gpu_power_w_avg=joules / seconds)
+        return out

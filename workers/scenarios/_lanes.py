@@ -31,6 +31,7 @@ to completion (its own stream synchronized). Policy, in the order it runs::
             passed = p99 <= bound and achieved_rate within 1% of schedule_rate
             lo, hi = (r, hi) if passed else (lo, r)
         peak_rate = lo (the highest rate that passed; null if none), peak_rate_fail = the lowest that failed
+        (workers.scenarios._peak; with ``confident``, each probe judged on the p99's upper bound)
 
 ``throughput`` is samples per second as each scenario defines it: offline, completed samples over
 the window; server, achieved_rate * batch_size; find-peak, peak_rate * batch_size.
@@ -50,7 +51,7 @@ import numpy as np
 
 from workers.backends.base import Lane
 from workers.contract import Trial
-from workers.measure import memory, stats
+from workers.measure import energy, memory, p99bound, stats
 from workers.row import Row
 from workers.scenarios._session import Harness, LaneThreads
 from workers.scenarios.base import DEFAULT, Measured
@@ -59,10 +60,6 @@ from workers.scenarios.base import DEFAULT, Measured
 SPIN_S = 0.001
 #: A request that started more than this after it could have is counted in ``late_requests``.
 LATE_S = 0.001
-#: find-peak stops when its bracket is this narrow, relative to its upper end.
-PEAK_REL_TOL = 0.02
-#: find-peak's offline capacity run: this share of the trial's time, at most min_duration_s.
-CAPACITY_SHARE = 0.1
 
 
 def _wait_until(deadline: float) -> None:
@@ -128,6 +125,7 @@ class Run:
     #: returns them, as ``time.perf_counter`` times (``t0``, the run's start, on that clock)
     marks: list[Any] = field(default_factory=list)
     t0: float = 0.0
+    window: energy.LoadWindow | None = None  # the energy counter around the run
 
     @property
     def service_ms(self) -> np.ndarray:
@@ -139,8 +137,10 @@ class Run:
         return (self.end - base) * 1e3
 
 
-def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float) -> Run:
-    """Every lane busy until both minimums are met (or ``max_s`` passed)."""
+def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float,
+            meter: energy.Meter | None = None) -> Run:
+    """Every lane busy until both minimums are met (or ``max_s`` passed); ``meter``: the GPU's energy
+    counter, read as the run starts and ends (``Run.window``)."""
     k = len(threads.lanes)
     records: list[list[tuple[float, float, Any]]] = [[] for _ in range(k)]
     completed = itertools.count(1)  # next() is one C call under the GIL: a shared count without a lock
@@ -160,18 +160,21 @@ def offline(threads: LaneThreads, min_requests: int, min_s: float, max_s: float)
             append((s, e, marks))
             done = next(completed)
 
-    threads.run(job)
+    window = energy.LoadWindow(meter)
+    with window:
+        threads.run(job)
     base = t0[0]
     rows = sorted(((s - base, e - base, i, m) for i, rec in enumerate(records) for s, e, m in rec),
                   key=lambda r: r[:3])
     a = np.asarray([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
     end = a[:, 1]
-    window = float(end.max()) if end.size else 0.0
-    return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window,
-               hit_max_time=bool(len(rows) < min_requests or window < min_s), marks=[r[3] for r in rows], t0=base)
+    window_s, energy_window = (float(end.max()) if end.size else 0.0), window
+    return Run(start=a[:, 0], end=end, lane=a[:, 2].astype(np.int64), window_s=window_s,
+               hit_max_time=bool(len(rows) < min_requests or window_s < min_s), marks=[r[3] for r in rows], t0=base,
+               window=energy_window)
 
 
-def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
+def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float, meter: energy.Meter | None = None) -> Run:
     """Requests at their scheduled arrivals, FIFO, served by the first free lane; stops taking new
     requests ``max_s`` after the start (the rest of the schedule is then unserved).
 
@@ -204,7 +207,9 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
             e = clock()
             append((r, s, e, marks))
 
-    threads.run(job)
+    window = energy.LoadWindow(meter)
+    with window:
+        threads.run(job)
     base = t0[0]
     start, end, lag = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     lanes = np.full(n, -1, dtype=np.int64)
@@ -222,7 +227,7 @@ def server(threads: LaneThreads, arrivals: np.ndarray, max_s: float) -> Run:
     return Run(start=start[served], end=end[served], lane=lanes[served], arrival=arrivals[served],
                lag=lag[served], scheduled=n, hit_max_time=bool(served.sum() < n),
                window_s=float(np.nanmax(end)) if served.any() else 0.0,
-               marks=[m for m, ok in zip(marks, served.tolist()) if ok], t0=base)
+               marks=[m for m, ok in zip(marks, served.tolist()) if ok], t0=base, window=window)
 
 
 def server_columns(run: Run) -> Row:
@@ -256,8 +261,11 @@ def kept_schedule(cols: Row, rate_tol: float) -> bool:
 def run_columns(run: Run, batch_size: int, seed: int) -> Row:
     """The columns every offline or server row has: latency statistics, requests, per-request arrays."""
     lat = stats.latency_stats(run.latency_ms.tolist(), batch_size, seed=seed)
+    joules = run.window.columns(len(run.end), batch_size) if run.window else dict.fromkeys(energy.COLUMNS)
+    order = np.argsort(run.arrival if run.arrival is not None else run.start, kind="stable")
     return {
-        **lat, "iters": len(run.end), "samples_ms": run.latency_ms.tolist(), "requests": len(run.end),
+        **lat, **joules, **p99bound.columns(run.latency_ms[order]), "iters": len(run.end),
+        "samples_ms": run.latency_ms.tolist(), "requests": len(run.end),
         "measured_s": run.window_s, "timed_s": run.window_s, "hit_max_time": run.hit_max_time,
         "service_ms_mean": float(run.service_ms.mean()), "request_start_s": run.start.tolist(),
         "request_end_s": run.end.tolist(), "request_service_ms": run.service_ms.tolist(),
@@ -265,9 +273,11 @@ def run_columns(run: Run, batch_size: int, seed: int) -> Row:
     }
 
 
-def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -> tuple[Row, Run]:
-    arrivals = schedule(rate, trial.arrival, trial.seed, trial.min_requests, trial.min_duration_s)
-    run = server(threads, arrivals, max_s)
+def server_at(threads: LaneThreads, trial: Trial, rate: float, max_s: float, meter: energy.Meter | None = None,
+              min_requests: int | None = None) -> tuple[Row, Run]:
+    """One server run at ``rate`` (at least ``min_requests``, default the trial's): its columns and its record."""
+    arrivals = schedule(rate, trial.arrival, trial.seed, min_requests or trial.min_requests, trial.min_duration_s)
+    run = server(threads, arrivals, max_s, meter)
     if not len(run.end):
         raise RuntimeError(f"the server run at {rate:g} requests/s served no request within {max_s:g} s")
     cols = {**run_columns(run, trial.batch_size, trial.seed), **server_columns(run)}
@@ -275,53 +285,21 @@ def _server_run(threads: LaneThreads, trial: Trial, rate: float, max_s: float) -
     return cols, run
 
 
-def find_peak(threads: LaneThreads, trial: Trial, rate_tol: float) -> Row:
-    """Bisection over server runs for the highest rate whose p99 is within the bound (see the module's doc)."""
-    budget = trial.measure.max_time_s
-    t_start = time.perf_counter()
-    cap_run = offline(threads, 1, min(trial.min_duration_s, CAPACITY_SHARE * budget), budget)
-    cap = len(cap_run.end) / cap_run.window_s
-    lo, hi, fail = 0.0, cap, None
-    best: Row | None = None
-    lowest_fail: Row | None = None  # the row's figures when no rate passed
-    rates, p99s, passed = [], [], []
-    while (hi - lo) > PEAK_REL_TOL * hi:
-        r = (lo + hi) / 2
-        n = max(trial.min_requests, math.ceil(r * trial.min_duration_s))
-        left = budget - (time.perf_counter() - t_start)
-        if n / r > left:
-            break  # the next run would not fit in the trial's time: the bracket stays as it is
-        cols, _ = _server_run(threads, trial, r, left)
-        ok = kept_schedule(cols, rate_tol) and cols["latency_ms_p99"] <= trial.latency_bound_ms
-        rates.append(r)
-        p99s.append(cols["latency_ms_p99"])
-        passed.append(ok)
-        if ok:
-            lo, best = r, cols
-        else:
-            hi = fail = r
-            lowest_fail = cols
-    out = dict(best or lowest_fail or {})
-    out.update(peak_rate=lo if best else None, peak_rate_fail=fail, probe_rates=rates, probe_p99_ms=p99s,
-               probe_passed=passed, throughput=lo * trial.batch_size if best else None)
-    return out
-
-
-def offline_run(threads: LaneThreads, trial: Trial) -> Row:
+def offline_run(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = None) -> Row:
     """An offline run's row columns."""
-    run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s)
+    run = offline(threads, trial.min_requests, trial.min_duration_s, trial.measure.max_time_s, meter)
     cols = run_columns(run, trial.batch_size, trial.seed)
     cols["achieved_rate"] = len(run.end) / run.window_s
     cols["throughput"] = cols["achieved_rate"] * trial.batch_size
     return cols
 
 
-def server_run(threads: LaneThreads, trial: Trial) -> Row:
+def server_run(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = None) -> Row:
     """A server run's row columns, at the trial's rate."""
-    return _server_run(threads, trial, float(trial.rate), trial.measure.max_time_s)[0]
+    return server_at(threads, trial, float(trial.rate), trial.measure.max_time_s, meter)[0]
 
 
-def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
+def measure(h: Harness, run: Callable[[LaneThreads, Trial, energy.Meter | None], Row]) -> Measured:
     """Set the runner and its lanes up, warm them, ``run`` the scenario on them, and return the
     row's columns and every lane's output (each is parity-checked)."""
     trial, ctx = h.trial, h.ctx
@@ -333,7 +311,8 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
             warm = warm_up(s.threads, trial.measure.warmup_iters)  # type: ignore[arg-type]
             warmup_s = time.perf_counter() - t_warm
             s.watch()
-            cols = run(s.threads, trial)  # type: ignore[arg-type]
+            meter = energy.NvmlMeter(s.gpu_uuid) if h.on_gpu else None
+            cols = run(s.threads, trial, meter)  # type: ignore[arg-type]
             gpu = s.gpu_columns()
             outputs = [lane.output() for lane in s.threads.lanes]  # type: ignore[union-attr]
             after = s.after()
@@ -341,8 +320,7 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial], Row]) -> Measured:
         host_peak = host_mem.finish()
     only = f"{DEFAULT} trials only (this one: {trial.scenario})"
     out = {"warmup_iters": warm, "setup_s": s.setup_s, "warmup_s": warmup_s, "repeats": 1,
-           "gpu_mem_peak_bytes": after.peak, **after.memory, **host_peak, **gpu, **ctx.facts, **after.extra, **cols,
-           "energy_note": f"energy is measured for {only}"}
+           "gpu_mem_peak_bytes": after.peak, **after.memory, **host_peak, **gpu, **ctx.facts, **after.extra, **cols}
     if trial.profile:
         out["profile_error"] = f"profiles are recorded for {only}"
     return Measured(columns=out, outputs=outputs)

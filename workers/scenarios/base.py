@@ -41,6 +41,7 @@ class Settings(TypedDict):
     latency_bound_ms: list[float] | None
     min_duration_s: float | None
     min_requests: int | None
+    confident: bool | None
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ DEFAULT = "single-stream"
 #: The trial fields scenarios may use, by name (``Trial``'s scenario parameters), with their settings keys.
 PARAMS = {p.field: p for p in (Param("concurrency", "concurrency"), Param("rate", "rates"),
                                Param("arrival", "arrival"), Param("latency_bound_ms", "latency_bound_ms"),
-                               Param("min_duration_s", "min_duration_s"), Param("min_requests", "min_requests"))}
+                               Param("min_duration_s", "min_duration_s"), Param("min_requests", "min_requests"),
+                               Param("confident", "confident"))}
 
 
 class TrialSpec(Protocol):

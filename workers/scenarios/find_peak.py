@@ -1,6 +1,7 @@
 """find-peak: the highest arrival rate whose p99 latency stays within a bound, by bisection between
-server runs (``workers.scenarios._lanes.find_peak``). Judged on the peak rate; its interval is the
-bisection's bracket."""
+server runs (``workers.scenarios._peak.find_peak``). Judged on the peak rate; its interval is the
+bisection's bracket. With ``confident: true``, each probe is judged on the p99's upper confidence
+bound rather than the point estimate (``workers.measure.p99bound``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 class FindPeak(Scenario):
     name = "find-peak"
     order = 3
-    fields = ("concurrency", "arrival", "latency_bound_ms", "min_duration_s", "min_requests")
+    fields = ("concurrency", "arrival", "latency_bound_ms", "min_duration_s", "min_requests", "confident")
     figures = (Figure("peak_rate", "peak req/s", "higher"),)
     widen_by_noise = False  # its brackets are its interval
     report = "peak"
@@ -33,10 +34,10 @@ class FindPeak(Scenario):
     def measure(cls, h: Harness) -> Measured:  # type: ignore[override]
         import functools
 
-        from workers.scenarios import _lanes
+        from workers.scenarios import _lanes, _peak
         from workers.scenarios.server import RATE_TOL
 
-        return _lanes.measure(h, functools.partial(_lanes.find_peak, rate_tol=RATE_TOL))
+        return _lanes.measure(h, functools.partial(_peak.find_peak, rate_tol=RATE_TOL))
 
     @classmethod
     def reasons(cls, row: Row, trial: Trial) -> list[str]:
@@ -44,6 +45,9 @@ class FindPeak(Scenario):
         if row.get("peak_rate") is not None:
             return []
         tried = row.get("probe_rates") or []
+        if (row.get("probe_verdicts") or [None])[-1] == "undecided":
+            return [f"no peak: the last of {len(tried)} rate(s) tried could not be decided with confidence within "
+                    "measure.max_time_s; give the trial more time"]
         return [f"no peak: none of the {len(tried)} rate(s) tried met p99 <= {trial.latency_bound_ms:g} ms"
                 if tried else "no peak: no server run fitted in measure.max_time_s"]
 
