@@ -349,8 +349,16 @@ def report(
              "with the most ok trials].")] = None,
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
+    target_rate: Annotated[float | None, typer.Option(help="Requests/s to serve: GPUs per configuration.")] = None,
+    headroom: Annotated[float, typer.Option(help="Size for the target rate times 1 + this (0.2 = 20%).")] = 0.0,
+    price: Annotated[list[str] | None, typer.Option(
+        help="USD per GPU-hour of an accelerator, a word of device_name, e.g. H100=3.50 (repeatable).")] = None,
+    sort: Annotated[str, typer.Option(help="Order of the sizing table: gpus, cost or energy.")] = "gpus",
+    fmt: Annotated[str, typer.Option("--format", help="table, or json (the report as data, on stdout).")] = "table",
 ) -> None:
-    """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
+    """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline; sizing and
+    the Pareto front of its load rows."""
+    from orchestrator.answers import deploy
     from orchestrator.answers.report import (
         counts_text,
         html_report,
@@ -365,9 +373,17 @@ def report(
     from workers.schema import SCHEMA
 
     try:
+        if fmt not in ("table", "json"):
+            raise InputError(f"--format {fmt}: expected table or json")
+        ask = deploy.Ask.from_options(target_rate, headroom, price, sort)
         if html is not None:
             check_hidden(html, run_dir, "--html")
         rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
+        ask.with_plan(run_dir)
+        deploy.answers(rows, ask)  # a price that matches no GPU, a target without peaks: said before any output
+        if fmt == "json":
+            print(deploy.json_text(rows, ask))
+            return
         baseline, baseline_note = resolve_baseline(rows, baseline)
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))
@@ -383,8 +399,11 @@ def report(
             console.print(peaks)
             for line in serving_answers(rows):
                 console.print(escape(line), highlight=False)
+        tables, notes = deploy.terminal(rows, ask)
+        for item in [*tables, *map(escape, notes)]:
+            console.print(item, highlight=False)
         if html is not None:
-            page = html_report(run_dir, baseline, report_path=html)
+            page = html_report(run_dir, baseline, report_path=html, ask=ask)
             try:
                 html.parent.mkdir(parents=True, exist_ok=True)
                 html.write_text(page, encoding="utf-8")

@@ -29,6 +29,7 @@ import html
 from collections import defaultdict
 from pathlib import Path
 
+from orchestrator.answers.deploy import Ask, html_sections
 from orchestrator.answers.plots import curves, plots
 from orchestrator.answers.tables import (
     COLUMNS,
@@ -73,7 +74,7 @@ th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:left;vertical-a
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.first td{border-top:2px solid #bbb}
 .ok{color:#1a7f37}.skipped{color:#9a6700}.invalid{color:#9a6700;font-weight:600}.bad{color:#cf222e;font-weight:600}
 figure{margin:1em 0}svg{max-width:100%;height:auto}pre{background:#f6f8fa;padding:1em;overflow:auto}
-.muted{color:#666}
+.muted{color:#666}tr.best td{font-weight:600}
 """
 
 
@@ -136,12 +137,13 @@ def _environment(rows: list[Row], info: RunInfo) -> str:
     return f"<table>{trs}</table>{plan_html}"
 
 
-def html_report(run_dir: str | Path, baseline: str | None = None, report_path: str | Path | None = None) -> str:
+def html_report(run_dir: str | Path, baseline: str | None = None, report_path: str | Path | None = None,
+                ask: Ask | None = None) -> str:
     """The whole report of one run directory as one HTML document (no scripts, no external files).
 
     Trials with a profile link to it (_profiles/ in the run directory), relative to ``report_path``,
     where the page will be written (default: inside the run directory). ``baseline``: see
-    :func:`resolve_baseline`."""
+    :func:`resolve_baseline`; ``ask``: the sizing options (``orchestrator.answers.deploy``)."""
     rows = load_results(run_dir).to_pylist()
     report_dir = Path(report_path).parent if report_path is not None else Path(run_dir)
     info = run_info(run_dir)
@@ -190,6 +192,7 @@ def html_report(run_dir: str | Path, baseline: str | None = None, report_path: s
                 for section, cap, svg in figures if section == key]
         if figs:
             parts.append(f"<h2>{heading}</h2>" + "".join(figs))
+    parts.append(html_sections(rows, ask or Ask()))
     parts.append("<h2>Environment</h2>" + _environment(rows, info))
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"

@@ -65,6 +65,7 @@ A plan, all keys shown::
     retries: 0                   # tries again of a trial whose worker died or that timed out
                                  # (both may also be set on a matrix.backends entry)
     max_trials: 100000           # a plan expanding to more (counted before exclude) is refused
+    prices: {H100: 3.50}         # USD per GPU-hour (an example), for report's cost per million requests
 
 Numbers have ranges a result column can hold and that make sense (batch sizes and dims up to
 MAX_DIM, iterations up to MAX_ITERS, no infinities); any other integer is at most 64 bits.
@@ -296,6 +297,8 @@ class Plan(Strict):
     budgets: list[BudgetRule] = Field(default_factory=list)
     scenario: ScenarioField = Field(default_factory=ScenarioSettings)
     max_trials: int = Field(MAX_TRIALS, ge=1, le=100_000_000)
+    prices: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    """USD per GPU-hour by accelerator (a word of gpu_name): ``report``'s cost per million requests."""
     """A plan expanding to more trials than this (before ``exclude``) is refused before expanding."""
 
 

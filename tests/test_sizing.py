@@ -1,0 +1,169 @@
+"""`report`'s deployment answers on hand-made rows in a real run directory: GPUs needed, cost and energy
+per million requests, which figure sizing uses, the Pareto front (dominated points out, ties kept),
+the JSON and HTML forms (the page checked in headless Chromium), and bad input refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from headless import find_chromium, load
+from helpers import cli
+
+from orchestrator.answers import pareto, sizing
+from orchestrator.answers.deploy import Ask, as_json
+from orchestrator.answers.report import html_report
+from orchestrator.errors import InputError
+from orchestrator.results.read import load_results
+
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+
+
+def peak(tid, label, gpu, rate, fail, p99, bs=1, c=4, joules=None, busy=None, valid=True, model="resnet50", **more):
+    return {"trial_id": tid, "plan": "hand", "model": model, "backend": label.split("-tuned")[0], "label": label,
+            "batch_size": bs, "dtype": "fp16", "io": "device", "scenario": "find-peak", "concurrency": c,
+            "latency_bound_ms": 5.0, "status": "ok", "valid": valid, "peak_rate": rate, "peak_rate_fail": fail,
+            "latency_ms_p99": p99, "throughput": rate * bs, "device_name": gpu, "energy_j_per_request": joules,
+            "node_trials_busy_max": busy, **more}
+
+
+ROWS = [
+    peak("a", "torch-cudagraph", H100, 2800.0, 2850.0, 4.1, joules=0.1, busy=1),
+    peak("b", "ort-tuned", H200, 3500.0, 3560.0, 4.5, bs=8, c=2, joules=0.08, busy=1),
+    peak("c1", "torch-eager", H100, 1000.0, 1020.0, 3.0, c=1, busy=1),   # alone ...
+    peak("c2", "torch-eager", H100, 900.0, 920.0, 3.2, c=1, busy=4),     # ... and with 3 neighbours busy
+    peak("d", "torch-compile", H100, 5000.0, 5100.0, 4.9, valid=False),  # not a figure to act on
+    {**peak("e", "torch-eager", H100, 1.0, 1.0, 1.0), "scenario": "offline", "peak_rate": None,
+     "throughput": 3000.0, "latency_ms_p99": 2.0, "concurrency": 8, "latency_bound_ms": None},
+    {**peak("f", "torch-eager", H100, 1.0, 1.0, 1.0), "scenario": "server", "peak_rate": None,
+     "throughput": 500.0, "latency_ms_p99": 2.5, "target_rate": 500.0, "latency_bound_ms": None},
+]
+
+
+def write_run(tmp_path, rows, plan_yaml=None):
+    from orchestrator.results.sink import ResultSink
+
+    out = tmp_path / "run"
+    sink = ResultSink(out, "hand-1", plan_yaml, metadata={"device": "cuda"})
+    for row in rows:
+        sink.write({**row, "trial_id": hashlib.sha256(row["trial_id"].encode()).hexdigest()[:16]})
+    sink.flush()
+    sink.compact()
+    return out
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return write_run(tmp_path, ROWS)
+
+
+def test_prices_match_a_word_of_the_gpu_name():
+    prices = {"H100": 3.5, "h200": 5.0}
+    assert sizing.price_for(H100, prices) == ("H100", 3.5)
+    assert sizing.price_for("NVIDIA H100-SXM", prices) == ("H100", 3.5)
+    assert sizing.price_for(H200, prices) == ("h200", 5.0)  # the key's case doesn't matter
+    assert sizing.price_for("NVIDIA H1000", prices) is None and sizing.price_for(None, prices) is None
+    assert sizing.price_for("NVIDIA H100 NVL", {"H100": 3.5, "H100 NVL": 4.0}) == ("H100 NVL", 4.0)
+
+
+def test_gpus_needed_cost_and_energy_per_million_requests(run_dir):
+    rows = load_results(run_dir).to_pylist()
+    lines = sizing.size(rows, target=10_000, headroom=0.2, prices={"H100": 3.5, "H200": 5.0})
+    by = {s.label: s for s in lines}
+    assert set(by) == {"torch-cudagraph", "ort-tuned", "torch-eager"}  # the invalid row is left out
+    a, b, eager = by["torch-cudagraph"], by["ort-tuned"], by["torch-eager"]
+    assert a.gpus == 5 and b.gpus == 4  # ceil(12,000 / 2,800), ceil(12,000 / 3,500)
+    assert a.usd_per_m == pytest.approx(3.5 / (2800 * 3600) * 1e6)  # 0.347 USD per million requests
+    assert b.usd_per_m == pytest.approx(5.0 / (3500 * 3600) * 1e6)
+    assert a.kwh_per_m == pytest.approx(0.1 * 1e6 / 3.6e6) and eager.kwh_per_m is None
+    assert (a.rate, a.rate_high) == (2800.0, 2850.0)
+    # the busy-node figure is the one used, and the line says so
+    assert (eager.rate, eager.measured) == (900.0, "4 GPUs busy") and a.measured == "alone"
+    assert [s.best for s in lines].count(True) == 1 and b.best  # the most requests/s per GPU
+    assert [s.label for s in lines] == ["ort-tuned", "torch-cudagraph", "torch-eager"]  # fewest GPUs first
+    by_cost = sizing.size(rows, 10_000, 0.2, {"H100": 3.5, "H200": 5.0}, sort="cost")
+    assert [s.label for s in by_cost] == ["torch-cudagraph", "ort-tuned", "torch-eager"]
+    (note,) = sizing.differences(by_cost)
+    assert "fastest per GPU is ort-tuned bs=8 c=2" in note and "cheapest per million requests is " \
+        "torch-cudagraph bs=1 c=4 (0.3472 USD on NVIDIA H100 80GB HBM3)" in note
+
+
+def test_the_pareto_front_leaves_out_dominated_points_and_keeps_ties():
+    def pt(config, tp, p99, model="m", dtype="fp16"):
+        return pareto.Point(model, dtype, config, tp, p99)
+
+    pts = [pt("fast", 200, 2.0), pt("fast-twin", 200, 2.0), pt("low-latency", 50, 0.5), pt("middle", 100, 1.0),
+           pt("slower-and-later", 150, 3.0), pt("same-rate-later", 200, 2.5), pt("more-latency-no-gain", 100, 1.5),
+           pt("other-dtype", 10, 9.0, dtype="fp32")]
+    on = {p.config for p in pareto.mark(pts) if p.front}
+    assert on == {"fast", "fast-twin", "low-latency", "middle", "other-dtype"}
+
+
+def test_the_front_of_a_run_takes_every_load_row_and_its_json_says_both(run_dir):
+    rows = load_results(run_dir).to_pylist()
+    front = {(p.config, p.throughput) for p in pareto.front(rows)}
+    # offline c=8 serves 3,000 samples/s at 2 ms: it dominates the eager peaks and the server point
+    assert ("torch-eager bs=1 c=8 offline", 3000.0) in front
+    assert ("ort-tuned bs=8 c=2 find-peak", 28000.0) in front
+    assert not any(c.startswith("torch-eager bs=1 c=1") for c, _ in front)
+    assert not any("torch-compile" in c for c, _ in front)  # invalid: not a point
+    doc = as_json(rows, Ask(target=10_000, prices={"H100": 3.5}))
+    assert {p["config"] for p in doc["pareto"]} == {c for c, _ in front}
+    assert {s["label"]: s["gpus"] for s in doc["sizing"]}["torch-cudagraph"] == 4
+
+
+def test_cli_report_json_and_table_with_the_plan_s_prices(tmp_path):
+    out = write_run(tmp_path, ROWS, plan_yaml="name: hand\nprices: {H200: 5.0}\n")
+    proc = cli("report", out, "--format", "json", "--target-rate", "10000", "--price", "H100=3.50")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ask"]["prices"] == {"H200": 5.0, "H100": 3.5}
+    cost = {s["label"]: s["usd_per_m"] for s in doc["sizing"]}
+    assert cost["ort-tuned"] == pytest.approx(0.3968, rel=1e-3) and doc["pareto"]
+    proc = cli("report", out, "--target-rate", "10000", "--price", "H100=3.50", "--sort", "cost")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "Sizing" in text and "Pareto front" in text and "the cheapest per million requests is" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--price", "H100"], "--price 'H100': expected ACCELERATOR=USD per GPU-hour, e.g. --price H100=3.50"),
+    (["--price", "H100=abc"], "--price 'H100=abc': expected ACCELERATOR=USD per GPU-hour"),
+    (["--price", "H100=-1"], "--price 'H100=-1': the price must be more than 0 USD per GPU-hour"),
+    (["--target-rate", "0"], "--target-rate 0: must be more than 0 requests/s"),
+    (["--headroom", "-0.1"], "--headroom -0.1: must be at least 0"),
+    (["--price", "B200=4"], "price 'B200' matches no GPU of the run (the key must be a word of device_name; its GPUs: "
+                            "NVIDIA H100 80GB HBM3, NVIDIA H200)"),
+])
+def test_bad_sizing_input_is_one_located_line_and_exit_2(run_dir, args, message):
+    proc = cli("report", run_dir, *args)
+    assert proc.returncode == 2, proc.stdout
+    assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing printed before the refusal
+
+
+def test_a_target_without_peak_rows_is_refused(tmp_path):
+    out = write_run(tmp_path, ROWS[-2:])  # offline and server rows only
+    proc = cli("report", out, "--target-rate", "100")
+    assert proc.returncode == 2 and "--target-rate 100: the run has no peak rates to size with" in proc.stderr
+    with pytest.raises(InputError, match="--sort cost: no prices"):
+        sizing.size(load_results(write_run(tmp_path / "2", ROWS)).to_pylist(), sort="cost")
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_the_page_shows_sizing_and_the_front_offline_in_headless_chromium(run_dir, tmp_path):
+    from test_report import SMALLEST_TEXT
+
+    page = tmp_path / "report.html"
+    text = html_report(run_dir, ask=Ask(target=10_000, prices={"H100": 3.5, "H200": 5.0}))
+    page.write_text(text)
+    assert "<h2>Sizing</h2>" in text and "<h2 id=pareto>Pareto front</h2>" in text
+    assert "resnet50 fp16: throughput per GPU against p99 latency" in text
+    loaded = load(page.as_uri(), width=1400, expression=SMALLEST_TEXT)
+    (tmp_path / "report.png").write_bytes(loaded.screenshot)
+    assert loaded.console_errors == [] and loaded.requests == [page.as_uri()]
+    assert loaded.value >= 8, f"the smallest chart text renders {loaded.value:.1f} px tall"
+    labels = load(page.as_uri(), width=1400, expression="Array.from(document.querySelectorAll('svg text'))"
+                  ".map(t => t.textContent).join('|')").value
+    assert "ort-tuned bs=8 c=2 find-peak" in labels and "torch-eager bs=1 c=8 offline" in labels
