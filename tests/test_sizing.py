@@ -104,8 +104,8 @@ def test_the_front_of_a_run_takes_every_load_row_and_its_json_says_both(run_dir)
     rows = load_results(run_dir).to_pylist()
     front = {(p.config, p.throughput) for p in pareto.front(rows)}
     # offline c=8 serves 3,000 samples/s at 2 ms: it dominates the eager peaks and the server point
-    assert ("torch-eager bs=1 c=8 offline", 3000.0) in front
-    assert ("ort-tuned bs=8 c=2 find-peak", 28000.0) in front
+    assert ("torch-eager bs=1 c=8 offline on NVIDIA H100 80GB HBM3", 3000.0) in front
+    assert ("ort-tuned bs=8 c=2 find-peak on NVIDIA H200", 28000.0) in front
     assert not any(c.startswith("torch-eager bs=1 c=1") for c, _ in front)
     assert not any("torch-compile" in c for c, _ in front)  # invalid: not a point
     doc = as_json(rows, Ask(target=10_000, prices={"H100": 3.5}))
@@ -166,4 +166,4 @@ def test_the_page_shows_sizing_and_the_front_offline_in_headless_chromium(run_di
     assert loaded.value >= 8, f"the smallest chart text renders {loaded.value:.1f} px tall"
     labels = load(page.as_uri(), width=1400, expression="Array.from(document.querySelectorAll('svg text'))"
                   ".map(t => t.textContent).join('|')").value
-    assert "ort-tuned bs=8 c=2 find-peak" in labels and "torch-eager bs=1 c=8 offline" in labels
+    assert "ort-tuned bs=8 c=2 find-peak on NVIDIA H200" in labels and "torch-eager bs=1 c=8 offline on" in labels

@@ -2,10 +2,11 @@
 
 Every ok load row (the scenarios whose rows go to the capacity and peak sections) of a model and
 dtype is a point: throughput per GPU (the row's ``throughput``, samples/s: one trial is one GPU)
-against its p99 latency (ms). A point is on the front unless another of the same model and dtype
-has at least its throughput and at most its p99, and is better in one of them: two points equal in
-both stay on it together (ties kept). A row that is not valid is not a point (it's not a figure to
-act on).
+against its p99 latency (ms); in a run on several GPU models each point's configuration names its
+GPU (``device_name``), as points of different accelerators share a front. A point is on the front
+unless another of the same model and dtype has at least its throughput and at most its p99, and is
+better in one of them: two points equal in both stay on it together (ties kept). A row that is not
+valid is not a point (it's not a figure to act on).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Point:
     config: str  # label, batch size, requests in flight, scenario (and rate where it has one)
     throughput: float  # samples/s per GPU
     p99_ms: float
+    gpu: str | None = None  # the row's device_name
     front: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -50,7 +52,11 @@ def points(rows: list[Row]) -> list[Point]:
                 or r.get("throughput") is None or r.get("latency_ms_p99") is None):
             continue
         out.append(Point(model=f"{r.get('model')} {axes_text(r)}".strip(), dtype=str(r.get("dtype")),
-                         config=_config(r), throughput=float(r["throughput"]), p99_ms=float(r["latency_ms_p99"])))
+                         config=_config(r), throughput=float(r["throughput"]), p99_ms=float(r["latency_ms_p99"]),
+                         gpu=r.get("device_name")))
+    if len({p.gpu for p in out}) > 1:  # several accelerators: each point says which
+        for p in out:
+            p.config += f" on {p.gpu or '?'}"
     return out
 
 
