@@ -167,3 +167,14 @@ def test_the_page_shows_sizing_and_the_front_offline_in_headless_chromium(run_di
     labels = load(page.as_uri(), width=1400, expression="Array.from(document.querySelectorAll('svg text'))"
                   ".map(t => t.textContent).join('|')").value
     assert "ort-tuned bs=8 c=2 find-peak on NVIDIA H200" in labels and "torch-eager bs=1 c=8 offline on" in labels
+
+
+def test_a_plan_s_prices_are_checked_where_the_plan_is():
+    from orchestrator.errors import PlanError
+    from orchestrator.plan.schema import parse_plan
+
+    plan = {"name": "p", "device": "cpu", "models": ["torchvision:resnet18"],
+            "matrix": {"batch_sizes": [1], "backends": ["sleep"]}}
+    assert parse_plan({**plan, "prices": {"H100": 3.5}}).prices == {"H100": 3.5}
+    with pytest.raises(PlanError, match=r"prices\.H100: Input should be greater than 0 \(got -1\)"):
+        parse_plan({**plan, "prices": {"H100": -1}})
