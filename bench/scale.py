@@ -117,7 +117,7 @@ def make_plan(trials: int, trial_s: float, faults: float = 0.0, modes: list[str]
 def check(out: Path, plan_path: Path, expected: dict[str, int]) -> dict[str, Any]:
     """What the run in ``out`` stored, against the plan: ids once each, the status counts."""
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import load_plan
+    from orchestrator.plan.load import load_plan
     from orchestrator.results.read import load_results
 
     t = load_results(out, columns=["trial_id", "status", "started_at", "duration_s", "worker", "node_id"])

@@ -223,7 +223,7 @@ def run(
                           f"{escape(repr(table))}", highlight=False)
         raise typer.Exit(code=2)
     from orchestrator.plan.expand import expand, with_profiles
-    from orchestrator.plan.schema import load_plan
+    from orchestrator.plan.load import load_plan
 
     try:
         if dry_run:
@@ -479,7 +479,7 @@ def validate(
     Every plan is checked, also after a bad one; the exit code is that of the first bad plan.
     """
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import load_plan
+    from orchestrator.plan.load import load_plan
     from orchestrator.run.shipping import check_factories
 
     first_error: InferOrchError | None = None

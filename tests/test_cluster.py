@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, PlanError
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from orchestrator.run import cluster
 
 PLAN = """\

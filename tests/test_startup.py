@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
+from orchestrator.plan.load import load_plan
 from orchestrator.run import cluster
 from orchestrator.run.api import needs_torch, run_plan
 

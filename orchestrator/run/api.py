@@ -26,7 +26,8 @@ import yaml
 from orchestrator.answers import budgets
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
 from orchestrator.plan.expand import expand, with_profiles
-from orchestrator.plan.schema import Plan, load_plan
+from orchestrator.plan.load import load_plan
+from orchestrator.plan.schema import Plan
 from orchestrator.results.resume import open_resume, resume_command
 from orchestrator.results.sink import (
     SAMPLE_COLUMNS,
