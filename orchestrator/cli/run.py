@@ -65,7 +65,7 @@ def run(
     except InferOrchError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt as stop:  # before run_plan had Ray to start (reading the plan, checks)
-        from orchestrator.run.api import stopped_while_starting
+        from orchestrator.run.stops import stopped_while_starting
 
         raise fail(stopped_while_starting(stop)) from None
     try:

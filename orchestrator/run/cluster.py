@@ -107,7 +107,7 @@ def connect(address: str | None = None) -> bool:
 def _keep_sigterm_handler():
     """Within it, ``ray.init`` leaves this process's SIGTERM handler as it is. Ray sets its own as it
     starts (``sys.exit(15)``: a run stopped then exited 15 with no word) and again as its driver
-    connects (exit 1); infer-orch's (``orchestrator.run.api.catch_sigterm``) takes Ctrl-C's way out,
+    connects (exit 1); infer-orch's (``orchestrator.run.stops.catch_sigterm``) takes Ctrl-C's way out,
     which also stops a Ray that is half started. A Ray without ``set_sigterm_handler`` is left as is."""
     try:
         from ray._private import utils
