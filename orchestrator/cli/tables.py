@@ -74,7 +74,6 @@ def summary_table(rows: list[Row]) -> Table:
     return t
 
 
-
 def _config(r: Row) -> str:
     from orchestrator.answers.report import axes_text
 
@@ -135,7 +134,6 @@ def print_results(rows: list[Row], mode: str, out: Path) -> None:
     if more > 0:
         console.print(f"... and {more} more not ok (--table full lists every row; the rows are in {out})",
                       highlight=False)
-
 
 
 def compare_table(items: list[Verdict], confidence: float) -> Table:

@@ -97,9 +97,9 @@ def check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
                             f"than measure.max_time_s ({limit:g} s), plus setup time")
 
 
-
-def axes_shorthand(matrix: dict[str, Any], source: str) -> dict[str, Any]:
-    """``matrix.<axis>_lens: [...]`` is short for ``matrix.axes: {<axis>: [...]}`` (``seq_lens`` fills ``seq``)."""
+def axes_shorthand(matrix: dict[Any, Any], source: str) -> dict[Any, Any]:
+    """``matrix.<axis>_lens: [...]`` is short for ``matrix.axes: {<axis>: [...]}`` (``seq_lens`` fills ``seq``);
+    ``matrix`` as the YAML has it (its keys may be any scalar: the schema refuses those not a key)."""
     short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5]
     if not short:
         return matrix
@@ -141,7 +141,6 @@ def check_axes(plan: Plan, source: str, aliases: dict[str, str] | None = None) -
             key = (aliases or {}).get(a, f"axes.{a}")
             raise PlanError(f"{source}: matrix.{key}: no model has an axis named '{a}'"
                             + (f" (their axes: {', '.join(sorted(used))})" if used else ""))
-
 
 
 def check_hf_axes(plan: Plan, source: str) -> None:

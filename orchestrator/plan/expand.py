@@ -24,7 +24,7 @@ from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value
 from orchestrator.plan.settings import merged_settings
 from workers import scenarios
 from workers.config import did_you_mean
-from workers.contract import ModelSpec, Trial, trial_id
+from workers.contract import BudgetLimits, ModelSpec, Trial, trial_id
 
 
 @functools.cache
@@ -41,9 +41,9 @@ def model_digest(model: ModelSpec) -> str:
     return _file_digest(model.ref) if model.kind == "onnx" else model.ref
 
 
-def _budgets(plan: Plan, trial: Trial, e: int, entry: Any) -> tuple[dict[str, Any], ...]:
+def _budgets(plan: Plan, trial: Trial, e: int, entry: Any) -> tuple[BudgetLimits, ...]:
     """The limits that apply to ``trial``, each with where the plan set it (not part of the id)."""
-    found = [{"where": f"budgets[{i}]", **rule.limits()} for i, rule in enumerate(plan.budgets)
+    found: list[BudgetLimits] = [{"where": f"budgets[{i}]", **rule.limits()} for i, rule in enumerate(plan.budgets)
              if rule.matches(trial)]
     if entry.budgets is not None:
         found.append({"where": f"matrix.backends[{e}].budgets", **entry.budgets.limits()})

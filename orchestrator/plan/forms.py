@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-from orchestrator.plan.inputs import inputs_form_model, model_axes, uses_inputs_form
+from orchestrator.plan.inputs import InputFields, ModelFields, inputs_form_model, model_axes, uses_inputs_form
 from orchestrator.plan.messages import model_error
 from orchestrator.plan.onnxfile import onnx_file_inputs, onnx_input_shape
 from workers.models import zoo
@@ -92,7 +92,7 @@ def model_from_yaml(item: Any, base_dir: str) -> Any:
     return {"kind": kind, "ref": ref, "name": name, "input_shape": shape, **rest}
 
 
-def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
+def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> ModelFields:
     """ModelSpec fields of an ``hf:`` model: its inputs from the architecture's table entry
     (``workers.models.hf``), token ids drawn below its vocabulary size; no transformers import."""
     from workers.models import hf
@@ -126,15 +126,13 @@ def _hf_model(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
     conf = hf.settings(arch, local, overrides)
     if "image" in conf:
         axes = {"image": conf["image"], **axes}
-    inputs = []
+    inputs: list[InputFields] = []
     for i in arch.inputs:
-        entry = {**i, "shape": tuple(i["shape"]), "low": None, "high": None, "value": None}
-        if i["fill"] == "randint":
-            entry.update(low=0, high=conf["vocab_size"])
-        inputs.append(entry)
+        randint = i["fill"] == "randint"
+        inputs.append({**i, "shape": tuple(i["shape"]), "low": 0 if randint else None,
+                       "high": conf["vocab_size"] if randint else None, "value": None})
     name = rest.pop("name", Path(ref).name if local else ref)
     return {"kind": "hf", "ref": ref, "name": name, "inputs": inputs, "axes": axes, "overrides": overrides, **rest}
-
 
 
 def _check_torchvision(ref: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import ValidationError
 
@@ -19,6 +19,33 @@ _FLOATS = ("float32", "float16", "bfloat16")
 UNNAMED = "?"
 
 
+class InputFields(TypedDict):
+    """An ``InputSpec``'s fields for one input, checked."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    fill: str
+    low: float | None
+    high: float | None
+    value: float | None
+
+
+class ModelFields(TypedDict, total=False):
+    """``ModelSpec`` fields of a model as the plan wrote it (keys it doesn't know pass through, for
+    ``ModelSpec`` to refuse by name)."""
+
+    kind: str
+    ref: str
+    name: str
+    input_shape: Any  # as the plan wrote it: ModelSpec checks it
+    input_name: str
+    inputs: list[InputFields]
+    axes: dict[str, int]
+    pass_inputs: str
+    overrides: dict[str, bool | int | float | str]
+
+
 class PlanInput(StrictModel):
     """One entry of a model's ``inputs`` as the plan writes it (an ONNX file's supplies the rest)."""
 
@@ -29,7 +56,6 @@ class PlanInput(StrictModel):
     low: float | None = None
     high: float | None = None
     value: float | None = None
-
 
 
 def uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> bool:
@@ -46,7 +72,6 @@ def uses_inputs_form(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -
     return len(found) != 1 or found[0][1] not in ("float32", "float16")
 
 
-
 def _default_fill(name: str, dtype: str) -> str:
     """Attention masks are ones (a random 0/1 mask can blank whole rows and give NaN); floats are
     normal; integers are random in [low, high); booleans are ones."""
@@ -55,7 +80,7 @@ def _default_fill(name: str, dtype: str) -> str:
     return "normal" if dtype in _FLOATS else "randint"
 
 
-def _input_entry(where: str, raw: PlanInput, dtype: str, shape: list[int | str]) -> dict[str, Any]:
+def _input_entry(where: str, raw: PlanInput, dtype: str, shape: list[int | str]) -> InputFields:
     """An ``InputSpec``'s fields for one input, its fill checked against its dtype."""
     fill = raw.fill or _default_fill(raw.name, dtype)
     low, high = raw.low, raw.high
@@ -115,7 +140,7 @@ def model_axes(rest: dict[str, Any]) -> dict[str, int]:
     return axes
 
 
-def inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
+def inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str) -> ModelFields:
     """ModelSpec fields for a model of the inputs form (a ``python:`` factory or an ONNX file)."""
     rest = dict(rest)
     if kind == "torchvision":
@@ -162,7 +187,7 @@ def inputs_form_model(kind: str, ref: str, rest: dict[str, Any], base_dir: str) 
 
 
 def _onnx_inputs(ref: str, found: list[tuple[str, str, list[int | str | None]]], raw: list[PlanInput],
-                 axes_map: dict[str, str]) -> list[dict[str, Any]]:
+                 axes_map: dict[str, str]) -> list[InputFields]:
     """The file's inputs with the plan's declarations applied: dims named by the file become plan axes
     (a leading dim every input shares is ``batch``; ``axes_map`` renames the others)."""
     names = [n for n, _, _ in found]

@@ -8,7 +8,7 @@ import reprlib
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from workers.config import did_you_mean
 
@@ -77,7 +77,7 @@ _REWORDED = {
 }
 
 
-def describe(err: dict[str, Any]) -> str:
+def describe(err: ErrorDetails) -> str:
     msg = err["msg"]
     kind = err["type"]
     ctx = err.get("ctx", {})
@@ -98,7 +98,6 @@ def describe(err: dict[str, Any]) -> str:
     if kind not in ("unknown_key", "model_form", "model_name", "model_file", "missing", "value_error"):
         msg += f" (got {yaml_repr(err.get('input'))})"
     return msg
-
 
 
 def format_errors(source: str, exc: ValidationError, prefix: tuple[Any, ...],

@@ -200,8 +200,6 @@ def _read_onnx_inputs(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, i
                  for i in model.graph.input if i.name not in inits)
 
 
-
-
 def onnx_graph_inputs(path: Path) -> list[tuple[str, str, list[int | str | None]]]:
     """(name, dtype, dims) of each input an ONNX file takes (initializers left out); a dim is an
     int, its symbolic name, or None when it has neither."""

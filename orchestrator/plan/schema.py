@@ -275,6 +275,6 @@ def _model(item: Any, info: ValidationInfo) -> Any:
     return model_from_yaml(item, (info.context or {}).get("base_dir", "."))
 
 
-def _axes_match(want: dict[str, Any], got: dict[str, int]) -> bool:
+def _axes_match(want: dict[str, int | list[int]], got: dict[str, int]) -> bool:
     return all(k in got and got[k] in (v if isinstance(v, list) else [v]) for k, v in want.items())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import JsonValue
 
 from orchestrator.answers import budgets
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
@@ -44,6 +45,10 @@ from orchestrator.run.stops import SIGTERM_SEEN, catch_sigterm, noting_stops, re
 from workers.contract import Trial, succeeded
 from workers.row import Row
 
+#: A process's environment (versions, host, GPUs: ``workers.measure.envinfo.environment``), as the
+#: results' metadata stores it.
+Environment = dict[str, JsonValue]
+
 
 @dataclass
 class RunResult:
@@ -52,16 +57,16 @@ class RunResult:
     device: str
     workers: list[str]
     #: this run's rows as stored, less their per-iteration samples (``sink.slim``): they are on disk
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
     trials: list[Trial] = field(default_factory=list)  # every trial of the plan (kept ones too)
     #: workers that died during the run (name -> cause) and what became of their trials
     lost_workers: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
     #: (row, messages) for each ok row, run now or kept, that misses a budget of its trial
-    budget_misses: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    budget_misses: list[tuple[Row, list[str]]] = field(default_factory=list)
     #: (row, message) for each ok but invalid row a budget was judged on (met or missed)
-    budget_invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    budget_invalid: list[tuple[Row, str]] = field(default_factory=list)
     #: what the compaction at the end did (None: nothing to do), or why it could not be done
     compaction: Compaction | None = None
     compact_error: str | None = None
@@ -76,7 +81,7 @@ class RunResult:
         return dict(Counter([r["status"] for r in self.rows] + list(self.kept.values())))
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
+    def failed(self) -> list[Row]:
         """The rows of this run (not the kept ones) whose status is not ok or skipped."""
         return [r for r in self.rows if not succeeded(r["status"])]
 
@@ -91,7 +96,7 @@ class RunResult:
         """The command line's: 0 when every trial is ok or skipped and within its budgets, else 1."""
         return 1 if self.failed_trials or self.budget_misses else 0
 
-    def report_rows(self) -> list[dict[str, Any]]:
+    def report_rows(self) -> list[Row]:
         """The rows a report of the run covers: this run's, and for a resumed run the kept ones
         (read back from ``out``, without their samples)."""
         rows = list(self.rows)
@@ -113,7 +118,7 @@ class RunResult:
         return self
 
     @property
-    def invalid(self) -> list[dict[str, Any]]:
+    def invalid(self) -> list[Row]:
         """The rows of this run (not the kept ones) that are ok but not valid (workers/measure/validity.py)."""
         return [r for r in self.rows if r.get("valid") is False]
 
@@ -145,11 +150,11 @@ class _Environments:
 
     def __init__(self, pool: list[tuple[Any, str]]) -> None:
         self._refs = {name: actor.environment.remote() for actor, name in pool}
-        self._got: dict[str, dict[str, Any]] = {}
-        self._driver: dict[str, Any] | None = None
+        self._got: dict[str, Environment] = {}
+        self._driver: Environment | None = None
 
     @property
-    def driver(self) -> dict[str, Any]:
+    def driver(self) -> Environment:
         """The driver's own, taken when the first row is written: not on the way to the first trial."""
         if self._driver is None:
             from workers.measure.envinfo import environment
@@ -157,7 +162,7 @@ class _Environments:
             self._driver = environment("cpu")
         return self._driver
 
-    def worker(self, name: str | None, timeout: float = 30.0) -> dict[str, Any]:
+    def worker(self, name: str | None, timeout: float = 30.0) -> Environment:
         import ray
 
         if name not in self._refs:
@@ -169,10 +174,10 @@ class _Environments:
                 self._got[name] = {}
         return self._got[name]
 
-    def of_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    def of_row(self, row: Row) -> dict[str, Environment]:
         return {"driver": self.driver, "worker": self.worker(row.get("worker"))}
 
-    def all(self) -> dict[str, Any]:
+    def all(self) -> dict[str, JsonValue]:
         return {"driver": self.driver, "workers": {n: self.worker(n, timeout=5.0) for n in self._refs}}
 
 
@@ -184,7 +189,7 @@ def run_plan(
     workers: int | None = None,
     cpus_per_worker: float | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_row: Callable[[Row], None] | None = None,
     resume: str | Path | None = None,
     retry_failed: bool = False,
     profile: Sequence[str] = (),
