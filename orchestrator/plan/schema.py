@@ -69,6 +69,7 @@ A plan, all keys shown::
 Numbers have ranges a result column can hold and that make sense (batch sizes and dims up to
 MAX_DIM, iterations up to MAX_ITERS, no infinities); any other integer is at most 64 bits.
 """
+
 from __future__ import annotations
 
 import functools
@@ -251,15 +252,18 @@ class Matrix(Strict):
     rates: PosFloats | None = None
 
 
+def _model(item: Any, info: ValidationInfo) -> Any:
+    """A model in any of its forms (``orchestrator.plan.forms``), paths relative to the plan's folder."""
+    return model_from_yaml(item, (info.context or {}).get("base_dir", "."))
+
+
 class Plan(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     device: Literal["cuda", "cpu", "auto"] = "auto"
     accelerator_type: str | None = None
     cpus_per_worker: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    models: list[Annotated[ModelSpec, BeforeValidator(lambda v, info: _model(v, info))]] = Field(
-        min_length=1
-    )
+    models: list[Annotated[ModelSpec, BeforeValidator(_model)]] = Field(min_length=1)
     matrix: Matrix
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     parity: ParitySpec = Field(default_factory=ParitySpec)
@@ -269,10 +273,6 @@ class Plan(Strict):
     scenario: ScenarioField = Field(default_factory=ScenarioSettings)
     max_trials: int = Field(MAX_TRIALS, ge=1, le=100_000_000)
     """A plan expanding to more trials than this (before ``exclude``) is refused before expanding."""
-
-
-def _model(item: Any, info: ValidationInfo) -> Any:
-    return model_from_yaml(item, (info.context or {}).get("base_dir", "."))
 
 
 def _axes_match(want: dict[str, int | list[int]], got: dict[str, int]) -> bool:

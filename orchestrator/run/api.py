@@ -227,12 +227,7 @@ def run_plan(
         trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed; the run is complete
             return _nothing_to_run(plan, previous, all_trials)
-    # read by the workers (workers/measure/affinity.py): refused here, before any write
-    env_switch("INFER_ORCH_PIN_TIMING")
-    head_failures = None
-    if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
-        head_failures = failures_allowed()
-        cluster.connect_wait_s()
+    head_failures = _check_switches(address)
     out_dir = (previous.out if previous else Path(out) if out else default_out(plan, now)).absolute()
 
     def resume_line() -> str:
@@ -257,6 +252,18 @@ def run_plan(
         finally:
             raylog.close(show_pending=not run.stopped)
         release_sigterm(previous_handler)
+
+
+def _check_switches(address: str | None) -> int | None:
+    """The environment switches a run reads, refused before any write when bad; the head failures a
+    run on a cluster (``address``) allows (None: no cluster joined)."""
+    # read by the workers (workers/measure/affinity.py)
+    env_switch("INFER_ORCH_PIN_TIMING")
+    if not address:
+        return None
+    head_failures = failures_allowed()  # INFER_ORCH_HEAD_TIMEOUT_S
+    cluster.connect_wait_s()  # INFER_ORCH_CONNECT_WAIT_S
+    return head_failures
 
 
 def _nothing_to_run(plan: Plan, previous: Any, all_trials: list[Trial]) -> RunResult:
