@@ -36,7 +36,7 @@ from orchestrator.results.sink import (
     layout,
     slim,
 )
-from orchestrator.run import cluster
+from orchestrator.run import cluster, placement
 from orchestrator.run.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.run.raylog import RayLog
 from orchestrator.run.scheduler import schedule
@@ -343,12 +343,12 @@ class _Run:
     def _start_workers(self, workers: int | None, cpus_per_worker: float | None) -> tuple[str, list[Any], list[Any]]:
         """The device, the workers' seats and the workers (started, not waited for)."""
         plan, trials = self.plan, self.trials
-        nodes = cluster.nodes()
-        device = cluster.resolve_device(plan.device, nodes)
-        nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
+        nodes = placement.nodes()
+        device = placement.resolve_device(plan.device, nodes)
+        nodes = placement.select_nodes(nodes, device, plan.accelerator_type)
         # never more workers than trials to run: each would start (and import torch) for nothing
         most = min(workers or (len(trials) if device == "cuda" else 1), len(trials))
-        seats = cluster.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
+        seats = placement.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
         if self.previous is not None and layout(self.out_dir).pending:
             # parts left by a run that did not end (or of an older version): compacted first, so
             # that a row this run replaces (--retry-failed) is still there to go to the history
@@ -360,7 +360,7 @@ class _Run:
         # Started before anything else the driver does, so that their start-up (and, for model
         # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
         shipped = ship(trials, cluster.worker_pythonpath())  # the run's own files, for every node
-        pool = cluster.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
+        pool = placement.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
         return device, seats, pool
 
     def _head_lost(self, result: RunResult, sink: ResultSink, address: str | None) -> str:
@@ -388,7 +388,7 @@ class _Run:
 
         try:
             # kills its workers when it returns
-            report = schedule(pool, self.trials, take, respawn=cluster.respawn,
+            report = schedule(pool, self.trials, take, respawn=placement.respawn,
                               facts={s.name: s.columns() for s in seats}, run=Row(device=device))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
