@@ -87,7 +87,7 @@ def config(quick: bool, bert: bool = False) -> dict[str, Any]:
 
 def make_trial(cfg: dict[str, Any], variant: str, batch: int, dtype: str) -> dict[str, Any]:
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
 
     entry = {k: v for k, v in ENTRIES[variant].items() if k != "options"}
     entry["options"] = dict(ENTRIES[variant].get("options", {}))

@@ -52,7 +52,7 @@ def child(spec: dict[str, Any]) -> None:
         os.sched_setaffinity(0, spec["cpus"])
     from bench import hand
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from workers.models.build import ModelStore
 
     model, variant, batch, dtype = CASES[spec["case"]]

@@ -23,7 +23,7 @@ def main() -> int:
     import torch
 
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from workers.backends import get
     from workers.context import TrialContext
     from workers.measure.parity import _tf32_off, compare

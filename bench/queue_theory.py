@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.models.build import ModelStore
 from workers.trial import run_trial
 

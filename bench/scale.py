@@ -117,7 +117,7 @@ def make_plan(trials: int, trial_s: float, faults: float = 0.0, modes: list[str]
 def check(out: Path, plan_path: Path, expected: dict[str, int]) -> dict[str, Any]:
     """What the run in ``out`` stored, against the plan: ids once each, the status counts."""
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import load_plan
+    from orchestrator.plan.load import load_plan
     from orchestrator.results.read import load_results
 
     t = load_results(out, columns=["trial_id", "status", "started_at", "duration_s", "worker", "node_id"])
@@ -195,12 +195,12 @@ def run_driver(plan: Path, out: Path, env: dict[str, str], address: str, workers
 
 
 #: A driver that starts one bare actor per logical GPU of the cluster (one GPU and the node's even CPU
-#: share each, pinned to its node, as ``orchestrator.run.cluster.start_workers`` places the run's), and
+#: share each, pinned to its node, as ``orchestrator.run.placement.start_workers`` places the run's), and
 #: prints the seconds from creation to each one's first answer.
 FLOOR_DRIVER = """
 import json, os, sys, time, ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from orchestrator.run.cluster import _share
+from orchestrator.run.placement import _share
 ray.init(address=sys.argv[1], logging_level="ERROR")
 class Bare:
     def info(self):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.context import TrialContext
 from workers.models.build import ModelStore
 from workers.trial import run_trial

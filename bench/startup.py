@@ -54,13 +54,13 @@ def floor_child() -> None:
     import ray
 
     t["ray_imported"] = time.time()
-    from orchestrator.run import cluster
+    from orchestrator.run import cluster, placement
 
     cluster.connect()
     t["ray_initialised"] = time.time()
-    nodes = cluster.nodes()
+    nodes = placement.nodes()
     device = "cuda" if sum(n.gpus for n in nodes) else "cpu"
-    seat = cluster.layout(nodes, device)[0]
+    seat = placement.layout(nodes, device)[0]
     probe = ray.remote(Probe).options(num_cpus=seat.cpus, num_gpus=1 if device == "cuda" else 0)
     actor = probe.remote(device == "cuda")
     t.update(ray.get(actor.stamps.remote()))

@@ -46,7 +46,7 @@ def trials_for(backends, models=("python:tinynet:make",), io=("host", "device"),
     """The trials of a small CPU plan: ``backends`` over ``models`` (``python:`` factories get a
     16x16 input), batch size 2, a short bounded measurement."""
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
 
     model_list = [{"python": m.split(":", 1)[1], "input_shape": [3, 16, 16]} if m.startswith("python:") else m
                   for m in models]

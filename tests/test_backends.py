@@ -7,7 +7,7 @@ import pytest
 from helpers import run_all, trials_for
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.backends import registry
 from workers.models.build import ModelStore
 from workers.trial import run_trial

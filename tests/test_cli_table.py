@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from orchestrator import cli
+from orchestrator.cli import app, tables
 
 # 48 trials (more than the 40 rows a piped table may take): half of them fail on purpose.
 MANY = """\
@@ -24,7 +24,7 @@ measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 2, target_rel_ci: null}
 def invoke(*args):
     """`infer-orch run ARGS --workers 1`: the trials take no time and the table is the point, so one worker
     runs them (four would each start a Ray worker process for a dozen instant trials)."""
-    return CliRunner().invoke(cli.app, ["run", *map(str, args), "--workers", "1"])
+    return CliRunner().invoke(app, ["run", *map(str, args), "--workers", "1"])
 
 
 def rows(output: str) -> list[list[str]]:
@@ -47,8 +47,8 @@ def test_a_run_too_long_for_the_screen_prints_a_summary_with_every_failure_count
         assert len(broken) == 1 and broken[0][2:7] == ["6", "0", "0", "0", "6"], broken
     # the failed rows are listed up to the limit, and the rest counted
     assert "Not ok: 24 trial(s)" in out
-    assert sum("injected error" in " ".join(c) for c in rows(out)) == cli.SUMMARY_PROBLEMS
-    assert f"and {24 - cli.SUMMARY_PROBLEMS} more not ok" in out
+    assert sum("injected error" in " ".join(c) for c in rows(out)) == tables.SUMMARY_PROBLEMS
+    assert f"and {24 - tables.SUMMARY_PROBLEMS} more not ok" in out
     assert "48 trials: 24 failed, 24 ok (24 of the ok not valid: see note)" in out
     assert len(rows(out)) < 48  # table lines: fewer than the full table's rows
 

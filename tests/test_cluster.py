@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, PlanError
-from orchestrator.plan.schema import parse_plan
-from orchestrator.run import cluster
+from orchestrator.plan.load import parse_plan
+from orchestrator.run import cluster, placement
 
 PLAN = """\
 name: {name}
@@ -209,26 +209,26 @@ def test_a_dead_head_stops_the_run_with_one_line_and_resume_completes_elsewhere(
 
 # ---- placement, without a cluster ----
 
-def _node(name: str, cpus: float, gpus: int, host: str = "h") -> cluster.Node:
-    return cluster.Node(node_id=name * 8, host=host, cpus=cpus, gpus=gpus, ip="10.0.0.1")
+def _node(name: str, cpus: float, gpus: int, host: str = "h") -> placement.Node:
+    return placement.Node(node_id=name * 8, host=host, cpus=cpus, gpus=gpus, ip="10.0.0.1")
 
 
 def test_layout_splits_each_nodes_cpus_evenly_by_default():
-    seats = cluster.layout([_node("a", 16, 4, "a"), _node("b", 6, 2, "b")], "cuda")
+    seats = placement.layout([_node("a", 16, 4, "a"), _node("b", 6, 2, "b")], "cuda")
     assert [(s.name, s.cpus) for s in seats] == [("a/cuda0", 4.0), ("a/cuda1", 4.0), ("a/cuda2", 4.0),
                                                   ("a/cuda3", 4.0), ("b/cuda0", 3.0), ("b/cuda1", 3.0)]
     assert seats[0].columns() == {"node_id": "a" * 8, "node_ip": "10.0.0.1", "cpus_per_worker": 4.0}
 
 
 def test_layout_names_workers_apart_when_nodes_share_a_host():
-    seats = cluster.layout([_node("a", 2, 1), _node("b", 2, 1)], "cuda")
+    seats = placement.layout([_node("a", 2, 1), _node("b", 2, 1)], "cuda")
     assert [s.name for s in seats] == ["h-aaaaaa/cuda0", "h-bbbbbb/cuda0"]
 
 
 def test_layout_refuses_a_cpu_share_the_node_cannot_give():
     with pytest.raises(ClusterError, match=r"cpus_per_worker: 3 CPUs for each of 4 workers .* needs 12 CPUs; it has 8"):
-        cluster.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=3)
-    assert [s.cpus for s in cluster.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=2)] == [2.0] * 4
+        placement.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=3)
+    assert [s.cpus for s in placement.layout([_node("a", 8, 4)], "cuda", cpus_per_worker=2)] == [2.0] * 4
 
 
 def test_plan_cpus_per_worker_must_be_positive():
@@ -283,8 +283,8 @@ def test_a_worker_that_dies_on_a_live_node_fails_its_trial_with_the_cause(ray_gp
     trials = expand(parse_plan(yaml.safe_load(text)))
     trials = [t for t in trials if t.backend == "sleep"] + [
         next(t for t in trials if t.backend == "fault")]  # 4 sleeps and one abort
-    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=2)
-    pool = cluster.start_workers(seats, "cuda", seed=0)
+    seats = placement.layout(placement.nodes(), "cuda", max_workers=2)
+    pool = placement.start_workers(seats, "cuda", seed=0)
     rows: list[dict] = []
     t0 = time.monotonic()
     # no respawn: the dead worker stays lost; its node lives on, so the trial (which may have

@@ -10,7 +10,7 @@ from helpers import run_all, trials_for
 
 from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from orchestrator.run.api import run_plan
 from workers.backends import get
 from workers.context import TrialContext

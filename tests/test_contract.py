@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from orchestrator.results.sink import ResultSink
 from workers import contract, scenarios
 from workers.backends.sleep import SleepRunner

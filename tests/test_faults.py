@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
+from orchestrator.plan.load import load_plan
 from orchestrator.run.api import run_plan
 from workers.faults import oom_message
 
@@ -108,7 +108,7 @@ def test_bad_timeout_and_retries_are_located(write_plan, snippet, message):
 def test_real_cuda_oom_is_status_oom_and_the_next_trial_runs():
     import torch
 
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from workers.models.build import ModelStore
     from workers.trial import run_trial
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, cli, run_all
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.models import hf
 
 TINY_BERT = {"hf": "bert-base", "name": "bert-tiny", "overrides": {

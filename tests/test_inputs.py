@@ -15,7 +15,7 @@ from helpers import cli, run_all
 from onnx import TensorProto, helper
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.backends import get
 from workers.context import TrialContext
 from workers.models.build import ModelStore

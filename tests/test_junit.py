@@ -11,7 +11,7 @@ from helpers import REPO, cli
 from orchestrator.answers.junit import to_xml
 from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
+from orchestrator.plan.load import load_plan
 
 # On CPU workers: tiny eager ok but over an impossible budget, its CUDA graph skipped, a broken
 # factory failed, a NaN model parity_failed, and a sleep entry within its budget on each model.

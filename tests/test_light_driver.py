@@ -93,7 +93,7 @@ def test_what_a_worker_returns_unpickles_without_torch():
     import torch  # noqa: F401 - a worker has torch imported: versions() then asks torch itself
 
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from workers.models.build import ModelStore
     from workers.trial import run_trial
 
@@ -171,7 +171,7 @@ def test_backend_columns_are_schema_columns_and_parity_keeps_a_subset():
 def test_a_runner_adds_only_the_columns_its_class_declares(backend, options):
     """What extra_columns() returns, and the facts the trial context records, are in ``columns``."""
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from workers.context import TrialContext
     from workers.models.build import ModelStore
 

@@ -87,7 +87,7 @@ def test_backends_lists_ort_tensorrt_unavailable_with_the_reason():
 @pytest.mark.gpu
 def test_cuda_provider_options_reach_the_session():
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
 
     data = {"name": "g", "device": "cuda", "models": ["torchvision:resnet18"],
             "matrix": {"batch_sizes": [8], "dtypes": ["fp32", "fp16"], "io": ["device"], "backends": [

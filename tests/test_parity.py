@@ -10,7 +10,7 @@ import yaml
 
 from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.contract import DEFAULT_TOLERANCE as PARITY_TOLERANCE
 from workers.contract import ModelSpec
 from workers.measure.parity import compare

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
+from orchestrator.plan.load import load_plan
 
 BASE = """\
 name: t

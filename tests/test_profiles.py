@@ -17,7 +17,7 @@ from helpers import GPU_BACKEND_IDS, GPU_BACKENDS, cli, run_all, trials_for
 
 from orchestrator.answers.report import html_report
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from orchestrator.results.read import load_results
 from workers.contract import FILES_KEY, PROFILE_ITERS
 

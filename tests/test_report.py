@@ -187,7 +187,7 @@ def look_dir(tmp_path_factory):
     from helpers import run_all
 
     from orchestrator.plan.expand import expand
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
     from orchestrator.results.sink import ResultSink
 
     server = {**LOOK, "name": "look", "matrix": {**LOOK["matrix"], "seq_lens": [128], "scenarios": ["server"],

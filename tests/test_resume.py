@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.errors import InputError, Interrupted, OutputError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
+from orchestrator.plan.load import load_plan
 from orchestrator.results.read import load_results
 from orchestrator.run.api import run_plan
 
@@ -253,7 +253,7 @@ def test_a_stop_after_the_run_says_where_the_rows_are_with_the_signal_s_exit_cod
         ray_gpus, write_plan, tmp_path, monkeypatch):
     """SIGTERM while the results table prints (injected there: every trial is stored by then): one
     line that says so, exit 143, not Typer's silent 130."""
-    from orchestrator import cli as cli_module
+    from orchestrator.cli import run as run_command
     from orchestrator.errors import Terminated
 
     def terminated(*args, **kwargs):
@@ -261,7 +261,7 @@ def test_a_stop_after_the_run_says_where_the_rows_are_with_the_signal_s_exit_cod
 
     plan = write_plan(SLOW_PLAN.replace("[1, 2, 3, 4, 5, 6]", "[1]").replace("[fp32, fp16]", "[fp32]")
                       .replace("step_s: 0.15", "step_s: 0.001"))
-    monkeypatch.setattr(cli_module, "print_results", terminated)
+    monkeypatch.setattr(run_command, "print_results", terminated)
     res = CliRunner().invoke(app, ["run", str(plan), "--out", str(tmp_path / "out"), "--workers", "1"])
     assert res.exit_code == 143, res.output
     assert res.stderr.strip().splitlines()[-1] == ("terminated (SIGTERM) after the run: its trials are stored in "

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from orchestrator.answers import compare, report
+from orchestrator.errors import PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import PlanError, parse_plan
+from orchestrator.plan.load import parse_plan
 from workers import scenarios
 from workers.measure import stats
 from workers.models.build import ModelStore

@@ -16,7 +16,7 @@ import pytest
 from helpers import cli, trials_for
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import parse_plan
+from orchestrator.plan.load import parse_plan
 from workers.models.build import ModelStore
 from workers.scenarios import _lanes as scenarios
 from workers.trial import run_trial

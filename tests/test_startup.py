@@ -14,8 +14,8 @@ import pytest
 import ray
 
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import load_plan
-from orchestrator.run import cluster
+from orchestrator.plan.load import load_plan
+from orchestrator.run import cluster, placement
 from orchestrator.run.api import needs_torch, run_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +36,8 @@ measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 5, target_rel_ci: null}
 
 
 def _one_worker(warm: bool):
-    seats = cluster.layout(cluster.nodes(), "cuda", max_workers=1)
-    [(actor, _)] = cluster.start_workers(seats, "cuda", seed=0, warm=warm)
+    seats = placement.layout(placement.nodes(), "cuda", max_workers=1)
+    [(actor, _)] = placement.start_workers(seats, "cuda", seed=0, warm=warm)
     return actor
 
 
@@ -78,7 +78,7 @@ def test_a_worker_for_model_trials_imports_torch_as_it_starts(ray_gpus, write_pl
 
 def test_a_run_of_model_less_trials_keeps_its_workers_light(ray_gpus, write_plan, tmp_path):
     # one worker runs all four: whether workers start light is decided once for the run, not per seat
-    with mock.patch.object(cluster, "start_workers", wraps=cluster.start_workers) as start:
+    with mock.patch.object(placement, "start_workers", wraps=placement.start_workers) as start:
         result = run_plan(write_plan(PLAN), out=tmp_path / "out", workers=1)
     assert len(result.rows) == 4
     assert [c.kwargs["warm"] for c in start.call_args_list] == [False]  # started light: no torch at start

@@ -29,9 +29,9 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, JsonValue, model_serializer, model_validator
 
 from workers import scenarios
 from workers.config import StrictModel
@@ -197,12 +197,22 @@ class ModelSpec(StrictModel):
     @property
     def key(self) -> str:
         """A stable key (the worker's model cache key and part of the export cache key)."""
-        ident: dict[str, Any] = {"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)}
+        ident: dict[str, JsonValue] = {"kind": self.kind, "ref": self.ref, "input_shape": list(self.input_shape)}
         if self.inputs:  # only models of the inputs form: every other key stays what it was
             ident.update(inputs=self._inputs_ident(), pass_inputs=self.pass_inputs)
         if self.overrides:
             ident["overrides"] = self.overrides
         return json.dumps(ident, sort_keys=True)
+
+
+class BudgetLimits(TypedDict, total=False):
+    """One budget a trial is held to: where the plan set it (``budgets[0]``,
+    ``matrix.backends[1].budgets``) and its limits (those the plan gave)."""
+
+    where: str
+    max_latency_ms: float
+    max_p99_ms: float
+    min_throughput: float
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ class Trial:
     model: ModelSpec
     backend: str
     label: str
-    options: dict[str, Any]  # the backend's options, resolved with their defaults (JSON types)
+    options: dict[str, JsonValue]  # the backend's options, resolved with their defaults
     batch_size: int
     dtype: str
     io: str
@@ -240,7 +250,7 @@ class Trial:
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
-    budgets: tuple[dict[str, Any], ...] = ()
+    budgets: tuple[BudgetLimits, ...] = ()
     #: record a profile of PROFILE_ITERS more iterations after the timed ones (not part of the id:
     #: the measurement is the same with or without it)
     profile: bool = False
@@ -252,7 +262,7 @@ class Trial:
 
         return replace(self, trial_id=trial_id(self, model_digest))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, JsonValue]:
         """The trial as JSON-ready data (dry runs, scripts)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(model=self.model.model_dump(mode="json"), measure=self.measure.model_dump(mode="json"),
@@ -266,13 +276,13 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: Fields added to ``Trial`` since then, with their defaults. A field at its default stays out of the
 #: hash, so every existing run keeps its ids (``compare`` and ``--resume`` keep matching) and only
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
-ID_FIELDS_ADDED: dict[str, Any] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
+ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
                                    "min_requests": 200, "confident": False}
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
-OPTIONS_ADDED: dict[str, Any] = {"dynamic_shapes": False}
+OPTIONS_ADDED: dict[str, JsonValue] = {"dynamic_shapes": False}
 #: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
 _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
@@ -289,7 +299,7 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
     m = trial.model
     ref = model_digest(m) if model_digest else m.ref
     measure = _measure_ident(trial.measure)
-    ident: dict[str, Any] = {"model": [m.kind, ref, list(m.input_shape)]}
+    ident: dict[str, JsonValue] = {"model": [m.kind, ref, list(m.input_shape)]}
     if m.inputs:  # models of the inputs form only: the ids of every other model stay what they were
         ident["inputs"] = [m._inputs_ident(), m.pass_inputs]
     if m.overrides:  # hf: models with overrides only
@@ -305,7 +315,7 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
 
 
 @functools.lru_cache(maxsize=64)
-def _measure_ident(measure: MeasureSpec) -> dict[str, Any]:
+def _measure_ident(measure: MeasureSpec) -> dict[str, JsonValue]:
     """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
     dump = measure.model_dump(mode="json")
     defaults = type(measure)().model_dump(mode="json")

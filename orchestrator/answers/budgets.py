@@ -10,9 +10,9 @@ and :func:`on_invalid` lists the budgets that were judged (met or missed) on suc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from workers.contract import Status, Trial
+from workers.contract import BudgetLimits, Status, Trial
+from workers.row import Row
 
 #: limit -> (row column, what it measures, unit, True when the value must stay at or below it)
 CHECKS = {
@@ -22,7 +22,7 @@ CHECKS = {
 }
 
 
-def missed(row: dict[str, Any], budgets: Sequence[dict[str, Any]]) -> list[str]:
+def missed(row: Row, budgets: Sequence[BudgetLimits]) -> list[str]:
     """One message per limit of ``budgets`` (from the trial) that ``row`` misses."""
     if row.get("status") != Status.OK:
         return []
@@ -41,11 +41,11 @@ def missed(row: dict[str, Any], budgets: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def invalid_text(row: dict[str, Any]) -> str:
+def invalid_text(row: Row) -> str:
     return "; ".join(row.get("invalid_reasons") or []) or "invalid"
 
 
-def on_invalid(trials: list[Trial], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+def on_invalid(trials: list[Trial], rows: list[Row]) -> list[tuple[Row, str]]:
     """(row, message) for each ok but invalid row that a budget of its trial was judged on."""
     budgets = {t.trial_id: t.budgets for t in trials}
     out = []
@@ -57,7 +57,7 @@ def on_invalid(trials: list[Trial], rows: list[dict[str, Any]]) -> list[tuple[di
     return out
 
 
-def misses(trials: list[Trial], rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+def misses(trials: list[Trial], rows: list[Row]) -> list[tuple[Row, list[str]]]:
     """(row, messages) for each ok row that misses a budget of its trial."""
     budgets = {t.trial_id: t.budgets for t in trials}
     found = [(r, missed(r, budgets.get(r["trial_id"], ()))) for r in rows]

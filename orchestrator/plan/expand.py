@@ -5,6 +5,9 @@ everything that decides what is measured (``workers.contract.trial_id``); an ONN
 content. The plan's name and the entry's label are not part of it (nor its budgets), so renaming
 either keeps the ids, and the same trial in two plans matches. Nor is the ``parity`` section: it
 judges the output, it doesn't change what is measured.
+
+It reads a plan ``orchestrator.plan.load`` has validated and checked (the scenario settings
+included), and nothing of this package imports it back.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import math
 from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
-from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
+from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value
+from orchestrator.plan.settings import merged_settings
 from workers import scenarios
 from workers.config import did_you_mean
-from workers.contract import ModelSpec, Trial, trial_id
+from workers.contract import BudgetLimits, ModelSpec, Trial, trial_id
 
 
 @functools.cache
@@ -37,9 +41,9 @@ def model_digest(model: ModelSpec) -> str:
     return _file_digest(model.ref) if model.kind == "onnx" else model.ref
 
 
-def _budgets(plan: Plan, trial: Trial, e: int, entry: Any) -> tuple[dict[str, Any], ...]:
+def _budgets(plan: Plan, trial: Trial, e: int, entry: Any) -> tuple[BudgetLimits, ...]:
     """The limits that apply to ``trial``, each with where the plan set it (not part of the id)."""
-    found = [{"where": f"budgets[{i}]", **rule.limits()} for i, rule in enumerate(plan.budgets)
+    found: list[BudgetLimits] = [{"where": f"budgets[{i}]", **rule.limits()} for i, rule in enumerate(plan.budgets)
              if rule.matches(trial)]
     if entry.budgets is not None:
         found.append({"where": f"matrix.backends[{e}].budgets", **entry.budgets.limits()})
@@ -88,15 +92,15 @@ def scenario_points(settings: scenarios.Settings) -> list[ScenarioPoint]:
     return points
 
 
-def count_trials(plan: Plan, source: str = "<plan>") -> int:
+def count_trials(plan: Plan) -> int:
     """How many trials the plan expands to before ``exclude``: the product of its axes' lengths,
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
     m = plan.matrix
     points = sum(math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
                  for model in plan.models)
     per_entry = 0
-    for e, entry in enumerate(m.backends):
-        settings = scenario_settings(plan, entry, e, source)
+    for entry in m.backends:
+        settings = merged_settings(plan, entry)
         n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
         per_entry += len(entry.io or m.io) * n_points
     return points * len(m.batch_sizes) * len(m.dtypes) * per_entry
@@ -104,7 +108,7 @@ def count_trials(plan: Plan, source: str = "<plan>") -> int:
 
 def check_size(plan: Plan, source: str = "<plan>") -> int:
     """The plan's trial count (``count_trials``); a PlanError when it is over the plan's ``max_trials``."""
-    n = count_trials(plan, source)
+    n = count_trials(plan)
     if n > plan.max_trials:
         raise PlanError(f"{source}: matrix: the plan expands to {n:,} trials (before exclude), more than "
                         f"max_trials ({plan.max_trials:,}); sweep fewer values, or raise max_trials in the plan")
@@ -118,7 +122,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     trials, candidates = [], []
     m = plan.matrix
     points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
-    entry_scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
+    entry_scenarios = [scenario_points(merged_settings(plan, entry)) for entry in m.backends]
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
     for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):

@@ -1,4 +1,5 @@
-"""Checks of a plan's ONNX files that would otherwise fail every trial on the workers, or read
+"""A plan's ONNX files: their inputs read from the header (``onnx_file_inputs``, once per file
+version), and checks that would otherwise fail every trial on the workers, or read
 files they should not.
 
 - External data (tensors stored in files beside the model) must stay inside the model file's
@@ -24,6 +25,7 @@ from typing import Any
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
+from orchestrator.plan.messages import model_error
 
 #: resolved model path -> the IR version read when the plan was validated.
 _IR_VERSIONS: dict[str, int] = {}
@@ -150,3 +152,65 @@ def ort_max_ir_version() -> tuple[str, int] | None:
         if found:
             return ort.__version__, int(found.group(1))
     return None
+
+
+#: ONNX element types infer-orch can feed, as the plan's dtype names.
+ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def onnx_input_shape(path: Path) -> tuple[int, ...] | None:
+    """The per-sample input shape stored in an ONNX file, or None when it is symbolic."""
+    if not path.is_file():
+        raise PydanticCustomError("model_file", "ONNX file not found: {path}", {"path": str(path)})
+    inputs = onnx_file_inputs(path)
+    if len(inputs) != 1:
+        raise PydanticCustomError(
+            "model_file", "{path} has {n} inputs; infer-orch feeds models with one",
+            {"path": str(path), "n": len(inputs)},
+        )
+    dims = inputs[0][2][1:]
+    if any(not isinstance(d, int) for d in dims):
+        return None
+    return tuple(dims)
+
+
+def onnx_file_inputs(path: Path) -> tuple[tuple[str, int, tuple[int | str | None, ...]], ...]:
+    """(name, ONNX element type, dims) of each input the file takes (initializers left out), after
+    the file checks; a dim is an int, its symbolic name, or None. Read once per file and version of
+    it: deciding a model's form and then reading its shape would otherwise parse the file twice."""
+    stat = path.stat()
+    return _read_onnx_inputs(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_onnx_inputs(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, int, tuple[int | str | None, ...]], ...]:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise PydanticCustomError(
+            "model_file", "{path} is not a readable ONNX model ({exc})", {"path": path, "exc": str(exc)}
+        ) from None
+    check_loaded(model, Path(path))  # external data inside the model's folder; its IR version kept
+    inits = {i.name for i in model.graph.initializer}
+    return tuple((i.name, i.type.tensor_type.elem_type,
+                  tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in i.type.tensor_type.shape.dim))
+                 for i in model.graph.input if i.name not in inits)
+
+
+def onnx_graph_inputs(path: Path) -> list[tuple[str, str, list[int | str | None]]]:
+    """(name, dtype, dims) of each input an ONNX file takes (initializers left out); a dim is an
+    int, its symbolic name, or None when it has neither."""
+    out = []
+    for name, elem_type, dims in onnx_file_inputs(path):
+        dtype = ONNX_DTYPES.get(elem_type)
+        if dtype is None:
+            import onnx
+
+            raise model_error("input '{name}' of {path} has ONNX element type {t}; infer-orch feeds "
+                              "float32, float16, bfloat16, int64, int32 and bool",
+                              name=name, path=str(path), t=onnx.TensorProto.DataType.Name(elem_type))
+        out.append((name, dtype, list(dims)))
+    return out

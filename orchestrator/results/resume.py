@@ -19,7 +19,8 @@ import yaml
 
 from orchestrator.errors import InputError, OutputError, PlanError
 from orchestrator.plan.expand import expand
-from orchestrator.plan.schema import Plan, parse_plan
+from orchestrator.plan.load import parse_plan
+from orchestrator.plan.schema import Plan
 from orchestrator.results.rundir import PLAN_FILE, check_writable, stored_invalid, stored_run_id, stored_trials
 from workers.contract import Trial, succeeded
 

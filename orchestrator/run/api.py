@@ -8,25 +8,23 @@ themselves (``ray.init(num_gpus=4)``), which it then uses as it is.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import signal
-import sys
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import JsonValue
 
 from orchestrator.answers import budgets
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
 from orchestrator.plan.expand import expand, with_profiles
-from orchestrator.plan.schema import Plan, load_plan
+from orchestrator.plan.load import load_plan
+from orchestrator.plan.schema import Plan
 from orchestrator.results.resume import open_resume, resume_command
 from orchestrator.results.sink import (
     SAMPLE_COLUMNS,
@@ -38,13 +36,18 @@ from orchestrator.results.sink import (
     layout,
     slim,
 )
-from orchestrator.run import cluster
+from orchestrator.run import cluster, placement
 from orchestrator.run.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.run.raylog import RayLog
 from orchestrator.run.scheduler import schedule
 from orchestrator.run.shipping import check_factories, ship
+from orchestrator.run.stops import SIGTERM_SEEN, catch_sigterm, noting_stops, release_sigterm, stopped_while_starting
 from workers.contract import Trial, succeeded
 from workers.row import Row
+
+#: A process's environment (versions, host, GPUs: ``workers.measure.envinfo.environment``), as the
+#: results' metadata stores it.
+Environment = dict[str, JsonValue]
 
 
 @dataclass
@@ -54,16 +57,16 @@ class RunResult:
     device: str
     workers: list[str]
     #: this run's rows as stored, less their per-iteration samples (``sink.slim``): they are on disk
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # resuming: trial id -> status of stored rows kept
     trials: list[Trial] = field(default_factory=list)  # every trial of the plan (kept ones too)
     #: workers that died during the run (name -> cause) and what became of their trials
     lost_workers: dict[str, str] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
     #: (row, messages) for each ok row, run now or kept, that misses a budget of its trial
-    budget_misses: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    budget_misses: list[tuple[Row, list[str]]] = field(default_factory=list)
     #: (row, message) for each ok but invalid row a budget was judged on (met or missed)
-    budget_invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    budget_invalid: list[tuple[Row, str]] = field(default_factory=list)
     #: what the compaction at the end did (None: nothing to do), or why it could not be done
     compaction: Compaction | None = None
     compact_error: str | None = None
@@ -78,7 +81,7 @@ class RunResult:
         return dict(Counter([r["status"] for r in self.rows] + list(self.kept.values())))
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
+    def failed(self) -> list[Row]:
         """The rows of this run (not the kept ones) whose status is not ok or skipped."""
         return [r for r in self.rows if not succeeded(r["status"])]
 
@@ -93,7 +96,7 @@ class RunResult:
         """The command line's: 0 when every trial is ok or skipped and within its budgets, else 1."""
         return 1 if self.failed_trials or self.budget_misses else 0
 
-    def report_rows(self) -> list[dict[str, Any]]:
+    def report_rows(self) -> list[Row]:
         """The rows a report of the run covers: this run's, and for a resumed run the kept ones
         (read back from ``out``, without their samples)."""
         rows = list(self.rows)
@@ -115,7 +118,7 @@ class RunResult:
         return self
 
     @property
-    def invalid(self) -> list[dict[str, Any]]:
+    def invalid(self) -> list[Row]:
         """The rows of this run (not the kept ones) that are ok but not valid (workers/measure/validity.py)."""
         return [r for r in self.rows if r.get("valid") is False]
 
@@ -147,11 +150,11 @@ class _Environments:
 
     def __init__(self, pool: list[tuple[Any, str]]) -> None:
         self._refs = {name: actor.environment.remote() for actor, name in pool}
-        self._got: dict[str, dict[str, Any]] = {}
-        self._driver: dict[str, Any] | None = None
+        self._got: dict[str, Environment] = {}
+        self._driver: Environment | None = None
 
     @property
-    def driver(self) -> dict[str, Any]:
+    def driver(self) -> Environment:
         """The driver's own, taken when the first row is written: not on the way to the first trial."""
         if self._driver is None:
             from workers.measure.envinfo import environment
@@ -159,7 +162,7 @@ class _Environments:
             self._driver = environment("cpu")
         return self._driver
 
-    def worker(self, name: str | None, timeout: float = 30.0) -> dict[str, Any]:
+    def worker(self, name: str | None, timeout: float = 30.0) -> Environment:
         import ray
 
         if name not in self._refs:
@@ -171,10 +174,10 @@ class _Environments:
                 self._got[name] = {}
         return self._got[name]
 
-    def of_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    def of_row(self, row: Row) -> dict[str, Environment]:
         return {"driver": self.driver, "worker": self.worker(row.get("worker"))}
 
-    def all(self) -> dict[str, Any]:
+    def all(self) -> dict[str, JsonValue]:
         return {"driver": self.driver, "workers": {n: self.worker(n, timeout=5.0) for n in self._refs}}
 
 
@@ -186,7 +189,7 @@ def run_plan(
     workers: int | None = None,
     cpus_per_worker: float | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_row: Callable[[Row], None] | None = None,
     resume: str | Path | None = None,
     retry_failed: bool = False,
     profile: Sequence[str] = (),
@@ -223,20 +226,8 @@ def run_plan(
         previous = open_resume(Path(resume), plan, trials, str(plan_path), retry_failed, retry_invalid)
         trials = [t for t in trials if t.trial_id not in previous.kept]
         if not trials:  # everything is stored already: no cluster needed; the run is complete
-            result = RunResult(out=previous.out.absolute(), run_id=previous.run_id or "", device=plan.device,
-                               workers=[], kept=previous.kept, trials=all_trials)
-            if layout(previous.out).pending:
-                try:
-                    result.compaction = compact(previous.out)
-                except OSError as exc:
-                    result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
-            return result.judge()
-    # read by the workers (workers/measure/affinity.py): refused here, before any write
-    env_switch("INFER_ORCH_PIN_TIMING")
-    head_failures = None
-    if address:  # a bad INFER_ORCH_HEAD_TIMEOUT_S or INFER_ORCH_CONNECT_WAIT_S: refused before any write
-        head_failures = failures_allowed()
-        cluster.connect_wait_s()
+            return _nothing_to_run(plan, previous, all_trials)
+    head_failures = _check_switches(address)
     out_dir = (previous.out if previous else Path(out) if out else default_out(plan, now)).absolute()
 
     def resume_line() -> str:
@@ -246,16 +237,58 @@ def run_plan(
                               extra=command_options)
     if previous is None:
         check_writable(out_dir)
+    run = _Run(plan, trials, all_trials, previous, out_dir, now, resume_line)
     previous_handler = catch_sigterm()
     raylog = RayLog(out_dir).install()  # Ray's own messages: to the run's log, not the terminal
+    started_ray = _connect(address, raylog, previous_handler)
+    catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
+    try:
+        return run.on_cluster(address, workers, cpus_per_worker, head_failures, on_start, on_row)
+    finally:
+        run.close()
+        try:
+            if started_ray:
+                cluster.disconnect()
+        finally:
+            raylog.close(show_pending=not run.stopped)
+        release_sigterm(previous_handler)
+
+
+def _check_switches(address: str | None) -> int | None:
+    """The environment switches a run reads, refused before any write when bad; the head failures a
+    run on a cluster (``address``) allows (None: no cluster joined)."""
+    # read by the workers (workers/measure/affinity.py)
+    env_switch("INFER_ORCH_PIN_TIMING")
+    if not address:
+        return None
+    head_failures = failures_allowed()  # INFER_ORCH_HEAD_TIMEOUT_S
+    cluster.connect_wait_s()  # INFER_ORCH_CONNECT_WAIT_S
+    return head_failures
+
+
+def _nothing_to_run(plan: Plan, previous: Any, all_trials: list[Trial]) -> RunResult:
+    """A resumed run whose every trial is stored already: compacted if it has parts; no cluster needed."""
+    result = RunResult(out=previous.out.absolute(), run_id=previous.run_id or "", device=plan.device,
+                       workers=[], kept=previous.kept, trials=all_trials)
+    if layout(previous.out).pending:
+        try:
+            result.compaction = compact(previous.out)
+        except OSError as exc:
+            result.compact_error = f"could not compact the results in {previous.out}: {describe(exc)}"
+    return result.judge()
+
+
+def _connect(address: str | None, raylog: RayLog, previous_handler: Any) -> bool:
+    """Connect to Ray (``address``, else an embedded one); whether Ray was started here. A stop while
+    it starts leaves nothing of it and raises ``stopped_while_starting``'s one line."""
     started_ray = False
-    with _noting_stops() as stops:
+    with noting_stops() as stops:
         try:
             started_ray = cluster.connect(address)
-            if stops or _SIGTERM.is_set():  # a stop that landed in a callback of Ray's, which swallowed it
+            if stops or SIGTERM_SEEN.is_set():  # a stop that landed in a callback of Ray's, which swallowed it
                 raise KeyboardInterrupt
         except BaseException as exc:
-            stopped = isinstance(exc, KeyboardInterrupt) or bool(stops) or _SIGTERM.is_set()
+            stopped = isinstance(exc, KeyboardInterrupt) or bool(stops) or SIGTERM_SEEN.is_set()
             try:
                 if started_ray:
                     cluster.disconnect()
@@ -265,151 +298,139 @@ def run_plan(
             if stopped:
                 raise stopped_while_starting(exc) from None
             raise
-    catch_sigterm()  # Ray's driver installs its own SIGTERM handler as it connects: ours must win
-    watch: HeadWatch | None = None
-    sink: ResultSink | None = None
-    scheduling = stopped = False
-    try:
-        nodes = cluster.nodes()
-        device = cluster.resolve_device(plan.device, nodes)
-        nodes = cluster.select_nodes(nodes, device, plan.accelerator_type)
+    return started_ray
+
+
+class _Run:
+    """One run once Ray is connected: its workers started, its trials scheduled, each row stored as it
+    comes, the parts compacted, the verdicts judged. ``close`` ends what it started, however it ended."""
+
+    def __init__(self, plan: Plan, trials: list[Trial], all_trials: list[Trial], previous: Any, out_dir: Path,
+                 now: dt.datetime, resume_line: Callable[[], str]) -> None:
+        self.plan, self.trials, self.all_trials, self.previous = plan, trials, all_trials, previous
+        self.out_dir, self.now, self.resume_line = out_dir, now, resume_line
+        self.watch: HeadWatch | None = None
+        self.sink: ResultSink | None = None
+        self.scheduling = self.stopped = False
+
+    def on_cluster(self, address: str | None, workers: int | None, cpus_per_worker: float | None,
+                   head_failures: int | None, on_start: Callable[[int, list[str], str], None] | None,
+                   on_row: Callable[[Row], None] | None) -> RunResult:
+        try:
+            device, seats, pool = self._start_workers(workers, cpus_per_worker)
+            previous, plan, now = self.previous, self.plan, self.now
+            run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+            result = RunResult(out=self.out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
+                               kept=previous.kept if previous else {}, trials=self.all_trials)
+            self.envs = _Environments(pool)
+            self.sink = sink = ResultSink(self.out_dir, run_id, None if previous else resolved_yaml(plan),
+                                          metadata={"plan": plan.model_dump(mode="json"), "device": device})
+            if on_start:
+                on_start(len(self.trials), result.workers, device)
+            self.summary = {"plan": plan.name, "device": device, "workers": result.workers,
+                            "started_at": now.isoformat()}
+            self.watch = _watch_head(address, lambda: self._head_lost(result, sink, address), head_failures)
+            self.scheduling = True
+            report = self._schedule(result, sink, pool, seats, device, on_row)
+            self._finish(result, sink, report)
+            return result.judge()
+        except KeyboardInterrupt as stop:  # while the workers started: no trial ran (later ones are Interrupted)
+            self.stopped = True
+            if self.scheduling:
+                raise
+            raise stopped_while_starting(stop) from None
+
+    def _start_workers(self, workers: int | None, cpus_per_worker: float | None) -> tuple[str, list[Any], list[Any]]:
+        """The device, the workers' seats and the workers (started, not waited for)."""
+        plan, trials = self.plan, self.trials
+        nodes = placement.nodes()
+        device = placement.resolve_device(plan.device, nodes)
+        nodes = placement.select_nodes(nodes, device, plan.accelerator_type)
         # never more workers than trials to run: each would start (and import torch) for nothing
         most = min(workers or (len(trials) if device == "cuda" else 1), len(trials))
-        seats = cluster.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
-        if previous is not None and layout(out_dir).pending:
+        seats = placement.layout(nodes, device, most, cpus_per_worker or plan.cpus_per_worker)
+        if self.previous is not None and layout(self.out_dir).pending:
             # parts left by a run that did not end (or of an older version): compacted first, so
             # that a row this run replaces (--retry-failed) is still there to go to the history
             try:
-                compact(out_dir)
+                compact(self.out_dir)
             except OSError as exc:
-                raise ResultWriteError(f"could not compact the results in {out_dir}: {describe(exc)}; "
+                raise ResultWriteError(f"could not compact the results in {self.out_dir}: {describe(exc)}; "
                                        "nothing was run") from None
         # Started before anything else the driver does, so that their start-up (and, for model
         # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
         shipped = ship(trials, cluster.worker_pythonpath())  # the run's own files, for every node
-        pool = cluster.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
-        run_id = (previous and previous.run_id) or f"{plan.name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        result = RunResult(out=out_dir, run_id=run_id, device=device, workers=[name for _, name in pool],
-                           kept=previous.kept if previous else {}, trials=all_trials)
-        envs = _Environments(pool)
-        sink = ResultSink(out_dir, run_id, None if previous else resolved_yaml(plan),
-                          metadata={"plan": plan.model_dump(mode="json"), "device": device})
-        if on_start:
-            on_start(len(trials), result.workers, device)
+        pool = placement.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
+        return device, seats, pool
 
+    def _head_lost(self, result: RunResult, sink: ResultSink, address: str | None) -> str:
+        """What a run says when its cluster's head stopped answering, its rows stored first."""
+        try:
+            sink.flush()  # the rows waiting in the writer: on disk before the process leaves
+        except ResultWriteError:
+            pass
+        sink.finish({**self.summary, "state": "interrupted", "counts": result.total_counts,
+                          "environment": self.envs.all(), "head_lost": True})
+        stored = sink.stored + len(result.kept)
+        return (f"the cluster's head ({self.watch.address if self.watch else address}) stopped answering mid-run; "
+                f"{stored} of {len(self.trials) + len(result.kept)} trials are stored in {self.out_dir}, whole; once "
+                f"a cluster is up again (or without --address, on this machine), resume with: {self.resume_line()}")
+
+    def _schedule(self, result: RunResult, sink: ResultSink, pool: list[Any], seats: list[Any], device: str,
+                  on_row: Callable[[Row], None] | None) -> Any:
+        """Every trial on the workers, each row stored as it comes; the scheduler's report. A failed
+        write or a stop ends the run with the rows stored so far and the command that resumes it."""
         def take(row: Row) -> None:
-            sink.write(row, environment=envs.of_row(row))  # handed to the sink's writer thread
+            sink.write(row, environment=self.envs.of_row(row))  # handed to the sink's writer thread
             result.rows.append(slim(row))  # the samples are on disk: the driver keeps no more per trial
             if on_row:
                 on_row(row)
 
-        summary = {"plan": plan.name, "device": device, "workers": result.workers, "started_at": now.isoformat()}
-
-        def head_lost() -> str:
-            try:
-                sink.flush()  # the rows waiting in the writer: on disk before the process leaves
-            except ResultWriteError:
-                pass
-            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
-                         "environment": envs.all(), "head_lost": True})
-            stored = sink.stored + len(result.kept)
-            return (f"the cluster's head ({watch.address if watch else address}) stopped answering mid-run; "
-                    f"{stored} of {len(trials) + len(result.kept)} trials are stored in {out_dir}, whole; once a "
-                    f"cluster is up again (or without --address, on this machine), resume with: "
-                    f"{resume_line()}")
-
-        watch = _watch_head(address, head_lost, head_failures)
-        scheduling = True
         try:
             # kills its workers when it returns
-            report = schedule(pool, trials, take, respawn=cluster.respawn,
+            report = schedule(pool, self.trials, take, respawn=placement.respawn,
                               facts={s.name: s.columns() for s in seats}, run=Row(device=device))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
             sink.discard_stream()
             stored = sink.stored + len(result.kept)
             raise ResultWriteError(
-                f"{exc}; {stored} of {len(trials) + len(result.kept)} trials are stored there, whole; once it "
+                f"{exc}; {stored} of {len(self.trials) + len(result.kept)} trials are stored there, whole; once it "
                 f"can be written, resume with: "
-                f"{resume_line()}") from None
+                f"{self.resume_line()}") from None
         except KeyboardInterrupt as stop:
             sink.discard_stream()  # the rows waiting are written: the parts hold every row, --resume compacts
-            sink.finish({**summary, "state": "interrupted", "counts": result.total_counts,
-                         "environment": envs.all()})
+            sink.finish({**self.summary, "state": "interrupted", "counts": result.total_counts,
+                         "environment": self.envs.all()})
             stored = sink.stored + len(result.kept)
             # Ray turns any exception a signal handler raises inside its blocking calls into a plain
             # KeyboardInterrupt, so the handler's flag says which signal it was
-            term = isinstance(stop, Terminated) or _SIGTERM.is_set()
+            term = isinstance(stop, Terminated) or SIGTERM_SEEN.is_set()
             raise Interrupted(
                 f"{'terminated (SIGTERM)' if term else 'interrupted'}: {stored} of "
-                f"{len(trials) + len(result.kept)} trials are stored in {out_dir}\n"
-                f"resume with: {resume_line()}",
+                f"{len(self.trials) + len(result.kept)} trials are stored in {self.out_dir}\n"
+                f"resume with: {self.resume_line()}",
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
+        return report
+
+    def _finish(self, result: RunResult, sink: ResultSink, report: Any) -> None:
+        """The run's ending: its lost workers, the compaction, the run's summary in the metadata."""
         result.lost_workers, result.requeued = report.lost_workers, report.requeued
         try:
             result.compaction = sink.compact()
         except ResultWriteError as exc:  # every row is stored, in its part: the run itself stands
             result.compact_error = str(exc)
-        sink.finish({**summary, "state": "finished", "counts": result.total_counts, "environment": envs.all(),
-                     "lost_workers": result.lost_workers, "requeued": result.requeued,
-                     "compacted": _compacted(out_dir)})
-        return result.judge()
-    except KeyboardInterrupt as stop:  # while the workers started: no trial ran (later ones are Interrupted)
-        stopped = True
-        if scheduling:
-            raise
-        raise stopped_while_starting(stop) from None
-    finally:
-        if sink is not None:  # a run that ended otherwise: its waiting rows to parts, the writer stopped
-            sink.discard_stream()
-        if watch is not None:
-            watch.stop()
-        try:
-            if started_ray:
-                cluster.disconnect()
-        finally:
-            raylog.close(show_pending=not stopped)
-        release_sigterm(previous_handler)
+        sink.finish({**self.summary, "state": "finished", "counts": result.total_counts,
+                          "environment": self.envs.all(), "lost_workers": result.lost_workers,
+                          "requeued": result.requeued, "compacted": _compacted(self.out_dir)})
 
-
-@contextlib.contextmanager
-def _noting_stops() -> Iterator[list[int]]:
-    """Within it (Ray starting), Ctrl-C is noted as well as raised, and a KeyboardInterrupt that lands
-    in a callback (an at-fork handler of ``logging`` as Ray starts a process) is not reported as an
-    "Exception ignored" traceback: Python swallows those, so the caller checks the list (SIGTERM: the
-    ``_SIGTERM`` flag) once Ray is up. Outside the main thread: nothing changes."""
-    stops: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stops
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        stops.append(signum)
-        raise KeyboardInterrupt
-
-    def unraisable(info: Any) -> None:
-        if not isinstance(info.exc_value, KeyboardInterrupt):
-            previous_hook(info)
-
-    previous_int, previous_hook = signal.signal(signal.SIGINT, on_sigint), sys.unraisablehook
-    sys.unraisablehook = unraisable
-    try:
-        yield stops
-    finally:
-        signal.signal(signal.SIGINT, previous_int)
-        sys.unraisablehook = previous_hook
-
-
-def stopped_while_starting(stop: BaseException) -> Interrupted:
-    """The one line of a run stopped (Ctrl-C, SIGTERM) before any trial ran: Ray starting, its
-    workers starting. Nothing of the run was stored; the same command starts it again."""
-    term = isinstance(stop, Terminated) or _SIGTERM.is_set()
-    stopped = Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} while starting, before any trial "
-                          "ran: nothing was stored; the same command starts the run again",
-                          exit_code=Terminated.exit_code if term else Interrupted.exit_code)
-    stopped.starting = True
-    return stopped
+    def close(self) -> None:
+        """However the run ended: its waiting rows to parts, the writer stopped; the head's watch stopped."""
+        if self.sink is not None:
+            self.sink.discard_stream()
+        if self.watch is not None:
+            self.watch.stop()
 
 
 def _watch_head(address: str | None, on_lost: Callable[[], str], failures: int | None) -> HeadWatch | None:
@@ -425,28 +446,3 @@ def _compacted(out: Path) -> bool:
     version, or one that failed, leaves parts)."""
     lay = layout(out)
     return lay.compacted is not None and not lay.pending
-
-
-_SIGTERM = threading.Event()
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    _SIGTERM.set()
-    raise Terminated()
-
-
-def catch_sigterm() -> Any:
-    """Route SIGTERM (what schedulers and CI runners send) to Ctrl-C's path; the previous handler.
-
-    Only the main thread can set handlers: elsewhere (``run_plan`` called from a thread) this does
-    nothing and returns None.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    _SIGTERM.clear()
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def release_sigterm(previous: Any) -> None:
-    if previous is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous)

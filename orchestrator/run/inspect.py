@@ -45,12 +45,12 @@ def describe(address: str | None = None) -> dict[str, Any]:
             })
     providers, ort_version = _ort_providers()
     if address:
-        from orchestrator.run import cluster
+        from orchestrator.run import cluster, placement
 
         started = cluster.connect(address)
         try:
             nodes = [{"host": n.host, "cpus": n.cpus, "gpus": n.gpus, "gpu_models": n.accelerators}
-                     for n in cluster.nodes()]
+                     for n in placement.nodes()]
         finally:
             if started:
                 import ray

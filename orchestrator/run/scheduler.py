@@ -13,7 +13,7 @@ dispatcher waits up to ``NODE_DEATH_GRACE_S`` for Ray to say whether the node di
 ``RayActorError``, or no answer to ``ray.get`` -> ``died``; any other exception of the call -> ``raised``.
 
 Each :class:`dispatch.Outcome` becomes a row here: the worker's own, or one built from the trial for
-a trial that ended without one; ``facts`` (worker name -> columns, from ``cluster.Seat.columns``)
+a trial that ended without one; ``facts`` (worker name -> columns, from ``placement.Seat.columns``)
 are added, with ``concurrent_trials``: how many other trials were running on the same node when this
 one was dispatched, and ``node_trials_busy_max``: the most running there at once while it ran. Free
 workers get their next trial before the finished rows are written, so no GPU waits on the driver's

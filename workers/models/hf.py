@@ -20,10 +20,37 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import JsonValue
 
 #: The model types a local folder's config.json may name (``model_type``), by table entry.
 _SEQ = ("batch", "seq")
+
+
+class ArchInput(TypedDict):
+    """One input an architecture takes: its shape in axis names (``batch``, ``seq``, ``image``) and ints."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    fill: str
+
+
+class Settings(TypedDict, total=False):
+    """The config values the driver needs (those the architecture has)."""
+
+    vocab_size: int  # token ids are drawn below it
+    max_seq: int  # the longest sequence it takes
+    image: int  # the image side
+
+
+#: ``hf:`` config values a plan replaces (``num_hidden_layers: 2``), as ``ModelSpec.overrides``.
+Overrides = dict[str, bool | int | float | str]
+#: A local model folder's config.json.
+Config = dict[str, "JsonValue"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +60,7 @@ class Arch:
     config: str  # transformers config class
     model: str  # transformers model class (the base model, no task head)
     model_type: str  # config.json's model_type
-    inputs: tuple[dict[str, Any], ...]  # name, dtype, shape (axis names), fill
+    inputs: tuple[ArchInput, ...]
     overridable: tuple[str, ...]  # config keys a plan may override (sizes and structure)
     vocab_key: str | None = None  # the config key of the vocabulary size (token ids are below it)
     vocab_size: int | None = None  # its default
@@ -41,15 +68,15 @@ class Arch:
     max_seq: int | None = None  # its default
     image_key: str | None = None  # image models: the config key of the image side
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, int] = field(default_factory=dict)  # defaults the config class doesn't say (image side)
 
 
-def _ids(name: str = "input_ids") -> dict[str, Any]:
+def _ids(name: str = "input_ids") -> ArchInput:
     return {"name": name, "dtype": "int64", "shape": _SEQ, "fill": "randint"}
 
 
-_MASK = {"name": "attention_mask", "dtype": "int64", "shape": _SEQ, "fill": "ones"}
-_TYPES = {"name": "token_type_ids", "dtype": "int64", "shape": _SEQ, "fill": "zeros"}
+_MASK: ArchInput = {"name": "attention_mask", "dtype": "int64", "shape": _SEQ, "fill": "ones"}
+_TYPES: ArchInput = {"name": "token_type_ids", "dtype": "int64", "shape": _SEQ, "fill": "zeros"}
 _BERTLIKE = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
              "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
 
@@ -78,7 +105,7 @@ BY_MODEL_TYPE = {a.model_type: name for name, a in ARCHS.items()}
 _POSITION_OFFSET = {"roberta": 2}
 
 
-def local_config(path: Path) -> dict[str, Any] | None:
+def local_config(path: Path) -> Config | None:
     """A local model folder's config.json as a dict, or None when ``path`` is not such a folder."""
     cfg = path / "config.json"
     if not cfg.is_file():
@@ -86,7 +113,7 @@ def local_config(path: Path) -> dict[str, Any] | None:
     return json.loads(cfg.read_text())
 
 
-def arch_of(ref: str, base_dir: str = ".") -> tuple[str, Arch, dict[str, Any]] | None:
+def arch_of(ref: str, base_dir: str = ".") -> tuple[str, Arch, Config] | None:
     """(table name, Arch, the local config.json or {}) for an ``hf:`` reference, or None when it is
     neither a table name nor a local folder of a model type the table knows."""
     if ref in ARCHS:
@@ -99,10 +126,10 @@ def arch_of(ref: str, base_dir: str = ".") -> tuple[str, Arch, dict[str, Any]] |
     return name, ARCHS[name], cfg
 
 
-def settings(arch: Arch, cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def settings(arch: Arch, cfg: Config, overrides: Overrides) -> Settings:
     """The config values the driver needs: vocabulary size, longest sequence, image side."""
     merged = {**cfg, **overrides}
-    out: dict[str, Any] = {}
+    out: Settings = {}
     if arch.vocab_key:
         out["vocab_size"] = int(merged.get(arch.vocab_key, arch.vocab_size))
     if arch.max_seq_key:
@@ -112,7 +139,7 @@ def settings(arch: Arch, cfg: dict[str, Any], overrides: dict[str, Any]) -> dict
     return out
 
 
-def build(ref: str, overrides: dict[str, Any], seed: int) -> Any:
+def build(ref: str, overrides: Overrides, seed: int) -> Any:
     """The fp32 CPU module of an ``hf:`` model, eval mode, seeded random weights (a table name) or
     the folder's weights (a local path); no KV cache; tensor outputs only."""
     import torch
@@ -145,7 +172,7 @@ def TensorOutputs(model: Any) -> Any:  # noqa: N802 - builds an nn.Module
             super().__init__()
             self.inner = model
 
-        def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
             out = self.inner(*args, **kwargs)
             return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 

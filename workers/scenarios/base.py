@@ -30,7 +30,7 @@ Interval = Callable[["np.ndarray", "np.ndarray", Callable[..., Any]], tuple[floa
 
 
 class Settings(TypedDict):
-    """A backend entry's scenario settings as the plan merges them (``orchestrator.plan.schema.scenario_settings``):
+    """A backend entry's scenario settings as the plan merges them (``orchestrator.plan.settings.merged_settings``):
     every value a list (an axis) or None; in ``Scenario.check`` the minimums are filled with the
     trial's defaults."""
 
