@@ -171,7 +171,7 @@ def test_the_page_shows_sizing_and_the_front_offline_in_headless_chromium(run_di
 
 def test_a_plan_s_prices_are_checked_where_the_plan_is():
     from orchestrator.errors import PlanError
-    from orchestrator.plan.schema import parse_plan
+    from orchestrator.plan.load import parse_plan
 
     plan = {"name": "p", "device": "cpu", "models": ["torchvision:resnet18"],
             "matrix": {"batch_sizes": [1], "backends": ["sleep"]}}

@@ -276,9 +276,10 @@ class Plan(Strict):
     budgets: list[BudgetRule] = Field(default_factory=list)
     scenario: ScenarioField = Field(default_factory=ScenarioSettings)
     max_trials: int = Field(MAX_TRIALS, ge=1, le=100_000_000)
-    prices: dict[str, Annotated[float, Field(gt=0)]] | None = None
-    """USD per GPU-hour by accelerator (a word of gpu_name): ``report``'s cost per million requests."""
     """A plan expanding to more trials than this (before ``exclude``) is refused before expanding."""
+    prices: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    """USD per GPU-hour by accelerator (a word of the row's ``device_name``): ``report``'s cost per million
+    requests."""
 
 
 def _axes_match(want: dict[str, int | list[int]], got: dict[str, int]) -> bool:
