@@ -17,6 +17,7 @@ import math
 from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
+from orchestrator.plan import generation
 from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value, scenario_settings
 from workers import scenarios
 from workers.config import did_you_mean
@@ -92,7 +93,7 @@ def count_trials(plan: Plan, source: str = "<plan>") -> int:
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
     m = plan.matrix
     points = sum(math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
-                 for model in plan.models)
+                 * len(generation.points(model, m)) for model in plan.models)
     per_entry = 0
     for e, entry in enumerate(m.backends):
         settings = scenario_settings(plan, entry, e, source)
@@ -116,10 +117,11 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     check_size(plan, source)
     trials, candidates = [], []
     m = plan.matrix
-    points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
+    points = [(model, axes, gen) for model in plan.models for axes in axis_points(model, m.axes)
+              for gen in generation.points(model, m)]
     entry_scenarios = [scenario_points(scenario_settings(plan, entry, e, source)) for e, entry in enumerate(m.backends)]
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
-    for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
+    for (model, axes, gen), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
         for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
             spec = dict(
@@ -141,6 +143,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 retries=entry.retries if entry.retries is not None else plan.retries,
                 profile=entry.profile,
                 **scenario,
+                **gen,
             )
             trial = Trial(**spec)
             candidates.append(trial)

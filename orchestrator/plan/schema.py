@@ -92,6 +92,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import PlanError
+from orchestrator.plan import generation
 from workers import scenarios
 from workers.config import StrictModel, did_you_mean
 from workers.contract import (
@@ -274,6 +275,9 @@ class Matrix(Strict):
     """Load scenarios as an axis (the same as the plan's ``scenario.name`` as a list)."""
     concurrency: PosInts | None = None
     rates: PosFloats | None = None
+    prompt_lens: Annotated[list[Annotated[int, Field(ge=1, le=MAX_DIM)]], BeforeValidator(_listify)] | None = None
+    """Generation trials: prompt tokens per sequence (orchestrator.plan.generation)."""
+    new_tokens: Annotated[list[Annotated[int, Field(ge=0, le=MAX_DIM)]], BeforeValidator(_listify)] | None = None
 
 
 class Plan(Strict):
@@ -307,7 +311,7 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     """Turn the shorthand and mapping forms of a model into ModelSpec fields (or leave for errors)."""
     base_dir = (info.context or {}).get("base_dir", ".")
     if isinstance(item, str):
-        if item.startswith(("torchvision:", "python:", "onnx:", "hf:")):
+        if item.startswith(("torchvision:", "python:", "onnx:", "hf:", "hf-causal:")):
             kind, _, ref = item.partition(":")
             item = {kind: ref}
         elif item.endswith(".onnx"):
@@ -315,19 +319,19 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
         else:
             raise PydanticCustomError(
                 "model_form",
-                "'{item}' is not a model: expected torchvision:<name>, hf:<architecture>, python:<module>:<factory> "
-                "or a .onnx path",
+                "'{item}' is not a model: expected torchvision:<name>, hf:<architecture>, hf-causal:<decoder>, "
+                "python:<module>:<factory> or a .onnx path",
                 {"item": item},
             )
     if not isinstance(item, dict):
         return item
-    kinds = [k for k in ("torchvision", "onnx", "python", "hf") if k in item]
+    kinds = [k for k in ("torchvision", "onnx", "python", "hf", "hf-causal") if k in item]
     if len(kinds) != 1:
         if "kind" in item:
             return item
         raise PydanticCustomError(
             "model_form",
-            "a model mapping needs exactly one of the keys torchvision, onnx, python, hf (got: {keys})",
+            "a model mapping needs exactly one of the keys torchvision, onnx, python, hf, hf-causal (got: {keys})",
             {"keys": ", ".join(map(str, item)) or "none"},
         )
     kind = kinds[0]
@@ -338,6 +342,8 @@ def _model_from_yaml(item: Any, info: ValidationInfo) -> Any:
     ref = str(item[kind]).strip()
     if kind == "hf":
         return _hf_model(ref, rest, base_dir)
+    if kind == "hf-causal":  # generation trials: orchestrator.plan.generation
+        return generation.model_fields(ref, rest, base_dir)
     if "overrides" in rest:
         raise _err("overrides: config values of an hf: model's architecture; a {kind} model has none", kind=kind)
     if _uses_inputs_form(kind, ref, rest, base_dir):
@@ -720,7 +726,8 @@ def _onnx_inputs(ref: str, found: list[tuple[str, str, list[int | str | None]]],
 
 def _axes_shorthand(matrix: dict[str, Any], source: str) -> dict[str, Any]:
     """``matrix.<axis>_lens: [...]`` is short for ``matrix.axes: {<axis>: [...]}`` (``seq_lens`` fills ``seq``)."""
-    short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5]
+    short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5
+             and k not in generation.MATRIX_KEYS]
     if not short:
         return matrix
     matrix = dict(matrix)
@@ -860,7 +867,8 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
         matrix = dict(data["matrix"])
         matrix["backends"] = _parse_backends(matrix.get("backends"))
         _check_backend_forms(matrix["backends"], source)
-        aliases = {k[:-5]: k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5}
+        aliases = {k[:-5]: k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5
+                   and k not in generation.MATRIX_KEYS}
         data["matrix"] = _axes_shorthand(matrix, source)
     try:
         plan = Plan.model_validate(data, context={"base_dir": base_dir})
@@ -882,6 +890,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     _check_timeouts(plan, entries, source)
     _check_axes(plan, source, aliases)
     _check_hf_axes(plan, source)
+    plan = generation.check(plan, entries, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
     if plan_rates and not names & set(scenarios.using("rate")):
@@ -927,6 +936,7 @@ def _check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], sour
     axes: list[tuple[str, list[Any] | None]] = [
         ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
         ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
+        ("matrix.prompt_lens", m.prompt_lens), ("matrix.new_tokens", m.new_tokens),
         *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
         *_list_settings("scenario", plan.scenario),
     ]
