@@ -378,6 +378,13 @@ def report(
             print_results(rows, "summary", run_dir)
             console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
                           highlight=False)
+        from orchestrator.answers.generation import answers, generation_table
+
+        gen = generation_table(rows)
+        if gen is not None:
+            console.print(gen)
+            for line in answers(rows):
+                console.print(escape(line), highlight=False)
         peaks = peak_table(rows)
         if peaks is not None:
             console.print(peaks)
@@ -463,7 +470,8 @@ def compare_table(items: list[Verdict], confidence: float) -> Table:
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   escape("; ".join(r["invalid_reasons"])[:100]) if r.get("invalid_reasons")
                   else "matched by label: options changed" if "cand_options" in r
-                  else "matched by label" if r["matched_by"] == "label" else "")
+                  else "matched by label" if r["matched_by"] == "label"
+                  else "; ".join(f"{j['metric']}: {_fmt(j['ratio'])} {j['verdict']}" for j in r.get("figures", [])[1:]))
     return t
 
 

@@ -888,9 +888,9 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
                 f"matrix.backends[{labels.index(label)}]; give each entry of one backend its own `label`"
             )
     _check_timeouts(plan, entries, source)
+    plan = generation.check(plan, entries, source)  # before the axes: a model that does not generate says so
     _check_axes(plan, source, aliases)
     _check_hf_axes(plan, source)
-    plan = generation.check(plan, entries, source)
     names = {n for i, e in enumerate(entries) for n in scenario_settings(plan, e, i, source)["name"]}
     plan_rates = "matrix.rates" if plan.matrix.rates else "scenario.rates" if plan.scenario.rates else None
     if plan_rates and not names & set(scenarios.using("rate")):
