@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from workers.contract import ModelSpec
 
 KIND = "hf-causal"
-SCENARIO = "generate"
 #: the matrix keys of generation trials (not named axes: ``prompt_lens`` is not ``<axis>_lens``)
 MATRIX_KEYS = ("prompt_lens", "new_tokens")
 _FORMS = ", ".join(CAUSAL) + " or a save_pretrained folder of one"
@@ -69,17 +68,26 @@ def points(model: ModelSpec, matrix: Matrix) -> list[dict[str, int]]:
     return [{"prompt_len": p, "new_tokens": n} for p in matrix.prompt_lens or [] for n in matrix.new_tokens or []]
 
 
+def generation_scenario() -> str:
+    """The scenario of generation trials: the one that drives its own runners (``Scenario.own_runners``)."""
+    from workers import scenarios
+
+    return next(n for n in scenarios.names() if scenarios.get(n).own_runners)
+
+
 def check(plan: Plan, entries: list[Any], source: str) -> Plan:
     """The plan's generation trials checked (PlanError at the key); where every model is hf-causal and
-    the plan names no scenario, ``generate`` is its scenario."""
+    the plan names no scenario, the generation scenario is its scenario."""
     from orchestrator.plan.schema import scenario_settings
 
+    gen = generation_scenario()
     m = plan.matrix
     causal = [i for i, x in enumerate(plan.models) if x.kind == KIND]
     if causal and len(causal) == len(plan.models) and _names_no_scenario(plan, entries):
-        plan = plan.model_copy(update={"scenario": plan.scenario.model_copy(update={"name": [SCENARIO]})})
+        # a plan of hf-causal models alone generates without saying so
+        plan = plan.model_copy(update={"scenario": plan.scenario.model_copy(update={"name": [gen]})})
     names = [scenario_settings(plan, e, i, source)["name"] for i, e in enumerate(entries)]
-    generating = any(SCENARIO in n for n in names)
+    generating = any(gen in n for n in names)
     if not causal and not generating:
         for key in MATRIX_KEYS:
             if getattr(m, key) is not None:
@@ -93,9 +101,9 @@ def check(plan: Plan, entries: list[Any], source: str) -> Plan:
                             f"write {KIND}: <{'|'.join(CAUSAL)}> or a save_pretrained folder, and run other models "
                             "in a plan of their own")
     for i, (e, n) in enumerate(zip(entries, names)):
-        other = [s for s in n if s != SCENARIO]
+        other = [s for s in n if s != gen]
         if other:
-            raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {SCENARIO} scenario (one "
+            raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
                             f"generation at a time); {other[0]} is not built for generation")
         _check_backend(e, i, source)
     for key in MATRIX_KEYS:
