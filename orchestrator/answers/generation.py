@@ -10,7 +10,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.answers.tables import fmt
+from orchestrator.answers.tables import DEFAULT_BASELINE, fmt
 from workers.contract import Status
 from workers.row import Row
 
@@ -53,7 +53,7 @@ def cells(rows: list[Row]) -> list[list[str]]:
 
 def answers(rows: list[Row]) -> list[str]:
     """Per shape with two or more ok rows: the backend with the lowest time per output token, by how
-    much against the next, and against torch-eager where it ran."""
+    much against the next, and against the default baseline (torch eager) where it ran."""
     groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
     for r in generation_rows(rows):
         if r.get("status") == Status.OK and r.get("tpot_ms"):
@@ -65,9 +65,9 @@ def answers(rows: list[Row]) -> list[str]:
         best, second = rs[0], rs[1]
         line = (f"{model} {p}+{n} batch {bs} {dtype}: fastest per output token: {best['label']} "
                 f"{best['tpot_ms']:.3f} ms, {second['tpot_ms'] / best['tpot_ms']:.2f}x {second['label']}")
-        eager = next((r for r in rs if r.get("backend") == "torch-eager"), None)
-        if eager is not None and eager is not best and eager is not second:
-            line += f", {eager['tpot_ms'] / best['tpot_ms']:.2f}x torch-eager"
+        base = next((r for r in rs if DEFAULT_BASELINE in (r.get("label"), r.get("backend"))), None)
+        if base is not None and base is not best and base is not second:
+            line += f", {base['tpot_ms'] / best['tpot_ms']:.2f}x {base['label']}"
         out.append(line)
     return out
 

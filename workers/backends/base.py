@@ -179,10 +179,16 @@ class Runner(ABC):
 
     @classmethod
     def scenarios(cls) -> tuple[str, ...]:
-        """The load scenarios it can run (``workers.scenarios``' names)."""
+        """The load scenarios it can run (``workers.scenarios``' names): a scenario with its own runners
+        (generation) where it has a generation path; the others where it runs single-pass models."""
         from workers import scenarios
 
-        return tuple(n for n in scenarios.names() if cls.concurrent or not scenarios.get(n).uses_lanes)
+        def runs(s: type[scenarios.Scenario]) -> bool:
+            if s.own_runners:
+                return cls.generation is not None
+            return cls.model_kinds != {"hf-causal"} and (cls.concurrent or not s.uses_lanes)
+
+        return tuple(n for n in scenarios.names() if runs(scenarios.get(n)))
 
     @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
