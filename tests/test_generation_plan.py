@@ -193,3 +193,27 @@ def test_a_model_that_does_not_generate_is_refused_at_its_key(tmp_path):
 def test_ort_genai_is_a_backend_with_its_cuda_graph_as_an_option():
     res = cli("backends")
     assert res.returncode == 0 and "ort-genai" in res.stdout
+
+
+def test_a_kv_cache_that_does_not_fit_is_an_oom_row(monkeypatch):
+    """Fault injection: the path's setup raises torch's out-of-memory error (as allocating a KV cache
+    too large for the GPU does); the trial is an ``oom`` row, nothing raised to the run."""
+    import torch
+
+    from workers.generation import measure as gm
+    from workers.generation.torch_paths import TorchEager
+    from workers.models.build import ModelStore
+    from workers.trial import run_trial
+
+    class NoRoom(TorchEager):
+        def _setup(self):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    monkeypatch.setitem(gm.RUNNERS, "torch-eager", NoRoom)
+    plan = yaml.safe_load(PLAN)
+    plan["models"] = plan["models"][:1]
+    plan["matrix"]["backends"] = ["torch-eager"]
+    (trial,) = expand(parse_plan(plan))
+    row = run_trial(trial, "cpu", ModelStore())
+    assert row["status"] == "oom" and "Tried to allocate 64.00 GiB" in row["error"], row["error"]
+    assert row["prompt_len"] == 4 and row["new_tokens"] == 5 and row["valid"] is None
