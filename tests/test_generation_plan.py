@@ -217,3 +217,30 @@ def test_a_kv_cache_that_does_not_fit_is_an_oom_row(monkeypatch):
     row = run_trial(trial, "cpu", ModelStore())
     assert row["status"] == "oom" and "Tried to allocate 64.00 GiB" in row["error"], row["error"]
     assert row["prompt_len"] == 4 and row["new_tokens"] == 5 and row["valid"] is None
+
+
+def test_a_model_folder_is_checked_by_its_config_without_loading_it(tmp_path):
+    """A save_pretrained folder's config.json decides: its positions bound the request; a folder of
+    a model that does not generate is refused at the model."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "vocab_size": 256, "max_position_embeddings": 16}
+    (folder / "config.json").write_text(json.dumps(config))
+    ok = _plan(tmp_path, "prompt_lens: [8]\n  new_tokens: [8]", models="- hf-causal: ./tiny")
+    (trial,) = expand(parse_plan(yaml.safe_load(ok.read_text()), base_dir=str(tmp_path)))
+    assert trial.model.ref == str(folder) and trial.model.name == "tiny" and trial.scenario == "generate"
+    _refused(_plan(tmp_path, "prompt_lens: [12]\n  new_tokens: [8]", models="- hf-causal: ./tiny"),
+             "matrix.prompt_lens[0]: prompt 12 + new_tokens 8 = 20 tokens is longer than the model's 16 positions")
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    _refused(_plan(tmp_path, "prompt_lens: [8]\n  new_tokens: [8]", models="- hf-causal: ./tiny"),
+             "models[0]: hf-causal:./tiny: ./tiny: model_type 'bert' is not a decoder this can generate with")
+
+
+def test_the_shorthand_and_the_mapping_name_the_same_model():
+    plan = yaml.safe_load(PLAN)
+    ids = []
+    for form in ("hf-causal:gpt2", {"hf-causal": "gpt2", "name": "gpt2-again"}):
+        plan["models"] = [form]
+        ids.append([(t.model.kind, t.trial_id) for t in expand(parse_plan(plan))])
+    assert ids[0] == ids[1] and ids[0][0][0] == "hf-causal"  # the name is not in the id
