@@ -145,6 +145,8 @@ BAD = [
     ("prompt_lens: [4]", "matrix.new_tokens: required for generation trials"),
     ("prompt_lens: [4]\n  new_tokens: [5]\n  scenarios: [offline]", "matrix.backends[0]: hf-causal models run the "
                                                                       "generate scenario"),
+    ("prompt_lens: [4]\n  new_tokens: [5]\n  io: [host]", "matrix.io: generation trials keep the prompt and the "
+                                                           "tokens on the device"),
 ]
 
 
@@ -173,7 +175,8 @@ def _refused(path, expected):
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize(("matrix", "expected"), BAD, ids=["too-long", "zero-new-tokens", "no-new-tokens", "offline"])
+@pytest.mark.parametrize(("matrix", "expected"), BAD, ids=["too-long", "zero-new-tokens", "no-new-tokens", "offline",
+                                                                        "io-host"])
 def test_a_bad_generation_request_is_refused_at_its_key(tmp_path, matrix, expected):
     _refused(_plan(tmp_path, matrix), expected)
 

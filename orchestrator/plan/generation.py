@@ -106,6 +106,10 @@ def check(plan: Plan, entries: list[Any], source: str) -> Plan:
             raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
                             f"generation at a time); {other[0]} is not built for generation")
         _check_backend(e, i, source)
+        if "host" in (e.io or m.io):
+            where = f"matrix.backends[{i}].io" if e.io else "matrix.io"
+            raise PlanError(f"{source}: {where}: generation trials keep the prompt and the tokens on the device "
+                            "(io: device); io: host is for single-pass trials")
     for key in MATRIX_KEYS:
         if getattr(m, key) is None:
             raise PlanError(f"{source}: matrix.{key}: required for generation trials, e.g. {key}: [128]")
