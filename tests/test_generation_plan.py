@@ -247,3 +247,21 @@ def test_the_shorthand_and_the_mapping_name_the_same_model():
         plan["models"] = [form]
         ids.append([(t.model.kind, t.trial_id) for t in expand(parse_plan(plan))])
     assert ids[0] == ids[1] and ids[0][0][0] == "hf-causal"  # the name is not in the id
+
+
+def test_a_plan_mixes_generation_and_single_pass_models():
+    """hf-causal models generate on the device once per entry; the plan's scenarios and io modes
+    cross with its other models only; the count before expanding is the count expanded."""
+    from orchestrator.plan.expand import count_trials
+
+    plan = yaml.safe_load(PLAN)
+    plan["models"] = ["torchvision:resnet18", plan["models"][0]]
+    plan["matrix"].update(io=["host", "device"], scenarios=["single-stream", "offline"], backends=["torch-eager"])
+    parsed = parse_plan(plan)
+    trials = expand(parsed)
+    gen = [t for t in trials if t.model.kind == "hf-causal"]
+    single = [t for t in trials if t.model.kind != "hf-causal"]
+    assert [(t.scenario, t.io, t.prompt_len, t.new_tokens) for t in gen] == [("generate", "device", 4, 5)]
+    assert {(t.scenario, t.io) for t in single} == {(s, io) for s in ("single-stream", "offline")
+                                                    for io in ("host", "device")}
+    assert all(t.prompt_len == 0 for t in single) and count_trials(parsed) == len(trials) == 5

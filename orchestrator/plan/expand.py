@@ -92,14 +92,17 @@ def count_trials(plan: Plan, source: str = "<plan>") -> int:
     """How many trials the plan expands to before ``exclude``: the product of its axes' lengths,
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
     m = plan.matrix
-    points = sum(math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
-                 * len(generation.points(model, m)) for model in plan.models)
     per_entry = 0
     for e, entry in enumerate(m.backends):
         settings = scenario_settings(plan, entry, e, source)
         n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
         per_entry += len(entry.io or m.io) * n_points
-    return points * len(m.batch_sizes) * len(m.dtypes) * per_entry
+    total = 0
+    for model in plan.models:  # a generation model: one scenario point and io per entry (generation.trial_points)
+        points = math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
+        gen = generation.points(model, m)
+        total += points * len(gen) * (len(m.backends) if gen != [{}] else per_entry)
+    return total * len(m.batch_sizes) * len(m.dtypes)
 
 
 def check_size(plan: Plan, source: str = "<plan>") -> int:
@@ -123,7 +126,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
     for (model, axes, gen), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
-        for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
+        for io, scenario in generation.trial_points(model, entry.io or m.io, entry_scenarios[e]):
             spec = dict(
                 plan=plan.name,
                 model=model,

@@ -19,6 +19,7 @@ that does not generate are refused here, each at the key that says so.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,46 +76,61 @@ def generation_scenario() -> str:
     return next(n for n in scenarios.names() if scenarios.get(n).own_runners)
 
 
+def trial_points(model: ModelSpec, io: list[str], scenarios: list[Any]) -> list[tuple[str, Any]]:
+    """(io, scenario point) of each trial of ``model`` on one backend entry: a generation model runs
+    the generation scenario on the device, once per entry, whatever the plan's scenarios for its
+    other models; any other model, every io and scenario point of the entry."""
+    if model.kind != KIND:
+        return list(itertools.product(io, scenarios))
+    return [("device", {"scenario": generation_scenario()})]
+
+
 def check(plan: Plan, entries: list[Any], source: str) -> Plan:
-    """The plan's generation trials checked (PlanError at the key); where every model is hf-causal and
-    the plan names no scenario, the generation scenario is its scenario."""
+    """The plan's generation trials checked (PlanError at the key). ``hf-causal`` models generate
+    (``trial_points``) whatever scenarios the plan gives its other models; a plan of them alone is
+    held to more: each backend entry must generate, on the device, with no other scenario named."""
     from orchestrator.plan.schema import scenario_settings
 
     gen = generation_scenario()
     m = plan.matrix
     causal = [i for i, x in enumerate(plan.models) if x.kind == KIND]
-    if causal and len(causal) == len(plan.models) and _names_no_scenario(plan, entries):
-        # a plan of hf-causal models alone generates without saying so
-        plan = plan.model_copy(update={"scenario": plan.scenario.model_copy(update={"name": [gen]})})
+    others = [i for i, x in enumerate(plan.models) if x.kind != KIND]
     names = [scenario_settings(plan, e, i, source)["name"] for i, e in enumerate(entries)]
-    generating = any(gen in n for n in names)
-    if not causal and not generating:
+    named = [i for i, n in enumerate(names) if gen in n]
+    if named and others:
+        x = plan.models[others[0]]
+        base = " (hf: is the base model, one forward pass without the LM head)" if x.kind == "hf" else ""
+        raise PlanError(f"{source}: models[{others[0]}]: {x.kind}:{x.name} is not a decoder for generation trials"
+                        f"{base}; write {KIND}: <{'|'.join(CAUSAL)}> or a save_pretrained folder (its trials "
+                        f"generate without naming the {gen} scenario)")
+    if not causal:
         for key in MATRIX_KEYS:
             if getattr(m, key) is not None:
                 raise PlanError(f"{source}: matrix.{key}: for generation trials; no model of this plan is an "
                                 f"{KIND} decoder ({_FORMS})")
         return plan
-    for i, x in enumerate(plan.models):
-        if x.kind != KIND:
-            base = " (hf: is the base model, one forward pass without the LM head)" if x.kind == "hf" else ""
-            raise PlanError(f"{source}: models[{i}]: {x.kind}:{x.name} is not a decoder for generation trials{base}; "
-                            f"write {KIND}: <{'|'.join(CAUSAL)}> or a save_pretrained folder, and run other models "
-                            "in a plan of their own")
-    for i, (e, n) in enumerate(zip(entries, names)):
-        other = [s for s in n if s != gen]
-        if other:
-            raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
-                            f"generation at a time); {other[0]} is not built for generation")
-        _check_backend(e, i, source)
-        if "host" in (e.io or m.io):
-            where = f"matrix.backends[{i}].io" if e.io else "matrix.io"
-            raise PlanError(f"{source}: {where}: generation trials keep the prompt and the tokens on the device "
-                            "(io: device); io: host is for single-pass trials")
+    if not others:
+        _check_entries(plan, entries, names, gen, source)
     for key in MATRIX_KEYS:
         if getattr(m, key) is None:
             raise PlanError(f"{source}: matrix.{key}: required for generation trials, e.g. {key}: [128]")
     _check_requests(plan, causal, source)
     return plan
+
+
+def _check_entries(plan: Plan, entries: list[Any], names: list[list[str]], gen: str, source: str) -> None:
+    """A plan of generation models alone: every entry generates, on the device, in no other scenario."""
+    explicit = not _names_no_scenario(plan, entries)
+    for i, (e, n) in enumerate(zip(entries, names)):
+        other = [s for s in n if s != gen]
+        if explicit and other:
+            raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
+                            f"generation at a time); {other[0]} is not built for generation")
+        _check_backend(e, i, source)
+        if "host" in (e.io or plan.matrix.io):
+            where = f"matrix.backends[{i}].io" if e.io else "matrix.io"
+            raise PlanError(f"{source}: {where}: generation trials keep the prompt and the tokens on the device "
+                            "(io: device); io: host is for single-pass trials")
 
 
 def _names_no_scenario(plan: Plan, entries: list[Any]) -> bool:
