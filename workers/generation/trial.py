@@ -40,6 +40,7 @@ class GenerationFailed(RuntimeError):
 
 
 _SOURCE: dict[tuple[str, str, int, str], Source] = {}  # the worker's last model: one at a time in memory
+_REFERENCES: dict[tuple[int, int, int], Generation] = {}  # its fp32 references, by (batch, prompt_len, new_tokens)
 
 
 def source_for(trial: Trial, device: str) -> Source:
@@ -53,6 +54,7 @@ def source_for(trial: Trial, device: str) -> Source:
         for old in _SOURCE.values():
             old.close()
         _SOURCE.clear()
+        _REFERENCES.clear()
         if device == "cuda":
             import torch
 
@@ -65,12 +67,11 @@ def _reference(source: Source, trial: Trial) -> Generation:
     """The fp32 eager reference of this shape, computed once per model and shape on the worker."""
     from workers.generation.measure import prompt, reference
 
-    refs = source.__dict__.setdefault("references", {})
     key = (trial.batch_size, trial.prompt_len, trial.new_tokens)
-    if key not in refs:
+    if key not in _REFERENCES:
         ids = prompt(source.shape.vocab, *key[:2], trial.seed)
-        refs[key] = reference(source, *key, ids)
-    return refs[key]
+        _REFERENCES[key] = reference(source, *key, ids)
+    return _REFERENCES[key]
 
 
 def measure(trial: Trial, device: str, runner_cls: type[Runner]) -> Row:
