@@ -265,3 +265,27 @@ def test_a_plan_mixes_generation_and_single_pass_models():
     assert {(t.scenario, t.io) for t in single} == {(s, io) for s in ("single-stream", "offline")
                                                     for io in ("host", "device")}
     assert all(t.prompt_len == 0 for t in single) and count_trials(parsed) == len(trials) == 5
+
+
+@pytest.mark.gpu
+def test_every_generation_backend_of_a_plan_gives_its_row_on_a_gpu():
+    """The plan's trials on the worker's CUDA device, each backend entry its generation path: a row
+    with the CUDA-event or host clock, the roofline fraction and the KV cache (fp16, batch 1)."""
+    from workers.models.build import ModelStore
+    from workers.trial import run_trial
+
+    plan = yaml.safe_load(PLAN)
+    plan.update(device="cuda", models=plan["models"][:1])
+    plan["matrix"].update(batch_sizes=[1], dtypes=["fp16"], backends=[
+        "torch-eager", "torch-cudagraph", "torch-compile", "ort", "ort-genai",
+        {"backend": "ort-genai", "label": "ort-genai-graph", "options": {"cuda_graph": True}}])
+    for trial in expand(parse_plan(plan)):
+        row = run_trial(trial, "cuda", ModelStore())
+        if trial.backend == "ort-genai" and not HAS_GENAI:
+            assert row["status"] == "skipped" and "not installed" in row["error"]
+            continue
+        assert row["status"] == "ok", (trial.label, row["error"])
+        assert row["generation_clock"] == ("host (around generate_next_token)" if trial.backend == "ort-genai"
+                                           else "cuda-events"), trial.label
+        assert len(row["samples_ms"]) == 2 * 4 and 0 < row["roofline_frac"] < 1.5 and row["copy_bandwidth_gbs"] > 0
+        assert row["kv_cache_bytes"] > 0 and row["token_agreement"] is not None
