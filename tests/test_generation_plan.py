@@ -237,7 +237,7 @@ def test_a_model_folder_is_checked_by_its_config_without_loading_it(tmp_path):
              "matrix.prompt_lens[0]: prompt 12 + new_tokens 8 = 20 tokens is longer than the model's 16 positions")
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     _refused(_plan(tmp_path, "prompt_lens: [8]\n  new_tokens: [8]", models="- hf-causal: ./tiny"),
-             "models[0]: hf-causal:./tiny: ./tiny: model_type 'bert' is not a decoder this can generate with")
+             "models[0]: hf-causal:./tiny: model_type 'bert' is not a decoder this can generate with")
 
 
 def test_the_shorthand_and_the_mapping_name_the_same_model():

@@ -11,7 +11,8 @@ generate scenario and the backends that generate. Validation reads sizes from
       new_tokens: [128]              # tokens generated after it (greedy, end-of-sequence masked)
       backends: [torch-eager, torch-cudagraph, torch-compile, ort,
                  ort-genai, {backend: ort-genai, label: ort-genai-graph, options: {cuda_graph: true}}]
-    scenario: generate               # the default where every model is hf-causal
+
+An ``hf-causal`` model's trials run the generation scenario (``generate``) without the plan naming it.
 
 A request the model can't serve (prompt + new tokens over its positions, no new tokens) and a model
 that does not generate are refused here, each at the key that says so.
@@ -53,7 +54,8 @@ def model_fields(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any
     try:
         shape_of(ref, overrides, base_dir)
     except GenerationInputError as exc:
-        raise PydanticCustomError("model_form", "hf-causal:{ref}: {msg}", {"ref": ref, "msg": _msg(exc)}) from None
+        msg = _msg(exc).removeprefix(f"{ref}: ")  # a folder's message starts with the folder
+        raise PydanticCustomError("model_form", "hf-causal:{ref}: {msg}", {"ref": ref, "msg": msg}) from None
     local = ref not in CAUSAL
     if local:
         ref = str((Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref).resolve())
@@ -86,7 +88,7 @@ def trial_points(model: ModelSpec, io: list[str], scenarios: list[Any]) -> list[
 
 
 def check(plan: Plan, entries: list[Any], source: str) -> Plan:
-    """The plan's generation trials checked (PlanError at the key). ``hf-causal`` models generate
+    """The plan's generation trials checked (PlanError at the key); the plan, as it is. ``hf-causal`` models generate
     (``trial_points``) whatever scenarios the plan gives its other models; a plan of them alone is
     held to more: each backend entry must generate, on the device, with no other scenario named."""
     from orchestrator.plan.schema import scenario_settings
