@@ -144,7 +144,7 @@ def test_a_module_with_a_named_runner_is_a_backend(tmp_path, monkeypatch):
 
 def test_every_backend_is_found_and_named_once():
     runners = registry()
-    assert set(runners) == {"torch-eager", "torch-cudagraph", "torch-compile", "ort", "sleep", "fault"}
+    assert set(runners) == {"torch-eager", "torch-cudagraph", "torch-compile", "ort", "ort-genai", "sleep", "fault"}
     assert all(get(name) is cls and cls.name == name for name, cls in runners.items())
     with pytest.raises(KeyError, match="unknown backend 'nope'"):
         get("nope")
@@ -194,9 +194,11 @@ def test_a_runner_adds_only_the_columns_its_class_declares(backend, options):
 def test_scenarios_and_offers_come_from_the_class():
     from workers import scenarios
 
-    lanes = {name for name, cls in registry().items() if set(cls.scenarios()) == set(scenarios.names())}
-    assert lanes == {"sleep", "torch-eager", "torch-cudagraph", "torch-compile", "ort"}
+    every = {name for name, cls in registry().items() if set(cls.scenarios()) == set(scenarios.names())}
+    assert every == {"torch-eager", "torch-cudagraph", "torch-compile", "ort"}  # lanes, and a generation path
+    assert "generate" not in get("sleep").scenarios() and "offline" in get("sleep").scenarios()  # no generation
     assert get("fault").scenarios() == ("single-stream",)  # no lanes: its load-scenario trials are skipped
+    assert get("ort-genai").scenarios() == ("generate",)  # generation only
     names = [o.name for o in get("ort").offers(gpus=1)]
     assert names == ["ort", "ort + tensorrt"]
     assert [o.name for o in get("sleep").offers(gpus=0)] == ["sleep"]

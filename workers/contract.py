@@ -90,6 +90,10 @@ class MeasureSpec(StrictModel):
     max_time_s: float = Field(60.0, gt=0)
     max_iters: int = Field(20_000, ge=1, le=MAX_ITERS)
     repeats: int = Field(1, ge=1, le=100)
+    #: generation trials (workers/generation): timed generations (each gives new_tokens - 1 decode samples)
+    #: after untimed warm-up ones; the single-pass keys above do not apply to them
+    generations: int = Field(3, ge=1, le=1000)
+    warmup_generations: int = Field(1, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _bounds(self) -> MeasureSpec:
@@ -157,6 +161,9 @@ class ModelSpec(StrictModel):
     """A model as a trial carries it: ``kind`` torchvision, onnx or python; ``ref`` the torchvision
     name, the ONNX file's path or ``package.module:factory``; ``input_shape`` the per-sample shape.
 
+    ``kind`` hf-causal: a decoder with its LM head for generation trials (``workers.generation.models``:
+    gpt2, llama, qwen2, mistral or a ``save_pretrained`` folder of one), with ``overrides``.
+
     ``kind`` hf: ``ref`` is an architecture name of ``workers.models.hf.ARCHS`` or a local model folder,
     built with ``overrides`` applied to its config.
 
@@ -164,7 +171,7 @@ class ModelSpec(StrictModel):
     ``input_shape`` is empty); ``axes`` holds the values the plan fixes for this model's axes, and
     ``pass_inputs`` says whether a ``python:`` model's forward takes them by name or by position."""
 
-    kind: Literal["torchvision", "onnx", "python", "hf"]
+    kind: Literal["torchvision", "onnx", "python", "hf", "hf-causal"]
     ref: str
     name: str
     input_shape: tuple[Annotated[int, Field(ge=1, le=MAX_DIM)], ...] = ()
@@ -247,6 +254,10 @@ class Trial:
     min_duration_s: float = 2.0  # offline, server: a run lasts at least this long...
     min_requests: int = 200  # ...and completes at least this many requests
     confident: bool = False  # find-peak: judge each probe on the p99's upper confidence bound
+    #: generation trials (``hf-causal`` models, the generate scenario): the prompt's tokens and the
+    #: tokens generated after it; 0 for every other trial (out of the id, like the scenario's fields)
+    prompt_len: int = 0
+    new_tokens: int = 0
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -278,7 +289,8 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 #: trials that use the new field get new ids. Add a new trial field here when you add it to Trial.
 ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
-                                   "min_requests": 200, "confident": False}
+                                   "min_requests": 200, "confident": False,
+                                   "prompt_len": 0, "new_tokens": 0}
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
@@ -368,6 +380,8 @@ def spec_columns(trial: Trial) -> Row:
         "dtype": trial.dtype,
         "io": trial.io,
         **scenario_columns(trial),
+        "prompt_len": trial.prompt_len or None,
+        "new_tokens": trial.new_tokens or None,
     }
 
 
@@ -385,6 +399,8 @@ def scenario_columns(trial: Trial) -> Row:
 def fed_inputs(trial: Trial) -> list[InputsItem]:
     """Every input the trial feeds: name, dtype and full shape (the batch axis included)."""
     m = trial.model
+    if m.kind == "hf-causal":  # a generation's prompt: token ids [batch, prompt_len]
+        return [{"name": "input_ids", "dtype": "int64", "shape": [trial.batch_size, trial.prompt_len]}]
     if not m.inputs:
         dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(trial.dtype, trial.dtype)
         return [{"name": m.input_name, "dtype": dtype, "shape": [trial.batch_size, *m.input_shape]}]

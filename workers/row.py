@@ -180,3 +180,18 @@ class Row(TypedDict, total=False):
     probe_p99_upper_ms: list[float] | None
     probe_requests: list[int] | None
     probe_verdicts: list[str] | None
+    prompt_len: int | None
+    new_tokens: int | None
+    ttft_ms: float | None
+    ttft_samples_ms: list[float] | None
+    tpot_ms: float | None
+    tpot_ms_p99: float | None
+    tokens_per_s: float | None
+    e2e_ms: float | None
+    kv_cache_bytes: int | None
+    decode_bytes: int | None
+    copy_bandwidth_gbs: float | None
+    roofline_frac: float | None
+    token_agreement: float | None
+    parity_steps: int | None
+    generation_clock: str | None

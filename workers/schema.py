@@ -16,7 +16,8 @@ import pyarrow as pa
 #: single-stream), the validity verdict (``valid``, ``invalid_reasons``), the stale-output check,
 #: ``export_route`` and the sampler's ``contention_checks``; rows of older runs load with them null.
 #: 4: ``gpu_util_pct`` and ``timing_cpu``; rows of older runs load with them null.
-SCHEMA_VERSION = "4"
+#: 5: the generation columns (``prompt_len`` ... ``token_agreement``); rows of older runs load with them null.
+SCHEMA_VERSION = "5"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -289,7 +290,37 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
                                        "run again at the same rate with twice the requests)"),
 ]
 
-COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO
+#: Generation trials (``hf-causal`` models, the generate scenario; workers/generation/; docs/measuring.md#generation).
+#: Their ``samples_ms`` and ``latency_ms_*`` are the decode steps' (one sample per generated token after the
+#: first), so the interval and validity rules of single-stream latency apply to the time per output token.
+_GENERATION: list[tuple[str, pa.DataType, str]] = [
+    ("prompt_len", _I64, "generation: tokens of the prompt (each of batch_size sequences)"),
+    ("new_tokens", _I64, "generation: tokens generated after the prompt (greedy, end-of-sequence masked)"),
+    ("ttft_ms", _F64, "generation: time to first token (prefill + the first token), median of the timed "
+                      "generations, ms"),
+    ("ttft_samples_ms", pa.list_(_F64), "generation: each timed generation's time to first token, ms"),
+    ("tpot_ms", _F64, "generation: time per output token, the median decode step (every timed generation's "
+                      "new_tokens - 1 steps, in samples_ms), ms"),
+    ("tpot_ms_p99", _F64, "generation: 99th percentile of the decode steps, ms"),
+    ("tokens_per_s", _F64, "generation: batch_size * new_tokens / e2e_ms, median of the timed generations"),
+    ("e2e_ms", _F64, "generation: one whole generation (TTFT + every decode step), median, ms"),
+    ("kv_cache_bytes", _I64, "generation: the KV cache at its largest (prompt_len + new_tokens positions, keys "
+                             "and values, every layer) at the trial's dtype, bytes"),
+    ("decode_bytes", _I64, "generation: bytes one decode step reads: the weights once (the input embedding "
+                           "table only where tied to the LM head) + the KV cache at its mean length"),
+    ("copy_bandwidth_gbs", _F64, "generation on a GPU: the device's copy bandwidth, (bytes read + written) / "
+                                 "time of a 1 GiB device-to-device copy, measured once per worker, GB/s"),
+    ("roofline_frac", _F64, "generation on a GPU: (decode_bytes / tpot_ms) / copy bandwidth: how close a decode "
+                            "step is to the memory bandwidth limit"),
+    ("token_agreement", _F64, "generation: the share of generated tokens equal to the torch-eager fp32 "
+                              "reference's (random weights make near-ties: reported, not a failure)"),
+    ("parity_steps", _I64, "generation: logits compared with the reference: the prefill's last position and "
+                           "the first decode steps'"),
+    ("generation_clock", _STR, "generation: what timed the steps: cuda-events (on the stream the work runs on) "
+                               "or host (the CPU; ORT GenAI, around each synchronous generate_next_token)"),
+]
+
+COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO + _GENERATION
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

@@ -87,7 +87,9 @@ def run_trial(trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, c
 
 def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> Row:
     runner_cls = get(trial.backend)
-    reason = runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
+    scenario = scenarios.get(trial.scenario)
+    own = scenario.own_runners  # generation: its own runners, checks and parity (workers.generation)
+    reason = None if own else runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
     if reason:
         raise SkipTrial(reason)
     if not cuda_ok and not runner_cls.modelless:
@@ -101,7 +103,9 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     if on_gpu:
         settle_launch_state()  # a worker's first trial in the state of its later ones
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
-    measured = scenarios.get(trial.scenario).measure(Harness(runner_cls, ctx, on_gpu))
+    measured = scenario.measure(Harness(runner_cls, ctx, on_gpu))
+    if own:
+        return measured.columns
     return _checked(trial, device, store, cuda_ok, runner_cls, measured)
 
 

@@ -74,7 +74,7 @@ BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
 HOST_BOUND_UTIL_PCT = 80.0
 HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
-             "concurrency", "target_rate", "arrival", "latency_bound_ms")
+             "concurrency", "target_rate", "arrival", "latency_bound_ms", "prompt_len", "new_tokens")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
@@ -110,6 +110,8 @@ class Verdict(TypedDict, total=False):
     target_rate: float | None
     arrival: str | None
     latency_bound_ms: float | None
+    prompt_len: int | None
+    new_tokens: int | None
     base_status: str | None
     cand_status: str | None
     base_median_ms: float | None

@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from orchestrator.answers.deploy import Ask, html_sections
+from orchestrator.answers.generation import generation_html
 from orchestrator.answers.plots import curves, plots
 from orchestrator.answers.tables import (
     COLUMNS,
@@ -171,6 +172,7 @@ def html_report(run_dir: str | Path, baseline: str | None = None, report_path: s
                      "between server runs; the bracket is the highest rate that passed and the lowest that failed."
                      f"</p><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
                      + (f"<ul>{answers}</ul>" if answers else ""))
+    parts.append(generation_html(rows))
     by_model: dict[str, list[Row]] = defaultdict(list)
     loaded: dict[str, list[Row]] = defaultdict(list)
     for r in rows:

@@ -70,6 +70,13 @@ def report(
             print_results(rows, "summary", run_dir)
             console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
                           highlight=False)
+        from orchestrator.answers.generation import answers, generation_table
+
+        gen = generation_table(rows)
+        if gen is not None:
+            console.print(gen)
+            for line in answers(rows):
+                console.print(escape(line), highlight=False)
         peaks = peak_table(rows)
         if peaks is not None:
             console.print(peaks)

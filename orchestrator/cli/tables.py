@@ -161,6 +161,7 @@ def compare_table(items: list[Verdict], confidence: float) -> Table:
                   f"[{style[v]}]{v}[/]" if v in style else v,
                   escape("; ".join(r["invalid_reasons"])[:100]) if r.get("invalid_reasons")
                   else "matched by label: options changed" if "cand_options" in r
-                  else "matched by label" if r["matched_by"] == "label" else "")
+                  else "matched by label" if r["matched_by"] == "label"
+                  else "; ".join(f"{j['metric']}: {fmt(j['ratio'])} {j['verdict']}" for j in r.get("figures", [])[1:]))
     return t
 

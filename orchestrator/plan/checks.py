@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import PlanError
+from orchestrator.plan import generation
 from orchestrator.plan.messages import format_loc, yaml_repr
 from orchestrator.plan.settings import list_settings, scenario_settings
 from workers import scenarios
@@ -49,6 +50,7 @@ def check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], sourc
     axes: list[tuple[str, list[Any] | None]] = [
         ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
         ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
+        ("matrix.prompt_lens", m.prompt_lens), ("matrix.new_tokens", m.new_tokens),
         *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
         *list_settings("scenario", plan.scenario),
     ]
@@ -100,7 +102,8 @@ def check_timeouts(plan: Plan, entries: list[Any], source: str) -> None:
 def axes_shorthand(matrix: dict[Any, Any], source: str) -> dict[Any, Any]:
     """``matrix.<axis>_lens: [...]`` is short for ``matrix.axes: {<axis>: [...]}`` (``seq_lens`` fills ``seq``);
     ``matrix`` as the YAML has it (its keys may be any scalar: the schema refuses those not a key)."""
-    short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5]
+    short = [k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5
+             and k not in generation.MATRIX_KEYS]
     if not short:
         return matrix
     matrix = dict(matrix)

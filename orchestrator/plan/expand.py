@@ -20,6 +20,7 @@ import math
 from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
+from orchestrator.plan import generation
 from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value
 from orchestrator.plan.settings import merged_settings
 from workers import scenarios
@@ -96,14 +97,17 @@ def count_trials(plan: Plan) -> int:
     """How many trials the plan expands to before ``exclude``: the product of its axes' lengths,
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
     m = plan.matrix
-    points = sum(math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
-                 for model in plan.models)
     per_entry = 0
     for entry in m.backends:
         settings = merged_settings(plan, entry)
         n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
         per_entry += len(entry.io or m.io) * n_points
-    return points * len(m.batch_sizes) * len(m.dtypes) * per_entry
+    total = 0
+    for model in plan.models:  # a generation model: one scenario point and io per entry (generation.trial_points)
+        points = math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
+        gen = generation.points(model, m)
+        total += points * len(gen) * (len(m.backends) if gen != [{}] else per_entry)
+    return total * len(m.batch_sizes) * len(m.dtypes)
 
 
 def check_size(plan: Plan, source: str = "<plan>") -> int:
@@ -121,12 +125,13 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     check_size(plan, source)
     trials, candidates = [], []
     m = plan.matrix
-    points = [(model, axes) for model in plan.models for axes in axis_points(model, m.axes)]
+    points = [(model, axes, gen) for model in plan.models for axes in axis_points(model, m.axes)
+              for gen in generation.points(model, m)]
     entry_scenarios = [scenario_points(merged_settings(plan, entry)) for entry in m.backends]
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
-    for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
-                                                                   enumerate(m.backends)):
-        for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
+    for (model, axes, gen), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
+                                                                        enumerate(m.backends)):
+        for io, scenario in generation.trial_points(model, entry.io or m.io, entry_scenarios[e]):
             spec = dict(
                 plan=plan.name,
                 model=model,
@@ -146,6 +151,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 retries=entry.retries if entry.retries is not None else plan.retries,
                 profile=entry.profile,
                 **scenario,
+                **gen,
             )
             trial = Trial(**spec)
             candidates.append(trial)

@@ -21,7 +21,7 @@ from workers.models import zoo
 def model_from_yaml(item: Any, base_dir: str) -> Any:
     """Turn the shorthand and mapping forms of a model into ModelSpec fields (or leave for errors)."""
     if isinstance(item, str):
-        if item.startswith(("torchvision:", "python:", "onnx:", "hf:")):
+        if item.startswith(("torchvision:", "python:", "onnx:", "hf:", "hf-causal:")):
             kind, _, ref = item.partition(":")
             item = {kind: ref}
         elif item.endswith(".onnx"):
@@ -29,19 +29,19 @@ def model_from_yaml(item: Any, base_dir: str) -> Any:
         else:
             raise PydanticCustomError(
                 "model_form",
-                "'{item}' is not a model: expected torchvision:<name>, hf:<architecture>, python:<module>:<factory> "
-                "or a .onnx path",
+                "'{item}' is not a model: expected torchvision:<name>, hf:<architecture>, hf-causal:<decoder>, "
+                "python:<module>:<factory> or a .onnx path",
                 {"item": item},
             )
     if not isinstance(item, dict):
         return item
-    kinds = [k for k in ("torchvision", "onnx", "python", "hf") if k in item]
+    kinds = [k for k in ("torchvision", "onnx", "python", "hf", "hf-causal") if k in item]
     if len(kinds) != 1:
         if "kind" in item:
             return item
         raise PydanticCustomError(
             "model_form",
-            "a model mapping needs exactly one of the keys torchvision, onnx, python, hf (got: {keys})",
+            "a model mapping needs exactly one of the keys torchvision, onnx, python, hf, hf-causal (got: {keys})",
             {"keys": ", ".join(map(str, item)) or "none"},
         )
     kind = kinds[0]
@@ -50,6 +50,10 @@ def model_from_yaml(item: Any, base_dir: str) -> Any:
         raise model_error("unknown key 'input_name'; a model mapping takes {kind}, name, input_shape, inputs, axes, "
                           "axes_map, pass_inputs", kind=kind)
     ref = str(item[kind]).strip()
+    if kind == "hf-causal":  # generation trials: orchestrator.plan.generation
+        from orchestrator.plan import generation
+
+        return generation.model_fields(ref, rest, base_dir)
     if kind == "hf":
         return _hf_model(ref, rest, base_dir)
     if "overrides" in rest:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import checks
+from orchestrator.plan import checks, generation
 from orchestrator.plan.messages import format_errors
 from orchestrator.plan.schema import Plan, backend_entry_type
 
@@ -36,7 +36,8 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
         matrix = dict(data["matrix"])
         matrix["backends"] = _parse_backends(matrix.get("backends"))
         checks.check_backend_forms(matrix["backends"], source)
-        aliases = {k[:-5]: k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5}
+        aliases = {k[:-5]: k for k in matrix if isinstance(k, str) and k.endswith("_lens") and len(k) > 5
+                   and k not in generation.MATRIX_KEYS}
         data["matrix"] = checks.axes_shorthand(matrix, source)
     try:
         plan = Plan.model_validate(data, context={"base_dir": base_dir})
@@ -50,6 +51,7 @@ def parse_plan(data: Any, source: str = "<plan>", base_dir: str = ".") -> Plan:
     checks.check_repeats(plan, entries, aliases, source)
     checks.check_labels(entries, source)
     checks.check_timeouts(plan, entries, source)
+    plan = generation.check(plan, entries, source)  # before the axes: a model that does not generate says so
     checks.check_axes(plan, source, aliases)
     checks.check_hf_axes(plan, source)
     checks.check_scenarios(plan, entries, source)

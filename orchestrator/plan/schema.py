@@ -254,6 +254,9 @@ class Matrix(Strict):
     """Load scenarios as an axis (the same as the plan's ``scenario.name`` as a list)."""
     concurrency: PosInts | None = None
     rates: PosFloats | None = None
+    prompt_lens: Annotated[list[Annotated[int, Field(ge=1, le=MAX_DIM)]], BeforeValidator(_listify)] | None = None
+    """Generation trials: prompt tokens per sequence (orchestrator.plan.generation)."""
+    new_tokens: Annotated[list[Annotated[int, Field(ge=0, le=MAX_DIM)]], BeforeValidator(_listify)] | None = None
 
 
 def _model(item: Any, info: ValidationInfo) -> Any:

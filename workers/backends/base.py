@@ -19,6 +19,7 @@ What a backend can do is said on its class, never by testing its name elsewhere:
   worker can time them alone;
 - ``columns`` and ``kept_on_parity_failure``: the row columns ``extra_columns`` (or the trial
   context, e.g. the export cache) adds, and which of them a ``parity_failed`` row keeps;
+- ``generation`` / ``generation_path``: the generation path it drives in generation trials, if any;
 - ``offers``: its rows in ``infer-orch backends`` (one, or more where a configuration needs
   libraries of its own, as ORT with TensorRT);
 - ``checks_stale``, ``feed`` and ``stale_reference``: whether it replays something captured (a CUDA
@@ -124,8 +125,16 @@ class Runner(ABC):
     columns: ClassVar[frozenset[str]] = frozenset()
     #: those of ``columns`` a ``parity_failed`` row keeps: what ran, not how fast.
     kept_on_parity_failure: ClassVar[frozenset[str]] = frozenset()
+    #: the generation path (``workers.generation``) it drives in generation trials (``hf-causal`` models,
+    #: the generate scenario), or None: it runs none
+    generation: ClassVar[str | None] = None
     #: what ``profile`` records with (a plan's ``profile: true``), or None: this backend has no profile.
     profiler: ClassVar[str | None] = None
+
+    @classmethod
+    def generation_path(cls, options: dict[str, Any]) -> str | None:
+        """The generation path a trial with these (resolved) options runs, or None."""
+        return cls.generation
 
     def __init__(self, ctx: TrialContext, options: BackendOptions) -> None:
         self.ctx = ctx
@@ -170,10 +179,16 @@ class Runner(ABC):
 
     @classmethod
     def scenarios(cls) -> tuple[str, ...]:
-        """The load scenarios it can run (``workers.scenarios``' names)."""
+        """The load scenarios it can run (``workers.scenarios``' names): a scenario with its own runners
+        (generation) where it has a generation path; the others where it runs single-pass models."""
         from workers import scenarios
 
-        return tuple(n for n in scenarios.names() if cls.concurrent or not scenarios.get(n).uses_lanes)
+        def runs(s: type[scenarios.Scenario]) -> bool:
+            if s.own_runners:
+                return cls.generation is not None
+            return cls.model_kinds != {"hf-causal"} and (cls.concurrent or not s.uses_lanes)
+
+        return tuple(n for n in scenarios.names() if runs(scenarios.get(n)))
 
     @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:

@@ -112,6 +112,7 @@ class OrtOptions(BackendOptions):
 
 class OrtRunner(Runner):
     name = "ort"
+    generation = "ort"  # its generation path (workers.generation) in generation trials
     Options = OrtOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
     model_kinds = frozenset({"torchvision", "python", "hf", "onnx"})

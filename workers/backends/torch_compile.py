@@ -86,6 +86,7 @@ def _first_line(reason: str) -> str:
 
 class TorchCompile(Runner):
     name = "torch-compile"
+    generation = "torch-compile"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
     Options = CompileOptions
     requires = ("torch",)

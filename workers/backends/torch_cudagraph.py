@@ -27,6 +27,7 @@ CAPTURE_WARMUP_ITERS = 3
 
 class TorchCudaGraph(Runner):
     name = "torch-cudagraph"
+    generation = "torch-cudagraph"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
     Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}

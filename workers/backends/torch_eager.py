@@ -47,6 +47,7 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Tensors]:
 
 class TorchEager(Runner):
     name = "torch-eager"
+    generation = "torch-eager"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
     Options = TorchOptions
     requires = ("torch",)

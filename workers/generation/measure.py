@@ -64,8 +64,9 @@ def reference(source: Source, batch: int, prompt_len: int, new_tokens: int, ids:
         r.teardown()
 
 
-def parity(got: Generation, ref: Generation, dtype: str) -> dict[str, Any]:
-    """Parity columns of ``got`` against ``ref``; raises ParityError beyond the tolerance."""
+def parity(got: Generation, ref: Generation, dtype: str, tolerance: float | None = None) -> dict[str, Any]:
+    """Parity columns of ``got`` against ``ref``; raises ParityError beyond ``tolerance`` (default: the dtype's)."""
+    tol = TOLERANCE[dtype] if tolerance is None else tolerance
     worst = 0.0
     for g, r in zip(got.logits, ref.logits):
         bad = int(g.size - np.isfinite(g).sum())
@@ -73,11 +74,11 @@ def parity(got: Generation, ref: Generation, dtype: str) -> dict[str, Any]:
             raise ParityError(f"logits have {bad} NaN/Inf values of {g.size}")
         scale = float(np.max(np.abs(r))) or 1.0
         worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r))) / scale)
-    cols = {"parity_max_rel_err": worst, "parity_tolerance": TOLERANCE[dtype], "parity_steps": len(got.logits),
+    cols = {"parity_max_rel_err": worst, "parity_tolerance": tol, "parity_steps": len(got.logits),
             "token_agreement": float(np.mean(got.tokens == ref.tokens))}
-    if worst > TOLERANCE[dtype]:
+    if worst > tol:
         raise ParityError(f"logits differ from the torch-eager fp32 reference: max |y - ref| / max |ref| = "
-                          f"{worst:.3g} > tolerance {TOLERANCE[dtype]:g} for {dtype}")
+                          f"{worst:.3g} > tolerance {tol:g} for {dtype}")
     return cols
 
 
@@ -114,7 +115,8 @@ def decode_bytes(source: Source, dtype: str, batch: int, prompt_len: int, new_to
 
 
 def measure(path: str, source: Source, dtype: str, batch: int, prompt_len: int, new_tokens: int, *,
-            repeats: int = 3, warmup: int = 1, seed: int = 0, ref: Generation | None = None) -> dict[str, Any]:
+            repeats: int = 3, warmup: int = 1, seed: int = 0, ref: Generation | None = None,
+            tolerance: float | None = None) -> dict[str, Any]:
     """One record for ``path`` on this shape: status ``ok``, ``skipped`` (with the reason),
     ``parity_failed``, ``oom`` or ``failed`` (with the error); figures pooled over ``repeats`` timed
     generations. A request the model can't serve raises GenerationInputError (a plan error)."""
@@ -124,7 +126,7 @@ def measure(path: str, source: Source, dtype: str, batch: int, prompt_len: int, 
     rec: dict[str, Any] = {"backend": path, "dtype": dtype, "batch": batch, "prompt_len": prompt_len,
                            "new_tokens": new_tokens, "status": "ok", "error": None}
     try:
-        return _measure(rec, path, source, dtype, batch, prompt_len, new_tokens, repeats, warmup, seed, ref)
+        return _measure(rec, path, source, dtype, batch, prompt_len, new_tokens, repeats, warmup, seed, ref, tolerance)
     except Exception as exc:  # noqa: BLE001 - a failed path is a record, never the end of the run
         oom = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -132,7 +134,8 @@ def measure(path: str, source: Source, dtype: str, batch: int, prompt_len: int, 
 
 
 def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: int, prompt_len: int,
-             new_tokens: int, repeats: int, warmup: int, seed: int, ref: Generation | None) -> dict[str, Any]:
+             new_tokens: int, repeats: int, warmup: int, seed: int, ref: Generation | None,
+             tolerance: float | None = None) -> dict[str, Any]:
     device = source.device
     runner = RUNNERS[path]()
     peak = _PeakMemory(device)
@@ -160,7 +163,7 @@ def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: 
         return {**rec, "status": "failed", "error": "a second prompt gave the first prompt's tokens (stale output)"}
     ref = ref if ref is not None else reference(source, batch, prompt_len, new_tokens, ids)
     try:
-        rec.update(parity(check, ref, dtype))
+        rec.update(parity(check, ref, dtype, tolerance))
     except ParityError as exc:
         return {**rec, "status": "parity_failed", "error": str(exc)}
     bw = copy_bandwidth(device)

@@ -129,6 +129,9 @@ class Scenario:
     order: ClassVar[int] = 100
     #: several requests in flight through a runner's ``lanes``; False: the runner's ``step``, one at a time
     uses_lanes: ClassVar[bool] = True
+    #: it drives the trial with runners of its own, and checks their output itself (generation): the
+    #: worker sets up no backend runner and checks no single-pass parity for it
+    own_runners: ClassVar[bool] = False
     #: the trial fields it uses (``PARAMS``' names); the others stay at their defaults in its trials
     fields: ClassVar[tuple[str, ...]] = ()
     #: what its rows are judged on, the first foremost (``compare``, ``report``)

@@ -1,0 +1,180 @@
+"""Generation trials in a plan: ``hf-causal`` models, the ``prompt_lens`` and ``new_tokens`` axes, the
+generate scenario and the backends that generate. Validation reads sizes from
+``workers.generation.models`` (a table and config files: no torch, no transformers)::
+
+    models:
+      - hf-causal: llama             # gpt2 | llama | qwen2 | mistral | a save_pretrained folder
+        overrides: {hidden_size: 2048, num_hidden_layers: 16}
+    matrix:
+      batch_sizes: [1, 8]
+      prompt_lens: [128, 1024]       # prompt tokens per sequence
+      new_tokens: [128]              # tokens generated after it (greedy, end-of-sequence masked)
+      backends: [torch-eager, torch-cudagraph, torch-compile, ort,
+                 ort-genai, {backend: ort-genai, label: ort-genai-graph, options: {cuda_graph: true}}]
+
+An ``hf-causal`` model's trials run the generation scenario (``generate``) without the plan naming it.
+
+A request the model can't serve (prompt + new tokens over its positions, no new tokens) and a model
+that does not generate are refused here, each at the key that says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticCustomError
+
+from orchestrator.errors import PlanError
+from workers.generation.models import CAUSAL, GenerationInputError, check_request, shape_of
+
+if TYPE_CHECKING:
+    from orchestrator.plan.schema import Matrix, Plan
+    from workers.contract import ModelSpec
+
+KIND = "hf-causal"
+#: the matrix keys of generation trials (not named axes: ``prompt_lens`` is not ``<axis>_lens``)
+MATRIX_KEYS = ("prompt_lens", "new_tokens")
+_FORMS = ", ".join(CAUSAL) + " or a save_pretrained folder of one"
+
+
+def model_fields(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
+    """ModelSpec fields of an ``hf-causal:`` model (its sizes checked, nothing imported)."""
+    extra = sorted(set(rest) - {"name", "overrides"})
+    if extra:
+        raise PydanticCustomError("model_form", "hf-causal:{ref}: unknown key '{key}'; an hf-causal model takes "
+                                  "name and overrides (its prompts come from matrix.prompt_lens)",
+                                  {"ref": ref, "key": extra[0]})
+    overrides = rest.get("overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, int | float | str | bool) for v in overrides.values()):
+        raise PydanticCustomError("model_form", "hf-causal:{ref}: overrides: a mapping of config key to a number, "
+                                  "string or boolean, e.g. {{num_hidden_layers: 2}}", {"ref": ref})
+    try:
+        shape_of(ref, overrides, base_dir)
+    except GenerationInputError as exc:
+        msg = _msg(exc).removeprefix(f"{ref}: ")  # a folder's message starts with the folder
+        raise PydanticCustomError("model_form", "hf-causal:{ref}: {msg}", {"ref": ref, "msg": msg}) from None
+    local = ref not in CAUSAL
+    if local:
+        ref = str((Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref).resolve())
+    name = rest.get("name", Path(ref).name if local else ref)
+    return {"kind": KIND, "ref": ref, "name": name, "overrides": overrides}
+
+
+def points(model: ModelSpec, matrix: Matrix) -> list[dict[str, int]]:
+    """The generation fields of ``model``'s trials: prompt_len x new_tokens for an hf-causal model,
+    ``[{}]`` (nothing added, nothing multiplied) for any other."""
+    if model.kind != KIND:
+        return [{}]
+    return [{"prompt_len": p, "new_tokens": n} for p in matrix.prompt_lens or [] for n in matrix.new_tokens or []]
+
+
+def generation_scenario() -> str:
+    """The scenario of generation trials: the one that drives its own runners (``Scenario.own_runners``)."""
+    from workers import scenarios
+
+    return next(n for n in scenarios.names() if scenarios.get(n).own_runners)
+
+
+def trial_points(model: ModelSpec, io: list[str], scenarios: list[Any]) -> list[tuple[str, Any]]:
+    """(io, scenario point) of each trial of ``model`` on one backend entry: a generation model runs
+    the generation scenario on the device, once per entry, whatever the plan's scenarios for its
+    other models; any other model, every io and scenario point of the entry."""
+    if model.kind != KIND:
+        return list(itertools.product(io, scenarios))
+    return [("device", {"scenario": generation_scenario()})]
+
+
+def check(plan: Plan, entries: list[Any], source: str) -> Plan:
+    """The plan's generation trials checked (PlanError at the key); the plan, as it is. ``hf-causal`` models generate
+    (``trial_points``) whatever scenarios the plan gives its other models; a plan of them alone is
+    held to more: each backend entry must generate, on the device, with no other scenario named."""
+    from orchestrator.plan.settings import scenario_settings
+
+    gen = generation_scenario()
+    m = plan.matrix
+    causal = [i for i, x in enumerate(plan.models) if x.kind == KIND]
+    others = [i for i, x in enumerate(plan.models) if x.kind != KIND]
+    names = [scenario_settings(plan, e, i, source)["name"] for i, e in enumerate(entries)]
+    named = [i for i, n in enumerate(names) if gen in n]
+    if named and others:
+        x = plan.models[others[0]]
+        base = " (hf: is the base model, one forward pass without the LM head)" if x.kind == "hf" else ""
+        raise PlanError(f"{source}: models[{others[0]}]: {x.kind}:{x.name} is not a decoder for generation trials"
+                        f"{base}; write {KIND}: <{'|'.join(CAUSAL)}> or a save_pretrained folder (its trials "
+                        f"generate without naming the {gen} scenario)")
+    if not causal:
+        for key in MATRIX_KEYS:
+            if getattr(m, key) is not None:
+                raise PlanError(f"{source}: matrix.{key}: for generation trials; no model of this plan is an "
+                                f"{KIND} decoder ({_FORMS})")
+        return plan
+    if not others:
+        _check_entries(plan, entries, names, gen, source)
+    for key in MATRIX_KEYS:
+        if getattr(m, key) is None:
+            raise PlanError(f"{source}: matrix.{key}: required for generation trials, e.g. {key}: [128]")
+    _check_requests(plan, causal, source)
+    return plan
+
+
+def _check_entries(plan: Plan, entries: list[Any], names: list[list[str]], gen: str, source: str) -> None:
+    """A plan of generation models alone: every entry generates, on the device, in no other scenario."""
+    explicit = not _names_no_scenario(plan, entries)
+    for i, (e, n) in enumerate(zip(entries, names)):
+        other = [s for s in n if s != gen]
+        if explicit and other:
+            raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
+                            f"generation at a time); {other[0]} is not built for generation")
+        _check_backend(e, i, source)
+        if "host" in (e.io or plan.matrix.io):
+            where = f"matrix.backends[{i}].io" if e.io else "matrix.io"
+            raise PlanError(f"{source}: {where}: generation trials keep the prompt and the tokens on the device "
+                            "(io: device); io: host is for single-pass trials")
+
+
+def _names_no_scenario(plan: Plan, entries: list[Any]) -> bool:
+    return (plan.scenario.name is None and plan.matrix.scenarios is None
+            and all(e.scenario is None or e.scenario.name is None for e in entries))
+
+
+def _check_backend(entry: Any, i: int, source: str) -> None:
+    from workers.backends import get, registry
+
+    runner = get(entry.backend)
+    if runner.generation_path(entry.options.model_dump(mode="json")) is None:
+        can = sorted(n for n, r in registry().items() if r.generation is not None)
+        raise PlanError(f"{source}: matrix.backends[{i}]: backend {entry.backend} runs no generation; these do: "
+                        f"{', '.join(can)}")
+    if KIND not in runner.model_kinds and entry.options.model_fields_set:
+        key = sorted(entry.options.model_fields_set)[0]
+        raise PlanError(f"{source}: matrix.backends[{i}].options.{key}: a generation trial drives {entry.backend} "
+                        "its own way (docs/measuring.md#generation) and takes none of its options")
+
+
+def _check_requests(plan: Plan, causal: list[int], source: str) -> None:
+    """Every (batch, prompt, new tokens) the matrix makes fits every hf-causal model."""
+    m = plan.matrix
+    for i in causal:
+        model = plan.models[i]
+        try:
+            shape = shape_of(model.ref, model.overrides)
+        except GenerationInputError as exc:
+            raise PlanError(f"{source}: models[{i}].{exc.key}: {_msg(exc)}") from None
+        for b, bs in enumerate(m.batch_sizes):
+            for p, prompt in enumerate(m.prompt_lens or []):
+                for n, new in enumerate(m.new_tokens or []):
+                    try:
+                        check_request(shape, bs, prompt, new)
+                    except GenerationInputError as exc:
+                        where = {"new_tokens": f"new_tokens[{n}]", "prompt_lens": f"prompt_lens[{p}]",
+                                 "batch_sizes": f"batch_sizes[{b}]"}.get(exc.key, exc.key)
+                        raise PlanError(f"{source}: matrix.{where}: {_msg(exc)} (models[{i}], "
+                                        f"{KIND}:{model.name})") from None
+
+
+def _msg(exc: GenerationInputError) -> str:
+    """The message without the key it starts with (the caller locates it)."""
+    return str(exc).removeprefix(f"{exc.key}: ")
