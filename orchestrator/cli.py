@@ -353,6 +353,7 @@ def report(
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline."""
     from orchestrator.answers.report import (
         counts_text,
+        fairness_lines,
         html_report,
         peak_table,
         resolve_baseline,
@@ -372,6 +373,8 @@ def report(
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))
             console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
+            for line in fairness_lines(rows):  # what each compared group had in common (answers/fairness.py)
+                console.print(escape(line), highlight=False)
             if baseline_note:
                 console.print(f"[yellow]{escape(baseline_note)}[/]", highlight=False)
         else:  # thousands of trials: per label and model, and the ones not ok
@@ -451,7 +454,7 @@ def compare_table(items: list[Verdict], confidence: float) -> Table:
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green",
-             "invalid": "yellow"}
+             "invalid": "yellow", "incomparable": "yellow"}
     for r in items:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]

@@ -172,3 +172,11 @@ class Row(TypedDict, total=False):
     probe_rates: list[float] | None
     probe_p99_ms: list[float] | None
     probe_passed: list[bool] | None
+    math: str | None
+    math_effective: str | None
+    input_pool: int | None
+    pool_feed: str | None
+    repeat_median_ms: float | None
+    repeat_samples_ms: list[float] | None
+    repeat_speedup: float | None
+    parity_unchecked: str | None

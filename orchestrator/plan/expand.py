@@ -21,6 +21,7 @@ from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value, scenario
 from workers import scenarios
 from workers.config import did_you_mean
 from workers.contract import ModelSpec, Trial, trial_id
+from workers.measure import mathmode
 
 
 @functools.cache
@@ -87,6 +88,12 @@ def scenario_points(settings: scenarios.Settings) -> list[ScenarioPoint]:
     return points
 
 
+def math_axis(matrix: Any, entry: Any, dtype: str) -> list[str]:
+    """The math modes of an entry's trials of ``dtype``: the entry's or the matrix's for fp32, the
+    default alone for fp16/bf16 (TF32 is about fp32 arithmetic)."""
+    return (entry.math or matrix.math) if dtype == "fp32" else [mathmode.DEFAULT]
+
+
 def count_trials(plan: Plan, source: str = "<plan>") -> int:
     """How many trials the plan expands to before ``exclude``: the product of its axes' lengths,
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
@@ -97,8 +104,8 @@ def count_trials(plan: Plan, source: str = "<plan>") -> int:
     for e, entry in enumerate(m.backends):
         settings = scenario_settings(plan, entry, e, source)
         n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
-        per_entry += len(entry.io or m.io) * n_points
-    return points * len(m.batch_sizes) * len(m.dtypes) * per_entry
+        per_entry += len(entry.io or m.io) * n_points * sum(len(math_axis(m, entry, d)) for d in m.dtypes)
+    return points * len(m.batch_sizes) * per_entry
 
 
 def check_size(plan: Plan, source: str = "<plan>") -> int:
@@ -121,7 +128,8 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
     for (model, axes), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                    enumerate(m.backends)):
-        for io, scenario in itertools.product(entry.io or m.io, entry_scenarios[e]):
+        for io, mode, scenario in itertools.product(entry.io or m.io, math_axis(m, entry, dtype),
+                                                     entry_scenarios[e]):
             spec = dict(
                 plan=plan.name,
                 model=model,
@@ -131,6 +139,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 batch_size=bs,
                 dtype=dtype,
                 io=io,
+                math=mode,
                 device=plan.device,
                 accelerator_type=plan.accelerator_type,
                 measure=plan.measure,

@@ -99,6 +99,7 @@ from workers.contract import (
     MAX_DIM,
     Dtype,
     Io,
+    Math,
     MeasureSpec,
     ModelSpec,
     ParitySpec,
@@ -237,6 +238,7 @@ class BackendEntry(Strict):
     backend: str
     label: str | None = None
     io: list[Io] | None = None
+    math: list[Math] | None = Field(None, min_length=1)  # overrides matrix.math for this entry's fp32 trials
     timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
     retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
     budgets: Budget | None = None
@@ -266,6 +268,8 @@ class Matrix(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: ["fp32"], min_length=1)
     io: list[Io] = Field(default_factory=lambda: ["device"], min_length=1)
+    math: list[Math] = Field(default_factory=lambda: ["tf32"], min_length=1)
+    """fp32 trials: tf32 | strict, an axis (workers/measure/mathmode.py); fp16/bf16 trials have one."""
     backends: list[Any] = Field(min_length=1)
     exclude: list[ExcludeRule] = Field(default_factory=list)
     axes: dict[str, list[Annotated[int, Field(ge=1, le=MAX_DIM)]]] = Field(default_factory=dict)
@@ -926,12 +930,14 @@ def _check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], sour
     m = plan.matrix
     axes: list[tuple[str, list[Any] | None]] = [
         ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
+        ("matrix.math", m.math),
         ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
         *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
         *_list_settings("scenario", plan.scenario),
     ]
     for i, e in enumerate(entries):
-        axes += [(f"matrix.backends[{i}].io", e.io), *_list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
+        axes += [(f"matrix.backends[{i}].io", e.io), (f"matrix.backends[{i}].math", e.math),
+                 *_list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
     keys = [mod.key + mod.name for mod in plan.models]
     for where, values in [*axes, ("models", keys)]:
         seen: dict[Any, int] = {}
