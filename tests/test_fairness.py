@@ -266,3 +266,20 @@ def test_compare_gives_no_verdict_across_different_math_and_old_rows_read_as_lib
     (same,) = compare(pa.Table.from_pylist([_row("torch-eager", "tf32", 1.0)]), cand)
     assert same["verdict"] in ("unchanged", "improved", "regressed")
     assert "math_effective" in SCHEMA.names
+
+
+def test_rows_of_a_run_older_than_the_math_column_load_and_read_as_library_default(tmp_path):
+    import pyarrow.parquet as pq
+
+    from orchestrator.results.read import load_results
+
+    old = [{k: v for k, v in _row(label, None, ms).items() if k in SCHEMA.names and k != "math_effective"}
+           for label, ms in (("torch-eager", 3.0), ("ort", 1.2))]
+    older = pa.schema([f for f in SCHEMA if f.name not in ("math", "math_effective", "input_pool", "pool_feed")])
+    run = tmp_path / "old-run"
+    run.mkdir()
+    pq.write_table(pa.Table.from_pylist(old, schema=older), run / "results.parquet")
+    rows = load_results(run).to_pylist()
+    assert "math_effective" not in rows[0] and len(rows) == 2  # a run's own columns: readers .get() it
+    assert [mathmode.read(r) for r in rows] == ["library default"] * 2
+    assert fairness_line(rows).startswith("equal: math library default, io device")

@@ -41,7 +41,8 @@ def test_plan_expands_to_cross_product_with_defaults(write_plan):
     assert ort.measure.model_dump() == {"warmup_iters": 10, "warmup_window": 10, "warmup_rel_tol": 0.02,
                                         "warmup_max_iters": 1000, "warmup_max_s": 10.0, "iters": 50, "min_time_s": 0.0,
                                         "target_rel_ci": 0.01,
-                                        "max_time_s": 60.0, "max_iters": 20000, "repeats": 1}
+                                        "max_time_s": 60.0, "max_iters": 20000, "repeats": 1,
+                                        "input_pool": 1, "repeat_check": False}
 
 
 def test_trial_ids_are_stable_unique_and_ignore_names(write_plan):

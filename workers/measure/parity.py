@@ -154,7 +154,8 @@ def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict
                 which = f"output '{name}'" if several else "output"
                 raise ParityFailure(f"{which} has {bad} NaN/Inf values of {arr.size}; latency not published")
     cols: Row = {"parity_reference": None, "parity_max_abs_err": None,
-                            "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None}
+                            "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None,
+                 "parity_unchecked": None}
     if not trial.parity.check or modelless:
         return cols
     from workers.measure.onnxref import NoReference
