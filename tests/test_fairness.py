@@ -238,6 +238,7 @@ def _row(label: str, math: str | None, median: float, **more) -> dict:
     samples = list(np.random.default_rng(len(label)).normal(median, 0.001 * median, 30))
     return {"trial_id": label, "model": "m", "batch_size": 1, "dtype": "fp32", "io": "device", "label": label,
             "backend": label, "options": "{}", "status": "ok", "valid": True, "math_effective": math,
+            "parity_reference": "torch-eager fp32 on cuda",
             "latency_ms_median": median, "samples_ms": samples, "device": "cuda", **more}
 
 
@@ -247,8 +248,9 @@ def test_report_marks_rows_of_different_math_and_says_what_was_equal():
     assert {r["label"]: r["math_note"] for r in summary} == {"torch-eager": "math: strict", "ort": "math: tf32"}
     lines = fairness_lines(rows)
     assert lines[0].startswith("Rows marked 'math: ...'")
-    assert "not equal: math (strict / tf32), exporter route" in lines[1] and "equal: io device, inputs one input" \
-        in lines[1]
+    assert "not equal: math (strict / tf32), exporter route" in lines[1]
+    assert "equal: io device, inputs one input, graph capture not replayed;" in lines[1]
+    assert lines[1].startswith("fairness, m batch 1 fp32 io device: ")
     same = [_row("torch-eager", "tf32", 1.0), _row("ort", "tf32", 1.2)]
     assert all(r["math_note"] is None for r in summarize(same, "torch-eager"))
     assert fairness_line(same).startswith("equal: math tf32, io device")
@@ -283,3 +285,9 @@ def test_rows_of_a_run_older_than_the_math_column_load_and_read_as_library_defau
     assert "math_effective" not in rows[0] and len(rows) == 2  # a run's own columns: readers .get() it
     assert [mathmode.read(r) for r in rows] == ["library default"] * 2
     assert fairness_line(rows).startswith("equal: math library default, io device")
+
+
+def test_an_exclude_rule_can_leave_out_a_math_mode_of_fp32_trials():
+    plan = _plan(dtypes=["fp32", "fp16"], math=["tf32", "strict"], exclude=[{"backend": "ort", "math": "strict"}])
+    got = sorted((t.backend, t.dtype, t.math) for t in expand(parse_plan(plan)))
+    assert ("ort", "fp32", "strict") not in got and ("ort", "fp16", "tf32") in got and len(got) == 5

@@ -110,8 +110,9 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
     ("repeat_rel_ci", pa.list_(_F64), "each repeat's within-run noise: the half-width of its median's 95% "
                                       "interval (order statistics) over its median; null where too few samples"),
-    ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device); "
-                               "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
+    ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device; an ONNX "
+                               "file on ORT's CPU provider, optimisations off); null: not checked (model-less "
+                               "backend, parity.check false, or no reference: parity_unchecked)"),
     ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),
     ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
     ("parity_worst_output", _STR, "the output with the largest parity_max_rel_err (output, output0, ... or "

@@ -5,7 +5,7 @@ A speedup is a fair answer only where both rows did the same work: the same fp32
 "library default"), the same io, the same inputs (``input_pool``, ``pool_feed``), the same model
 through the same route (``export_route``; a torch backend runs the model itself) and the same kind
 of execution (a captured graph or engine replayed, or not: ``stale_reference`` is set exactly for
-the backends that replay one). ``report`` prints, for every group it compares, one line saying
+the backends that replay one, where parity is checked). ``report`` prints, for every group it compares, one line saying
 which of these were equal and which were not, marks the rows whose math differs from the others
 of their group, and ``compare`` gives no verdict across different effective math.
 """
@@ -36,7 +36,11 @@ def _route(r: Row) -> str:
 
 
 def _capture(r: Row) -> str:
-    return "replayed (graph or engine)" if r.get("stale_reference") else "not replayed"
+    """From the stale-output check, which runs exactly where something captured is replayed (and
+    parity is checked: without it, unknown)."""
+    if r.get("stale_reference"):
+        return "replayed (graph or engine)"
+    return "not replayed" if r.get("parity_reference") else "not recorded"
 
 
 #: (what, how a row says it) for each aspect the fairness line names.

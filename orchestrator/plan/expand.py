@@ -204,7 +204,7 @@ def _check_exclude(rules: list[Any], candidates: list[Trial], source: str) -> No
 
 _PLURAL = {"model": "models", "backend": "backends", "label": "labels", "batch_size": "batch sizes",
            "dtype": "dtypes", "io": "io values", "scenario": "scenarios", "concurrency": "concurrencies",
-           "rate": "rates"}
+           "rate": "rates", "math": "fp32 math modes"}
 
 
 def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:

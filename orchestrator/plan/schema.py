@@ -114,11 +114,14 @@ MAX_TRIALS = 100_000
 MAX_CONCURRENCY = 4096
 MAX_RETRIES = 100
 
-EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
+EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate",
+                "math")
 
 
 def exclude_value(trial: Trial, key: str) -> Any:
     """What an exclude rule's ``key`` (any of EXCLUDE_KEYS but ``axes``) is compared with in ``trial``."""
+    if key == "math":  # fp32 trials only: an fp16 trial has no math mode to match
+        return trial.math if trial.dtype == "fp32" else None
     return trial.model.name if key == "model" else getattr(trial, key)
 
 
@@ -172,6 +175,7 @@ class ExcludeRule(Strict):
     scenario: ScenarioName | list[ScenarioName] | None = None
     concurrency: int | list[int] | None = None
     rate: float | list[float] | None = None
+    math: Math | list[Math] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeRule:
@@ -228,6 +232,7 @@ class BudgetRule(Budget):
     scenario: ScenarioName | list[ScenarioName] | None = None
     concurrency: int | list[int] | None = None
     rate: float | list[float] | None = None
+    math: Math | list[Math] | None = None
 
     matches = ExcludeRule.matches
 

@@ -47,7 +47,7 @@ def _compute(trial: Trial, seed: int) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1  # the worker's neighbours own the node's other cores
+    so.intra_op_num_threads = _threads()  # the worker's share of the node, as torch's reference uses
     try:
         sess = ort.InferenceSession(trial.model.ref, sess_options=so, providers=["CPUExecutionProvider"])
         xs = make_inputs(trial.model, trial.batch_size, trial.dtype, "cpu", seed, trial.axes)
@@ -61,6 +61,14 @@ def _compute(trial: Trial, seed: int) -> Any:
     if len(arrays) == 1:
         return arrays[0]
     return {o.name: a for o, a in zip(sess.get_outputs(), arrays)}
+
+
+def _threads() -> int:
+    """The worker's CPU share: torch's thread count where torch is loaded (the actor sets it), else 1."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return max(1, torch.get_num_threads()) if torch is not None else 1
 
 
 def _as_declared(x: Any, onnx_type: str) -> Any:
