@@ -57,7 +57,16 @@ def sleep_trial() -> Trial:
 
 
 def test_trial_ids_of_a_plan_stay_what_they_were():
-    assert [t.trial_id for t in expand(parse_plan(yaml.safe_load(FIRST_QUICKSTART)))] == QUICKSTART_IDS
+    """Except the torch fp32 trials': their matmuls ran IEEE fp32 and their convolutions TF32 before
+    trials had a math mode, neither of today's modes, so they measure something else now (the ORT
+    trials ran TF32, today's default, and keep theirs)."""
+    trials = expand(parse_plan(yaml.safe_load(FIRST_QUICKSTART)))
+    assert [t.backend for t in trials] == ["torch-eager", "ort"] * 2
+    ids = [t.trial_id for t in trials]
+    assert ids[1::2] == QUICKSTART_IDS[1::2]
+    assert not set(ids[::2]) & set(QUICKSTART_IDS)
+    strict = [dataclasses.replace(t, math="strict").with_id().trial_id for t in trials[::2]]
+    assert not set(strict) & set(QUICKSTART_IDS) and len(set(strict + ids)) == 6
 
 
 def test_a_field_added_later_stays_out_of_the_id_at_its_default(monkeypatch):

@@ -42,7 +42,8 @@ def test_plan_expands_to_cross_product_with_defaults(write_plan):
                                         "warmup_max_iters": 1000, "warmup_max_s": 10.0, "iters": 50, "min_time_s": 0.0,
                                         "target_rel_ci": 0.01,
                                         "max_time_s": 60.0, "max_iters": 20000, "repeats": 1,
-                                        "generations": 3, "warmup_generations": 1}
+                                        "generations": 3, "warmup_generations": 1,
+                                        "input_pool": 1, "repeat_check": False}
 
 
 def test_trial_ids_are_stable_unique_and_ignore_names(write_plan):

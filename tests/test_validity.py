@@ -133,7 +133,8 @@ def test_the_stale_check_passes_a_backend_that_reads_its_buffers_and_fails_one_t
     assert all(r["stale_max_rel_err"] < 1e-5 for r in rows)
     refs = {r["model_source"].split(":")[0]: r["stale_reference"] for r in rows}
     assert len(rows) == 8 and refs == {"python": "torch-eager fp32 on cpu, second input (seed 1)",
-                                       "onnx": "the ONNX file on ORT's CPU provider, second input (seed 1)"}
+                                       "onnx": "the ONNX file on ORT's CPU provider, optimisations off, "
+                                               "second input (seed 1)"}
 
     monkeypatch.setattr(OrtRunner, "feed", lambda self, seed: None)
     rows = run_all(trials)

@@ -67,6 +67,8 @@ def succeeded(status: str) -> bool:
 
 Dtype = Literal["fp32", "fp16", "bf16"]
 Io = Literal["device", "host"]
+#: The arithmetic of an fp32 trial (``workers.measure.mathmode``): TF32 allowed, or IEEE fp32.
+Math = Literal["tf32", "strict"]
 
 
 #: The most iterations a trial may time or warm up with: the timed ones are stored, one sample each.
@@ -94,6 +96,10 @@ class MeasureSpec(StrictModel):
     #: after untimed warm-up ones; the single-pass keys above do not apply to them
     generations: int = Field(3, ge=1, le=1000)
     warmup_generations: int = Field(1, ge=0, le=1000)
+    #: distinct seeded inputs staged on the device before timing, cycled through (``workers.measure.pool``)
+    input_pool: int = Field(1, ge=1, le=1024)
+    #: time the trial again on one repeated input and flag a row faster there (MLPerf TEST04)
+    repeat_check: bool = False
 
     @model_validator(mode="after")
     def _bounds(self) -> MeasureSpec:
@@ -101,6 +107,9 @@ class MeasureSpec(StrictModel):
             raise ValueError(f"min_time_s ({self.min_time_s}) is larger than max_time_s ({self.max_time_s})")
         if self.iters > self.max_iters:
             raise ValueError(f"iters ({self.iters}) is larger than max_iters ({self.max_iters})")
+        if self.repeat_check and self.input_pool < 2:
+            raise ValueError("repeat_check: true compares a pool of inputs with one repeated input; "
+                             "set input_pool to 2 or more")
         if self.warmup_max_iters < self.warmup_iters:
             raise ValueError(
                 f"warmup_max_iters ({self.warmup_max_iters}) is smaller than warmup_iters ({self.warmup_iters}); "
@@ -258,6 +267,8 @@ class Trial:
     #: tokens generated after it; 0 for every other trial (out of the id, like the scenario's fields)
     prompt_len: int = 0
     new_tokens: int = 0
+    #: fp32 trials: tf32 | strict (``workers.measure.mathmode``); in the id as ``math_id`` says
+    math: str = "tf32"
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -294,7 +305,7 @@ ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAU
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
-OPTIONS_ADDED: dict[str, JsonValue] = {"dynamic_shapes": False}
+OPTIONS_ADDED: dict[str, JsonValue] = {"dynamic_shapes": False, "repeat_discount": 1.0}
 #: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
 _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
@@ -322,8 +333,28 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
         value = getattr(trial, name)
         if value != default:
             ident[name] = value
+    math = math_id(trial)
+    if math is not None:
+        ident["math"] = math
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+
+
+def math_id(trial: Trial) -> str | None:
+    """What of the trial's math mode its id hashes: nothing for fp16/bf16 trials (their ids never
+    changed), nothing for an fp32 trial at the mode its backend ran before the field existed
+    (``Runner.math_before``: ORT's CUDA provider and TensorRT use TF32 by default, so their tf32 ids
+    stay), else the mode. Torch backends ran neither mode before (IEEE matmuls, TF32 convolutions):
+    every torch fp32 trial's id changes."""
+    if trial.dtype != "fp32":
+        return None
+    from workers.backends import get  # lazy: the backends import this module
+
+    try:
+        before = get(trial.backend).math_before
+    except KeyError:  # a backend this process doesn't know: its ids as before at the default
+        before = "tf32"
+    return None if trial.math == before else trial.math
 
 
 @functools.lru_cache(maxsize=64)
@@ -379,6 +410,7 @@ def spec_columns(trial: Trial) -> Row:
         "batch_size": trial.batch_size,
         "dtype": trial.dtype,
         "io": trial.io,
+        "math": trial.math if trial.dtype == "fp32" else None,
         **scenario_columns(trial),
         "prompt_len": trial.prompt_len or None,
         "new_tokens": trial.new_tokens or None,

@@ -195,3 +195,11 @@ class Row(TypedDict, total=False):
     token_agreement: float | None
     parity_steps: int | None
     generation_clock: str | None
+    math: str | None
+    math_effective: str | None
+    input_pool: int | None
+    pool_feed: str | None
+    repeat_median_ms: float | None
+    repeat_samples_ms: list[float] | None
+    repeat_speedup: float | None
+    parity_unchecked: str | None

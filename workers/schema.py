@@ -16,7 +16,9 @@ import pyarrow as pa
 #: single-stream), the validity verdict (``valid``, ``invalid_reasons``), the stale-output check,
 #: ``export_route`` and the sampler's ``contention_checks``; rows of older runs load with them null.
 #: 4: ``gpu_util_pct`` and ``timing_cpu``; rows of older runs load with them null.
-#: 5: the generation columns (``prompt_len`` ... ``token_agreement``); rows of older runs load with them null.
+#: 5: the generation columns (``prompt_len`` ... ``token_agreement``) and the fairness columns (``math``,
+#: ``math_effective``, ``input_pool``, ``pool_feed``, the repeat check's and ``parity_unchecked``); rows of older runs
+#: load with them null.
 SCHEMA_VERSION = "5"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -109,8 +111,9 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
     ("repeat_rel_ci", pa.list_(_F64), "each repeat's within-run noise: the half-width of its median's 95% "
                                       "interval (order statistics) over its median; null where too few samples"),
-    ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device); "
-                               "null: not checked (ONNX-file model, model-less backend, parity.check false)"),
+    ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device; an ONNX "
+                               "file on ORT's CPU provider, optimisations off); null: not checked (model-less "
+                               "backend, parity.check false, or no reference: parity_unchecked)"),
     ("parity_max_abs_err", _F64, "max |output - reference| over every output element"),
     ("parity_max_rel_err", _F64, "parity_max_abs_err / max |reference|"),
     ("parity_worst_output", _STR, "the output with the largest parity_max_rel_err (output, output0, ... or "
@@ -320,7 +323,29 @@ _GENERATION: list[tuple[str, pa.DataType, str]] = [
                                "or host (the CPU; ORT GenAI, around each synchronous generate_next_token)"),
 ]
 
-COLUMNS = _CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO + _GENERATION
+#: What makes two rows compare like with like: the arithmetic, the inputs timed, the reference.
+_FAIRNESS: list[tuple[str, pa.DataType, str]] = [
+    ("math", _STR, "fp32 trials: the math mode asked for, tf32 (TF32 tensor cores allowed for matmuls and "
+                   "convolutions) or strict (IEEE fp32); null for fp16/bf16 trials"),
+    ("math_effective", _STR, "fp32 trials: the math the libraries report they ran, read back after timing "
+                             "(torch's fp32_precision knobs, ORT's session provider options): tf32, strict or "
+                             "mixed (...) naming each part; null in runs older than the column, read as "
+                             "\"library default\""),
+    ("input_pool", _I64, "distinct seeded inputs the timed steps cycled through (measure.input_pool); null: 1"),
+    ("pool_feed", _STR, "how a pool of several inputs reached the timed step: inputs (each step called on the "
+                        "next entry), copy (a timed device-to-device copy into the bound buffer, part of "
+                        "each step) or host (io: host, the copy in of each entry, timed as always)"),
+    ("repeat_median_ms", _F64, "measure.repeat_check: the median latency of the same trial timed on one "
+                               "repeated input (latency_ms_median is the pool's)"),
+    ("repeat_samples_ms", pa.list_(_F64), "measure.repeat_check: the samples of that run on one repeated input, ms"),
+    ("repeat_speedup", _F64, "measure.repeat_check: latency_ms_median / repeat_median_ms; above 1.1 with the "
+                             "two intervals apart the row is flagged (MLPerf TEST04)"),
+    ("parity_unchecked", _STR, "why the parity columns are null where a reference was sought but none could "
+                               "be made (an fp16 ONNX file whose ops ORT's CPU provider lacks)"),
+]
+
+COLUMNS = (_CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO
+           + _GENERATION + _FAIRNESS)
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

@@ -92,6 +92,9 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     reason = None if own else runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
     if reason:
         raise SkipTrial(reason)
+    if trial.measure.input_pool > 1 and scenarios.get(trial.scenario).uses_lanes:
+        raise SkipTrial(f"measure.input_pool is timed one request at a time; the {trial.scenario} scenario's "
+                        "lanes each keep their own input")
     if not cuda_ok and not runner_cls.modelless:
         import os
 
@@ -131,5 +134,6 @@ def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner
 
 #: Row a parity_failed row keeps: what ran, not how fast (and the backend's own, named on its class).
 _KEPT_ON_PARITY_FAILURE = frozenset({"warmup_iters", "iters", "repeats", "setup_s", "warmup_s", "timed_s",
-                                     "gpu_mem_peak_bytes", "contended", "contention_checks",
+                                     "gpu_mem_peak_bytes", "contended", "contention_checks", "math_effective",
+                                     "input_pool", "pool_feed",
                                      *memory.COLUMNS})

@@ -31,7 +31,9 @@ above 1: a small slowdown, or a large one within the noise, is not flagged. A tr
 ``ok`` in the base and is not in the candidate is ``broken``; both count as regressions (exit
 code 1). A row that is ``ok`` but not ``valid`` on either side (it did not converge, was noisy,
 shared its GPU, ...: ``workers/measure/validity.py``) gets the verdict ``invalid``, never ``regressed``
-or ``improved``: its number is not one to act on.
+or ``improved``: its number is not one to act on. Rows whose fp32 arithmetic differs (TF32 on one
+side, IEEE fp32 on the other: ``math_effective``) get ``incomparable``, with the reason, never a
+verdict on their ratio (``orchestrator.answers.fairness``).
 
 Each load scenario is judged on its own figures (``Scenario.figures``; the first is the item's
 ``metric``), each as a ratio where > 1 is worse (``Scenario.judge``), the verdict the worst of
@@ -55,6 +57,7 @@ from typing import Any, TypedDict
 import numpy as np
 import pyarrow as pa
 
+from orchestrator.answers.fairness import math_mismatch
 from workers import scenarios
 from workers.contract import Status
 from workers.row import Row
@@ -236,14 +239,17 @@ def compare(
             item.update(judged[0])  # the first figure's numbers; the verdict is the worst figure's
             invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
                        for r in row.get("invalid_reasons") or ["invalid"]]
-            if invalid:
+            unlike = math_mismatch(b, c)
+            if unlike:  # no verdict across different arithmetic: the ratio is the math's as much as the code's
+                item.update(verdict="incomparable", invalid_reasons=[unlike, *invalid])
+            elif invalid:
                 item.update(verdict="invalid", invalid_reasons=invalid)
             else:
                 item["verdict"] = min((j["verdict"] for j in judged), key=_WORST.index)
             if len(judged) > 1:
                 item["figures"] = judged
         out.append(item)
-    order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4}
+    order = {"broken": 0, "regressed": 1, "improved": 2, "fixed": 3, "invalid": 4, "incomparable": 4}
     out.sort(key=lambda r: (order.get(r["verdict"], 5), str(r["model"]), r["batch_size"] or 0, str(r["dtype"]),
                             scenario_tag(r),
                             str(r["io"]), str(r["label"])))

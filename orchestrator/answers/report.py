@@ -42,6 +42,7 @@ from orchestrator.answers.tables import (
     axes_text,
     columns,
     counts_text,
+    fairness_lines,
     group,
     invalid,
     peak_names,
@@ -62,7 +63,8 @@ from workers.contract import succeeded
 from workers.row import Row
 
 #: What callers import from here (the tables and the plots have modules of their own).
-__all__ = ["COLUMNS", "DEFAULT_BASELINE", "axes_text", "columns", "counts_text", "html_report", "invalid",
+__all__ = ["COLUMNS", "DEFAULT_BASELINE", "axes_text", "columns", "counts_text", "fairness_lines",
+           "html_report", "invalid",
            "peak_rows", "peak_table", "profile_href", "resolve_baseline", "row_cells", "serving_answers", "speed",
            "status_text", "summarize", "terminal_table", "unregistered_note"]
 
@@ -162,6 +164,9 @@ def html_report(run_dir: str | Path, baseline: str | None = None, report_path: s
              + "".join(f" <b>{html.escape(note)}</b>." for note in (baseline_note, unregistered_note(rows)) if note)
              + "</p>",
              _html_table(summary, [profile_href(r, run_dir, report_dir) for r in summary])]
+    fair = fairness_lines(rows)
+    if fair:
+        parts.append("<ul class=muted>" + "".join(f"<li>{html.escape(x)}</li>" for x in fair) + "</ul>")
     peaks = peak_rows(rows)
     if peaks:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in PEAK_COLUMNS)

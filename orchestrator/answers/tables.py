@@ -11,6 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.answers.fairness import MATH_NOTE, group_lines, math_marks
 from workers import scenarios
 from workers.contract import Status
 from workers.row import Row
@@ -28,6 +29,7 @@ class Summarized(Row, total=False):
 
     speedup: float | None  # the baseline's figure / this row's (higher is better); None without one
     speedup_vs: str | None  # ``vs io=host``: taken against the baseline of the other io
+    math_note: str | None  # ``math: tf32``: its group holds rows of other fp32 math (answers/fairness.py)
 
 
 def group(r: Row) -> tuple[Any, ...]:
@@ -91,6 +93,7 @@ def summarize(rows: list[Row], baseline: str = DEFAULT_BASELINE) -> list[Summari
         groups[group(r)].append(r)
         wide[_wide(r)].append(r)
     out: list[Summarized] = []
+    marks = math_marks(rows, group)
     for r in sorted(rows, key=lambda r: _order(r, baseline)):
         base, vs = _pick_baseline(groups[group(r)], baseline), None
         if base is None:
@@ -99,8 +102,21 @@ def summarize(rows: list[Row], baseline: str = DEFAULT_BASELINE) -> list[Summari
         speedup = None
         if base is not None and r.get("status") == Status.OK and speed(r) and speed(base):
             speedup = speed(r) / speed(base)
-        out.append({**r, "speedup": speedup, "speedup_vs": vs if speedup is not None else None})
+        out.append({**r, "speedup": speedup, "speedup_vs": vs if speedup is not None else None,
+                    "math_note": marks.get(id(r))})
     return out
+
+
+def fairness_lines(rows: list[Row]) -> list[str]:
+    """Under the table: the math note where a group mixes fp32 math, then each compared group's
+    fairness line (what its rows had in common and what not: ``orchestrator.answers.fairness``)."""
+    def title(r: Row) -> str:
+        tag = scenario_tag(r)
+        return (f"fairness, {r.get('model')} {axes_text(r)} batch {r.get('batch_size')} {r.get('dtype')} "
+                f"io {r.get('io')}{' ' + tag if tag else ''}").replace("  ", " ")
+
+    head = [MATH_NOTE] if math_marks(rows, group) else []
+    return head + group_lines(rows, group, title)
 
 
 def fmt(v: Any, spec: str = ".3f") -> str:
@@ -148,6 +164,7 @@ def _note(r: Row) -> str:
     if r.get("status") != Status.OK:
         return (r.get("error") or "").strip().splitlines()[0][:100] if r.get("error") else ""
     notes = ["invalid: " + "; ".join(r.get("invalid_reasons") or ["see valid"])] if invalid(r) else []
+    notes += [r["math_note"]] if r.get("math_note") else []  # type: ignore[typeddict-item]
     notes += [f"{k}={r[k]:.3g}" for k in PARITY_NOTE if isinstance(r.get(k), float)]
     if r.get("hit_max_time"):
         notes.append("hit max_time_s")

@@ -35,6 +35,7 @@ def report(
     from orchestrator.answers import deploy
     from orchestrator.answers.report import (
         counts_text,
+        fairness_lines,
         html_report,
         peak_table,
         resolve_baseline,
@@ -63,6 +64,8 @@ def report(
         if len(rows) <= REPORT_ROWS:
             console.print(terminal_table(summarize(rows, baseline), baseline))
             console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
+            for line in fairness_lines(rows):  # what each compared group had in common (answers/fairness.py)
+                console.print(escape(line), highlight=False)
             for note in (baseline_note, unregistered_note(rows)):
                 if note:
                     console.print(f"[yellow]{escape(note)}[/]", highlight=False)

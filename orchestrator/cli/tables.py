@@ -149,7 +149,7 @@ def compare_table(items: list[Verdict], confidence: float) -> Table:
                       (f"{confidence:.0%} CI", "right"), ("verdict", "left"), ("note", "left")):
         t.add_column(col, justify=just)
     style = {"regressed": "bold red", "broken": "bold red", "improved": "green", "fixed": "green",
-             "invalid": "yellow"}
+             "invalid": "yellow", "incomparable": "yellow"}
     for r in items:
         ci = "-" if r["ci_low"] is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
         v = r["verdict"]

@@ -49,13 +49,15 @@ def check_repeats(plan: Plan, entries: list[Any], aliases: dict[str, str], sourc
     m = plan.matrix
     axes: list[tuple[str, list[Any] | None]] = [
         ("matrix.batch_sizes", m.batch_sizes), ("matrix.dtypes", m.dtypes), ("matrix.io", m.io),
+        ("matrix.math", m.math),
         ("matrix.scenarios", m.scenarios), ("matrix.concurrency", m.concurrency), ("matrix.rates", m.rates),
         ("matrix.prompt_lens", m.prompt_lens), ("matrix.new_tokens", m.new_tokens),
         *((f"matrix.{aliases[a]}" if a in aliases else f"matrix.axes.{a}", v) for a, v in m.axes.items()),
         *list_settings("scenario", plan.scenario),
     ]
     for i, e in enumerate(entries):
-        axes += [(f"matrix.backends[{i}].io", e.io), *list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
+        axes += [(f"matrix.backends[{i}].io", e.io), (f"matrix.backends[{i}].math", e.math),
+                 *list_settings(f"matrix.backends[{i}].scenario", e.scenario)]
     keys = [mod.key + mod.name for mod in plan.models]
     for where, values in [*axes, ("models", keys)]:
         seen: dict[Any, int] = {}

@@ -26,6 +26,7 @@ from orchestrator.plan.settings import merged_settings
 from workers import scenarios
 from workers.config import did_you_mean
 from workers.contract import BudgetLimits, ModelSpec, Trial, trial_id
+from workers.measure import mathmode
 
 
 @functools.cache
@@ -93,21 +94,29 @@ def scenario_points(settings: scenarios.Settings) -> list[ScenarioPoint]:
     return points
 
 
+def math_axis(matrix: Any, entry: Any, dtype: str) -> list[str]:
+    """The math modes of an entry's trials of ``dtype``: the entry's or the matrix's for fp32, the
+    default alone for fp16/bf16 (TF32 is about fp32 arithmetic)."""
+    return (entry.math or matrix.math) if dtype == "fp32" else [mathmode.DEFAULT]
+
+
 def count_trials(plan: Plan) -> int:
     """How many trials the plan expands to before ``exclude``: the product of its axes' lengths,
     counted without expanding them (what ``expand`` would build, so a huge plan is refused at once)."""
     m = plan.matrix
-    per_entry = 0
+    per_entry = gen_entry = 0  # trials per model point, batch size: every dtype and its math modes
     for entry in m.backends:
         settings = merged_settings(plan, entry)
         n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
-        per_entry += len(entry.io or m.io) * n_points
+        modes = sum(len(math_axis(m, entry, d)) for d in m.dtypes)
+        per_entry += len(entry.io or m.io) * n_points * modes
+        gen_entry += modes  # a generation model: one scenario point and io per entry (generation.trial_points)
     total = 0
-    for model in plan.models:  # a generation model: one scenario point and io per entry (generation.trial_points)
+    for model in plan.models:
         points = math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())
         gen = generation.points(model, m)
-        total += points * len(gen) * (len(m.backends) if gen != [{}] else per_entry)
-    return total * len(m.batch_sizes) * len(m.dtypes)
+        total += points * len(gen) * (gen_entry if gen != [{}] else per_entry)
+    return total * len(m.batch_sizes)
 
 
 def check_size(plan: Plan, source: str = "<plan>") -> int:
@@ -131,7 +140,8 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     options = [entry.options.model_dump(mode="json") for entry in m.backends]  # once per entry, not per trial
     for (model, axes, gen), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                         enumerate(m.backends)):
-        for io, scenario in generation.trial_points(model, entry.io or m.io, entry_scenarios[e]):
+        ios_scenarios = generation.trial_points(model, entry.io or m.io, entry_scenarios[e])
+        for (io, scenario), mode in itertools.product(ios_scenarios, math_axis(m, entry, dtype)):
             spec = dict(
                 plan=plan.name,
                 model=model,
@@ -141,6 +151,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 batch_size=bs,
                 dtype=dtype,
                 io=io,
+                math=mode,
                 device=plan.device,
                 accelerator_type=plan.accelerator_type,
                 measure=plan.measure,
@@ -206,7 +217,7 @@ def _check_exclude(rules: list[Any], candidates: list[Trial], source: str) -> No
 
 _PLURAL = {"model": "models", "backend": "backends", "label": "labels", "batch_size": "batch sizes",
            "dtype": "dtypes", "io": "io values", "scenario": "scenarios", "concurrency": "concurrencies",
-           "rate": "rates"}
+           "rate": "rates", "math": "fp32 math modes"}
 
 
 def _check_onnx_runtime(plan: Plan, trials: list[Trial], source: str) -> None:

@@ -82,7 +82,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, create_model, model
 from orchestrator.plan.forms import model_from_yaml
 from workers import scenarios
 from workers.config import StrictModel
-from workers.contract import ARRIVALS, MAX_DIM, Dtype, Io, MeasureSpec, ModelSpec, ParitySpec, Trial
+from workers.contract import ARRIVALS, MAX_DIM, Dtype, Io, Math, MeasureSpec, ModelSpec, ParitySpec, Trial
 
 #: The most trials a plan may expand to (counted before ``exclude``) unless it sets ``max_trials``:
 #: expanding and checking 100,000 takes a few seconds; millions took minutes and gigabytes.
@@ -91,11 +91,14 @@ MAX_TRIALS = 100_000
 MAX_CONCURRENCY = 4096
 MAX_RETRIES = 100
 
-EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate")
+EXCLUDE_KEYS = ("model", "backend", "label", "batch_size", "dtype", "io", "axes", "scenario", "concurrency", "rate",
+                "math")
 
 
 def exclude_value(trial: Trial, key: str) -> Any:
     """What an exclude rule's ``key`` (any of EXCLUDE_KEYS but ``axes``) is compared with in ``trial``."""
+    if key == "math":  # fp32 trials only: an fp16 trial has no math mode to match
+        return trial.math if trial.dtype == "fp32" else None
     return trial.model.name if key == "model" else getattr(trial, key)
 
 
@@ -151,6 +154,7 @@ class ExcludeRule(Strict):
     scenario: ScenarioName | list[ScenarioName] | None = None
     concurrency: int | list[int] | None = None
     rate: float | list[float] | None = None
+    math: Math | list[Math] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeRule:
@@ -207,6 +211,7 @@ class BudgetRule(Budget):
     scenario: ScenarioName | list[ScenarioName] | None = None
     concurrency: int | list[int] | None = None
     rate: float | list[float] | None = None
+    math: Math | list[Math] | None = None
 
     matches = ExcludeRule.matches
 
@@ -217,6 +222,7 @@ class BackendEntry(Strict):
     backend: str
     label: str | None = None
     io: list[Io] | None = None
+    math: list[Math] | None = Field(None, min_length=1)  # overrides matrix.math for this entry's fp32 trials
     timeout_s: float | None = Field(None, gt=0)  # overrides the plan's for this entry's trials
     retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
     budgets: Budget | None = None
@@ -246,6 +252,8 @@ class Matrix(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: ["fp32"], min_length=1)
     io: list[Io] = Field(default_factory=lambda: ["device"], min_length=1)
+    math: list[Math] = Field(default_factory=lambda: ["tf32"], min_length=1)
+    """fp32 trials: tf32 | strict, an axis (workers/measure/mathmode.py); fp16/bf16 trials have one."""
     backends: list[Any] = Field(min_length=1)
     exclude: list[ExcludeRule] = Field(default_factory=list)
     axes: dict[str, list[Annotated[int, Field(ge=1, le=MAX_DIM)]]] = Field(default_factory=dict)

@@ -22,6 +22,10 @@ What a backend can do is said on its class, never by testing its name elsewhere:
 - ``generation`` / ``generation_path``: the generation path it drives in generation trials, if any;
 - ``offers``: its rows in ``infer-orch backends`` (one, or more where a configuration needs
   libraries of its own, as ORT with TensorRT);
+- ``math_before`` and ``math_effective``: the fp32 math mode its trials ran before the ``math`` field
+  (ids), and the mode its libraries report (``workers.measure.mathmode``);
+- ``stage_pool`` and ``use``: a pool of inputs staged before timing, the next one fed in each timed
+  step (``workers.measure.pool``);
 - ``checks_stale``, ``feed`` and ``stale_reference``: whether it replays something captured (a CUDA
   graph, an engine) that could keep returning an old result, and how a second input reaches it
   (``workers.measure.stale`` feeds one after timing and checks the output).
@@ -130,6 +134,9 @@ class Runner(ABC):
     generation: ClassVar[str | None] = None
     #: what ``profile`` records with (a plan's ``profile: true``), or None: this backend has no profile.
     profiler: ClassVar[str | None] = None
+    #: the math mode (``workers.measure.mathmode``) its fp32 trials ran before trials had one: trials at
+    #: that mode keep their ids; None: neither mode (every fp32 trial's id changes)
+    math_before: ClassVar[str | None] = "tf32"
 
     @classmethod
     def generation_path(cls, options: dict[str, Any]) -> str | None:
@@ -238,6 +245,22 @@ class Runner(ABC):
         """(what it is, the output expected) for the inputs of ``seed``, where the runner has its own
         reference (an ONNX file run without a graph; a model-less backend's known function); None:
         the worker's torch eager fp32 reference (``workers.measure.parity``) is the one."""
+        return None
+
+    def stage_pool(self, seeds: list[int]) -> str:
+        """Stage the trial's inputs drawn with each of ``seeds`` where ``use`` can reach them (on the
+        device, or on the host with ``io: host``), before timing; returns how ``use`` feeds them, the
+        row's ``pool_feed`` (``workers.measure.pool``). Entry 0 is the trial's own input."""
+        raise SkipTrial(f"backend {self.name} can't cycle through a pool of inputs (measure.input_pool)")
+
+    def use(self, k: int) -> None:
+        """Make pool entry ``k`` what the next ``step`` reads. Timed with the step: it is part of
+        serving a new input (a pointer swap, or a copy into the buffers a graph reads)."""
+        raise NotImplementedError(f"backend {self.name} has no pool")
+
+    def math_effective(self) -> str | None:
+        """The fp32 math this runner's libraries report they use (``workers.measure.mathmode``), read
+        after timing; None where no library does arithmetic (model-less backends)."""
         return None
 
     def extra_columns(self) -> Row:

@@ -159,6 +159,10 @@ class OrtRunner(Runner):
             missing = tensorrt_missing()
             if missing:
                 return f"TensorRT provider: {missing}"
+            from workers.measure import mathmode
+
+            if mathmode.effective(trial) == "strict" and not mathmode.overridden():
+                return mathmode.TENSORRT_STRICT
         return super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
@@ -266,7 +270,10 @@ class OrtRunner(Runner):
     def _cuda_options(self, device_id: int) -> dict[str, str]:
         """The CUDA provider's options: only those set, so unset ones stay ORT's defaults."""
         o = self.options
-        opts = {"device_id": str(device_id), "enable_cuda_graph": "1" if o.cuda_graph else "0"}
+        from workers.measure import mathmode
+
+        opts = {"device_id": str(device_id), "enable_cuda_graph": "1" if o.cuda_graph else "0",
+                **mathmode.ort_cuda_option(mathmode.effective(self.ctx.trial))}
         if o.cudnn_conv_algo_search is not None:
             opts["cudnn_conv_algo_search"] = o.cudnn_conv_algo_search
         if o.prefer_nhwc:
@@ -397,6 +404,29 @@ class OrtRunner(Runner):
             self.sess.run_with_iobinding(self.binding)
             self.y = self.dev_outs
 
+    def stage_pool(self, seeds: list[int]) -> str:
+        """Without IO binding each entry is session.run's feeds (ORT copies them in: ``host`` on a GPU);
+        bound, ``use`` copies an entry into the bound device buffers (``copy``: one CUDA graph for every
+        entry), or with ``io: host`` makes it the host input the step copies in (``host``)."""
+        entries = [self._check_inputs(self.sess, seed) for seed in seeds]
+        if self.binding is None:
+            self.pool = [{k: x.numpy() for k, x in xs.items()} for xs in entries]
+            return "host" if self.ctx.device == "cuda" else "inputs"
+        if self.host_x is not None:
+            self.pool = entries
+            return "host"
+        self.pool = [{k: x.to(self.ctx.device) for k, x in xs.items()} for xs in entries]
+        return "copy"
+
+    def use(self, k: int) -> None:
+        if self.binding is None:
+            self.feeds = self.pool[k]
+        elif self.host_x is not None:
+            self.host_x = self.pool[k]
+        else:
+            for n, x in self.pool[k].items():
+                self.dev_x[n].copy_(x)
+
     def checks_stale(self) -> bool:
         """ORT's CUDA graph, and TensorRT's engines: both replay what they captured or built."""
         return self.options.cuda_graph or "tensorrt" in (self.options.providers or [])
@@ -410,30 +440,6 @@ class OrtRunner(Runner):
             return
         for k, x in xs.items():
             (self.host_x if self.host_x is not None else self.dev_x)[k].copy_(x)
-
-    def stale_reference(self, seed: int) -> tuple[str, Any] | None:
-        """For an ``onnx:`` model (no torch form): the same file run by ORT without a graph, on the CUDA
-        provider on a GPU (not TensorRT: it is what is being checked), else the CPU provider."""
-        if self.ctx.model.kind != "onnx":
-            return None
-        import onnxruntime as ort
-
-        path, so, _ = self._session_args
-        if self.ctx.device == "cuda":
-            providers: list[Any] = [(PROVIDERS["cuda"], {"device_id": str(self._device_index()),
-                                                         "enable_cuda_graph": "0"})]
-            what = "the ONNX file on ORT's CUDA provider without a graph"
-        else:
-            providers, what = [PROVIDERS["cpu"]], "the ONNX file on ORT's CPU provider"
-        plain = ort.InferenceSession(path, sess_options=so, providers=providers)
-        feeds = {k: x.numpy() for k, x in self._check_inputs(plain, seed).items()}
-        outs = [a.astype("float32") for a in plain.run(None, feeds)]
-        del plain
-        ref = outs[0] if len(outs) == 1 else {o.name: a for o, a in zip(self.sess.get_outputs(), outs)}
-        return what, ref
-
-    def _device_index(self) -> int:
-        return self._torch.cuda.current_device() if self.ctx.device == "cuda" else 0
 
     def output(self) -> np.ndarray | dict[str, np.ndarray]:
         """The first output alone for a one-output model; else every output by the session's names."""
@@ -468,6 +474,15 @@ class OrtRunner(Runner):
                 self.sess, self.binding = timed
                 del sess
 
+    def math_effective(self) -> str | None:
+        """From the options the session reports for each provider it uses (``use_tf32``), not the ones asked."""
+        from workers.measure import mathmode
+
+        sess = getattr(self, "sess", None)
+        if sess is None:
+            return None
+        return mathmode.ort_effective(sess.get_provider_options(), sess.get_providers())
+
     def extra_columns(self) -> Row:
         return {"providers_used": list(getattr(self, "providers_used", [])),
                 "ort_provider_options": json.dumps(getattr(self, "provider_options", {}), sort_keys=True),
@@ -475,4 +490,4 @@ class OrtRunner(Runner):
 
     def teardown(self) -> None:
         self.binding = self.sess = None
-        self.dev_x = self.dev_outs = self.y = self.host_x = None
+        self.dev_x = self.dev_outs = self.y = self.host_x = self.pool = None

@@ -23,6 +23,9 @@ ALL_DTYPES = frozenset({"fp32", "fp16", "bf16"})
 class SleepOptions(BackendOptions):
     step_s: float = Field(0.01, ge=0)
     """Seconds each step sleeps."""
+    repeat_discount: float = Field(1.0, gt=0, le=1)
+    """A step on the same pool entry as the step before sleeps step_s times this: a backend faster
+    on a repeated input, for the repeat check (measure.repeat_check). 1: an honest one."""
 
 
 class SleepRunner(Runner):
@@ -33,10 +36,18 @@ class SleepRunner(Runner):
     concurrent = True  # k lanes are k sleepers: the load scenarios' timing, testable anywhere
 
     def setup(self) -> None:
-        pass
+        self.entry, self.last = 0, -1
+
+    def stage_pool(self, seeds: list[int]) -> str:
+        return "inputs"
+
+    def use(self, k: int) -> None:
+        self.entry = k
 
     def step(self) -> None:
-        time.sleep(self.options.step_s)
+        same = self.entry == self.last
+        self.last = self.entry
+        time.sleep(self.options.step_s * (self.options.repeat_discount if same else 1.0))
 
     def output(self) -> np.ndarray:
         import numpy as np

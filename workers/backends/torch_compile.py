@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import model_validator
 
 from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runner
-from workers.backends.torch_eager import TorchOptions, eager_lane, layout_skip_reason, prepare_torch
+from workers.backends.torch_eager import (
+    TorchMath,
+    TorchOptions,
+    eager_lane,
+    layout_skip_reason,
+    pool_inputs,
+    prepare_torch,
+)
 from workers.contract import Trial
 from workers.models.build import cache_dir
 from workers.row import Row
@@ -84,7 +91,7 @@ def _first_line(reason: str) -> str:
     return reason.strip().splitlines()[0][:200] if reason.strip() else ""
 
 
-class TorchCompile(Runner):
+class TorchCompile(TorchMath, Runner):
     name = "torch-compile"
     generation = "torch-compile"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
@@ -159,6 +166,15 @@ class TorchCompile(Runner):
             else:
                 self.y = self.ctx.call(self.model, self.x)
 
+    def stage_pool(self, seeds: list[int]) -> str:
+        """Entries of the trial's shape, dtype and strides: calling on them fails no guard (nothing
+        recompiles); with CUDA graphs, cudagraph trees copy each into the graph's inputs (timed)."""
+        self.pool = pool_inputs(self.ctx, seeds, self.options.channels_last)
+        return "host" if self.ctx.io == "host" else "inputs"
+
+    def use(self, k: int) -> None:
+        self.x = self.pool[k]
+
     def checks_stale(self) -> bool:
         """CUDA graphs: the modes that use them (cudagraph trees) and the ``cudagraphs`` backend, on a GPU."""
         o = self.options
@@ -196,7 +212,7 @@ class TorchCompile(Runner):
         return cols
 
     def teardown(self) -> None:
-        self.model = self.x = self.y = None
+        self.model = self.x = self.y = self.pool = None
         torch = getattr(self, "_torch", None)
         if torch is not None:
             torch._dynamo.reset()  # frees the compiled code and, with reduce-overhead, the CUDA graph pool

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from workers.backends.base import BackendOptions, Lane, Runner
-from workers.backends.torch_eager import TorchOptions, layout_skip_reason, prepare_torch
+from workers.backends.torch_eager import TorchMath, TorchOptions, layout_skip_reason, pool_inputs, prepare_torch
 from workers.contract import Trial
 from workers.models.build import Tensors
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates opt
 CAPTURE_WARMUP_ITERS = 3
 
 
-class TorchCudaGraph(Runner):
+class TorchCudaGraph(TorchMath, Runner):
     name = "torch-cudagraph"
     generation = "torch-cudagraph"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
@@ -122,6 +122,19 @@ class TorchCudaGraph(Runner):
         else:
             self.graph.replay()
 
+    def stage_pool(self, seeds: list[int]) -> str:
+        """One graph for every entry: ``use`` copies an entry into the graph's static inputs (device to
+        device, timed), or with ``io: host`` makes it the host input the step copies in."""
+        self.pool = pool_inputs(self.ctx, seeds, self.options.channels_last)
+        return "host" if self.host_x is not None else "copy"
+
+    def use(self, k: int) -> None:
+        if self.host_x is not None:
+            self.host_x = self.pool[k]
+            return
+        for n, x in self.pool[k].items():
+            self.static_x[n].copy_(x)
+
     def checks_stale(self) -> bool:
         return True
 
@@ -141,4 +154,4 @@ class TorchCudaGraph(Runner):
         return host_outputs(self.y)
 
     def teardown(self) -> None:
-        self.graph = self.model = self.static_x = self.static_y = self.y = self.host_x = None
+        self.graph = self.model = self.static_x = self.static_y = self.y = self.host_x = self.pool = None

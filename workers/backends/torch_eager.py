@@ -37,6 +37,9 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Tensors]:
     """
     import torch
 
+    from workers.measure import mathmode
+
+    mathmode.apply_torch(mathmode.effective(ctx.trial))  # before the model is built, compiled or captured
     model = ctx.torch_model()
     xs = ctx.inputs(device=ctx.device if ctx.io == "device" else "cpu")
     if channels_last and any(x.dim() == 4 for x in xs.values()):
@@ -45,7 +48,35 @@ def prepare_torch(ctx: Any, channels_last: bool) -> tuple[Any, Tensors]:
     return model, xs
 
 
-class TorchEager(Runner):
+def pool_inputs(ctx: Any, seeds: list[int], channels_last: bool) -> list[Tensors]:
+    """The trial's inputs drawn with each seed, where ``prepare_torch`` puts the trial's own (the device,
+    or the host with ``io: host``), in channels_last where it converts them."""
+    import torch
+
+    device = ctx.device if ctx.io == "device" else "cpu"
+    out = []
+    for seed in seeds:
+        xs = ctx.inputs(device=device, seed=seed)
+        if channels_last:
+            xs = {k: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for k, x in xs.items()}
+        out.append(xs)
+    return out
+
+
+class TorchMath:
+    """The math mode of the torch backends: set by ``prepare_torch``, read back from torch."""
+
+    #: IEEE fp32 matmuls with TF32 convolutions (PyTorch's defaults): neither mode
+    math_before = None
+    ctx: Any
+
+    def math_effective(self) -> str | None:
+        from workers.measure import mathmode
+
+        return mathmode.torch_effective(self.ctx.device)
+
+
+class TorchEager(TorchMath, Runner):
     name = "torch-eager"
     generation = "torch-eager"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
@@ -79,6 +110,13 @@ class TorchEager(Runner):
         self.model, self.x = prepare_torch(self.ctx, self.options.channels_last)
         self.y: Any = None
 
+    def stage_pool(self, seeds: list[int]) -> str:
+        self.pool = pool_inputs(self.ctx, seeds, self.options.channels_last)
+        return "host" if self.ctx.io == "host" else "inputs"
+
+    def use(self, k: int) -> None:
+        self.x = self.pool[k]
+
     def step(self) -> None:
         with self._torch.inference_mode():
             if self.ctx.io == "host":
@@ -94,7 +132,7 @@ class TorchEager(Runner):
         return host_outputs(self.y)
 
     def teardown(self) -> None:
-        self.model = self.x = self.y = None
+        self.model = self.x = self.y = self.pool = None
 
 
 def eager_lane(ctx: Any, model: Any, xs: Tensors, to_host: Any) -> Lane:

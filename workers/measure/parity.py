@@ -14,8 +14,10 @@ Errors are recorded in the row:
 A trial fails (``status: parity_failed``, latency not published) when its output holds NaN/Inf,
 has another shape than the reference, or when ``parity_max_rel_err`` is above the plan's
 ``parity.tolerance`` for its dtype (defaults in ``workers.contract.DEFAULT_TOLERANCE``).
-Models with no torch form (``onnx:`` files) and model-less backends have no reference: their
-parity columns are null (not checked), which is not a failure.
+Models with no torch form (``onnx:`` files) are held to the same file on ORT's CPU provider with
+optimisations off (``workers.measure.onnxref``); where that can't run the file (an fp16 op without a
+CPU kernel) the parity columns are null and ``parity_unchecked`` says why. Model-less backends have
+no reference: their parity columns are null (not checked). Neither is a failure.
 """
 
 from __future__ import annotations
@@ -44,9 +46,23 @@ class ParityFailure(Exception):
         self.columns = columns or {}
 
 
+def reference_name(trial: Trial, device: str) -> str:
+    """What the reference of ``trial`` is, as the row's ``parity_reference`` says."""
+    if trial.model.kind == "onnx":
+        from workers.measure.onnxref import WHAT
+
+        return WHAT
+    return f"{REFERENCE} on {device}"
+
+
 def reference_output(trial: Trial, device: str, store: Any) -> np.ndarray | dict[str, np.ndarray]:
     """Torch eager fp32 output for the trial's model, batch and inputs on ``device`` (TF32 off): one
-    array for a one-output model, else every output by name (``workers.models.build.flat_outputs``)."""
+    array for a one-output model, else every output by name (``workers.models.build.flat_outputs``).
+    An ``onnx:`` model's is its file on ORT's CPU provider (``onnxref``; raises ``onnxref.NoReference``)."""
+    if trial.model.kind == "onnx":
+        from workers.measure import onnxref
+
+        return onnxref.reference(trial, store)
     import torch
 
     from workers.models.build import call_model, host_outputs, make_inputs
@@ -138,12 +154,19 @@ def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict
                 which = f"output '{name}'" if several else "output"
                 raise ParityFailure(f"{which} has {bad} NaN/Inf values of {arr.size}; latency not published")
     cols: Row = {"parity_reference": None, "parity_max_abs_err": None,
-                            "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None}
-    if not trial.parity.check or modelless or trial.model.kind == "onnx":
+                            "parity_max_rel_err": None, "parity_tolerance": None, "parity_worst_output": None,
+                 "parity_unchecked": None}
+    if not trial.parity.check or modelless:
         return cols
+    from workers.measure.onnxref import NoReference
+
     tol = float(getattr(trial.parity.tolerance, trial.dtype))
-    ref = named(reference_output(trial, device, store))
-    cols.update(parity_reference=f"{REFERENCE} on {device}", parity_tolerance=tol)
+    try:
+        ref = named(reference_output(trial, device, store))
+    except NoReference as exc:
+        return {**cols, "parity_unchecked": str(exc)}
+    what = reference_name(trial, device)
+    cols.update(parity_reference=what, parity_tolerance=tol)
     worst: Row = {"parity_max_abs_err": 0.0, "parity_max_rel_err": 0.0, "parity_worst_output": None}
     for y in outputs:
         got = list(named(y).values())
@@ -159,9 +182,10 @@ def check(trial: Trial, device: str, store: Any, outputs: list[np.ndarray | dict
                 worst.update(err, parity_worst_output=name)
     cols.update(worst)
     if worst["parity_max_rel_err"] > tol:
+        short = "ORT CPU" if trial.model.kind == "onnx" else REFERENCE
         which = f"output '{worst['parity_worst_output']}'" if len(ref) > 1 else "output"
         raise ParityFailure(
-            f"{which} differs from the {REFERENCE} reference: max |y - ref| / max |ref| = "
+            f"{which} differs from the {short} reference: max |y - ref| / max |ref| = "
             f"{worst['parity_max_rel_err']:.3g} > tolerance {tol:g} for {trial.dtype}; latency not published",
             cols,
         )

@@ -8,7 +8,7 @@ its bound or static buffers (``Runner.feed``, seed = the trial's + ``SECOND_SEED
 one ``step``, and that output is checked against a reference for the second input::
 
     torch models              torch eager fp32 on the device (workers.measure.parity, the second input)
-    onnx: models (ORT)        the same ONNX file run by ORT without a graph (Runner.stale_reference)
+    onnx: models              the same ONNX file on ORT's CPU provider, optimisations off (workers.measure.onnxref)
     model-less (fault: stale) the backend's known function of its input (Runner.stale_reference)
 
 with the trial's parity tolerance. An output off its reference is ``parity_failed`` with a "stale
@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, TypedDict
 
 from workers.contract import Trial
-from workers.measure.parity import REFERENCE, ParityFailure, compare, named, nonfinite, reference_output
+from workers.measure.parity import ParityFailure, compare, named, nonfinite, reference_name, reference_output
 from workers.row import Row
 
 SECOND_SEED_OFFSET = 1
@@ -58,11 +58,16 @@ def check(trial: Trial, device: str, store: Any, got: Probe | None, first: Any,
     seed = got["seed"]
     if got["reference"] is not None:
         what, ref = got["reference"]
-    elif modelless or trial.model.kind == "onnx":
+    elif modelless:
         return cols  # no reference to hold it to
     else:
-        what = f"{REFERENCE} on {device}"
-        ref = reference_output(dataclasses.replace(trial, seed=seed), device, store)
+        from workers.measure.onnxref import NoReference
+
+        what = reference_name(trial, device)
+        try:
+            ref = reference_output(dataclasses.replace(trial, seed=seed), device, store)
+        except NoReference:
+            return cols  # the parity check has said why (parity_unchecked)
     tol = float(getattr(trial.parity.tolerance, trial.dtype))
     cols["stale_reference"] = f"{what}, second input (seed {seed})"
     refs, outs = named(ref), named(got["output"])

@@ -122,8 +122,11 @@ def measurement_reasons(row: Row, trial: Trial | None = None) -> list[str]:
     single-stream latency rows: not converged, noisy, repeats that disagree, too few samples."""
     reasons = [_contended(row)]
     if _spread_rules(row, trial):
+        from workers.measure.pool import faster_repeated
+
         reasons += [_not_converged(row, trial), _too_few(row), _noisy(row),
-                    repeats_disagree(list(row.get("repeat_medians_ms") or []), row.get("repeat_rel_ci"))]
+                    repeats_disagree(list(row.get("repeat_medians_ms") or []), row.get("repeat_rel_ci")),
+                    faster_repeated(row)]
     return [r for r in reasons if r]
 
 

@@ -122,7 +122,11 @@ class ModelStore:
 
     def reference(self, spec: ModelSpec, key: Any, compute: Any) -> Any:
         """The parity reference output for ``spec`` under ``key``; ``compute()`` makes it once."""
-        self.base_model(spec)  # a change of model drops the old model's references too
+        if spec.kind == "onnx":  # no torch form: the references of other models go all the same
+            if not any(k[0] == spec.key for k in self._refs):
+                self._refs.clear()
+        else:
+            self.base_model(spec)  # a change of model drops the old model's references too
         full = (spec.key, key)
         if full not in self._refs:
             self._refs[full] = compute()

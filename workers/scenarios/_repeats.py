@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from workers.contract import FILES_KEY, PROFILE_ITERS, PROFILE_MAX_BYTES, Trial, profile_path
-from workers.measure import affinity, energy, envinfo, memory, stale, stats
+from workers.measure import affinity, energy, envinfo, memory, pool, stale, stats
 from workers.measure.timing import CudaTimer, HostTimer, Samples, measure_copies
 from workers.measure.timing import measure as timed_loop
 from workers.row import Row
@@ -32,6 +32,7 @@ class Repeat:
     after: After
     copies: Row
     profile: Row = field(default_factory=dict)
+    pool: Row = field(default_factory=dict)
     energy: Row = field(default_factory=dict)
     stale: Row | None = None
 
@@ -75,6 +76,7 @@ def measure(h: Harness) -> Measured:
         **lat,
         **ctx.facts,
         **first.after.extra,
+        **_pool_columns(h, first.pool, dev),
         **last.profile,
         **last.energy,
     }
@@ -93,10 +95,18 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
         window = energy.TimedWindow(meter) if meter else None
         timed = [f for f in (window, watch) if f is not None]  # the energy counter's window, the sampler's
         cpu = affinity.timing_cpu(gpu_uuid) if on_gpu else None
+        spec, n = ctx.trial.measure, ctx.trial.measure.input_pool
+        feed = s.runner.stage_pool(pool.seeds(ctx.trial)) if n > 1 else None  # staged before timing
+        step = pool.cycling(s.runner, n) if n > 1 else s.runner.step
         with affinity.pinned(cpu):  # warm-up and timed loop on one CPU near the GPU (workers/measure/affinity.py)
-            samples = timed_loop(s.runner.step, timer, ctx.trial.measure,
+            samples = timed_loop(step, timer, spec,
                                  on_timed=(lambda starting: [f(starting) for f in timed]) if timed else None)
+            repeated = timed_loop(pool.cycling(s.runner, 1), timer, spec) if spec.repeat_check and first else None
         gpu = s.gpu_columns()
+        if n > 1:  # the trial's own input once more, so parity checks it (not timed)
+            s.runner.use(0)
+            s.runner.step()
+        pooled: Row = {"pool_feed": feed, "repeat_samples_ms": repeated.device_ms if repeated else None}
         output = s.runner.output()  # a runner whose output can't be read has not really run
         copies = {"copy_in_ms": None, "copy_out_ms": None, **(_copy_times(h, output) if on_gpu and first else {})}
         after = s.after()  # after the copies: their buffers count in the trial's memory, as they always have
@@ -107,7 +117,16 @@ def _once(h: Harness, first: bool, last: bool, profile: memory.HostPeak | None) 
             profiled = _profile(s.runner, ctx.trial)
         second = stale.probe(s.runner) if last else None  # last: a second input through the timed buffers
     return Repeat(samples=samples, setup_s=s.setup_s, gpu=gpu, timing_cpu=cpu, output=output, after=after,
-                  copies=copies, profile=profiled, energy=joules, stale=second)
+                  copies=copies, profile=profiled, pool=pooled, energy=joules, stale=second)
+
+
+def _pool_columns(h: Harness, first: Row, samples: list[float]) -> Row:
+    """The pool's columns (``workers.measure.pool``): its size, how it was fed, the repeat check's."""
+    cols: Row = {"input_pool": h.trial.measure.input_pool, "pool_feed": first.get("pool_feed")}
+    repeated = first.get("repeat_samples_ms")
+    if repeated:
+        cols.update(pool.repeat_columns(samples, repeated))
+    return cols
 
 
 def _energy(h: Harness, meter: Any, window: Any, iters: int, step: Any, sync: Any, last: bool) -> Row:

@@ -154,6 +154,8 @@ class RunnerSession:
 
     def after(self) -> After:
         extra = self.runner.extra_columns()
+        if self.harness.trial.dtype == "fp32":  # TF32 is about fp32 arithmetic: other rows leave it null
+            extra["math_effective"] = self.runner.math_effective()
         mem_cols = self.mem.columns()  # before teardown: ORT's arena is freed with its session
         peak = mem_cols.pop("peak")
         return After(extra=extra, memory=mem_cols, peak=peak)
