@@ -199,6 +199,9 @@ def run(
         min=1, help="Number of workers: at most this many GPUs; CPU workers for a cpu plan (default 1).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(
         min=0.01, help="CPUs per worker actor [default: the plan's, else an even split of its node].")] = None,
+    builders: Annotated[int | None, typer.Option(
+        min=0, help="Build-ahead tasks per node (ONNX exports on spare CPUs) [default: the plan's, else the "
+                    "node's spare CPUs; 0: none].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded trials; run nothing.")] = False,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory: run only the trials not stored there yet.")] = None,
@@ -267,7 +270,8 @@ def run(
             if retry_invalid and resume is None:
                 raise InputError("--retry-invalid needs --resume DIR: it re-runs the invalid trials of that run")
             result = run_plan(plan, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                              on_start=on_start, on_row=on_row, resume=resume, retry_failed=retry_failed,
+                              builders=builders, on_start=on_start, on_row=on_row, resume=resume,
+                              retry_failed=retry_failed,
                               profile=tuple(profile or ()), retry_invalid=retry_invalid, on_warning=_warn,
                               command_options=_command_options(junit, table))
         finally:

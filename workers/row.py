@@ -149,6 +149,8 @@ class Row(TypedDict, total=False):
     recompiles_during_timing: int | None
     engine_build_s: float | None
     ort_provider_options: str | None
+    artifact_wait_s: float | None
+    artifact_build_s: float | None
     scenario: str | None
     concurrency: int | None
     target_rate: float | None

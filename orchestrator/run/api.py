@@ -38,7 +38,8 @@ from orchestrator.results.sink import (
     layout,
     slim,
 )
-from orchestrator.run import cluster
+from orchestrator.run import ahead, cluster
+from orchestrator.run.ahead import Stats
 from orchestrator.run.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.run.raylog import RayLog
 from orchestrator.run.scheduler import schedule
@@ -67,6 +68,8 @@ class RunResult:
     #: what the compaction at the end did (None: nothing to do), or why it could not be done
     compaction: Compaction | None = None
     compact_error: str | None = None
+    #: what the build-ahead tasks did (None: none ran)
+    ahead: Stats | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -185,6 +188,7 @@ def run_plan(
     address: str | None = None,
     workers: int | None = None,
     cpus_per_worker: float | None = None,
+    builders: int | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
@@ -201,7 +205,8 @@ def run_plan(
     those stored ok but not valid), into it.
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
-    what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
+    what ran and with the command that resumes the run. ``cpus_per_worker`` and ``builders`` (build-ahead
+    tasks per node, ``orchestrator/run/ahead.py``) override the plan's.
     ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     ``on_warning``: gets each warning line (a ``python:`` module not found here, on a cluster run).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
@@ -323,7 +328,9 @@ def run_plan(
         try:
             # kills its workers when it returns
             report = schedule(pool, trials, take, respawn=cluster.respawn,
-                              facts={s.name: s.columns() for s in seats}, run=Row(device=device))
+                              facts={s.name: s.columns() for s in seats}, run=Row(device=device),
+                              ahead=ahead.start(seats, trials, plan.builders if builders is None else builders,
+                                                plan.seed, shipped))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
             sink.discard_stream()
@@ -346,7 +353,7 @@ def run_plan(
                 f"resume with: {resume_line()}",
                 exit_code=Terminated.exit_code if term else Interrupted.exit_code,
             ) from None
-        result.lost_workers, result.requeued = report.lost_workers, report.requeued
+        result.lost_workers, result.requeued, result.ahead = report.lost_workers, report.requeued, report.ahead
         try:
             result.compaction = sink.compact()
         except ResultWriteError as exc:  # every row is stored, in its part: the run itself stands
