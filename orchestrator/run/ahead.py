@@ -98,8 +98,13 @@ class Ahead:
             return 1
         return max(1, min(MAX_PER_TASK, round(TASK_S / (self.stats.build_s / self._built))))
 
-    def feed(self, upcoming: Upcoming) -> None:
-        """Start a task for every free builder: each node's next artifacts within its window."""
+    def feed(self, upcoming: Upcoming, running: Iterable[tuple[str | None, Job]] = ()) -> None:
+        """Start a task for every free builder: each node's next artifacts within its window.
+        ``running``: (node, trial) of the trials the workers run now: their artifacts are theirs."""
+        for node, job in running:
+            key = self._key_of(job)
+            if key is not None and node in self.builders:
+                self._started.add((node, key))
         for node, slots in self.builders.items():
             free = slots - sum(1 for n, _ in self.running.values() if n == node)
             if free > 0 and node not in self._exhausted:
@@ -172,8 +177,8 @@ class RayAhead:
     def owns(self, ref: Any) -> bool:
         return ref in self.core.running
 
-    def feed(self, upcoming: Upcoming) -> None:
-        self.core.feed(upcoming)
+    def feed(self, upcoming: Upcoming, running: Iterable[tuple[str | None, Job]] = ()) -> None:
+        self.core.feed(upcoming, running)
 
     def collect(self, ref: Any) -> None:
         import ray

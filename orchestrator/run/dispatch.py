@@ -105,11 +105,19 @@ def job_of(trial: Trial) -> Job:
 
 
 def grouped(jobs: list[Job]) -> list[Job]:
-    """``jobs`` with each model's trials of one shape together, where that shape first came (stable)."""
+    """``jobs`` with each model's trials of one shape together, where that shape first came; each model's
+    trials keep the places the plan gave that model's trials (only a model's own trials trade places)."""
     first: dict[tuple[Hashable, Hashable], int] = {}
+    places: dict[Hashable, list[int]] = {}
     for n, job in enumerate(jobs):
         first.setdefault((job.model, job.shape), n)
-    return sorted(jobs, key=lambda job: first[(job.model, job.shape)])
+        places.setdefault(job.model, []).append(n)
+    out: list[Job] = list(jobs)
+    for model, where in places.items():
+        mine = sorted((jobs[n] for n in where), key=lambda job: first[(model, job.shape)])
+        for n, job in zip(where, mine, strict=True):
+            out[n] = job
+    return out
 
 
 class State(enum.Enum):
@@ -229,6 +237,12 @@ class Dispatcher:
         rest = sorted((q for m, q in self._pending.items() if m not in held), key=lambda q: q[0][0])
         for queue in rest:
             yield from ((job, False) for _, job in queue)
+
+    def running(self) -> Iterator[tuple[str | None, Job]]:
+        """(node, trial) of every trial a worker is running now."""
+        for w in self._by_state[State.BUSY].values():
+            if w.job is not None:
+                yield w.node, w.job
 
     def take_outcomes(self) -> list[Outcome]:
         out, self._outcomes = self._outcomes, []

@@ -83,7 +83,7 @@ def schedule(
             stop = should_stop()
             core.dispatch(stop)
             if ahead is not None and not stop:
-                ahead.feed(core.upcoming)  # past what was just dispatched
+                ahead.feed(core.upcoming, core.running())  # past what was just dispatched
             flush()
             if not core.active(stop):
                 break
