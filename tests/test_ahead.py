@@ -136,3 +136,22 @@ def test_a_worker_waits_for_a_build_in_progress_and_never_builds_again(tmp_path)
 def test_grouping_keeps_the_plans_trial_ids(write_plan):
     jobs = [job_of(t) for t in expand(load_plan(write_plan(_plan(0.01, 2))))]
     assert sorted(j.trial_id for j in grouped(jobs)) == sorted(j.trial_id for j in jobs)
+
+
+def test_ort_exports_are_built_ahead_with_no_gpu_once_per_shape(ray_gpus, write_plan, tmp_path):
+    """A real export in a build-ahead task (torch.onnx, CUDA hidden): every trial gets its shape's one
+    file of the node's cache, made by the task or by its worker, and the same numbers' checks pass."""
+    cache = Path(os.environ["INFER_ORCH_CACHE"]) / "onnx"
+    before = set(cache.glob("*.onnx"))
+    plan = write_plan(json.dumps({
+        "name": "ahead-ort", "device": "cpu", "builders": 1,
+        "models": [{"python": "tinynet:make", "input_shape": [3, 8, 8]}],
+        "matrix": {"batch_sizes": [3, 5, 7], "backends": [{"backend": "ort", "options": {"exporter": "torchscript"}}]},
+        "measure": {"warmup_iters": 1, "warmup_max_iters": 1, "iters": 5, "target_rel_ci": None}}))
+    result = run_plan(plan, out=tmp_path / "out")
+    assert result.counts == {"ok": 3}, [r.get("error") for r in result.rows]
+    assert len(set(cache.glob("*.onnx")) - before) == 3  # one export per shape
+    assert result.ahead is not None and result.ahead.tasks >= 1 and not result.ahead.errors
+    built_by_workers = sum(1 for r in result.rows if r["artifact_build_s"] > 0)
+    assert built_by_workers < 3  # the build-ahead task made at least one of them
+    assert all(r["export_cached"] == (r["artifact_build_s"] == 0) for r in result.rows)
