@@ -6,7 +6,9 @@ This loop waits on the in-flight calls with ``ray.wait`` (bounded by the nearest
 waits on a dead or hung actor), tells the dispatcher how each ended, and carries out what it asks:
 ``actor.run.remote(trial)``, ``ray.kill``, and ``respawn(name)`` (a fresh actor in the old one's place,
 same node, the GPU the old one freed; it takes trials once it answers). Node liveness comes from
-``ray.nodes()``, asked only when a worker dies or stops answering.
+``ray.nodes()``, asked only when a worker dies or stops answering. With build-ahead
+(``orchestrator/run/ahead.py``), the same wait also collects the build tasks, and after each
+dispatch the builders are fed the trials in the order the workers will take them.
 
 Ray's errors, mapped: ``ActorUnavailableError`` (the connection broke) -> ``unavailable`` (the
 dispatcher waits up to ``NODE_DEATH_GRACE_S`` for Ray to say whether the node died); any other
