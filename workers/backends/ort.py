@@ -117,9 +117,9 @@ class OrtRunner(Runner):
     dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
     model_kinds = frozenset({"torchvision", "python", "hf", "onnx"})
     requires = ("onnxruntime", "torch")  # torch: the export, and the device buffers of IO binding
-    # export_cached, export_s: recorded by the trial context when the runner asks for the ONNX export
+    # export_cached, export_s, artifact_*: recorded by the trial context when the runner asks for the ONNX export
     columns = frozenset({"export_cached", "export_s", "export_route", "providers_used", "ort_provider_options",
-                         "engine_build_s", "compile_cache_warm"})
+                         "engine_build_s", "compile_cache_warm", "artifact_wait_s", "artifact_build_s"})
     kept_on_parity_failure = frozenset({"export_cached", "export_route", "providers_used"})
     profiler = "onnxruntime (a second session with enable_profiling, after timing)"
     concurrent = True
