@@ -273,7 +273,7 @@ def run(
                               builders=builders, on_start=on_start, on_row=on_row, resume=resume,
                               retry_failed=retry_failed,
                               profile=tuple(profile or ()), retry_invalid=retry_invalid, on_warning=_warn,
-                              command_options=_command_options(junit, table))
+                              command_options=_command_options(junit, table, builders))
         finally:
             progress.stop()
     except InferOrchError as exc:
@@ -316,10 +316,11 @@ def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _command_options(junit: Path | None, table: str) -> list[str]:
-    """The options of ``run`` that ``run_plan`` doesn't take, as a resume command repeats them."""
+def _command_options(junit: Path | None, table: str, builders: int | None = None) -> list[str]:
+    """The options of ``run`` that a resume command repeats besides those ``resume_command`` knows."""
     return [*(["--junit", str(junit.absolute())] if junit is not None else []),
-            *(["--table", table] if table != "auto" else [])]
+            *(["--table", table] if table != "auto" else []),
+            *(["--builders", str(builders)] if builders is not None else [])]
 
 
 def _budgets_and_junit(result: Any, junit: Path | None) -> None:
