@@ -200,8 +200,8 @@ def run(
     cpus_per_worker: Annotated[float | None, typer.Option(
         min=0.01, help="CPUs per worker actor [default: the plan's, else an even split of its node].")] = None,
     builders: Annotated[int | None, typer.Option(
-        min=0, help="Build-ahead tasks per node (ONNX exports on spare CPUs) [default: the plan's, else the "
-                    "node's spare CPUs; 0: none].")] = None,
+        min=0, help="Build-ahead tasks per node (ONNX exports on spare CPUs). Default: the plan's, else the "
+                    "node's spare CPUs; 0: none.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded trials; run nothing.")] = False,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory: run only the trials not stored there yet.")] = None,
