@@ -197,6 +197,9 @@ class Dispatcher:
         for order, job in enumerate(grouped([job_of(trial) for trial in trials])):
             self._pending.setdefault(job.model, deque()).append((order, job))
         self.workers = {name: Worker(name, node) for name, node in workers.items()}
+        self._on_node: dict[str | None, list[Worker]] = {}
+        for w in self.workers.values():
+            self._on_node.setdefault(w.node, []).append(w)
         self._by_state: dict[State, dict[str, Worker]] = {s: {} for s in State}  # idle: in the order they freed
         self._busy_nodes: Counter[str | None] = Counter()
         self._busy_models: Counter[Hashable] = Counter()
@@ -230,8 +233,8 @@ class Dispatcher:
         """The pending trials in the order the workers of ``node`` would take them, each with whether
         it is of a model one of them holds: first those (the models' queues in turn, one trial of each,
         as its workers take them), then the other models' trials in queue order. Lazy: read what you need."""
-        held = dict.fromkeys(w.model for w in self.workers.values()
-                             if w.node == node and w.state is not State.LOST and w.model in self._pending)
+        held = dict.fromkeys(w.model for w in self._on_node.get(node, ())
+                             if w.state is not State.LOST and w.model in self._pending)
         for entries in itertools.zip_longest(*(self._pending[m] for m in held)):
             yield from ((entry[1], True) for entry in entries if entry is not None)
         rest = sorted((q for m, q in self._pending.items() if m not in held), key=lambda q: q[0][0])
