@@ -387,6 +387,6 @@ def test_a_node_builds_another_nodes_artifact_only_for_a_model_its_workers_hold(
 
 
 @pytest.mark.parametrize(("cpus", "workers", "memory", "expected"), [
-    (2, 1, None, 0), (2, 2, None, 0), (16, 1, None, 14), (128, 8, None, 119), (128, 8, 16 << 30, 4)])
+    (2, 1, None, 0), (2, 2, None, 0), (16, 1, None, 2), (8, 4, None, 3), (128, 8, None, 16), (128, 8, 16 << 30, 4)])
 def test_default_builders_are_the_cpus_no_worker_or_ray_holds_within_memory(cpus, workers, memory, expected):
     assert default_builders(cpus, workers, memory) == expected

@@ -11,8 +11,9 @@ build either way, so building ahead changes when an artifact is built, never wha
 Bounds, per node:
 
     builders   tasks building at once: the plan's ``builders`` or ``--builders N``, else the CPUs
-               the workers' timing threads and Ray don't hold: CPUs - workers - 1, and at most one
-               per BUILDER_MEMORY of the node's memory (0 on a 2-CPU machine: no building ahead)
+               the workers' timing threads and Ray don't hold: CPUs - workers - 1, at most two per
+               worker and one per BUILDER_MEMORY of the node's memory (0 on a 2-CPU machine: no
+               building ahead); each task runs torch on one thread (``OMP_NUM_THREADS=1``)
     window     distinct artifacts ahead of the workers, built or building: WINDOW_PER_BUILDER per
                builder (the disk an unused artifact holds); a builder builds nothing on a cache disk
                with less than 2 GiB free (``workers.models.artifacts.MIN_FREE_BYTES``)
@@ -37,6 +38,9 @@ from workers.contract import Trial
 
 #: Memory one builder may take (a model built in fp32 on the CPU, and its export's graph).
 BUILDER_MEMORY = 4 << 30
+#: Builders per worker at most, by default: a worker uses one artifact per trial, and an export
+#: takes a fraction of a trial's time (11% of an H100 sweep's worker-time with cold caches).
+BUILDERS_PER_WORKER = 2
 #: Distinct artifacts a node's builders may be ahead of its workers, per builder.
 WINDOW_PER_BUILDER = 8
 #: Short builds go several to a task, one after the other: as many as last about this long...
@@ -49,8 +53,9 @@ Upcoming = Callable[[str | None], Iterable[tuple[Job, bool]]]
 
 def default_builders(cpus: float, workers: int, memory: float | None = None) -> int:
     """Builders for a node of ``cpus`` CPUs (and ``memory`` bytes) running ``workers`` workers: a CPU
-    for each worker's timing thread and one for Ray are not spare."""
-    spare = math.floor(cpus) - workers - 1
+    for each worker's timing thread and one for Ray are not spare; at most BUILDERS_PER_WORKER per
+    worker (more would only run further ahead of them) and one per BUILDER_MEMORY."""
+    spare = min(math.floor(cpus) - workers - 1, BUILDERS_PER_WORKER * workers)
     if memory is not None:
         spare = min(spare, int(memory // BUILDER_MEMORY))
     return max(0, spare)
@@ -208,7 +213,7 @@ class RayAhead:
 
             self._task = ray.remote(build)
         opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 0,
-                                "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}}
+                                "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}}}
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
