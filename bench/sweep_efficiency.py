@@ -13,6 +13,15 @@ exports, session builds, graph captures, compiles: ``setup_s``, of which ``expor
 ``compile_time_s``, ``engine_build_s``), parity (``parity_s``: references and checks), the rest of
 each trial (later repeats' setup, teardown, row building), and scheduling gaps (worker-time in no
 trial at all). Prints one table; ``--json`` writes the figures too.
+
+Build ahead (docs/cluster.md#build-ahead): with ``--ahead``, the plan runs twice, each time with
+cold caches (a fresh ``INFER_ORCH_CACHE``: ONNX exports and Inductor's cache), first with
+``--builders 0`` (every export on the worker, as before build-ahead) and then with build-ahead
+(``--builders N``, or the nodes' spare CPUs without it), and a last table compares them: wall
+time, GPU busy, exports built on the workers, the time the workers waited for a build-ahead task
+(``artifact_wait_s``) and their whole setup::
+
+    python bench/sweep_efficiency.py --plan bench/h100_sweep.yaml --ahead [--builders 8]
 """
 
 from __future__ import annotations
@@ -54,13 +63,17 @@ def breakdown(run_dir: Path, launched_at: float | None = None) -> dict[str, Any]
     setup, parity = _sum(rows, "setup_s"), _sum(rows, "parity_s")
     in_trials = _sum(rows, "duration_s")
     startup = min(starts) - t0
+    # export_s holds a wait for a build-ahead task's export too: the wait is a part of its own
+    waited = _sum(rows, "artifact_wait_s")
+    exports = _sum(rows, "export_s") - _sum([r for r in rows if r.get("export_s") is not None], "artifact_wait_s")
     parts = {
         "GPU busy (warm-up + timed)": busy,
         "start-up (launch to first trial) x workers": startup * workers,
-        "setup: exports": _sum(rows, "export_s"),
+        "setup: exports": exports,
+        "setup: waiting for a build-ahead task": waited,
         "setup: torch.compile": _sum(rows, "compile_time_s"),
         "setup: TensorRT engines": _sum(rows, "engine_build_s"),
-        "setup: the rest (model copies, sessions, captures)": setup - _sum(rows, "export_s")
+        "setup: the rest (model copies, sessions, captures)": setup - exports - waited
         - _sum(rows, "compile_time_s") - _sum(rows, "engine_build_s"),
         "parity (references and checks)": parity,
         "rest of trials (later repeats' setup, teardown, copies)": in_trials - busy - setup - parity,
@@ -95,8 +108,27 @@ def table(b: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(plan: str, out: Path, extra: list[str], tree: Path = REPO) -> tuple[Path, float]:
+def compare(before: dict[str, Any], after: dict[str, Any], builders: str) -> str:
+    """The last table of ``--ahead``: the same plan, cold caches, without and with build-ahead."""
+    def row(name: str, fmt: str, get: Any) -> str:
+        return f"| {name} | {fmt.format(get(before))} | {fmt.format(get(after))} |"
+
+    sec = lambda key: lambda b: b["seconds"][key]  # noqa: E731
+    return "\n".join([
+        f"| cold caches | builders 0 | builders {builders} |", "| --- | ---: | ---: |",
+        row("wall, s", "{:.1f}", lambda b: b["wall_s"]),
+        row("GPU busy", "{:.1%}", lambda b: b["efficiency"]),
+        row("exports on the workers, s", "{:.1f}", sec("setup: exports")),
+        row("waiting for build-ahead, s", "{:.1f}", sec("setup: waiting for a build-ahead task")),
+        row("torch.compile, s", "{:.1f}", sec("setup: torch.compile")),
+        row("setup in all, s", "{:.1f}", lambda b: sum(v for k, v in b["seconds"].items() if k.startswith("setup"))),
+    ])
+
+
+def run(plan: str, out: Path, extra: list[str], tree: Path = REPO, cache: Path | None = None) -> tuple[Path, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
+    if cache is not None:  # cold: a cache of its own (ONNX exports, Inductor's graphs)
+        env["INFER_ORCH_CACHE"] = str(cache)
     launched = time.time()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(Path(plan).resolve()),
                            "--out", str(out), *extra], cwd=tree, env=env, capture_output=True, text=True)
@@ -106,13 +138,33 @@ def run(plan: str, out: Path, extra: list[str], tree: Path = REPO) -> tuple[Path
     return out, launched
 
 
+def _before_after(args: argparse.Namespace, extra: list[str]) -> None:
+    """``--ahead``: the plan with cold caches, builders 0 and then build-ahead; the comparison last."""
+    root = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    figures = {}
+    for name, builders in (("builders-0", ["--builders", "0"]),
+                           ("ahead", ["--builders", args.builders] if args.builders else [])):
+        out = root / f"sweep-{Path(args.plan).stem}-{name}"
+        run_dir, launched = run(args.plan, out, [*extra, *builders], args.tree.resolve(), cache=root / f"cache-{name}")
+        figures[name] = breakdown(run_dir, launched)
+        print(f"{name}:", table(figures[name]), sep="\n")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(compare(figures["builders-0"], figures["ahead"], args.builders or "(spare CPUs)"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", type=Path, help="a run directory to analyse")
     ap.add_argument("--plan", help="run this plan first, then analyse it")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--tree", type=Path, default=REPO, help="run the plan with this checkout's code")
+    ap.add_argument("--ahead", action="store_true", help="with --plan: cold caches, builders 0 and then build-ahead")
+    ap.add_argument("--builders", help="with --ahead: build-ahead tasks per node [default: the nodes' spare CPUs]")
     args, extra = ap.parse_known_args()
+    if args.plan and args.ahead:
+        _before_after(args, extra)
+        return
     if args.plan:
         tag = "" if args.tree.resolve() == REPO else f"-{args.tree.resolve().name.lstrip('.')}"
         out = Path(os.environ.get("OUT") or tempfile.mkdtemp()) / f"sweep-{Path(args.plan).stem}{tag}"

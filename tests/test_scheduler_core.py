@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.run.ahead import WINDOW_PER_BUILDER, Ahead, default_builders
 from orchestrator.run.dispatch import (
     MAX_START_FAILURES,
     NODE_DEATH_GRACE_S,
@@ -19,9 +20,9 @@ from orchestrator.run.dispatch import (
 from workers.contract import ModelSpec, Trial
 
 
-def trial(tid: str, model: str = "a", timeout_s: float | None = 60.0, retries: int = 0) -> Trial:
+def trial(tid: str, model: str = "a", timeout_s: float | None = 60.0, retries: int = 0, batch: int = 1) -> Trial:
     return Trial(plan="core", model=ModelSpec(kind="torchvision", ref=model, name=model, input_shape=(3, 8, 8)),
-                 backend="sleep", label="sleep", options={}, batch_size=1, dtype="fp32", io="device",
+                 backend="sleep", label="sleep", options={}, batch_size=batch, dtype="fp32", io="device",
                  device="cuda", timeout_s=timeout_s, retries=retries, trial_id=tid)
 
 
@@ -316,3 +317,87 @@ def test_a_trial_that_finished_in_time_is_not_timed_out_later():
     r.ok("w0")
     assert [(o.job.trial_id, o.status) for o in r.outcomes] == [("t1", "ok"), ("t2", "ok")]
     assert ("kill", "w0") not in r.pool.log
+
+
+def test_a_models_trials_go_grouped_by_shape_in_the_order_each_shape_first_came():
+    trials = [trial("a1-b1", batch=1), trial("a1-b8", batch=8), trial("a2-b1", batch=1), trial("a2-b8", batch=8),
+              trial("c-b1", "c", batch=1)]
+    r = Run(trials, workers=1)
+    order = [r.pool.running["w0"]]
+    while r.pool.running:
+        r.ok("w0")
+        order += list(r.pool.running.values())
+    assert order == ["a1-b1", "a2-b1", "a1-b8", "a2-b8", "c-b1"]  # one shape after the other, then the next model
+    assert sorted(o.job.trial_id for o in r.outcomes) == sorted(t.trial_id for t in trials)  # every id, once
+
+
+def test_upcoming_is_the_order_a_nodes_workers_will_take_the_trials():
+    trials = [trial("a1", "a"), trial("b1", "b"), trial("a2", "a"), trial("c1", "c"), trial("b2", "b"),
+              trial("a3", "a")]
+    r = Run(trials, workers={"w0": "n0", "w1": "n1"})
+    assert r.pool.running == {"w0": "a1", "w1": "b1"}
+    assert [(j.trial_id, held) for j, held in r.core.upcoming("n0")] == [
+        ("a2", True), ("a3", True), ("c1", False), ("b2", False)]  # its model first; the rest in queue order
+    r.ok("w0")
+    assert r.pool.running["w0"] == "a2" and [j.trial_id for j, _ in r.core.upcoming("n0")][0] == "a3"
+
+
+class Builds:
+    """A fake submit: records each task (node, its trials' ids); a handle per task."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str | None, list[str]]] = []
+
+    def __call__(self, node: str | None, trials: list[Trial]) -> int:
+        self.tasks.append((node, [t.trial_id for t in trials]))
+        return len(self.tasks) - 1
+
+
+def test_ahead_builds_in_dispatch_order_never_more_tasks_than_builders_each_artifact_once():
+    trials = [trial(f"a{i}", "a", batch=i) for i in range(1, 7)] + [trial("a1-again", "a", batch=1)]
+    r = Run(trials, workers={"w0": "n0"})
+    builds = Builds()
+    ahead = Ahead({"n0": 2}, builds, key=lambda t: ("onnx", t.model.key, t.batch_size))
+    ahead.feed(r.core.upcoming, r.core.running())
+    # w0 runs a1; the next two artifacts, one to each builder; a1-again shares a1's (w0 builds that one)
+    assert builds.tasks == [("n0", ["a2"]), ("n0", ["a3"])] and ahead.stats.most_at_once == 2
+    ahead.feed(r.core.upcoming, r.core.running())
+    assert len(builds.tasks) == 2  # both builders busy: nothing more
+    ahead.finished(0, 0.05, None)  # short builds: the next task takes several, one after the other
+    ahead.feed(r.core.upcoming, r.core.running())
+    assert builds.tasks[2] == ("n0", ["a4", "a5", "a6"]) and len(ahead.running) == 2
+    ahead.finished(1, 0.05, None)
+    ahead.finished(2, 0.15, None)
+    ahead.feed(r.core.upcoming, r.core.running())
+    assert len(builds.tasks) == 3  # every artifact is built or building: nothing twice
+
+
+def test_ahead_stays_within_its_window_of_artifacts_ahead_of_the_workers():
+    trials = [trial(f"a{i}", "a", batch=i) for i in range(1, 100)]
+    r = Run(trials, workers={"w0": "n0"})
+    builds = Builds()
+    ahead = Ahead({"n0": 1}, builds, key=lambda t: t.batch_size)
+    for handle in range(50):
+        ahead.feed(r.core.upcoming, r.core.running())
+        if handle < len(builds.tasks):
+            ahead.finished(handle, 0.001, None)
+    built = [tid for _, ids in builds.tasks for tid in ids]
+    assert len(built) == WINDOW_PER_BUILDER and built == [f"a{i}" for i in range(2, 2 + WINDOW_PER_BUILDER)]
+    r.ok("w0")  # the worker moves on: the window with it
+    ahead.feed(r.core.upcoming, r.core.running())
+    assert [tid for _, ids in builds.tasks for tid in ids][-1] == f"a{2 + WINDOW_PER_BUILDER}"
+
+
+def test_a_node_builds_another_nodes_artifact_only_for_a_model_its_workers_hold():
+    trials = [trial("a1", "a"), trial("b1", "b"), trial("c1", "c"), trial("d1", "d")]
+    r = Run(trials, workers={"w0": "n0", "w1": "n1"})
+    builds = Builds()
+    ahead = Ahead({"n0": 4, "n1": 4}, builds, key=lambda t: t.model.key)
+    ahead.feed(r.core.upcoming, r.core.running())
+    assert builds.tasks == [("n0", ["c1"]), ("n0", ["d1"])]  # n1's builders leave n0's to it
+
+
+@pytest.mark.parametrize(("cpus", "workers", "memory", "expected"), [
+    (2, 1, None, 0), (2, 2, None, 0), (16, 1, None, 2), (8, 4, None, 3), (128, 8, None, 16), (128, 8, 16 << 30, 4)])
+def test_default_builders_are_the_cpus_no_worker_or_ray_holds_within_memory(cpus, workers, memory, expected):
+    assert default_builders(cpus, workers, memory) == expected

@@ -107,13 +107,8 @@ class Worker:
     def run(self, trial: Trial) -> Row:
         source = trial.model.ref
         spec = spec_columns(trial)  # the driver's trial: its model_source names the driver's file
-        try:  # the node's copy of the files the driver shipped, not the driver's paths
-            if trial.model.kind == "onnx" and source in self.shipped.get("onnx", {}):
-                local = shipped.onnx_file(self.shipped["onnx"][source])
-                trial = replace(trial, model=trial.model.model_copy(update={"ref": local}))
-            top = shipped.top_module(source)
-            if trial.model.kind == "python" and top in self.shipped.get("python", {}):
-                shipped.use_module(self.shipped["python"][top])
+        try:
+            trial = localised(trial, self.shipped)
         except Exception as exc:
             return failure_row(trial, Status.FAILED, f"could not get the run's copy of {source} on this node: "
                                                      f"{type(exc).__name__}: {exc}")
@@ -123,6 +118,19 @@ class Worker:
             cuda_ok = self.warm()
         worker = Row(worker=self.name, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker)
+
+
+def localised(trial: Trial, files: Shipped) -> Trial:
+    """``trial`` on this node's copy of the files the driver shipped, not the driver's paths: its ONNX
+    file's copy, and its factory's module importable from the copy."""
+    source = trial.model.ref
+    if trial.model.kind == "onnx" and source in files.get("onnx", {}):
+        local = shipped.onnx_file(files["onnx"][source])
+        trial = replace(trial, model=trial.model.model_copy(update={"ref": local}))
+    top = shipped.top_module(source)
+    if trial.model.kind == "python" and top in files.get("python", {}):
+        shipped.use_module(files["python"][top])
+    return trial
 
 
 def _modelless(backend: str) -> bool:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.contract import ModelSpec, Trial
-from workers.models.build import ModelStore, Tensors, make_input, make_inputs, onnx_export
+from workers.models.artifacts import Built
+from workers.models.build import ModelStore, Tensors, make_input, make_inputs, onnx_artifact
 from workers.row import Row
 
 
@@ -62,10 +63,18 @@ class TrialContext:
 
     def onnx_path(self, exporter: str = "dynamo", opset: int | None = None, dynamic: bool = False) -> str:
         t0 = time.perf_counter()
-        path, cached = onnx_export(self.store, self.model, self.batch_size, self.dtype, exporter, opset,
-                                   self.trial.axes, dynamic)
+        built = onnx_artifact(self.store, self.model, self.batch_size, self.dtype, exporter, opset,
+                              self.trial.axes, dynamic)
         route = ("the plan's ONNX file" if self.model.kind == "onnx"
                  else f"torch.onnx {exporter} export of the {self.dtype} model, "
                       f"{'dynamic shapes (one export for every shape)' if dynamic else 'static shapes'}")
-        self.facts.update(export_cached=cached, export_s=time.perf_counter() - t0, export_route=route)
-        return str(path)
+        self.facts.update(export_cached=built.cached, export_s=time.perf_counter() - t0, export_route=route)
+        if self.model.kind != "onnx":
+            self.artifact(built)
+        return str(built.path)
+
+    def artifact(self, built: Built) -> None:
+        """Record, for the row, how this trial got an artifact of the node's cache: the seconds it
+        waited for a build-ahead task's (or a neighbour's) build, and the seconds it built one itself."""
+        self.facts["artifact_wait_s"] = self.facts.get("artifact_wait_s", 0.0) + built.wait_s
+        self.facts["artifact_build_s"] = self.facts.get("artifact_build_s", 0.0) + built.build_s

@@ -305,7 +305,7 @@ ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAU
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
-OPTIONS_ADDED: dict[str, JsonValue] = {"dynamic_shapes": False, "repeat_discount": 1.0}
+OPTIONS_ADDED: dict[str, JsonValue] = {"dynamic_shapes": False, "repeat_discount": 1.0, "build_s": 0.0}
 #: Likewise for keys added to ``measure`` after the first schema (all of today's are always hashed).
 _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol", "warmup_max_iters", "warmup_max_s",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})

@@ -180,6 +180,8 @@ class Row(TypedDict, total=False):
     probe_p99_upper_ms: list[float] | None
     probe_requests: list[int] | None
     probe_verdicts: list[str] | None
+    artifact_wait_s: float | None
+    artifact_build_s: float | None
     prompt_len: int | None
     new_tokens: int | None
     ttft_ms: float | None

@@ -244,6 +244,16 @@ _BUILD: list[tuple[str, pa.DataType, str]] = [
     ("ort_provider_options", _STR, "ORT: the first provider's effective options as ORT reports them (JSON)"),
 ]
 
+#: Build ahead (docs/cluster.md#build-ahead): the artifacts of the node's cache a trial needs that
+#: need no GPU (ONNX exports, the sleep backend's ``build_s``), built by CPU tasks before it starts.
+_AHEAD: list[tuple[str, pa.DataType, str]] = [
+    ("artifact_wait_s", _F64, "seconds this trial's setup waited for an artifact another process (a build-ahead "
+                              "task, a neighbouring worker) was building, part of setup_s; 0: it was ready or "
+                              "built here; null: the trial needs none"),
+    ("artifact_build_s", _F64, "seconds this trial's worker spent building artifacts itself (nobody had), part of "
+                               "setup_s; 0: every artifact was ready or waited for; null: the trial needs none"),
+]
+
 #: Load scenarios (workers/scenarios/; docs/measuring.md#load-scenarios). Single-stream rows have
 #: ``scenario`` alone; times of the per-request lists are seconds from the start of the measured run.
 _SCENARIO: list[tuple[str, pa.DataType, str]] = [
@@ -345,7 +355,7 @@ _FAIRNESS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 COLUMNS = (_CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO
-           + _GENERATION + _FAIRNESS)
+           + _AHEAD + _GENERATION + _FAIRNESS)
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

@@ -32,6 +32,9 @@ def run(
         min=1, help="Number of workers: at most this many GPUs; CPU workers for a cpu plan (default 1).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(
         min=0.01, help="CPUs per worker actor [default: the plan's, else an even split of its node].")] = None,
+    builders: Annotated[int | None, typer.Option(
+        min=0, help="Build-ahead tasks per node (ONNX exports on spare CPUs). Default: the plan's, else the "
+                    "node's spare CPUs; 0: none.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded trials; run nothing.")] = False,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this directory: run only the trials not stored there yet.")] = None,
@@ -60,7 +63,7 @@ def run(
             _dry_run(plan, address, tuple(profile or ()))
             return
         result = _run(plan, junit, table, out=out, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                      resume=resume, retry_failed=retry_failed, profile=tuple(profile or ()),
+                      builders=builders, resume=resume, retry_failed=retry_failed, profile=tuple(profile or ()),
                       retry_invalid=retry_invalid)
     except InferOrchError as exc:
         raise fail(exc) from None
@@ -107,7 +110,7 @@ def _run(plan: Path, junit: Path | None, table: str, **options: Any) -> RunResul
     progress = _Progress()
     try:
         return run_plan(plan, on_start=progress.on_start, on_row=progress.on_row, on_warning=warn,
-                        command_options=_command_options(junit, table), **options)
+                        command_options=_command_options(junit, table, options["builders"]), **options)
     finally:
         progress.bar.stop()
 
@@ -157,10 +160,11 @@ def _print_run(result: RunResult, table: str, junit: Path | None) -> None:
         raise typer.Exit(code=result.exit_code)
 
 
-def _command_options(junit: Path | None, table: str) -> list[str]:
-    """The options of ``run`` that ``run_plan`` doesn't take, as a resume command repeats them."""
+def _command_options(junit: Path | None, table: str, builders: int | None = None) -> list[str]:
+    """The options of ``run`` that a resume command repeats besides those ``resume_command`` knows."""
     return [*(["--junit", str(junit.absolute())] if junit is not None else []),
-            *(["--table", table] if table != "auto" else [])]
+            *(["--table", table] if table != "auto" else []),
+            *(["--builders", str(builders)] if builders is not None else [])]
 
 
 def _budgets_and_junit(result: RunResult, junit: Path | None) -> None:

@@ -12,6 +12,8 @@ A plan, all keys shown::
     device: auto                 # cuda | cpu | auto (cuda where the cluster has GPUs)
     accelerator_type: null       # e.g. T4, H100: run only on that GPU model
     cpus_per_worker: null        # CPUs per worker actor (default: an even split of its node)
+    builders: null               # build-ahead tasks per node (default: its spare CPUs; 0: none)
+    builders: null               # build-ahead tasks per node (default: its spare CPUs; 0: none)
     seed: 0                      # weights and inputs
     models:
       - torchvision:resnet18     # shorthand; or a mapping:
@@ -277,6 +279,10 @@ class Plan(Strict):
     device: Literal["cuda", "cpu", "auto"] = "auto"
     accelerator_type: str | None = None
     cpus_per_worker: float | None = Field(None, gt=0)
+    builders: int | None = Field(None, ge=0, le=1024)
+    """Build-ahead tasks per node (orchestrator/run/ahead.py); None: the node's spare CPUs."""
+    builders: int | None = Field(None, ge=0, le=1024)
+    """Build-ahead tasks per node (orchestrator/run/ahead.py); None: the node's spare CPUs."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     models: list[Annotated[ModelSpec, BeforeValidator(_model)]] = Field(min_length=1)
     matrix: Matrix

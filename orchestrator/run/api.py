@@ -36,7 +36,8 @@ from orchestrator.results.sink import (
     layout,
     slim,
 )
-from orchestrator.run import cluster, placement
+from orchestrator.run import ahead, cluster, placement
+from orchestrator.run.ahead import Stats
 from orchestrator.run.headwatch import HeadWatch, failures_allowed, gcs_address
 from orchestrator.run.raylog import RayLog
 from orchestrator.run.scheduler import schedule
@@ -70,6 +71,8 @@ class RunResult:
     #: what the compaction at the end did (None: nothing to do), or why it could not be done
     compaction: Compaction | None = None
     compact_error: str | None = None
+    #: what the build-ahead tasks did (None: none ran)
+    ahead: Stats | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -188,6 +191,7 @@ def run_plan(
     address: str | None = None,
     workers: int | None = None,
     cpus_per_worker: float | None = None,
+    builders: int | None = None,
     on_start: Callable[[int, list[str], str], None] | None = None,
     on_row: Callable[[Row], None] | None = None,
     resume: str | Path | None = None,
@@ -204,7 +208,8 @@ def run_plan(
     those stored ok but not valid), into it.
     Raises an ``InputError`` (and writes nothing) for a bad plan, an unusable output
     directory, or a cluster that can't run the plan; ``Interrupted`` on Ctrl-C, after keeping
-    what ran and with the command that resumes the run. ``cpus_per_worker`` overrides the plan's.
+    what ran and with the command that resumes the run. ``cpus_per_worker`` and ``builders`` (build-ahead
+    tasks per node, ``orchestrator/run/ahead.py``) override the plan's.
     ``profile``: backend labels whose trials also record a profile (as ``profile: true`` on their entries).
     ``on_warning``: gets each warning line (a ``python:`` module not found here, on a cluster run).
     The result carries the verdicts: ``failed_trials``, ``budget_misses`` and the ``exit_code``
@@ -237,7 +242,8 @@ def run_plan(
                               extra=command_options)
     if previous is None:
         check_writable(out_dir)
-    run = _Run(plan, trials, all_trials, previous, out_dir, now, resume_line)
+    run = _Run(plan, trials, all_trials, previous, out_dir, now, resume_line,
+               plan.builders if builders is None else builders)
     previous_handler = catch_sigterm()
     raylog = RayLog(out_dir).install()  # Ray's own messages: to the run's log, not the terminal
     started_ray = _connect(address, raylog, previous_handler)
@@ -306,8 +312,10 @@ class _Run:
     comes, the parts compacted, the verdicts judged. ``close`` ends what it started, however it ended."""
 
     def __init__(self, plan: Plan, trials: list[Trial], all_trials: list[Trial], previous: Any, out_dir: Path,
-                 now: dt.datetime, resume_line: Callable[[], str]) -> None:
+                 now: dt.datetime, resume_line: Callable[[], str], builders: int | None = None) -> None:
         self.plan, self.trials, self.all_trials, self.previous = plan, trials, all_trials, previous
+        self.builders = builders  # build-ahead tasks per node (None: the node's spare CPUs)
+        self.shipped: Any = None
         self.out_dir, self.now, self.resume_line = out_dir, now, resume_line
         self.watch: HeadWatch | None = None
         self.sink: ResultSink | None = None
@@ -361,6 +369,7 @@ class _Run:
         # trials, torch's import and CUDA's initialisation) overlaps the rest of the driver's.
         shipped = ship(trials, cluster.worker_pythonpath())  # the run's own files, for every node
         pool = placement.start_workers(seats, device, plan.seed, warm=needs_torch(trials), shipped=shipped)
+        self.shipped = shipped
         return device, seats, pool
 
     def _head_lost(self, result: RunResult, sink: ResultSink, address: str | None) -> str:
@@ -389,7 +398,8 @@ class _Run:
         try:
             # kills its workers when it returns
             report = schedule(pool, self.trials, take, respawn=placement.respawn,
-                              facts={s.name: s.columns() for s in seats}, run=Row(device=device))
+                              facts={s.name: s.columns() for s in seats}, run=Row(device=device),
+                              ahead=ahead.start(seats, self.trials, self.builders, self.plan.seed, self.shipped))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction
         except ResultWriteError as exc:
             sink.discard_stream()
@@ -416,7 +426,7 @@ class _Run:
 
     def _finish(self, result: RunResult, sink: ResultSink, report: Any) -> None:
         """The run's ending: its lost workers, the compaction, the run's summary in the metadata."""
-        result.lost_workers, result.requeued = report.lost_workers, report.requeued
+        result.lost_workers, result.requeued, result.ahead = report.lost_workers, report.requeued, report.ahead
         try:
             result.compaction = sink.compact()
         except ResultWriteError as exc:  # every row is stored, in its part: the run itself stands

@@ -18,7 +18,11 @@ A worker's life::
 
 A worker takes, in this order of preference, a pending trial of the model it last ran (no rebuild,
 a warm export cache), a trial of a model no other worker is busy with, or the first pending one:
-a GPU never idles while trials remain.
+a GPU never idles while trials remain. A model's trials are queued grouped by shape (batch size,
+dtype, axes; the plan's order otherwise), so a worker's consecutive trials share its built model
+and parity references; every trial still gets a runner of its own. :meth:`Dispatcher.upcoming`
+says in which order a node's workers will take the pending trials: what build-ahead tasks
+(``orchestrator/run/ahead.py``) build for.
 
 Faults, and what becomes of the worker and the trial::
 
@@ -44,10 +48,11 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,11 +95,29 @@ class Job:
     model: Hashable  # trials of one model share a worker's built model and export cache
     timeout_s: float | None
     retries: int
+    shape: Hashable = None  # trials of one model and shape share its parity reference
 
 
 def job_of(trial: Trial) -> Job:
     """The one place that reads a trial (a ``workers.contract.Trial``)."""
-    return Job(trial, trial.trial_id, trial.model.key, trial.timeout_s, trial.retries)
+    shape = (trial.batch_size, trial.dtype, tuple(sorted(trial.axes.items())))
+    return Job(trial, trial.trial_id, trial.model.key, trial.timeout_s, trial.retries, shape)
+
+
+def grouped(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with each model's trials of one shape together, where that shape first came; each model's
+    trials keep the places the plan gave that model's trials (only a model's own trials trade places)."""
+    first: dict[tuple[Hashable, Hashable], int] = {}
+    places: dict[Hashable, list[int]] = {}
+    for n, job in enumerate(jobs):
+        first.setdefault((job.model, job.shape), n)
+        places.setdefault(job.model, []).append(n)
+    out: list[Job] = list(jobs)
+    for model, where in places.items():
+        mine = sorted((jobs[n] for n in where), key=lambda job: first[(model, job.shape)])
+        for n, job in zip(where, mine, strict=True):
+            out[n] = job
+    return out
 
 
 class State(enum.Enum):
@@ -173,10 +196,12 @@ class Dispatcher:
         self._first = 0
         self._errors: dict[str, list[str]] = {}  # trial id -> errors of its earlier attempts
         self._outcomes: list[Outcome] = []
-        for order, trial in enumerate(trials):
-            job = job_of(trial)
+        for order, job in enumerate(grouped([job_of(trial) for trial in trials])):
             self._pending.setdefault(job.model, deque()).append((order, job))
         self.workers = {name: Worker(name, node) for name, node in workers.items()}
+        self._on_node: dict[str | None, list[Worker]] = {}
+        for w in self.workers.values():
+            self._on_node.setdefault(w.node, []).append(w)
         self._by_state: dict[State, dict[str, Worker]] = {s: {} for s in State}  # idle: in the order they freed
         self._busy_nodes: Counter[str | None] = Counter()
         self._busy_models: Counter[Hashable] = Counter()
@@ -205,6 +230,24 @@ class Dispatcher:
         while heap and self.workers[heap[0][1]].deadline != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else INF
+
+    def upcoming(self, node: str | None) -> Iterator[tuple[Job, bool]]:
+        """The pending trials in the order the workers of ``node`` would take them, each with whether
+        it is of a model one of them holds: first those (the models' queues in turn, one trial of each,
+        as its workers take them), then the other models' trials in queue order. Lazy: read what you need."""
+        held = dict.fromkeys(w.model for w in self._on_node.get(node, ())
+                             if w.state is not State.LOST and w.model in self._pending)
+        for entries in itertools.zip_longest(*(self._pending[m] for m in held)):
+            yield from ((entry[1], True) for entry in entries if entry is not None)
+        rest = sorted((q for m, q in self._pending.items() if m not in held), key=lambda q: q[0][0])
+        for queue in rest:
+            yield from ((job, False) for _, job in queue)
+
+    def running(self) -> Iterator[tuple[str | None, Job]]:
+        """(node, trial) of every trial a worker is running now."""
+        for w in self._by_state[State.BUSY].values():
+            if w.job is not None:
+                yield w.node, w.job
 
     def take_outcomes(self) -> list[Outcome]:
         out, self._outcomes = self._outcomes, []

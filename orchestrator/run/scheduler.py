@@ -6,7 +6,9 @@ This loop waits on the in-flight calls with ``ray.wait`` (bounded by the nearest
 waits on a dead or hung actor), tells the dispatcher how each ended, and carries out what it asks:
 ``actor.run.remote(trial)``, ``ray.kill``, and ``respawn(name)`` (a fresh actor in the old one's place,
 same node, the GPU the old one freed; it takes trials once it answers). Node liveness comes from
-``ray.nodes()``, asked only when a worker dies or stops answering.
+``ray.nodes()``, asked only when a worker dies or stops answering. With build-ahead
+(``orchestrator/run/ahead.py``), the same wait also collects the build tasks, and after each
+dispatch the builders are fed the trials in the order the workers will take them.
 
 Ray's errors, mapped: ``ActorUnavailableError`` (the connection broke) -> ``unavailable`` (the
 dispatcher waits up to ``NODE_DEATH_GRACE_S`` for Ray to say whether the node died); any other
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.run.ahead import RayAhead, Stats
 from orchestrator.run.dispatch import Dispatcher, Outcome
 from workers.contract import Status, Trial, failure_row
 from workers.row import Row
@@ -42,6 +45,7 @@ class Report:
 
     lost_workers: dict[str, str] = field(default_factory=dict)  # worker name -> why it was given up
     requeued: list[str] = field(default_factory=list)  # trial ids put back after their node died
+    ahead: Stats | None = None  # what the build-ahead tasks did (None: none ran)
 
 
 def schedule(
@@ -52,6 +56,7 @@ def schedule(
     respawn: Callable[[str], Any] | None = None,
     facts: dict[str, Row] | None = None,
     run: Row | None = None,
+    ahead: RayAhead | None = None,
 ) -> Report:
     """Run every trial on the workers; ``on_row`` gets each row as soon as it is ready.
 
@@ -60,6 +65,7 @@ def schedule(
 
     ``respawn(name)`` starts a fresh actor in place of a dead or killed worker; without it such a
     worker is gone for the rest of the run. ``should_stop()`` true: no new trial starts.
+    ``ahead``: build-ahead tasks fed from the dispatcher's order (``orchestrator/run/ahead.py``).
     """
     import ray
 
@@ -78,14 +84,20 @@ def schedule(
         while True:
             stop = should_stop()
             core.dispatch(stop)
+            if ahead is not None and not stop:
+                ahead.feed(core.upcoming, core.running())  # past what was just dispatched
             flush()
             if not core.active(stop):
                 break
             wait = max(min(core.next_deadline() - time.monotonic(), POLL_S), 0)
             if pool.calls:
-                done, _ = ray.wait(list(pool.calls.values()), num_returns=1, timeout=wait)
+                builds = ahead.refs if ahead is not None else []
+                done, _ = ray.wait(list(pool.calls.values()) + builds, num_returns=1, timeout=wait)
                 for ref in done:
-                    pool.collect(ref, core)
+                    if ahead is not None and ahead.owns(ref):
+                        ahead.collect(ref)
+                    else:
+                        pool.collect(ref, core)
             else:  # only doubtful workers: nothing to wait on but time
                 time.sleep(wait)
             core.tick()
@@ -95,7 +107,10 @@ def schedule(
         flush()
     finally:
         pool.kill_all()
-    return Report(lost_workers=dict(core.lost), requeued=list(core.requeued))
+        if ahead is not None:
+            ahead.cancel()
+    return Report(lost_workers=dict(core.lost), requeued=list(core.requeued),
+                  ahead=ahead.core.stats if ahead is not None else None)
 
 
 class _RayPool:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workers.context import TrialContext
     from workers.contract import Trial
+    from workers.models.build import ModelStore
 
 
 class BackendOptions(StrictModel):
@@ -205,6 +206,22 @@ class Runner(ABC):
             return None
         return (f"backend {cls.name} can't run the {trial.scenario} scenario (several requests in flight); "
                 f"it runs: {', '.join(sorted(cls.scenarios()))}")
+
+    @classmethod
+    def ahead(cls, trial: Trial) -> Hashable | None:
+        """What this trial needs built that needs no GPU (an ONNX export), as a key: trials with the
+        same key share the artifact, which a build-ahead task on a spare CPU of the trial's node
+        (``workers/ahead.py``) builds before a worker reaches the trial; None: nothing to build ahead.
+        Cheap and pure: the driver asks it of every trial."""
+        return None
+
+    @classmethod
+    def build_ahead(cls, trial: Trial, store: ModelStore) -> None:
+        """Build the artifact :meth:`ahead` names into the node's cache, through
+        ``workers.models.artifacts.once`` as ``setup`` gets it (so it is built once). Runs in a CPU
+        task with no GPU visible; ``store`` is that task's process's model store. Backends whose
+        ``ahead`` names an artifact implement it."""
+        raise NotImplementedError(f"backend {cls.name} builds nothing ahead")
 
     def lanes(self, k: int) -> list[Lane]:
         """``k`` independent lanes for the load scenarios, built after ``setup`` (not timed): each

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,7 +57,7 @@ from workers.backends.ort_session import (
 )
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import Trial
-from workers.models.build import Tensors, cache_dir
+from workers.models.build import ModelStore, Tensors, cache_dir
 from workers.row import Row
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
@@ -117,9 +118,9 @@ class OrtRunner(Runner):
     dtypes = {"cuda": frozenset({"fp32", "fp16"}), "cpu": frozenset({"fp32"})}
     model_kinds = frozenset({"torchvision", "python", "hf", "onnx"})
     requires = ("onnxruntime", "torch")  # torch: the export, and the device buffers of IO binding
-    # export_cached, export_s: recorded by the trial context when the runner asks for the ONNX export
+    # export_cached, export_s, artifact_*: recorded by the trial context when the runner asks for the ONNX export
     columns = frozenset({"export_cached", "export_s", "export_route", "providers_used", "ort_provider_options",
-                         "engine_build_s", "compile_cache_warm"})
+                         "engine_build_s", "compile_cache_warm", "artifact_wait_s", "artifact_build_s"})
     kept_on_parity_failure = frozenset({"export_cached", "export_route", "providers_used"})
     profiler = "onnxruntime (a second session with enable_profiling, after timing)"
     concurrent = True
@@ -164,6 +165,25 @@ class OrtRunner(Runner):
             if mathmode.effective(trial) == "strict" and not mathmode.overridden():
                 return mathmode.TENSORRT_STRICT
         return super().skip_reason(trial, device_type)
+
+    @classmethod
+    def ahead(cls, trial: Trial) -> Hashable | None:
+        """The ONNX export of a torch model: what the export cache keys on, less what every trial of
+        the run shares (seed, torch version); an ONNX file of the plan needs no build."""
+        if trial.model.kind == "onnx":
+            return None
+        o = trial.options
+        dynamic = bool(o.get("dynamic_shapes"))
+        return ("onnx", trial.model.key, "dynamic" if dynamic else trial.batch_size, trial.dtype,
+                o.get("exporter", "dynamo"), o.get("opset"), () if dynamic else tuple(sorted(trial.axes.items())))
+
+    @classmethod
+    def build_ahead(cls, trial: Trial, store: ModelStore) -> None:
+        from workers.models.build import onnx_artifact
+
+        o = OrtOptions.model_validate(trial.options)
+        onnx_artifact(store, trial.model, trial.batch_size, trial.dtype, o.exporter, o.opset, trial.axes,
+                      o.dynamic_shapes)
 
     def setup(self) -> None:
         import onnxruntime as ort

@@ -22,11 +22,11 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.contract import ModelSpec
+from workers.models.artifacts import Built, once
 
 if TYPE_CHECKING:  # torch: imported where a model is built, never by the driver
     import torch
@@ -152,12 +152,29 @@ def onnx_export(
     dynamic: bool = False,
 ) -> tuple[Path, bool]:
     """The ONNX file for ``spec`` at this batch size and dtype; returns (path, was_cached).
+    :func:`onnx_artifact` tells more: how long it waited for another process's export."""
+    built = onnx_artifact(store, spec, batch_size, dtype, exporter, opset, axes, dynamic)
+    return built.path, built.cached
+
+
+def onnx_artifact(
+    store: ModelStore,
+    spec: ModelSpec,
+    batch_size: int,
+    dtype: str,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    axes: dict[str, int] | None = None,
+    dynamic: bool = False,
+) -> Built:
+    """The ONNX file for ``spec`` at this batch size and dtype, exported once per node.
 
     Exports are cached on this node's disk under a content key (model spec, seed, batch,
     dtype, exporter, opset and torch version; with several inputs, their names, dtypes, shapes and the
     axes' values), so the trials of one node export a model once per shape: every export is static.
-    The file is written under a temporary name and renamed, so a concurrent export by a
-    neighbouring actor or a crash never leaves a torn file behind.
+    One process exports, under the file's lock (``workers.models.artifacts.once``): a neighbouring
+    actor or a build-ahead task that wants the same file waits for it, and a crash never leaves a
+    torn file behind.
 
     ``dynamic``: one export for every shape instead, its batch axis and named axes dynamic (ORT's
     ``dynamic_shapes`` option); it is exported at batch 2 and axes of at least 2 (the exporters
@@ -166,7 +183,7 @@ def onnx_export(
     import torch
 
     if spec.kind == "onnx":
-        return Path(spec.ref), True
+        return Built(Path(spec.ref), True, 0.0, 0.0)
     if dynamic:
         batch_size, axes = 2, {k: max(v, 2) for k, v in (axes or {}).items()}
     ident: list[Any] = [spec.key, store.seed, "dynamic" if dynamic else batch_size, dtype, exporter, opset,
@@ -178,11 +195,15 @@ def onnx_export(
 
         ident.append(["transformers", hf.library_version()])
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-    out_dir = cache_dir() / "onnx"
-    path = out_dir / f"{key}.onnx"
-    if path.exists():
-        return path, True
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir() / "onnx" / f"{key}.onnx"
+    return once(path, lambda tmp: _export(store, spec, batch_size, dtype, exporter, opset, axes, dynamic, tmp))
+
+
+def _export(store: ModelStore, spec: ModelSpec, batch_size: int, dtype: str, exporter: str, opset: int | None,
+            axes: dict[str, int] | None, dynamic: bool, tmp: str) -> None:
+    """Export ``spec`` to the file ``tmp``."""
+    import torch
+
     # Export from the CPU copy: the graph doesn't depend on the device, and it keeps the
     # export off the GPU that neighbouring trials may be timing on.
     model = store.torch_model(spec, "cpu", dtype)
@@ -194,28 +215,20 @@ def onnx_export(
         names = {"input_names": list(example_in), "output_names": out_names}
     else:
         args, names = (make_input(spec, batch_size, dtype, "cpu", store.seed),), {}
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], **names}
-        if opset is not None:
-            kwargs["opset_version"] = opset
-        if dynamic and exporter == "dynamo":  # torch.export's own form; it can't convert dynamic_axes for every model
-            shapes = dynamic_shapes(spec)
-            kwargs["dynamic_shapes"] = (shapes,) if spec.inputs else shapes  # FlatCall.forward(*xs): one argument
-        elif dynamic:
-            kwargs["dynamic_axes"] = dynamic_axes(spec)
-        if exporter == "dynamo":
-            kwargs.update(dynamo=True, external_data=False, verbose=False)
-        else:
-            kwargs.update(dynamo=False)
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(model, args, tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path, False
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], **names}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic and exporter == "dynamo":  # torch.export's own form; it can't convert dynamic_axes for every model
+        shapes = dynamic_shapes(spec)
+        kwargs["dynamic_shapes"] = (shapes,) if spec.inputs else shapes  # FlatCall.forward(*xs): one argument
+    elif dynamic:
+        kwargs["dynamic_axes"] = dynamic_axes(spec)
+    if exporter == "dynamo":
+        kwargs.update(dynamo=True, external_data=False, verbose=False)
+    else:
+        kwargs.update(dynamo=False)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(model, args, tmp, **kwargs)
 
 
 def dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:

@@ -1,0 +1,69 @@
+"""Artifacts of the per-node cache built once per node, by whoever reaches them first.
+
+An artifact is a file under the node's cache (``workers.models.build.cache_dir``) whose name is a
+content key: an ONNX export, the ``sleep`` backend's stand-in. It is made by a build-ahead task on
+a spare CPU (``workers/ahead.py``) or by the worker whose trial needs it, whichever takes its lock
+first. :func:`once` makes that one build: it holds an ``flock`` on ``<artifact>.lock`` while
+building (the kernel drops it when the process dies, so a crashed builder never blocks anyone), and
+writes under a temporary name that it renames, so nobody reads a torn file. A worker that finds
+the lock held waits for the build and takes the file: never a second build; :class:`Built` says
+how long it waited (the row's ``artifact_wait_s``) and how long it built (``artifact_build_s``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: A build-ahead task builds nothing on a cache disk with less free space than this; the workers
+#: then build their own artifacts (as without builders) and fail with the disk's own error.
+MIN_FREE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    path: Path
+    cached: bool  # this call did not build it: it was there, or another process built it meanwhile
+    wait_s: float  # seconds waiting for another process's build of it
+    build_s: float  # seconds building it here
+
+
+def once(path: Path, build: Callable[[str], None]) -> Built:
+    """The artifact at ``path``: there already, built by another process (waited for), or built here
+    by ``build(tmp)``, which writes the file ``tmp`` (renamed to ``path`` when it returns)."""
+    if path.exists():
+        return Built(path, True, 0.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(f"{path}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process is building it: wait for its build
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        waited = time.perf_counter() - t0
+        if path.exists():
+            return Built(path, True, waited, 0.0)
+        t1 = time.perf_counter()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=f"{path.suffix}.tmp")
+        os.close(fd)
+        try:
+            build(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return Built(path, False, waited, time.perf_counter() - t1)
+
+
+def room_for(directory: Path, need: int = MIN_FREE_BYTES) -> bool:
+    """Whether the disk of ``directory`` (or of its nearest existing parent) has ``need`` bytes free."""
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return shutil.disk_usage(d).free >= need
