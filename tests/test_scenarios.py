@@ -152,7 +152,8 @@ def test_confident_find_peak_extends_a_probe_too_short_to_decide():
 
 
 @pytest.mark.parametrize("scenario, message", [
-    ("{name: ofline}", "scenario.name[0]: Input should be 'single-stream', 'offline', 'server' or 'find-peak'"),
+    ("{name: ofline}", "scenario.name[0]: Input should be 'single-stream', 'offline', 'server', 'find-peak' or "
+                       "'generate'"),
     ("{name: server, rates: [100, 0]}", "scenario.rates[1]: Input should be greater than 0"),
     ("{name: offline, concurrency: 0}", "scenario.concurrency[0]: Input should be greater than or equal to 1"),
     ("{name: find-peak}", "find-peak needs latency_bound_ms"),

@@ -109,6 +109,7 @@ def _adopt_node() -> None:
     global _REAPER
     if _REAPER is None:
         return
+    _REAPER.unmark()
     session = _embedded_session()
     if session:
         _REAPER.tell(f"session {session}")
@@ -128,7 +129,7 @@ def _abandon_start() -> None:
     except BaseException:  # half started: the watchdog is the clean-up that counts
         pass
     if _REAPER is not None:
-        _REAPER.stop()
+        _REAPER.stop(clean=False)
         _REAPER = None
 
 

@@ -11,7 +11,9 @@ dies (SIGKILL included). Meanwhile it records, once a second, the node's own pro
 pids Ray recorded as it started them: GCS, raylet, ...) and every process below them; at EOF it
 kills the ones still alive of those (pid and start time must match: pids are reused),
 those whose command line or open files are in the node's session directory, and their children,
-then exits. Only ever started for a node this driver started: never for a cluster it joined.
+then exits. A driver that died (EOF with no ``stop`` line before it) is followed by ``SETTLE_S`` more
+seconds of looking, since on a loaded machine an agent forked just before can show up late. Only
+ever started for a node this driver started: never for a cluster it joined.
 
 It is started *before* ``ray.init``, so that a driver stopped or killed while Ray is still starting
 leaves nothing either: then its root is the driver itself (every process below the driver is the
@@ -19,8 +21,10 @@ node's: the GCS, the raylet, and the agents below the raylet), and the session d
 known yet: it is read from the command lines it records (the GCS's ``--log_dir``), or sent by the
 driver through the pipe once ``ray.init`` returns (a line ``session PATH``). A driver that turns
 out to have joined a cluster sends ``release``: the watchdog then exits without touching anything.
-While the session is unknown it looks every ``FAST_POLL_S`` (Ray starts its processes within a
-few seconds); after, every ``POLL_S``.
+While Ray starts (the session unknown, or the first ``STARTING_S``) it looks every ``FAST_POLL_S``:
+an agent the raylet forks just before a ``kill -9`` is orphaned at once, titled ``ray::DashboardAgent``
+(its command line no longer names the session), and only its having been seen finds it; after,
+every ``POLL_S``.
 
 Standard library only: it runs as ``python reaper.py DRIVER_PID SESSION_DIR PID...`` in its own session
 (Ctrl-C in the terminal doesn't reach it); SESSION_DIR may be empty.
@@ -38,8 +42,13 @@ import time
 from pathlib import Path
 
 POLL_S = 1.0
-FAST_POLL_S = 0.2  # while the session directory is not known: Ray is starting
+FAST_POLL_S = 0.2  # while Ray is starting: the session directory not known, or its agents being forked
+STARTING_S = 20.0  # how long after the watchdog starts Ray counts as starting
 GRACE_S = 3.0  # after SIGTERM, before SIGKILL
+SETTLE_S = 1.0  # after a driver died (not stopped): how long to keep looking for the node's processes
+#: Set in the driver's environment while its node starts (``start`` to ``Reaper.unmark``), so that every
+#: process of the node inherits it: the mark finds an agent orphaned before it was ever seen.
+MARK = "INFER_ORCH_NODE"
 #: A Ray session directory in a command line: ``/tmp/ray/session_2026-12-06_15-22-02_830209_26641``.
 SESSION = re.compile(rb"(/[^\0 =]+/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+)")
 
@@ -92,23 +101,32 @@ def _in_session(pid: int, session: bytes) -> bool:
     return False
 
 
-def targets(seen: dict[int, int], session: str, spare: set[int]) -> set[int]:
-    """The processes to end: those ``seen`` (pid -> start time) still alive, the session's, and
-    every process below them. Never those in ``spare`` (this watchdog, and the driver: it has
-    files of the session open too, and lives on after a normal ``ray.shutdown``), nor a process
-    of another user."""
+def targets(seen: dict[int, int], session: str, spare: set[int], mark: str = "") -> set[int]:
+    """The processes to end: those ``seen`` (pid -> start time) still alive, the session's, those
+    with the node's ``mark`` in their environment, and every process below them. Never those in
+    ``spare`` (this watchdog, and the driver: it has files of the session open too, and lives on
+    after a normal ``ray.shutdown``), nor a process of another user."""
     table = _table()
     uid = os.getuid()
     found = {p for p, start in seen.items() if p in table and table[p][2] == start}
-    if session:
-        sess = session.rstrip("/").encode() + b"/"
+    sess = session.rstrip("/").encode() + b"/" if session else b""
+    marked = f"{MARK}={mark}".encode() if mark else b""
+    if sess or marked:
         for pid in table:
-            if pid not in found and pid not in spare and _owned(pid, uid) and _in_session(pid, sess):
+            if pid not in found and pid not in spare and _owned(pid, uid) and (
+                    (sess and _in_session(pid, sess)) or (marked and _marked(pid, marked))):
                 found.add(pid)
     for pid in list(found):
         found |= _below(pid, table)
     found -= spare
     return {p for p in found if table.get(p, (0, "Z", 0))[1] != "Z"}
+
+
+def _marked(pid: int, marked: bytes) -> bool:
+    try:
+        return marked in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def _owned(pid: int, uid: int) -> bool:
@@ -122,13 +140,22 @@ def _alive(pids: set[int]) -> set[int]:
     return {p for p in pids if (st := _stat(p)) is not None and st[1] != "Z"}
 
 
-def reap(seen: dict[int, int], session: str, driver: int, rounds: int = 3) -> None:
+def reap(seen: dict[int, int], session: str, driver: int, rounds: int = 3, settle_s: float = SETTLE_S,
+         mark: str = "") -> None:
     """End the targets: SIGTERM, then SIGKILL after ``GRACE_S``. Again while new ones appear (up to
-    ``rounds``): a raylet still starting may fork its agents between the look and the kill."""
-    for _ in range(rounds):
-        pids = targets(seen, session, {os.getpid(), driver})
+    ``rounds``), and looking again for ``settle_s`` after none is left: a raylet still starting may
+    fork its agents between the look and the kill, and on a loaded machine an agent forked just
+    before the driver died can take a moment to show the session in its command line."""
+    settled = time.monotonic() + settle_s
+    done = 0
+    while done < rounds:
+        pids = targets(seen, session, {os.getpid(), driver}, mark)
         if not pids:
-            return
+            if time.monotonic() >= settled:
+                return
+            time.sleep(0.25)
+            continue
+        done += 1
         for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 1.0)):
             for p in pids:
                 try:
@@ -175,12 +202,16 @@ def main(argv: list[str]) -> None:
     seen.update({p: table[p][2] for p in roots})
     # Watching the driver itself (Ray not started yet): what was below it before is not Ray's
     before = frozenset(p for p in _below(driver, table) if p != os.getpid()) if driver in roots else frozenset()
-    buffered, released = b"", False
+    buffered, released, stopped = b"", False, False
+    # an agent the raylet forks just before the driver dies is orphaned with the raylet, under a
+    # process title (ray::DashboardAgent) that no longer names the session: it has to be seen alive
+    starting_until = time.monotonic() + STARTING_S
     while driver in table:  # belt and braces: the pipe says it first
         _record(roots, seen, table, before)
         if not session:  # every time: a process seen between fork and exec had the driver's command line
             session = session_of({p for p in seen if p in table and p not in roots})
-        ready, _, _ = select.select([sys.stdin], [], [], POLL_S if session else FAST_POLL_S)
+        fast = not session or time.monotonic() < starting_until
+        ready, _, _ = select.select([sys.stdin], [], [], FAST_POLL_S if fast else POLL_S)
         if ready:
             data = os.read(sys.stdin.fileno(), 4096)
             if not data:
@@ -191,12 +222,14 @@ def main(argv: list[str]) -> None:
                 if line.startswith(b"session "):
                     session = line[len(b"session "):].decode(errors="replace")
                 released = released or line == b"release"
+                stopped = stopped or line == b"stop"
         table = _table()
     if released:
         return
     _record(roots, seen, _table(), before)  # the driver closed the pipe and waits: its children are still below it
     seen.pop(driver, None)  # a root, when watched from before Ray: what is below it is recorded, ``before`` not
-    reap(seen, session, driver)
+    # a driver that said "stop" shut Ray down first; one that died may have left an agent being born
+    reap(seen, session, driver, settle_s=0.0 if stopped else SETTLE_S, mark=os.environ.get(MARK, ""))
 
 
 class Reaper:
@@ -218,10 +251,18 @@ class Reaper:
         self.tell("release")
         self.stop()
 
-    def stop(self) -> None:
-        """Close the pipe: the watchdog removes whatever Ray left and exits. Waits a little for it."""
+    def unmark(self) -> None:
+        """The node has started: this driver's later children are not the node's."""
+        os.environ.pop(MARK, None)
+
+    def stop(self, clean: bool = True) -> None:
+        """Close the pipe: the watchdog removes whatever Ray left and exits. Waits a little for it.
+        ``clean``: Ray was shut down (not a start abandoned: there an agent may still be being born)."""
+        self.unmark()
         if self._fd < 0:
             return
+        if clean:
+            self.tell("stop")
         os.close(self._fd)
         self._fd = -1
         try:
@@ -239,6 +280,7 @@ def start(session_dir: str, pids: list[int]) -> Reaper | None:
     """
     if not Path("/proc/self/stat").exists():
         return None
+    os.environ[MARK] = f"{os.getpid()}-{os.urandom(6).hex()}"  # inherited by the watchdog and the node
     read_fd, write_fd = os.pipe()  # both close-on-exec: no other child of the driver holds them
     try:
         proc = subprocess.Popen([sys.executable, "-S", __file__, str(os.getpid()), session_dir,
@@ -247,6 +289,7 @@ def start(session_dir: str, pids: list[int]) -> Reaper | None:
                                 start_new_session=True, close_fds=True)
     except OSError:
         os.close(write_fd)
+        os.environ.pop(MARK, None)
         return None
     finally:
         os.close(read_fd)
