@@ -70,7 +70,8 @@ def test_the_math_field_reaches_torch_and_is_read_back_from_it():
 def test_the_math_field_reaches_ort_as_its_cuda_provider_option(tmp_path):
     """The CUDA provider's options the runner passes (a session on the CUDA provider needs a GPU: the
     GPU test reads them back from the session), and what each reported option reads as."""
-    from workers.backends.ort import OrtOptions, OrtRunner
+    from workers.backends.ort import OrtRunner
+    from workers.backends.ort_options import OrtOptions
     from workers.context import TrialContext
     from workers.models.build import ModelStore
 

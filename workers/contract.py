@@ -26,7 +26,6 @@ import enum
 import functools
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal, TypedDict
@@ -35,6 +34,7 @@ from pydantic import Field, JsonValue, model_serializer, model_validator
 
 from workers import scenarios
 from workers.config import StrictModel
+from workers.messages import strip_escapes
 from workers.row import InputsItem, Row
 
 
@@ -460,29 +460,6 @@ def unknown_columns(row: Row) -> list[str]:
     from workers.schema import NAMES  # pyarrow: only where rows are made, not where plans are checked
 
     return sorted(set(row) - NAMES)
-
-
-#: Terminal escape sequences (colours, cursor moves, OSC titles and links) and the other control
-#: characters a library may put in its messages (torch.export colours its errors): not text a table,
-#: a report or a Parquet reader can show.
-_ESCAPES = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
-#: The text columns that carry messages from libraries: stored without escape sequences.
-MESSAGE_COLUMNS = ("error", "profile_error", "traceback")
-
-
-def plain_text(text: str) -> str:
-    """``text`` without terminal escape sequences and control characters (newlines and tabs stay)."""
-    return _ESCAPES.sub("", text)
-
-
-def strip_escapes(row: Row) -> Row:
-    """``row`` with its message columns (and its ``invalid_reasons``) as plain text; changed in place."""
-    for col in MESSAGE_COLUMNS:
-        if isinstance(row.get(col), str):
-            row[col] = plain_text(row[col])
-    if isinstance(row.get("invalid_reasons"), list):
-        row["invalid_reasons"] = [plain_text(r) if isinstance(r, str) else r for r in row["invalid_reasons"]]
-    return row
 
 
 def checked_row(row: Row) -> Row:

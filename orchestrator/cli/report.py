@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,7 @@ from rich.markup import escape
 from orchestrator.cli.console import console, fail
 from orchestrator.cli.tables import print_results
 from orchestrator.errors import InferOrchError, InputError
+from workers.row import Row
 
 #: The most trials ``report`` lists one per line in the terminal (the HTML page lists them all).
 REPORT_ROWS = 500
@@ -33,17 +34,7 @@ def report(
     """Every trial of RUN_DIR side by side: median, p99, throughput, speedup vs the baseline; sizing and
     the Pareto front of its load rows."""
     from orchestrator.answers import deploy
-    from orchestrator.answers.report import (
-        counts_text,
-        fairness_lines,
-        html_report,
-        peak_table,
-        resolve_baseline,
-        serving_answers,
-        summarize,
-        terminal_table,
-        unregistered_note,
-    )
+    from orchestrator.answers.report import html_report, resolve_baseline
     from orchestrator.results.read import load_results
     from orchestrator.results.sink import SAMPLE_COLUMNS, check_hidden
     from workers.schema import SCHEMA
@@ -61,33 +52,8 @@ def report(
             print(deploy.json_text(rows, ask))
             return
         baseline, baseline_note = resolve_baseline(rows, baseline)
-        if len(rows) <= REPORT_ROWS:
-            console.print(terminal_table(summarize(rows, baseline), baseline))
-            console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
-            for line in fairness_lines(rows):  # what each compared group had in common (answers/fairness.py)
-                console.print(escape(line), highlight=False)
-            for note in (baseline_note, unregistered_note(rows)):
-                if note:
-                    console.print(f"[yellow]{escape(note)}[/]", highlight=False)
-        else:  # thousands of trials: per label and model, and the ones not ok
-            print_results(rows, "summary", run_dir)
-            console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
-                          highlight=False)
-        from orchestrator.answers.generation import answers, generation_table
-
-        gen = generation_table(rows)
-        if gen is not None:
-            console.print(gen)
-            for line in answers(rows):
-                console.print(escape(line), highlight=False)
-        peaks = peak_table(rows)
-        if peaks is not None:
-            console.print(peaks)
-            for line in serving_answers(rows):
-                console.print(escape(line), highlight=False)
-        tables, notes = deploy.terminal(rows, ask)
-        for item in [*tables, *map(escape, notes)]:
-            console.print(item, highlight=False)
+        _print_trials(rows, baseline, baseline_note, run_dir)
+        _print_answers(rows, ask)
         if html is not None:
             page = html_report(run_dir, baseline, report_path=html, ask=ask)
             try:
@@ -98,3 +64,38 @@ def report(
             console.print(f"HTML report: {html.absolute()}", highlight=False)
     except InferOrchError as exc:
         raise fail(exc) from None
+
+
+def _print_trials(rows: list[Row], baseline: str, baseline_note: str | None, run_dir: Path) -> None:
+    """Every trial side by side (a summary past ``REPORT_ROWS``), the counts and what the table's
+    comparisons had in common."""
+    from orchestrator.answers.report import counts_text, fairness_lines, summarize, terminal_table, unregistered_note
+
+    if len(rows) > REPORT_ROWS:  # thousands of trials: per label and model, and the ones not ok
+        print_results(rows, "summary", run_dir)
+        console.print(f"{len(rows)} trials: one line each with --html, or read {run_dir} (docs/results.md)",
+                      highlight=False)
+        return
+    console.print(terminal_table(summarize(rows, baseline), baseline))
+    console.print(f"{len(rows)} trials: {counts_text(rows)}", highlight=False)
+    for line in fairness_lines(rows):  # what each compared group had in common (answers/fairness.py)
+        console.print(escape(line), highlight=False)
+    for note in (baseline_note, unregistered_note(rows)):
+        if note:
+            console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+
+
+def _print_answers(rows: list[Row], ask: Any) -> None:
+    """The generation table, the peaks, the sizing and the Pareto front, where the run has their rows."""
+    from orchestrator.answers import deploy
+    from orchestrator.answers.generation import answers, generation_table
+    from orchestrator.answers.report import peak_table, serving_answers
+
+    for table, lines in ((generation_table(rows), answers), (peak_table(rows), serving_answers)):
+        if table is not None:
+            console.print(table)
+            for line in lines(rows):
+                console.print(escape(line), highlight=False)
+    tables, notes = deploy.terminal(rows, ask)
+    for item in [*tables, *map(escape, notes)]:
+        console.print(item, highlight=False)

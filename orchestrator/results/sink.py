@@ -67,8 +67,9 @@ from orchestrator.results.rundir import (
     stored_table,
     stored_trials,
 )
-from workers.contract import FILES_KEY, strip_escapes
+from workers.contract import FILES_KEY
 from workers.measure.envinfo import EnvInfo
+from workers.messages import strip_escapes
 from workers.row import Row
 from workers.schema import SCHEMA, SCHEMA_VERSION, to_batch
 
