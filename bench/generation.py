@@ -1,4 +1,4 @@
-"""Generation on the GPU: a ~1B Llama shape at batch 1, every path, and two hand-written loops for fidelity.
+"""A ~1B Llama shape generating on every path, and two hand loops (BENCHMARKS.md, "How fast does a decoder generate...").
 
     python -m bench.generation --out DIR [--batch 1 --prompt 128 --new 128]
 
