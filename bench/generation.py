@@ -1,4 +1,4 @@
-"""A ~1B Llama shape generating on every path, and two hand loops (BENCHMARKS.md, "How fast does a decoder generate...").
+"""A ~1B Llama generating on every path, with two hand loops (BENCHMARKS.md, "How fast does a decoder generate...").
 
     python -m bench.generation --out DIR [--batch 1 --prompt 128 --new 128]
 
