@@ -72,13 +72,13 @@ def test_builds_overlap_the_trials_wall_time_is_the_larger_of_builds_and_trials(
     assert len(ahead) > TRIALS // 2, len(ahead)  # most built by the build-ahead tasks, not the workers
     assert result.ahead is not None and not result.ahead.errors and result.ahead.most_at_once <= BUILDERS
     builds_s = TRIALS * build_s
-    # the workers lost next to no time to the artifacts: they were ready when the trials came
-    lost_s = sum(r["artifact_wait_s"] + r["artifact_build_s"] for r in result.rows)
-    assert lost_s <= 0.10 * builds_s, (lost_s, builds_s)
-    # the wall time: the larger of the two sides, within 10%, where the host has CPUs for the builders
-    # (on fewer, Ray's own work for each build task comes out of the workers' CPU: a 2-CPU host with
-    # 4 workers has none to spare, which is why builders default to 0 there)
+    # the time the workers lost to the artifacts, and the wall time: the larger of the two sides,
+    # within 10%, where the host has CPUs for the builders (on fewer, Ray's own work for each build task
+    # comes out of the workers' CPU: a 2-CPU host with 4 workers has none to spare, which is why
+    # builders default to 0 there; a loaded one lost 1.07 s of 2.0 s there)
     if (os.cpu_count() or 1) >= WORKERS + BUILDERS + 1:
+        lost_s = sum(r["artifact_wait_s"] + r["artifact_build_s"] for r in result.rows)
+        assert lost_s <= 0.10 * builds_s, (lost_s, builds_s)  # ready when the trials came
         # the trials' side, measured: the same trials with no artifacts, on this host as loaded as it is now
         base = write_plan(_plan(0.0, BUILDERS), "base.yaml")
         run_plan(base, out=tmp_path / "base", workers=WORKERS)
@@ -138,6 +138,15 @@ def test_grouping_keeps_the_plans_trial_ids(write_plan):
     assert sorted(j.trial_id for j in grouped(jobs)) == sorted(j.trial_id for j in jobs)
 
 
+def _input_dims(path: Path) -> tuple[int, ...]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in inits)
+    return tuple(d.dim_value for d in first.type.tensor_type.shape.dim)
+
+
 def test_ort_exports_are_built_ahead_with_no_gpu_once_per_shape(ray_gpus, write_plan, tmp_path):
     """A real export in a build-ahead task (torch.onnx, CUDA hidden): every trial gets its shape's one
     file of the node's cache, made by the task or by its worker, and the same numbers' checks pass."""
@@ -150,7 +159,9 @@ def test_ort_exports_are_built_ahead_with_no_gpu_once_per_shape(ray_gpus, write_
         "measure": {"warmup_iters": 1, "warmup_max_iters": 1, "iters": 5, "target_rel_ci": None}}))
     result = run_plan(plan, out=tmp_path / "out")
     assert result.counts == {"ok": 3}, [r.get("error") for r in result.rows]
-    assert len(set(cache.glob("*.onnx")) - before) == 3  # one export per shape
+    # one export per shape (the cache is shared with the other test process: only this model's files)
+    assert sorted(_input_dims(p) for p in set(cache.glob("*.onnx")) - before
+                  if _input_dims(p)[1:] == (3, 8, 8)) == [(3, 3, 8, 8), (5, 3, 8, 8), (7, 3, 8, 8)]
     assert result.ahead is not None and result.ahead.tasks >= 1 and not result.ahead.errors
     built_by_workers = sum(1 for r in result.rows if r["artifact_build_s"] > 0)
     assert built_by_workers < 3  # the build-ahead task made at least one of them
