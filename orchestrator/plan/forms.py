@@ -50,10 +50,10 @@ def model_from_yaml(item: Any, base_dir: str) -> Any:
         raise model_error("unknown key 'input_name'; a model mapping takes {kind}, name, input_shape, inputs, axes, "
                           "axes_map, pass_inputs", kind=kind)
     ref = str(item[kind]).strip()
-    if kind == "hf-causal":  # generation trials: orchestrator.plan.generation
-        from orchestrator.plan import generation
+    if kind == "hf-causal":  # generation trials: orchestrator.plan.causal
+        from orchestrator.plan import causal
 
-        return generation.model_fields(ref, rest, base_dir)
+        return causal.model_fields(ref, rest, base_dir)
     if kind == "hf":
         return _hf_model(ref, rest, base_dir)
     if "overrides" in rest:

@@ -21,46 +21,19 @@ that does not generate are refused here, each at the key that says so.
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import PydanticCustomError
-
 from orchestrator.errors import PlanError
+from orchestrator.plan.causal import KIND, message_of
 from workers.generation.models import CAUSAL, GenerationInputError, check_request, shape_of
 
 if TYPE_CHECKING:
     from orchestrator.plan.schema import Matrix, Plan
     from workers.contract import ModelSpec
 
-KIND = "hf-causal"
 #: the matrix keys of generation trials (not named axes: ``prompt_lens`` is not ``<axis>_lens``)
 MATRIX_KEYS = ("prompt_lens", "new_tokens")
 _FORMS = ", ".join(CAUSAL) + " or a save_pretrained folder of one"
-
-
-def model_fields(ref: str, rest: dict[str, Any], base_dir: str) -> dict[str, Any]:
-    """ModelSpec fields of an ``hf-causal:`` model (its sizes checked, nothing imported)."""
-    extra = sorted(set(rest) - {"name", "overrides"})
-    if extra:
-        raise PydanticCustomError("model_form", "hf-causal:{ref}: unknown key '{key}'; an hf-causal model takes "
-                                  "name and overrides (its prompts come from matrix.prompt_lens)",
-                                  {"ref": ref, "key": extra[0]})
-    overrides = rest.get("overrides") or {}
-    if not isinstance(overrides, dict) or not all(isinstance(v, int | float | str | bool) for v in overrides.values()):
-        raise PydanticCustomError("model_form", "hf-causal:{ref}: overrides: a mapping of config key to a number, "
-                                  "string or boolean, e.g. {{num_hidden_layers: 2}}", {"ref": ref})
-    try:
-        shape_of(ref, overrides, base_dir)
-    except GenerationInputError as exc:
-        msg = _msg(exc).removeprefix(f"{ref}: ")  # a folder's message starts with the folder
-        raise PydanticCustomError("model_form", "hf-causal:{ref}: {msg}", {"ref": ref, "msg": msg}) from None
-    local = ref not in CAUSAL
-    if local:
-        ref = str((Path(ref) if os.path.isabs(ref) else Path(base_dir) / ref).resolve())
-    name = rest.get("name", Path(ref).name if local else ref)
-    return {"kind": KIND, "ref": ref, "name": name, "overrides": overrides}
 
 
 def points(model: ModelSpec, matrix: Matrix) -> list[dict[str, int]]:
@@ -162,7 +135,7 @@ def _check_requests(plan: Plan, causal: list[int], source: str) -> None:
         try:
             shape = shape_of(model.ref, model.overrides)
         except GenerationInputError as exc:
-            raise PlanError(f"{source}: models[{i}].{exc.key}: {_msg(exc)}") from None
+            raise PlanError(f"{source}: models[{i}].{exc.key}: {message_of(exc)}") from None
         for b, bs in enumerate(m.batch_sizes):
             for p, prompt in enumerate(m.prompt_lens or []):
                 for n, new in enumerate(m.new_tokens or []):
@@ -171,10 +144,7 @@ def _check_requests(plan: Plan, causal: list[int], source: str) -> None:
                     except GenerationInputError as exc:
                         where = {"new_tokens": f"new_tokens[{n}]", "prompt_lens": f"prompt_lens[{p}]",
                                  "batch_sizes": f"batch_sizes[{b}]"}.get(exc.key, exc.key)
-                        raise PlanError(f"{source}: matrix.{where}: {_msg(exc)} (models[{i}], "
+                        raise PlanError(f"{source}: matrix.{where}: {message_of(exc)} (models[{i}], "
                                         f"{KIND}:{model.name})") from None
 
 
-def _msg(exc: GenerationInputError) -> str:
-    """The message without the key it starts with (the caller locates it)."""
-    return str(exc).removeprefix(f"{exc.key}: ")
