@@ -144,7 +144,10 @@ def _scenario_from_yaml(v: Any) -> Any:
 ScenarioField = Annotated[ScenarioSettings, BeforeValidator(_scenario_from_yaml)]
 
 
-class ExcludeRule(Strict):
+class TrialMatch(Strict):
+    """The keys that pick trials (``EXCLUDE_KEYS``): an exclude rule's and a plan-wide budget's. A
+    trial matches when it has one of the listed values for every key given."""
+
     model: str | list[str] | None = None
     backend: str | list[str] | None = None
     label: str | list[str] | None = None
@@ -158,12 +161,6 @@ class ExcludeRule(Strict):
     rate: float | list[float] | None = None
     math: Math | list[Math] | None = None
 
-    @model_validator(mode="after")
-    def _not_empty(self) -> ExcludeRule:
-        if all(getattr(self, k) is None for k in EXCLUDE_KEYS):
-            raise ValueError(f"an exclude rule needs at least one of: {', '.join(EXCLUDE_KEYS)}")
-        return self
-
     def matches(self, trial: Trial) -> bool:
         for key in EXCLUDE_KEYS:
             want = getattr(self, key)
@@ -176,6 +173,14 @@ class ExcludeRule(Strict):
             if exclude_value(trial, key) not in (want if isinstance(want, list) else [want]):
                 return False
         return True
+
+
+class ExcludeRule(TrialMatch):
+    @model_validator(mode="after")
+    def _not_empty(self) -> ExcludeRule:
+        if all(getattr(self, k) is None for k in EXCLUDE_KEYS):
+            raise ValueError(f"an exclude rule needs at least one of: {', '.join(EXCLUDE_KEYS)}")
+        return self
 
 
 BUDGET_LIMITS = ("max_latency_ms", "max_p99_ms", "min_throughput")
@@ -200,22 +205,8 @@ class Budget(Strict):
         return {k: getattr(self, k) for k in BUDGET_LIMITS if getattr(self, k) is not None}
 
 
-class BudgetRule(Budget):
+class BudgetRule(TrialMatch, Budget):
     """A plan-wide budget for the trials matching its keys (all trials when it names none)."""
-
-    model: str | list[str] | None = None
-    backend: str | list[str] | None = None
-    label: str | list[str] | None = None
-    batch_size: int | list[int] | None = None
-    dtype: Dtype | list[Dtype] | None = None
-    io: Io | list[Io] | None = None
-    axes: dict[str, int | list[int]] | None = None
-    scenario: ScenarioName | list[ScenarioName] | None = None
-    concurrency: int | list[int] | None = None
-    rate: float | list[float] | None = None
-    math: Math | list[Math] | None = None
-
-    matches = ExcludeRule.matches
 
 
 class BackendEntry(Strict):
