@@ -155,6 +155,8 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
     ("name: t", "name: t\nseed: -1", "seed: Input should be greater than or equal to 0 (got -1)"),
     ("name: t", "name: t\nseed: 100000000000000000000", "seed: Input should be less than or equal to 4294967295"),
     ("name: t", "name: t\nretries: 100000000000000000000", "retries: Input should be less than or equal to 100"),
+    ("name: t", "name: t\nbuilders: -1", "builders: Input should be greater than or equal to 0 (got -1)"),
+    ("name: t", "name: t\nbuilders: 5000", "builders: Input should be less than or equal to 1024"),
     ("name: t", "name: t\nmeasure: {iters: 100000000000000000000}",
      "measure.iters: Input should be less than or equal to 10000000"),
     ("name: t", "name: t\nmeasure: {warmup_iters: 100000000000000000000}",
