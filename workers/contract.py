@@ -260,6 +260,9 @@ class Trial:
     rate: float | None = None  # server: the target arrival rate, requests/s
     arrival: str = "poisson"  # server, find-peak: poisson | constant inter-arrival times
     latency_bound_ms: float | None = None  # server (optional), find-peak (required): the p99 bound
+    #: generation trials under server (optional) and find-peak: the bound on the p99 time per output token
+    #: (their latency_bound_ms bounds the p99 time to first token)
+    tpot_bound_ms: float | None = None
     min_duration_s: float = 2.0  # offline, server: a run lasts at least this long...
     min_requests: int = 200  # ...and completes at least this many requests
     confident: bool = False  # find-peak: judge each probe on the p99's upper confidence bound
@@ -301,7 +304,7 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
                                    "min_requests": 200, "confident": False,
-                                   "prompt_len": 0, "new_tokens": 0}
+                                   "prompt_len": 0, "new_tokens": 0, "tpot_bound_ms": None}
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
@@ -425,6 +428,7 @@ def scenario_columns(trial: Trial) -> Row:
             "target_rate": trial.rate if "rate" in used else None,
             "arrival": trial.arrival if "arrival" in used else None,
             "latency_bound_ms": trial.latency_bound_ms if "latency_bound_ms" in used else None,
+            "tpot_bound_ms": trial.tpot_bound_ms if "tpot_bound_ms" in used else None,
             "confident": trial.confident if "confident" in used else None}
 
 

@@ -156,6 +156,7 @@ class Row(TypedDict, total=False):
     target_rate: float | None
     arrival: str | None
     latency_bound_ms: float | None
+    tpot_bound_ms: float | None
     requests: int | None
     latency_ms_p99_upper: float | None
     effective_requests: float | None
@@ -176,6 +177,7 @@ class Row(TypedDict, total=False):
     peak_rate_fail: float | None
     probe_rates: list[float] | None
     probe_p99_ms: list[float] | None
+    probe_tpot_p99_ms: list[float] | None
     probe_passed: list[bool] | None
     probe_p99_upper_ms: list[float] | None
     probe_requests: list[int] | None
@@ -186,8 +188,10 @@ class Row(TypedDict, total=False):
     new_tokens: int | None
     ttft_ms: float | None
     ttft_samples_ms: list[float] | None
+    ttft_ms_p99: float | None
     tpot_ms: float | None
     tpot_ms_p99: float | None
+    tpot_samples_ms: list[float] | None
     tokens_per_s: float | None
     e2e_ms: float | None
     kv_cache_bytes: int | None

@@ -19,7 +19,9 @@ import pyarrow as pa
 #: 5: the generation columns (``prompt_len`` ... ``token_agreement``) and the fairness columns (``math``,
 #: ``math_effective``, ``input_pool``, ``pool_feed``, the repeat check's and ``parity_unchecked``); rows of older runs
 #: load with them null.
-SCHEMA_VERSION = "5"
+#: 6: generation under load (``ttft_ms_p99``, ``tpot_samples_ms``, ``tpot_bound_ms``, ``probe_tpot_p99_ms``);
+#: rows of older runs load with them null.
+SCHEMA_VERSION = "6"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
@@ -265,7 +267,10 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
                           "buffers and host thread each)"),
     ("target_rate", _F64, "server: the arrival rate asked for, requests/s"),
     ("arrival", _STR, "server, find-peak: poisson (exponential gaps, seeded) or constant gaps"),
-    ("latency_bound_ms", _F64, "server (optional), find-peak: the bound on p99 request latency, ms"),
+    ("latency_bound_ms", _F64, "server (optional), find-peak: the bound on p99 request latency, ms (generation "
+                               "trials: on the p99 time to first token)"),
+    ("tpot_bound_ms", _F64, "generation trials, server (optional), find-peak: the bound on the p99 time per "
+                            "output token, ms"),
     ("requests", _I64, "offline, server: requests completed in the measured run (each of batch_size samples)"),
     ("latency_ms_p99_upper", _F64, "offline, server, find-peak: the 95% upper confidence bound on the p99 "
                                    "latency, counting requests by their effective number (effective_requests); "
@@ -294,7 +299,10 @@ _SCENARIO: list[tuple[str, pa.DataType, str]] = [
     ("peak_rate_fail", _F64, "find-peak: the lowest rate tried above peak_rate that failed the bound (the "
                              "bracket's upper end), requests/s; null when none did"),
     ("probe_rates", pa.list_(_F64), "find-peak: every server rate tried, in order, requests/s"),
-    ("probe_p99_ms", pa.list_(_F64), "find-peak: p99 latency of each rate tried, ms"),
+    ("probe_p99_ms", pa.list_(_F64), "find-peak: p99 latency of each rate tried (generation trials: p99 time to "
+                                     "first token), ms"),
+    ("probe_tpot_p99_ms", pa.list_(_F64), "find-peak of generation trials: p99 time per output token of each "
+                                          "rate tried, ms"),
     ("probe_passed", pa.list_(_BOOL), "find-peak: whether each rate tried met the bound and kept its schedule"),
     ("probe_p99_upper_ms", pa.list_(_F64), "find-peak: the p99's upper confidence bound of each rate tried, ms "
                                            "(null where too few requests)"),
@@ -311,12 +319,19 @@ _GENERATION: list[tuple[str, pa.DataType, str]] = [
     ("new_tokens", _I64, "generation: tokens generated after the prompt (greedy, end-of-sequence masked)"),
     ("ttft_ms", _F64, "generation: time to first token (prefill + the first token), median of the timed "
                       "generations, ms"),
-    ("ttft_samples_ms", pa.list_(_F64), "generation: each timed generation's time to first token, ms"),
+    ("ttft_samples_ms", pa.list_(_F64), "generation: each timed generation's time to first token, ms (offline, "
+                                        "server: each request's, counted from its start, or from its scheduled "
+                                        "arrival under server, so queueing counts)"),
+    ("ttft_ms_p99", _F64, "generation under load (offline, server, find-peak): 99th percentile of ttft_samples_ms"),
     ("tpot_ms", _F64, "generation: time per output token, the median decode step (every timed generation's "
                       "new_tokens - 1 steps, in samples_ms), ms"),
     ("tpot_ms_p99", _F64, "generation: 99th percentile of the decode steps, ms"),
-    ("tokens_per_s", _F64, "generation: batch_size * new_tokens / e2e_ms, median of the timed generations"),
-    ("e2e_ms", _F64, "generation: one whole generation (TTFT + every decode step), median, ms"),
+    ("tpot_samples_ms", pa.list_(_F64), "generation under load: every decode step of every request, ms (their "
+                                        "samples_ms are the requests' latencies, as other load rows')"),
+    ("tokens_per_s", _F64, "generation: batch_size * new_tokens / e2e_ms, median of the timed generations "
+                           "(under load: every request's tokens over measured_s)"),
+    ("e2e_ms", _F64, "generation: one whole generation (TTFT + every decode step), median, ms (under load: from a "
+                     "request's start, or its scheduled arrival under server, to its last token)"),
     ("kv_cache_bytes", _I64, "generation: the KV cache at its largest (prompt_len + new_tokens positions, keys "
                              "and values, every layer) at the trial's dtype, bytes"),
     ("decode_bytes", _I64, "generation: bytes one decode step reads: the weights once (the input embedding "

@@ -88,7 +88,8 @@ def run_trial(trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, c
 def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> Row:
     runner_cls = get(trial.backend)
     scenario = scenarios.get(trial.scenario)
-    own = scenario.own_runners  # generation: its own runners, checks and parity (workers.generation)
+    # generation, one at a time or under load: its own runners, checks and parity (workers.generation)
+    own = scenario.own_runners or trial.new_tokens > 0
     reason = None if own else runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
     if reason:
         raise SkipTrial(reason)

@@ -77,7 +77,8 @@ BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
 HOST_BOUND_UTIL_PCT = 80.0
 HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
-             "concurrency", "target_rate", "arrival", "latency_bound_ms", "prompt_len", "new_tokens")
+             "concurrency", "target_rate", "arrival", "latency_bound_ms", "tpot_bound_ms", "prompt_len",
+             "new_tokens")
 CONFIG_KEYS = tuple(k for k in SPEC_KEYS if k != "options")
 REGRESSIONS = ("regressed", "broken")
 _MAX_CELLS = 2_000_000  # bootstrap chunk size (resamples x samples), to bound memory
@@ -113,6 +114,7 @@ class Verdict(TypedDict, total=False):
     target_rate: float | None
     arrival: str | None
     latency_bound_ms: float | None
+    tpot_bound_ms: float | None
     prompt_len: int | None
     new_tokens: int | None
     base_status: str | None
@@ -219,7 +221,7 @@ def compare(
             "base_status": b and b["status"], "cand_status": c and c["status"],
             "base_median_ms": b and b.get("latency_ms_median"), "cand_median_ms": c and c.get("latency_ms_median"),
             "ratio": None, "ci_low": None, "ci_high": None, "noise": None, "invalid_reasons": None,
-            "metric": scenarios.of(ref).figures[0].label,
+            "metric": scenarios.of(ref).figures_of(ref)[0].label,
             "base_value": b and _value(b), "cand_value": c and _value(c),
             "matched_by": None if b is None or c is None else "trial_id" if b["trial_id"] == c["trial_id"] else "label",
         }
@@ -235,7 +237,7 @@ def compare(
             item["verdict"] = "not ok"
         else:
             judged = [_judged(f, b, c, threshold, confidence, n_boot, seed, noise_floor)
-                      for f in scenarios.of(ref).figures]
+                      for f in scenarios.of(ref).figures_of(ref)]
             item.update(judged[0])  # the first figure's numbers; the verdict is the worst figure's
             invalid = [f"{side}: {r}" for side, row in (("base", b), ("candidate", c)) if row.get("valid") is False
                        for r in row.get("invalid_reasons") or ["invalid"]]
@@ -258,7 +260,7 @@ def compare(
 
 def _value(row: Row) -> float | None:
     """The figure a row is judged on foremost (its scenario's first)."""
-    return scenarios.of(row).figures[0].value(row)
+    return scenarios.of(row).figures_of(row)[0].value(row)
 
 
 #: A trial judged on several figures takes the worst of their verdicts.

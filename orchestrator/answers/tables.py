@@ -51,7 +51,7 @@ def _order(r: Row, baseline: str) -> tuple[Any, ...]:
 def speed(r: Row) -> float | None:
     """The figure a row's speedup compares, higher is better: its scenario's first figure (a latency
     inverted)."""
-    return scenarios.of(r).figures[0].speed(r)
+    return scenarios.of(r).figures_of(r)[0].speed(r)
 
 
 def _is_baseline(r: Row, baseline: str) -> bool:

@@ -68,6 +68,7 @@ class ScenarioPoint(TypedDict, total=False):
     rate: float
     arrival: str
     latency_bound_ms: float
+    tpot_bound_ms: float
     min_duration_s: float
     min_requests: int
     confident: bool
@@ -107,10 +108,13 @@ def count_trials(plan: Plan) -> int:
     per_entry = gen_entry = 0  # trials per model point, batch size: every dtype and its math modes
     for entry in m.backends:
         settings = merged_settings(plan, entry)
-        n_points = sum(math.prod(len(_values(settings, f)) for f in _used(settings, name)) for name in settings["name"])
+        n_points = [(name, math.prod(len(_values(settings, f)) for f in _used(settings, name)))
+                    for name in settings["name"]]
         modes = sum(len(math_axis(m, entry, d)) for d in m.dtypes)
-        per_entry += len(entry.io or m.io) * n_points * modes
-        gen_entry += modes  # a generation model: one scenario point and io per entry (generation.trial_points)
+        per_entry += len(entry.io or m.io) * sum(n for _, n in n_points) * modes
+        # a generation model: on the device, the generation scenario once and the load scenarios' points
+        loads = sum(n for name, n in n_points if scenarios.get(name).uses_lanes)
+        gen_entry += (loads + (loads < sum(n for _, n in n_points))) * modes
     total = 0
     for model in plan.models:
         points = math.prod(1 if a in model.axes else len(m.axes.get(a, [])) for a in model.axis_names())

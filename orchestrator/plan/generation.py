@@ -12,10 +12,15 @@ generate scenario and the backends that generate. Validation reads sizes from
       backends: [torch-eager, torch-cudagraph, torch-compile, ort,
                  ort-genai, {backend: ort-genai, label: ort-genai-graph, options: {cuda_graph: true}}]
 
-An ``hf-causal`` model's trials run the generation scenario (``generate``) without the plan naming it.
+An ``hf-causal`` model's trials run the generation scenario (``generate``, one generation at a time)
+without the plan naming it; where the plan names load scenarios (those with several requests in
+flight: offline, server, find-peak), its trials run those too, k generations in flight::
 
-A request the model can't serve (prompt + new tokens over its positions, no new tokens) and a model
-that does not generate are refused here, each at the key that says so.
+    scenario: {name: [offline, server], concurrency: [4], rates: [20]}
+
+A request the model can't serve (prompt + new tokens over its positions, no new tokens), a model
+that does not generate and a generation path that can't keep several generations in flight asked
+to are refused here, each at the key that says so.
 """
 
 from __future__ import annotations
@@ -51,13 +56,28 @@ def generation_scenario() -> str:
     return next(n for n in scenarios.names() if scenarios.get(n).own_runners)
 
 
+def scenario_uses_lanes(name: str) -> bool:
+    """Whether scenario ``name`` keeps several requests in flight (a load scenario)."""
+    from workers import scenarios
+
+    return scenarios.get(name).uses_lanes
+
+
+def scenario_points(points: list[Any]) -> list[Any]:
+    """The scenario points of a generation model's trials on one backend entry, from the entry's: each
+    point of a load scenario (several requests in flight) as it is; the generation scenario once in
+    place of the others (one request at a time: the default), first."""
+    loads = [p for p in points if scenario_uses_lanes(p["scenario"])]
+    return ([{"scenario": generation_scenario()}] if len(loads) < len(points) else []) + loads
+
+
 def trial_points(model: ModelSpec, io: list[str], scenarios: list[Any]) -> list[tuple[str, Any]]:
-    """(io, scenario point) of each trial of ``model`` on one backend entry: a generation model runs
-    the generation scenario on the device, once per entry, whatever the plan's scenarios for its
-    other models; any other model, every io and scenario point of the entry."""
+    """(io, scenario point) of each trial of ``model`` on one backend entry: a generation model runs on
+    the device, the generation scenario and the entry's load scenarios (``scenario_points``); any
+    other model, every io and scenario point of the entry."""
     if model.kind != KIND:
         return list(itertools.product(io, scenarios))
-    return [("device", {"scenario": generation_scenario()})]
+    return [("device", p) for p in scenario_points(scenarios)]
 
 
 def check(plan: Plan, entries: list[Any], source: str) -> Plan:
@@ -79,13 +99,19 @@ def check(plan: Plan, entries: list[Any], source: str) -> Plan:
                         f"{base}; write {KIND}: <{'|'.join(CAUSAL)}> or a save_pretrained folder (its trials "
                         f"generate without naming the {gen} scenario)")
     if not causal:
-        for key in MATRIX_KEYS:
-            if getattr(m, key) is not None:
-                raise PlanError(f"{source}: matrix.{key}: for generation trials; no model of this plan is an "
-                                f"{KIND} decoder ({_FORMS})")
+        given = [f"matrix.{key}" for key in MATRIX_KEYS if getattr(m, key) is not None]
+        given += ["scenario.tpot_bound_ms"] if plan.scenario.tpot_bound_ms is not None else []
+        given += [f"matrix.backends[{i}].scenario.tpot_bound_ms" for i, e in enumerate(entries)
+                  if e.scenario is not None and e.scenario.tpot_bound_ms is not None]
+        if given:
+            raise PlanError(f"{source}: {given[0]}: for generation trials; no model of this plan is an "
+                            f"{KIND} decoder ({_FORMS})")
         return plan
     if not others:
         _check_entries(plan, entries, names, gen, source)
+    for i, (e, n) in enumerate(zip(entries, names)):
+        if any(scenario_uses_lanes(s) for s in n):
+            _check_in_flight(plan, e, i, source)
     for key in MATRIX_KEYS:
         if getattr(m, key) is None:
             raise PlanError(f"{source}: matrix.{key}: required for generation trials, e.g. {key}: [128]")
@@ -94,13 +120,18 @@ def check(plan: Plan, entries: list[Any], source: str) -> Plan:
 
 
 def _check_entries(plan: Plan, entries: list[Any], names: list[list[str]], gen: str, source: str) -> None:
-    """A plan of generation models alone: every entry generates, on the device, in no other scenario."""
+    """A plan of generation models alone: every entry generates, on the device, in the generation
+    scenario or the load scenarios, with as many generations in flight as its path can keep."""
+    from workers import scenarios
+
     explicit = not _names_no_scenario(plan, entries)
+    loads = [n for n in scenarios.names() if scenario_uses_lanes(n)]
     for i, (e, n) in enumerate(zip(entries, names)):
-        other = [s for s in n if s != gen]
+        other = [s for s in n if s != gen and s not in loads]
         if explicit and other:
             raise PlanError(f"{source}: matrix.backends[{i}]: {KIND} models run the {gen} scenario (one "
-                            f"generation at a time); {other[0]} is not built for generation")
+                            f"generation at a time) and the load scenarios ({', '.join(loads)}); {other[0]} is "
+                            "not built for generation")
         _check_backend(e, i, source)
         if "host" in (e.io or plan.matrix.io):
             where = f"matrix.backends[{i}].io" if e.io else "matrix.io"
@@ -125,6 +156,23 @@ def _check_backend(entry: Any, i: int, source: str) -> None:
         key = sorted(entry.options.model_fields_set)[0]
         raise PlanError(f"{source}: matrix.backends[{i}].options.{key}: a generation trial drives {entry.backend} "
                         "its own way (docs/measuring.md#generation) and takes none of its options")
+
+
+def _check_in_flight(plan: Plan, entry: Any, i: int, source: str) -> None:
+    """An entry's generation path keeps as many generations in flight as its load scenarios ask."""
+    from orchestrator.plan.settings import merged_settings
+    from workers.backends import get
+    from workers.generation.measure import RUNNERS
+
+    try:
+        path = get(entry.backend).generation_path(entry.options.model_dump(mode="json"))
+    except KeyError:  # an unknown backend: refused at its own key
+        return
+    reason = RUNNERS[path].one_at_a_time if path in RUNNERS else None
+    most = max(merged_settings(plan, entry)["concurrency"] or [1])
+    if reason and most > 1:
+        raise PlanError(f"{source}: matrix.backends[{i}]: concurrency {most}: {entry.backend}'s generation "
+                        f"path can't keep several generations in flight ({reason})")
 
 
 def _check_requests(plan: Plan, causal: list[int], source: str) -> None:

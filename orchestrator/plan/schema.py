@@ -42,7 +42,8 @@ A plan, all keys shown::
       concurrency: 1             # each of name, concurrency, rates, latency_bound_ms may be a list (an axis)
       rates: null                # server: requests/s (required for server)
       arrival: poisson           # poisson | constant
-      latency_bound_ms: null     # p99 bound: required for find-peak, optional for server
+      latency_bound_ms: null     # p99 bound: required for find-peak, optional for server (generation: TTFT's)
+      tpot_bound_ms: null        # generation trials, server and find-peak: p99 time per output token bound
       min_duration_s: 2          # offline, server: at least this long...
       min_requests: 200          # ...and at least this many requests
       confident: false           # find-peak: judge each rate on the p99's upper confidence bound
@@ -129,7 +130,10 @@ class ScenarioSettings(Strict):
     """server: arrival rates, requests/s."""
     arrival: Annotated[list[Arrival], BeforeValidator(_listify), Field(min_length=1)] | None = None
     latency_bound_ms: PosFloats | None = None
-    """The p99 latency bound, ms: required for find-peak; for server, a row over it is not valid."""
+    """The p99 latency bound, ms: required for find-peak; for server, a row over it is not valid.
+    Generation trials: the bound on the p99 time to first token."""
+    tpot_bound_ms: PosFloats | None = None
+    """Generation trials, server and find-peak: the bound on the p99 time per output token, ms."""
     min_duration_s: float | None = Field(None, gt=0)
     min_requests: int | None = Field(None, ge=1, le=10_000_000)
     confident: bool | None = None

@@ -49,10 +49,17 @@ class Generation:
     step_ms: list[float]
     logits: list[np.ndarray] = field(default_factory=list)
     clock: str = "cuda-events"
+    #: the host clock (``time.perf_counter``) at the first mark: the load scenarios place the tokens in time
+    #: from it (the first token at ``t0 + ttft_ms``, each later one a decode step after the one before)
+    t0: float | None = None
 
     @property
     def e2e_ms(self) -> float:
         return self.ttft_ms + float(sum(self.step_ms))
+
+    def token_times(self) -> list[float]:
+        """The host clock at each token: the first, then one per decode step (``t0`` must be set)."""
+        return (float(self.t0) + np.cumsum([self.ttft_ms, *self.step_ms]) / 1e3).tolist()  # type: ignore[arg-type]
 
 
 class HostMarks:
@@ -62,6 +69,10 @@ class HostMarks:
 
     def __init__(self) -> None:
         self.t: list[float] = []
+
+    @property
+    def t0(self) -> float | None:
+        return self.t[0] if self.t else None
 
     def mark(self) -> None:
         self.t.append(time.perf_counter())
@@ -77,11 +88,14 @@ class TorchMarks:
 
     def __init__(self) -> None:
         self.events: list[Any] = []
+        self.t0: float | None = None  # the host clock at the first event's record (the stream is idle then)
 
     def mark(self) -> None:
         import torch
 
         e = torch.cuda.Event(enable_timing=True)
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
         e.record()
         self.events.append(e)
 
@@ -105,6 +119,11 @@ class GenerationRunner(ABC):
     replays: bool = False
     #: dtypes the path runs
     dtypes: frozenset[str] = frozenset(DTYPES)
+    #: under load (``workers.generation.load``): ``generate`` may run on several threads at once on one
+    #: runner (it only reads what setup built), so the lanes share it; False: one runner per lane
+    shared_lanes: bool = False
+    #: why the path can't keep several generations in flight, or None: it can (one lane per request slot)
+    one_at_a_time: str | None = None
 
     def setup(self, source: Any, dtype: str, device: str, batch: int, prompt_len: int, new_tokens: int) -> None:
         """``source`` is a ``workers.generation.source.Source`` (the fp32 model and its folder)."""

@@ -142,7 +142,7 @@ class OrtIoBinding(GenerationRunner):
             if i < keep_logits:
                 kept.append(_host_logits(self.step_logits))
         ms = marks.intervals_ms()
-        return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock)
+        return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock, marks.t0)
 
     def teardown(self) -> None:
         self.sess = self.binding = self.empty_past = None
@@ -211,7 +211,8 @@ class OrtGenAI(GenerationRunner):
             marks.mark()
         tokens = np.stack([np.asarray(gen.get_sequence(b))[-self.new_tokens:] for b in range(self.batch)])
         ms = marks.intervals_ms()
-        return Generation(tokens.astype(np.int64), ms[0], ms[1:], kept, "host (around generate_next_token)")
+        return Generation(tokens.astype(np.int64), ms[0], ms[1:], kept, "host (around generate_next_token)",
+                          marks.t0)
 
     def _logits(self, gen: Any) -> np.ndarray:
         return np.asarray(gen.get_logits(), dtype=np.float32).reshape(self.batch, -1)

@@ -44,6 +44,7 @@ class TorchEager(GenerationRunner):
     """transformers' model called token by token with its ``DynamicCache`` (the library's own eager loop)."""
 
     name = "torch-eager"
+    shared_lanes = True  # the weights are only read; each generation makes its own dynamic cache
 
     def _setup(self) -> None:
         import torch
@@ -77,7 +78,7 @@ class TorchEager(GenerationRunner):
                 if i < keep_logits:
                     kept.append(_host_logits(logits))
         ms = marks.intervals_ms()
-        return Generation(out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock)
+        return Generation(out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock, marks.t0)
 
     def teardown(self) -> None:
         self.model = None
@@ -176,7 +177,7 @@ class TorchStatic(GenerationRunner):
                 if i < keep_logits:
                     kept.append(_host_logits(logits))
         ms = marks.intervals_ms()
-        return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock)
+        return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock, marks.t0)
 
     def _token(self, i: int) -> Any:
         if self.mode == "cudagraph":
@@ -208,6 +209,8 @@ class TorchCompile(TorchStatic):
     name = "torch-compile"
     mode = "compile"
     replays = True
+    one_at_a_time = ("torch.compile's CUDA graph trees are kept per thread and would compile the decode step once "
+                     "per lane; it runs one request slot (concurrency 1)")
 
 
 def _cache_kw(model: Any) -> str:
@@ -216,7 +219,8 @@ def _cache_kw(model: Any) -> str:
 
 
 def _sync(device: str) -> None:
+    """Wait for the work queued on the current stream (a lane's own, under load: never the other lanes')."""
     if str(device).startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.current_stream().synchronize()

@@ -74,10 +74,8 @@ def _reference(source: Source, trial: Trial) -> Generation:
     return _REFERENCES[key]
 
 
-def measure(trial: Trial, device: str, runner_cls: type[Runner]) -> Row:
-    """The trial's generation columns on ``device`` ("cuda"/"cpu"); raises for what is not ok (above)."""
-    from workers.generation import measure as gm
-
+def path_for(trial: Trial, device: str, runner_cls: type[Runner]) -> str:
+    """The generation path the trial's backend drives on ``device``; SkipTrial where it can't here."""
     reason = runner_cls.unavailable()
     allowed = runner_cls.dtypes.get(device, frozenset())
     if reason:
@@ -88,6 +86,14 @@ def measure(trial: Trial, device: str, runner_cls: type[Runner]) -> Row:
     path = runner_cls.generation_path(trial.options)
     if path is None:
         raise SkipTrial(f"backend {runner_cls.name} runs no generation")
+    return path
+
+
+def measure(trial: Trial, device: str, runner_cls: type[Runner]) -> Row:
+    """The trial's generation columns on ``device`` ("cuda"/"cpu"); raises for what is not ok (above)."""
+    from workers.generation import measure as gm
+
+    path = path_for(trial, device, runner_cls)
     source = source_for(trial, device)
     ref = _reference(source, trial)
     spec = trial.measure

@@ -35,6 +35,11 @@ to completion (its own stream synchronized). Policy, in the order it runs::
 
 ``throughput`` is samples per second as each scenario defines it: offline, completed samples over
 the window; server, achieved_rate * batch_size; find-peak, peak_rate * batch_size.
+
+A generation trial's lanes (``workers.generation.load``) return each request's token times: its row
+also has TTFT (from the request's start; server: from its scheduled arrival), TPOT over every decode
+step and tokens/s (``token_columns``); find-peak then bounds the p99 TTFT by ``latency_bound_ms`` and
+the p99 TPOT by ``tpot_bound_ms``.
 """
 
 from __future__ import annotations
@@ -258,8 +263,30 @@ def kept_schedule(cols: Row, rate_tol: float) -> bool:
     return own is not None and got is not None and abs(got / own - 1) <= rate_tol
 
 
+def token_columns(run: Run, batch_size: int) -> Row:
+    """A generation run's columns (its lanes returned each request's token times; none: {}): TTFT from
+    each request's start, or its scheduled arrival under server; TPOT over every decode step; tokens/s
+    over the measured window; e2e from the same origin as TTFT to the last token."""
+    if not run.marks or run.marks[0] is None:
+        return {}
+    times = [np.asarray(m, dtype=np.float64) - run.t0 for m in run.marks]
+    base = run.arrival if run.arrival is not None else run.start
+    ttft = (np.asarray([t[0] for t in times]) - base) * 1e3
+    e2e = (np.asarray([t[-1] for t in times]) - base) * 1e3
+    steps = np.concatenate([np.diff(t) for t in times]) * 1e3
+
+    def pct(x: np.ndarray, q: float) -> float | None:
+        return float(np.percentile(x, q)) if x.size else None
+
+    return {"ttft_ms": pct(ttft, 50), "ttft_ms_p99": pct(ttft, 99), "ttft_samples_ms": ttft.tolist(),
+            "tpot_ms": pct(steps, 50), "tpot_ms_p99": pct(steps, 99), "tpot_samples_ms": steps.tolist(),
+            "e2e_ms": pct(e2e, 50),
+            "tokens_per_s": sum(len(t) for t in times) * batch_size / run.window_s if run.window_s > 0 else None}
+
+
 def run_columns(run: Run, batch_size: int, seed: int) -> Row:
-    """The columns every offline or server row has: latency statistics, requests, per-request arrays."""
+    """The columns every offline or server row has: latency statistics, requests, per-request arrays
+    (and a generation run's ``token_columns``)."""
     lat = stats.latency_stats(run.latency_ms.tolist(), batch_size, seed=seed)
     joules = run.window.columns(len(run.end), batch_size) if run.window else dict.fromkeys(energy.COLUMNS)
     order = np.argsort(run.arrival if run.arrival is not None else run.start, kind="stable")
@@ -269,7 +296,7 @@ def run_columns(run: Run, batch_size: int, seed: int) -> Row:
         "measured_s": run.window_s, "timed_s": run.window_s, "hit_max_time": run.hit_max_time,
         "service_ms_mean": float(run.service_ms.mean()), "request_start_s": run.start.tolist(),
         "request_end_s": run.end.tolist(), "request_service_ms": run.service_ms.tolist(),
-        "request_lane": run.lane.tolist(),
+        "request_lane": run.lane.tolist(), **token_columns(run, batch_size),
     }
 
 
@@ -301,8 +328,13 @@ def server_run(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = 
 
 def measure(h: Harness, run: Callable[[LaneThreads, Trial, energy.Meter | None], Row]) -> Measured:
     """Set the runner and its lanes up, warm them, ``run`` the scenario on them, and return the
-    row's columns and every lane's output (each is parity-checked)."""
+    row's columns and every lane's output (each is parity-checked). A generation trial's lanes are its
+    generation path's (``workers.generation.load``)."""
     trial, ctx = h.trial, h.ctx
+    if trial.new_tokens:
+        from workers.generation import load
+
+        return load.measure(h, run)
     host_mem = memory.HostPeak()
     try:
         with h.session() as s:

@@ -8,6 +8,12 @@ confidence, and is otherwise *undecided*: it is run again with twice the request
 longer schedule) until it decides or the trial's time runs out; a probe still undecided then is not
 passed, and the search stops there. The row keeps every probe's rate, p99, upper bound, requests
 and verdict.
+
+A generation trial's probe (its run has ``ttft_ms_p99``) is judged on two bounds: the p99 time to
+first token (from the scheduled arrival) within ``latency_bound_ms`` -- point estimate or upper
+confidence bound, as above -- and the p99 time per output token within ``tpot_bound_ms`` (its point
+estimate; no bound given: not judged). ``probe_p99_ms`` then holds the TTFT p99s, ``probe_tpot_p99_ms``
+the TPOT p99s.
 """
 
 from __future__ import annotations
@@ -31,12 +37,26 @@ CAPACITY_SHARE = 0.1
 EXTEND_BY = 2
 
 
+def _bounded(cols: Row, run_latency_ms: np.ndarray) -> tuple[float, np.ndarray]:
+    """The p99 and the per-request samples ``latency_bound_ms`` bounds: a generation run's time to first
+    token, any other run's request latency."""
+    if "ttft_ms_p99" in cols:
+        return cols["ttft_ms_p99"], np.asarray(cols["ttft_samples_ms"], dtype=np.float64)
+    return cols["latency_ms_p99"], run_latency_ms
+
+
 def _judge(cols: Row, trial: Trial, rate_tol: float, latency_ms: np.ndarray) -> str:
     """pass, fail or undecided (only with ``confident``: the bound can't tell yet; a short run's achieved
-    rate is as uncertain, so the schedule is judged only once the bound has decided)."""
+    rate is as uncertain, so the schedule is judged only once the bound has decided). ``latency_ms``:
+    the bounded samples in arrival order; a generation run's p99 TPOT must be within ``tpot_bound_ms`` too."""
+    p99 = _bounded(cols, latency_ms)[0]
+    tpot, tpot_bound = cols.get("tpot_ms_p99"), getattr(trial, "tpot_bound_ms", None)
+    tpot_ok = tpot is None or tpot_bound is None or tpot <= tpot_bound
     if not trial.confident:
-        return "pass" if kept_schedule(cols, rate_tol) and cols["latency_ms_p99"] <= trial.latency_bound_ms else "fail"
+        return "pass" if kept_schedule(cols, rate_tol) and p99 <= trial.latency_bound_ms and tpot_ok else "fail"
     verdict = p99bound.decide(latency_ms, float(trial.latency_bound_ms))  # type: ignore[arg-type]
+    if verdict == "pass" and not tpot_ok:
+        return "fail"
     return "fail" if verdict == "pass" and not kept_schedule(cols, rate_tol) else verdict
 
 
@@ -49,7 +69,8 @@ def find_peak(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = N
     lo, hi, fail = 0.0, cap, None
     best: Row | None = None
     lowest_fail: Row | None = None  # the row's figures when no rate passed
-    probes: dict[str, list] = {"rates": [], "p99": [], "upper": [], "requests": [], "passed": [], "verdicts": []}
+    probes: dict[str, list] = {"rates": [], "p99": [], "upper": [], "requests": [], "passed": [], "verdicts": [],
+                               "tpot": []}
     out_of_time = False
     while (hi - lo) > PEAK_REL_TOL * hi and not out_of_time:
         r = (lo + hi) / 2
@@ -62,9 +83,11 @@ def find_peak(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = N
                 break  # the next run would not fit in the trial's time: the bracket stays as it is
             cols, run = server_at(threads, trial, r, left, meter, min_requests=want)
             order = run.arrival.argsort(kind="stable") if run.arrival is not None else slice(None)
-            verdict = _judge(cols, trial, rate_tol, run.latency_ms[order])
-            for key, value in (("rates", r), ("p99", cols["latency_ms_p99"]), ("upper", cols["latency_ms_p99_upper"]),
-                               ("requests", cols["requests"]), ("passed", verdict == "pass"), ("verdicts", verdict)):
+            p99, samples = _bounded(cols, run.latency_ms)
+            verdict = _judge(cols, trial, rate_tol, samples[order])
+            upper = p99bound.upper(samples[order]) if "ttft_ms_p99" in cols else cols["latency_ms_p99_upper"]
+            for key, value in (("rates", r), ("p99", p99), ("upper", upper), ("requests", cols["requests"]),
+                               ("passed", verdict == "pass"), ("verdicts", verdict), ("tpot", cols.get("tpot_ms_p99"))):
                 probes[key].append(value)
             if verdict != "undecided":
                 break
@@ -80,5 +103,6 @@ def find_peak(threads: LaneThreads, trial: Trial, meter: energy.Meter | None = N
     out.update(peak_rate=lo if best else None, peak_rate_fail=fail, probe_rates=probes["rates"],
                probe_p99_ms=probes["p99"], probe_p99_upper_ms=probes["upper"], probe_requests=probes["requests"],
                probe_passed=probes["passed"], probe_verdicts=probes["verdicts"],
+               probe_tpot_p99_ms=probes["tpot"] if "ttft_ms_p99" in out else None,
                throughput=lo * trial.batch_size if best else None)
     return out

@@ -39,6 +39,7 @@ class Settings(TypedDict):
     rates: list[float] | None
     arrival: list[str] | None
     latency_bound_ms: list[float] | None
+    tpot_bound_ms: list[float] | None
     min_duration_s: float | None
     min_requests: int | None
     confident: bool | None
@@ -90,6 +91,7 @@ DEFAULT = "single-stream"
 #: The trial fields scenarios may use, by name (``Trial``'s scenario parameters), with their settings keys.
 PARAMS = {p.field: p for p in (Param("concurrency", "concurrency"), Param("rate", "rates"),
                                Param("arrival", "arrival"), Param("latency_bound_ms", "latency_bound_ms"),
+                               Param("tpot_bound_ms", "tpot_bound_ms"),
                                Param("min_duration_s", "min_duration_s"), Param("min_requests", "min_requests"),
                                Param("confident", "confident"))}
 
@@ -104,6 +106,8 @@ class TrialSpec(Protocol):
     rate: float | None
     arrival: str
     latency_bound_ms: float | None
+    tpot_bound_ms: float | None
+    new_tokens: int
     min_duration_s: float
     min_requests: int
 
@@ -136,6 +140,8 @@ class Scenario:
     fields: ClassVar[tuple[str, ...]] = ()
     #: what its rows are judged on, the first foremost (``compare``, ``report``)
     figures: ClassVar[tuple[Figure, ...]] = ()
+    #: what its rows of generation trials (``new_tokens``) are judged on, where not ``figures``
+    generation_figures: ClassVar[tuple[Figure, ...]] = ()
     #: ``compare`` widens its interval by the between-run noise (False: the interval is its own bracket)
     widen_by_noise: ClassVar[bool] = True
     #: the validity rules on the spread of one-at-a-time latencies apply (``workers.measure.validity``)
@@ -146,6 +152,12 @@ class Scenario:
     #: capacity curves: its points' marker, and whether each point is labelled with its concurrency
     curve_marker: ClassVar[str] = "s"
     curve_labels_concurrency: ClassVar[bool] = False
+
+    @classmethod
+    def figures_of(cls, row: Row) -> tuple[Figure, ...]:
+        """What ``row`` is judged on: ``generation_figures`` for a generation trial's row where the
+        scenario has them, else ``figures``."""
+        return cls.generation_figures if row.get("new_tokens") and cls.generation_figures else cls.figures
 
     @classmethod
     def check(cls, settings: Settings, max_time_s: float) -> str | None:
@@ -200,7 +212,9 @@ class Scenario:
         if row.get("arrival") not in (None, "poisson"):
             parts.append(str(row["arrival"]))
         if row.get("latency_bound_ms") is not None:
-            parts.append(f"p99<={row['latency_bound_ms']:g}ms")
+            parts.append(f"{'TTFT ' if row.get('new_tokens') else ''}p99<={row['latency_bound_ms']:g}ms")
+        if row.get("tpot_bound_ms") is not None:
+            parts.append(f"TPOT p99<={row['tpot_bound_ms']:g}ms")
         return " ".join(parts)
 
     @classmethod

@@ -1,7 +1,8 @@
 """find-peak: the highest arrival rate whose p99 latency stays within a bound, by bisection between
-server runs (``workers.scenarios._peak.find_peak``). Judged on the peak rate; its interval is the
-bisection's bracket. With ``confident: true``, each probe is judged on the p99's upper confidence
-bound rather than the point estimate (``workers.measure.p99bound``)."""
+server runs (``workers.scenarios._peak.find_peak``); a generation trial's, whose p99 time to first
+token stays within ``latency_bound_ms`` and p99 time per output token within ``tpot_bound_ms``. Judged
+on the peak rate; its interval is the bisection's bracket. With ``confident: true``, each probe is
+judged on the p99's upper confidence bound rather than the point estimate (``workers.measure.p99bound``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 class FindPeak(Scenario):
     name = "find-peak"
     order = 3
-    fields = ("concurrency", "arrival", "latency_bound_ms", "min_duration_s", "min_requests", "confident")
+    fields = ("concurrency", "arrival", "latency_bound_ms", "tpot_bound_ms", "min_duration_s", "min_requests",
+              "confident")
     figures = (Figure("peak_rate", "peak req/s", "higher"),)
     widen_by_noise = False  # its brackets are its interval
     report = "peak"
@@ -48,8 +50,12 @@ class FindPeak(Scenario):
         if (row.get("probe_verdicts") or [None])[-1] == "undecided":
             return [f"no peak: the last of {len(tried)} rate(s) tried could not be decided with confidence within "
                     "measure.max_time_s; give the trial more time"]
-        return [f"no peak: none of the {len(tried)} rate(s) tried met p99 <= {trial.latency_bound_ms:g} ms"
-                if tried else "no peak: no server run fitted in measure.max_time_s"]
+        if not tried:
+            return ["no peak: no server run fitted in measure.max_time_s"]
+        tpot = getattr(trial, "tpot_bound_ms", None)
+        met = (f"TTFT p99 <= {trial.latency_bound_ms:g} ms" + (f" and TPOT p99 <= {tpot:g} ms" if tpot else "")
+               if row.get("new_tokens") else f"p99 <= {trial.latency_bound_ms:g} ms")
+        return [f"no peak: none of the {len(tried)} rate(s) tried met {met}"]
 
     @classmethod
     def judge(cls, figure: Figure, b: Row, c: Row, interval: Interval) -> Judged:

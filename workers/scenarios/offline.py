@@ -1,5 +1,6 @@
 """offline: every lane busy until the run has both its minimum requests and its minimum duration;
-judged on throughput (samples/s). The policy: ``workers.scenarios._lanes``."""
+judged on throughput (samples/s); a generation trial's rows (k generations in flight) on tokens/s, then
+the p99 time per output token. The policy: ``workers.scenarios._lanes``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Offline(Scenario):
     order = 1
     fields = ("concurrency", "min_duration_s", "min_requests")
     figures = (Figure("throughput", "samples/s", "higher", samples="request_service_ms", statistic="mean"),)
+    generation_figures = (Figure("tokens_per_s", "tokens/s", "higher", samples="request_service_ms", statistic="mean"),
+                          Figure("tpot_ms_p99", "TPOT p99 ms", "lower", samples="tpot_samples_ms", statistic="p99"))
     curve_marker = "o"
     curve_labels_concurrency = True
 
@@ -44,12 +47,15 @@ class Offline(Scenario):
 
     @classmethod
     def judge(cls, figure: Figure, b: Row, c: Row, interval: Interval) -> Judged:
-        """The throughput ratio, its interval from the mean service time's (scaled to the ratio)."""
+        """A rate's ratio (samples/s, tokens/s), its interval from the mean service time's (scaled to the
+        ratio); any other figure as the base class judges it."""
         import numpy as np
 
+        if figure.samples != "request_service_ms":
+            return super().judge(figure, b, c, interval)
         sb = np.asarray(b["request_service_ms"], dtype=np.float64)
         sc = np.asarray(c["request_service_ms"], dtype=np.float64)
-        ratio = float(b["throughput"] / c["throughput"])
+        ratio = float(b[figure.column] / c[figure.column])
         lo, hi = interval(sb, sc, np.mean)
         centre = float(sc.mean() / sb.mean())
         return ratio, lo * ratio / centre, hi * ratio / centre
