@@ -143,8 +143,9 @@ BAD = [
                                             "than the model's 64 positions"),
     ("prompt_lens: [4]\n  new_tokens: [5, 0]", "matrix.new_tokens[1]: 0 new tokens; a generation makes at least 1"),
     ("prompt_lens: [4]", "matrix.new_tokens: required for generation trials"),
-    ("prompt_lens: [4]\n  new_tokens: [5]\n  scenarios: [offline]", "matrix.backends[0]: hf-causal models run the "
-                                                                      "generate scenario"),
+    ("prompt_lens: [4]\n  new_tokens: [5]\n  scenarios: [single-stream]",
+     "matrix.backends[0]: hf-causal models run the generate scenario (one generation at a time) and the load "
+     "scenarios (offline, server, find-peak); single-stream is not built for generation"),
     ("prompt_lens: [4]\n  new_tokens: [5]\n  io: [host]", "matrix.io: generation trials keep the prompt and the "
                                                            "tokens on the device"),
 ]
@@ -175,8 +176,8 @@ def _refused(path, expected):
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize(("matrix", "expected"), BAD, ids=["too-long", "zero-new-tokens", "no-new-tokens", "offline",
-                                                                        "io-host"])
+@pytest.mark.parametrize(("matrix", "expected"), BAD, ids=["too-long", "zero-new-tokens", "no-new-tokens",
+                                                           "single-stream", "io-host"])
 def test_a_bad_generation_request_is_refused_at_its_key(tmp_path, matrix, expected):
     _refused(_plan(tmp_path, matrix), expected)
 
@@ -250,8 +251,9 @@ def test_the_shorthand_and_the_mapping_name_the_same_model():
 
 
 def test_a_plan_mixes_generation_and_single_pass_models():
-    """hf-causal models generate on the device once per entry; the plan's scenarios and io modes
-    cross with its other models only; the count before expanding is the count expanded."""
+    """hf-causal models generate on the device: one generation at a time in place of the plan's
+    one-request scenarios, and under its load scenarios; its io modes cross with its other models
+    only; the count before expanding is the count expanded."""
     from orchestrator.plan.expand import count_trials
 
     plan = yaml.safe_load(PLAN)
@@ -261,10 +263,11 @@ def test_a_plan_mixes_generation_and_single_pass_models():
     trials = expand(parsed)
     gen = [t for t in trials if t.model.kind == "hf-causal"]
     single = [t for t in trials if t.model.kind != "hf-causal"]
-    assert [(t.scenario, t.io, t.prompt_len, t.new_tokens) for t in gen] == [("generate", "device", 4, 5)]
+    assert [(t.scenario, t.io, t.prompt_len, t.new_tokens) for t in gen] == [("generate", "device", 4, 5),
+                                                                             ("offline", "device", 4, 5)]
     assert {(t.scenario, t.io) for t in single} == {(s, io) for s in ("single-stream", "offline")
                                                     for io in ("host", "device")}
-    assert all(t.prompt_len == 0 for t in single) and count_trials(parsed) == len(trials) == 5
+    assert all(t.prompt_len == 0 for t in single) and count_trials(parsed) == len(trials) == 6
 
 
 @pytest.mark.gpu
