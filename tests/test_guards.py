@@ -197,16 +197,21 @@ def test_address_on_the_heads_machine_uses_its_token(tmp_path):
 
 def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_path, ray_gpus, monkeypatch):
     """No shared filesystem needed: once the workers have started, the ONNX file (with its external
-    data) and the python: factory's package are moved away from where the driver found them; every
-    trial still runs, from the node's copy, and the rows still name the driver's paths."""
+    data), the python: factory's package and the hf-causal model's save_pretrained folder are moved
+    away from where the driver found them; every trial still runs, from the node's copy, and the rows
+    still name the driver's paths."""
     pytest.importorskip("onnxruntime")
     import onnx
 
     from orchestrator.results.read import load_results
     from orchestrator.run.api import run_plan
+    from workers.generation import models as causal
 
     models, src = tmp_path / "models", tmp_path / "src"
     models.mkdir()
+    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 16}
+    causal.save_folder(causal.build("llama", tiny, seed=0), models / "tiny-llama")
     onnx.save(_model(), str(models / "net.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
     assert (models / "w.bin").is_file()
     (src / "mynets").mkdir(parents=True)
@@ -217,8 +222,10 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN.format(model="models/net.onnx", backend="ort").replace(
         "models: [{onnx: models/net.onnx}]",
-        "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}]").replace(
-        "backends: [ort]", "backends: [ort, torch-eager]\n  exclude: [{backend: ort, model: make}]"))
+        "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}, "
+        "{hf-causal: models/tiny-llama}]").replace(
+        "backends: [ort]", "backends: [ort, torch-eager]\n  prompt_lens: [4]\n  new_tokens: [3]\n"
+        "  exclude: [{backend: ort, model: make}, {backend: ort, model: tiny-llama}]"))
 
     def move_away(*_):
         models.rename(tmp_path / "elsewhere")
@@ -231,6 +238,9 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     assert by[("onnx", "ort")]["status"] == "ok", by[("onnx", "ort")].get("error")
     assert by[("python", "torch-eager")]["status"] == "ok", by[("python", "torch-eager")].get("error")
     assert by[("onnx", "ort")]["model_source"] == f"onnx:{models / 'net.onnx'}"
+    gen = by[("hf-causal", "torch-eager")]
+    assert gen["status"] == "ok" and gen["token_agreement"] == 1.0, gen.get("error")
+    assert gen["model_source"] == f"hf-causal:{models / 'tiny-llama'}"
 
 
 # --- python: factories whose module the workers can't import -------------------------------------

@@ -122,11 +122,14 @@ class Worker:
 
 def localised(trial: Trial, files: Shipped) -> Trial:
     """``trial`` on this node's copy of the files the driver shipped, not the driver's paths: its ONNX
-    file's copy, and its factory's module importable from the copy."""
+    file's copy or its model folder's, and its factory's module importable from the copy."""
     source = trial.model.ref
     if trial.model.kind == "onnx" and source in files.get("onnx", {}):
         local = shipped.onnx_file(files["onnx"][source])
         trial = replace(trial, model=trial.model.model_copy(update={"ref": local}))
+    if trial.model.kind == "hf-causal" and source in files.get("hf-causal", {}):
+        folder = str(shipped.local_copy(files["hf-causal"][source]))
+        trial = replace(trial, model=trial.model.model_copy(update={"ref": folder}))
     top = shipped.top_module(source)
     if trial.model.kind == "python" and top in files.get("python", {}):
         shipped.use_module(files["python"][top])

@@ -6,12 +6,15 @@ object store, once:
 
 - every ``onnx:`` file, with the external-data files it names (all inside its folder: validation
   checks that);
+- every ``hf-causal:`` model given as a ``save_pretrained`` folder, the folder's files whole (its
+  config, weights and tokenizer; caches and version-control folders left out);
 - the top-level module or package of every ``python:`` factory that is not installed (found on
   the driver's working directory or PYTHONPATH, not in site-packages), its files except caches.
 
 Each worker gets the object references; on the first trial that needs them on its node it writes
 the files into the node's cache (``<cache>/shipped/<content digest>/``): an ONNX trial runs from
-that copy, and the copy of a module comes first on the worker's ``sys.path``. Later runs of the
+that copy (a model folder's trial loads the folder's copy), and the copy of a module comes first on
+the worker's ``sys.path``. Later runs of the
 same content find it there. The row's ``model_source`` still names the driver's path.
 """
 
@@ -49,6 +52,15 @@ def _onnx_files(path: Path) -> list[str]:
     return [path.name, *extra]
 
 
+def _folder_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (relative to it), caches and version-control folders left out."""
+    names = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        names += [str((Path(root) / f).relative_to(folder)) for f in sorted(files)]
+    return names
+
+
 def _module_files(top: str, paths: list[str]) -> tuple[Path, list[str]] | None:
     """(folder, file names relative to it) of the top-level module ``top`` as the workers' path
     finds it, or None when it is installed (site-packages) or not found (its trial says so)."""
@@ -63,10 +75,7 @@ def _module_files(top: str, paths: list[str]) -> tuple[Path, list[str]] | None:
         return None
     if spec.submodule_search_locations:  # a package: its folder, whole
         pkg = origin.parent
-        names = []
-        for root, dirs, files in os.walk(pkg):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-            names += [str((Path(root) / f).relative_to(pkg.parent)) for f in sorted(files)]
+        names = [str(Path(pkg.name) / n) for n in _folder_files(pkg)]
         size = sum((pkg.parent / n).stat().st_size for n in names)
         if size > MAX_MODULE_BYTES:
             from orchestrator.errors import InputError
@@ -146,13 +155,16 @@ def check_factories(models: Sequence[Any], source: str, address: str | None,
 
 
 def ship(trials: list[Trial], pythonpath: list[str]) -> dict[str, dict[str, Any]]:
-    """``{"onnx": {driver path: entry}, "python": {top-level module: entry}}``, an entry being
-    ``{"digest", "main", "files": {relative name: ObjectRef}}``; the caller keeps it (the
-    references) until the run ends. ``pythonpath``: where the workers would import from."""
-    out: dict[str, dict[str, Any]] = {"onnx": {}, "python": {}}
+    """``{"onnx": {driver path: entry}, "python": {top-level module: entry}, "hf-causal": {driver
+    folder: entry}}``, an entry being ``{"digest", "main", "files": {relative name: ObjectRef}}``;
+    the caller keeps it (the references) until the run ends. ``pythonpath``: where the workers would
+    import from."""
+    out: dict[str, dict[str, Any]] = {"onnx": {}, "python": {}, "hf-causal": {}}
     for ref in sorted({t.model.ref for t in trials if t.model.kind == "onnx"}):
         path = Path(ref)
         out["onnx"][ref] = _put(path.parent, _onnx_files(path), path.name)
+    for ref in sorted({t.model.ref for t in trials if t.model.kind == "hf-causal" and Path(ref).is_dir()}):
+        out["hf-causal"][ref] = _put(Path(ref), _folder_files(Path(ref)), "")
     for top in sorted({top_module(t.model.ref) for t in trials if t.model.kind == "python"}):
         found = _module_files(top, pythonpath)
         if found:

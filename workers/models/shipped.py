@@ -21,7 +21,8 @@ class Shipment(TypedDict):
     files: dict[str, Any]  # relative name -> the Ray ObjectRef of its bytes
 
 
-#: What a worker is given: shipments by kind (``onnx``, ``python``), then by model reference or module.
+#: What a worker is given: shipments by kind (``onnx``, ``python``, ``hf-causal``), then by model reference
+#: (a file, a folder) or module.
 Shipped = dict[str, dict[str, Shipment]]
 
 
