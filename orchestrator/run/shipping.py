@@ -163,7 +163,7 @@ def ship(trials: list[Trial], pythonpath: list[str]) -> dict[str, dict[str, Any]
     for ref in sorted({t.model.ref for t in trials if t.model.kind == "onnx"}):
         path = Path(ref)
         out["onnx"][ref] = _put(path.parent, _onnx_files(path), path.name)
-    for ref in sorted({t.model.ref for t in trials if t.model.kind == "hf-causal" and Path(ref).is_dir()}):
+    for ref in sorted({t.model.ref for t in trials if t.model.kind == "hf-causal" and Path(t.model.ref).is_dir()}):
         out["hf-causal"][ref] = _put(Path(ref), _folder_files(Path(ref)), "")
     for top in sorted({top_module(t.model.ref) for t in trials if t.model.kind == "python"}):
         found = _module_files(top, pythonpath)
