@@ -31,7 +31,7 @@ PLAN = {
     # 400 requests/s is about twice what two lanes serve here: requests queue
     "scenario": {"name": ["offline", "server", "find-peak"], "concurrency": 2, "rates": [400], "min_requests": 12,
                  "min_duration_s": 0.2, "latency_bound_ms": TTFT_BOUND, "tpot_bound_ms": TPOT_BOUND},
-    "measure": {"generations": 1, "warmup_generations": 1, "max_time_s": 1.0},
+    "measure": {"generations": 1, "warmup_generations": 1, "max_time_s": 1.5},
 }
 
 

@@ -267,8 +267,8 @@ def token_columns(run: Run, batch_size: int) -> Row:
     """A generation run's columns (its lanes returned each request's token times; none: {}): TTFT from
     each request's start, or its scheduled arrival under server; TPOT over every decode step; tokens/s
     over the measured window; e2e from the same origin as TTFT to the last token."""
-    if not run.marks or run.marks[0] is None:
-        return {}
+    if not run.marks or not isinstance(run.marks[0], list | tuple | np.ndarray):
+        return {}  # a lane that times only the whole request (None), or one time per request
     times = [np.asarray(m, dtype=np.float64) - run.t0 for m in run.marks]
     base = run.arrival if run.arrival is not None else run.start
     ttft = (np.asarray([t[0] for t in times]) - base) * 1e3
