@@ -197,21 +197,16 @@ def test_address_on_the_heads_machine_uses_its_token(tmp_path):
 
 def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_path, ray_gpus, monkeypatch):
     """No shared filesystem needed: once the workers have started, the ONNX file (with its external
-    data), the python: factory's package and the hf-causal model's save_pretrained folder are moved
-    away from where the driver found them; every trial still runs, from the node's copy, and the rows
-    still name the driver's paths."""
+    data) and the python: factory's package are moved away from where the driver found them; every
+    trial still runs, from the node's copy, and the rows still name the driver's paths."""
     pytest.importorskip("onnxruntime")
     import onnx
 
     from orchestrator.results.read import load_results
     from orchestrator.run.api import run_plan
-    from workers.generation import models as causal
 
     models, src = tmp_path / "models", tmp_path / "src"
     models.mkdir()
-    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 16}
-    causal.save_folder(causal.build("llama", tiny, seed=0), models / "tiny-llama")
     onnx.save(_model(), str(models / "net.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
     assert (models / "w.bin").is_file()
     (src / "mynets").mkdir(parents=True)
@@ -222,10 +217,8 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN.format(model="models/net.onnx", backend="ort").replace(
         "models: [{onnx: models/net.onnx}]",
-        "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}, "
-        "{hf-causal: models/tiny-llama}]").replace(
-        "backends: [ort]", "backends: [ort, torch-eager]\n  prompt_lens: [4]\n  new_tokens: [3]\n"
-        "  exclude: [{backend: ort, model: make}, {backend: ort, model: tiny-llama}]"))
+        "models: [{onnx: models/net.onnx}, {python: 'mynets.tiny:make', input_shape: [4]}]").replace(
+        "backends: [ort]", "backends: [ort, torch-eager]\n  exclude: [{backend: ort, model: make}]"))
 
     def move_away(*_):
         models.rename(tmp_path / "elsewhere")
@@ -238,9 +231,39 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
     assert by[("onnx", "ort")]["status"] == "ok", by[("onnx", "ort")].get("error")
     assert by[("python", "torch-eager")]["status"] == "ok", by[("python", "torch-eager")].get("error")
     assert by[("onnx", "ort")]["model_source"] == f"onnx:{models / 'net.onnx'}"
-    gen = by[("hf-causal", "torch-eager")]
-    assert gen["status"] == "ok" and gen["token_agreement"] == 1.0, gen.get("error")
-    assert gen["model_source"] == f"hf-causal:{models / 'tiny-llama'}"
+
+
+def test_a_model_folder_travels_with_the_run_and_a_worker_gets_its_nodes_copy(tmp_path, ray_gpus):
+    """An hf-causal model given as a save_pretrained folder goes into the object store as the run
+    starts, as the files of the other model kinds do; once the driver's folder is gone, a worker's
+    trial names its node's copy, whose files are the folder's (their loading: tests/test_generation.py)."""
+    import json
+
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.load import parse_plan
+    from orchestrator.run.shipping import ship
+    from workers.actor import localised
+    from workers.generation.models import shape_of
+
+    folder = tmp_path / "models" / "tiny-llama"
+    (folder / "sub").mkdir(parents=True)
+    config = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "vocab_size": 64, "max_position_embeddings": 16}
+    files = {"config.json": json.dumps(config), "model.safetensors": "weights", "sub/tokenizer.json": "{}"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.pyc").write_text("not shipped")
+    plan = {"name": "ship", "device": "cpu", "models": [{"hf-causal": "models/tiny-llama"}],
+            "matrix": {"batch_sizes": [1], "prompt_lens": [4], "new_tokens": [3], "backends": ["torch-eager"]}}
+    (trial,) = expand(parse_plan(plan, base_dir=str(tmp_path)))
+    shipped = ship([trial], [])
+    folder.rename(tmp_path / "elsewhere")
+    local = localised(trial, shipped).model.ref
+    assert local != trial.model.ref and trial.model.ref == str(folder)
+    copied = sorted(str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file())
+    assert copied == sorted(files) and all((Path(local) / n).read_text() == t for n, t in files.items())
+    assert shape_of(local).layers == 1
 
 
 # --- python: factories whose module the workers can't import -------------------------------------

@@ -82,8 +82,9 @@ def trial_points(model: ModelSpec, io: list[str], scenarios: list[Any]) -> list[
 
 def check(plan: Plan, entries: list[Any], source: str) -> Plan:
     """The plan's generation trials checked (PlanError at the key); the plan, as it is. ``hf-causal`` models generate
-    (``trial_points``) whatever scenarios the plan gives its other models; a plan of them alone is
-    held to more: each backend entry must generate, on the device, with no other scenario named."""
+    (``trial_points``): one at a time, and under the load scenarios the plan names, each entry with no
+    more generations in flight than its path keeps; a plan of them alone is held to more: each backend
+    entry must generate, on the device, with no one-request scenario but the generation one named."""
     from orchestrator.plan.settings import scenario_settings
 
     gen = generation_scenario()
