@@ -96,7 +96,7 @@ def test_a_probe_passes_only_within_both_bounds():
 
 
 def test_the_generation_table_and_compare_take_up_the_load_figures(rows):
-    from orchestrator.answers import compare, generation
+    from orchestrator.answers import compare, generation, tables
 
     cells = {c[4]: c for c in generation.cells(list(rows.values()))}
     assert cells["offline c=2"][6] == f"{rows['offline']['achieved_rate']:.1f}"  # req/s
@@ -109,6 +109,10 @@ def test_the_generation_table_and_compare_take_up_the_load_figures(rows):
     assert [f["metric"] for f in item["figures"]] == ["tokens/s", "TPOT p99 ms"]
     assert item["figures"][0]["verdict"] == "unchanged" and item["figures"][1]["verdict"] == "regressed"
     assert item["verdict"] == "regressed"
+    peak = {**rows["find-peak"], "peak_rate": 12.5}  # the serving answer names both bounds
+    (line,) = tables.serving_answers([peak])
+    assert line.startswith("tiny-llama 4+5 batch 2 fp32: most requests/s at TTFT p99 <= 1000 ms and TPOT p99 <= "
+                           "0.001 ms: torch-eager (device, concurrency 2): 12.5/s"), line
 
 
 def _plan(**scenario):

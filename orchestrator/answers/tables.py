@@ -244,7 +244,8 @@ def peak_rows(rows: list[Row]) -> list[list[str]]:
         out.append([f"{r.get('model')} {axes_text(r)}".strip(), str(r.get("batch_size")), str(r.get("dtype")),
                     str(r.get("io")), str(r.get("label")), str(r.get("concurrency")),
                     fmt(r.get("latency_bound_ms"), "g"), fmt(r.get("peak_rate"), ".1f") if ok else str(r["status"]),
-                    fmt(r.get("throughput"), ".1f"), bracket, fmt(r.get("latency_ms_p99")),
+                    fmt(r.get("throughput"), ".1f"), bracket,
+                    fmt(r.get("ttft_ms_p99") if r.get("new_tokens") else r.get("latency_ms_p99")),
                     "-" if r.get("valid") is None else "yes" if r["valid"] else "no: " + "; ".join(
                         r.get("invalid_reasons") or [])])
     return out
@@ -256,7 +257,9 @@ def serving_answers(rows: list[Row]) -> list[str]:
     groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
     for r in rows:
         if r.get("status") == Status.OK:
-            groups[(str(r.get("model")), axes_text(r), r.get("batch_size"), str(r.get("dtype")))].append(r)
+            shape = f"{r['prompt_len']}+{r['new_tokens']}" if r.get("new_tokens") else ""  # a generation's
+            groups[(str(r.get("model")), f"{axes_text(r)} {shape}".strip(), r.get("batch_size"),
+                    str(r.get("dtype")))].append(r)
     out = []
     for (model, axes, bs, dtype), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         peaks = [r for r in rs if scenarios.of(r).report == "peak" and r.get("peak_rate")]
@@ -265,7 +268,11 @@ def serving_answers(rows: list[Row]) -> list[str]:
             continue
         best = max(peaks, key=lambda r: r["peak_rate"])
         what = f"{model} {axes} batch {bs} {dtype}".replace("  ", " ")
-        line = (f"{what}: most requests/s at p99 <= {best['latency_bound_ms']:g} ms: {best['label']} "
+        bound = f"p99 <= {best['latency_bound_ms']:g} ms"
+        if best.get("new_tokens"):  # a generation's two bounds
+            bound = f"TTFT {bound}" + (f" and TPOT p99 <= {best['tpot_bound_ms']:g} ms" if best.get("tpot_bound_ms")
+                                       else "")
+        line = (f"{what}: most requests/s at {bound}: {best['label']} "
                 f"({best['io']}, concurrency {best['concurrency']}): {best['peak_rate']:.1f}/s")
         if singles:
             fast = min(singles, key=lambda r: r["latency_ms_median"])
