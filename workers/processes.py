@@ -13,7 +13,11 @@ and failure rows are those of any trial::
         its row not ok (failed, oom, skipped, ...), or no row (it crashed): the trial's row is that,
             the error naming the process (k of N, its pid); the processes after it don't run
     the row: the N rows merged (``workers.measure.processes.merge``): every sample, the pids, each
-        process's median, their spread, an interval of the median that includes it
+        process's median, their spread, an interval of the median that includes it; a profile (where
+        the trial asks for one) is the last process's, the others don't make one
+
+A process that crashes costs the trial, not the worker: it is the trial's ``failed`` row, and the
+worker takes the next trial (``retries``, which run a trial again after its worker died, don't apply).
 
 The worker may hold a CUDA context of its own while a process runs (it imported torch for an
 earlier trial): it runs nothing there meanwhile, so the process's contention check does not count
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +59,12 @@ def run(worker: Worker, trial: Trial, spec: Row, cuda_ok: bool) -> Row:
     rows: list[Row] = []
     pids: list[int] = []
     with tempfile.TemporaryDirectory(prefix="infer-orch-processes-") as tmp:
-        payload = Path(tmp) / "payload.pkl"
-        payload.write_bytes(pickle.dumps({"name": worker.name, "device": worker.device, "cpus": worker.cpus,
-                                          "seed": worker.store.seed, "trial": trial, "spec": spec,
-                                          "cuda_ok": cuda_ok, "parent": os.getpid()}))
         for k in range(1, n + 1):
+            payload = Path(tmp) / f"payload-{k}.pkl"
+            mine = trial if k == n else replace(trial, profile=False)  # the row keeps the last process's profile
+            payload.write_bytes(pickle.dumps({"name": worker.name, "device": worker.device, "cpus": worker.cpus,
+                                              "seed": worker.store.seed, "trial": mine, "spec": spec,
+                                              "cuda_ok": cuda_ok, "parent": os.getpid()}))
             row, pid = _one(Path(tmp), payload, k, trial, spec, worker)
             pids.append(pid)
             if row["status"] != Status.OK:
@@ -85,7 +91,7 @@ def _one(tmp: Path, payload: Path, k: int, trial: Trial, spec: Row, worker: Work
     tail = text.strip()[-STDERR_TAIL:]
     row = failure_row(trial, Status.FAILED, f"it {how} without a row (a crash, the OOM killer, a kill)"
                       + (f"; its stderr ends: {tail}" if tail else ""), **spec)
-    row.update(worker=worker.name, device=worker.device)
+    row.update(worker=worker.name, device=worker.device, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     return row, proc.pid
 
 
