@@ -69,12 +69,15 @@ def test_process_repeats_is_in_the_trial_id_as_repeats_is_and_out_of_it_at_its_d
     assert trial(1).trial_id == plain.trial_id != trial(3).trial_id
 
 
-def test_a_noisy_process_makes_the_row_invalid_and_says_which():
+def test_a_noisy_process_makes_the_row_invalid_and_says_which_the_sample_count_is_the_rows():
     rows = process_rows([10.0, 10.0, 10.0])
     rows[1] = process_row([8.0, 12.0] * 20)  # IQR/median 40%: noisy within its own loop
     merged = processes.merge(rows, [1, 2, 3], trial(3))
-    assert merged["valid"] is False
-    assert [r for r in merged["invalid_reasons"] if r.startswith("process 2 of 3: noisy")]
+    assert merged["valid"] is False and merged["invalid_reasons"][0].startswith("process 2 of 3: noisy: IQR/median")
+    few = processes.merge(process_rows([10.0, 10.0, 10.0], n_samples=4), [1, 2, 3], trial(3))
+    assert few["valid"], few["invalid_reasons"]  # 4 each, too few for a process's interval; 12 are enough
+    assert processes.merge(process_rows([10.0], n_samples=4), [1], trial(3))["invalid_reasons"] == [
+        "too few samples: 4 < 6, no confidence interval of the median"]
 
 
 def row(label: str, medians_ms: list[float], seed: int) -> dict:

@@ -121,8 +121,14 @@ def _validity(rows: list[Row], merged: Row, trial: Trial) -> Row:
     the reason saying which; the sample count and another process on the GPU on the merged row. The
     spread *between* the processes is no reason: the row's interval holds it."""
     n = len(rows)
-    own = [f"process {i} of {n}: {why}" for i, r in enumerate(rows, 1)
-           for why in validity.measurement_reasons({**r, "iters": None, "contended": None}, trial)]
+    own = [f"process {i} of {n}: {why}" for i, r in enumerate(rows, 1) for why in _own_reasons(r, trial)]
     pooled = {**merged, "converged": None, "latency_ms_iqr": None, "repeat_medians_ms": None, "repeat_speedup": None}
     reasons = validity.measurement_reasons(pooled, trial) + validity.scenario_reasons(merged, trial) + own
     return {"valid": not reasons, "invalid_reasons": reasons}
+
+
+def _own_reasons(row: Row, trial: Trial) -> list[str]:
+    """One process's reasons about its own loop: all of them but contention and its sample count alone
+    (what a row with only that count is told), which the merged row answers."""
+    count = set(validity.measurement_reasons({"iters": row.get("iters")}, trial))
+    return [r for r in validity.measurement_reasons({**row, "contended": None}, trial) if r not in count]
