@@ -19,7 +19,9 @@ import pyarrow as pa
 #: 5: the generation columns (``prompt_len`` ... ``token_agreement``) and the fairness columns (``math``,
 #: ``math_effective``, ``input_pool``, ``pool_feed``, the repeat check's and ``parity_unchecked``); rows of older runs
 #: load with them null.
-SCHEMA_VERSION = "5"
+#: 6: the process-repeats columns (``process_repeats``, ``process_pids``, ``process_medians_ms``, ``process_cv``);
+#: rows of older runs load with them null.
+SCHEMA_VERSION = "6"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
