@@ -152,3 +152,22 @@ def test_process_repeats_run_in_distinct_processes_and_two_runs_give_no_verdict(
 
     verdicts = {v["label"]: v["verdict"] for v in compare(load_results(tmp_path / "a"), load_results(tmp_path / "b"))}
     assert verdicts == {"nap": "unchanged", "crash": "only in base"}, verdicts
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_processes_share_the_workers_gpu_and_its_own_context_is_no_contention():
+    """A warm worker (its CUDA context made) measures a model trial in two processes on its GPU: both
+    ran there, parity checked in each, and the worker's idle context is not taken for another user."""
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.load import parse_plan
+    from workers.actor import Worker
+
+    data = {"name": "g", "device": "cuda", "models": [{"python": "tinynet:make", "input_shape": [3, 16, 16]}],
+            "matrix": {"batch_sizes": [2], "backends": ["torch-eager"]},
+            "measure": {"warmup_iters": 2, "iters": 10, "target_rel_ci": None, "process_repeats": 2}}
+    worker = Worker("gpu0", "cuda", cpus=2, warm=True)
+    row = worker.run(expand(parse_plan(data))[0])
+    assert row["status"] == "ok", row.get("error")
+    assert len(set(row["process_pids"])) == 2 and row["device"] == "cuda" and row["iters"] == 20
+    assert row["contended"] is False, row["gpu_other_pids"]
+    assert row["parity_max_rel_err"] is not None and row["process_cv"] is not None
