@@ -95,6 +95,10 @@ class MeasureSpec(StrictModel):
     max_time_s: float = Field(60.0, gt=0)
     max_iters: int = Field(20_000, ge=1, le=MAX_ITERS)
     repeats: int = Field(1, ge=1, le=100)
+    #: fresh worker processes the trial is measured in, one after another on its GPU (``workers.processes``):
+    #: the row's interval then includes the spread between processes. Like ``repeats`` it is in the trial id
+    #: (at its default it stays out, so existing ids hold): it changes what the row's samples are
+    process_repeats: int = Field(1, ge=1, le=100)
     #: generation trials (workers/generation): timed generations (each gives new_tokens - 1 decode samples)
     #: after untimed warm-up ones; the single-pass keys above do not apply to them
     generations: int = Field(3, ge=1, le=1000)
