@@ -75,6 +75,8 @@ def onnx_file(path: Path, shape: list[int]) -> Path:
     ("torchvision:resnet18", "{python: 'nosuchpkg.models:make', input_shape: [3, 8, 8]}",
      "models[0]: python: module 'nosuchpkg' is not found on the workers' path"),
     ("name: bad", "name: ../bad", "name: String should match pattern"),
+    ("iters: 2", "iters: 2, process_repeats: two",
+     "measure.process_repeats: Input should be a valid integer (got 'two')"),
 ])
 def test_bad_plan_is_refused_with_a_located_message(write_plan, tmp_path, old, new, message):
     assert message in refused(write_plan, tmp_path, BASE.replace(old, new))

@@ -15,6 +15,7 @@ from orchestrator.plan.expand import expand
 from orchestrator.plan.load import parse_plan
 from orchestrator.results.sink import ResultSink
 from workers import contract, scenarios
+from workers.backends import math_before
 from workers.backends.sleep import SleepRunner
 from workers.contract import MeasureSpec, Status, Trial, checked_row, failure_row, spec_columns
 from workers.models.build import ModelStore
@@ -65,7 +66,7 @@ def test_trial_ids_of_a_plan_stay_what_they_were():
     ids = [t.trial_id for t in trials]
     assert ids[1::2] == QUICKSTART_IDS[1::2]
     assert not set(ids[::2]) & set(QUICKSTART_IDS)
-    strict = [dataclasses.replace(t, math="strict").with_id().trial_id for t in trials[::2]]
+    strict = [dataclasses.replace(t, math="strict").with_id(math_before).trial_id for t in trials[::2]]
     assert not set(strict) & set(QUICKSTART_IDS) and len(set(strict + ids)) == 6
 
 
@@ -77,8 +78,8 @@ def test_a_field_added_later_stays_out_of_the_id_at_its_default(monkeypatch):
     base = sleep_trial()
     monkeypatch.setitem(contract.ID_FIELDS_ADDED, "placement", "one-worker")
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Trial)}
-    same = LaterTrial(**fields).with_id()
-    other = LaterTrial(**fields, placement="two-workers").with_id()
+    same = LaterTrial(**fields).with_id(math_before)
+    other = LaterTrial(**fields, placement="two-workers").with_id(math_before)
     assert same.trial_id == base.trial_id
     assert other.trial_id != base.trial_id
 
@@ -96,11 +97,11 @@ def test_the_scenario_fields_stay_out_of_the_id_at_their_defaults():
     (planned,) = expand(parse_plan({**SLEEP_PLAN, "scenario": spelled}))
     assert planned.trial_id == SLEEP_ID_BEFORE_SCENARIOS
     defaults = {name: contract.ID_FIELDS_ADDED[name] for name in scenarios.get("server").fields}
-    explicit = dataclasses.replace(base, scenario="single-stream", **defaults).with_id()
+    explicit = dataclasses.replace(base, scenario="single-stream", **defaults).with_id(math_before)
     assert explicit.trial_id == SLEEP_ID_BEFORE_SCENARIOS
-    offline = dataclasses.replace(base, scenario="offline", concurrency=2).with_id()
+    offline = dataclasses.replace(base, scenario="offline", concurrency=2).with_id(math_before)
     assert offline.trial_id != base.trial_id
-    assert dataclasses.replace(offline, concurrency=4).with_id().trial_id != offline.trial_id
+    assert dataclasses.replace(offline, concurrency=4).with_id(math_before).trial_id != offline.trial_id
 
 
 def test_measure_keys_added_later_stay_out_of_the_id_at_their_default():
@@ -111,16 +112,16 @@ def test_measure_keys_added_later_stay_out_of_the_id_at_their_default():
     settings = base.measure.model_dump()
     same = dataclasses.replace(base, measure=LaterMeasure(**settings))
     other = dataclasses.replace(base, measure=LaterMeasure(**settings, warmup_policy="fixed"))
-    assert contract.trial_id(same) == base.trial_id
-    assert contract.trial_id(other) != base.trial_id
+    assert contract.trial_id(same, math_before) == base.trial_id
+    assert contract.trial_id(other, math_before) != base.trial_id
 
 
 def test_labels_budgets_and_fault_settings_are_not_part_of_the_id():
     base = sleep_trial()
     for change in ({"label": "x"}, {"plan": "other"}, {"timeout_s": 5.0}, {"retries": 3},
                    {"budgets": ({"max_latency_ms": 1},)}):
-        assert dataclasses.replace(base, **change).with_id().trial_id == base.trial_id, change
-    assert dataclasses.replace(base, batch_size=2).with_id().trial_id != base.trial_id
+        assert dataclasses.replace(base, **change).with_id(math_before).trial_id == base.trial_id, change
+    assert dataclasses.replace(base, batch_size=2).with_id(math_before).trial_id != base.trial_id
 
 
 def test_status_strings_are_the_stored_ones_and_only_ok_and_skipped_succeed():

@@ -41,7 +41,7 @@ def test_plan_expands_to_cross_product_with_defaults(write_plan):
     assert ort.measure.model_dump() == {"warmup_iters": 10, "warmup_window": 10, "warmup_rel_tol": 0.02,
                                         "warmup_max_iters": 1000, "warmup_max_s": 10.0, "iters": 50, "min_time_s": 0.0,
                                         "target_rel_ci": 0.01,
-                                        "max_time_s": 60.0, "max_iters": 20000, "repeats": 1,
+                                        "max_time_s": 60.0, "max_iters": 20000, "repeats": 1, "process_repeats": 1,
                                         "generations": 3, "warmup_generations": 1,
                                         "input_pool": 1, "repeat_check": False}
 
@@ -161,6 +161,8 @@ def test_onnx_model_shape_checked_against_file(write_plan, tmp_path):
      "measure.iters: Input should be less than or equal to 10000000"),
     ("name: t", "name: t\nmeasure: {warmup_iters: 100000000000000000000}",
      "measure.warmup_iters: Input should be less than or equal to"),
+    ("name: t", "name: t\nmeasure: {process_repeats: 0}",
+     "measure.process_repeats: Input should be greater than or equal to 1 (got 0)"),
     ("io_binding: true", "intra_op_num_threads: 100000000000000000000",
      "matrix.backends[1].options.intra_op_num_threads: Input should be less than or equal to 1024"),
     ("[torchvision:resnet18]", "[{torchvision: resnet18, input_shape: [3, 224, 100000000000000000000]}]",

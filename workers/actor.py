@@ -116,6 +116,15 @@ class Worker:
             cuda_ok = False  # not warmed: a model-less trial doesn't touch CUDA (see the module's doc)
         else:
             cuda_ok = self.warm()
+        if trial.measure.process_repeats > 1:  # measured in fresh processes this worker starts
+            from workers import processes
+
+            return processes.run(self, trial, spec, cuda_ok)
+        return self.run_here(trial, spec, cuda_ok)
+
+    def run_here(self, trial: Trial, spec: Row, warm: bool) -> Row:
+        """``trial`` (on this node's files) measured in this process; ``warm``: with CUDA, where it works."""
+        cuda_ok = self.warm() if warm else False
         worker = Row(worker=self.name, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker)
 

@@ -37,6 +37,9 @@ from workers.config import StrictModel
 from workers.messages import strip_escapes
 from workers.row import InputsItem, Row
 
+#: a backend's name -> the fp32 math mode it ran before the ``math`` field (``workers.backends.math_before``)
+MathBefore = Callable[[str], "str | None"]
+
 
 class Status(str, enum.Enum):
     """How a trial ended (the row's ``status`` column); compares equal to its string."""
@@ -92,6 +95,10 @@ class MeasureSpec(StrictModel):
     max_time_s: float = Field(60.0, gt=0)
     max_iters: int = Field(20_000, ge=1, le=MAX_ITERS)
     repeats: int = Field(1, ge=1, le=100)
+    #: fresh worker processes the trial is measured in, one after another on its GPU (``workers.processes``):
+    #: the row's interval then includes the spread between processes. Like ``repeats`` it is in the trial id
+    #: (at its default it stays out, so existing ids hold): it changes what the row's samples are
+    process_repeats: int = Field(1, ge=1, le=100)
     #: generation trials (workers/generation): timed generations (each gives new_tokens - 1 decode samples)
     #: after untimed warm-up ones; the single-pass keys above do not apply to them
     generations: int = Field(3, ge=1, le=1000)
@@ -281,11 +288,11 @@ class Trial:
     profile: bool = False
     trial_id: str = ""
 
-    def with_id(self, model_digest: Callable[[ModelSpec], str] | None = None) -> Trial:
+    def with_id(self, math_before: MathBefore, model_digest: Callable[[ModelSpec], str] | None = None) -> Trial:
         """This trial with its ``trial_id`` filled in (see :func:`trial_id`)."""
         from dataclasses import replace
 
-        return replace(self, trial_id=trial_id(self, model_digest))
+        return replace(self, trial_id=trial_id(self, math_before, model_digest))
 
     def summary(self) -> dict[str, JsonValue]:
         """The trial as JSON-ready data (dry runs, scripts)."""
@@ -314,11 +321,13 @@ _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
 
 
-def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = None) -> str:
+def trial_id(trial: Trial, math_before: MathBefore, model_digest: Callable[[ModelSpec], str] | None = None) -> str:
     """A hash of everything that decides what ``trial`` measures.
 
     The model counts by kind, reference and input shape; ``model_digest(model)`` replaces the
-    reference where the content matters (an ONNX file's bytes). The plan's name, the label, the
+    reference where the content matters (an ONNX file's bytes). ``math_before(backend)`` is the fp32
+    math its backend ran before the ``math`` field existed (``workers.backends.math_before``: the
+    backends know it, and they import this module, so the caller passes it in). The plan's name, the label, the
     budgets, ``timeout_s``, ``retries``, ``profile`` and the ``parity`` section are not part of it:
     renaming, re-judging or profiling keeps the ids.
     """
@@ -336,14 +345,14 @@ def trial_id(trial: Trial, model_digest: Callable[[ModelSpec], str] | None = Non
         value = getattr(trial, name)
         if value != default:
             ident[name] = value
-    math = math_id(trial)
+    math = math_id(trial, math_before)
     if math is not None:
         ident["math"] = math
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
 
 
-def math_id(trial: Trial) -> str | None:
+def math_id(trial: Trial, math_before: MathBefore) -> str | None:
     """What of the trial's math mode its id hashes: nothing for fp16/bf16 trials (their ids never
     changed), nothing for an fp32 trial at the mode its backend ran before the field existed
     (``Runner.math_before``: ORT's CUDA provider and TensorRT use TF32 by default, so their tf32 ids
@@ -351,13 +360,7 @@ def math_id(trial: Trial) -> str | None:
     every torch fp32 trial's id changes."""
     if trial.dtype != "fp32":
         return None
-    from workers.backends import get  # lazy: the backends import this module
-
-    try:
-        before = get(trial.backend).math_before
-    except KeyError:  # a backend this process doesn't know: its ids as before at the default
-        before = "tf32"
-    return None if trial.math == before else trial.math
+    return None if trial.math == math_before(trial.backend) else trial.math
 
 
 @functools.lru_cache(maxsize=64)

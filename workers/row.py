@@ -87,6 +87,10 @@ class Row(TypedDict, total=False):
     repeat_medians_ms: list[float] | None
     repeat_cv: float | None
     repeat_rel_ci: list[float] | None
+    process_repeats: int | None
+    process_pids: list[int] | None
+    process_medians_ms: list[float] | None
+    process_cv: float | None
     parity_reference: str | None
     parity_max_abs_err: float | None
     parity_max_rel_err: float | None

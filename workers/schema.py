@@ -19,7 +19,8 @@ import pyarrow as pa
 #: 5: the generation columns (``prompt_len`` ... ``token_agreement``) and the fairness columns (``math``,
 #: ``math_effective``, ``input_pool``, ``pool_feed``, the repeat check's and ``parity_unchecked``); rows of older runs
 #: load with them null.
-#: 6: generation under load (``ttft_ms_p99``, ``tpot_samples_ms``, ``tpot_bound_ms``, ``probe_tpot_p99_ms``);
+#: 6: generation under load (``ttft_ms_p99``, ``tpot_samples_ms``, ``tpot_bound_ms``, ``probe_tpot_p99_ms``) and
+#: the process-repeats columns (``process_repeats``, ``process_pids``, ``process_medians_ms``, ``process_cv``);
 #: rows of older runs load with them null.
 SCHEMA_VERSION = "6"
 
@@ -113,6 +114,12 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("repeat_cv", _F64, "between-run spread: CV (ddof=1) of repeat_medians_ms; null with one repeat"),
     ("repeat_rel_ci", pa.list_(_F64), "each repeat's within-run noise: the half-width of its median's 95% "
                                       "interval (order statistics) over its median; null where too few samples"),
+    ("process_repeats", _I64, "fresh worker processes the trial was measured in, one after another on its GPU "
+                              "(measure.process_repeats; samples_ms holds every process's samples)"),
+    ("process_pids", pa.list_(_I64), "the pid of each of those processes, in the order they ran"),
+    ("process_medians_ms", pa.list_(_F64), "the median latency of each process, ms"),
+    ("process_cv", _F64, "between-process spread: CV (ddof=1) of process_medians_ms; null below two processes. "
+                         "latency_ms_ci_low/high include it, and compare judges the row by it, not by a floor"),
     ("parity_reference", _STR, "what the output was compared with (torch-eager fp32 on the device; an ONNX "
                                "file on ORT's CPU provider, optimisations off); null: not checked (model-less "
                                "backend, parity.check false, or no reference: parity_unchecked)"),

@@ -96,6 +96,9 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     if trial.measure.input_pool > 1 and scenarios.get(trial.scenario).uses_lanes:
         raise SkipTrial(f"measure.input_pool is timed one request at a time; the {trial.scenario} scenario's "
                         "lanes each keep their own input")
+    if trial.measure.process_repeats > 1 and trial.scenario != scenarios.DEFAULT:
+        raise SkipTrial(f"measure.process_repeats pools the samples of requests timed one at a time; the "
+                        f"{trial.scenario} scenario's figures are not merged across processes")
     if not cuda_ok and not runner_cls.modelless:
         import os
 

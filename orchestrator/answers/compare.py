@@ -18,10 +18,15 @@ space, by the between-run noise of both rows::
 
     s_row = max(repeat_cv of the row, BETWEEN_RUN_FLOOR[row's device])   # or the --noise-floor given
     s_row = max(s_row, HOST_BOUND_FLOOR)     # a GPU row whose GPU was busy < HOST_BOUND_UTIL_PCT of its timing
+    s_row = b / z of its processes           # a row of N fresh processes (process_repeats): measured, no floor
     ci = ci * exp(-+ z * sqrt(s_base^2 + s_cand^2))                       # z: the confidence's quantile
 
-``repeat_cv`` (a plan's ``measure.repeats`` >= 2) measures the between-run spread of that trial;
-the floors are what two runs of the same plan on the same machine were seen to differ by
+A row measured in N fresh processes (a plan's ``measure.process_repeats`` >= 2) brings its own: ``b`` is
+the t-based between-process half-width of its median (``workers.measure.processes``: t(N-1) times the
+SD of its processes' log medians over sqrt(N)), so the floors, which stand in for a spread no one
+measured, don't apply to it. ``repeat_cv`` (``measure.repeats`` >= 2) measures the spread of fresh
+runners in one process, which misses what moves between processes: it only raises a floor. The
+floors are what two runs of the same plan on the same machine were seen to differ by
 (docs/reports.md, "Between-run noise"). A launch-bound GPU row (eager mode at batch 1: the GPU
 waits on Python, ``gpu_util_pct`` low) measures the host's pace, which moves between processes far
 more than a GPU's: it gets the host's floor.
@@ -60,6 +65,7 @@ import pyarrow as pa
 from orchestrator.answers.fairness import math_mismatch
 from workers import scenarios
 from workers.contract import Status
+from workers.measure.processes import between_process_noise
 from workers.row import Row
 from workers.scenarios import tag as scenario_tag
 
@@ -181,7 +187,12 @@ def bootstrap_ratio_ci(
 
 def between_run_noise(row: Row, floor: float | None = None) -> float:
     """The relative SD a run's median of this trial is taken to have from run to run: the trial's own
-    ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger."""
+    ``repeat_cv`` or the floor (``floor``, else ``BETWEEN_RUN_FLOOR`` for its device), the larger. A row
+    measured in several processes (``measure.process_repeats``) has measured it: its processes' spread,
+    used instead of any floor (``workers.measure.processes.between_process_noise``)."""
+    measured = between_process_noise(row)
+    if measured is not None:
+        return measured
     if floor is None:
         floor = BETWEEN_RUN_FLOOR.get(str(row.get("device") or "cpu"), max(BETWEEN_RUN_FLOOR.values()))
     if host_bound(row):

@@ -21,7 +21,8 @@ def compare(
     confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence of the intervals.")] = 0.95,
     noise_floor: Annotated[float | None, typer.Option(
         min=0, help="Between-run noise assumed of every row (relative SD of a run's median; its repeats' CV "
-                    "when larger) [default: 0.01 on a GPU, 0.03 on a CPU].")] = None,
+                    "when larger; a row of several processes uses their spread) [default: 0.01 on a GPU, "
+                    "0.03 on a CPU].")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="table (for people) or json (for machines).")] = "table",
 ) -> None:

@@ -24,6 +24,7 @@ from orchestrator.plan import generation
 from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value
 from orchestrator.plan.settings import merged_settings
 from workers import scenarios
+from workers.backends import math_before
 from workers.config import did_you_mean
 from workers.contract import BudgetLimits, ModelSpec, Trial, trial_id
 from workers.measure import mathmode
@@ -175,7 +176,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
             # built again with both filled in (trial_id doesn't hash budgets): dataclasses.replace took
             # twice as long, a second for 100,000 trials
             trials.append(Trial(**spec, budgets=_budgets(plan, trial, e, entry),
-                                trial_id=trial_id(trial, model_digest)))
+                                trial_id=trial_id(trial, math_before, model_digest)))
     _check_exclude(m.exclude, candidates, source)
     if not trials:
         raise PlanError(f"{source}: matrix: no trials left after `exclude`; loosen the exclude rules")

@@ -62,6 +62,7 @@ A plan, all keys shown::
       max_time_s: 60             # but never longer than this
       max_iters: 20000           # nor more iterations than this
       repeats: 1                 # measure N times, a fresh runner each time
+      process_repeats: 1         # measure in N fresh processes, one after another on the trial's GPU
     parity:
       check: true                # compare each output with torch eager fp32 on the same device
       tolerance: {fp32: 0.05, fp16: 0.1, bf16: 0.25}  # max |y - ref| / max |ref|

@@ -101,7 +101,8 @@ class Job:
 def job_of(trial: Trial) -> Job:
     """The one place that reads a trial (a ``workers.contract.Trial``)."""
     shape = (trial.batch_size, trial.dtype, tuple(sorted(trial.axes.items())))
-    return Job(trial, trial.trial_id, trial.model.key, trial.timeout_s, trial.retries, shape)
+    timeout_s = trial.timeout_s and trial.timeout_s * trial.measure.process_repeats  # each process its own
+    return Job(trial, trial.trial_id, trial.model.key, timeout_s, trial.retries, shape)
 
 
 def grouped(jobs: list[Job]) -> list[Job]:

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from workers.backends.base import BackendOptions, Offer, Runner, SkipTrial
 
-__all__ = ["BackendOptions", "Offer", "Runner", "SkipTrial", "discover", "get", "registry"]
+__all__ = ["BackendOptions", "Offer", "Runner", "SkipTrial", "discover", "get", "math_before", "registry"]
 
 
 def runners_in(module: ModuleType) -> list[type[Runner]]:
@@ -58,3 +58,13 @@ def get(name: str) -> type[Runner]:
     if name not in runners:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(runners))}")
     return runners[name]
+
+
+def math_before(name: str) -> str | None:
+    """The fp32 math mode backend ``name`` ran before trials had a ``math`` field (``Runner.math_before``;
+    what a trial id leaves out: ``workers.contract.math_id``). A backend this process doesn't know: tf32,
+    the default, so its ids stay what they were."""
+    try:
+        return get(name).math_before
+    except KeyError:
+        return "tf32"

@@ -21,11 +21,16 @@ torch paths allocate their static cache in setup.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from workers.faults import oom_message
 from workers.generation.base import Generation, GenerationRunner, HostMarks, SkipTrial, marks_for
+
+T = TypeVar("T")
 
 #: ONNX element type -> (numpy type, torch dtype name)
 _TYPES = {"tensor(float)": (np.float32, "float32"), "tensor(float16)": (np.float16, "float16")}
@@ -33,6 +38,22 @@ _TYPES = {"tensor(float)": (np.float32, "float32"), "tensor(float16)": (np.float
 
 def _ep(device: str) -> str:
     return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def _loaded(load: Callable[[], T], dtype: str, ep: str) -> T:
+    """``load()`` of the builder's model; a model ONNX Runtime refuses to load is a ``SkipTrial`` with
+    its reason (ORT GenAI 0.18's builder writes fp32 CUDA decoders with packed ``Attention`` whose
+    present key/values it leaves unwired: "Graph output (present.0.key) does not exist in the graph").
+    Out of memory stays an error (an ``oom`` row)."""
+    try:
+        return load()
+    except Exception as exc:
+        if oom_message(exc):
+            raise
+        text = " ".join(str(exc).split())
+        why = re.search(r"(This is an invalid model\..*)", text)
+        raise SkipTrial(f"ONNX Runtime can't load the {dtype} {ep} decoder that ORT GenAI's model builder wrote: "
+                        f"{why.group(1) if why else text[-300:]}") from exc
 
 
 class OrtIoBinding(GenerationRunner):
@@ -58,7 +79,8 @@ class OrtIoBinding(GenerationRunner):
             self.dev_type = "cuda"
         else:
             providers = ["CPUExecutionProvider"]
-        self.sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=providers)
+        self.sess = _loaded(lambda: ort.InferenceSession(str(folder / "model.onnx"), so, providers=providers),
+                            self.dtype, _ep(self.device))
         if _ep(self.device) == "cuda" and self.sess.get_providers()[0] != "CUDAExecutionProvider":
             raise SkipTrial(f"onnxruntime has no CUDA provider here ({', '.join(self.sess.get_providers())})")
         self.run_options = ort.RunOptions()
@@ -172,7 +194,7 @@ class OrtGenAI(GenerationRunner):
             config.append_provider("cuda")
             if self.graph:
                 config.set_provider_option("cuda", "enable_cuda_graph", "1")
-        self.model = og.Model(config)
+        self.model = _loaded(lambda: og.Model(config), self.dtype, ep)
         self.search = {"max_length": self.prompt_len + self.new_tokens, "min_length": self.prompt_len + self.new_tokens,
                        "do_sample": False, "batch_size": self.batch}
         self.note = ""

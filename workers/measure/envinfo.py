@@ -233,7 +233,8 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     """PIDs of the other processes with a compute context on GPU ``uuid``; None without NVML.
 
     Inside a container NVML reports host PIDs, so our own PID may not be among them; then one
-    process is taken to be us (this process holds a context on the GPU during the trial).
+    process is taken to be us (this process holds a context on the GPU during the trial), two where
+    the worker that started this process holds one too.
     """
     h = nvml.handle(uuid)
     if h is None:
@@ -243,9 +244,19 @@ def other_gpu_processes(uuid: str | None) -> list[int] | None:
     except Exception:
         return None
     me = os.getpid()
+    ours = {me, *_parent_with_context()}  # a worker waiting on this process (workers.processes) runs nothing
     if me in pids:
-        return [p for p in pids if p != me]
-    return sorted(pids)[1:] if pids else []
+        return [p for p in pids if p not in ours]
+    return sorted(pids)[len(ours):] if pids else []
+
+
+#: The pid of the worker that started this process, where it holds a CUDA context (``workers.processes``).
+PARENT_GPU_PID_ENV = "INFER_ORCH_PARENT_GPU_PID"
+
+
+def _parent_with_context() -> list[int]:
+    pid = os.environ.get(PARENT_GPU_PID_ENV)
+    return [int(pid)] if pid and pid.isdigit() else []
 
 
 def gpu_utilization(uuid: str | None) -> int | None:
