@@ -112,11 +112,12 @@ class TrialSpec(Protocol):
 class Measured:
     """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
     or each lane's) and ``second``, the stale-output probe's result (``workers.measure.stale.probe``;
-    None: not probed)."""
+    None: not probed). ``arms``: an interleaved unit's other trials' (``Trial.arms``, in their order)."""
 
     columns: Row
     outputs: list[Any]
     second: Row | None = None
+    arms: tuple[Measured, ...] = ()
 
 
 

@@ -1,0 +1,116 @@
+"""Interleaved A/B (``measure.interleave``): which trials form one unit, and the unit one worker measures.
+
+A plan with ``measure.interleave`` measures its trials in units: the trials that differ only in
+their arm (the backend entry's label, or with ``by: model`` the model) and share everything else
+(input shape, batch size, dtype, io, device, axes, math mode, seed) are timed in alternating rounds
+by one worker process (``workers/scenarios/_interleave.py``). It is an explicit exception to the
+fresh-runner-per-trial rule, so its trials are of a scenario of their own (``interleaved``) and carry
+their arm in their ids: ``compare`` never matches them with ordinary rows, and an A/A pair (two
+entries of one configuration) is two trials.
+
+``expand`` asks ``trial_fields`` for each trial's scenario and arm and ``check`` for the groups;
+the run packs each group into one trial (``units``: the first carries the others in ``arms``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.errors import PlanError
+from workers import scenarios
+from workers.config import did_you_mean
+from workers.contract import Interleave, Trial
+
+#: the scenario of interleaved trials (``workers/scenarios/interleaved.py``)
+SCENARIO = "interleaved"
+
+
+def trial_fields(spec: Interleave | None, point: dict[str, Any], label: str, model_name: str) -> dict[str, Any]:
+    """The scenario and arm fields of one trial of an entry, given its scenario point: unchanged without
+    ``measure.interleave``."""
+    if spec is None:
+        return point
+    return {**point, "scenario": SCENARIO, "arm": label if spec.by == "label" else model_name}
+
+
+def check_scenarios(spec: Interleave | None, names: list[str], where: str, source: str) -> None:
+    """Interleaved units are timed one request at a time: an entry's scenarios must be single-stream."""
+    if spec is None:
+        return
+    others = [n for n in names if n != scenarios.DEFAULT]
+    if others:
+        raise PlanError(f"{source}: measure.interleave: {where} runs {', '.join(others)}; interleaved rounds "
+                        f"time one request at a time: use the {scenarios.DEFAULT} scenario (or no scenario key)")
+
+
+def group_key(trial: Trial) -> Hashable:
+    """What the trials of one unit share: everything but the arm (and what tells arms apart)."""
+    by = trial.measure.interleave.by if trial.measure.interleave else "label"
+    model = ((trial.model.kind, tuple(trial.model.input_shape), trial.model.input_name,
+              repr(trial.model.inputs)) if by == "model" else trial.model.key)
+    label = () if by == "label" else (trial.label, trial.backend, repr(sorted(trial.options.items())), trial.slowdown)
+    return (model, label, trial.batch_size, trial.dtype, trial.io, trial.device, tuple(sorted(trial.axes.items())),
+            trial.math if trial.dtype == "fp32" else None, trial.seed)
+
+
+def groups(trials: list[Trial]) -> list[list[Trial]]:
+    """The interleaved trials in units (in the plan's order), each unit's trials in the plan's order."""
+    out: dict[Hashable, list[Trial]] = {}
+    for t in trials:
+        if t.scenario == SCENARIO:
+            out.setdefault(group_key(t), []).append(t)
+    return list(out.values())
+
+
+def check(spec: Interleave | None, trials: list[Trial], source: str) -> None:
+    """Every unit has two arms or more, each once, the base among them."""
+    if spec is None:
+        return
+    where = f"{source}: measure.interleave"
+    arms_seen = list(dict.fromkeys(t.arm for t in trials))
+    if spec.base is not None and spec.base not in arms_seen:
+        what = "labels" if spec.by == "label" else "models"
+        raise PlanError(f"{where}.base: no trial has the {spec.by} {spec.base!r}{did_you_mean(spec.base, arms_seen)}; "
+                        f"the plan's {what}: {', '.join(arms_seen)}")
+    for unit in groups(trials):
+        names = [t.arm for t in unit]
+        t = unit[0]
+        case = f"{t.model.name if spec.by == 'label' else t.label} batch {t.batch_size} {t.dtype} {t.io}"
+        if len(names) < 2:
+            raise PlanError(f"{where}: the unit of {case} has one arm ({names[0]}); interleaving compares two "
+                            f"or more {spec.by}s that share everything else: add another, or exclude it")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PlanError(f"{where}: the unit of {case} has the {spec.by} {', '.join(twice)} twice; "
+                            f"give each arm its own {'label' if spec.by == 'label' else 'model name'}")
+        if spec.base is not None and spec.base not in names:
+            raise PlanError(f"{where}.base: the unit of {case} has no arm {spec.base!r} (its arms: "
+                            f"{', '.join(names)}); exclude that unit or pick a base every unit has")
+
+
+def units(trials: list[Trial]) -> list[Trial]:
+    """``trials`` as the run schedules them: each interleaved unit one trial (its first, carrying the
+    others in ``arms``, with the sum of their timeouts), in the place of its first; the others as they are."""
+    packed: dict[Hashable, list[Trial]] = {}
+    order: list[Hashable | Trial] = []
+    for t in trials:
+        if t.scenario != SCENARIO:
+            order.append(t)
+            continue
+        key = group_key(t)
+        if key not in packed:
+            packed[key] = []
+            order.append(key)
+        packed[key].append(t)
+    out = []
+    for item in order:
+        if isinstance(item, Trial):
+            out.append(item)
+            continue
+        lead, *rest = packed[item]
+        timeouts = [t.timeout_s for t in packed[item]]
+        timeout = None if any(x is None for x in timeouts) else sum(timeouts)  # type: ignore[misc]
+        out.append(replace(lead, arms=tuple(rest), timeout_s=timeout))
+    return out

@@ -1,0 +1,103 @@
+"""A known slowdown injected into a runner's step (a backend entry's ``slowdown``): what a gate must find.
+
+A fraction ``f`` of the step is added to every step, in the form a real regression of that kind of
+step would take::
+
+    calibrate: CALIBRATE_WARM untimed steps, then CALIBRATE_STEPS steps timed two ways:
+        total  = median(step + synchronize)                 # one step's latency
+        launch = median(step, not waited for)               # the host's time to issue it
+    launch >= LAUNCH_BOUND_SHARE * total  -> "host"   # launch-bound: the GPU waits on the host, and
+                                                      # device work would hide in its idle gaps
+    on a GPU otherwise                    -> "device" # GPU-bound: extra device work, a spin kernel
+    on a CPU                              -> "host"
+    the backend slows itself (sleep)      -> "backend" (its sleep lengthens by f; nothing calibrated)
+    each step: extra = f * total, issued before the step's own work
+        device: torch.cuda._sleep(cycles) on the step's stream (cycles per ms measured once)
+        host:   a busy wait (a sleep's wake-up is ~0.1 ms late: too coarse for 2% of a 1 ms step)
+
+The injected time is measured before warm-up, so it is a fraction of a cold step: the rows'
+``slowdown_ms`` says what was added, and the measured ratio of a slowed arm to its twin is the
+figure a detection benchmark compares with ``f``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from workers.row import Row
+
+CALIBRATE_WARM = 5
+CALIBRATE_STEPS = 15
+#: launch time / step time above which a GPU step is launch-bound (the host, not the GPU, sets its pace)
+LAUNCH_BOUND_SHARE = 0.5
+
+
+def install(runner: Any, fraction: float, on_gpu: bool) -> Row:
+    """Slow ``runner.step`` by ``fraction`` of a step (see the module's doc); the row's slowdown columns.
+    The runner's own ``step`` is replaced on the instance, so every path that steps it is slowed."""
+    if not fraction:
+        return {}
+    if runner.slows_itself:
+        return {"slowdown_kind": "backend", "slowdown_ms": None}
+    step = runner.step
+    sync = _synchronize if on_gpu else _nothing
+    for _ in range(CALIBRATE_WARM):
+        step()
+    sync()
+    totals, launches = [], []
+    for _ in range(CALIBRATE_STEPS):
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        launches.append(t1 - t0)
+        totals.append(t2 - t0)
+    total, launch = statistics.median(totals), statistics.median(launches)
+    extra_s = fraction * total
+    kind = "device" if on_gpu and launch < LAUNCH_BOUND_SHARE * total else "host"
+    added = _device_work(extra_s) if kind == "device" else _host_delay(extra_s)
+
+    def slowed() -> None:
+        added()
+        step()
+
+    runner.step = slowed
+    return {"slowdown_kind": kind, "slowdown_ms": extra_s * 1e3}
+
+
+def _host_delay(seconds: float) -> Callable[[], None]:
+    def wait() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return wait
+
+
+def _device_work(seconds: float) -> Callable[[], None]:
+    """A spin kernel of ``seconds`` on the current stream (its clock rate measured here, once)."""
+    import torch
+
+    probe = 1_000_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(probe)  # the first launch loads the kernel
+    start.record()
+    torch.cuda._sleep(probe)
+    end.record()
+    end.synchronize()
+    cycles = max(1, int(probe * seconds * 1e3 / max(start.elapsed_time(end), 1e-6)))
+    return lambda: torch.cuda._sleep(cycles)
+
+
+def _synchronize() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def _nothing() -> None:
+    pass
