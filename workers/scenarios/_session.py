@@ -2,7 +2,7 @@
 
 ::
 
-    with harness.session() as s:      # a fresh runner; device memory tracked from here; runner.setup() (timed: setup_s),
+    with harness.session() as s:      # a fresh runner; device memory tracked from here; runner.setup() (timed),
                                       # then the trial's slowdown put in its step (workers/measure/slowdown.py)
         threads = s.open_lanes(k)     # load scenarios: k lanes, one host thread each (counted in setup_s)
         watch = s.watch()             # NVML facts and the contention check around the timing (GPUs)
