@@ -12,6 +12,7 @@ import html
 from collections import Counter
 from typing import Any, TypedDict
 
+from workers import scenarios
 from workers.row import Row
 
 
@@ -36,7 +37,7 @@ def items(rows: list[Row]) -> list[Paired]:
     measure gets its status as verdict (broken, skipped ...), never a ratio."""
     out: list[Paired] = []
     for r in rows:
-        if r.get("scenario") != "interleaved" or (r.get("arm") or r.get("label")) == r.get("ab_base"):
+        if not scenarios.of(r).interleaves or (r.get("arm") or r.get("label")) == r.get("ab_base"):
             continue
         if r.get("status") == "ok" and r.get("ab_base") is None:
             continue  # a unit of one arm (others kept by a resumed run): nothing to pair with

@@ -4,7 +4,7 @@ A plan with ``measure.interleave`` measures its trials in units: the trials that
 their arm (the backend entry's label, or with ``by: model`` the model) and share everything else
 (input shape, batch size, dtype, io, device, axes, math mode, seed) are timed in alternating rounds
 by one worker process (``workers/scenarios/_interleave.py``). It is an explicit exception to the
-fresh-runner-per-trial rule, so its trials are of a scenario of their own (``interleaved``) and carry
+fresh-runner-per-trial rule, so its trials are of a scenario of their own (``Scenario.interleaves``) and carry
 their arm in their ids: ``compare`` never matches them with ordinary rows, and an A/A pair (two
 entries of one configuration) is two trials.
 
@@ -23,16 +23,13 @@ from workers import scenarios
 from workers.config import did_you_mean
 from workers.contract import Interleave, Trial
 
-#: the scenario of interleaved trials (``workers/scenarios/interleaved.py``)
-SCENARIO = "interleaved"
-
 
 def trial_fields(spec: Interleave | None, point: dict[str, Any], label: str, model_name: str) -> dict[str, Any]:
     """The scenario and arm fields of one trial of an entry, given its scenario point: unchanged without
     ``measure.interleave``."""
     if spec is None:
         return point
-    return {**point, "scenario": SCENARIO, "arm": label if spec.by == "label" else model_name}
+    return {**point, "scenario": scenarios.interleaving(), "arm": label if spec.by == "label" else model_name}
 
 
 def check_scenarios(spec: Interleave | None, names: list[str], where: str, source: str) -> None:
@@ -59,7 +56,7 @@ def groups(trials: list[Trial]) -> list[list[Trial]]:
     """The interleaved trials in units (in the plan's order), each unit's trials in the plan's order."""
     out: dict[Hashable, list[Trial]] = {}
     for t in trials:
-        if t.scenario == SCENARIO:
+        if scenarios.get(t.scenario).interleaves:
             out.setdefault(group_key(t), []).append(t)
     return list(out.values())
 
@@ -96,7 +93,7 @@ def units(trials: list[Trial]) -> list[Trial]:
     packed: dict[Hashable, list[Trial]] = {}
     order: list[Hashable | Trial] = []
     for t in trials:
-        if t.scenario != SCENARIO:
+        if not scenarios.get(t.scenario).interleaves:
             order.append(t)
             continue
         key = group_key(t)

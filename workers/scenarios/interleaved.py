@@ -23,6 +23,7 @@ class Interleaved(Scenario):
     name = "interleaved"
     order = 50
     uses_lanes = False
+    interleaves = True
     figures = (Figure("latency_ms_median", "median ms", "lower", samples="samples_ms"),)
     spread_rules = True
     report = "table"
