@@ -90,8 +90,11 @@ class Interleave(StrictModel):
     min_round_iters: int = Field(5, ge=1, le=MAX_ITERS)
     #: what tells the arms apart: the backend entries' labels, or the models (a model-code change)
     by: Literal["label", "model"] = "label"
-    #: the arm every other is compared with (a label, or a model's name); default: the first
+    #: the arm every other is compared with (a label, or a model's name); default: each unit's first
     base: str | None = None
+    #: which arms are measured together: lists of labels (or models), a unit per list and shape; default:
+    #: every arm of a shape in one unit
+    sets: list[list[str]] | None = Field(None, min_length=1)
     #: the paired ratio's verdict: beyond 1 +- threshold, with the interval at this confidence clear of 1
     threshold: float = Field(0.01, gt=0, lt=1)
     confidence: float = Field(0.99, ge=0.5, lt=1)
@@ -121,6 +124,14 @@ class MeasureSpec(StrictModel):
     repeat_check: bool = False
     #: interleaved A/B: the arms of one unit measured in alternating rounds in one worker (``Interleave``)
     interleave: Interleave | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """``interleave`` only where set: a plan without it dumps as it always has."""
+        out = handler(self)
+        if self.interleave is None:
+            out.pop("interleave", None)
+        return out
 
     @model_validator(mode="after")
     def _bounds(self) -> MeasureSpec:
@@ -395,7 +406,7 @@ def _measure_ident(measure: MeasureSpec) -> dict[str, JsonValue]:
     """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
     dump = measure.model_dump(mode="json")
     defaults = type(measure)().model_dump(mode="json")
-    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
+    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults.get(k)}
 
 
 def _jsonable(v: Any) -> Any:

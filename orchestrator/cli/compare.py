@@ -48,7 +48,7 @@ def compare(
         print(json.dumps({"base": str(base_dir), "candidate": str(cand_dir), "threshold": threshold,
                           "confidence": confidence, "noise_floor": noise_floor, "regressions": len(bad) + len(bad_arms),
                           "verdicts": dict(Counter(i["verdict"] for i in items)), "trials": items,
-                          "interleaved": arms}, indent=2))
+                          "paired": arms}, indent=2))
     else:
         console.print(compare_table(items, confidence))
         invalid = sum(i["verdict"] == "invalid" for i in items)

@@ -42,14 +42,22 @@ def check_scenarios(spec: Interleave | None, names: list[str], where: str, sourc
                         f"time one request at a time: use the {scenarios.DEFAULT} scenario (or no scenario key)")
 
 
+def arm_set(spec: Interleave | None, arm: str) -> int:
+    """The index of the ``interleave.sets`` list that holds ``arm`` (0 without sets)."""
+    if spec is None or spec.sets is None:
+        return 0
+    return next((i for i, names in enumerate(spec.sets) if arm in names), -1)
+
+
 def group_key(trial: Trial) -> Hashable:
-    """What the trials of one unit share: everything but the arm (and what tells arms apart)."""
-    by = trial.measure.interleave.by if trial.measure.interleave else "label"
+    """What the trials of one unit share: everything but the arm (and what tells arms apart), and its set."""
+    spec = trial.measure.interleave
+    by = spec.by if spec else "label"
     model = ((trial.model.kind, tuple(trial.model.input_shape), trial.model.input_name,
               repr(trial.model.inputs)) if by == "model" else trial.model.key)
     label = () if by == "label" else (trial.label, trial.backend, repr(sorted(trial.options.items())), trial.slowdown)
     return (model, label, trial.batch_size, trial.dtype, trial.io, trial.device, tuple(sorted(trial.axes.items())),
-            trial.math if trial.dtype == "fp32" else None, trial.seed)
+            trial.math if trial.dtype == "fp32" else None, trial.seed, arm_set(spec, trial.arm))
 
 
 def groups(trials: list[Trial]) -> list[list[Trial]]:
@@ -67,6 +75,7 @@ def check(spec: Interleave | None, trials: list[Trial], source: str) -> None:
         return
     where = f"{source}: measure.interleave"
     arms_seen = list(dict.fromkeys(t.arm for t in trials))
+    _check_sets(spec, arms_seen, where)
     if spec.base is not None and spec.base not in arms_seen:
         what = "labels" if spec.by == "label" else "models"
         raise PlanError(f"{where}.base: no trial has the {spec.by} {spec.base!r}{did_you_mean(spec.base, arms_seen)}; "
@@ -82,13 +91,47 @@ def check(spec: Interleave | None, trials: list[Trial], source: str) -> None:
         if twice:
             raise PlanError(f"{where}: the unit of {case} has the {spec.by} {', '.join(twice)} twice; "
                             f"give each arm its own {'label' if spec.by == 'label' else 'model name'}")
-        if spec.base is not None and spec.base not in names:
+        if spec.base is not None and spec.base not in names and spec.sets is None:
             raise PlanError(f"{where}.base: the unit of {case} has no arm {spec.base!r} (its arms: "
                             f"{', '.join(names)}); exclude that unit or pick a base every unit has")
 
 
+def _check_sets(spec: Interleave, arms: list[str], where: str) -> None:
+    """Every name in ``sets`` is an arm of the plan, in one set only, and every arm is in a set."""
+    if spec.sets is None:
+        return
+    seen: dict[str, int] = {}
+    for i, names in enumerate(spec.sets):
+        if len(names) < 2:
+            raise PlanError(f"{where}.sets[{i}]: {names}: a set lists two {spec.by}s or more")
+        for name in names:
+            if name not in arms:
+                raise PlanError(f"{where}.sets[{i}]: no trial has the {spec.by} {name!r}{did_you_mean(name, arms)}; "
+                                f"the plan's: {', '.join(arms)}")
+            if name in seen:
+                raise PlanError(f"{where}.sets[{i}]: {name!r} is in sets[{seen[name]}] too; an arm is in one set")
+            seen[name] = i
+    missing = [a for a in arms if a not in seen]
+    if missing:
+        raise PlanError(f"{where}.sets: {', '.join(missing)} in no set; list every {spec.by} of the plan in one")
+
+
+def _base_first(unit: list[Trial]) -> list[Trial]:
+    """A unit's trials with its base first: ``interleave.base`` where the unit has it, else the first
+    its set lists (without sets: the plan's first)."""
+    spec = unit[0].measure.interleave
+    names = [t.arm for t in unit]
+    if spec is None:
+        return unit
+    base = spec.base if spec.base in names else None
+    if base is None and spec.sets is not None:
+        base = next((n for n in spec.sets[arm_set(spec, names[0])] if n in names), None)
+    k = names.index(base) if base in names else 0
+    return [unit[k], *unit[:k], *unit[k + 1:]]
+
+
 def units(trials: list[Trial]) -> list[Trial]:
-    """``trials`` as the run schedules them: each interleaved unit one trial (its first, carrying the
+    """``trials`` as the run schedules them: each interleaved unit one trial (its base, carrying the
     others in ``arms``, with the sum of their timeouts), in the place of its first; the others as they are."""
     packed: dict[Hashable, list[Trial]] = {}
     order: list[Hashable | Trial] = []
@@ -106,8 +149,8 @@ def units(trials: list[Trial]) -> list[Trial]:
         if isinstance(item, Trial):
             out.append(item)
             continue
-        lead, *rest = packed[item]
+        first, *rest = _base_first(packed[item])
         timeouts = [t.timeout_s for t in packed[item]]
         timeout = None if any(x is None for x in timeouts) else sum(timeouts)  # type: ignore[misc]
-        out.append(replace(lead, arms=tuple(rest), timeout_s=timeout))
+        out.append(replace(first, arms=tuple(rest), timeout_s=timeout))
     return out

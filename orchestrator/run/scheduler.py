@@ -181,10 +181,10 @@ def _rows(outcome: Outcome, facts: dict[str, Row], run: Row) -> list[Row]:
     if not unit.arms:
         return [_row(outcome, facts, run)]
     arms = outcome.row.pop(ARMS_KEY, None) if outcome.row is not None else None
-    lead = _row(outcome, facts, run)
+    first = _row(outcome, facts, run)
     if arms is None:  # the unit ended without measuring: each arm as the unit ended
-        arms = [failure_row(a, Status(lead["status"]), lead.get("error") or "") for a in unit.arms]
-    return [lead, *(_row(replace(outcome, row=r), facts, run) for r in arms)]
+        arms = [failure_row(a, Status(first["status"]), first.get("error") or "") for a in unit.arms]
+    return [first, *(_row(replace(outcome, row=r), facts, run) for r in arms)]
 
 
 def _row(outcome: Outcome, facts: dict[str, Row], run: Row) -> Row:

@@ -11,8 +11,11 @@ step would take::
     on a GPU otherwise                    -> "device" # GPU-bound: extra device work, a spin kernel
     on a CPU                              -> "host"
     the backend slows itself (sleep)      -> "backend" (its sleep lengthens by f; nothing calibrated)
-    each step: extra = f * total, issued before the step's own work
-        device: torch.cuda._sleep(cycles) on the step's stream (cycles per ms measured once)
+    each step: extra = f * total, issued after the step's own work, inside the timed window
+        device: torch.cuda._sleep(cycles) on the current stream (cycles per ms measured once), where
+                the timer's end event follows it: after the step, so it runs behind the step's
+                kernels even for a runner whose work went to a stream of its own (ORT's) and came
+                back before ``step`` returned
         host:   a busy wait (a sleep's wake-up is ~0.1 ms late: too coarse for 2% of a 1 ms step)
 
 The injected time is measured before warm-up, so it is a fraction of a cold step: the rows'
@@ -62,8 +65,8 @@ def install(runner: Any, fraction: float, on_gpu: bool) -> Row:
     added = _device_work(extra_s) if kind == "device" else _host_delay(extra_s)
 
     def slowed() -> None:
-        added()
         step()
+        added()
 
     runner.step = slowed
     return {"slowdown_kind": kind, "slowdown_ms": extra_s * 1e3}

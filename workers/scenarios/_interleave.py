@@ -62,7 +62,7 @@ def arm_name(trial: Trial) -> str:
 
 
 def measure(h: Harness) -> Measured:
-    """Every arm of the unit ``h.trial`` (see the module's doc); the lead's ``Measured`` carries the others'."""
+    """Every arm of the unit ``h.trial`` (see the module's doc); the first's ``Measured`` carries the others'."""
     spec = h.trial.measure.interleave
     if spec is None:
         raise ValueError("an interleaved trial needs measure.interleave")
@@ -175,6 +175,7 @@ def _finish(arm: Arm, s: RunnerSession) -> None:
 
 
 def _base_index(arms: list[Arm], spec: Interleave) -> int:
+    """The base arm: ``interleave.base`` where the unit has it, else its first (the driver puts the base first)."""
     names = [arm_name(a.trial) for a in arms]
     return names.index(spec.base) if spec.base in names else 0
 
@@ -207,5 +208,5 @@ def _measured(arms: list[Arm], base: int, spec: Interleave, kept: bool, host_pea
             "round_positions": arm.positions, "ab_runners_kept": kept, "ab_setups": arm.setups, **judged,
         }
         out.append(Measured(columns=cols, outputs=[arm.output]))
-    lead = out[0]
-    return Measured(columns=lead.columns, outputs=lead.outputs, arms=tuple(out[1:]))
+    first = out[0]
+    return Measured(columns=first.columns, outputs=first.outputs, arms=tuple(out[1:]))
