@@ -21,8 +21,8 @@ The whole takes more than half an hour of GPU time, so it runs in parts, each un
 one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
 
     python bench/aa.py OUT_DIR --part list                 # the parts
-    python bench/aa.py OUT_DIR --part interleaved-resnet18-fp32   # one unit per configuration:
-                                                           #   base, twin, 1/2/3/5% slower (6 arms)
+    python bench/aa.py OUT_DIR --part interleaved-resnet18-fp32   # plans/aa-interleaved.yaml's units
+                                                           #   (base, twin) + 1/2/3/5% slower arms
     python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32       # cross-run side a (then b: A/A;
                                                            #   s1, s2, s3, s5: slowed candidates)
     python bench/aa.py OUT_DIR --part summary              # every part's JSON -> aa-summary.json
@@ -61,8 +61,6 @@ PROCESS_REPEATS = 5
 MODELS = ("resnet18", "mobilenet_v2")
 DTYPES = ("fp32", "fp16")
 SIDES = ("a", "b", *(f"s{round(f * 100)}" for f in LEVELS))  # cross-run: base, A/A twin, slowed candidates
-#: interleaved parts: short rounds, so six arms x 20 rounds x 10 units fit a part
-INTERLEAVE = {"rounds": 20, "round_s": 0.2, "warmup_s": 0.05}
 
 
 def parts() -> list[str]:
@@ -99,20 +97,18 @@ def label(e: dict) -> str:
 
 
 def interleaved_plan(plan: dict) -> dict:
-    """Each backend configuration a unit of six arms: itself (the base), its twin (A/A) and itself
-    slowed by each of LEVELS."""
+    """plans/aa-interleaved.yaml's form (each set a base and its twin) with, in every set, the base
+    slowed by each of LEVELS as more arms: a unit of six per configuration."""
     out = json.loads(json.dumps(plan))
-    arms, sets = [], []
-    for e in entries(plan):
-        names = [label(e), f"{label(e)}~twin", *(f"{label(e)}~s{round(f * 100)}" for f in LEVELS)]
-        arms += [{**e, "label": names[0]}, {**e, "label": names[1]},
-                 *({**e, "label": n, "slowdown": f} for n, f in zip(names[2:], LEVELS))]
-        sets.append(names)
-    out["matrix"]["backends"] = arms
-    out["name"] = f"{plan['name']}-interleaved"
-    out["measure"] = {**plan.get("measure", {}), "interleave": {**INTERLEAVE, "sets": sets}}
-    for k in ("min_time_s", "max_time_s", "iters", "target_rel_ci"):  # the rounds are the timing
-        out["measure"].pop(k, None)
+    spec = out["measure"]["interleave"]
+    by_label = {label(e): e for e in entries(plan)}
+    sets = []
+    for names in spec["sets"]:
+        base = by_label[names[0]]
+        slowed = [{**base, "label": f"{names[0]}~s{round(f * 100)}", "slowdown": f} for f in LEVELS]
+        out["matrix"]["backends"] += slowed
+        sets.append([*names, *(e["label"] for e in slowed)])
+    spec["sets"] = sets
     return out
 
 
@@ -144,7 +140,7 @@ def interleaved_part(args: Any, name: str) -> dict:
     from orchestrator.results.read import load_results
 
     model, dtype = name.removeprefix("interleaved-").rsplit("-", 1)
-    plan = interleaved_plan(sliced(yaml.safe_load(args.plan.read_text()), model, dtype))
+    plan = interleaved_plan(sliced(yaml.safe_load(args.interleaved_plan.read_text()), model, dtype))
     path = args.out / "plans" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     wall = run(path, args.out / "runs" / name, args.out / f"{name}.log")
@@ -164,7 +160,8 @@ def interleaved_part(args: Any, name: str) -> dict:
                           "ci_high": r.get("ab_ratio_high"), "verdict": r.get("ab_verdict") or r["status"],
                           "slowdown": r.get("slowdown") or 0.0, "kind": kind({**r, **slowed}),
                           "valid": r.get("valid"), "runners_kept": r.get("ab_runners_kept")})
-    return {"part": name, "design": "interleaved", **facts(rows), "wall_s": wall, "interleave": INTERLEAVE,
+    return {"part": name, "design": "interleaved", **facts(rows), "wall_s": wall,
+            "interleave": plan["measure"]["interleave"],
             "arms": found, "statuses": dict(Counter(r["status"] for r in rows))}
 
 
@@ -277,7 +274,9 @@ def print_table(res: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="output directory (a JSON per part; runs/, plans/ and logs)")
-    ap.add_argument("--plan", type=Path, default=REPO / "plans" / "aa.yaml")
+    ap.add_argument("--plan", type=Path, default=REPO / "plans" / "aa.yaml", help="plain and cross-run parts")
+    ap.add_argument("--interleaved-plan", type=Path, default=REPO / "plans" / "aa-interleaved.yaml",
+                    help="interleaved parts: sets of a base and its twin (the slowed arms are added)")
     ap.add_argument("--part", default="plain", help="a part's name, list, summary, or plain (the default)")
     ap.add_argument("--process-repeats", type=int, default=PROCESS_REPEATS, help="cross-run parts: N processes")
     args = ap.parse_args()

@@ -94,7 +94,7 @@ class Interleave(StrictModel):
     base: str | None = None
     #: which arms are measured together: lists of labels (or models), a unit per list and shape; default:
     #: every arm of a shape in one unit
-    sets: list[list[str]] | None = Field(None, min_length=1)
+    sets: tuple[tuple[str, ...], ...] | None = Field(None, min_length=1)
     #: the paired ratio's verdict: beyond 1 +- threshold, with the interval at this confidence clear of 1
     threshold: float = Field(0.01, gt=0, lt=1)
     confidence: float = Field(0.99, ge=0.5, lt=1)
