@@ -6,9 +6,11 @@ step would take::
     calibrate: CALIBRATE_WARM untimed steps, then CALIBRATE_STEPS steps timed two ways:
         total  = median(step + synchronize)                 # one step's latency
         launch = median(step, not waited for)               # the host's time to issue it
-    launch >= LAUNCH_BOUND_SHARE * total  -> "host"   # launch-bound: the GPU waits on the host, and
+    on a GPU, steps for CALIBRATE_S more, NVML's utilization read as they run (median of the reads)
+    util < LAUNCH_BOUND_UTIL_PCT          -> "host"   # launch-bound: the GPU waits on the host, and
                                                       # device work would hide in its idle gaps
-    on a GPU otherwise                    -> "device" # GPU-bound: extra device work, a spin kernel
+    util >= LAUNCH_BOUND_UTIL_PCT         -> "device" # GPU-bound: extra device work, a spin kernel
+    no NVML reading: launch >= LAUNCH_BOUND_SHARE * total -> "host", else "device"
     on a CPU                              -> "host"
     the backend slows itself (sleep)      -> "backend" (its sleep lengthens by f; nothing calibrated)
     each step: extra = f * total, issued after the step's own work, inside the timed window
@@ -34,11 +36,16 @@ from workers.row import Row
 
 CALIBRATE_WARM = 5
 CALIBRATE_STEPS = 15
-#: launch time / step time above which a GPU step is launch-bound (the host, not the GPU, sets its pace)
+CALIBRATE_S = 0.6
+#: GPU utilization (NVML, % of time a kernel ran) below which a step is launch-bound: the line
+#: ``compare`` draws too (its HOST_BOUND_UTIL_PCT), so a row's kind means the same in both
+LAUNCH_BOUND_UTIL_PCT = 80.0
+#: without NVML: launch time / step time above which a GPU step is launch-bound. A runner whose
+#: step waits for its own stream (ORT) launches for its whole step, so NVML comes first.
 LAUNCH_BOUND_SHARE = 0.5
 
 
-def install(runner: Any, fraction: float, on_gpu: bool) -> Row:
+def install(runner: Any, fraction: float, on_gpu: bool, gpu_uuid: str | None = None) -> Row:
     """Slow ``runner.step`` by ``fraction`` of a step (see the module's doc); the row's slowdown columns.
     The runner's own ``step`` is replaced on the instance, so every path that steps it is slowed."""
     if not fraction:
@@ -61,7 +68,11 @@ def install(runner: Any, fraction: float, on_gpu: bool) -> Row:
         totals.append(t2 - t0)
     total, launch = statistics.median(totals), statistics.median(launches)
     extra_s = fraction * total
-    kind = "device" if on_gpu and launch < LAUNCH_BOUND_SHARE * total else "host"
+    util = _utilization(step, sync, gpu_uuid) if on_gpu else None
+    if util is not None:
+        kind = "device" if util >= LAUNCH_BOUND_UTIL_PCT else "host"
+    else:
+        kind = "device" if on_gpu and launch < LAUNCH_BOUND_SHARE * total else "host"
     added = _device_work(extra_s) if kind == "device" else _host_delay(extra_s)
 
     def slowed() -> None:
@@ -70,6 +81,25 @@ def install(runner: Any, fraction: float, on_gpu: bool) -> Row:
 
     runner.step = slowed
     return {"slowdown_kind": kind, "slowdown_ms": extra_s * 1e3}
+
+
+def _utilization(step: Callable[[], None], sync: Callable[[], None], uuid: str | None) -> float | None:
+    """NVML's GPU utilization while ``step`` runs one step at a time for CALIBRATE_S (the reads of its
+    second half: NVML averages over up to a second); None without NVML."""
+    from workers.measure.envinfo import gpu_utilization
+
+    reads: list[int] = []
+    t0 = time.perf_counter()
+    next_read = t0 + CALIBRATE_S / 2
+    while (now := time.perf_counter()) - t0 < CALIBRATE_S:
+        step()
+        sync()
+        if now >= next_read:
+            u = gpu_utilization(uuid)
+            if u is not None:
+                reads.append(u)
+            next_read = now + 0.05
+    return float(statistics.median(reads)) if reads else None
 
 
 def _host_delay(seconds: float) -> Callable[[], None]:

@@ -135,7 +135,7 @@ class RunnerSession:
             raise
         self.setup_s = time.perf_counter() - t0
         try:  # a known slowdown, where the trial asks for one: calibrated on the runner just set up
-            self.slowdown = slowdown.install(self.runner, h.trial.slowdown, h.on_gpu)
+            self.slowdown = slowdown.install(self.runner, h.trial.slowdown, h.on_gpu, self.gpu_uuid)
         except BaseException:
             self._close()
             raise

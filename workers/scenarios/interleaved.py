@@ -1,8 +1,8 @@
 """interleaved: the arms of one unit (``measure.interleave``) timed one request at a time, in
 alternating rounds in one worker process (``workers/scenarios/_interleave.py`` is its policy).
 
-A plan does not name it: its trials are the single-stream trials of a plan with
-``measure.interleave``, which ``orchestrator.plan.interleave`` gives this scenario (and an arm) so
+A plan does not name it (the names a plan may write leave it out): its trials are the single-stream
+trials of a plan with ``measure.interleave``, which ``orchestrator.plan.interleave`` gives this scenario (and an arm) so
 their ids are their own and ``compare`` never matches them with ordinary rows. Judged within the
 run on the paired ratio of per-round medians (``ab_ratio``, ``workers.measure.paired``); across
 runs, like single-stream rows, on the median latency."""
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.scenarios.base import Figure, Scenario, Settings
+from workers.scenarios.base import Figure, Scenario
 
 if TYPE_CHECKING:
     from workers.row import Row
@@ -27,11 +27,6 @@ class Interleaved(Scenario):
     figures = (Figure("latency_ms_median", "median ms", "lower", samples="samples_ms"),)
     spread_rules = True
     report = "table"
-
-    @classmethod
-    def check(cls, settings: Settings, max_time_s: float) -> str | None:
-        return ("the interleaved scenario is chosen with measure.interleave (rounds, round_s, base), not by name; "
-                "name single-stream here")
 
     @classmethod
     def measure(cls, h: Harness) -> Measured:  # type: ignore[override]
