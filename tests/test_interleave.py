@@ -155,11 +155,16 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     ({"one_arm": True}, "has one arm (a); interleaving compares two or more labels"),
     ({"scenario": "offline"}, "measure.interleave: matrix.backends[0] runs offline"),
     ({"slowdown": 1.5}, "matrix.backends[1].slowdown: Input should be less than or equal to 1"),
+    ({"sets": [["a", "c"]]}, "measure.interleave.sets[0]: no trial has the label 'c'"),
+    ({"repeats": 2}, "measure: interleave: its rounds are its repeats"),
 ])
 def test_bad_interleave_keys_are_refused_at_the_key(write_plan, tmp_path, change, message):
     import yaml
 
-    plan = _plan([{"label": "a"}, {"label": "b"}], **{k: v for k, v in change.items() if k in ("rounds", "base", "by")})
+    plan = _plan([{"label": "a"}, {"label": "b"}],
+                 **{k: v for k, v in change.items() if k in ("rounds", "base", "by", "sets")})
+    if "repeats" in change:
+        plan["measure"]["repeats"] = change["repeats"]
     if change.get("one_arm"):
         plan["matrix"]["backends"] = plan["matrix"]["backends"][:1]
     if "scenario" in change:
