@@ -179,3 +179,39 @@ def test_an_arm_a_unit_did_not_measure_shows_its_status_not_a_ratio():
             {"scenario": "interleaved", "arm": "b", "label": "b", "ab_base": None, "status": "failed"}]
     (item,) = paired_answers.items(rows)
     assert item["arm"] == "b" and item["verdict"] == "failed" and item["ratio"] is None
+
+
+def test_by_model_two_versions_of_a_models_code_are_the_arms_of_one_unit_each_checked_for_parity():
+    """``by: model``: a model-code change gated in one worker; real torch runners, each arm's output
+    checked against its own reference."""
+    model = {"python": "tinynet:make", "input_shape": [3, 16, 16]}
+    plan = {"name": "m", "device": "cpu", "models": [{**model, "name": "v1"}, {**model, "name": "v2"}],
+            "matrix": {"batch_sizes": [1], "backends": ["torch-eager"]},
+            "measure": {"warmup_iters": 2, "warmup_max_iters": 2,
+                        "interleave": {"rounds": 3, "round_s": 0.01, "warmup_s": 0.0, "by": "model", "base": "v1"}}}
+    (unit,) = units(expand(parse_plan(plan)))
+    first = run_trial(unit, "cpu", ModelStore())
+    rows = [first, *first.pop("_arms")]
+    assert [(r["status"], r["arm"], r["model"]) for r in rows] == [("ok", "v1", "v1"), ("ok", "v2", "v2")]
+    assert all(r["parity_max_rel_err"] is not None and r["ab_group"] == unit.trial_id for r in rows)
+    assert rows[1]["ab_base"] == "v1" and rows[1]["ab_ratio"] is not None
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_a_gpu_bound_step_is_slowed_by_device_work_and_a_launch_bound_one_on_the_host():
+    """ResNet-18 at batch 64 keeps the GPU busy (device work); MobileNetV2 eager at batch 1 waits on
+    Python (a host delay); either way the interleaved ratio to its twin finds the 5%."""
+    plan = {"name": "g", "device": "cuda", "models": ["torchvision:resnet18", "torchvision:mobilenet_v2"],
+            "matrix": {"batch_sizes": [1, 64], "dtypes": ["fp16"],
+                       "backends": [{"backend": "torch-eager", "label": "a"},
+                                    {"backend": "torch-eager", "label": "slow", "slowdown": 0.05}],
+                       "exclude": [{"model": "resnet18", "batch_size": 1}, {"model": "mobilenet_v2", "batch_size": 64}]},
+            "measure": {"warmup_max_s": 1, "interleave": {"rounds": 10, "round_s": 0.2}}}
+    kinds = {}
+    for unit in units(expand(parse_plan(plan))):
+        first = run_trial(unit, "cuda", ModelStore())
+        slow = first["_arms"][0]
+        assert slow["status"] == "ok" and slow["ab_verdict"] == "regressed", slow.get("error")
+        assert 1.02 < slow["ab_ratio"] < 1.09
+        kinds[slow["model"]] = slow["slowdown_kind"]
+    assert kinds == {"resnet18": "device", "mobilenet_v2": "host"}
