@@ -205,7 +205,8 @@ def test_on_a_gpu_a_gpu_bound_step_is_slowed_by_device_work_and_a_launch_bound_o
             "matrix": {"batch_sizes": [1, 64], "dtypes": ["fp16"],
                        "backends": [{"backend": "torch-eager", "label": "a"},
                                     {"backend": "torch-eager", "label": "slow", "slowdown": 0.05}],
-                       "exclude": [{"model": "resnet18", "batch_size": 1}, {"model": "mobilenet_v2", "batch_size": 64}]},
+                       "exclude": [{"model": "resnet18", "batch_size": 1},
+                                   {"model": "mobilenet_v2", "batch_size": 64}]},
             "measure": {"warmup_max_s": 1, "interleave": {"rounds": 10, "round_s": 0.2}}}
     kinds = {}
     for unit in units(expand(parse_plan(plan))):
