@@ -15,7 +15,9 @@ packs them). Its policy::
     the base the paired ratio of its round medians to the base's with its interval and verdict
     (workers.measure.paired)
 
-Every output is parity-checked after timing, as a single-stream trial's is (each arm's row its own).
+Every output is parity-checked after timing, as a single-stream trial's is, and a graph backend's
+checked for stale outputs (each arm's row its own). Not measured in these rows: energy, profiles,
+the copies' own times and the repeat check (their windows are short and shared by the arms).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from workers.contract import Interleave, Trial
 from workers.faults import oom_message
-from workers.measure import envinfo, memory, paired, stats
+from workers.measure import envinfo, memory, paired, stale, stats
 from workers.measure.timing import CudaTimer, HostTimer, Timer, warm_up
 from workers.row import Row
 from workers.scenarios._session import After, Harness, RunnerSession
@@ -51,6 +53,7 @@ class Arm:
     gpu: list[Row] = field(default_factory=list)
     after: After | None = None
     output: Any = None
+    second: Any = None  # the stale-output probe (workers.measure.stale)
 
     @property
     def trial(self) -> Trial:
@@ -168,10 +171,12 @@ def _round(arm: Arm, step: Callable[[], None], timer: Timer, spec: Interleave, w
 
 
 def _finish(arm: Arm, s: RunnerSession) -> None:
-    """After an arm's last timing on this runner: its GPU facts, output, memory (before teardown)."""
+    """After an arm's last timing on this runner: its GPU facts, output, memory (before teardown), and
+    a second input through its timed buffers (graph backends: the stale-output check)."""
     arm.gpu.append(s.gpu_columns())
     arm.output = s.runner.output()
     arm.after = s.after()
+    arm.second = stale.probe(s.runner)
 
 
 def _base_index(arms: list[Arm], spec: Interleave) -> int:
@@ -207,6 +212,6 @@ def _measured(arms: list[Arm], base: int, spec: Interleave, kept: bool, host_pea
             "round_medians_ms": medians[i], "round_iters": [len(r) for r in arm.device_ms],
             "round_positions": arm.positions, "ab_runners_kept": kept, "ab_setups": arm.setups, **judged,
         }
-        out.append(Measured(columns=cols, outputs=[arm.output]))
+        out.append(Measured(columns=cols, outputs=[arm.output], second=arm.second))
     first = out[0]
     return Measured(columns=first.columns, outputs=first.outputs, arms=tuple(out[1:]))
