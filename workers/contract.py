@@ -150,6 +150,9 @@ class MeasureSpec(StrictModel):
         if self.interleave is not None and (self.repeats > 1 or self.input_pool > 1):
             raise ValueError("interleave: its rounds are its repeats, on the trial's own input; "
                              "leave repeats and input_pool at 1")
+        if self.interleave is not None and getattr(self, "process_repeats", 1) > 1:  # the cross-run design's key
+            raise ValueError("interleave: its arms share one worker process; process_repeats is the other design, "
+                             "for comparing runs: leave it at 1")
         return self
 
 

@@ -3,13 +3,15 @@
 A plan with ``measure.interleave`` measures its trials in units: the trials that differ only in
 their arm (the backend entry's label, or with ``by: model`` the model) and share everything else
 (input shape, batch size, dtype, io, device, axes, math mode, seed) are timed in alternating rounds
-by one worker process (``workers/scenarios/_interleave.py``). It is an explicit exception to the
-fresh-runner-per-trial rule, so its trials are of a scenario of their own (``Scenario.interleaves``) and carry
-their arm in their ids: ``compare`` never matches them with ordinary rows, and an A/A pair (two
-entries of one configuration) is two trials.
+by one worker process (``workers/scenarios/_interleave.py``); ``interleave.sets`` splits them
+further, a unit per set. It is an explicit exception to the fresh-runner-per-trial rule, so its
+trials are of a scenario of their own (``Scenario.interleaves``) and carry their arm in their ids:
+``compare`` never matches them with ordinary rows, and an A/A pair (two entries of one
+configuration) is two trials.
 
-``expand`` asks ``trial_fields`` for each trial's scenario and arm and ``check`` for the groups;
-the run packs each group into one trial (``units``: the first carries the others in ``arms``).
+``expand`` asks ``trial_fields`` for each trial's scenario and arm and ``check`` for the units; the
+run packs each unit into one trial (``units``: the base carries the others in ``arms``), and the
+scheduler stores the rows the worker returns for each (``orchestrator.run.scheduler._rows``).
 """
 
 from __future__ import annotations
