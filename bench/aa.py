@@ -116,7 +116,7 @@ def cross_plan(plan: dict, side: str, repeats: int) -> dict:
     """One side of the cross-run design: the plan with process repeats, slowed on the s* sides."""
     out = json.loads(json.dumps(plan))
     out["name"] = f"{plan['name']}-cross-{side}"
-    out["measure"] = {**plan.get("measure", {}), "process_repeats": repeats}
+    out["measure"] = {**plan.get("measure", {}), **({"process_repeats": repeats} if repeats > 1 else {})}
     if side.startswith("s"):
         out["matrix"]["backends"] = [{**e, "slowdown": int(side[1:]) / 100} for e in entries(plan)]
     return out
@@ -166,7 +166,6 @@ def interleaved_part(args: Any, name: str) -> dict:
 
 
 def cross_part(args: Any, name: str) -> dict:
-    from orchestrator.answers.compare import compare
     from orchestrator.results.read import load_results
 
     side, model, dtype = name.removeprefix("cross-").split("-", 2)
@@ -175,15 +174,25 @@ def cross_part(args: Any, name: str) -> dict:
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     wall = run(path, args.out / "runs" / name, args.out / f"{name}.log")
     rows = load_results(args.out / "runs" / name).to_pylist()
-    res = {"part": name, "design": "cross-run", "side": side, **facts(rows), "wall_s": wall,
-           "process_repeats": args.process_repeats, "statuses": dict(Counter(r["status"] for r in rows))}
-    base = args.out / "runs" / f"cross-a-{model}-{dtype}"
-    if side != "a" and base.exists():  # judged against side a (matched by label where a slowdown changed ids)
-        cand = {(r["label"], r["batch_size"]): r for r in rows}
-        res["items"] = [{**i, "slowdown": (cand.get((i["label"], i["batch_size"])) or {}).get("slowdown") or 0.0,
-                         "kind": kind(cand.get((i["label"], i["batch_size"])) or {})}
-                        for i in compare(load_results(base), load_results(args.out / "runs" / name))]
-    return res
+    return {"part": name, "design": "cross-run", "side": side, **facts(rows), "wall_s": wall,
+            "process_repeats": args.process_repeats, "statuses": dict(Counter(r["status"] for r in rows)),
+            "items": cross_items(args.out, name)}
+
+
+def cross_items(out: Path, name: str) -> list[dict]:
+    """A cross-run part's trials judged by ``compare`` against side a of its slice (matched by label
+    where a slowdown changed the ids); none for side a itself, or before side a has run."""
+    from orchestrator.answers.compare import compare
+    from orchestrator.results.read import load_results
+
+    side, rest = name.removeprefix("cross-").split("-", 1)
+    base, cand_dir = out / "runs" / f"cross-a-{rest}", out / "runs" / name
+    if side == "a" or not base.exists() or not cand_dir.exists():
+        return []
+    cand = {(r["label"], r["batch_size"]): r for r in load_results(cand_dir).to_pylist()}
+    items = compare(load_results(base), load_results(cand_dir))
+    return [{**i, "slowdown": (cand.get((i["label"], i["batch_size"])) or {}).get("slowdown") or 0.0,
+             "kind": kind(cand.get((i["label"], i["batch_size"])) or {})} for i in items]
 
 
 def smallest(detected: dict[float, list[bool]]) -> float | None:
@@ -198,7 +207,8 @@ def summary(args: Any) -> dict:
     for device in sorted({str(p.get("device_name")) for p in found}):
         mine = [p for p in found if str(p.get("device_name")) == device]
         inter = [a for p in mine if p["design"] == "interleaved" for a in p["arms"]]
-        cross = [i for p in mine if p["design"] == "cross-run" for i in p.get("items", [])]
+        # judged again here: side a may have run after the others
+        cross = [i for p in mine if p["design"] == "cross-run" for i in cross_items(args.out, p["part"])]
         out[device] = {"parts": {p["part"]: p["date"] for p in mine},
                        "interleaved": _design(inter, lambda a: a["verdict"], lambda a: a["ratio"]),
                        "cross-run": _design(cross, lambda i: i["verdict"], lambda i: i["ratio"])}
