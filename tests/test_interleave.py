@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_bad_input import refused
+from typer.testing import CliRunner
 
 from orchestrator.answers import paired as paired_answers
+from orchestrator.cli import app
 from orchestrator.plan.expand import expand
 from orchestrator.plan.interleave import units
 from orchestrator.plan.load import parse_plan
@@ -141,6 +143,10 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     assert len({r["worker"] for r in rows}) == 1  # one unit, one worker
     found = {i["arm"]: i["verdict"] for i in paired_answers.items(rows)}
     assert found == {"a2": "unchanged", "slow": "regressed"}
+    gate = CliRunner().invoke(app, ["compare", str(tmp_path / "ab"), str(tmp_path / "ab")])
+    assert gate.exit_code == 1 and "Interleaved A/B" in gate.output  # the regressed arm fails the gate
+    shown = CliRunner().invoke(app, ["report", str(tmp_path / "ab")])
+    assert shown.exit_code == 0 and "1 unchanged, 1 regressed" in " ".join(shown.output.split())
     plain = _plan([{"label": "a"}, {"label": "slow", "slowdown": 0.05}])  # the same labels, ordinary trials
     plain["measure"] = {"warmup_iters": 2, "warmup_max_iters": 2, "iters": 10}
     run_plan(write_plan(yaml.safe_dump(plain), "plain.yaml"), out=tmp_path / "plain", workers=1)
