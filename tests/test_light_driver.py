@@ -197,7 +197,7 @@ def test_scenarios_and_offers_come_from_the_class():
     every = {name for name, cls in registry().items() if set(cls.scenarios()) == set(scenarios.names())}
     assert every == {"torch-eager", "torch-cudagraph", "torch-compile", "ort"}  # lanes, and a generation path
     assert "generate" not in get("sleep").scenarios() and "offline" in get("sleep").scenarios()  # no generation
-    assert get("fault").scenarios() == ("single-stream",)  # no lanes: its load-scenario trials are skipped
+    assert get("fault").scenarios() == ("single-stream", "interleaved")  # no lanes: load-scenario trials skipped
     assert get("ort-genai").scenarios() == ("generate",)  # generation only
     names = [o.name for o in get("ort").offers(gpus=1)]
     assert names == ["ort", "ort + tensorrt"]

@@ -107,8 +107,10 @@ class Worker:
     def run(self, trial: Trial) -> Row:
         source = trial.model.ref
         spec = spec_columns(trial)  # the driver's trial: its model_source names the driver's file
+        arm_specs = [spec_columns(a) for a in trial.arms]  # an interleaved unit's other trials (Trial.arms)
         try:
-            trial = localised(trial, self.shipped)
+            trial = replace(localised(trial, self.shipped),
+                            arms=tuple(localised(a, self.shipped) for a in trial.arms))
         except Exception as exc:
             return failure_row(trial, Status.FAILED, f"could not get the run's copy of {source} on this node: "
                                                      f"{type(exc).__name__}: {exc}")
@@ -126,7 +128,8 @@ class Worker:
         """``trial`` (on this node's files) measured in this process; ``warm``: with CUDA, where it works."""
         cuda_ok = self.warm() if warm else False
         worker = Row(worker=self.name, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker)
+        return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker,
+                         arm_specs=arm_specs)
 
 
 def localised(trial: Trial, files: Shipped) -> Trial:

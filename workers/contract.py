@@ -81,6 +81,28 @@ MAX_ITERS = 10_000_000
 MAX_DIM = 2**24
 
 
+class Interleave(StrictModel):
+    """``measure.interleave``: the trials of several arms that share everything else are measured as one
+    unit in one worker process, in rounds (``workers/scenarios/_interleave.py``; docs/measuring.md)."""
+
+    rounds: int = Field(20, ge=3, le=1000)
+    #: the timed window of each arm in each round, seconds (at least ``min_round_iters`` iterations)
+    round_s: float = Field(0.5, gt=0, le=600)
+    #: each arm's own warm-up before its window in every round, seconds (at least one iteration)
+    warmup_s: float = Field(0.2, ge=0, le=600)
+    min_round_iters: int = Field(5, ge=1, le=MAX_ITERS)
+    #: what tells the arms apart: the backend entries' labels, or the models (a model-code change)
+    by: Literal["label", "model"] = "label"
+    #: the arm every other is compared with (a label, or a model's name); default: each unit's first
+    base: str | None = None
+    #: which arms are measured together: lists of labels (or models), a unit per list and shape; default:
+    #: every arm of a shape in one unit
+    sets: tuple[tuple[str, ...], ...] | None = Field(None, min_length=1)
+    #: the paired ratio's verdict: beyond 1 +- threshold, with the interval at this confidence clear of 1
+    threshold: float = Field(0.01, gt=0, lt=1)
+    confidence: float = Field(0.99, ge=0.5, lt=1)
+
+
 class MeasureSpec(StrictModel):
     """How each trial is timed (``workers.measure.timing.measure`` documents the policy). The defaults live here."""
 
@@ -107,6 +129,16 @@ class MeasureSpec(StrictModel):
     input_pool: int = Field(1, ge=1, le=1024)
     #: time the trial again on one repeated input and flag a row faster there (MLPerf TEST04)
     repeat_check: bool = False
+    #: interleaved A/B: the arms of one unit measured in alternating rounds in one worker (``Interleave``)
+    interleave: Interleave | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """``interleave`` only where set: a plan without it dumps as it always has."""
+        out = handler(self)
+        if self.interleave is None:
+            out.pop("interleave", None)
+        return out
 
     @model_validator(mode="after")
     def _bounds(self) -> MeasureSpec:
@@ -122,6 +154,12 @@ class MeasureSpec(StrictModel):
                 f"warmup_max_iters ({self.warmup_max_iters}) is smaller than warmup_iters ({self.warmup_iters}); "
                 "set them equal for a fixed warm-up"
             )
+        if self.interleave is not None and (self.repeats > 1 or self.input_pool > 1):
+            raise ValueError("interleave: its rounds are its repeats, on the trial's own input; "
+                             "leave repeats and input_pool at 1")
+        if self.interleave is not None and getattr(self, "process_repeats", 1) > 1:  # the cross-run design's key
+            raise ValueError("interleave: its arms share one worker process; process_repeats is the other design, "
+                             "for comparing runs: leave it at 1")
         return self
 
 
@@ -279,6 +317,11 @@ class Trial:
     new_tokens: int = 0
     #: fp32 trials: tf32 | strict (``workers.measure.mathmode``); in the id as ``math_id`` says
     math: str = "tf32"
+    #: interleaved trials (``measure.interleave``): the arm's name in its unit, its label or its model's
+    #: name (in the id where set, so two arms of one configuration, an A/A pair, are two trials)
+    arm: str = ""
+    #: a known slowdown injected into each step, a fraction of the step (``workers.measure.slowdown``)
+    slowdown: float = 0.0
     # How to survive faults, and what to hold the results to: not part of the id.
     timeout_s: float | None = None
     retries: int = 0
@@ -287,6 +330,9 @@ class Trial:
     #: the measurement is the same with or without it)
     profile: bool = False
     trial_id: str = ""
+    #: the other trials of an interleaved unit, carried by its first trial to the one worker that
+    #: measures them all (``orchestrator.plan.interleave.units``; not part of the id)
+    arms: tuple[Trial, ...] = ()
 
     def with_id(self, math_before: MathBefore, model_digest: Callable[[ModelSpec], str] | None = None) -> Trial:
         """This trial with its ``trial_id`` filled in (see :func:`trial_id`)."""
@@ -298,7 +344,8 @@ class Trial:
         """The trial as JSON-ready data (dry runs, scripts)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(model=self.model.model_dump(mode="json"), measure=self.measure.model_dump(mode="json"),
-                   parity=self.parity.model_dump(mode="json"), budgets=list(self.budgets))
+                   parity=self.parity.model_dump(mode="json"), budgets=list(self.budgets),
+                   arms=[a.trial_id for a in self.arms])
         return out
 
 
@@ -311,7 +358,8 @@ _ID_FIELDS = ("backend", "options", "batch_size", "dtype", "io", "device", "meas
 ID_FIELDS_ADDED: dict[str, JsonValue] = {"axes": {}, "scenario": scenarios.DEFAULT, "concurrency": 1, "rate": None,
                                    "arrival": "poisson", "latency_bound_ms": None, "min_duration_s": 2.0,
                                    "min_requests": 200, "confident": False,
-                                   "prompt_len": 0, "new_tokens": 0, "tpot_bound_ms": None}
+                                   "prompt_len": 0, "new_tokens": 0, "tpot_bound_ms": None, "arm": "",
+                                   "slowdown": 0.0}
 ARRIVALS = ("poisson", "constant")
 #: Backend options added after the first schema, with their defaults: at their default they stay out
 #: of the hash (the ``options`` column still lists them), so adding an option keeps every id.
@@ -368,7 +416,7 @@ def _measure_ident(measure: MeasureSpec) -> dict[str, JsonValue]:
     """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
     dump = measure.model_dump(mode="json")
     defaults = type(measure)().model_dump(mode="json")
-    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults[k]}
+    return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults.get(k)}
 
 
 def _jsonable(v: Any) -> Any:
@@ -387,6 +435,9 @@ PROFILE_MAX_BYTES = 64 * 2**20
 #: The key under which a worker's row carries files for the run directory ({relative path: bytes});
 #: the driver's sink writes them and drops the key before the row is stored.
 FILES_KEY = "_files"
+#: The key under which an interleaved unit's row carries its other trials' rows (``Trial.arms``, in order);
+#: the driver's scheduler stores each as a row of its own.
+ARMS_KEY = "_arms"
 #: The folder of a run directory that holds its profiles.
 PROFILES_DIR = "_profiles"
 
@@ -420,6 +471,8 @@ def spec_columns(trial: Trial) -> Row:
         **scenario_columns(trial),
         "prompt_len": trial.prompt_len or None,
         "new_tokens": trial.new_tokens or None,
+        "arm": trial.arm or None,
+        "slowdown": trial.slowdown or None,
     }
 
 

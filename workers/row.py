@@ -213,3 +213,19 @@ class Row(TypedDict, total=False):
     repeat_samples_ms: list[float] | None
     repeat_speedup: float | None
     parity_unchecked: str | None
+    arm: str | None
+    ab_group: str | None
+    ab_base: str | None
+    ab_rounds: int | None
+    round_medians_ms: list[float] | None
+    round_iters: list[int] | None
+    round_positions: list[int] | None
+    ab_ratio: float | None
+    ab_ratio_low: float | None
+    ab_ratio_high: float | None
+    ab_verdict: str | None
+    ab_runners_kept: bool | None
+    ab_setups: int | None
+    slowdown: float | None
+    slowdown_kind: str | None
+    slowdown_ms: float | None

@@ -19,9 +19,10 @@ import pyarrow as pa
 #: 5: the generation columns (``prompt_len`` ... ``token_agreement``) and the fairness columns (``math``,
 #: ``math_effective``, ``input_pool``, ``pool_feed``, the repeat check's and ``parity_unchecked``); rows of older runs
 #: load with them null.
-#: 6: generation under load (``ttft_ms_p99``, ``tpot_samples_ms``, ``tpot_bound_ms``, ``probe_tpot_p99_ms``) and
-#: the process-repeats columns (``process_repeats``, ``process_pids``, ``process_medians_ms``, ``process_cv``);
-#: rows of older runs load with them null.
+#: 6: generation under load (``ttft_ms_p99``, ``tpot_samples_ms``, ``tpot_bound_ms``, ``probe_tpot_p99_ms``),
+#: the process-repeats columns (``process_repeats``, ``process_pids``, ``process_medians_ms``, ``process_cv``),
+#: interleaved A/B (``arm``, ``ab_*``, ``round_*``) and the injected slowdown (``slowdown*``); rows of older runs
+#: load with them null.
 SCHEMA_VERSION = "6"
 
 _F64, _I64, _STR, _BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -376,8 +377,39 @@ _FAIRNESS: list[tuple[str, pa.DataType, str]] = [
                                "be made (an fp16 ONNX file whose ops ORT's CPU provider lacks)"),
 ]
 
+#: Interleaved A/B (``measure.interleave``: the arms of a unit in alternating rounds in one worker) and
+#: the injected slowdown (a backend entry's ``slowdown``).
+_AB: list[tuple[str, pa.DataType, str]] = [
+    ("arm", _STR, "interleaved trials: the arm's name in its unit (its label, or its model with interleave.by: "
+                  "model); null otherwise"),
+    ("ab_group", _STR, "interleaved trials: the unit's id (its first trial's trial_id), the same in every arm's row"),
+    ("ab_base", _STR, "interleaved trials: the base arm's name, which ab_ratio is against"),
+    ("ab_rounds", _I64, "interleaved trials: rounds measured; in each, every arm warmed up then timed in turn"),
+    ("round_medians_ms", pa.list_(_F64), "interleaved trials: the arm's median latency in each round, ms"),
+    ("round_iters", pa.list_(_I64), "interleaved trials: the arm's timed iterations in each round (samples_ms "
+                                    "holds them in round order: these are its boundaries)"),
+    ("round_positions", pa.list_(_I64), "interleaved trials: the arm's place in each round (0: first), the "
+                                        "order drawn from the plan's seed"),
+    ("ab_ratio", _F64, "interleaved trials: the paired ratio against the base arm, exp(mean over rounds of "
+                       "log(this round median / base round median)); > 1: slower; null on the base's row"),
+    ("ab_ratio_low", _F64, "its interval's low end: a t interval on the rounds' log ratios at "
+                           "interleave.confidence"),
+    ("ab_ratio_high", _F64, "its interval's high end"),
+    ("ab_verdict", _STR, "interleaved trials: regressed or improved (the ratio beyond 1 +- interleave.threshold and "
+                         "its interval clear of 1), unchanged, or null (the base, or a round without samples)"),
+    ("ab_runners_kept", _BOOL, "interleaved trials: every arm's runner was set up once and kept between rounds; "
+                               "false: device memory could not hold them all, each round set its runner up again"),
+    ("ab_setups", _I64, "interleaved trials: times this arm's runner was set up"),
+    ("slowdown", _F64, "a known slowdown injected into each step, as a fraction of the step (a backend entry's "
+                       "slowdown); null: none"),
+    ("slowdown_kind", _STR, "how it was injected: device (extra GPU work, a GPU-bound step), host (a host-side "
+                            "delay: a launch-bound step, or a CPU) or backend (the sleep backend's longer sleep)"),
+    ("slowdown_ms", _F64, "the time added to each step, ms (that fraction of the step's median measured before "
+                          "warm-up)"),
+]
+
 COLUMNS = (_CORE + _STATS + _MEMORY + _ENERGY + _PROFILE + _FAULTS + _CLUSTER + _BUILD + _SCENARIO
-           + _AHEAD + _GENERATION + _FAIRNESS)
+           + _AHEAD + _GENERATION + _FAIRNESS + _AB)
 
 SCHEMA = pa.schema([pa.field(name, typ, metadata={"doc": doc}) for name, typ, doc in COLUMNS])
 NAMES = frozenset(SCHEMA.names)

@@ -13,7 +13,7 @@ import traceback
 from workers import scenarios
 from workers.backends import Runner, SkipTrial, get
 from workers.context import TrialContext
-from workers.contract import FILES_KEY, Status, Trial, checked_row, spec_columns
+from workers.contract import ARMS_KEY, FILES_KEY, Status, Trial, checked_row, spec_columns
 from workers.faults import oom_message
 from workers.measure import envinfo, memory, parity, stale, validity
 from workers.measure.parity import ParityFailure
@@ -50,32 +50,57 @@ def _light_versions() -> Row:
 
 
 def run_trial(trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, cuda_ok: bool = True,
-              spec: Row | None = None, worker: Row | None = None) -> Row:
+              spec: Row | None = None, worker: Row | None = None, arm_specs: list[Row] | None = None) -> Row:
     """Measure ``trial`` on ``device`` ("cuda"/"cpu") and return its row: ``spec`` (the driver's
     trial's columns; default: ``trial``'s), ``worker``'s columns, and what was measured.
+
+    An interleaved unit (a trial with ``arms``) gives one row per trial: its own, carrying the
+    arms' rows (their ``spec`` in ``arm_specs``) under ``ARMS_KEY`` for the driver to store.
 
     ``cuda_ok`` is False in a worker that Ray gave a GPU which CUDA can't see (logical GPUs in
     tests): model-less backends still run there; the others fail with that reason.
     """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    row: Row = {**(spec or spec_columns(trial)), **(worker or {})}
-    row.update(device=device, started_at=started, **versions(),
-               **envinfo.device_facts(device if cuda_ok else "cpu"))
+    members = (trial, *trial.arms)
+    specs = [spec or spec_columns(trial), *(arm_specs or [spec_columns(a) for a in trial.arms])]
+    facts = {"device": device, "started_at": started, **versions(),
+             **envinfo.device_facts(device if cuda_ok else "cpu")}
+    rows: list[Row] = [{**s, **(worker or {}), **facts} for s in specs]
     try:
-        row.update(_measure(trial, device, store, cpus, cuda_ok))
-        row["status"] = Status.OK
-    except SkipTrial as exc:
+        results = _measure(trial, device, store, cpus, cuda_ok)
+    except Exception as exc:  # the trial's failure is data, not a crash of the run
+        results = [exc] * len(members)
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(result, Exception):
+            _ended(row, result)
+        else:
+            row.update(result)
+            row["status"] = Status.OK
+    out = [_finished(row, t, time.perf_counter() - t0) for row, t in zip(rows, members, strict=True)]
+    if trial.arms:
+        out[0][ARMS_KEY] = out[1:]
+    return out[0]
+
+
+def _ended(row: Row, exc: Exception) -> None:
+    """``row`` of a trial that raised ``exc``: skipped, parity_failed, oom or failed, with why."""
+    if isinstance(exc, SkipTrial):
         row.update(status=Status.SKIPPED, error=str(exc))
-    except ParityFailure as exc:
+    elif isinstance(exc, ParityFailure):
         row.update(exc.columns)
         row.update(status=Status.PARITY_FAILED, error=str(exc))
-    except Exception as exc:  # the trial's failure is data, not a crash of the run
+    else:
         row.update(getattr(exc, "columns", None) or {})  # InvalidMeasurement: the facts behind it
         oom = oom_message(exc)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         row.update(status=Status.OOM if oom else Status.FAILED, error=oom or f"{type(exc).__name__}: {exc}",
-                   traceback=traceback.format_exc()[-TRACEBACK_TAIL:])
-    row["duration_s"] = time.perf_counter() - t0
+                   traceback=tb[-TRACEBACK_TAIL:])
+
+
+def _finished(row: Row, trial: Trial, duration_s: float) -> Row:
+    """The row as stored: its duration, its status as text, its validity, checked against the schema."""
+    row["duration_s"] = duration_s
     row["status"] = str(row["status"])
     row.update(validity.verdict(row, trial))
     files = row.pop(FILES_KEY, None)  # not a column: files for the run directory, written by the driver
@@ -85,12 +110,17 @@ def run_trial(trial: Trial, device: str, store: ModelStore, cpus: float = 1.0, c
     return row
 
 
-def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> Row:
+def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok: bool) -> list[Row | Exception]:
+    """The measured columns of ``trial`` and of each of its ``arms``, or the exception that ended one."""
     runner_cls = get(trial.backend)
     scenario = scenarios.get(trial.scenario)
     # generation, one at a time or under load: its own runners, checks and parity (workers.generation)
     own = scenario.own_runners or trial.new_tokens > 0
     reason = None if own else runner_cls.skip_reason(trial, device) or runner_cls.scenario_skip_reason(trial, device)
+    for arm in trial.arms:  # an interleaved unit is measured whole, or not at all
+        arm_cls = get(arm.backend)
+        why = arm_cls.skip_reason(arm, device) or arm_cls.scenario_skip_reason(arm, device)
+        reason = reason or (f"arm {arm.arm or arm.label} of this interleaved unit: {why}" if why else None)
     if reason:
         raise SkipTrial(reason)
     if trial.measure.input_pool > 1 and scenarios.get(trial.scenario).uses_lanes:
@@ -99,7 +129,10 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     if trial.measure.process_repeats > 1 and trial.scenario != scenarios.DEFAULT:
         raise SkipTrial(f"measure.process_repeats pools the samples of requests timed one at a time; the "
                         f"{trial.scenario} scenario's figures are not merged across processes")
-    if not cuda_ok and not runner_cls.modelless:
+    if trial.slowdown and (scenario.uses_lanes or own) and not runner_cls.slows_itself:
+        raise SkipTrial(f"slowdown is injected into the runner's step, one request at a time; the "
+                        f"{trial.scenario} scenario does not time that step alone")
+    if not cuda_ok and not all(get(t.backend).modelless for t in (trial, *trial.arms)):
         import os
 
         raise RuntimeError(
@@ -112,8 +145,14 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
     ctx = TrialContext(trial=trial, device=device, store=store, cpus=cpus)
     measured = scenario.measure(Harness(runner_cls, ctx, on_gpu))
     if own:
-        return measured.columns
-    return _checked(trial, device, store, cuda_ok, runner_cls, measured)
+        return [measured.columns]
+    results: list[Row | Exception] = []
+    for t, m in zip((trial, *trial.arms), (measured, *measured.arms), strict=True):
+        try:
+            results.append(_checked(t, device, store, cuda_ok, get(t.backend), m))
+        except ParityFailure as exc:  # this arm's output is wrong; the others' rows stand
+            results.append(exc)
+    return results
 
 
 def _checked(trial: Trial, device: str, store: ModelStore, cuda_ok: bool, runner_cls: type[Runner],

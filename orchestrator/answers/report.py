@@ -29,6 +29,7 @@ import html
 from collections import defaultdict
 from pathlib import Path
 
+from orchestrator.answers import paired
 from orchestrator.answers.deploy import Ask, html_sections
 from orchestrator.answers.generation import generation_html
 from orchestrator.answers.plots import curves, plots
@@ -178,6 +179,7 @@ def html_report(run_dir: str | Path, baseline: str | None = None, report_path: s
                      f"</p><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
                      + (f"<ul>{answers}</ul>" if answers else ""))
     parts.append(generation_html(rows))
+    parts.append(paired.html_section(rows))
     by_model: dict[str, list[Row]] = defaultdict(list)
     loaded: dict[str, list[Row]] = defaultdict(list)
     for r in rows:

@@ -29,6 +29,7 @@ def compare(
     """Match the trials of two runs by spec; exit 1 when any got significantly slower or broke."""
     import json
 
+    from orchestrator.answers import paired
     from orchestrator.answers.compare import compare as compare_runs
     from orchestrator.answers.compare import regressions
     from orchestrator.results.read import load_results
@@ -37,20 +38,27 @@ def compare(
         err_console.print(f"[bold red]error:[/] --format must be table or json, got '{fmt}'", highlight=False)
         raise typer.Exit(code=2)
     try:
-        items = compare_runs(load_results(base_dir), load_results(cand_dir), threshold, confidence,
-                             noise_floor=noise_floor)
+        base_rows, cand_rows = load_results(base_dir), load_results(cand_dir)
+        items = compare_runs(base_rows, cand_rows, threshold, confidence, noise_floor=noise_floor)
     except InferOrchError as exc:
         raise fail(exc) from None
+    arms = paired.items(cand_rows.to_pylist())  # the candidate's interleaved units, judged within it
     bad = regressions(items)
+    bad_arms = paired.regressions(arms)
     if fmt == "json":
         print(json.dumps({"base": str(base_dir), "candidate": str(cand_dir), "threshold": threshold,
-                          "confidence": confidence, "noise_floor": noise_floor, "regressions": len(bad),
-                          "verdicts": dict(Counter(i["verdict"] for i in items)), "trials": items}, indent=2))
+                          "confidence": confidence, "noise_floor": noise_floor, "regressions": len(bad) + len(bad_arms),
+                          "verdicts": dict(Counter(i["verdict"] for i in items)), "trials": items,
+                          "paired": arms}, indent=2))
     else:
         console.print(compare_table(items, confidence))
         invalid = sum(i["verdict"] == "invalid" for i in items)
         console.print(f"{len(items)} trials compared, {len(bad)} regressed (threshold {threshold:.1%}, "
                       f"{confidence:.0%} confidence, between-run noise included)"
                       + (f"; {invalid} not judged: invalid rows (see note)" if invalid else ""), highlight=False)
-    if bad:
+        if arms:
+            console.print(paired.table(cand_rows.to_pylist(), f"Candidate run: {paired.TITLE}"))
+            for line in paired.lines(cand_rows.to_pylist()):
+                console.print(line, highlight=False)
+    if bad or bad_arms:  # a regressed interleaved arm fails the gate as a regressed trial does
         raise typer.Exit(code=1)

@@ -87,11 +87,12 @@ def _print_trials(rows: list[Row], baseline: str, baseline_note: str | None, run
 
 def _print_answers(rows: list[Row], ask: Any) -> None:
     """The generation table, the peaks, the sizing and the Pareto front, where the run has their rows."""
-    from orchestrator.answers import deploy
+    from orchestrator.answers import deploy, paired
     from orchestrator.answers.generation import answers, generation_table
     from orchestrator.answers.report import peak_table, serving_answers
 
-    for table, lines in ((generation_table(rows), answers), (peak_table(rows), serving_answers)):
+    for table, lines in ((generation_table(rows), answers), (peak_table(rows), serving_answers),
+                         (paired.table(rows), paired.lines)):
         if table is not None:
             console.print(table)
             for line in lines(rows):

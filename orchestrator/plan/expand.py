@@ -20,7 +20,7 @@ import math
 from typing import Any, TypedDict
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import generation
+from orchestrator.plan import generation, interleave
 from orchestrator.plan.schema import EXCLUDE_KEYS, Plan, exclude_value
 from orchestrator.plan.settings import merged_settings
 from workers import scenarios
@@ -146,7 +146,9 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     for (model, axes, gen), bs, dtype, (e, entry) in itertools.product(points, m.batch_sizes, m.dtypes,
                                                                         enumerate(m.backends)):
         ios_scenarios = generation.trial_points(model, entry.io or m.io, entry_scenarios[e])
-        for (io, scenario), mode in itertools.product(ios_scenarios, math_axis(m, entry, dtype)):
+        for (io, point), mode in itertools.product(ios_scenarios, math_axis(m, entry, dtype)):
+            interleave.check_scenarios(plan.measure.interleave, [point["scenario"]], f"matrix.backends[{e}]", source)
+            scenario = interleave.trial_fields(plan.measure.interleave, point, entry.label or entry.backend, model.name)
             spec = dict(
                 plan=plan.name,
                 model=model,
@@ -166,6 +168,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
                 timeout_s=entry.timeout_s if entry.timeout_s is not None else plan.timeout_s,
                 retries=entry.retries if entry.retries is not None else plan.retries,
                 profile=entry.profile,
+                slowdown=entry.slowdown,
                 **scenario,
                 **gen,
             )
@@ -180,6 +183,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     _check_exclude(m.exclude, candidates, source)
     if not trials:
         raise PlanError(f"{source}: matrix: no trials left after `exclude`; loosen the exclude rules")
+    interleave.check(plan.measure.interleave, trials, source)
     seen: dict[str, Trial] = {}
     for t in trials:
         if t.trial_id in seen:

@@ -32,6 +32,7 @@ A plan, all keys shown::
           label: ort-tuned       # names this configuration in results (default: backend)
           io: [device]           # overrides matrix.io for this entry
           options: {io_binding: true}
+          slowdown: 0.0          # a known slowdown, a fraction of each step (gate testing; in the trial id)
       exclude:
         - {backend: ort, dtype: bf16}
       scenarios: [single-stream]  # load scenarios as an axis: single-stream | offline | server | find-peak
@@ -63,6 +64,8 @@ A plan, all keys shown::
       max_iters: 20000           # nor more iterations than this
       repeats: 1                 # measure N times, a fresh runner each time
       process_repeats: 1         # measure in N fresh processes, one after another on the trial's GPU
+      interleave: null           # A/B in one worker: {rounds: 20, round_s: 0.5, warmup_s: 0.2, base: LABEL,
+                                 #   by: label | model, threshold: 0.01, confidence: 0.99} (docs/measuring.md)
     parity:
       check: true                # compare each output with torch eager fp32 on the same device
       tolerance: {fp32: 0.05, fp16: 0.1, bf16: 0.25}  # max |y - ref| / max |ref|
@@ -225,6 +228,8 @@ class BackendEntry(Strict):
     retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
     budgets: Budget | None = None
     profile: bool = False  # a profile of a few iterations after the timed ones (not part of the trial id)
+    #: a known slowdown injected into each step, a fraction of it (workers/measure/slowdown.py): gate testing
+    slowdown: float = Field(0.0, ge=0, le=1)
     scenario: ScenarioField | None = None  # overrides the plan's scenario settings, key by key
 
 

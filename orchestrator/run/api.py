@@ -22,6 +22,7 @@ from pydantic import JsonValue
 
 from orchestrator.answers import budgets
 from orchestrator.errors import InputError, Interrupted, ResultWriteError, Terminated, env_switch
+from orchestrator.plan import interleave
 from orchestrator.plan.expand import expand, with_profiles
 from orchestrator.plan.load import load_plan
 from orchestrator.plan.schema import Plan
@@ -397,7 +398,8 @@ class _Run:
 
         try:
             # kills its workers when it returns
-            report = schedule(pool, self.trials, take, respawn=placement.respawn,
+            # an interleaved unit's trials go to one worker as one (orchestrator/plan/interleave.py)
+            report = schedule(pool, interleave.units(self.trials), take, respawn=placement.respawn,
                               facts={s.name: s.columns() for s in seats}, run=Row(device=device),
                               ahead=ahead.start(seats, self.trials, self.builders, self.plan.seed, self.shipped))
             sink.flush()  # the last rows: a failed write stops the run here, not in the compaction

@@ -27,12 +27,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.run.ahead import RayAhead, Stats
 from orchestrator.run.dispatch import Dispatcher, Outcome
-from workers.contract import Status, Trial, failure_row
+from workers.contract import ARMS_KEY, Status, Trial, failure_row
 from workers.row import Row
 
 #: The longest single wait, so that ``should_stop`` is polled.
@@ -76,7 +76,8 @@ def schedule(
 
     def flush() -> None:
         for outcome in core.take_outcomes():
-            on_row(_row(outcome, facts, run or {}))
+            for row in _rows(outcome, facts, run or {}):
+                on_row(row)
 
     try:
         for name in pool.actors:
@@ -171,6 +172,19 @@ class _RayPool:
             _kill(actor)
         self.calls.clear()
         self._owner.clear()
+
+
+def _rows(outcome: Outcome, facts: dict[str, Row], run: Row) -> list[Row]:
+    """The rows of a trial that ended: its own (``_row``), and for an interleaved unit each of its arms'
+    (``Trial.arms``: the worker's rows under ``ARMS_KEY``, or failure rows like the unit's own)."""
+    unit = outcome.job.trial
+    if not unit.arms:
+        return [_row(outcome, facts, run)]
+    arms = outcome.row.pop(ARMS_KEY, None) if outcome.row is not None else None
+    first = _row(outcome, facts, run)
+    if arms is None:  # the unit ended without measuring: each arm as the unit ended
+        arms = [failure_row(a, Status(first["status"]), first.get("error") or "") for a in unit.arms]
+    return [first, *(_row(replace(outcome, row=r), facts, run) for r in arms)]
 
 
 def _row(outcome: Outcome, facts: dict[str, Row], run: Row) -> Row:

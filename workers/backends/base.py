@@ -138,6 +138,9 @@ class Runner(ABC):
     #: the math mode (``workers.measure.mathmode``) its fp32 trials ran before trials had one: trials at
     #: that mode keep their ids; None: neither mode (every fp32 trial's id changes)
     math_before: ClassVar[str | None] = "tf32"
+    #: its ``step`` lengthens itself by the trial's ``slowdown`` (the sleep backend: a longer sleep);
+    #: False: the worker injects it (``workers.measure.slowdown``)
+    slows_itself: ClassVar[bool] = False
 
     @classmethod
     def generation_path(cls, options: dict[str, Any]) -> str | None:

@@ -51,6 +51,7 @@ class SleepRunner(Runner):
     dtypes = {"cuda": ALL_DTYPES, "cpu": ALL_DTYPES}
     concurrent = True  # k lanes are k sleepers: the load scenarios' timing, testable anywhere
     columns = frozenset({"artifact_wait_s", "artifact_build_s"})
+    slows_itself = True  # a trial's slowdown lengthens the sleep itself
 
     @classmethod
     def ahead(cls, trial: Trial) -> Hashable | None:
@@ -75,7 +76,8 @@ class SleepRunner(Runner):
     def step(self) -> None:
         same = self.entry == self.last
         self.last = self.entry
-        time.sleep(self.options.step_s * (self.options.repeat_discount if same else 1.0))
+        slower = 1 + self.ctx.trial.slowdown  # a known slowdown (workers/measure/slowdown.py): a longer sleep
+        time.sleep(self.options.step_s * (self.options.repeat_discount if same else 1.0) * slower)
 
     def output(self) -> np.ndarray:
         import numpy as np

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
 __all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "is_registered", "label",
-           "names", "of", "register", "registry", "tag", "unregister", "unregistered", "using"]
+           "interleaving", "names", "of", "register", "registry", "tag", "unregister", "unregistered", "using"]
 
 
 def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
@@ -100,7 +100,7 @@ def using(field: str) -> list[str]:
 def _known(name: str) -> str:
     """A scenario's name, checked against the registry when a plan is read (a scenario registered at
     run time is known too); an unknown one is refused as pydantic refuses a literal."""
-    known = names()
+    known = tuple(n for n in names() if not _registry()[n].interleaves)  # given by measure.interleave only
     if name not in known:
         expected = " or ".join(filter(None, [", ".join(f"'{n}'" for n in known[:-1]), f"'{known[-1]}'"]))
         raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
@@ -109,6 +109,11 @@ def _known(name: str) -> str:
 
 #: A scenario's name in a plan (pydantic).
 Name = Annotated[str, AfterValidator(_known)]
+
+
+def interleaving() -> str:
+    """The name of the scenario that measures interleaved units (``Scenario.interleaves``)."""
+    return next(n for n in names() if _registry()[n].interleaves)
 
 
 def get(name: str) -> type[Scenario]:

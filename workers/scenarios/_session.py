@@ -2,7 +2,8 @@
 
 ::
 
-    with harness.session() as s:      # a fresh runner; device memory tracked from here; runner.setup() (timed: setup_s)
+    with harness.session() as s:      # a fresh runner; device memory tracked from here; runner.setup() (timed),
+                                      # then the trial's slowdown put in its step (workers/measure/slowdown.py)
         threads = s.open_lanes(k)     # load scenarios: k lanes, one host thread each (counted in setup_s)
         watch = s.watch()             # NVML facts and the contention check around the timing (GPUs)
         ... the scenario's own timing ...
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from workers.measure import envinfo, memory
+from workers.measure import envinfo, memory, slowdown
 from workers.row import Row
 
 if TYPE_CHECKING:
@@ -133,6 +134,11 @@ class RunnerSession:
             self._close()
             raise
         self.setup_s = time.perf_counter() - t0
+        try:  # a known slowdown, where the trial asks for one: calibrated on the runner just set up
+            self.slowdown = slowdown.install(self.runner, h.trial.slowdown, h.on_gpu, self.gpu_uuid)
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def open_lanes(self, k: int) -> LaneThreads:
@@ -153,7 +159,7 @@ class RunnerSession:
         return self._watch.finish() if self._watch else dict.fromkeys(envinfo.GPU_COLUMNS)
 
     def after(self) -> After:
-        extra = self.runner.extra_columns()
+        extra = {**self.runner.extra_columns(), **self.slowdown}
         if self.harness.trial.dtype == "fp32":  # TF32 is about fp32 arithmetic: other rows leave it null
             extra["math_effective"] = self.runner.math_effective()
         mem_cols = self.mem.columns()  # before teardown: ORT's arena is freed with its session

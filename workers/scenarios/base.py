@@ -116,11 +116,12 @@ class TrialSpec(Protocol):
 class Measured:
     """What a scenario measured: its row ``columns``, every ``output`` to parity-check (each repeat's
     or each lane's) and ``second``, the stale-output probe's result (``workers.measure.stale.probe``;
-    None: not probed)."""
+    None: not probed). ``arms``: an interleaved unit's other trials' (``Trial.arms``, in their order)."""
 
     columns: Row
     outputs: list[Any]
     second: Row | None = None
+    arms: tuple[Measured, ...] = ()
 
 
 
@@ -136,6 +137,9 @@ class Scenario:
     #: it drives the trial with runners of its own, and checks their output itself (generation): the
     #: worker sets up no backend runner and checks no single-pass parity for it
     own_runners: ClassVar[bool] = False
+    #: it measures an interleaved unit (``measure.interleave``: a trial carrying its other arms in
+    #: ``Trial.arms``); the plan gives it the single-stream trials of such a plan (one scenario may)
+    interleaves: ClassVar[bool] = False
     #: the trial fields it uses (``PARAMS``' names); the others stay at their defaults in its trials
     fields: ClassVar[tuple[str, ...]] = ()
     #: what its rows are judged on, the first foremost (``compare``, ``report``)
