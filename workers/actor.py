@@ -122,14 +122,15 @@ class Worker:
             from workers import processes
 
             return processes.run(self, trial, spec, cuda_ok)
-        return self.run_here(trial, spec, cuda_ok)
+        return self.run_here(trial, spec, cuda_ok, arm_specs)
 
-    def run_here(self, trial: Trial, spec: Row, warm: bool) -> Row:
-        """``trial`` (on this node's files) measured in this process; ``warm``: with CUDA, where it works."""
+    def run_here(self, trial: Trial, spec: Row, warm: bool, arm_specs: list[Row] | None = None) -> Row:
+        """``trial`` (on this node's files) measured in this process; ``warm``: with CUDA, where it works;
+        ``arm_specs``: the spec columns of an interleaved unit's other trials (none with process repeats)."""
         cuda_ok = self.warm() if warm else False
         worker = Row(worker=self.name, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         return run_trial(trial, self.device, self.store, self.cpus, cuda_ok=cuda_ok, spec=spec, worker=worker,
-                         arm_specs=arm_specs)
+                         arm_specs=arm_specs or [])
 
 
 def localised(trial: Trial, files: Shipped) -> Trial:
