@@ -65,6 +65,8 @@ def measure(h: Harness) -> Measured:
         "repeat_medians_ms": medians,
         "repeat_cv": stats.between_run_cv(medians),
         "repeat_rel_ci": [_finite_or_none(stats.relative_ci(r.samples.device_ms)) for r in repeats],
+        # this process's own measurement; a trial measured in several processes merges them over these
+        "process_repeats": 1, "process_pids": None, "process_medians_ms": None, "process_cv": None,
         "setup_s": first.setup_s,
         "warmup_s": sum(r.samples.warmup_s for r in repeats),
         "timed_s": sum(r.samples.timed_s for r in repeats),
