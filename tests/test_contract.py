@@ -17,8 +17,9 @@ from orchestrator.results.sink import ResultSink
 from workers import contract, scenarios
 from workers.backends import math_before
 from workers.backends.sleep import SleepRunner
-from workers.contract import MeasureSpec, Status, Trial, checked_row, failure_row, spec_columns
+from workers.contract import MeasureSpec, Status, Trial
 from workers.models.build import ModelStore
+from workers.rows import checked_row, failure_row, spec_columns
 from workers.trial import run_trial
 
 # The ids plans/quickstart.yaml had from the first schema until its measure section got a CI target

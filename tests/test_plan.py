@@ -268,7 +268,7 @@ def _relu_onnx(path, name: str, shape: list[int]) -> None:
 
 
 def test_the_one_input_form_names_the_onnx_files_input(write_plan, tmp_path):
-    from workers.contract import spec_columns
+    from workers.rows import spec_columns
 
     _relu_onnx(tmp_path / "net.onnx", "features", [1, 4])
     trials = expand(load_plan(write_plan(BASE.replace("[torchvision:resnet18]", "[net.onnx]"))))

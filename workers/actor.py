@@ -21,12 +21,13 @@ from dataclasses import replace
 from typing import TypedDict
 
 from workers.backends import get
-from workers.contract import Status, Trial, failure_row, spec_columns
+from workers.contract import Status, Trial
 from workers.measure.envinfo import EnvInfo
 from workers.models import shipped
 from workers.models.build import ModelStore
 from workers.models.shipped import Shipped
 from workers.row import Row
+from workers.rows import failure_row, spec_columns
 from workers.trial import run_trial, versions
 
 

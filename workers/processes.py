@@ -6,7 +6,7 @@ them, and the trial stays one call for the scheduler: its timeout (``timeout_s``
 and failure rows are those of any trial::
 
     for k in 1..N:
-        start `python -m workers.processes PAYLOAD ROW`   # the trial, its columns, the worker's settings
+        start `python -m workers.trial_process PAYLOAD ROW`   # the trial, its columns, the worker's settings
             the process: a fresh worker (nothing imported, built or warmed before), runs the trial as a
             worker runs one (``workers.trial.run_trial``), writes its row to ROW, exits; it exits too
             if the worker that started it goes (a timeout's kill), within WATCH_S
@@ -31,16 +31,16 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from workers.contract import Status, Trial, failure_row
+from workers.contract import Status, Trial
 from workers.measure import processes
 from workers.measure.envinfo import PARENT_GPU_PID_ENV
 from workers.row import Row
+from workers.rows import failure_row
 
 if TYPE_CHECKING:
     from workers.actor import Worker
@@ -79,7 +79,7 @@ def _one(tmp: Path, payload: Path, k: int, trial: Trial, spec: Row, worker: Work
     """Process ``k``: its row (one built here if it wrote none) and its pid."""
     out, err = tmp / f"row-{k}.pkl", tmp / f"stderr-{k}.txt"
     with open(err, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.processes", str(payload), str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "workers.trial_process", str(payload), str(out)],
                                 env=_environment(), stdin=subprocess.DEVNULL, stderr=stderr)
         code = proc.wait()
     text = err.read_text(errors="replace")
@@ -115,32 +115,3 @@ def _environment() -> dict[str, str]:
         env.pop(PARENT_GPU_PID_ENV, None)
     return env
 
-
-def _watch_parent(parent: int) -> None:
-    """Exit when the worker that started this process is gone (killed at a timeout): no orphan keeps the GPU."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(WATCH_S)
-        os._exit(3)
-
-    if os.getppid() != parent:
-        os._exit(3)
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def main(argv: list[str]) -> int:
-    """One process of a trial: ``python -m workers.processes PAYLOAD ROW``."""
-    from workers.actor import Worker
-
-    args: dict[str, Any] = pickle.loads(Path(argv[0]).read_bytes())
-    _watch_parent(args["parent"])
-    worker = Worker(args["name"], args["device"], args["cpus"], seed=args["seed"])
-    row = worker.run_here(args["trial"], args["spec"], warm=args["cuda_ok"])
-    tmp = Path(argv[1] + ".tmp")
-    tmp.write_bytes(pickle.dumps(row))
-    tmp.replace(argv[1])  # whole or not at all: a process killed while writing leaves no row
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Run one trial on this process's device and turn it into a row. Never raises for the trial's
 own failures: an exception inside the trial is the row's ``error``, and a row is checked against
-the result schema here, on the worker (``workers.contract.checked_row``)."""
+the result schema here, on the worker (``workers.rows.checked_row``)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import traceback
 from workers import scenarios
 from workers.backends import Runner, SkipTrial, get
 from workers.context import TrialContext
-from workers.contract import ARMS_KEY, FILES_KEY, Status, Trial, checked_row, spec_columns
+from workers.contract import ARMS_KEY, FILES_KEY, Status, Trial
 from workers.faults import oom_message
 from workers.measure import envinfo, memory, parity, stale, validity
 from workers.measure.parity import ParityFailure
 from workers.measure.timing import settle_launch_state
 from workers.models.build import ModelStore
 from workers.row import Row
+from workers.rows import checked_row, spec_columns
 from workers.scenarios._session import Harness
 from workers.scenarios.base import Measured
 

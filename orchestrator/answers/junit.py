@@ -19,8 +19,9 @@ from pathlib import Path
 
 from orchestrator.answers.budgets import missed
 from orchestrator.errors import OutputError
-from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.contract import Status, Trial, succeeded
 from workers.row import Row
+from workers.rows import spec_columns
 from workers.scenarios import tag as scenario_tag
 
 

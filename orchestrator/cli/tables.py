@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli.console import console, fmt
-from workers.contract import Status, Trial, spec_columns, succeeded
+from workers.contract import Status, Trial, succeeded
 from workers.row import Row
+from workers.rows import spec_columns
 from workers.scenarios import DEFAULT as DEFAULT_SCENARIO
 from workers.scenarios import label as scenario_label
 from workers.scenarios import tag as scenario_tag

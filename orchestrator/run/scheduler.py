@@ -32,8 +32,9 @@ from typing import Any
 
 from orchestrator.run.ahead import RayAhead, Stats
 from orchestrator.run.dispatch import Dispatcher, Outcome
-from workers.contract import ARMS_KEY, Status, Trial, failure_row
+from workers.contract import ARMS_KEY, Status, Trial
 from workers.row import Row
+from workers.rows import failure_row
 
 #: The longest single wait, so that ``should_stop`` is polled.
 POLL_S = 1.0

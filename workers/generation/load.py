@@ -130,7 +130,6 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial, energy.Meter | None],
     find-peak's search): the row's columns; raises SkipTrial, ParityFailure or the path's error."""
     from workers.generation import measure as gm
     from workers.generation.trial import PARITY_REFERENCE, _reference, path_for, source_for
-    from workers.scenarios._lanes import warm_up
     from workers.scenarios._session import LaneThreads
 
     trial = h.trial
@@ -148,7 +147,7 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial, energy.Meter | None],
             threads = LaneThreads(gl.lanes())
             try:
                 setup_s, t_warm = time.perf_counter() - t0, time.perf_counter()
-                warm = warm_up(threads, trial.measure.warmup_generations)
+                warm = threads.warm_up(trial.measure.warmup_generations)
                 warmup_s = time.perf_counter() - t_warm
                 watch = envinfo.GpuWatch(gpu_uuid) if h.on_gpu else None
                 cols = run(threads, trial, energy.NvmlMeter(gpu_uuid) if h.on_gpu else None)

@@ -89,30 +89,6 @@ def schedule(rate: float, arrival: str, seed: int, min_requests: int, min_s: flo
     return out[: max(min_requests, int(np.searchsorted(out, min_s)) + 1)]
 
 
-def warm_up(threads: LaneThreads, iters: int) -> int:
-    """Every lane's ``serial_runs`` one lane at a time, then ``max(1, iters)`` runs on all at once."""
-    lock = threading.Lock()
-    counts = [0] * len(threads.lanes)
-
-    def job(i: int, lane: Lane) -> None:
-        with lock:
-            for _ in range(lane.serial_runs):
-                lane.run()
-        counts[i] += lane.serial_runs
-
-    threads.run(job)
-    barrier = threading.Barrier(len(threads.lanes))
-
-    def concurrent(i: int, lane: Lane) -> None:
-        barrier.wait()
-        for _ in range(max(1, iters)):
-            lane.run()
-        counts[i] += max(1, iters)
-
-    threads.run(concurrent)
-    return sum(counts)
-
-
 @dataclass
 class Run:
     """What one offline or server run recorded, per request (times in s from the run's start)."""
@@ -340,7 +316,7 @@ def measure(h: Harness, run: Callable[[LaneThreads, Trial, energy.Meter | None],
         with h.session() as s:
             s.open_lanes(trial.concurrency)  # held by the session alone: they go with the runner
             t_warm = time.perf_counter()
-            warm = warm_up(s.threads, trial.measure.warmup_iters)  # type: ignore[arg-type]
+            warm = s.threads.warm_up(trial.measure.warmup_iters)  # type: ignore[union-attr]
             warmup_s = time.perf_counter() - t_warm
             s.watch()
             meter = energy.NvmlMeter(s.gpu_uuid) if h.on_gpu else None

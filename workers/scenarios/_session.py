@@ -66,6 +66,30 @@ class LaneThreads:
                 self.stop.set()
             self._done[i].set()
 
+    def warm_up(self, iters: int) -> int:
+        """Every lane's ``serial_runs`` one lane at a time, then ``max(1, iters)`` runs on all at once;
+        the runs made in all."""
+        lock = threading.Lock()
+        counts = [0] * len(self.lanes)
+
+        def job(i: int, lane: Lane) -> None:
+            with lock:
+                for _ in range(lane.serial_runs):
+                    lane.run()
+            counts[i] += lane.serial_runs
+
+        self.run(job)
+        barrier = threading.Barrier(len(self.lanes))
+
+        def concurrent(i: int, lane: Lane) -> None:
+            barrier.wait()
+            for _ in range(max(1, iters)):
+                lane.run()
+            counts[i] += max(1, iters)
+
+        self.run(concurrent)
+        return sum(counts)
+
     def run(self, job: Callable[[int, Lane], None]) -> None:
         self.stop.clear()
         for i in range(len(self.lanes)):
