@@ -209,3 +209,21 @@ def test_cuda_paths_at_batch_2_generate_the_reference_tokens_or_say_why_not(cuda
     assert rec["status"] == "ok", rec["error"]  # ok: the logits within the dtype's tolerance of the fp32 reference
     assert rec["token_agreement"] == 1.0 or dtype == "fp16", rec["token_agreement"]
     assert rec["stale_output"] in (None, False)
+
+
+def test_a_near_tie_decided_otherwise_leaves_the_parity_check_and_a_wrong_logit_before_it_fails():
+    from workers.generation.base import Generation
+    from workers.generation.measure import ParityError, parity
+
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(2, 16)).astype(np.float32) for _ in range(3)]  # prefill, decode 1, decode 2
+    ref = Generation(np.array([[1, 2, 3], [4, 5, 6]]), 1.0, [1.0, 1.0], logits)
+    # sequence 1 took another first token: its decode logits continue another text, far off the reference's
+    off = np.array([[0.0], [50.0]], np.float32)
+    other = [logits[0], logits[1] + off, logits[2] + off]
+    cols = parity(Generation(np.array([[1, 2, 3], [9, 5, 6]]), 1.0, [1.0, 1.0], other), ref, "fp16")
+    assert cols["parity_max_rel_err"] == 0.0 and cols["token_agreement"] == pytest.approx(5 / 6)
+    # the same error in a sequence whose tokens so far are the reference's is a parity failure
+    wrong = [logits[0], logits[1] + off[::-1], logits[2]]
+    with pytest.raises(ParityError, match="differ from the torch-eager fp32 reference"):
+        parity(Generation(ref.tokens, 1.0, [1.0, 1.0], wrong), ref, "fp16")

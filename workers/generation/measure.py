@@ -11,9 +11,12 @@ Per (path, dtype, batch, prompt_len, new_tokens)::
 Parity: the reference is torch eager in fp32 (TF32 off) on the same device, weights and prompt.
 ``parity_max_rel_err`` = max |logits - ref| / max |ref| over the prefill and the first decode steps;
 above the dtype's tolerance (``workers.contract.DEFAULT_TOLERANCE``) the parity fails. The decode
-steps see the path's own earlier tokens: a near-tie decided otherwise shows as a large error there
-and as a lower ``token_agreement`` (the fraction of generated tokens equal to the reference's),
-which is reported and is not a failure by itself (random weights make near-ties).
+steps see the path's own earlier tokens, so a decode step's logits are compared only for the
+sequences whose tokens so far are the reference's: once a near-tie is decided otherwise, that
+sequence's later logits answer another question (their difference is of the order of the logits
+themselves) and it leaves the comparison. The divergence shows as a lower ``token_agreement`` (the
+fraction of generated tokens equal to the reference's), which is reported and is not a failure by
+itself (random weights make near-ties).
 
 The physical limit: a decode step reads the weights once (``models.weight_bytes``) and the KV cache
 written so far; ``decode_bytes`` uses the mean cache length over the decode steps (prompt_len +
@@ -68,10 +71,15 @@ def parity(got: Generation, ref: Generation, dtype: str, tolerance: float | None
     """Parity columns of ``got`` against ``ref``; raises ParityError beyond ``tolerance`` (default: the dtype's)."""
     tol = TOLERANCE[dtype] if tolerance is None else tolerance
     worst = 0.0
-    for g, r in zip(got.logits, ref.logits):
+    for i, (g, r) in enumerate(zip(got.logits, ref.logits)):
         bad = int(g.size - np.isfinite(g).sum())
         if bad:
             raise ParityError(f"logits have {bad} NaN/Inf values of {g.size}")
+        # logits i follow tokens 0..i-1: compared where those are the reference's (see the module's doc)
+        same = np.all(got.tokens[:, :i] == ref.tokens[:, :i], axis=1)
+        if not same.any():
+            continue
+        g, r = g[same], r[same]
         scale = float(np.max(np.abs(r))) or 1.0
         worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r))) / scale)
     cols = {"parity_max_rel_err": worst, "parity_tolerance": tol, "parity_steps": len(got.logits),

@@ -205,10 +205,13 @@ class OrtGenAI(GenerationRunner):
             except Exception as exc:  # noqa: BLE001 - kept for the reason below
                 self.note = f" (search option max_batch_size: {str(exc).strip()})"
         try:
-            self._generator()  # the library's own checks of this shape (its graph at batch > 1) say so here
+            gen = self._generator()  # the library's own checks of this shape (its graph at batch > 1) say so here
+            if self.graph and self.batch > 1:  # ... or only when it runs: ORT GenAI 0.18's graph fails its prefill
+                gen.append_tokens(np.zeros((self.batch, self.prompt_len), dtype=np.int32))
+                gen.generate_next_token()
         except Exception as exc:  # noqa: BLE001 - the library's reason goes into the skipped row
             raise SkipTrial(f"ORT GenAI can't run batch {self.batch}{' with its CUDA graph' if self.graph else ''}: "
-                            f"{exc}{self.note}") from exc
+                            f"{' '.join(str(exc).split())}{self.note}") from exc
 
     def _generator(self, **extra: Any) -> Any:
         params = self.og.GeneratorParams(self.model)
