@@ -38,7 +38,7 @@ class Point:
         return asdict(self)
 
 
-def _config(r: Row) -> str:
+def config_of(r: Row) -> str:
     rate = f" @{r['target_rate']:g}/s" if r.get("target_rate") else ""
     c = f" c={r['concurrency']}" if r.get("concurrency") else ""
     return f"{r.get('label')} bs={r.get('batch_size')}{c} {r.get('scenario')}{rate}"
@@ -49,15 +49,20 @@ def points(rows: list[Row]) -> list[Point]:
     out = []
     for r in rows:
         if (r.get("status") != Status.OK or r.get("valid") is False or scenarios.of(r).report not in LOAD_SECTIONS
-                or r.get("throughput") is None or r.get("latency_ms_p99") is None):
-            continue
+                or r.get("throughput") is None or r.get("latency_ms_p99") is None or r.get("new_tokens")):
+            continue  # generation rows have a front of their own, in tokens (orchestrator.answers.tokens)
         out.append(Point(model=f"{r.get('model')} {axes_text(r)}".strip(), dtype=str(r.get("dtype")),
-                         config=_config(r), throughput=float(r["throughput"]), p99_ms=float(r["latency_ms_p99"]),
+                         config=config_of(r), throughput=float(r["throughput"]), p99_ms=float(r["latency_ms_p99"]),
                          gpu=r.get("device_name")))
-    if len({p.gpu for p in out}) > 1:  # several accelerators: each point says which
-        for p in out:
+    return name_gpus(out)
+
+
+def name_gpus(pts: list[Point]) -> list[Point]:
+    """``pts``, each configuration naming its GPU where they were measured on several accelerators."""
+    if len({p.gpu for p in pts}) > 1:
+        for p in pts:
             p.config += f" on {p.gpu or '?'}"
-    return out
+    return pts
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -89,21 +94,23 @@ def cells(p: Point) -> list[str]:
     return [p.model, p.dtype, p.config, f"{p.throughput:,.1f}", f"{p.p99_ms:.3g}"]
 
 
-def svg_plots(rows: list[Row]) -> list[tuple[str, str]]:
-    """(caption, inline SVG) per model and dtype with load points: every point, the front joined,
-    marked and labelled."""
+def svg_plots(pts: list[Point], x_label: str = "p99 request latency (ms)",
+              y_label: str = "throughput per GPU (samples/s)",
+              what: str = "throughput per GPU against p99 latency") -> list[tuple[str, str]]:
+    """(caption, inline SVG) per model and dtype of ``pts`` (``points``: the load rows'): every point,
+    the front joined, marked and labelled."""
     import matplotlib
     from matplotlib.figure import Figure
 
     from orchestrator.answers.plots import RC, SMALL, _svg
 
     groups: dict[tuple[str, str], list[Point]] = defaultdict(list)
-    for p in mark(points(rows)):
+    for p in mark(pts):
         groups[(p.model, p.dtype)].append(p)
     out = []
-    for (model, dtype), pts in sorted(groups.items()):
-        rest = [p for p in pts if not p.front]
-        on = sorted((p for p in pts if p.front), key=lambda p: p.p99_ms)
+    for (model, dtype), members in sorted(groups.items()):
+        rest = [p for p in members if not p.front]
+        on = sorted((p for p in members if p.front), key=lambda p: p.p99_ms)
         with matplotlib.rc_context(RC):
             fig = Figure(figsize=(7, 4.2))
             ax = fig.subplots()
@@ -114,14 +121,13 @@ def svg_plots(rows: list[Row]) -> list[tuple[str, str]]:
             for p in on:
                 ax.annotate(p.config, (p.p99_ms, p.throughput), textcoords="offset points", xytext=(4, 4),
                             fontsize=SMALL)
-            ax.set(title=f"{model} {dtype}", xlabel="p99 request latency (ms)",
-                   ylabel="throughput per GPU (samples/s)")
+            ax.set(title=f"{model} {dtype}", xlabel=x_label, ylabel=y_label)
             ax.grid(True, alpha=.3)
             ax.legend()
             fig.tight_layout()
             svg = _svg(fig)
-        out.append((f"{model} {dtype}: throughput per GPU against p99 latency; up and left is better; {len(on)} of "
-                    f"{len(pts)} configurations on the Pareto front (labelled)", svg))
+        out.append((f"{model} {dtype}: {what}; up and left is better; {len(on)} of "
+                    f"{len(members)} configurations on the Pareto front (labelled)", svg))
     return out
 
 

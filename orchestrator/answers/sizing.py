@@ -14,7 +14,8 @@ Where a configuration was measured more than once, the figure measured with the 
 GPUs busy is used (``node_trials_busy_max``): a deployment's GPUs are all busy; the ``measured``
 cell says which (``N GPUs busy``, ``alone``, or ``?`` for runs that don't record it). The best
 configuration of a group (the most requests/s per GPU) is marked, and a line names the cheapest
-(or the least energy, without prices) where it differs from the fastest.
+(or the least energy, without prices) where it differs from the fastest. Generation rows are sized
+apart, in output tokens (``orchestrator.answers.tokens``).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Sized:
         return {**asdict(self), "config": self.config}
 
 
-def _measured(r: Row) -> str:
+def measured_text(r: Row) -> str:
+    """The ``measured`` cell: with how many of its node's GPUs busy the row was timed."""
     busy = r.get("node_trials_busy_max")
     return "?" if busy is None else "alone" if busy <= 1 else f"{busy} GPUs busy"
 
@@ -122,17 +124,17 @@ def _line(r: Row) -> Sized:
                  batch_size=int(r.get("batch_size") or 0), concurrency=r.get("concurrency"),
                  gpu_name=r.get("device_name"), rate=float(r["peak_rate"]), rate_high=r.get("peak_rate_fail"),
                  p99_ms=r.get("latency_ms_p99"), p99_upper_ms=r.get("latency_ms_p99_upper"),
-                 confident=bool(r.get("confident")), measured=_measured(r),
+                 confident=bool(r.get("confident")), measured=measured_text(r),
                  kwh_per_m=r["energy_j_per_request"] * 1e6 / J_PER_KWH if r.get("energy_j_per_request") else None)
 
 
 def peak_lines(rows: list[Row]) -> list[Sized]:
-    """One line per configuration with a peak rate (ok rows, valid): the figure measured with the most
-    of its node's GPUs busy where there are several."""
+    """One line per single-pass configuration with a peak rate (ok rows, valid): the figure measured with
+    the most of its node's GPUs busy where there are several (generation rows: ``answers.tokens``)."""
     chosen: dict[tuple[Any, ...], Row] = {}
     for r in rows:
         if (r.get("status") != Status.OK or r.get("valid") is False or not r.get("peak_rate")
-                or scenarios.of(r).report != "peak"):
+                or scenarios.of(r).report != "peak" or r.get("new_tokens")):
             continue
         key = (r.get("model"), axes_text(r), r.get("dtype"), r.get("latency_bound_ms"), r.get("label"),
                r.get("batch_size"), r.get("concurrency"), r.get("io"), r.get("device_name"), bool(r.get("confident")))
@@ -145,11 +147,8 @@ def peak_lines(rows: list[Row]) -> list[Sized]:
 def size(rows: list[Row], target: float | None = None, headroom: float = 0.0,
          prices: dict[str, float] | None = None, sort: Sort = "gpus") -> list[Sized]:
     """The sizing table's lines, grouped by model, dtype and bound, each group sorted by ``sort``.
-    InputError where a target has no peak rows to size with, or a price matches no GPU of the run."""
+    InputError where a price matches no GPU of the run (a target without peak rows: ``no_peaks``)."""
     lines = peak_lines(rows)
-    if target is not None and not lines:
-        raise InputError(f"--target-rate {target:g}: the run has no peak rates to size with (no ok "
-                         f"{peak_names()} rows: docs/reports.md#sizing)")
     prices = prices or {}
     names = {r.get("device_name") for r in rows if r.get("device_name")}
     for key in prices:
@@ -174,6 +173,12 @@ def size(rows: list[Row], target: float | None = None, headroom: float = 0.0,
         max(members, key=lambda s: s.rate).best = True
         out += sorted(members, key=_sort_key(sort))
     return out
+
+
+def no_peaks(option: str, target: float, what: str = "") -> InputError:
+    """The refusal of a target the run has no peak rates for (``what``: which rows it needed)."""
+    return InputError(f"{option} {target:g}: the run has no {what}peak rates to size with (no ok "
+                      f"{peak_names()} {what}rows: docs/reports.md#sizing)")
 
 
 def _sort_key(sort: Sort) -> Any:

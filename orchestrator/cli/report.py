@@ -25,7 +25,9 @@ def report(
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with plots (works offline).")] = None,
     target_rate: Annotated[float | None, typer.Option(help="Requests/s to serve: GPUs per configuration.")] = None,
-    headroom: Annotated[float, typer.Option(help="Size for the target rate times 1 + this (0.2 = 20%).")] = 0.0,
+    target_tokens: Annotated[float | None, typer.Option(
+        help="Output tokens/s to serve: GPUs per generation configuration (instead of --target-rate).")] = None,
+    headroom: Annotated[float, typer.Option(help="Size for the target times 1 + this (0.2 = 20%).")] = 0.0,
     price: Annotated[list[str] | None, typer.Option(
         help="USD per GPU-hour of an accelerator, a word of device_name, e.g. H100=3.50 (repeatable).")] = None,
     sort: Annotated[str, typer.Option(help="Order of the sizing table: gpus, cost or energy.")] = "gpus",
@@ -42,7 +44,7 @@ def report(
     try:
         if fmt not in ("table", "json"):
             raise InputError(f"--format {fmt}: expected table or json")
-        ask = deploy.Ask.from_options(target_rate, headroom, price, sort)
+        ask = deploy.Ask.from_options(target_rate, headroom, price, sort, target_tokens)
         if html is not None:
             check_hidden(html, run_dir, "--html")
         rows = load_results(run_dir, columns=[n for n in SCHEMA.names if n not in SAMPLE_COLUMNS]).to_pylist()
