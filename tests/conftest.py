@@ -9,7 +9,7 @@ infer-orch cache all the same.
 
 pytest's own ``tmp_path`` directories are in that directory too (unless ``--basetemp`` is given).
 
-Parallel runs: ``make test`` runs ``pytest -n 2 --dist loadfile`` (a module's tests stay on one xdist
+Parallel runs: ``make test`` runs ``pytest -n 3 --dist loadfile`` (a module's tests stay on one xdist
 worker, so module fixtures are built once). The ``xdist_group`` marks below (every Ray test in group
 ``ray``: one Ray per run) take effect with ``--dist loadgroup`` once xdist works with pytest 9 again.
 """
@@ -143,11 +143,12 @@ def pytest_itemcollected(item):
 #: gives xdist's ``loadfile`` modules in collection order (``--no-loadscope-reorder``; by default it
 #: orders them by their number of tests), so these start first and the short ones fill in after
 #: them: the two processes then finish close together, not one of them alone on a long module.
-LONG_FIRST = ("test_cluster.py", "test_stops.py", "test_cli.py", "test_resume.py", "test_compile.py",
-              "test_parity.py", "test_guards.py", "test_startup.py", "test_hf.py", "test_report.py",
-              "test_scenarios.py", "test_compare.py", "test_profiles.py", "test_bad_input.py", "test_faults.py",
-              "test_backends.py", "test_validity.py", "test_light_driver.py", "test_scale.py", "test_junit.py",
-              "test_cli_table.py", "test_run.py", "test_memory.py", "test_inputs.py")
+LONG_FIRST = ("test_cluster.py", "test_stops.py", "test_compile.py", "test_resume.py", "test_report.py",
+              "test_generation_plan.py", "test_cli.py", "test_scenarios.py", "test_ahead.py", "test_profiles.py",
+              "test_generation.py", "test_guards.py", "test_run.py", "test_inputs.py", "test_parity.py", "test_hf.py",
+              "test_bad_input.py", "test_processes.py", "test_faults.py", "test_startup.py", "test_validity.py",
+              "test_compare.py", "test_sizing.py", "test_junit.py", "test_light_driver.py", "test_interleave.py",
+              "test_scale.py", "test_backends.py")
 
 
 def _long_first(items) -> None:

@@ -151,7 +151,8 @@ def test_process_repeats_run_in_distinct_processes_and_two_runs_give_no_verdict(
     assert crash["error"].startswith(f"process 1 of 3 (pid {crash['process_pids'][0]}): it was killed by signal 6"), a
 
     verdicts = {v["label"]: v["verdict"] for v in compare(load_results(tmp_path / "a"), load_results(tmp_path / "b"))}
-    assert verdicts == {"nap": "unchanged", "crash": "only in base"}, verdicts
+    # quiet: no regressed or improved (a loaded machine's late wake-ups may make a row invalid, which says why)
+    assert verdicts["crash"] == "only in base" and verdicts["nap"] in ("unchanged", "invalid"), verdicts
 
 
 @pytest.mark.gpu
