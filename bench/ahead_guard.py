@@ -1,5 +1,6 @@
-"""Do build-ahead tasks move the numbers? One trial timed with builders busy and idle, alternating in
-one process (BENCHMARKS.md, "Where a sweep's worker-time goes"; docs/cluster.md#build-ahead).
+"""Do builders move the numbers? (BENCHMARKS.md, "Where a sweep's worker-time goes"; docs/cluster.md).
+
+One trial timed with builders busy and idle, alternating in one process.
 
     python3 bench/ahead_guard.py --out $OUT/guard                    # GPU: ResNet-50 fp16, two cases
     python3 bench/ahead_guard.py --out /tmp/guard --device cpu --tiny  # checks the script on a CPU
