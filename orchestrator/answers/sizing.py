@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -195,18 +196,28 @@ def differences(lines: list[Sized]) -> list[str]:
     groups: dict[tuple[Any, ...], list[Sized]] = defaultdict(list)
     for s in lines:
         groups[s.group].append(s)
+    named = [(f"{model} {dtype}" + (f" p99 <= {bound:g} ms" if bound is not None else ""), members)
+             for (model, dtype, bound), members in groups.items()]
+    return cheapest_not_fastest(named, lambda s: s.rate, lambda s: f"{s.rate:,.0f} req/s", ("usd_per_m", "kwh_per_m"),
+                                "requests")
+
+
+def cheapest_not_fastest(groups: list[tuple[str, list[Any]]], speed: Callable[[Any], float],
+                         speed_text: Callable[[Any], str], costs: tuple[str, str], per: str) -> list[str]:
+    """For each (name, lines) group: a note where the line with the lowest cost per million ``per``
+    (attribute ``costs[0]``, USD, with prices; else ``costs[1]``, kWh) is not the one with the most
+    ``speed`` per GPU. Energy is said only where cost can't be."""
     out = []
-    for (model, dtype, bound), members in groups.items():
-        fastest = max(members, key=lambda s: s.rate)
-        within = f"{model} {dtype}" + (f" p99 <= {bound:g} ms" if bound is not None else "")
-        for what, attr, unit in (("cheapest", "usd_per_m", "USD"), ("least energy", "kwh_per_m", "kWh")):
+    for within, members in groups:
+        fastest = max(members, key=speed)
+        for what, attr, unit in (("cheapest", costs[0], "USD"), ("least energy", costs[1], "kWh")):
             known = [s for s in members if getattr(s, attr) is not None]
             if not known:
                 continue
             low = min(known, key=lambda s: getattr(s, attr))
             if low is not fastest and getattr(low, attr) < (getattr(fastest, attr) or float("inf")):
-                out.append(f"{within}: the fastest per GPU is {fastest.config} ({fastest.rate:,.0f} req/s on "
-                           f"{fastest.gpu_name or '?'}), the {what} per million requests is {low.config} "
+                out.append(f"{within}: the fastest per GPU is {fastest.config} ({speed_text(fastest)} on "
+                           f"{fastest.gpu_name or '?'}), the {what} per million {per} is {low.config} "
                            f"({getattr(low, attr):.4g} {unit} on {low.gpu_name or '?'})")
             elif what == "cheapest":
                 break  # the fastest is the cheapest: energy is said only where cost can't be

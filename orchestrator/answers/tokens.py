@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.answers import pareto
-from orchestrator.answers.sizing import J_PER_KWH, Sort, measured_text, price_for
+from orchestrator.answers.sizing import J_PER_KWH, Sort, cheapest_not_fastest, measured_text, price_for
 from orchestrator.answers.tables import axes_text
 from workers import scenarios
 from workers.contract import Status
@@ -163,22 +163,10 @@ def bounds_text(ttft: float | None, tpot: float | None) -> str:
 def differences(lines: list[TokenSized]) -> list[str]:
     """Per group, where the cheapest per million output tokens (with prices; else the least energy) is
     not the fastest per GPU."""
-    out = []
-    for (model, dtype, ttft, tpot), members in _groups(lines).items():
-        fastest = max(members, key=lambda s: s.tokens_per_s)
-        within = " ".join(filter(None, [model, dtype, bounds_text(ttft, tpot)]))
-        for what, attr, unit in (("cheapest", "usd_per_m_tokens", "USD"), ("least energy", "kwh_per_m_tokens", "kWh")):
-            known = [s for s in members if getattr(s, attr) is not None]
-            if not known:
-                continue
-            low = min(known, key=lambda s: getattr(s, attr))
-            if low is not fastest and getattr(low, attr) < (getattr(fastest, attr) or float("inf")):
-                out.append(f"{within}: the fastest per GPU is {fastest.config} ({fastest.tokens_per_s:,.0f} output "
-                           f"tokens/s on {fastest.gpu_name or '?'}), the {what} per million output tokens is "
-                           f"{low.config} ({getattr(low, attr):.4g} {unit} on {low.gpu_name or '?'})")
-            elif what == "cheapest":
-                break  # the fastest is the cheapest: energy is said only where cost can't be
-    return out
+    named = [(" ".join(filter(None, [model, dtype, bounds_text(ttft, tpot)])), members)
+             for (model, dtype, ttft, tpot), members in _groups(lines).items()]
+    return cheapest_not_fastest(named, lambda s: s.tokens_per_s, lambda s: f"{s.tokens_per_s:,.0f} output tokens/s",
+                                ("usd_per_m_tokens", "kwh_per_m_tokens"), "output tokens")
 
 
 COLUMNS = ("model", "dtype", "TTFT p99 bound ms", "TPOT p99 bound ms", "configuration", "GPU", "req/s per GPU",
