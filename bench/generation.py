@@ -9,7 +9,11 @@ the fraction of the measured copy bandwidth each decode step reaches.
 
 Fidelity, in the same process: the harness's torch CUDA graph against a bare loop that captures the
 same static-cache decode step and replays it; ORT GenAI against a bare ``Generator`` loop timed the
-same way (host clock around ``generate_next_token``). Both compare the mean decode step.
+same way (host clock around ``generate_next_token``). Both compare the mean decode step. ORT GenAI
+without its graph is launch-bound at batch 1, and such a loop's pace moves several percent between two
+loops minutes apart in one process, so it is also compared in rounds alternating generation by
+generation (``--rounds``, seeded A B B A order): the paired ratio of harness to bare with its 95%
+interval (``workers.measure.paired``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.generation.measure import copy_bandwidth, measure, prompt, reference
+from workers.generation.measure import RUNNERS, copy_bandwidth, measure, prompt, reference
 from workers.generation.source import Source
 
 LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
@@ -78,29 +82,67 @@ def bare_graph_loop(src: Source, dtype: str, ids: np.ndarray, new_tokens: int, r
     return float(np.median(times))
 
 
-def bare_generator_loop(folder: Path, graph: bool, ids: np.ndarray, new_tokens: int, reps: int = 3) -> float:
-    """Mean decode step (ms) of ORT GenAI's own Generator loop, host-timed around generate_next_token."""
+def _bare_model(folder: Path, graph: bool, device: str):
+    """ORT GenAI's own model over the builder's folder, on ``device``'s provider (its graph where asked)."""
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
     config.clear_providers()
-    config.append_provider("cuda")
-    if graph:
-        config.set_provider_option("cuda", "enable_cuda_graph", "1")
-    model = og.Model(config)
+    if device.startswith("cuda"):
+        config.append_provider("cuda")
+        if graph:
+            config.set_provider_option("cuda", "enable_cuda_graph", "1")
+    return og.Model(config)
+
+
+def _bare_generation(model, ids: np.ndarray, new_tokens: int) -> float:
+    """One generation of a bare ``Generator`` loop: its mean decode step (ms), host-timed around
+    ``generate_next_token`` as the harness times it."""
+    import onnxruntime_genai as og
+
     n = ids.shape[1] + new_tokens
-    times = []
-    for _ in range(reps + 1):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=n, min_length=n, do_sample=False, batch_size=ids.shape[0])
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids.astype(np.int32))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=n, min_length=n, do_sample=False, batch_size=ids.shape[0])
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids.astype(np.int32))
+    gen.generate_next_token()
+    t0 = time.perf_counter()
+    for _ in range(new_tokens - 1):
         gen.generate_next_token()
-        t0 = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            gen.generate_next_token()
-        times.append((time.perf_counter() - t0) * 1e3 / (new_tokens - 1))
+    return (time.perf_counter() - t0) * 1e3 / (new_tokens - 1)
+
+
+def bare_generator_loop(folder: Path, graph: bool, ids: np.ndarray, new_tokens: int, reps: int = 3,
+                        device: str = "cuda") -> float:
+    """Mean decode step (ms) of ORT GenAI's own Generator loop, host-timed around generate_next_token."""
+    model = _bare_model(folder, graph, device)
+    times = [_bare_generation(model, ids, new_tokens) for _ in range(reps + 1)]
     return float(np.median(times[1:]))
+
+
+def generator_rounds(src: Source, graph: bool, dtype: str, ids: np.ndarray, new_tokens: int, device: str,
+                     rounds: int = 10, seed: int = 0) -> tuple[float, float, float] | None:
+    """The harness's ORT GenAI path against a bare Generator loop, in ``rounds`` rounds alternating in
+    this process (A B B A ..., seeded): (ratio, low, high) of harness over bare mean decode step, 95%.
+    A launch-bound loop's pace moves several percent between two loops minutes apart in one process;
+    alternating generation by generation lets both see the same drift."""
+    from workers.measure import paired
+
+    runner = RUNNERS["ort-genai-graph" if graph else "ort-genai"]()
+    b, p = ids.shape
+    runner.setup(src, dtype, device, b, p, new_tokens)
+    try:
+        model = _bare_model(src.onnx_model(dtype, "cuda" if device.startswith("cuda") else "cpu"), graph, device)
+        arms = (lambda: float(np.mean(runner.generate(ids).step_ms)), lambda: _bare_generation(model, ids, new_tokens))
+        for arm in arms:  # a warm-up generation each
+            arm()
+        per: tuple[list[float], list[float]] = ([], [])
+        for order in paired.round_orders(2, rounds, seed):
+            for i in order:
+                per[i].append(arms[i]())
+    finally:
+        runner.teardown()
+    return paired.paired_ratio(per[1], per[0], 0.95)
 
 
 def main() -> None:
@@ -115,6 +157,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model: checks the script, measures nothing")
     ap.add_argument("--paths", default="", help="comma-separated backends to run (default: all)")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of the interleaved ORT GenAI fidelity check")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +194,18 @@ def main() -> None:
             fid[name] = fn()
         except Exception as exc:  # noqa: BLE001 - a bench prints what failed and goes on
             fid[name] = f"failed: {exc}"
-    (out / "generation.json").write_text(json.dumps({"records": recs, "fidelity": fid}, default=str))
+    paired_fid = {}
+    for graph in (False, True):
+        name = f"ort-genai{'-graph' if graph else ''} fp16 vs bare Generator loop, {args.rounds} rounds interleaved"
+        if (wanted and name.split()[0] not in wanted) or (graph and not args.device.startswith("cuda")):
+            continue
+        try:
+            paired_fid[name] = generator_rounds(src, graph, "fp16" if args.device.startswith("cuda") else "fp32", ids,
+                                                n, args.device, args.rounds)
+        except Exception as exc:  # noqa: BLE001 - a bench prints what failed and goes on
+            paired_fid[name] = f"failed: {exc}"
+    (out / "generation.json").write_text(json.dumps({"records": recs, "fidelity": fid, "paired": paired_fid},
+                                                    default=str))
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\n{dev_name}  {time.strftime('%Y-%m-%d')}  llama {'tiny' if args.tiny else '~1B'}, batch {b}, prompt {p}, "
           f"{n} new tokens; copy bandwidth {bw_text}; "
@@ -175,6 +229,10 @@ def main() -> None:
             print(f"  {name}: {mine:.3f} ms vs {bare:.3f} ms ({(mine / bare - 1) * 100:+.1f}%)")
         else:
             print(f"  {name}: {bare}")
+    for name, r in paired_fid.items():
+        text = r if isinstance(r, str) else (f"harness/bare {r[0]:.4f} (95% {r[1]:.4f}-{r[2]:.4f})" if r
+                                             else "too few rounds")
+        print(f"  {name}: {text}")
 
 
 if __name__ == "__main__":
