@@ -76,8 +76,25 @@ def price_for(gpu_name: str | None, prices: dict[str, float]) -> tuple[str, floa
     return None
 
 
+class ConfigLine:
+    """What a line of either sizing table (requests: ``Sized``; output tokens: ``answers.tokens``) says
+    of its configuration."""
+
+    label: str
+    batch_size: int
+    concurrency: int | None
+
+    @property
+    def config(self) -> str:
+        c = f" c={self.concurrency}" if self.concurrency else ""
+        return f"{self.label} bs={self.batch_size}{c}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "config": self.config}  # type: ignore[call-overload]
+
+
 @dataclass
-class Sized:
+class Sized(ConfigLine):
     """One configuration's line of the sizing table."""
 
     model: str
@@ -104,14 +121,6 @@ class Sized:
     def group(self) -> tuple[str, str, float | None]:
         return self.model, self.dtype, self.bound_ms
 
-    @property
-    def config(self) -> str:
-        c = f" c={self.concurrency}" if self.concurrency else ""
-        return f"{self.label} bs={self.batch_size}{c}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "config": self.config}
-
 
 def measured_text(r: Row) -> str:
     """The ``measured`` cell: with how many of its node's GPUs busy the row was timed."""
@@ -132,17 +141,29 @@ def _line(r: Row) -> Sized:
 def peak_lines(rows: list[Row]) -> list[Sized]:
     """One line per single-pass configuration with a peak rate (ok rows, valid): the figure measured with
     the most of its node's GPUs busy where there are several (generation rows: ``answers.tokens``)."""
+    def keep(r: Row) -> bool:
+        return (r.get("status") == Status.OK and r.get("valid") is not False and bool(r.get("peak_rate"))
+                and scenarios.of(r).report == "peak" and not r.get("new_tokens"))
+
+    def key(r: Row) -> tuple[Any, ...]:
+        return (r.get("model"), axes_text(r), r.get("dtype"), r.get("latency_bound_ms"), r.get("label"),
+                r.get("batch_size"), r.get("concurrency"), r.get("io"), r.get("device_name"), bool(r.get("confident")))
+
+    return [_line(r) for r in most_busy(rows, keep, key)]
+
+
+def most_busy(rows: list[Row], keep: Callable[[Row], bool], key: Callable[[Row], tuple[Any, ...]]) -> list[Row]:
+    """Of the rows ``keep`` takes, one per ``key`` (a configuration): the one timed with the most of its
+    node's GPUs busy (``node_trials_busy_max``), the first where they tie."""
     chosen: dict[tuple[Any, ...], Row] = {}
     for r in rows:
-        if (r.get("status") != Status.OK or r.get("valid") is False or not r.get("peak_rate")
-                or scenarios.of(r).report != "peak" or r.get("new_tokens")):
+        if not keep(r):
             continue
-        key = (r.get("model"), axes_text(r), r.get("dtype"), r.get("latency_bound_ms"), r.get("label"),
-               r.get("batch_size"), r.get("concurrency"), r.get("io"), r.get("device_name"), bool(r.get("confident")))
-        held = chosen.get(key)
+        k = key(r)
+        held = chosen.get(k)
         if held is None or (r.get("node_trials_busy_max") or 0) > (held.get("node_trials_busy_max") or 0):
-            chosen[key] = r
-    return [_line(r) for r in chosen.values()]
+            chosen[k] = r
+    return list(chosen.values())
 
 
 def size(rows: list[Row], target: float | None = None, headroom: float = 0.0,
@@ -166,13 +187,24 @@ def size(rows: list[Row], target: float | None = None, headroom: float = 0.0,
         if matched:
             s.price_key, hourly = matched
             s.usd_per_m = hourly / (s.rate * 3600) * 1e6
-    groups: dict[tuple[Any, ...], list[Sized]] = defaultdict(list)
+    return ranked(lines, lambda s: s.rate, sort_key(sort, lambda s: s.rate, "usd_per_m", "kwh_per_m"))
+
+
+def grouped(lines: list[Any]) -> dict[tuple[Any, ...], list[Any]]:
+    """Sizing lines by their ``group`` (model and shape, dtype, bounds)."""
+    groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
     for s in lines:
         groups[s.group].append(s)
-    out = []
-    for _, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        max(members, key=lambda s: s.rate).best = True
-        out += sorted(members, key=_sort_key(sort))
+    return groups
+
+
+def ranked(lines: list[Any], speed: Callable[[Any], float], key: Callable[[Any], Any]) -> list[Any]:
+    """The lines group after group (in the groups' order), each group's fastest by ``speed`` marked best
+    and the group sorted by ``key``."""
+    out: list[Any] = []
+    for _, members in sorted(grouped(lines).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        max(members, key=speed).best = True
+        out += sorted(members, key=key)
     return out
 
 
@@ -182,22 +214,21 @@ def no_peaks(option: str, target: float, what: str = "") -> InputError:
                       f"{peak_names()} {what}rows: docs/reports.md#sizing)")
 
 
-def _sort_key(sort: Sort) -> Any:
+def sort_key(sort: Sort, speed: Callable[[Any], float], usd: str, kwh: str) -> Callable[[Any], Any]:
+    """How a group's lines are ordered for ``sort``: by cost (attribute ``usd``), energy (``kwh``; a line
+    without one last) or GPUs, then the fastest (``speed``) first."""
     inf = float("inf")
     if sort == "cost":
-        return lambda s: (s.usd_per_m if s.usd_per_m is not None else inf, -s.rate)
+        return lambda s: (getattr(s, usd) if getattr(s, usd) is not None else inf, -speed(s))
     if sort == "energy":
-        return lambda s: (s.kwh_per_m if s.kwh_per_m is not None else inf, -s.rate)
-    return lambda s: (s.gpus if s.gpus is not None else 0, -s.rate)
+        return lambda s: (getattr(s, kwh) if getattr(s, kwh) is not None else inf, -speed(s))
+    return lambda s: (s.gpus if s.gpus is not None else 0, -speed(s))
 
 
 def differences(lines: list[Sized]) -> list[str]:
     """Per group, where the cheapest (with prices; else the least energy) is not the fastest."""
-    groups: dict[tuple[Any, ...], list[Sized]] = defaultdict(list)
-    for s in lines:
-        groups[s.group].append(s)
     named = [(f"{model} {dtype}" + (f" p99 <= {bound:g} ms" if bound is not None else ""), members)
-             for (model, dtype, bound), members in groups.items()]
+             for (model, dtype, bound), members in grouped(lines).items()]
     return cheapest_not_fastest(named, lambda s: s.rate, lambda s: f"{s.rate:,.0f} req/s", ("usd_per_m", "kwh_per_m"),
                                 "requests")
 

@@ -26,12 +26,22 @@ scheduled arrival under server and find-peak, so offline points would sit at a T
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.answers import pareto
-from orchestrator.answers.sizing import J_PER_KWH, Sort, cheapest_not_fastest, measured_text, price_for
+from orchestrator.answers.sizing import (
+    J_PER_KWH,
+    ConfigLine,
+    Sort,
+    cheapest_not_fastest,
+    grouped,
+    measured_text,
+    most_busy,
+    price_for,
+    ranked,
+    sort_key,
+)
 from orchestrator.answers.tables import axes_text
 from workers import scenarios
 from workers.contract import Status
@@ -47,7 +57,7 @@ def _ok(r: Row) -> bool:
 
 
 @dataclass
-class TokenSized:
+class TokenSized(ConfigLine):
     """One generation configuration's line of the sizing table."""
 
     model: str  # model and shape (prompt + new tokens)
@@ -79,14 +89,6 @@ class TokenSized:
     def group(self) -> tuple[str, str, float | None, float | None]:
         return self.model, self.dtype, self.ttft_bound_ms, self.tpot_bound_ms
 
-    @property
-    def config(self) -> str:
-        c = f" c={self.concurrency}" if self.concurrency else ""
-        return f"{self.label} bs={self.batch_size}{c}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "config": self.config}
-
 
 def _peak_upper(r: Row) -> float | None:
     """The TTFT p99's upper confidence bound at the peak: the last passing probe's (the row's own
@@ -112,16 +114,14 @@ def _line(r: Row) -> TokenSized:
 def peak_lines(rows: list[Row]) -> list[TokenSized]:
     """One line per generation configuration with a peak rate (ok, valid rows): the figure measured
     with the most of its node's GPUs busy where there are several."""
-    chosen: dict[tuple[Any, ...], Row] = {}
-    for r in rows:
-        if not _ok(r) or not r.get("peak_rate") or scenarios.of(r).report != "peak" or not r.get("batch_size"):
-            continue
-        key = (_model(r), r.get("dtype"), r.get("latency_bound_ms"), r.get("tpot_bound_ms"), r.get("label"),
-               r.get("batch_size"), r.get("concurrency"), r.get("io"), r.get("device_name"), bool(r.get("confident")))
-        held = chosen.get(key)
-        if held is None or (r.get("node_trials_busy_max") or 0) > (held.get("node_trials_busy_max") or 0):
-            chosen[key] = r
-    return [_line(r) for r in chosen.values()]
+    def keep(r: Row) -> bool:
+        return _ok(r) and bool(r.get("peak_rate")) and scenarios.of(r).report == "peak" and bool(r.get("batch_size"))
+
+    def key(r: Row) -> tuple[Any, ...]:
+        return (_model(r), r.get("dtype"), r.get("latency_bound_ms"), r.get("tpot_bound_ms"), r.get("label"),
+                r.get("batch_size"), r.get("concurrency"), r.get("io"), r.get("device_name"), bool(r.get("confident")))
+
+    return [_line(r) for r in most_busy(rows, keep, key)]
 
 
 def size(rows: list[Row], target_rate: float | None = None, target_tokens: float | None = None,
@@ -138,22 +138,10 @@ def size(rows: list[Row], target_rate: float | None = None, target_tokens: float
         if matched:
             s.price_key, hourly = matched
             s.usd_per_m_tokens = hourly / (s.tokens_per_s * 3600) * 1e6
-    inf = float("inf")
-    key = {"cost": lambda s: (s.usd_per_m_tokens if s.usd_per_m_tokens is not None else inf, -s.tokens_per_s),
-           "energy": lambda s: (s.kwh_per_m_tokens if s.kwh_per_m_tokens is not None else inf, -s.tokens_per_s),
-           "gpus": lambda s: (s.gpus if s.gpus is not None else 0, -s.tokens_per_s)}[sort]
-    out = []
-    for _, members in sorted(_groups(lines).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        max(members, key=lambda s: s.tokens_per_s).best = True
-        out += sorted(members, key=key)
-    return out
+    def speed(s: TokenSized) -> float:
+        return s.tokens_per_s
 
-
-def _groups(lines: list[TokenSized]) -> dict[tuple[Any, ...], list[TokenSized]]:
-    groups: dict[tuple[Any, ...], list[TokenSized]] = defaultdict(list)
-    for s in lines:
-        groups[s.group].append(s)
-    return groups
+    return ranked(lines, speed, sort_key(sort, speed, "usd_per_m_tokens", "kwh_per_m_tokens"))
 
 
 def bounds_text(ttft: float | None, tpot: float | None) -> str:
@@ -164,7 +152,7 @@ def differences(lines: list[TokenSized]) -> list[str]:
     """Per group, where the cheapest per million output tokens (with prices; else the least energy) is
     not the fastest per GPU."""
     named = [(" ".join(filter(None, [model, dtype, bounds_text(ttft, tpot)])), members)
-             for (model, dtype, ttft, tpot), members in _groups(lines).items()]
+             for (model, dtype, ttft, tpot), members in grouped(lines).items()]
     return cheapest_not_fastest(named, lambda s: s.tokens_per_s, lambda s: f"{s.tokens_per_s:,.0f} output tokens/s",
                                 ("usd_per_m_tokens", "kwh_per_m_tokens"), "output tokens")
 
