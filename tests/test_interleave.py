@@ -14,7 +14,7 @@ from orchestrator.plan.expand import expand
 from orchestrator.plan.interleave import units
 from orchestrator.plan.load import parse_plan
 from workers.backends.sleep import SleepRunner
-from workers.measure import paired
+from workers.measure import paired, stats
 from workers.models.build import ModelStore
 from workers.trial import run_trial
 
@@ -71,7 +71,7 @@ def test_round_orders_give_every_arm_every_place_once_per_block_and_follow_the_s
     assert paired.verdict(0.97, 0.95, 0.99, 0.01) == "improved"
     assert paired.verdict(1.03, 0.99, 1.07, 0.01) == "unchanged"  # the interval reaches 1
     assert paired.verdict(1.005, 1.001, 1.009, 0.01) == "unchanged"  # significant, below the threshold
-    assert paired.t_quantile(0.975, 19) == pytest.approx(2.093, abs=1e-3)
+    assert stats.t_quantile(0.975, 19) == pytest.approx(2.093, abs=1e-3)
 
 
 def test_one_worker_alternates_the_arms_in_rounds_sets_each_up_once_and_finds_an_injected_slowdown(monkeypatch):

@@ -46,6 +46,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workers.measure.stats import t_quantile
+
 #: the share of rounds trimmed from each end of the log ratios (Yuen's trimmed mean): see the module's doc
 TRIM = 0.2
 
@@ -61,26 +63,6 @@ def round_orders(arms: int, rounds: int, seed: int) -> list[list[int]]:
         perm = rng.permutation(arms)
         out += [[int(i) for i in np.roll(perm, -int(k))] for k in rng.permutation(arms)]
     return out[:rounds]
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile (p > 0.5): the CDF, a Simpson integral of the density, inverted by
-    bisection (no scipy on the workers; 1e-6 is far finer than any interval needs)."""
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def cdf(t: float) -> float:
-        x = np.linspace(0.0, t, 2001)
-        y = c * (1 + x * x / df) ** (-(df + 1) / 2)
-        h = t / 2000
-        return 0.5 + h / 3 * float(y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1e-6:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
 
 
 def paired_ratio(base: Sequence[float], cand: Sequence[float], confidence: float) -> tuple[float, float, float] | None:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -115,3 +116,24 @@ def between_run_cv(medians: Sequence[float]) -> float | None:
     if m.size < 2 or m.mean() <= 0:
         return None
     return float(m.std(ddof=1) / m.mean())
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (p > 0.5): the CDF, a Simpson integral of the density, inverted by
+    bisection (no scipy on the workers; 1e-6 is far finer than any interval needs)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(t: float) -> float:
+        x = np.linspace(0.0, t, 2001)
+        y = c * (1 + x * x / df) ** (-(df + 1) / 2)
+        h = t / 2000
+        return 0.5 + h / 3 * float(y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
