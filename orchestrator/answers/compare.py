@@ -66,6 +66,7 @@ from orchestrator.answers.fairness import math_mismatch
 from workers import scenarios
 from workers.contract import Status
 from workers.measure.processes import between_process_noise
+from workers.measure.slowdown import LAUNCH_BOUND_UTIL_PCT
 from workers.row import Row
 from workers.scenarios import tag as scenario_tag
 
@@ -76,11 +77,12 @@ DEFAULT_THRESHOLD = 0.03
 #: threshold's sensitivity (the interval widens by x/ 1.028) while two processes' cuDNN picks and clocks
 #: may differ by a percent or two; bench/aa.py on the H100 checks it.
 BETWEEN_RUN_FLOOR = {"cuda": 0.01, "cpu": 0.03}
-#: A GPU row whose GPU was busy less than this share of its timing (``gpu_util_pct``, NVML) is
+#: A GPU row whose GPU was busy less than HOST_BOUND_UTIL_PCT of its timing (``gpu_util_pct``, NVML) is
 #: launch-bound: its latency is the host's pace, and it is judged at ``HOST_BOUND_FLOOR`` at least. On the
 #: H200 VM a hand-written eager loop pinned to one CPU moved 7-14% between three fresh processes
 #: (unpinned 40-61%), a CUDA-graph loop 0.3% (bench/host_jitter.py, BENCHMARKS.md "A/A on the GPU").
-HOST_BOUND_UTIL_PCT = 80.0
+#: The line is the one an injected slowdown draws between its two kinds (workers.measure.slowdown).
+HOST_BOUND_UTIL_PCT = LAUNCH_BOUND_UTIL_PCT
 HOST_BOUND_FLOOR = 0.05
 SPEC_KEYS = ("model", "input_shape", "axes", "backend", "label", "options", "batch_size", "dtype", "io", "scenario",
              "concurrency", "target_rate", "arrival", "latency_bound_ms", "tpot_bound_ms", "prompt_len",

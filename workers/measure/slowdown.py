@@ -37,8 +37,8 @@ from workers.row import Row
 CALIBRATE_WARM = 5
 CALIBRATE_STEPS = 15
 CALIBRATE_S = 0.6
-#: GPU utilization (NVML, % of time a kernel ran) below which a step is launch-bound: the line
-#: ``compare`` draws too (its HOST_BOUND_UTIL_PCT), so a row's kind means the same in both
+#: GPU utilization (NVML, % of time a kernel ran) below which a step is launch-bound: ``compare``
+#: draws its line here too (its HOST_BOUND_UTIL_PCT), so a row's kind means the same in both
 LAUNCH_BOUND_UTIL_PCT = 80.0
 #: without NVML: launch time / step time above which a GPU step is launch-bound. A runner whose
 #: step waits for its own stream (ORT) launches for its whole step, so NVML comes first.
