@@ -147,7 +147,7 @@ def _log_case(log: Any, rec: dict[str, Any]) -> None:
 
 
 def ratio_child(arg: str) -> None:
-    from workers.models.build import ModelStore, onnx_export
+    from workers.models.build import ModelStore, onnx_artifact
     from workers.trial import run_trial
 
     spec = json.loads(arg)
@@ -158,7 +158,7 @@ def ratio_child(arg: str) -> None:
         if time.time() > spec["deadline"]:
             return
         try:
-            rec = _case(cfg, store, variant, spec["batch"], spec["dtype"], onnx_export, run_trial)
+            rec = _case(cfg, store, variant, spec["batch"], spec["dtype"], onnx_artifact, run_trial)
         except Exception as exc:  # a broken case is a result too; the others still run
             rec = {"variant": variant, "batch": spec["batch"], "dtype": spec["dtype"], "status": "bench_error",
                    "hand_ms": None, "infer_orch_ms": None, "ratio": None, "error": f"{type(exc).__name__}: {exc}"}
@@ -166,13 +166,13 @@ def ratio_child(arg: str) -> None:
         print("RATIO " + json.dumps(rec, default=str), flush=True)
 
 
-def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str, onnx_export: Any,
+def _case(cfg: dict[str, Any], store: Any, variant: str, batch: int, dtype: str, onnx_artifact: Any,
           run_trial: Any) -> dict[str, Any]:
     device = cfg["device"]
     trial = make_trial(cfg, variant, batch, dtype)
     t0 = time.perf_counter()
     if variant.startswith("ort"):
-        onnx_export(store, trial.model, batch, dtype, axes=trial.axes)  # the export is neither side's time
+        onnx_artifact(store, trial.model, batch, dtype, axes=trial.axes)  # the export is neither side's time
     step, cleanup = hand.make_step(variant, store, trial.model, batch, dtype, device, trial.seed, trial.axes)
     # the GPU busy for settle_s first: its first second of load after an idle setup ran faster than the
     # rest (BERT-base b8 on an H200: 0.915 ms, then 0.98 ms in both harnesses), which no side should get

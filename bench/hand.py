@@ -24,7 +24,7 @@ def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, devic
     made as infer-orch makes it, and with ORT every input and output is bound."""
     import torch
 
-    from workers.models.build import call_model, make_inputs, onnx_export
+    from workers.models.build import call_model, make_inputs, onnx_artifact
 
     axes = axes or {}
     if variant.startswith("torch"):
@@ -50,7 +50,7 @@ def make_step(variant: str, store: Any, spec: Any, batch: int, dtype: str, devic
 
     import onnxruntime as ort
 
-    path, _ = onnx_export(store, spec, batch, dtype, axes=axes)
+    path = onnx_artifact(store, spec, batch, dtype, axes=axes).path
     on_gpu = device == "cuda"
     graph = variant == "ort-iobind-graph"
     if on_gpu:

@@ -13,7 +13,7 @@ from orchestrator.errors import PlanError
 from orchestrator.run.inspect import describe
 from workers.backends.trt_libs import tensorrt_missing
 from workers.contract import ModelSpec
-from workers.models.build import ModelStore, onnx_export
+from workers.models.build import ModelStore, onnx_artifact
 from workers.trial import run_trial
 
 TINY = ModelSpec(kind="python", ref="tinynet:make", name="make", input_shape=(3, 16, 16))
@@ -58,7 +58,7 @@ def test_provider_options_the_session_used_are_in_the_row():
 
 
 def test_fp16_is_an_fp16_export_not_a_cast_of_the_input():
-    path, _ = onnx_export(ModelStore(), TINY, 2, "fp16")
+    path = onnx_artifact(ModelStore(), TINY, 2, "fp16").path
     graph = onnx.load(str(path)).graph
     elem = onnx.TensorProto.DataType.Name
     assert [elem(i.type.tensor_type.elem_type) for i in graph.input] == ["FLOAT16"]

@@ -141,22 +141,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def onnx_export(
-    store: ModelStore,
-    spec: ModelSpec,
-    batch_size: int,
-    dtype: str,
-    exporter: str = "dynamo",
-    opset: int | None = None,
-    axes: dict[str, int] | None = None,
-    dynamic: bool = False,
-) -> tuple[Path, bool]:
-    """The ONNX file for ``spec`` at this batch size and dtype; returns (path, was_cached).
-    :func:`onnx_artifact` tells more: how long it waited for another process's export."""
-    built = onnx_artifact(store, spec, batch_size, dtype, exporter, opset, axes, dynamic)
-    return built.path, built.cached
-
-
 def onnx_artifact(
     store: ModelStore,
     spec: ModelSpec,
