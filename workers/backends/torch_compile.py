@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import model_validator
 
+from workers import torch_threads
 from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runner
 from workers.backends.torch_eager import (
     TorchMath,
@@ -134,6 +135,8 @@ class TorchCompile(TorchMath, Runner):
         self._torch, self._counters = torch, counters
         o = self.options
         use_node_cache()
+        if o.mode in CUDA_GRAPH_MODES and self.ctx.device == "cuda":
+            torch_threads.prepare()  # this thread may not be the one that first used CUDA-graph trees
         torch._dynamo.reset()
         counters.clear()
         from workers.models.build import map_outputs

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from workers import torch_threads
 from workers.generation.base import Generation, GenerationRunner, SkipTrial, marks_for
 
 
@@ -117,6 +118,8 @@ class TorchStatic(GenerationRunner):
         if self.mode == "cudagraph":
             self._capture()
         elif self.mode == "compile":
+            if str(dev).startswith("cuda"):
+                torch_threads.prepare()
             self._step = torch.compile(self._decode, mode="reduce-overhead", fullgraph=True)
 
     def _decode(self, tok: Any, pos: Any) -> tuple[Any, Any]:
@@ -163,6 +166,8 @@ class TorchStatic(GenerationRunner):
         ids = torch.as_tensor(prompt_ids, device=self.device)
         kept: list[np.ndarray] = []
         marks = marks_for(self.device)
+        if self.mode == "compile" and str(self.device).startswith("cuda"):  # maybe another thread than the last
+            torch_threads.prepare()
         self.cache.reset()
         _sync(self.device)
         with torch.inference_mode():
