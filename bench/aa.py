@@ -21,9 +21,9 @@ The whole takes more than half an hour of GPU time, so it runs in parts, each un
 one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
 
     python bench/aa.py OUT_DIR --part list                 # the parts
-    python bench/aa.py OUT_DIR --part interleaved-resnet18-fp32   # plans/aa-interleaved.yaml's units
+    python bench/aa.py OUT_DIR --part interleaved-resnet18-fp32-b1   # plans/aa-interleaved.yaml's units
                                                            #   (base, twin) + 1/2/3/5% slower arms
-    python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32       # cross-run side a (then b: A/A;
+    python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32-b1    # cross-run side a (then b: A/A;
                                                            #   s1, s2, s3, s5: slowed candidates)
     python bench/aa.py OUT_DIR --part summary              # every part's JSON -> aa-summary.json
     python bench/aa.py OUT_DIR --plan plans/quickstart.yaml       # the plain A/A: a plan run twice,
@@ -60,11 +60,12 @@ POWER = 0.95
 PROCESS_REPEATS = 5
 MODELS = ("resnet18", "mobilenet_v2")
 DTYPES = ("fp32", "fp16")
+BATCHES = (1, 8)  # a part per batch size: the interleaved units of a model and dtype took over 7 minutes
 SIDES = ("a", "b", *(f"s{round(f * 100)}" for f in LEVELS))  # cross-run: base, A/A twin, slowed candidates
 
 
 def parts() -> list[str]:
-    slices = [f"{m}-{d}" for m in MODELS for d in DTYPES]
+    slices = [f"{m}-{d}-b{b}" for m in MODELS for d in DTYPES for b in BATCHES]
     return [f"interleaved-{s}" for s in slices] + [f"cross-{side}-{s}" for side in SIDES for s in slices]
 
 
@@ -79,9 +80,17 @@ def run(plan: Path, out: Path, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def sliced(plan: dict, model: str, dtype: str) -> dict:
-    """``plan`` (plans/aa.yaml's form) cut to one model and one dtype."""
+def slice_of(name: str) -> tuple[str, str, int]:
+    """(model, dtype, batch size) of a part's slice, e.g. ``mobilenet_v2-fp32-b1``."""
+    model, dtype, batch = name.rsplit("-", 2)
+    return model, dtype, int(batch.removeprefix("b"))
+
+
+def sliced(plan: dict, slice_name: str) -> dict:
+    """``plan`` (plans/aa.yaml's form) cut to one model, dtype and batch size."""
+    model, dtype, batch = slice_of(slice_name)
     out = json.loads(json.dumps(plan))
+    out["matrix"]["batch_sizes"] = [batch]
     out["models"] = [m for m in plan["models"] if str(m).endswith(model) or (isinstance(m, dict)
                                                                              and model in m.values())]
     out["matrix"]["dtypes"] = [dtype]
@@ -139,8 +148,8 @@ def facts(rows: list[dict]) -> dict:
 def interleaved_part(args: Any, name: str) -> dict:
     from orchestrator.results.read import load_results
 
-    model, dtype = name.removeprefix("interleaved-").rsplit("-", 1)
-    plan = interleaved_plan(sliced(yaml.safe_load(args.interleaved_plan.read_text()), model, dtype))
+    plan = interleaved_plan(sliced(yaml.safe_load(args.interleaved_plan.read_text()),
+                                   name.removeprefix("interleaved-")))
     path = args.out / "plans" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     wall = run(path, args.out / "runs" / name, args.out / f"{name}.log")
@@ -168,8 +177,8 @@ def interleaved_part(args: Any, name: str) -> dict:
 def cross_part(args: Any, name: str) -> dict:
     from orchestrator.results.read import load_results
 
-    side, model, dtype = name.removeprefix("cross-").split("-", 2)
-    plan = cross_plan(sliced(yaml.safe_load(args.plan.read_text()), model, dtype), side, args.process_repeats)
+    side, rest = name.removeprefix("cross-").split("-", 1)
+    plan = cross_plan(sliced(yaml.safe_load(args.plan.read_text()), rest), side, args.process_repeats)
     path = args.out / "plans" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     wall = run(path, args.out / "runs" / name, args.out / f"{name}.log")
