@@ -135,6 +135,8 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     import yaml
 
     from orchestrator.answers.compare import compare
+    from orchestrator.cli.console import console
+    from orchestrator.cli.run import _print_run
     from orchestrator.results.read import load_results
     from orchestrator.run.api import run_plan
 
@@ -149,6 +151,9 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     assert gate.exit_code == 1 and "Interleaved A/B" in gate.output  # the regressed arm fails the gate
     shown = CliRunner().invoke(app, ["report", str(tmp_path / "ab")])
     assert shown.exit_code == 0 and "1 unchanged, 1 regressed" in " ".join(shown.output.split())
+    with console.capture() as printed:  # what `run` prints once such a run ends: its answer, not only medians
+        _print_run(result, "auto", None)
+    assert "Interleaved A/B" in printed.get() and "1 unchanged, 1 regressed" in " ".join(printed.get().split())
     plain = _plan([{"label": "a"}, {"label": "slow", "slowdown": 0.05}])  # the same labels, ordinary trials
     plain["measure"] = {"warmup_iters": 2, "warmup_max_iters": 2, "iters": 10}
     run_plan(write_plan(yaml.safe_dump(plain), "plain.yaml"), out=tmp_path / "plain", workers=1)

@@ -142,6 +142,7 @@ def _print_run(result: RunResult, table: str, junit: Path | None) -> None:
     """What ``run`` prints once the run has ended (its results table, counts, budgets), the JUnit file;
     exits 1 when the run failed."""
     print_results(result.rows, table, result.out)
+    _print_paired(result.rows)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""
     console.print(f"{len(result.rows)} trials: {counts}{invalid}. Results: {result.out}", highlight=False)
@@ -158,6 +159,17 @@ def _print_run(result: RunResult, table: str, junit: Path | None) -> None:
     _budgets_and_junit(result, junit)
     if result.exit_code:
         raise typer.Exit(code=result.exit_code)
+
+
+def _print_paired(rows: list[Row]) -> None:
+    """The interleaved units' paired ratios, as ``report`` shows them: what such a plan is run for."""
+    from orchestrator.answers import paired
+
+    t = paired.table(rows)
+    if t is not None:
+        console.print(t)
+        for line in paired.lines(rows):
+            console.print(line, highlight=False)
 
 
 def _command_options(junit: Path | None, table: str, builders: int | None = None) -> list[str]:
