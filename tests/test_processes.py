@@ -73,6 +73,28 @@ def test_process_repeats_is_in_the_trial_id_as_repeats_is_and_each_process_gets_
     assert job_of(timed).timeout_s == 300 and job_of(plain).timeout_s == plain.timeout_s == 900
 
 
+def test_a_plan_whose_every_trial_is_of_a_load_or_generation_scenario_is_refused_at_the_key():
+    from orchestrator.errors import PlanError
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.load import parse_plan
+
+    decoder = {"hf-causal": "llama", "overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                                   "num_key_value_heads": 1, "intermediate_size": 64}}
+    plans = {  # a key, a plan none of whose trials it applies to: each trial would be a skipped row
+        "process_repeats": {"models": [decoder], "matrix": {"batch_sizes": [1], "prompt_lens": [8], "new_tokens": [4],
+                                                           "backends": ["torch-eager"]}},
+        "input_pool": {"models": ["torchvision:resnet18"],
+                       "matrix": {"batch_sizes": [1], "backends": ["torch-eager"], "scenarios": ["offline"]}},
+    }
+    for key, plan in plans.items():
+        with pytest.raises(PlanError, match=rf"measure.{key}: 2 applies to requests timed one at a time "
+                                            r"\(scenario single-stream\); every trial of this plan is of scenario"):
+            expand(parse_plan({"name": "p", "device": "cpu", **plan, "measure": {key: 2}}))
+    mixed = {"models": ["torchvision:resnet18"],
+             "matrix": {"batch_sizes": [1], "backends": ["torch-eager"], "scenarios": ["single-stream", "offline"]}}
+    assert len(expand(parse_plan({"name": "p", "device": "cpu", **mixed, "measure": {"process_repeats": 2}}))) == 2
+
+
 def test_a_noisy_process_makes_the_row_invalid_and_says_which_the_sample_count_is_the_rows():
     rows = process_rows([10.0, 10.0, 10.0])
     rows[1] = process_row([8.0, 12.0] * 20)  # IQR/median 40%: noisy within its own loop

@@ -184,6 +184,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     if not trials:
         raise PlanError(f"{source}: matrix: no trials left after `exclude`; loosen the exclude rules")
     interleave.check(plan.measure.interleave, trials, source)
+    _check_one_at_a_time(plan, trials, source)
     seen: dict[str, Trial] = {}
     for t in trials:
         if t.trial_id in seen:
@@ -194,6 +195,22 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
         seen[t.trial_id] = t
     _check_onnx_runtime(plan, trials, source)
     return trials
+
+
+def _check_one_at_a_time(plan: Plan, trials: list[Trial], source: str) -> None:
+    """``measure.process_repeats`` and ``measure.input_pool`` time requests one at a time: a trial of
+    another scenario is ``skipped`` with that reason, and a plan where every trial would be is refused
+    at the key rather than run for nothing."""
+    keys = [(key, n, ok) for key, n, ok in (
+        ("process_repeats", plan.measure.process_repeats, lambda t: t.scenario == scenarios.DEFAULT),
+        ("input_pool", plan.measure.input_pool, lambda t: not scenarios.get(t.scenario).uses_lanes))
+        if n > 1]
+    for key, n, ok in keys:
+        if not any(ok(t) for t in trials):
+            named = sorted({t.scenario for t in trials})
+            raise PlanError(f"{source}: measure.{key}: {n} applies to requests timed one at a time "
+                            f"(scenario {scenarios.DEFAULT}); every trial of this plan is of scenario "
+                            f"{', '.join(named)}: leave it at 1")
 
 
 def _check_exclude(rules: list[Any], candidates: list[Trial], source: str) -> None:
