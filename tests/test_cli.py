@@ -10,13 +10,14 @@ from helpers import REPO, infer_orch
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     """The shipped quickstart plan, run as `make run` runs it, but measuring each trial for at most
-    1 s (0.5 s of warm-up) instead of 5 s (2 s): its models, backends, batch sizes and options as
-    shipped, its run a third as long. The 4 trials' timed loops ran to their time limits on the
-    loaded test machine, on both cores: about 50 CPU-s of the suite. That loop's limits are tested
-    with the measurement (test_stats, test_backends)."""
+    0.5 s (0.25 s of warm-up) instead of 5 s (2 s): its models, backends, batch sizes and options as
+    shipped. The 4 trials' timed loops ran to their time limits on the loaded test machine, on both
+    cores (at 1 s and 0.5 s: about 6 CPU-s of the suite, at the shipped limits about 50); what is
+    asserted here is that every trial runs and is stored, not its figures. That loop's limits are
+    tested with the measurement (test_stats, test_backends)."""
     data = yaml.safe_load((REPO / "plans/quickstart.yaml").read_text())
-    assert data["measure"]["max_time_s"] > 1 and data["measure"]["warmup_max_s"] > 0.5  # shortened, not lengthened
-    data["measure"].update(max_time_s=1, warmup_max_s=0.5)
+    assert data["measure"]["max_time_s"] > 0.5 and data["measure"]["warmup_max_s"] > 0.25  # shortened, not lengthened
+    data["measure"].update(max_time_s=0.5, warmup_max_s=0.25)
     base = tmp_path_factory.mktemp("qs")
     plan, out = base / "quickstart.yaml", base / "run"
     plan.write_text(yaml.safe_dump(data, sort_keys=False))
