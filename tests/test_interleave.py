@@ -140,7 +140,12 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     from orchestrator.results.read import load_results
     from orchestrator.run.api import run_plan
 
-    plan = _plan([{"label": "a"}, {"label": "a2"}, {"label": "slow", "slowdown": 0.3}], rounds=6, threshold=0.05)
+    # 10 ms steps in 0.15 s rounds: on two cores busy with the rest of the suite, a sleep wakes up late by
+    # a few ms, and 2 ms steps in 0.03 s rounds sometimes left a 30% slowdown's interval across 1
+    plan = _plan([{"label": "a"}, {"label": "a2"}, {"label": "slow", "slowdown": 0.3}], rounds=8, threshold=0.05,
+                 round_s=0.15)
+    for entry in plan["matrix"]["backends"]:
+        entry["options"] = {"step_s": 0.01}
     result = run_plan(write_plan(yaml.safe_dump(plan)), out=tmp_path / "ab", workers=2)
     rows = load_results(tmp_path / "ab").to_pylist()
     assert result.exit_code == 0 and len(rows) == 3
