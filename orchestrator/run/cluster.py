@@ -157,9 +157,10 @@ def lean_node(worker_logs: bool = False):
     - the autoscaler's monitor: a local node has nothing to scale;
     - the log monitor, which tails every worker's log files and sends them to the driver: off
       unless the driver shows worker logs (``INFER_ORCH_WORKER_LOGS=1``);
-    - the dashboard's modules in its agent: they run as for a Ray without the dashboard's packages
-      (Ray's "minimal" mode), which also drops the agent's reporter: it scanned every worker
-      process every few seconds, timed iterations included;
+    - the dashboard agent's HTTP server: the agent is started ``--minimal``, as for a Ray without the
+      dashboard's packages. (Ray 2.60's agent still loads every module, its reporter included, which
+      scans the worker processes every few seconds, timed iterations included; and with no API
+      server its event module logs a failed lookup of the dashboard's address once a second.);
     - the API server (the dashboard's head process). The dashboard itself is off already
       (``include_dashboard=False``); what the server still serves is the state API (``ray list``),
       job submission and the dashboard's URL, which nothing of a run uses. Ray already goes on
