@@ -124,12 +124,9 @@ def _measure(trial: Trial, device: str, store: ModelStore, cpus: float, cuda_ok:
         reason = reason or (f"arm {arm.arm or arm.label} of this interleaved unit: {why}" if why else None)
     if reason:
         raise SkipTrial(reason)
-    if trial.measure.input_pool > 1 and scenarios.get(trial.scenario).uses_lanes:
-        raise SkipTrial(f"measure.input_pool is timed one request at a time; the {trial.scenario} scenario's "
-                        "lanes each keep their own input")
-    if trial.measure.process_repeats > 1 and trial.scenario != scenarios.DEFAULT:
-        raise SkipTrial(f"measure.process_repeats pools the samples of requests timed one at a time; the "
-                        f"{trial.scenario} scenario's figures are not merged across processes")
+    unmet = scenarios.one_at_a_time(trial)
+    if unmet:
+        raise SkipTrial(next(iter(unmet.values())))
     if trial.slowdown and (scenario.uses_lanes or own) and not runner_cls.slows_itself:
         raise SkipTrial(f"slowdown is injected into the runner's step, one request at a time; the "
                         f"{trial.scenario} scenario does not time that step alone")

@@ -184,7 +184,7 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     if not trials:
         raise PlanError(f"{source}: matrix: no trials left after `exclude`; loosen the exclude rules")
     interleave.check(plan.measure.interleave, trials, source)
-    _check_one_at_a_time(plan, trials, source)
+    _check_one_at_a_time(trials, source)
     seen: dict[str, Trial] = {}
     for t in trials:
         if t.trial_id in seen:
@@ -197,20 +197,16 @@ def expand(plan: Plan, source: str = "<plan>") -> list[Trial]:
     return trials
 
 
-def _check_one_at_a_time(plan: Plan, trials: list[Trial], source: str) -> None:
-    """``measure.process_repeats`` and ``measure.input_pool`` time requests one at a time: a trial of
-    another scenario is ``skipped`` with that reason, and a plan where every trial would be is refused
-    at the key rather than run for nothing."""
-    keys = [(key, n, ok) for key, n, ok in (
-        ("process_repeats", plan.measure.process_repeats, lambda t: t.scenario == scenarios.DEFAULT),
-        ("input_pool", plan.measure.input_pool, lambda t: not scenarios.get(t.scenario).uses_lanes))
-        if n > 1]
-    for key, n, ok in keys:
-        if not any(ok(t) for t in trials):
+def _check_one_at_a_time(trials: list[Trial], source: str) -> None:
+    """A measure key that times requests one at a time, set in a plan none of whose trials does
+    (``scenarios.one_at_a_time``): refused at the key rather than run into a skipped row per trial."""
+    unmet = [scenarios.one_at_a_time(t) for t in trials]
+    for key in ("process_repeats", "input_pool"):
+        if all(key in u for u in unmet):
             named = sorted({t.scenario for t in trials})
-            raise PlanError(f"{source}: measure.{key}: {n} applies to requests timed one at a time "
-                            f"(scenario {scenarios.DEFAULT}); every trial of this plan is of scenario "
-                            f"{', '.join(named)}: leave it at 1")
+            raise PlanError(f"{source}: measure.{key}: {getattr(trials[0].measure, key)} applies to requests "
+                            f"timed one at a time (scenario {scenarios.DEFAULT}); every trial of this plan is of "
+                            f"scenario {', '.join(named)}: leave it at 1")
 
 
 def _check_exclude(rules: list[Any], candidates: list[Trial], source: str) -> None:

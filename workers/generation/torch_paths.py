@@ -118,8 +118,6 @@ class TorchStatic(GenerationRunner):
         if self.mode == "cudagraph":
             self._capture()
         elif self.mode == "compile":
-            if str(dev).startswith("cuda"):
-                torch_threads.prepare()
             self._step = torch.compile(self._decode, mode="reduce-overhead", fullgraph=True)
 
     def _decode(self, tok: Any, pos: Any) -> tuple[Any, Any]:

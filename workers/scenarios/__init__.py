@@ -28,7 +28,8 @@ from pydantic_core import PydanticCustomError
 from workers.scenarios.base import DEFAULT, PARAMS, Figure, Row, Scenario, Settings
 
 __all__ = ["DEFAULT", "PARAMS", "Figure", "Name", "Row", "Scenario", "Settings", "get", "is_registered", "label",
-           "interleaving", "names", "of", "register", "registry", "tag", "unregister", "unregistered", "using"]
+           "interleaving", "names", "of", "one_at_a_time", "register", "registry", "tag", "unregister", "unregistered",
+           "using"]
 
 
 def scenarios_in(module: ModuleType) -> list[type[Scenario]]:
@@ -153,6 +154,20 @@ def is_registered(row: Row) -> bool:
 def tag(row: Row) -> str:
     """A row's scenario in a few words (``Scenario.tag``): empty for the default scenario."""
     return of(row).tag(row)
+
+
+def one_at_a_time(trial: Any) -> dict[str, str]:
+    """The measure keys a trial sets above their default that time requests one at a time and its
+    scenario does not: key -> why (the worker's ``skipped`` reason; a plan where every trial has a
+    key here is refused at that key)."""
+    unmet = {}
+    if trial.measure.input_pool > 1 and get(trial.scenario).uses_lanes:
+        unmet["input_pool"] = (f"measure.input_pool is timed one request at a time; the {trial.scenario} "
+                               "scenario's lanes each keep their own input")
+    if trial.measure.process_repeats > 1 and trial.scenario != DEFAULT:
+        unmet["process_repeats"] = (f"measure.process_repeats pools the samples of requests timed one at a time; "
+                                    f"the {trial.scenario} scenario's figures are not merged across processes")
+    return unmet
 
 
 def label(row: Row) -> str:
