@@ -37,53 +37,44 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
 PHASES = ("entire_frame_compile", "backend_compile", "inductor_compile", "code_gen", "async_compile.wait")
 
 
-def trial_of(device: str, batch: int, tiny: bool):
-    from orchestrator.plan.expand import expand
-    from orchestrator.plan.load import parse_plan
+def gpu_busy(uuid: str | None, stop: threading.Event, out: list[int]) -> None:
+    """NVML utilisation of GPU ``uuid`` every 50 ms until ``stop``."""
+    from workers.measure.envinfo import gpu_utilization
 
-    model = {"torchvision": "resnet18", "input_shape": [3, 64, 64]} if tiny else "torchvision:resnet50"
-    options = {"mode": "default" if device == "cpu" else "reduce-overhead", "channels_last": True}
-    data = {"name": "compile-split", "device": device, "models": [model],
-            "matrix": {"batch_sizes": [batch], "dtypes": ["fp32" if device == "cpu" else "fp16"], "io": ["device"],
-                       "backends": [{"backend": "torch-compile", "options": options}]}}
-    (trial,) = expand(parse_plan(data))
-    return trial
-
-
-def gpu_busy(stop: threading.Event, out: list[int]) -> None:
-    """NVML utilisation of GPU 0 every 50 ms until ``stop``."""
-    from workers.measure import nvml
-
-    nv = nvml.load()
-    if nv is None:
-        return
-    h = nv.nvmlDeviceGetHandleByIndex(0)
     while not stop.wait(0.05):
-        out.append(int(nv.nvmlDeviceGetUtilizationRates(h).gpu))
+        if (u := gpu_utilization(uuid)) is not None:
+            out.append(u)
 
 
 def child(device: str, batch: int, tiny: bool) -> dict:
     """One set-up of the trial in this process: its times, Dynamo's phases, the GPU's utilisation."""
+    import torch
     import torch._dynamo.utils as dynamo_utils
 
+    from bench.ahead_guard import trial_of
     from workers.backends import get
     from workers.context import TrialContext
+    from workers.measure.envinfo import device_facts
     from workers.models.build import ModelStore
 
-    trial = trial_of(device, batch, tiny)
+    options = {"mode": "default" if device == "cpu" else "reduce-overhead", "channels_last": True}
+    case = {"batch": batch, "dtype": "fp32" if device == "cpu" else "fp16",
+            "backend": {"backend": "torch-compile", "options": options}}
+    trial = trial_of(case, device, tiny)
     cls = get(trial.backend)
     runner = cls(TrialContext(trial=trial, device=device, store=ModelStore()), cls.Options(**trial.options))
+    facts = device_facts(device)
     util: list[int] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=gpu_busy, args=(stop, util), daemon=True)
     if device == "cuda":
-        watcher.start()
+        threading.Thread(target=gpu_busy, args=(facts["gpu_uuid"], stop, util), daemon=True).start()
     t0 = time.perf_counter()
     runner.setup()
     setup_s = time.perf_counter() - t0
     stop.set()
     spent = dynamo_utils.calculate_time_spent()
-    res = {"batch": batch, "setup_s": setup_s, "compile_time_s": runner.compile_time_s,
+    res = {"device_name": facts["device_name"], "torch": torch.__version__, "batch": batch, "setup_s": setup_s,
+           "compile_time_s": runner.compile_time_s,
            "cache_warm": runner.cache_warm, "phases_s": {k: spent.get(k) for k in PHASES},
            "gpu_util_pct_mean": sum(util) / len(util) if util else None, "gpu_util_samples": len(util)}
     runner.teardown()
@@ -121,11 +112,9 @@ def main() -> None:
         cold = run_child(args, batch, cache)
         warm = run_child(args, batch, cache)
         results.append({"batch": batch, "cold": cold, "warm": warm})
-    import torch
-
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    (args.out / "compile.json").write_text(json.dumps({"device": device_name, "results": results}, indent=2))
-    print(f"\n{device_name}  {time.strftime('%Y-%m-%d')}  torch {torch.__version__}")
+    first = results[0]["cold"]  # the children's facts: this process imports neither torch nor CUDA
+    (args.out / "compile.json").write_text(json.dumps({"device": first["device_name"], "results": results}, indent=2))
+    print(f"\n{first['device_name']}  {time.strftime('%Y-%m-%d')}  torch {first['torch']}")
     print(f"{'batch':>5} {'cache':5} {'setup s':>8} {'compile s':>9} {'inductor s':>10} {'kernel wait s':>13} "
           f"{'GPU busy %':>10} {'FX cache':>8}")
     for r in results:
