@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.console import console, err_console, fail
-from orchestrator.cli.tables import compare_table
+from orchestrator.cli.tables import compare_table, print_answer
 from orchestrator.errors import InferOrchError
 
 
@@ -57,8 +57,7 @@ def compare(
                       f"{confidence:.0%} confidence, between-run noise included)"
                       + (f"; {invalid} not judged: invalid rows (see note)" if invalid else ""), highlight=False)
         if arms:
-            console.print(paired.table(cand_rows.to_pylist(), f"Candidate run: {paired.TITLE}"))
-            for line in paired.lines(cand_rows.to_pylist()):
-                console.print(line, highlight=False)
+            cand = cand_rows.to_pylist()
+            print_answer(paired.table(cand, f"Candidate run: {paired.TITLE}"), paired.lines, cand)
     if bad or bad_arms:  # a regressed interleaved arm fails the gate as a regressed trial does
         raise typer.Exit(code=1)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from orchestrator.cli.console import console, fail
-from orchestrator.cli.tables import print_results
+from orchestrator.cli.tables import print_answer, print_results
 from orchestrator.errors import InferOrchError, InputError
 from workers.row import Row
 
@@ -95,10 +95,7 @@ def _print_answers(rows: list[Row], ask: Any) -> None:
 
     for table, lines in ((generation_table(rows), answers), (peak_table(rows), serving_answers),
                          (paired.table(rows), paired.lines)):
-        if table is not None:
-            console.print(table)
-            for line in lines(rows):
-                console.print(escape(line), highlight=False)
+        print_answer(table, lines, rows)
     tables, notes = deploy.terminal(rows, ask)
     for item in [*tables, *map(escape, notes)]:
         console.print(item, highlight=False)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from orchestrator.cli.console import console, err_console, fail, warn
-from orchestrator.cli.tables import PIPED_ROWS, TABLE_MODES, print_results, trial_table
+from orchestrator.cli.tables import PIPED_ROWS, TABLE_MODES, print_answer, print_results, trial_table
 from orchestrator.errors import InferOrchError, InputError, Interrupted, Terminated
 from workers.contract import succeeded
 from workers.row import Row
@@ -141,8 +141,10 @@ class _Progress:
 def _print_run(result: RunResult, table: str, junit: Path | None) -> None:
     """What ``run`` prints once the run has ended (its results table, counts, budgets), the JUnit file;
     exits 1 when the run failed."""
+    from orchestrator.answers import paired
+
     print_results(result.rows, table, result.out)
-    _print_paired(result.rows)
+    print_answer(paired.table(result.rows), paired.lines, result.rows)  # an interleaved run's answer
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     invalid = f" ({len(result.invalid)} of the ok not valid: see note)" if result.invalid else ""
     console.print(f"{len(result.rows)} trials: {counts}{invalid}. Results: {result.out}", highlight=False)
@@ -159,17 +161,6 @@ def _print_run(result: RunResult, table: str, junit: Path | None) -> None:
     _budgets_and_junit(result, junit)
     if result.exit_code:
         raise typer.Exit(code=result.exit_code)
-
-
-def _print_paired(rows: list[Row]) -> None:
-    """The interleaved units' paired ratios, as ``report`` shows them: what such a plan is run for."""
-    from orchestrator.answers import paired
-
-    t = paired.table(rows)
-    if t is not None:
-        console.print(t)
-        for line in paired.lines(rows):
-            console.print(line, highlight=False)
 
 
 def _command_options(junit: Path | None, table: str, builders: int | None = None) -> list[str]:

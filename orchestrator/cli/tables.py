@@ -3,6 +3,7 @@ summary by label and model with the rows not ok), a comparison of two runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,15 @@ def _table_fits(n_rows: int) -> bool:
     if not console.is_terminal:
         return n_rows <= PIPED_ROWS
     return n_rows + 8 <= console.size.height  # title, header, rules and the lines printed after it
+
+
+def print_answer(table: Table | None, lines: Callable[[list[Row]], list[str]], rows: list[Row]) -> None:
+    """An answer's table and the lines under it (``lines(rows)``), where the run has its rows
+    (``table`` is not None)."""
+    if table is not None:
+        console.print(table)
+        for line in lines(rows):
+            console.print(escape(line), highlight=False)
 
 
 def print_results(rows: list[Row], mode: str, out: Path) -> None:
