@@ -122,7 +122,8 @@ class Worker:
         if trial.measure.process_repeats > 1:  # measured in fresh processes this worker starts
             from workers import processes
 
-            return processes.run(self, trial, spec, cuda_ok)
+            starter = processes.Starter(self.name, self.device, self.cpus, self.store.seed)
+            return processes.run(starter, trial, spec, cuda_ok)
         return self.run_here(trial, spec, cuda_ok, arm_specs)
 
     def run_here(self, trial: Trial, spec: Row, warm: bool, arm_specs: list[Row] | None = None) -> Row:

@@ -32,9 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from workers.contract import Status, Trial
 from workers.measure import processes
@@ -42,16 +41,23 @@ from workers.measure.envinfo import PARENT_GPU_PID_ENV
 from workers.row import Row
 from workers.rows import failure_row
 
-if TYPE_CHECKING:
-    from workers.actor import Worker
-
 #: How often a process checks that the worker that started it is still there, s.
 WATCH_S = 0.5
 #: The end of a process's stderr kept in the error of a process that ended without a row.
 STDERR_TAIL = 2000
 
 
-def run(worker: Worker, trial: Trial, spec: Row, cuda_ok: bool) -> Row:
+@dataclass(frozen=True)
+class Starter:
+    """What a process takes from the worker that starts it: the worker's name, device, CPUs and seed."""
+
+    name: str
+    device: str
+    cpus: float
+    seed: int
+
+
+def run(worker: Starter, trial: Trial, spec: Row, cuda_ok: bool) -> Row:
     """``trial`` measured in ``trial.measure.process_repeats`` fresh processes: the merged row, or the
     row of the first process that did not end ``ok`` (see the module's doc)."""
     n = trial.measure.process_repeats
@@ -63,7 +69,7 @@ def run(worker: Worker, trial: Trial, spec: Row, cuda_ok: bool) -> Row:
             payload = Path(tmp) / f"payload-{k}.pkl"
             mine = trial if k == n else replace(trial, profile=False)  # the row keeps the last process's profile
             payload.write_bytes(pickle.dumps({"name": worker.name, "device": worker.device, "cpus": worker.cpus,
-                                              "seed": worker.store.seed, "trial": mine, "spec": spec,
+                                              "seed": worker.seed, "trial": mine, "spec": spec,
                                               "cuda_ok": cuda_ok, "parent": os.getpid()}))
             row, pid = _one(Path(tmp), payload, k, trial, spec, worker)
             pids.append(pid)
@@ -75,7 +81,7 @@ def run(worker: Worker, trial: Trial, spec: Row, cuda_ok: bool) -> Row:
     return merged
 
 
-def _one(tmp: Path, payload: Path, k: int, trial: Trial, spec: Row, worker: Worker) -> tuple[Row, int]:
+def _one(tmp: Path, payload: Path, k: int, trial: Trial, spec: Row, worker: Starter) -> tuple[Row, int]:
     """Process ``k``: its row (one built here if it wrote none) and its pid."""
     out, err = tmp / f"row-{k}.pkl", tmp / f"stderr-{k}.txt"
     with open(err, "wb") as stderr:
