@@ -155,11 +155,17 @@ class Ahead:
 
 
 def artifact_key(trial: Trial) -> Hashable | None:
-    """The trial's artifact to build ahead, by its backend (None: none, or an unknown backend)."""
+    """The trial's artifact to build ahead, by its backend (None: none, or an unknown backend).
+
+    A generation trial has none: its ONNX decoder is ORT GenAI's model builder's, made from weights
+    seeded on the trial's own device (``workers.generation.models.build``), which a builder with no
+    GPU can't reproduce."""
     from workers.backends import registry
 
     runner = registry().get(trial.backend)
-    return runner.ahead(trial) if runner is not None else None
+    if runner is None or trial.new_tokens:  # new_tokens: a generation trial's, 0 for every other
+        return None
+    return runner.ahead(trial)
 
 
 class RayAhead:
