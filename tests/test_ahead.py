@@ -18,7 +18,6 @@ from pathlib import Path
 from bench.scale import check
 from orchestrator.plan.expand import expand
 from orchestrator.plan.load import load_plan
-from orchestrator.run.ahead import artifact_key
 from orchestrator.run.api import run_plan
 from orchestrator.run.dispatch import grouped, job_of
 from workers.models.artifacts import once
@@ -138,22 +137,6 @@ def test_a_worker_waits_for_a_build_in_progress_and_never_builds_again(tmp_path)
 def test_grouping_keeps_the_plans_trial_ids(write_plan):
     jobs = [job_of(t) for t in expand(load_plan(write_plan(_plan(0.01, 2))))]
     assert sorted(j.trial_id for j in grouped(jobs)) == sorted(j.trial_id for j in jobs)
-
-
-def test_generation_trials_build_nothing_ahead_single_pass_ort_trials_do(write_plan):
-    """A generation trial's decoder is built by its worker from weights seeded on its GPU: a builder
-    with no GPU would export a model nobody runs (an ``ort`` generation trial once asked for one)."""
-    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 32}
-    gen = expand(load_plan(write_plan(json.dumps({
-        "name": "gen", "device": "cuda", "models": [{"hf-causal": "llama", "overrides": tiny}],
-        "matrix": {"batch_sizes": [1, 2], "prompt_lens": [4], "new_tokens": [3],
-                   "backends": ["torch-eager", "ort", "ort-genai"]}}), "gen.yaml")))
-    single = expand(load_plan(write_plan(json.dumps({
-        "name": "one", "device": "cuda", "models": [{"python": "tinynet:make", "input_shape": [3, 8, 8]}],
-        "matrix": {"batch_sizes": [1], "backends": ["ort"]}}), "one.yaml")))
-    assert len(gen) == 6 and [artifact_key(t) for t in gen] == [None] * 6
-    assert artifact_key(single[0]) is not None
 
 
 def _input_dims(path: Path) -> tuple[int, ...]:

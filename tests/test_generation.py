@@ -75,6 +75,50 @@ def test_qwen2_and_mistral_shapes_agree_on_the_static_cache_ort_and_ort_genai(ar
         src.close()
 
 
+def _built_ahead(device: str, dtype: str, monkeypatch, tmp_path) -> list:
+    """A generation plan's ORT trials after a build-ahead task (no GPU) built their decoder."""
+    from orchestrator.plan.expand import expand
+    from orchestrator.plan.load import parse_plan
+    from workers import ahead
+    from workers.backends import get
+    from workers.generation.source import genai_path
+
+    monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path))
+    trials = expand(parse_plan({
+        "name": "gen-ahead", "device": device, "seed": 7,
+        "models": [{"hf-causal": "llama", "overrides": TINY_LLAMA}],
+        "matrix": {"batch_sizes": [1, 2], "dtypes": [dtype], "prompt_lens": [4], "new_tokens": [3],
+                   "backends": ["torch-eager", "ort", "ort-genai"]},
+        "measure": {"generations": 1, "warmup_generations": 0}}))
+    keys = {(t.backend, t.batch_size): get(t.backend).ahead(t) for t in trials}
+    assert keys[("torch-eager", 1)] is None and len({keys[(b, n)] for b in ("ort", "ort-genai") for n in (1, 2)}) == 1
+    with monkeypatch.context() as m:
+        m.setenv("CUDA_VISIBLE_DEVICES", "")
+        _, error = ahead.build([t for t in trials if t.backend == "ort-genai"], seed=7)
+    assert error is None and (genai_path("llama", TINY_LLAMA, 7, dtype, device) / "model.onnx").is_file()
+    return [t for t in trials if t.backend != "torch-eager"]
+
+
+def _takes_the_build(trials: list, device: str) -> None:
+    from workers.models.build import ModelStore
+    from workers.trial import run_trial
+
+    store = ModelStore(7)
+    for t in trials:
+        row = run_trial(t, device, store)
+        assert row["status"] == "ok", (t.backend, row.get("error"))  # ok: its logits passed parity
+        assert row["artifact_build_s"] == 0 and row["artifact_wait_s"] < 1, t.backend
+
+
+@pytest.mark.skipif(not HAS_GENAI, reason="onnxruntime-genai-cuda is not installed")
+def test_a_decoder_built_ahead_with_no_gpu_is_the_one_the_worker_takes(tmp_path, monkeypatch):
+    """ORT GenAI's build, made by a build-ahead task (no GPU) into the node's cache, is the one the
+    ORT paths of every batch size take: no build of their own, and the same tokens and logits as the
+    worker's own fp32 reference (the weights are drawn the same way in both processes)."""
+    trials = _built_ahead("cpu", "fp32", monkeypatch, tmp_path)
+    _takes_the_build(trials, "cpu")
+
+
 def test_the_end_of_sequence_token_is_never_generated():
     """An LM head biased so that EOS always wins, then token 5: greedy picks EOS unless masked."""
     import torch
@@ -194,6 +238,17 @@ def test_every_cuda_path_generates_the_reference_tokens(cuda_llama, path, dtype)
     assert rec["roofline_frac"] is not None and 0 < rec["roofline_frac"] < 1.5
     if dtype == "fp32":
         assert rec["token_agreement"] == 1.0
+
+
+@pytest.mark.gpu
+def test_a_cuda_decoder_built_ahead_with_the_gpu_hidden_passes_parity_on_the_gpu(tmp_path, monkeypatch):
+    """The CUDA execution provider's fp16 build, made with no GPU visible, against the worker's
+    reference on the GPU: the weights drawn on the CPU there too."""
+    import torch
+
+    if not torch.cuda.is_available() or not HAS_GENAI:
+        pytest.skip("needs a CUDA GPU and onnxruntime-genai-cuda")
+    _takes_the_build(_built_ahead("cuda", "fp16", monkeypatch, tmp_path), "cuda")
 
 
 @pytest.mark.gpu

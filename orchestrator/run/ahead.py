@@ -1,8 +1,9 @@
 """Build ahead: what the next trials need that needs no GPU, built on the nodes' spare CPUs meanwhile.
 
-A trial's artifacts that need no GPU (an ONNX export: ``Runner.ahead`` names them) are built by CPU
-tasks (``workers/ahead.py``) on the node whose workers will reach the trial, in the order they will
-(``Dispatcher.upcoming``), into the node's content-keyed cache, while the GPUs time other trials.
+A trial's artifacts that need no GPU (an ONNX export, ORT GenAI's build of a decoder:
+``Runner.ahead`` names them) are built by CPU tasks (``workers/ahead.py``) on the node whose workers
+will reach the trial, in the order they will (``Dispatcher.upcoming``), into the node's
+content-keyed cache, while the GPUs time other trials.
 A worker that reaches a trial whose artifact is being built waits for that build (its row's
 ``artifact_wait_s``); one whose artifact nobody has started builds it itself, as without builders
 (``artifact_build_s``): the lock on each artifact (``workers.models.artifacts``) makes it one
@@ -155,17 +156,11 @@ class Ahead:
 
 
 def artifact_key(trial: Trial) -> Hashable | None:
-    """The trial's artifact to build ahead, by its backend (None: none, or an unknown backend).
-
-    A generation trial has none: its ONNX decoder is ORT GenAI's model builder's, made from weights
-    seeded on the trial's own device (``workers.generation.models.build``), which a builder with no
-    GPU can't reproduce."""
+    """The trial's artifact to build ahead, by its backend (None: none, or an unknown backend)."""
     from workers.backends import registry
 
     runner = registry().get(trial.backend)
-    if runner is None or trial.new_tokens:  # new_tokens: a generation trial's, 0 for every other
-        return None
-    return runner.ahead(trial)
+    return runner.ahead(trial) if runner is not None else None
 
 
 class RayAhead:

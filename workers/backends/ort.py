@@ -125,7 +125,12 @@ class OrtRunner(Runner):
     @classmethod
     def ahead(cls, trial: Trial) -> Hashable | None:
         """The ONNX export of a torch model: what the export cache keys on, less what every trial of
-        the run shares (seed, torch version); an ONNX file of the plan needs no build."""
+        the run shares (seed, torch version); an ONNX file of the plan needs no build. A generation
+        trial's: ORT GenAI's model builder's decoder (``workers.generation.source.ahead_key``)."""
+        if trial.new_tokens:
+            from workers.generation.source import ahead_key
+
+            return ahead_key(trial, cls.dtypes)
         if trial.model.kind == "onnx":
             return None
         o = trial.options
@@ -135,6 +140,10 @@ class OrtRunner(Runner):
 
     @classmethod
     def build_ahead(cls, trial: Trial, store: ModelStore) -> None:
+        if trial.new_tokens:
+            from workers.generation.source import build_ahead
+
+            return build_ahead(trial)
         from workers.models.build import onnx_artifact
 
         o = OrtOptions.model_validate(trial.options)

@@ -8,12 +8,16 @@ The plain ``onnxruntime-genai`` wheel pulls the CPU ``onnxruntime`` over ``onnxr
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workers.backends.base import BackendOptions, Runner
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
     import numpy as np
+
+    from workers.contract import Trial
+    from workers.models.build import ModelStore
 
 
 class OrtGenAIOptions(BackendOptions):
@@ -38,6 +42,20 @@ class OrtGenAIRunner(Runner):
     def unavailable(cls) -> str | None:
         reason = super().unavailable()
         return f"{reason} (pip install onnxruntime-genai-cuda: the optional extra 'genai')" if reason else None
+
+    @classmethod
+    def ahead(cls, trial: Trial) -> Hashable | None:
+        """ORT GenAI's model builder's decoder (``workers.generation.source.ahead_key``), which the
+        ``ort`` generation path shares."""
+        from workers.generation.source import ahead_key
+
+        return ahead_key(trial, cls.dtypes)
+
+    @classmethod
+    def build_ahead(cls, trial: Trial, store: ModelStore) -> None:
+        from workers.generation.source import build_ahead
+
+        build_ahead(trial)
 
     def setup(self) -> None:  # a single-pass trial never reaches here: its model kind is refused first
         raise NotImplementedError("ort-genai runs generation trials only (hf-causal models)")

@@ -27,6 +27,7 @@ copy, measured once per process; ``roofline_frac`` = (decode_bytes / median step
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import numpy as np
@@ -147,10 +148,12 @@ def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: 
     device = source.device
     runner = RUNNERS[path]()
     peak = _PeakMemory(device)
+    t0 = time.perf_counter()
     try:
         runner.setup(source, dtype, device, batch, prompt_len, new_tokens)
     except SkipTrial as exc:
         return {**rec, "status": "skipped", "error": str(exc)}
+    rec["setup_s"] = time.perf_counter() - t0  # the build it waited for or made included (the row's artifact_*)
     try:
         ids = prompt(source.shape.vocab, batch, prompt_len, seed)
         for _ in range(warmup):

@@ -143,8 +143,9 @@ def check_request(shape: Shape, batch: int, prompt_len: int, new_tokens: int) ->
 
 
 def build(ref: str, overrides: dict[str, Any] | None, seed: int, device: str = "cpu") -> Any:
-    """The fp32 causal LM in eval mode on ``device``: seeded random weights (a table name, built on the
-    device itself, so a large model never crosses the host) or the folder's weights."""
+    """The fp32 causal LM in eval mode on ``device``: seeded random weights (a table name) or the
+    folder's weights. Random weights are drawn on the CPU and then moved, so every device, and a
+    build-ahead task with no GPU (``workers.generation.source.build_ahead``), makes the same ones."""
     import torch
     import transformers
 
@@ -155,9 +156,9 @@ def build(ref: str, overrides: dict[str, Any] | None, seed: int, device: str = "
         model = transformers.AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, **overrides)
         return model.to(device).eval()
     config = getattr(transformers, arch.config)(**overrides)
-    with torch.device(device):
+    with torch.device("cpu"):
         model = getattr(transformers, arch.model)(config)
-    return model.float().eval()
+    return model.float().to(device).eval()
 
 
 def save_folder(model: Any, path: str | Path) -> Path:

@@ -1,20 +1,34 @@
 """The one model every path of a generation runs: built once per (model, device), fp32, seeded.
 
 Torch paths cast a copy to their dtype; ONNX paths build from the folder ``save_pretrained`` wrote
-(ORT GenAI's model builder reads it and writes ``model.onnx`` + ``genai_config.json``), cached per
-(dtype, execution provider) so the ORT-with-IO-binding path and the ORT GenAI path share one build.
+(ORT GenAI's model builder reads it and writes ``model.onnx`` + ``genai_config.json``), one build per
+(dtype, execution provider) that the ORT-with-IO-binding path and the ORT GenAI path share.
+
+A random-weight model's build is an artifact of the node's cache (``<node cache>/genai/<key>``, the
+key: the model's name, overrides and seed, the dtype, the execution provider and the versions of
+torch, transformers and ORT GenAI), made once per node by whoever reaches it first
+(``workers.models.artifacts.once``): a build-ahead task on a spare CPU (:func:`build_ahead`: the
+builder needs no GPU, and the weights are drawn on the CPU on every device) or the trial's worker.
+A local folder's build stays the worker's own (its files may change between runs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.backends.base import SkipTrial
-from workers.generation.models import Shape, build, resolve, save_folder, shape_of
+from workers.generation.models import CAUSAL, Shape, build, resolve, save_folder, shape_of
+
+if TYPE_CHECKING:
+    from workers.contract import Trial
+    from workers.models.artifacts import Built
 
 #: ONNX Runtime GenAI's model builder writes these precisions
 BUILDER_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -33,6 +47,9 @@ class Source:
         self.workdir = Path(workdir or self._tmp.name)
         self._folder: Path | None = None
         self._onnx: dict[tuple[str, str], Path] = {}
+        self._node: set[tuple[str, str]] = set()  # the builds of _onnx that are the node cache's
+        #: how the last :meth:`onnx_model` got its build (None: a local folder's, or none asked)
+        self.last_built: Built | None = None
 
     def torch_model(self, dtype: str) -> Any:
         """The model at ``dtype``: the fp32 model itself, or a cast copy (the caller drops it)."""
@@ -59,23 +76,42 @@ class Source:
         (``cpu`` or ``cuda``), built once by ``python -m onnxruntime_genai.models.builder``."""
         from importlib.util import find_spec
 
+        from workers.models.artifacts import Built, once
+
         key = (dtype, ep)
         if key in self._onnx:
+            self.last_built = Built(self._onnx[key], True, 0.0, 0.0) if key in self._node else None
             return self._onnx[key]
         if not self.arch_builds():
             raise SkipTrial(f"ONNX Runtime GenAI's model builder does not build {self.shape.arch} "
                             "(it builds Llama, Mistral, Qwen2, Phi, Gemma)")
         if find_spec("onnxruntime_genai") is None:
             raise SkipTrial("onnxruntime-genai-cuda is not installed (the optional extra 'genai')")
-        out = self.workdir / f"onnx-{dtype}-{ep}"
+        cached = genai_path(self.ref, self.overrides, self.seed, dtype, ep)
+        if cached is None:  # a local folder
+            out = self.workdir / f"onnx-{dtype}-{ep}"
+            self._run_builder(dtype, ep, out)
+            self.last_built = None
+        else:
+            self.last_built = once(cached, lambda tmp: self._run_builder(dtype, ep, Path(tmp)), folder=True)
+            out = cached
+            self._node.add(key)
+        self._onnx[key] = out
+        return out
+
+    def build_columns(self) -> dict[str, float]:
+        """The row's ``artifact_wait_s`` and ``artifact_build_s`` for the last :meth:`onnx_model`'s
+        node-cache build (none for a local folder's or where none was asked since ``last_built`` was reset)."""
+        b = self.last_built
+        return {} if b is None else {"artifact_wait_s": b.wait_s, "artifact_build_s": b.build_s}
+
+    def _run_builder(self, dtype: str, ep: str, out: Path) -> None:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(self.folder()), "-o", str(out),
                "-p", BUILDER_PRECISION[dtype], "-e", ep, "-c", str(self.workdir / "builder-cache")]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not (out / "model.onnx").is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise SkipTrial(f"ONNX Runtime GenAI's model builder failed for {self.shape.arch} {dtype} {ep}: {tail[0]}")
-        self._onnx[key] = out
-        return out
 
     def arch_builds(self) -> bool:
         from workers.generation.models import CAUSAL
@@ -86,3 +122,53 @@ class Source:
         self.model = None
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("torch", "transformers", "onnxruntime-genai-cuda", "onnxruntime-genai"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def genai_path(ref: str, overrides: dict[str, Any], seed: int, dtype: str, ep: str) -> Path | None:
+    """Where this node keeps ORT GenAI's build of a random-weight model (None: ``ref`` is a folder)."""
+    from workers.models.build import cache_dir
+
+    if ref not in CAUSAL:
+        return None
+    what = {"ref": ref, "overrides": overrides, "seed": seed, "dtype": dtype, "ep": ep, "versions": _versions()}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "genai" / key
+
+
+def ahead_key(trial: Trial, dtypes: dict[str, frozenset[str]]) -> Hashable | None:
+    """The build a generation trial of an ONNX path needs, as a build-ahead key (None: none can be
+    made ahead: a local folder, an architecture the builder doesn't build, a device left to the worker
+    to choose (``auto``), a dtype the path doesn't run there)."""
+    m = trial.model
+    ep = trial.device if trial.device in ("cuda", "cpu") else None
+    if ep is None or m.ref not in CAUSAL or not CAUSAL[m.ref].genai_builder or trial.dtype not in dtypes.get(ep, ()):
+        return None
+    return ("genai", m.ref, json.dumps(m.overrides, sort_keys=True), trial.seed, trial.dtype, ep)
+
+
+_AHEAD: dict[tuple[str, str, int], Source] = {}  # a build-ahead task's last model (one in memory)
+
+
+def build_ahead(trial: Trial) -> None:
+    """Build, on this CPU, the node-cache build :func:`ahead_key` names: the model drawn as the
+    worker draws it (on the CPU), its folder, and ORT GenAI's builder run on it."""
+    m = trial.model
+    key = (m.ref, json.dumps(m.overrides, sort_keys=True), trial.seed)
+    if key not in _AHEAD:
+        for old in _AHEAD.values():
+            old.close()
+        _AHEAD.clear()
+        _AHEAD[key] = Source(m.ref, m.overrides, trial.seed, "cpu")
+    _AHEAD[key].onnx_model(trial.dtype, trial.device)

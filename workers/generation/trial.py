@@ -97,10 +97,12 @@ def measure(trial: Trial, device: str, runner_cls: type[Runner]) -> Row:
     source = source_for(trial, device)
     ref = _reference(source, trial)
     spec = trial.measure
+    source.last_built = None
     rec = gm.measure(path, source, trial.dtype, trial.batch_size, trial.prompt_len, trial.new_tokens,
                      repeats=spec.generations, warmup=spec.warmup_generations, seed=trial.seed, ref=ref,
                      tolerance=getattr(trial.parity.tolerance, trial.dtype) if trial.parity.check else math.inf)
     cols = columns(rec, trial, replays=gm.RUNNERS[path].replays)
+    cols.update(source.build_columns())  # an ONNX path's build from the node's cache: waited for, or made
     status, error = rec["status"], rec.get("error") or ""
     if status == "skipped":
         raise SkipTrial(error)
@@ -119,9 +121,9 @@ def columns(rec: dict[str, Any], trial: Trial, replays: bool) -> Row:
 
     gens = rec.get("decode_samples") or []
     samples = [float(x) for g in gens for x in g]
-    out: Row = {k: rec.get(k) for k in ("ttft_ms", "tokens_per_s", "e2e_ms", "kv_cache_bytes", "decode_bytes",
-                                        "copy_bandwidth_gbs", "roofline_frac", "token_agreement", "parity_steps",
-                                        "parity_max_rel_err", "parity_tolerance") if k in rec}
+    out: Row = {k: rec.get(k) for k in ("setup_s", "ttft_ms", "tokens_per_s", "e2e_ms", "kv_cache_bytes",
+                                        "decode_bytes", "copy_bandwidth_gbs", "roofline_frac", "token_agreement",
+                                        "parity_steps", "parity_max_rel_err", "parity_tolerance") if k in rec}
     out.update(tpot_ms=rec.get("tpot_median_ms"), tpot_ms_p99=rec.get("tpot_p99_ms"),
                ttft_samples_ms=rec.get("ttft_samples"), generation_clock=rec.get("clock"),
                warmup_iters=trial.measure.warmup_generations, repeats=len(gens) or None,

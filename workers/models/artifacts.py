@@ -1,7 +1,8 @@
 """Artifacts of the per-node cache built once per node, by whoever reaches them first.
 
-An artifact is a file under the node's cache (``workers.models.build.cache_dir``) whose name is a
-content key: an ONNX export, the ``sleep`` backend's stand-in. It is made by a build-ahead task on
+An artifact is a file or a folder under the node's cache (``workers.models.build.cache_dir``) whose
+name is a content key: an ONNX export, ORT GenAI's model builder's folder, the ``sleep`` backend's
+stand-in. It is made by a build-ahead task on
 a spare CPU (``workers/ahead.py``) or by the worker whose trial needs it, whichever takes its lock
 first. :func:`once` makes that one build: it holds an ``flock`` on ``<artifact>.lock`` while
 building (the kernel drops it when the process dies, so a crashed builder never blocks anyone), and
@@ -34,9 +35,10 @@ class Built:
     build_s: float  # seconds building it here
 
 
-def once(path: Path, build: Callable[[str], None]) -> Built:
+def once(path: Path, build: Callable[[str], None], folder: bool = False) -> Built:
     """The artifact at ``path``: there already, built by another process (waited for), or built here
-    by ``build(tmp)``, which writes the file ``tmp`` (renamed to ``path`` when it returns)."""
+    by ``build(tmp)``, which writes the file ``tmp`` (with ``folder``: fills the empty folder ``tmp``),
+    renamed to ``path`` when it returns."""
     if path.exists():
         return Built(path, True, 0.0, 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,13 +52,18 @@ def once(path: Path, build: Callable[[str], None]) -> Built:
         if path.exists():
             return Built(path, True, waited, 0.0)
         t1 = time.perf_counter()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=f"{path.suffix}.tmp")
-        os.close(fd)
+        if folder:
+            tmp = tempfile.mkdtemp(dir=path.parent, suffix=".tmp")
+        else:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=f"{path.suffix}.tmp")
+            os.close(fd)
         try:
             build(tmp)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
                 os.unlink(tmp)
         return Built(path, False, waited, time.perf_counter() - t1)
 
