@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import model_validator
 
 from workers import torch_threads
-from workers.backends.base import BackendOptions, InvalidMeasurement, Lane, Runner
+from workers.backends.base import InvalidMeasurement, Lane
 from workers.backends.torch_eager import (
-    TorchMath,
     TorchOptions,
+    TorchRunner,
     eager_lane,
-    layout_skip_reason,
     pool_inputs,
     prepare_torch,
 )
@@ -92,15 +91,12 @@ def _first_line(reason: str) -> str:
     return reason.strip().splitlines()[0][:200] if reason.strip() else ""
 
 
-class TorchCompile(TorchMath, Runner):
+class TorchCompile(TorchRunner):
     name = "torch-compile"
     generation = "torch-compile"  # its generation path (workers.generation) in generation trials
-    profiler = "torch.profiler"
     Options = CompileOptions
-    requires = ("torch",)
     columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
                          "recompiles_during_timing"})
-    concurrent = True
 
     @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
@@ -118,14 +114,6 @@ class TorchCompile(TorchMath, Runner):
         if self.ctx.device == "cuda":
             self._torch.cuda.synchronize()
         return lanes
-
-    @classmethod
-    def times_copies(cls, options: BackendOptions) -> bool:
-        return True
-
-    @classmethod
-    def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
-        return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
         import torch

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.backends.base import BackendOptions, Lane, Runner
-from workers.backends.torch_eager import TorchMath, TorchOptions, layout_skip_reason, pool_inputs, prepare_torch
+from workers.backends.base import Lane
+from workers.backends.torch_eager import TorchRunner, pool_inputs, prepare_torch
 from workers.contract import Trial
 from workers.models.build import Tensors
 
@@ -25,24 +25,16 @@ if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates opt
 CAPTURE_WARMUP_ITERS = 3
 
 
-class TorchCudaGraph(TorchMath, Runner):
+class TorchCudaGraph(TorchRunner):
     name = "torch-cudagraph"
     generation = "torch-cudagraph"  # its generation path (workers.generation) in generation trials
-    profiler = "torch.profiler"
-    Options = TorchOptions
     dtypes = {"cuda": frozenset({"fp32", "fp16", "bf16"}), "cpu": frozenset()}
-    requires = ("torch",)
-    concurrent = True
-
-    @classmethod
-    def times_copies(cls, options: BackendOptions) -> bool:
-        return True
 
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         if device_type != "cuda":
             return "torch-cudagraph needs a CUDA device; skipped rather than run as eager"
-        return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
+        return super().skip_reason(trial, device_type)
 
     def setup(self) -> None:
         import torch

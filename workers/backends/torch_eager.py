@@ -63,26 +63,17 @@ def pool_inputs(ctx: Any, seeds: list[int], channels_last: bool) -> list[Tensors
     return out
 
 
-class TorchMath:
-    """The math mode of the torch backends: set by ``prepare_torch``, read back from torch."""
+class TorchRunner(Runner):
+    """What the torch backends share: torch's profiler, lanes, input copies timed (``io: host``), the
+    layout options' skip reasons, and the math mode (set by ``prepare_torch``, read back from torch)."""
 
-    #: IEEE fp32 matmuls with TF32 convolutions (PyTorch's defaults): neither mode
-    math_before = None
-    ctx: Any
-
-    def math_effective(self) -> str | None:
-        from workers.measure import mathmode
-
-        return mathmode.torch_effective(self.ctx.device)
-
-
-class TorchEager(TorchMath, Runner):
-    name = "torch-eager"
-    generation = "torch-eager"  # its generation path (workers.generation) in generation trials
     profiler = "torch.profiler"
     Options = TorchOptions
     requires = ("torch",)
     concurrent = True
+    #: IEEE fp32 matmuls with TF32 convolutions (PyTorch's defaults): neither mode
+    math_before = None
+    ctx: Any
 
     @classmethod
     def times_copies(cls, options: BackendOptions) -> bool:
@@ -91,6 +82,16 @@ class TorchEager(TorchMath, Runner):
     @classmethod
     def skip_reason(cls, trial: Trial, device_type: str) -> str | None:
         return layout_skip_reason(trial) or super().skip_reason(trial, device_type)
+
+    def math_effective(self) -> str | None:
+        from workers.measure import mathmode
+
+        return mathmode.torch_effective(self.ctx.device)
+
+
+class TorchEager(TorchRunner):
+    name = "torch-eager"
+    generation = "torch-eager"  # its generation path (workers.generation) in generation trials
 
     def lanes(self, k: int) -> list[Lane]:
         """k lanes sharing the model (read-only under inference_mode), each with its own inputs and,
