@@ -153,7 +153,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--workdir", default="/tmp/gen-bench")
+    ap.add_argument("--workdir", default="/tmp/gen-bench",
+                    help="the model's save_pretrained folder; ORT GenAI's builds go to the node's cache "
+                         "(INFER_ORCH_CACHE, else ~/.cache/infer-orch)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model: checks the script, measures nothing")
     ap.add_argument("--paths", default="", help="comma-separated backends to run (default: all)")

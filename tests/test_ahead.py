@@ -134,6 +134,22 @@ def test_a_worker_waits_for_a_build_in_progress_and_never_builds_again(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_folder_artifact_replaces_what_a_killed_build_left(tmp_path):
+    """A build killed midway (a timeout's kill, a cancelled task) leaves its temporary folder: the next
+    build of that artifact, holding its lock, removes it; other artifacts' temporaries stay."""
+    path = tmp_path / "genai" / "key1"
+    (tmp_path / "genai" / "key1.x1y2.tmp").mkdir(parents=True)
+    (tmp_path / "genai" / "key1.x1y2.tmp" / "model.onnx.data").write_bytes(b"half")
+    (tmp_path / "genai" / "key2.z3.tmp").mkdir()  # another artifact's build, maybe still running
+
+    def build(tmp: str) -> None:
+        (Path(tmp) / "model.onnx").write_text("whole")
+
+    got = once(path, build, folder=True)
+    assert not got.cached and (path / "model.onnx").read_text() == "whole"
+    assert sorted(p.name for p in (tmp_path / "genai").iterdir()) == ["key1", "key1.lock", "key2.z3.tmp"]
+
+
 def test_grouping_keeps_the_plans_trial_ids(write_plan):
     jobs = [job_of(t) for t in expand(load_plan(write_plan(_plan(0.01, 2))))]
     assert sorted(j.trial_id for j in grouped(jobs)) == sorted(j.trial_id for j in jobs)

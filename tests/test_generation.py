@@ -99,10 +99,14 @@ def _built_ahead(device: str, dtype: str, monkeypatch, tmp_path) -> list:
     return [t for t in trials if t.backend != "torch-eager"]
 
 
-def _takes_the_build(trials: list, device: str) -> None:
+def _takes_the_build(trials: list, device: str, monkeypatch) -> None:
     from workers.models.build import ModelStore
     from workers.trial import run_trial
 
+    def no_second_build(*_):
+        raise AssertionError("the worker ran ORT GenAI's builder: the build made ahead was not taken")
+
+    monkeypatch.setattr(Source, "_run_builder", no_second_build)
     store = ModelStore(7)
     for t in trials:
         row = run_trial(t, device, store)
@@ -116,7 +120,7 @@ def test_a_decoder_built_ahead_with_no_gpu_is_the_one_the_worker_takes(tmp_path,
     ORT paths of every batch size take: no build of their own, and the same tokens and logits as the
     worker's own fp32 reference (the weights are drawn the same way in both processes)."""
     trials = _built_ahead("cpu", "fp32", monkeypatch, tmp_path)
-    _takes_the_build(trials, "cpu")
+    _takes_the_build(trials, "cpu", monkeypatch)
 
 
 def test_the_end_of_sequence_token_is_never_generated():
@@ -248,7 +252,7 @@ def test_a_cuda_decoder_built_ahead_with_the_gpu_hidden_passes_parity_on_the_gpu
 
     if not torch.cuda.is_available() or not HAS_GENAI:
         pytest.skip("needs a CUDA GPU and onnxruntime-genai-cuda")
-    _takes_the_build(_built_ahead("cuda", "fp16", monkeypatch, tmp_path), "cuda")
+    _takes_the_build(_built_ahead("cuda", "fp16", monkeypatch, tmp_path), "cuda", monkeypatch)
 
 
 @pytest.mark.gpu

@@ -142,10 +142,30 @@ def check_request(shape: Shape, batch: int, prompt_len: int, new_tokens: int) ->
             f"longer than the model's {shape.positions} positions ({shape.arch})")
 
 
+#: Random weights of a model up to this size (fp32) are drawn on the CPU and then moved to the device,
+#: so every device, and a build-ahead task with no GPU (``workers.generation.source.build_ahead``),
+#: makes the same ones: the ~1B shape above (4.4 GB) took 18 s on one core of a 2-vCPU VM. A larger
+#: model's are drawn on the device itself (host memory and minutes of one core per worker otherwise),
+#: and its ONNX builds stay with the worker that drew them.
+CPU_DRAW_MAX_BYTES = 8 << 30
+
+
+def drawn_on_cpu(ref: str, overrides: dict[str, Any] | None) -> bool:
+    """Whether ``build`` draws this table model's random weights on the CPU (False for a folder)."""
+    import torch
+    import transformers
+
+    if ref not in CAUSAL:
+        return False
+    arch = CAUSAL[ref]
+    with torch.device("meta"):  # sizes only: nothing allocated, nothing drawn
+        model = getattr(transformers, arch.model)(getattr(transformers, arch.config)(**dict(overrides or {})))
+    return sum(p.numel() for p in model.parameters()) * 4 <= CPU_DRAW_MAX_BYTES
+
+
 def build(ref: str, overrides: dict[str, Any] | None, seed: int, device: str = "cpu") -> Any:
-    """The fp32 causal LM in eval mode on ``device``: seeded random weights (a table name) or the
-    folder's weights. Random weights are drawn on the CPU and then moved, so every device, and a
-    build-ahead task with no GPU (``workers.generation.source.build_ahead``), makes the same ones."""
+    """The fp32 causal LM in eval mode on ``device``: seeded random weights (a table name; drawn where
+    :data:`CPU_DRAW_MAX_BYTES` says) or the folder's weights."""
     import torch
     import transformers
 
@@ -156,7 +176,7 @@ def build(ref: str, overrides: dict[str, Any] | None, seed: int, device: str = "
         model = transformers.AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, **overrides)
         return model.to(device).eval()
     config = getattr(transformers, arch.config)(**overrides)
-    with torch.device("cpu"):
+    with torch.device("cpu" if drawn_on_cpu(ref, overrides) else device):
         model = getattr(transformers, arch.model)(config)
     return model.float().to(device).eval()
 

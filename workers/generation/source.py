@@ -65,7 +65,8 @@ class Source:
         """The fp32 model as a ``save_pretrained`` folder with a tokenizer (a local folder: itself)."""
         if self._folder is None:
             local = Path(self.ref)
-            if (local / "config.json").is_file() and (local / "tokenizer.json").is_file() and not self.overrides:
+            if (self.ref not in CAUSAL and (local / "config.json").is_file() and (local / "tokenizer.json").is_file()
+                    and not self.overrides):
                 self._folder = local
             else:
                 self._folder = save_folder(self.model, self.workdir / "hf")
@@ -80,7 +81,8 @@ class Source:
 
         key = (dtype, ep)
         if key in self._onnx:
-            self.last_built = Built(self._onnx[key], True, 0.0, 0.0) if key in self._node else None
+            if self.last_built is None and key in self._node:  # not a lane after the first: it keeps its build's
+                self.last_built = Built(self._onnx[key], True, 0.0, 0.0)
             return self._onnx[key]
         if not self.arch_builds():
             raise SkipTrial(f"ONNX Runtime GenAI's model builder does not build {self.shape.arch} "
@@ -136,13 +138,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: How a build is made (the weights' drawing, the folder, the builder's arguments): part of the key, so
+#: a change to any of them never takes a build made the old way. Raise it with such a change.
+GENAI_RECIPE = 1
+
+
 def genai_path(ref: str, overrides: dict[str, Any], seed: int, dtype: str, ep: str) -> Path | None:
-    """Where this node keeps ORT GenAI's build of a random-weight model (None: ``ref`` is a folder)."""
+    """Where this node keeps ORT GenAI's build of a random-weight model (None: ``ref`` is a folder, or
+    the model's weights are drawn on its device, not the CPU: ``models.CPU_DRAW_MAX_BYTES``)."""
+    from workers.generation.models import drawn_on_cpu
     from workers.models.build import cache_dir
 
-    if ref not in CAUSAL:
+    if ref not in CAUSAL or not drawn_on_cpu(ref, overrides):
         return None
-    what = {"ref": ref, "overrides": overrides, "seed": seed, "dtype": dtype, "ep": ep, "versions": _versions()}
+    what = {"ref": ref, "overrides": overrides, "seed": seed, "dtype": dtype, "ep": ep, "versions": _versions(),
+            "recipe": GENAI_RECIPE, "precision": BUILDER_PRECISION[dtype]}
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir() / "genai" / key
 
@@ -158,17 +168,21 @@ def ahead_key(trial: Trial, dtypes: dict[str, frozenset[str]]) -> Hashable | Non
     return ("genai", m.ref, json.dumps(m.overrides, sort_keys=True), trial.seed, trial.dtype, ep)
 
 
-_AHEAD: dict[tuple[str, str, int], Source] = {}  # a build-ahead task's last model (one in memory)
-
-
 def build_ahead(trial: Trial) -> None:
     """Build, on this CPU, the node-cache build :func:`ahead_key` names: the model drawn as the
-    worker draws it (on the CPU), its folder, and ORT GenAI's builder run on it."""
+    worker draws it (on the CPU), its folder, and ORT GenAI's builder run on it. Nothing where the
+    build is there already, ORT GenAI is not installed, or the worker draws the weights on its device.
+    The weights are dropped once the folder is written: the builder's process reads the folder."""
+    from importlib.util import find_spec
+
     m = trial.model
-    key = (m.ref, json.dumps(m.overrides, sort_keys=True), trial.seed)
-    if key not in _AHEAD:
-        for old in _AHEAD.values():
-            old.close()
-        _AHEAD.clear()
-        _AHEAD[key] = Source(m.ref, m.overrides, trial.seed, "cpu")
-    _AHEAD[key].onnx_model(trial.dtype, trial.device)
+    path = genai_path(m.ref, m.overrides, trial.seed, trial.dtype, trial.device)
+    if path is None or path.exists() or find_spec("onnxruntime_genai") is None:
+        return
+    src = Source(m.ref, m.overrides, trial.seed, "cpu")
+    try:
+        src.folder()
+        src.model = None
+        src.onnx_model(trial.dtype, trial.device)
+    finally:
+        src.close()

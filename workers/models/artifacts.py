@@ -6,7 +6,8 @@ stand-in. It is made by a build-ahead task on
 a spare CPU (``workers/ahead.py``) or by the worker whose trial needs it, whichever takes its lock
 first. :func:`once` makes that one build: it holds an ``flock`` on ``<artifact>.lock`` while
 building (the kernel drops it when the process dies, so a crashed builder never blocks anyone), and
-writes under a temporary name that it renames, so nobody reads a torn file. A worker that finds
+writes under a temporary name that it renames, so nobody reads a torn file (a build killed midway
+leaves its temporary behind: the next build of that artifact removes it, holding the lock). A worker that finds
 the lock held waits for the build and takes the file: never a second build; :class:`Built` says
 how long it waited (the row's ``artifact_wait_s``) and how long it built (``artifact_build_s``).
 """
@@ -51,11 +52,16 @@ def once(path: Path, build: Callable[[str], None], folder: bool = False) -> Buil
         waited = time.perf_counter() - t0
         if path.exists():
             return Built(path, True, waited, 0.0)
+        for left in path.parent.glob(f"{path.name}.*.tmp"):  # a build killed midway (we hold its lock now)
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
         t1 = time.perf_counter()
         if folder:
-            tmp = tempfile.mkdtemp(dir=path.parent, suffix=".tmp")
+            tmp = tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
         else:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=f"{path.suffix}.tmp")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
             os.close(fd)
         try:
             build(tmp)
