@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 PARITY_REFERENCE = "torch-eager fp32 generation (logits of the prefill and the first decode steps; TF32 off)"
 #: columns kept on a parity_failed row: what ran, not how fast
 _KEPT_ON_PARITY_FAILURE = ("kv_cache_bytes", "token_agreement", "parity_steps", "parity_max_rel_err",
-                           "parity_tolerance", "parity_reference", "generation_clock")
+                           "parity_tolerance", "parity_reference", "generation_clock", "setup_s",
+                           "artifact_wait_s", "artifact_build_s")  # the last: whether its decoder was a cached build
 
 
 class GenerationFailed(RuntimeError):
