@@ -1,5 +1,5 @@
 """The ``infer-orch`` command line: one module per command (``run``, ``validate``, ``report``,
-``compare``, ``backends``), the tables they print (``tables``), the consoles and the error boundary
+``compare``, ``backends``, ``cache``), the tables they print (``tables``), the consoles and the error boundary
 they share (``console``); here the Typer app that joins them and ``main``, the entry point.
 
 Exit codes: 0 every trial ran (ok or skipped); 1 some trial failed; 2 bad input (plan, output
@@ -32,13 +32,13 @@ if sys.argv[:1] == ["-m"] or Path(sys.argv[0] if sys.argv else "").name == "infe
 
 import typer  # noqa: E402
 
-from orchestrator.cli import backends, compare, report, run, validate  # noqa: E402
+from orchestrator.cli import backends, cache, compare, report, run, validate  # noqa: E402
 from orchestrator.cli.console import END_NOW, err_console  # noqa: E402
 from orchestrator.errors import Interrupted, Terminated  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ray-based, parallel, multi-GPU benchmark orchestrator for deep-learning inference.")
-for command in (run.run, report.report, compare.compare, validate.validate, backends.backends):
+for command in (run.run, report.report, compare.compare, validate.validate, backends.backends, cache.cache):
     app.command()(command)
 
 

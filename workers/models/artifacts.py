@@ -80,3 +80,31 @@ def room_for(directory: Path, need: int = MIN_FREE_BYTES) -> bool:
     while not d.exists() and d != d.parent:
         d = d.parent
     return shutil.disk_usage(d).free >= need
+
+
+def remove(path: Path) -> bool:
+    """Remove the cache entry at ``path`` (a file or a folder), unless it is an artifact whose build
+    holds its lock now (then False). A build's temporary goes with its artifact; lock files stay
+    (a process may be waiting on one)."""
+    name = path.name
+    if name.endswith(".tmp"):  # a build's temporary: <artifact>.<random>.tmp
+        lock_path = path.parent / f"{name[:-4].rsplit('.', 1)[0]}.lock"
+    else:
+        lock_path = path.parent / f"{name}.lock"
+    if not lock_path.exists():
+        _remove(path)
+        return True
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _remove(path)
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
