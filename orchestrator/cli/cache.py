@@ -5,7 +5,8 @@ The cache (``$INFER_ORCH_CACHE``, else ``~/.cache/infer-orch``) is per node and 
 exports (``onnx``), ORT GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches, the
 files a run shipped to the node (``shipped``). Nothing in it is ever needed again by a finished run:
 clearing only costs the next run the time to build it again. An artifact whose build holds its
-lock is kept (a run on this machine is building it). On a cluster, run it on each node.
+lock is kept (a run on this machine is building it), but a running run's shipped files and compile
+caches hold no lock: clear between runs. On a cluster, run it on each node.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def cache(
         "--kind", help="Only this part of the cache (repeatable): onnx, genai, inductor, tensorrt, shipped, ...")
     ] = None,
 ) -> None:
-    """This machine's cache of exports, builds and compiles: what it holds; --clear removes it."""
+    """This machine's cache of exports, builds and compiles: what it holds; --clear removes it (between runs)."""
     from workers.models.build import cache_dir
 
     root = cache_dir()
