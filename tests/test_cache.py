@@ -47,7 +47,7 @@ def test_lists_each_kind_and_clears_only_the_kind_asked_keeping_what_a_build_hol
     finally:
         release.set()
         holder.join(30)
-    assert res.returncode == 0 and "kept 1 being built" in res.stdout and "b.onnx" in res.stdout
+    assert res.returncode == 0 and "kept 1 being built or not removable" in res.stdout and "b.onnx" in res.stdout
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["a.onnx.lock", "b.onnx", "b.onnx.lock"]
     assert (tmp_path / "genai" / "key1" / "model.onnx").is_file() and (tmp_path / "inductor" / "fxgraph").is_dir()
     assert cli("cache", "--clear").returncode == 0

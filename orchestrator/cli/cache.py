@@ -57,14 +57,18 @@ def cache(
     if clear:
         left = sum(_size(p) for p in kept)
         console.print(f"Cleared {_human(total - left)}"
-                      + (f"; kept {len(kept)} being built: {', '.join(str(p) for p in kept)}" if kept else "."),
+                      + (f"; kept {len(kept)} being built or not removable: {', '.join(str(p) for p in kept)}"
+                         if kept else "."),
                       highlight=False)
 
 
 def _removed(path: Path) -> bool:
     from workers.models.artifacts import remove
 
-    return remove(path)
+    try:
+        return remove(path)
+    except OSError:  # not ours to remove (permissions): listed as kept
+        return False
 
 
 def _size(path: Path) -> int:
