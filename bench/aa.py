@@ -25,6 +25,9 @@ one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
                                                            #   (base, twin) + 1/2/3/5% slower arms
     python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32-b1    # cross-run side a (then b: A/A;
                                                            #   s1, s2, s3, s5: slowed candidates)
+    python bench/aa.py OUT_DIR --part 'interleaved-*' --budget-s 540   # the parts a pattern names, in
+                                                           #   order, while the next one fits the time
+                                                           #   left; those with a JSON in OUT_DIR skipped
     python bench/aa.py OUT_DIR --part summary              # every part's JSON -> aa-summary.json
     python bench/aa.py OUT_DIR --plan plans/quickstart.yaml       # the plain A/A: a plan run twice,
                                                            #   compared (no --part: runs anywhere)
@@ -296,14 +299,45 @@ def main() -> None:
     ap.add_argument("--plan", type=Path, default=REPO / "plans" / "aa.yaml", help="plain and cross-run parts")
     ap.add_argument("--interleaved-plan", type=Path, default=REPO / "plans" / "aa-interleaved.yaml",
                     help="interleaved parts: sets of a base and its twin (the slowed arms are added)")
-    ap.add_argument("--part", default="plain", help="a part's name, list, summary, or plain (the default)")
+    ap.add_argument("--part", default="plain",
+                    help="a part's name or a pattern of names ('cross-a-*'), list, summary, or plain (the default)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="with a pattern: start no part once the time left is less than the longest part so far")
     ap.add_argument("--process-repeats", type=int, default=PROCESS_REPEATS, help="cross-run parts: N processes")
     args = ap.parse_args()
     if args.part == "list":
         print("\n".join(["plain", *parts(), "summary"]))
         return
+    if any(c in args.part for c in "*?["):
+        return several(args)
     if args.part not in ("plain", "summary", *parts()):
         raise SystemExit(f"--part {args.part}: not a part; `--part list` lists them")
+    one(args)
+
+
+def several(args: argparse.Namespace) -> None:
+    """The parts ``args.part`` names, in order, skipping those with a JSON in OUT_DIR, until the time
+    left (``--budget-s``) is less than the longest part so far; says which are left."""
+    from fnmatch import fnmatchcase
+
+    names = [p for p in parts() if fnmatchcase(p, args.part)]
+    if not names:
+        raise SystemExit(f"--part {args.part}: names no part; `--part list` lists them")
+    todo = [p for p in names if not (args.out / f"{p}.json").exists()]
+    t0, longest, done = time.perf_counter(), 0.0, []
+    for name in todo:
+        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t0)
+        if left is not None and done and left < longest:
+            break
+        t = time.perf_counter()
+        one(argparse.Namespace(**{**vars(args), "part": name}))
+        longest, done = max(longest, time.perf_counter() - t), [*done, name]
+    rest = [p for p in todo if p not in done]
+    print(f"parts: {len(names) - len(todo)} there before, {len(done)} run now ({longest:.0f} s the longest), "
+          f"{len(rest)} left{': ' + ' '.join(rest) if rest else ''}")
+
+
+def one(args: argparse.Namespace) -> None:
     for sub in ("plans", "runs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     if args.part == "plain":
