@@ -81,7 +81,7 @@ class Source:
 
         key = (dtype, ep)
         if key in self._onnx:
-            if self.last_built is None and key in self._node:  # not a lane after the first: it keeps its build's
+            if self.last_built is None and key in self._node:  # else a later lane keeps the first lane's figures
                 self.last_built = Built(self._onnx[key], True, 0.0, 0.0)
             return self._onnx[key]
         if not self.arch_builds():
@@ -90,7 +90,7 @@ class Source:
         if find_spec("onnxruntime_genai") is None:
             raise SkipTrial("onnxruntime-genai-cuda is not installed (the optional extra 'genai')")
         cached = genai_path(self.ref, self.overrides, self.seed, dtype, ep)
-        if cached is None:  # a local folder
+        if cached is None:  # a local folder, or weights drawn on the device: this worker's own build
             out = self.workdir / f"onnx-{dtype}-{ep}"
             self._run_builder(dtype, ep, out)
             self.last_built = None
