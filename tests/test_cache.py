@@ -64,3 +64,18 @@ def test_a_kind_not_in_the_cache_is_refused_naming_what_it_holds(tmp_path, monke
     monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path / "none"))
     res = cli("cache")
     assert res.returncode == 0 and "Nothing cached at" in res.stdout
+
+
+def test_on_a_cluster_each_node_reports_and_clears_its_own_cache(ray_gpus):
+    """``--address``: a task pinned to each node lists and clears that node's cache (here the test
+    Ray's one node, whose workers share this process's cache directory)."""
+    import os
+
+    root = Path(os.environ["INFER_ORCH_CACHE"])
+    once(root / "cachetest" / "k.onnx", lambda tmp: Path(tmp).write_bytes(b"q" * 5000))
+    res = cli("cache", "--address", "auto", "--kind", "cachetest")
+    assert res.returncode == 0, res.stderr
+    assert "cachetest" in res.stdout and "4.9 KiB" in res.stdout and str(root) in res.stdout
+    res = cli("cache", "--address", "auto", "--kind", "cachetest", "--clear")
+    assert res.returncode == 0 and "Cleared 4.9 KiB." in res.stdout, res.stdout
+    assert not (root / "cachetest" / "k.onnx").exists()

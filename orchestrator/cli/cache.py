@@ -1,25 +1,23 @@
-"""``infer-orch cache``: what this machine's cache of exports, builds and compiles holds, and
-``--clear`` to remove it.
+"""``infer-orch cache``: what the cache of exports, builds and compiles holds on this machine, or on
+every node of a Ray cluster (``--address``), and ``--clear`` to remove it.
 
-The cache (``$INFER_ORCH_CACHE``, else ``~/.cache/infer-orch``) is per node and content-keyed: ONNX
-exports (``onnx``), ORT GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches, the
-files a run shipped to the node (``shipped``). Nothing in it is ever needed again by a finished run:
-clearing only costs the next run the time to build it again. An artifact whose build holds its
-lock is kept (a run on this machine is building it), but a running run's shipped files and compile
-caches hold no lock: clear between runs. On a cluster, run it on each node.
+The cache (``$INFER_ORCH_CACHE``, else ``~/.cache/infer-orch``, on each node) is content-keyed:
+ONNX exports (``onnx``), ORT GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches,
+the files a run shipped to the node (``shipped``). Nothing in it is ever needed again by a finished
+run: clearing only costs the next run the time to build it again. An artifact whose build holds its
+lock is kept (a run is building it), but a running run's shipped files and compile caches hold no
+lock: clear between runs. The work is ``workers.models.cache.report``, run where the cache is.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from orchestrator.cli.console import console, fail
-from orchestrator.errors import InputError
+from orchestrator.errors import InferOrchError, InputError
 
 
 def cache(
@@ -27,67 +25,71 @@ def cache(
     kind: Annotated[list[str] | None, typer.Option(
         "--kind", help="Only this part of the cache (repeatable): onnx, genai, inductor, tensorrt, shipped, ...")
     ] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Every node of this Ray cluster ('auto' or ray://host:10001); default: this machine.")] = None,
 ) -> None:
-    """This machine's cache of exports, builds and compiles: what it holds; --clear removes it (between runs)."""
-    from workers.models.build import cache_dir
-
-    root = cache_dir()
-    kinds = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    unknown = [k for k in kind or [] if k not in kinds]
-    if unknown:
-        raise fail(InputError(f"--kind {unknown[0]}: not in the cache at {root}; it holds: "
-                              f"{', '.join(kinds) or 'nothing'}"))
-    chosen = kind or kinds
-    if not chosen:
-        console.print(f"Nothing cached at {root}.", highlight=False)
+    """The cache of exports, builds and compiles: what it holds; --clear removes it (between runs)."""
+    try:
+        reports = _on_nodes(address, kind, clear) if address else [_here(kind, clear)]
+    except InferOrchError as exc:
+        raise fail(exc) from None
+    for r in reports:
+        if r["unknown"]:
+            raise fail(InputError(f"--kind {r['unknown'][0]}: not in the cache at {r['root']} on {r['host']}; "
+                                  f"it holds: {', '.join(r['held']) or 'nothing'}"))
+    many = len(reports) > 1
+    t = Table()
+    for col in (["node"] if many else []) + ["kind", "entries", "size"]:
+        t.add_column(col, justify="left" if col in ("node", "kind") else "right")
+    for r in reports:
+        for row in r["rows"]:
+            t.add_row(*([r["host"]] if many else []), row["kind"], str(row["entries"]), _human(row["bytes"]))
+    t.add_row(*([""] if many else []), "total", "", _human(sum(r["bytes"] for r in reports)))
+    if not any(r["rows"] for r in reports):
+        console.print("Nothing cached at " + ", ".join(f"{r['root']} on {r['host']}" if many else r["root"]
+                                                      for r in reports) + ".", highlight=False)
         return
-    t = Table(title=f"Cache: {root}", title_justify="left")
-    for col, justify in (("kind", "left"), ("entries", "right"), ("size", "right")):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
-    total, kept = 0, []
-    for k in chosen:
-        entries = [p for p in sorted((root / k).iterdir()) if not p.name.endswith(".lock")]
-        size = sum(_size(p) for p in entries)
-        total += size
-        t.add_row(k, str(len(entries)), _human(size))
-        if clear:
-            kept += [p for p in entries if not _removed(p)]
-    t.add_row("total", "", _human(total))
+    for r in reports:
+        console.print(f"Cache on {r['host']}: {r['root']}" if many else f"Cache: {r['root']}", highlight=False,
+                      soft_wrap=True)
     console.print(t)
     if clear:
-        left = sum(_size(p) for p in kept)
-        console.print(f"Cleared {_human(total - left)}"
-                      + (f"; kept {len(kept)} being built or not removable: {', '.join(str(p) for p in kept)}"
-                         if kept else "."),
+        kept = [p for r in reports for p in r["kept"]]
+        freed = sum(r["bytes"] - r["kept_bytes"] for r in reports)
+        console.print(f"Cleared {_human(freed)}"
+                      + (f"; kept {len(kept)} being built or not removable: {', '.join(kept)}" if kept else "."),
                       highlight=False)
 
 
-def _removed(path: Path) -> bool:
-    from workers.models.artifacts import remove
+def _here(kind: list[str] | None, clear: bool) -> dict[str, Any]:
+    from workers.models.cache import report
 
+    return report(kind, clear)
+
+
+def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[str, Any]]:
+    """``report`` in a task on every alive node of the cluster at ``address``, pinned there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from orchestrator.run import cluster, placement
+    from workers.models.cache import report
+
+    started = cluster.connect(address)
     try:
-        return remove(path)
-    except OSError:  # not ours to remove (permissions): listed as kept
-        return False
+        task = ray.remote(num_cpus=0)(report)
+        pinned = [NodeAffinitySchedulingStrategy(n.node_id, soft=False) for n in placement.nodes()]
+        reports = ray.get([task.options(scheduling_strategy=p).remote(kind, clear) for p in pinned])
+    finally:
+        if started:
+            ray.shutdown()
+    seen: dict[tuple[str, str], dict[str, Any]] = {}  # nodes of one host sharing one cache: listed once
+    for r in reports:
+        seen.setdefault((r["host"], r["root"]), r)
+    return list(seen.values())
 
 
-def _size(path: Path) -> int:
-    if path.is_symlink() or not path.is_dir():
-        try:
-            return path.lstat().st_size
-        except FileNotFoundError:
-            return 0
-    n = 0
-    for base, _, files in os.walk(path):
-        for f in files:
-            try:
-                n += os.lstat(os.path.join(base, f)).st_size
-            except FileNotFoundError:
-                pass
-    return n
-
-
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
