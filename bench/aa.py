@@ -25,9 +25,10 @@ one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
                                                            #   (base, twin) + 1/2/3/5% slower arms
     python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32-b1    # cross-run side a (then b: A/A;
                                                            #   s1, s2, s3, s5: slowed candidates)
-    python bench/aa.py OUT_DIR --part 'interleaved-*' --budget-s 540   # the parts a pattern names, in
-                                                           #   order, while the next one fits the time
-                                                           #   left; those with a JSON in OUT_DIR skipped
+    python bench/aa.py OUT_DIR --part 'interleaved-*' --budget-s 540 --part-max-s 300
+                                                           # the parts a pattern names, in order, while
+                                                           #   the longest seen fits the time left;
+                                                           #   those with a JSON in OUT_DIR skipped
     python bench/aa.py OUT_DIR --part summary              # every part's JSON -> aa-summary.json
     python bench/aa.py OUT_DIR --plan plans/quickstart.yaml       # the plain A/A: a plan run twice,
                                                            #   compared (no --part: runs anywhere)
@@ -43,6 +44,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -302,44 +304,58 @@ def main() -> None:
     ap.add_argument("--part", default="plain",
                     help="a part's name or a pattern of names ('cross-a-*'), list, summary, or plain (the default)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="with a pattern: start no part once the time left is less than the longest part so far")
+                    help="with a pattern: start no part once the time left is less than the longest part seen")
+    ap.add_argument("--part-max-s", type=float, default=0.0,
+                    help="with --budget-s: the longest a part may take, before any part was seen")
     ap.add_argument("--process-repeats", type=int, default=PROCESS_REPEATS, help="cross-run parts: N processes")
     args = ap.parse_args()
     if args.part == "list":
         print("\n".join(["plain", *parts(), "summary"]))
         return
     if any(c in args.part for c in "*?["):
+        if args.budget_s is not None and args.budget_s <= 0:
+            raise SystemExit(f"--budget-s {args.budget_s}: expected seconds > 0")
         return several(args)
+    if args.budget_s is not None:
+        raise SystemExit("--budget-s: only with a pattern of parts (--part 'interleaved-*')")
     if args.part not in ("plain", "summary", *parts()):
         raise SystemExit(f"--part {args.part}: not a part; `--part list` lists them")
     one(args)
 
 
 def several(args: argparse.Namespace) -> None:
-    """The parts ``args.part`` names, in order, skipping those with a JSON in OUT_DIR, until the time
-    left (``--budget-s``) is less than the longest part so far; says which are left."""
+    """The parts ``args.part`` names, in order, skipping those with a JSON in OUT_DIR, while the time
+    left (``--budget-s``) is at least the longest part seen (this call's, the JSONs' ``part_s``, or
+    ``--part-max-s``); says which are left, and exits 1 if a part failed."""
     from fnmatch import fnmatchcase
 
     names = [p for p in parts() if fnmatchcase(p, args.part)]
     if not names:
         raise SystemExit(f"--part {args.part}: names no part; `--part list` lists them")
     todo = [p for p in names if not (args.out / f"{p}.json").exists()]
-    t0, longest, done = time.perf_counter(), 0.0, []
+    seen = [json.loads(f.read_text()).get("part_s") or 0 for f in args.out.glob("*.json")] if args.out.is_dir() else []
+    t0, longest, done, failed = time.perf_counter(), max([args.part_max_s, *seen]), [], []
     for name in todo:
-        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t0)
-        if left is not None and done and left < longest:
+        if args.budget_s is not None and args.budget_s - (time.perf_counter() - t0) < longest:
             break
         t = time.perf_counter()
-        one(argparse.Namespace(**{**vars(args), "part": name}))
+        try:
+            one(argparse.Namespace(**{**vars(args), "part": name}))
+        except SystemExit as exc:  # this part's run failed: its log says why; the others go on
+            failed.append(f"{name} ({exc})")
         longest, done = max(longest, time.perf_counter() - t), [*done, name]
     rest = [p for p in todo if p not in done]
     print(f"parts: {len(names) - len(todo)} there before, {len(done)} run now ({longest:.0f} s the longest), "
           f"{len(rest)} left{': ' + ' '.join(rest) if rest else ''}")
+    if failed:
+        raise SystemExit("failed: " + "; ".join(failed))
 
 
 def one(args: argparse.Namespace) -> None:
     for sub in ("plans", "runs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.out / "runs" / args.part, ignore_errors=True)  # a part stopped midway: run it again
+    t0 = time.perf_counter()
     if args.part == "plain":
         res = plain(args)
     elif args.part == "summary":
@@ -349,6 +365,7 @@ def one(args: argparse.Namespace) -> None:
     else:
         res = cross_part(args, args.part)
     name = "aa" if args.part == "plain" else "aa-summary" if args.part == "summary" else args.part
+    res["part_s"] = time.perf_counter() - t0
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))
     print_table(res)
     if args.part == "plain":
