@@ -1,12 +1,13 @@
 """``infer-orch cache``: what the cache of exports, builds and compiles holds on this machine, or on
 every node of a Ray cluster (``--address``), and ``--clear`` to remove it.
 
-The cache (``$INFER_ORCH_CACHE``, else ``~/.cache/infer-orch``, on each node) is content-keyed:
-ONNX exports (``onnx``), ORT GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches,
-the files a run shipped to the node (``shipped``). Nothing in it is ever needed again by a finished
-run: clearing only costs the next run the time to build it again. An artifact whose build holds its
-lock is kept (a run is building it), but a running run's shipped files and compile caches hold no
-lock: clear between runs. The work is ``workers.models.cache.report``, run where the cache is.
+The cache (``$INFER_ORCH_CACHE``, else ``$XDG_CACHE_HOME/infer-orch`` or ``~/.cache/infer-orch``, on
+each node) is content-keyed, a folder per kind (``workers.models.cache.KINDS``): ONNX exports
+(``onnx``), ORT GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches, the files a run
+shipped to the node (``shipped``). Nothing in it is needed again by a finished run: clearing only
+costs the next run the time to build it again. A running run's files hold no lock except a build in
+progress (kept): clear between runs. Folders of others under the same root are listed, never cleared.
+The work is ``workers.models.cache.report``, run where the cache is: first to list, then to clear.
 """
 
 from __future__ import annotations
@@ -14,61 +15,83 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli.console import console, fail
-from orchestrator.errors import InferOrchError, InputError
+from orchestrator.errors import ClusterError, InferOrchError, InputError
 
 
 def cache(
     clear: Annotated[bool, typer.Option("--clear", help="Remove what is listed; artifacts being built stay.")] = False,
     kind: Annotated[list[str] | None, typer.Option(
-        "--kind", help="Only this part of the cache (repeatable): onnx, genai, inductor, tensorrt, shipped, ...")
+        "--kind", help="Only this part of the cache (repeatable): onnx, genai, inductor, tensorrt, shipped, sleep")
     ] = None,
     address: Annotated[str | None, typer.Option(
         help="Every node of this Ray cluster ('auto' or ray://host:10001); default: this machine.")] = None,
 ) -> None:
     """The cache of exports, builds and compiles: what it holds; --clear removes it (between runs)."""
+    from workers.models.cache import KINDS
+
     try:
-        reports = _on_nodes(address, kind, clear) if address else [_here(kind, clear)]
+        bad = [k for k in kind or [] if k not in KINDS]
+        if bad:
+            raise InputError(f"--kind {bad[0]}: not a part of infer-orch's cache; accepted: {', '.join(KINDS)}")
+        listed = _reports(address, kind, clear=False)
+        if kind:
+            held = sorted({k for r in listed for k in r["held"]})
+            missing = [k for k in kind if k not in held]
+            if missing:
+                raise InputError(f"--kind {missing[0]}: not in the cache at {_where(listed)}; it holds: "
+                                 f"{', '.join(held) or 'nothing'}")
+        cleared = _reports(address, kind, clear=True) if clear else []
     except InferOrchError as exc:
         raise fail(exc) from None
-    for r in reports:
-        if r["unknown"]:
-            raise fail(InputError(f"--kind {r['unknown'][0]}: not in the cache at {r['root']} on {r['host']}; "
-                                  f"it holds: {', '.join(r['held']) or 'nothing'}"))
-    many = len(reports) > 1
+    _print(listed, cleared, clear)
+
+
+def _print(listed: list[dict[str, Any]], cleared: list[dict[str, Any]], clear: bool) -> None:
+    many = len(listed) > 1
+    if not any(r["rows"] for r in listed):
+        console.print(f"Nothing cached at {escape(_where(listed))}.", highlight=False)
+        return
     t = Table()
     for col in (["node"] if many else []) + ["kind", "entries", "size"]:
         t.add_column(col, justify="left" if col in ("node", "kind") else "right")
-    for r in reports:
+    for r in listed:
+        console.print(escape(f"Cache on {r['host']}: {r['root']}" if many else f"Cache: {r['root']}"),
+                      highlight=False, soft_wrap=True)
         for row in r["rows"]:
-            t.add_row(*([r["host"]] if many else []), row["kind"], str(row["entries"]), _human(row["bytes"]))
-    t.add_row(*([""] if many else []), "total", "", _human(sum(r["bytes"] for r in reports)))
-    if not any(r["rows"] for r in reports):
-        console.print("Nothing cached at " + ", ".join(f"{r['root']} on {r['host']}" if many else r["root"]
-                                                      for r in reports) + ".", highlight=False)
-        return
-    for r in reports:
-        console.print(f"Cache on {r['host']}: {r['root']}" if many else f"Cache: {r['root']}", highlight=False,
-                      soft_wrap=True)
+            t.add_row(*([escape(r["host"])] if many else []), row["kind"], str(row["entries"]), _human(row["bytes"]))
+    t.add_row(*([""] if many else []), "total", "", _human(sum(r["bytes"] for r in listed)))
     console.print(t)
+    others = sorted({o for r in listed for o in r["others"]})
+    if others:
+        console.print(escape(f"Also there, not infer-orch's (never cleared): {', '.join(others)}"), highlight=False)
     if clear:
-        kept = [p for r in reports for p in r["kept"]]
-        freed = sum(r["bytes"] - r["kept_bytes"] for r in reports)
-        console.print(f"Cleared {_human(freed)}"
-                      + (f"; kept {len(kept)} being built or not removable: {', '.join(kept)}" if kept else "."),
-                      highlight=False)
+        kept = [p for r in cleared for p in r["kept"]]
+        console.print(escape(f"Cleared {_human(sum(r['freed'] for r in cleared))}"
+                             + (f"; kept {len(kept)} being built or not removable: {', '.join(kept)}" if kept
+                                else ".")), highlight=False, soft_wrap=True)
 
 
-def _here(kind: list[str] | None, clear: bool) -> dict[str, Any]:
+def _where(reports: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['root']} on {r['host']}" if len(reports) > 1 else r["root"] for r in reports)
+
+
+def _reports(address: str | None, kind: list[str] | None, clear: bool) -> list[dict[str, Any]]:
     from workers.models.cache import report
 
-    return report(kind, clear)
+    reports = _on_nodes(address, kind, clear) if address else [report(kind, clear)]
+    for r in reports:
+        if r["error"]:
+            raise InputError(f"can't read the cache at {r['root']} on {r['host']}: {r['error']}")
+    return reports
 
 
 def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[str, Any]]:
-    """``report`` in a task on every alive node of the cluster at ``address``, pinned there."""
+    """``report`` in a task pinned to one node of each (node IP, cache root) of the cluster at ``address``
+    (nodes of one machine sharing one cache: listed and cleared once)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -78,12 +101,19 @@ def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[st
     started = cluster.connect(address)
     try:
         task = ray.remote(num_cpus=0)(report)
-        pinned = [NodeAffinitySchedulingStrategy(n.node_id, soft=False) for n in placement.nodes()]
-        reports = ray.get([task.options(scheduling_strategy=p).remote(kind, clear) for p in pinned])
+        nodes = placement.nodes()
+        pinned = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+                  for n in nodes]
+        roots = ray.get([t.remote(kind, False) for t in pinned]) if clear else []
+        keys = [(n.ip or n.host, r["root"]) for n, r in zip(nodes, roots, strict=True)] if clear else []
+        once = [t for i, t in enumerate(pinned) if not clear or keys[i] not in keys[:i]]
+        reports = ray.get([t.remote(kind, clear) for t in once])
+    except ray.exceptions.RayError as exc:
+        raise ClusterError(f"a node's cache task failed: {str(exc).strip().splitlines()[0]}") from None
     finally:
         if started:
             ray.shutdown()
-    seen: dict[tuple[str, str], dict[str, Any]] = {}  # nodes of one host sharing one cache: listed once
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for r in reports:
         seen.setdefault((r["host"], r["root"]), r)
     return list(seen.values())
@@ -91,7 +121,7 @@ def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[st
 
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"

@@ -1,8 +1,9 @@
 """A node's cache as ``infer-orch cache`` sees it: what each kind holds, and clearing it.
 
-The cache (``workers.models.build.cache_dir``) is a folder per kind: ONNX exports (``onnx``), ORT
-GenAI's decoder builds (``genai``), Inductor's and TensorRT's caches, the files runs shipped to the
-node (``shipped``). :func:`report` runs where the cache is: in the command's process for this
+The cache (``workers.models.build.cache_dir``) is a folder per kind, :data:`KINDS`: ONNX exports,
+ORT GenAI's decoder builds, Inductor's and TensorRT's caches, the files runs shipped to the node,
+the ``sleep`` backend's stand-ins. Other folders under the same root are not infer-orch's: listed
+as such, never cleared. :func:`report` runs where the cache is: in the command's process for this
 machine, in a task on each node for a cluster.
 """
 
@@ -13,32 +14,48 @@ import socket
 from pathlib import Path
 from typing import Any
 
+#: The cache's kinds: the folders infer-orch writes under the node cache.
+KINDS = ("onnx", "genai", "inductor", "tensorrt", "shipped", "sleep")
+
 
 def report(kinds: list[str] | None = None, clear: bool = False) -> dict[str, Any]:
-    """This node's cache: its root, the kinds it holds, per kind asked (default all) the entries and
-    bytes, the kinds asked it does not hold, and with ``clear`` what was removed and what was kept
-    (an artifact whose build holds its lock, or one not ours to remove)."""
+    """This node's cache: its root, the kinds it holds, the other folders there, per kind asked (every
+    kind held by default; one not held: 0 entries) the entries and bytes, and with ``clear`` the bytes
+    freed and what was kept (an artifact whose build holds its lock, a shipped copy being written, an
+    entry not ours to remove). ``error``: why the cache could not be read."""
     from workers.models.build import cache_dir
 
     root = cache_dir()
-    held = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    unknown = [k for k in kinds or [] if k not in held]
-    rows, kept, total = [], [], 0
-    if not unknown:
-        for k in kinds or held:
-            entries = [p for p in sorted((root / k).iterdir()) if not p.name.endswith(".lock")]
+    out: dict[str, Any] = {"host": socket.gethostname(), "root": str(root), "held": [], "others": [], "rows": [],
+                           "bytes": 0, "freed": 0, "kept": [], "error": None}
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
+        out["held"] = [n for n in names if n in KINDS]
+        out["others"] = [n for n in names if n not in KINDS]
+        for k in dict.fromkeys(kinds or out["held"]):
+            folder = root / k
+            entries = sorted(p for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.is_dir() else []
             size = sum(size_of(p) for p in entries)
-            total += size
-            rows.append({"kind": k, "entries": len(entries), "bytes": size})
+            out["rows"].append({"kind": k, "entries": len(entries), "bytes": size})
+            out["bytes"] += size
             if clear:
-                kept += [p for p in entries if not _removed(p)]
-    return {"host": socket.gethostname(), "root": str(root), "held": held, "unknown": unknown, "rows": rows,
-            "bytes": total, "kept": [str(p) for p in kept], "kept_bytes": sum(size_of(p) for p in kept)}
+                for p in entries:
+                    before = size_of(p)
+                    if _removed(p) and not os.path.lexists(p):
+                        out["freed"] += before
+                    else:
+                        out["kept"].append(str(p))
+                        out["freed"] += before - size_of(p)
+    except OSError as exc:
+        out["error"] = f"{exc.strerror or exc}: {exc.filename or root}"
+    return out
 
 
 def _removed(path: Path) -> bool:
     from workers.models.artifacts import remove
 
+    if path.name.startswith(".incoming-"):  # a shipped copy being written by a worker now
+        return False
     try:
         return remove(path)
     except OSError:  # not ours to remove (permissions): kept
