@@ -53,10 +53,7 @@ def once(path: Path, build: Callable[[str], None], folder: bool = False) -> Buil
         if path.exists():
             return Built(path, True, waited, 0.0)
         for left in path.parent.glob(f"{path.name}.*.tmp"):  # a build killed midway (we hold its lock now)
-            if left.is_dir():
-                shutil.rmtree(left, ignore_errors=True)
-            else:
-                left.unlink(missing_ok=True)
+            _remove(left)
         t1 = time.perf_counter()
         if folder:
             tmp = tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
@@ -67,10 +64,7 @@ def once(path: Path, build: Callable[[str], None], folder: bool = False) -> Buil
             build(tmp)
             os.replace(tmp, path)
         finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif os.path.exists(tmp):
-                os.unlink(tmp)
+            _remove(Path(tmp))  # gone already when renamed
         return Built(path, False, waited, time.perf_counter() - t1)
 
 
