@@ -37,14 +37,7 @@ def cache(
         bad = [k for k in kind or [] if k not in KINDS]
         if bad:
             raise InputError(f"--kind {bad[0]}: not a part of infer-orch's cache; accepted: {', '.join(KINDS)}")
-        listed = _reports(address, kind, clear=False)
-        if kind:
-            held = sorted({k for r in listed for k in r["held"]})
-            missing = [k for k in kind if k not in held]
-            if missing:
-                raise InputError(f"--kind {missing[0]}: not in the cache at {_where(listed)}; it holds: "
-                                 f"{', '.join(held) or 'nothing'}")
-        cleared = _reports(address, kind, clear=True) if clear else []
+        listed, cleared = _on_nodes(address, kind, clear) if address else _here(kind, clear)
     except InferOrchError as exc:
         raise fail(exc) from None
     _print(listed, cleared, clear)
@@ -79,19 +72,34 @@ def _where(reports: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['root']} on {r['host']}" if len(reports) > 1 else r["root"] for r in reports)
 
 
-def _reports(address: str | None, kind: list[str] | None, clear: bool) -> list[dict[str, Any]]:
-    from workers.models.cache import report
-
-    reports = _on_nodes(address, kind, clear) if address else [report(kind, clear)]
+def _check(reports: list[dict[str, Any]], kind: list[str] | None) -> None:
+    """A cache that could not be read, or a kind asked that no cache holds: the command's one line."""
     for r in reports:
         if r["error"]:
             raise InputError(f"can't read the cache at {r['root']} on {r['host']}: {r['error']}")
-    return reports
+    held = sorted({k for r in reports for k in r["held"]})
+    missing = [k for k in kind or [] if k not in held]
+    if missing:
+        raise InputError(f"--kind {missing[0]}: not in the cache at {_where(reports)}; it holds: "
+                         f"{', '.join(held) or 'nothing'}")
 
 
-def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[str, Any]]:
-    """``report`` in a task pinned to one node of each (node IP, cache root) of the cluster at ``address``
-    (nodes of one machine sharing one cache: listed and cleared once)."""
+def _here(kind: list[str] | None, clear: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(this machine's cache listed, then cleared where asked) once the listing passed ``_check``."""
+    from workers.models.cache import report
+
+    listed = [report(kind)]
+    _check(listed, kind)
+    cleared = [report(kind, clear=True)] if clear else []
+    _check(cleared, None)
+    return listed, cleared
+
+
+def _on_nodes(address: str, kind: list[str] | None,
+              clear: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """As ``_here``, on the cluster at ``address``: ``report`` in a task pinned to each alive node, every
+    node listed before any clears; one node per (node IP, cache root) listed and cleared (nodes of one
+    machine sharing one cache)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -104,19 +112,20 @@ def _on_nodes(address: str, kind: list[str] | None, clear: bool) -> list[dict[st
         nodes = placement.nodes()
         pinned = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
                   for n in nodes]
-        roots = ray.get([t.remote(kind, False) for t in pinned]) if clear else []
-        keys = [(n.ip or n.host, r["root"]) for n, r in zip(nodes, roots, strict=True)] if clear else []
-        once = [t for i, t in enumerate(pinned) if not clear or keys[i] not in keys[:i]]
-        reports = ray.get([t.remote(kind, clear) for t in once])
+        reports = ray.get([t.remote(kind, False) for t in pinned])
+        first: dict[tuple[str, str], int] = {}
+        for i, (n, r) in enumerate(zip(nodes, reports, strict=True)):
+            first.setdefault((n.ip or n.host, r["root"]), i)
+        listed = [reports[i] for i in first.values()]
+        _check(listed, kind)
+        cleared = ray.get([pinned[i].remote(kind, True) for i in first.values()]) if clear else []
+        _check(cleared, None)
     except ray.exceptions.RayError as exc:
         raise ClusterError(f"a node's cache task failed: {str(exc).strip().splitlines()[0]}") from None
     finally:
         if started:
             ray.shutdown()
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in reports:
-        seen.setdefault((r["host"], r["root"]), r)
-    return list(seen.values())
+    return listed, cleared
 
 
 def _human(n: float) -> str:
