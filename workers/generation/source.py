@@ -116,8 +116,6 @@ class Source:
             raise SkipTrial(f"ONNX Runtime GenAI's model builder failed for {self.shape.arch} {dtype} {ep}: {tail[0]}")
 
     def arch_builds(self) -> bool:
-        from workers.generation.models import CAUSAL
-
         return CAUSAL[self.shape.arch].genai_builder
 
     def close(self) -> None:
