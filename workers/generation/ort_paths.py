@@ -5,8 +5,13 @@ key/values in and present key/values out. Every buffer lives on the device: the 
 token buffer, an all-ones attention mask (one flat buffer; each step binds its first
 ``batch * length`` elements as [batch, length]), the logits (a torch buffer bound by pointer, so the
 masked argmax that picks the next token runs on the device and writes the next step's input), and
-the KV cache (each step's present values, allocated by ORT on the device, are bound as the next
-step's past). No host copy per token. On CUDA the session runs on torch's current stream (the
+a static KV cache: one buffer per layer's key and value, ``prompt_len + new_tokens`` positions long,
+allocated in setup and bound as both the past input and the present output of every run, as ORT
+GenAI binds it (``past_present_share_buffer``). The builder's attention op
+(``GroupQueryAttention``) then writes each step's keys and values in place and reads the valid
+length from the attention mask. (Binding ORT-allocated present values as the next step's past
+instead gave wrong logits on CUDA at batch 8 and 32 for a 1B Llama in fp16, with batch 1 right.)
+No host copy per token. On CUDA the session runs on torch's current stream (the
 ``user_compute_stream`` provider option) and ORT's end-of-run synchronization is off, so the steps
 queue like the torch paths' and CUDA events time them.
 
@@ -100,7 +105,7 @@ class OrtIoBinding(GenerationRunner):
                             f"this path binds {', '.join(_TYPES)}")
         self.np_dtype, tname = _TYPES[types["logits"]]
         tdt = getattr(torch, tname)
-        past_np = _TYPES[types[self.past_names[0]]][0]
+        past_np, past_t = _TYPES[types[self.past_names[0]]]
         self.max_len = self.prompt_len + self.new_tokens
         self.mask = torch.ones(b * self.max_len, dtype=torch.long, device=dev)
         self.prompt = torch.zeros((b, self.prompt_len), dtype=torch.long, device=dev)
@@ -110,17 +115,19 @@ class OrtIoBinding(GenerationRunner):
         self.out = torch.zeros((b, self.new_tokens), dtype=torch.long, device=dev)
         self.prefill_logits = torch.empty((b, self.prompt_len, shape.vocab), dtype=tdt, device=dev)
         self.step_logits = torch.empty((b, 1, shape.vocab), dtype=tdt, device=dev)
-        empty = (b, shape.kv_heads, 0, shape.head_dim)
-        self.empty_past = ort.OrtValue.ortvalue_from_shape_and_type(empty, past_np, self.dev_type, self.dev_id)
+        # the static KV cache, each buffer both past and present of every run (see the module's doc)
+        self.kv_shape = (b, shape.kv_heads, self.max_len, shape.head_dim)
+        self.past_np = past_np
+        self.kv = [torch.zeros(self.kv_shape, dtype=getattr(torch, past_t), device=dev) for _ in self.past_names]
         self.binding = self.sess.io_binding()
 
     def _bind(self, name: str, t: Any, shape: tuple[int, ...], dtype: Any, output: bool = False) -> None:
         f = self.binding.bind_output if output else self.binding.bind_input
         f(name, self.dev_type, self.dev_id, dtype, list(shape), t.data_ptr())
 
-    def _run(self, ids: Any, pos: Any, length: int, logits: Any, past: list[Any]) -> list[Any]:
-        """One run over ``ids`` at positions ``pos`` with ``length`` positions in all; returns the present
-        values (on the device)."""
+    def _run(self, ids: Any, pos: Any, length: int, logits: Any) -> None:
+        """One run over ``ids`` at positions ``pos`` with ``length`` positions in all, its keys and
+        values written into the static cache."""
         b = self.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
@@ -128,13 +135,11 @@ class OrtIoBinding(GenerationRunner):
         if self.has_positions:
             self._bind("position_ids", pos, tuple(pos.shape), np.int64)
         self._bind("attention_mask", self.mask, (self.batch, length), np.int64)
-        for name, value in zip(self.past_names, past):
-            b.bind_ortvalue_input(name, value)
         self._bind("logits", logits, tuple(logits.shape), self.np_dtype, output=True)
-        for name in self.present_names:
-            b.bind_output(name, self.dev_type, self.dev_id)
+        for past, present, buf in zip(self.past_names, self.present_names, self.kv, strict=True):
+            self._bind(past, buf, self.kv_shape, self.past_np)
+            self._bind(present, buf, self.kv_shape, self.past_np, output=True)
         self.sess.run_with_iobinding(b, self.run_options)
-        return b.get_outputs()[1:]
 
     def generate(self, prompt_ids: np.ndarray, keep_logits: int = 0) -> Generation:
         torch = self.torch
@@ -145,8 +150,7 @@ class OrtIoBinding(GenerationRunner):
         marks = marks_for(self.device)
         _sync(self.device)
         marks.mark()
-        past0 = [self.empty_past] * len(self.past_names)
-        present = self._run(self.prompt, self.prompt_pos, self.prompt_len, self.prefill_logits, past0)
+        self._run(self.prompt, self.prompt_pos, self.prompt_len, self.prefill_logits)
         self.step_pos.fill_(self.prompt_len)
         tok = _next_token(self.prefill_logits, self.eos)
         self.tok[:, 0] = tok
@@ -155,7 +159,7 @@ class OrtIoBinding(GenerationRunner):
         if keep_logits:
             kept.append(_host_logits(self.prefill_logits))
         for i in range(1, self.new_tokens):
-            present = self._run(self.tok, self.step_pos, self.prompt_len + i, self.step_logits, present)
+            self._run(self.tok, self.step_pos, self.prompt_len + i, self.step_logits)
             self.step_pos.add_(1)
             tok = _next_token(self.step_logits, self.eos)
             self.tok[:, 0] = tok
@@ -167,7 +171,7 @@ class OrtIoBinding(GenerationRunner):
         return Generation(self.out.cpu().numpy(), ms[0], ms[1:], kept, marks.clock, marks.t0)
 
     def teardown(self) -> None:
-        self.sess = self.binding = self.empty_past = None
+        self.sess = self.binding = self.kv = None
         self.prefill_logits = self.step_logits = self.mask = None
 
 
