@@ -60,6 +60,28 @@ def test_the_paired_interval_covers_the_true_ratio_in_a_drifting_process_as_ofte
     assert pooled_hits / 600 < 0.6  # the drift moves an unpaired ratio by more than the paired interval's width
 
 
+def test_with_builds_as_units_the_interval_holds_a_spread_between_builds_that_rounds_cannot_see():
+    """Each build of a runner keeps an offset of its own (1.5%, kernel choice and buffer placement: two
+    runners of one GPU configuration measured up to 3.3% apart). Built once, every round carries the
+    same offsets and the rounds' interval misses the true ratio most of the time; built afresh for each
+    of 5 blocks of rounds (``builds: 5``), the blocks' interval holds it about as often as it says."""
+    rng = np.random.default_rng(11)
+    effect, once, blocks = 0.02, 0, 0
+    for _ in range(400):
+        for builds in (1, 5):
+            base, cand = _simulate(rng, 20, effect)
+            for block in np.array_split(np.arange(20), builds):
+                base[block] *= np.exp(rng.normal(0, 0.015))
+                cand[block] *= np.exp(rng.normal(0, 0.015))
+            _, lo, hi = paired.paired_ratio(base, cand, 0.95, builds=builds)
+            if builds == 1:
+                once += lo <= 1 + effect <= hi
+            else:
+                blocks += lo <= 1 + effect <= hi
+    assert once / 400 < 0.6
+    assert 0.91 <= blocks / 400 <= 0.985
+
+
 def test_round_orders_give_every_arm_every_place_once_per_block_and_follow_the_seed():
     orders = paired.round_orders(2, 20, seed=3)
     assert orders == paired.round_orders(2, 20, seed=3) != paired.round_orders(2, 20, seed=4)
@@ -99,6 +121,26 @@ def test_one_worker_alternates_the_arms_in_rounds_sets_each_up_once_and_finds_an
     assert twin["ab_verdict"] == "unchanged", (twin["ab_ratio"], twin["ab_ratio_low"], twin["ab_ratio_high"])
     assert slow["ab_verdict"] == "regressed" and slow["slowdown"] == 0.05 and slow["slowdown_kind"] == "backend"
     assert 1.02 < slow["ab_ratio"] < 1.08
+
+
+def test_builds_set_every_arm_up_once_per_block_in_a_seeded_order_and_the_blocks_judge(monkeypatch):
+    """``builds: 3`` over 6 rounds: three blocks of two rounds, every arm's runner set up afresh for each
+    (the first block in the plan's order, the later ones shuffled by the seed), the slowed arm still
+    found and the twin unchanged."""
+    setups: list[str] = []
+    real = SleepRunner.setup
+    monkeypatch.setattr(SleepRunner, "setup", lambda self: (setups.append(self.ctx.trial.label), real(self))[1])
+    plan = _plan([{"label": "a"}, {"label": "twin"}, {"label": "slow", "slowdown": 0.3}], rounds=6, builds=3,
+                 base="a", confidence=0.9)
+    (unit,) = units(expand(parse_plan(plan)))
+    lead = run_trial(unit, "cpu", ModelStore())
+    rows = [lead, *lead.pop("_arms")]
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error") for r in rows]
+    assert len(setups) == 9 and setups[:3] == ["a", "twin", "slow"]
+    assert all(sorted(setups[k:k + 3]) == ["a", "slow", "twin"] for k in (3, 6))
+    for r in rows:
+        assert r["ab_runners_kept"] is True and r["ab_setups"] == 3 and r["ab_rounds"] == 6
+    assert rows[1]["ab_verdict"] == "unchanged" and rows[2]["ab_verdict"] == "regressed", rows[2]["ab_ratio"]
 
 
 def test_runners_are_set_up_each_round_when_device_memory_cannot_hold_them_all(monkeypatch):
@@ -175,12 +217,13 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     ({"slowdown": 1.5}, "matrix.backends[1].slowdown: Input should be less than or equal to 1"),
     ({"sets": [["a", "c"]]}, "measure.interleave.sets[0]: no trial has the label 'c'"),
     ({"repeats": 2}, "measure: interleave: its rounds are its repeats"),
+    ({"builds": 7}, "measure: interleave: builds (7) is more than rounds (6)"),
 ])
 def test_bad_interleave_keys_are_refused_at_the_key(write_plan, tmp_path, change, message):
     import yaml
 
     plan = _plan([{"label": "a"}, {"label": "b"}],
-                 **{k: v for k, v in change.items() if k in ("rounds", "base", "by", "sets")})
+                 **{k: v for k, v in change.items() if k in ("rounds", "base", "by", "sets", "builds")})
     if "repeats" in change:
         plan["measure"]["repeats"] = change["repeats"]
     if change.get("one_arm"):

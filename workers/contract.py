@@ -84,6 +84,11 @@ class Interleave(StrictModel):
     unit in one worker process, in rounds (``workers/scenarios/_interleave.py``; docs/measuring.md)."""
 
     rounds: int = Field(20, ge=3, le=1000)
+    #: how many times each arm's runner is built over the rounds: the rounds split into this many
+    #: blocks, every arm built afresh for each, and the ratio's interval counts the blocks, so it
+    #: holds the spread between builds of one configuration (kernel choices, buffer placement:
+    #: 2 runners of one GPU-bound configuration measured up to 3.3% apart in one process)
+    builds: int = Field(1, ge=1, le=100)
     #: the timed window of each arm in each round, seconds (at least ``min_round_iters`` iterations)
     round_s: float = Field(0.5, gt=0, le=600)
     #: each arm's own warm-up before its window in every round, seconds (at least one iteration)
@@ -155,6 +160,9 @@ class MeasureSpec(StrictModel):
         if self.interleave is not None and (self.repeats > 1 or self.input_pool > 1):
             raise ValueError("interleave: its rounds are its repeats, on the trial's own input; "
                              "leave repeats and input_pool at 1")
+        if self.interleave is not None and self.interleave.builds > self.interleave.rounds:
+            raise ValueError(f"interleave: builds ({self.interleave.builds}) is more than rounds "
+                             f"({self.interleave.rounds}); each build is timed in rounds of its own")
         if self.interleave is not None and getattr(self, "process_repeats", 1) > 1:  # the cross-run design's key
             raise ValueError("interleave: its arms share one worker process; process_repeats is the other design, "
                              "for comparing runs: leave it at 1")

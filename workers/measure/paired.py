@@ -31,6 +31,14 @@ The order of the arms in each round is drawn from the plan's seed, balanced over
 (A B B A ...: ``round_orders``), so no arm is always first (after the other's warm-up, or just after
 a round's start) and an order effect becomes noise in d rather than a bias of the ratio.
 
+Builds as units (``Interleave.builds`` > 1). Rounds see the drift within one set of runners, not
+what differs between two builds of one configuration: on an H100, two runners of the same GPU-bound
+configuration (torch's CUDA graph, ORT with IO binding) in one process measured up to 3.3% apart,
+steadily, round after round, so a rounds-only interval called 4 of 9 A/A pairs changed. With
+``builds: K`` the rounds split into K blocks, every arm is built afresh for each block (in a seeded
+order), and the interval is a t interval over the K blocks' median log ratios: it holds the
+between-build spread, at the price of K - 1 degrees of freedom.
+
 Verdict, as ``compare``'s: regressed when the ratio is above ``1 + threshold`` and the whole
 interval above 1 (improved: mirrored); otherwise unchanged. The interval controls the false alarms
 the within-process noise would give (at 99%, 1 row in 200 per side); the threshold is the change too
@@ -65,17 +73,28 @@ def round_orders(arms: int, rounds: int, seed: int) -> list[list[int]]:
     return out[:rounds]
 
 
-def paired_ratio(base: Sequence[float], cand: Sequence[float], confidence: float) -> tuple[float, float, float] | None:
+def paired_ratio(base: Sequence[float], cand: Sequence[float], confidence: float, *,
+                 builds: int = 1) -> tuple[float, float, float] | None:
     """(ratio, low, high) of ``cand`` over ``base``, two arms' per-round medians (see the module's doc):
     Yuen's interval of the TRIM-trimmed mean of the rounds' log ratios. None with fewer than 2 rounds
-    where both have a positive median."""
+    where both have a positive median.
+
+    ``builds`` > 1: the rounds are that many consecutive blocks, each measured on runners built
+    afresh (``Interleave.builds``), and the blocks are the units: each block's median log ratio,
+    then a t interval of their mean (untrimmed: a block's median already drops a stalled round)."""
     b, c = np.asarray(base, dtype=np.float64), np.asarray(cand, dtype=np.float64)
     ok = (b > 0) & (c > 0) & np.isfinite(b) & np.isfinite(c)
-    d = np.sort(np.log(c[ok] / b[ok]))
+    if builds > 1:
+        blocks = [np.log(c[i][ok[i]] / b[i][ok[i]]) for i in np.array_split(np.arange(len(b)), builds)]
+        d = np.sort([float(np.median(x)) for x in blocks if len(x)])
+        trim = 0.0
+    else:
+        d = np.sort(np.log(c[ok] / b[ok]))
+        trim = TRIM
     n = len(d)
     if n < 2:
         return None
-    g = int(TRIM * n)
+    g = int(trim * n)
     h = n - 2 * g
     mean = float(d[g:n - g].mean())
     winsorized = np.clip(d, d[g], d[n - g - 1])

@@ -3,14 +3,16 @@
 The unit is its first trial, carrying the others in ``Trial.arms`` (``orchestrator.plan.interleave``
 packs them). Its policy::
 
-    set up every arm's runner (a RunnerSession each), kept for every round
-        (device memory can't hold them all: OOM -> each round sets its arm's runner up again, and
-         the rows say so: ab_runners_kept false)
-    each arm, once per runner: the trial's warm-up policy (workers.measure.timing.warm_up)
-    for each round r (orders: workers.measure.paired.round_orders, from the plan's seed):
-        for each arm in that round's order:
-            untimed steps for warmup_s (at least one), synchronize
-            timed steps for round_s, at least min_round_iters (and at most measure.max_iters)
+    for each of the ``builds`` blocks of consecutive rounds (1 by default: every round):
+        set up every arm's runner (a RunnerSession each), kept for the block's rounds
+            (device memory can't hold them all: OOM -> each round sets its arm's runner up again,
+             and the rows say so: ab_runners_kept false)
+        each arm, once per runner: the trial's warm-up policy (workers.measure.timing.warm_up)
+        for each round r of the block (orders: workers.measure.paired.round_orders, from the seed):
+            for each arm in that round's order:
+                untimed steps for warmup_s (at least one), synchronize
+                timed steps for round_s, at least min_round_iters (and at most measure.max_iters)
+        each arm's runner torn down
     each arm: its samples (samples_ms, rounds in order), its per-round medians, and for every arm but
     the base the paired ratio of its round medians to the base's with its interval and verdict
     (workers.measure.paired)
@@ -27,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from workers.contract import Interleave, Trial
 from workers.faults import oom_message
@@ -75,7 +79,7 @@ def measure(h: Harness) -> Measured:
     timer: Timer = CudaTimer() if h.on_gpu else HostTimer()
     host_mem = memory.HostPeak()
     try:
-        kept = _kept_rounds(arms, orders, spec, timer)
+        kept = _kept_rounds(arms, orders, spec, timer, h.trial.seed)
         if not kept:
             _rebuilt_rounds(arms, orders, spec, timer)
     finally:
@@ -94,28 +98,40 @@ def _harness(h: Harness, trial: Trial) -> Harness:
     return Harness(get(trial.backend), ctx, h.on_gpu)
 
 
-def _kept_rounds(arms: list[Arm], orders: list[list[int]], spec: Interleave, timer: Timer) -> bool:
-    """Every round with every arm's runner set up once; False (nothing measured) where device memory
-    can't hold them all."""
+def _kept_rounds(arms: list[Arm], orders: list[list[int]], spec: Interleave, timer: Timer, seed: int) -> bool:
+    """Every round with every arm's runner set up once per build block (``spec.builds`` blocks of
+    consecutive rounds, the arms built in a seeded order in each but the first: a place in the build
+    order is not an arm's for good); False (nothing kept) where device memory can't hold them all."""
+    for k, block in enumerate(np.array_split(np.arange(len(orders)), spec.builds)):
+        built = list(range(len(arms)))
+        if k:
+            built = [int(i) for i in np.random.default_rng([seed, k, 0xB1D]).permutation(len(arms))]
+        if not _kept_block(arms, [orders[r] for r in block], spec, timer, built):
+            for i, arm in enumerate(arms):
+                arms[i] = Arm(arm.harness)  # nothing of the blocks before is kept either
+            return False
+    return True
+
+
+def _kept_block(arms: list[Arm], orders: list[list[int]], spec: Interleave, timer: Timer, built: list[int]) -> bool:
+    """One build block: every arm's runner set up (in the order ``built``), its rounds, teardown;
+    False where device memory can't hold every arm's runner."""
     with contextlib.ExitStack() as stack:
-        sessions: list[RunnerSession] = []
+        sessions: dict[int, RunnerSession] = {}
         try:
-            for arm in arms:
-                sessions.append(stack.enter_context(arm.harness.session()))
-                _set_up(arm, sessions[-1], timer)
+            for i in built:
+                sessions[i] = stack.enter_context(arms[i].harness.session())
+                _set_up(arms[i], sessions[i], timer)
         except Exception as exc:
             if oom_message(exc) is None or len(arms) < 2:
                 raise
-            for arm in arms:
-                arm.setups = arm.setup_s = arm.warmup_iters = 0
-                arm.warmup_s = 0.0
             return False
-        watches = [s.watch() for s in sessions]
+        watches = {i: s.watch() for i, s in sessions.items()}
         for order in orders:
             for place, i in enumerate(order):
                 _round(arms[i], sessions[i].runner.step, timer, spec, watches[i], place)
-        for arm, s in zip(arms, sessions, strict=True):
-            _finish(arm, s)
+        for i, s in sessions.items():
+            _finish(arms[i], s)
     return True
 
 
@@ -194,7 +210,9 @@ def _measured(arms: list[Arm], base: int, spec: Interleave, kept: bool, host_pea
         lat = stats.latency_stats(dev, ctx.batch_size, seed=ctx.seed)
         host_median = stats.median(arm.host_ms)
         judged: Row = {"ab_ratio": None, "ab_ratio_low": None, "ab_ratio_high": None, "ab_verdict": None}
-        ratio = paired.paired_ratio(medians[base], medians[i], spec.confidence) if i != base else None
+        # kept runners: the build blocks are the units; rebuilt every round: each round is a build
+        builds = spec.builds if kept else 1
+        ratio = paired.paired_ratio(medians[base], medians[i], spec.confidence, builds=builds) if i != base else None
         if ratio is not None:
             judged = {"ab_ratio": ratio[0], "ab_ratio_low": ratio[1], "ab_ratio_high": ratio[2],
                       "ab_verdict": paired.verdict(*ratio, spec.threshold)}
