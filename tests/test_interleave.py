@@ -141,6 +141,12 @@ def test_builds_set_every_arm_up_once_per_block_in_a_seeded_order_and_the_blocks
     for r in rows:
         assert r["ab_runners_kept"] is True and r["ab_setups"] == 3 and r["ab_rounds"] == 6
     assert rows[1]["ab_verdict"] == "unchanged" and rows[2]["ab_verdict"] == "regressed", rows[2]["ab_ratio"]
+    # the report says what the interval's units were; a GPU arm built once is told what it misses
+    notes = {i["arm"]: paired_answers.note(i) for i in paired_answers.items(rows)}
+    assert notes == {"twin": "3 builds, the interval's units", "slow": "3 builds, the interval's units"}
+    once = [{**r, "ab_setups": 1, "device": "cuda"} for r in rows]
+    assert {paired_answers.note(i) for i in paired_answers.items(once)} == {
+        "one build: set interleave.builds to judge across builds"}
 
 
 def test_runners_are_set_up_each_round_when_device_memory_cannot_hold_them_all(monkeypatch):

@@ -29,6 +29,8 @@ class Paired(TypedDict):
     verdict: str
     rounds: int | None
     runners_kept: bool | None
+    builds: int | None
+    device: str | None
     status: str
 
 
@@ -47,7 +49,7 @@ def items(rows: list[Row]) -> list[Paired]:
                     "ratio": r.get("ab_ratio"), "ci_low": r.get("ab_ratio_low"), "ci_high": r.get("ab_ratio_high"),
                     "verdict": (r.get("ab_verdict") or "not judged") if ok else str(r.get("status")),
                     "rounds": r.get("ab_rounds"), "runners_kept": r.get("ab_runners_kept"),
-                    "status": str(r.get("status"))})
+                    "builds": r.get("ab_setups"), "device": r.get("device"), "status": str(r.get("status"))})
     return out
 
 
@@ -55,9 +57,22 @@ def regressions(found: list[Paired]) -> list[Paired]:
     return [i for i in found if i["verdict"] == "regressed"]
 
 
+def note(i: Paired) -> str:
+    """How the arm's runners were built, which decides what its interval holds (docs/measuring.md,
+    "Builds"): rebuilt every round, built for each of several blocks, or once, where on a GPU two
+    builds of one configuration can differ by more than the rounds see."""
+    if i["runners_kept"] is False:
+        return "runners rebuilt each round (memory)"
+    if (i["builds"] or 1) > 1:
+        return f"{i['builds']} builds, the interval's units"
+    if i["device"] == "cuda" and i["ratio"] is not None:
+        return "one build: set interleave.builds to judge across builds"
+    return ""
+
+
 def _cells(i: Paired) -> list[str]:
     ci = "-" if i["ci_low"] is None else f"{i['ci_low']:.4f}-{i['ci_high']:.4f}"
-    kept = "" if i["runners_kept"] is not False else "runners rebuilt each round (memory)"
+    kept = note(i)
     return [str(i["model"]), str(i["batch_size"]), str(i["dtype"]), str(i["io"]), i["base"], i["arm"],
             "-" if i["ratio"] is None else f"{i['ratio']:.4f}", ci, i["verdict"], str(i["rounds"] or "-"), kept]
 
@@ -103,5 +118,6 @@ def html_section(rows: list[Row]) -> str:
     head = "".join(f"<th>{h}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(i)) + "</tr>" for i in found)
     return (f"<h2>Interleaved A/B</h2><p>{html.escape(TITLE)}: the arms of each unit were timed in alternating "
-            "rounds in one worker process; the interval is a t interval over the rounds.</p>"
+            "rounds in one worker process; the interval is a t interval over the rounds, or over the builds "
+            "where each arm was built for several blocks of rounds (the note says which).</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
