@@ -12,8 +12,8 @@ same static-cache decode step and replays it; ORT GenAI against a bare ``Generat
 same way (host clock around ``generate_next_token``). Both compare the mean decode step. ORT GenAI
 without its graph is launch-bound at batch 1, and such a loop's pace moves several percent between two
 loops minutes apart in one process, so it is also compared in rounds alternating generation by
-generation (``--rounds``, seeded A B B A order): the paired ratio of harness to bare with its 95%
-interval (``workers.measure.paired``).
+generation (``--rounds``, seeded A B B A order), the thread pinned to the GPU's timing CPU as a trial's
+is: the paired ratio of harness to bare with its 95% interval (``workers.measure.paired``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def generator_rounds(src: Source, graph: bool, dtype: str, ids: np.ndarray, new_
     this process (A B B A ..., seeded): (ratio, low, high) of harness over bare mean decode step, 95%.
     A launch-bound loop's pace moves several percent between two loops minutes apart in one process;
     alternating generation by generation lets both see the same drift."""
-    from workers.measure import paired
+    from workers.generation.measure import timing_cpu
+    from workers.measure import affinity, paired
 
     runner = RUNNERS["ort-genai-graph" if graph else "ort-genai"]()
     b, p = ids.shape
@@ -134,12 +135,13 @@ def generator_rounds(src: Source, graph: bool, dtype: str, ids: np.ndarray, new_
     try:
         model = _bare_model(src.onnx_model(dtype, "cuda" if device.startswith("cuda") else "cpu"), graph, device)
         arms = (lambda: float(np.mean(runner.generate(ids).step_ms)), lambda: _bare_generation(model, ids, new_tokens))
-        for arm in arms:  # a warm-up generation each
-            arm()
         per: tuple[list[float], list[float]] = ([], [])
-        for order in paired.round_orders(2, rounds, seed):
-            for i in order:
-                per[i].append(arms[i]())
+        with affinity.pinned(timing_cpu(device)):  # both loops on the thread and CPU a trial times on
+            for arm in arms:  # a warm-up generation each
+                arm()
+            for order in paired.round_orders(2, rounds, seed):
+                for i in order:
+                    per[i].append(arms[i]())
     finally:
         runner.teardown()
     return paired.paired_ratio(per[1], per[0], 0.95)

@@ -3,6 +3,7 @@
 Per (path, dtype, batch, prompt_len, new_tokens)::
 
     setup the runner                                   # session, static cache, graphs, compile
+    on a GPU, the calling thread pinned to the GPU's timing CPU (as a single-pass trial's loop):
     warmup generations, untimed                        # captures, autotuning, lazy allocation
     repeats generations on the seeded prompt, timed     # TTFT + new_tokens - 1 decode samples each
     one generation keeping logits -> parity             # prefill + first decode steps vs fp32 eager
@@ -36,6 +37,7 @@ from workers.generation.base import DTYPES, Generation, GenerationRunner, SkipTr
 from workers.generation.ort_paths import OrtGenAI, OrtGenAIGraph, OrtIoBinding
 from workers.generation.source import Source
 from workers.generation.torch_paths import TorchCompile, TorchCudaGraph, TorchEager, TorchStatic
+from workers.measure import affinity
 
 RUNNERS: dict[str, type[GenerationRunner]] = {
     c.name: c for c in (TorchEager, TorchStatic, TorchCudaGraph, TorchCompile, OrtIoBinding, OrtGenAI, OrtGenAIGraph)
@@ -156,9 +158,11 @@ def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: 
     rec["setup_s"] = time.perf_counter() - t0  # the build it waited for or made included (the row's artifact_*)
     try:
         ids = prompt(source.shape.vocab, batch, prompt_len, seed)
-        for _ in range(warmup):
-            runner.generate(ids)
-        gens = [runner.generate(ids) for _ in range(repeats)]
+        rec["timing_cpu"] = cpu = timing_cpu(device)
+        with affinity.pinned(cpu):  # a launch-bound step's pace is its thread's: one CPU near the GPU
+            for _ in range(warmup):
+                runner.generate(ids)
+            gens = [runner.generate(ids) for _ in range(repeats)]
         check = runner.generate(ids, keep_logits=PARITY_STEPS)
         stale = None
         if runner.replays:
@@ -183,6 +187,16 @@ def _measure(rec: dict[str, Any], path: str, source: Source, dtype: str, batch: 
     step_s = rec["tpot_median_ms"] / 1e3 if rec["tpot_median_ms"] else None
     rec["roofline_frac"] = rec["decode_bytes"] / step_s / bw if bw and step_s else None
     return rec
+
+
+def timing_cpu(device: str) -> int | None:
+    """The CPU a generation on ``device`` is timed on: the GPU's timing CPU
+    (``workers.measure.affinity``), none on a CPU device."""
+    if not str(device).startswith("cuda"):
+        return None
+    from workers.measure import envinfo
+
+    return affinity.timing_cpu(envinfo.device_facts("cuda")["gpu_uuid"])
 
 
 def _figures(gens: list[Generation], batch: int) -> dict[str, Any]:

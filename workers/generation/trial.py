@@ -122,7 +122,7 @@ def columns(rec: dict[str, Any], trial: Trial, replays: bool) -> Row:
 
     gens = rec.get("decode_samples") or []
     samples = [float(x) for g in gens for x in g]
-    out: Row = {k: rec.get(k) for k in ("setup_s", "ttft_ms", "tokens_per_s", "e2e_ms", "kv_cache_bytes",
+    out: Row = {k: rec.get(k) for k in ("setup_s", "timing_cpu", "ttft_ms", "tokens_per_s", "e2e_ms", "kv_cache_bytes",
                                         "decode_bytes", "copy_bandwidth_gbs", "roofline_frac", "token_agreement",
                                         "parity_steps", "parity_max_rel_err", "parity_tolerance") if k in rec}
     out.update(tpot_ms=rec.get("tpot_median_ms"), tpot_ms_p99=rec.get("tpot_p99_ms"),
