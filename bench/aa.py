@@ -220,11 +220,16 @@ def summary(args: Any) -> dict:
     out: dict[str, Any] = {}
     for device in sorted({str(p.get("device_name")) for p in found}):
         mine = [p for p in found if str(p.get("device_name")) == device]
-        inter = [a for p in mine if p["design"] == "interleaved" for a in p["arms"]]
+        # parts measured with another number of builds answer another design: never pooled
+        by_builds: dict[int, list[dict]] = defaultdict(list)
+        for p in mine:
+            if p["design"] == "interleaved":
+                by_builds[int(p["interleave"].get("builds", 1))] += p["arms"]
         # judged again here: side a may have run after the others
         cross = [i for p in mine if p["design"] == "cross-run" for i in cross_items(args.out, p["part"])]
         out[device] = {"parts": {p["part"]: p["date"] for p in mine},
-                       "interleaved": _design(inter, lambda a: a["verdict"], lambda a: a["ratio"]),
+                       **{f"interleaved, builds {k}": _design(v, lambda a: a["verdict"], lambda a: a["ratio"])
+                          for k, v in sorted(by_builds.items())},
                        "cross-run": _design(cross, lambda i: i["verdict"], lambda i: i["ratio"])}
     return out
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.generation.measure import RUNNERS, copy_bandwidth, measure, prompt, reference
+from workers.generation.measure import RUNNERS, copy_bandwidth, measure, prompt, reference, timing_cpu
 from workers.generation.source import Source
+from workers.measure import affinity
 
 LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
             "intermediate_size": 8192, "vocab_size": 32000, "max_position_embeddings": 4096}
@@ -126,8 +127,7 @@ def generator_rounds(src: Source, graph: bool, dtype: str, ids: np.ndarray, new_
     this process (A B B A ..., seeded): (ratio, low, high) of harness over bare mean decode step, 95%.
     A launch-bound loop's pace moves several percent between two loops minutes apart in one process;
     alternating generation by generation lets both see the same drift."""
-    from workers.generation.measure import timing_cpu
-    from workers.measure import affinity, paired
+    from workers.measure import paired
 
     runner = RUNNERS["ort-genai-graph" if graph else "ort-genai"]()
     b, p = ids.shape
@@ -195,7 +195,8 @@ def main() -> None:
         if wanted and name.split()[0] not in wanted:
             continue
         try:
-            fid[name] = fn()
+            with affinity.pinned(timing_cpu(args.device)):  # as the harness's timed generations are
+                fid[name] = fn()
         except Exception as exc:  # noqa: BLE001 - a bench prints what failed and goes on
             fid[name] = f"failed: {exc}"
     paired_fid = {}

@@ -296,6 +296,9 @@ def test_every_generation_backend_of_a_plan_gives_its_row_on_a_gpu():
         assert len(row["samples_ms"]) == 2 * 4 and 0 < row["roofline_frac"] < 1.5 and row["copy_bandwidth_gbs"] > 0
         assert row["kv_cache_bytes"] > 0 and row["token_agreement"] is not None
         # timed on one CPU near the GPU, as single-pass trials are (where NVML names the GPU's CPUs)
+        import os
+
         from workers.measure import nvml
 
-        assert (row["timing_cpu"] is not None) == (nvml.load() is not None), row["timing_cpu"]
+        pinning = nvml.load() is not None and os.environ.get("INFER_ORCH_PIN_TIMING", "1") != "0"
+        assert (row["timing_cpu"] is not None) == pinning, row["timing_cpu"]

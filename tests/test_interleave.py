@@ -124,13 +124,13 @@ def test_one_worker_alternates_the_arms_in_rounds_sets_each_up_once_and_finds_an
 
 
 def test_builds_set_every_arm_up_once_per_block_in_a_seeded_order_and_the_blocks_judge(monkeypatch):
-    """``builds: 3`` over 6 rounds: three blocks of two rounds, every arm's runner set up afresh for each
+    """``builds: 3`` over 9 rounds: three blocks of three rounds, every arm's runner set up afresh for each
     (the first block in the plan's order, the later ones shuffled by the seed), the slowed arm still
     found and the twin unchanged."""
     setups: list[str] = []
     real = SleepRunner.setup
     monkeypatch.setattr(SleepRunner, "setup", lambda self: (setups.append(self.ctx.trial.label), real(self))[1])
-    plan = _plan([{"label": "a"}, {"label": "twin"}, {"label": "slow", "slowdown": 0.3}], rounds=6, builds=3,
+    plan = _plan([{"label": "a"}, {"label": "twin"}, {"label": "slow", "slowdown": 0.3}], rounds=9, builds=3,
                  base="a", confidence=0.9)
     (unit,) = units(expand(parse_plan(plan)))
     lead = run_trial(unit, "cpu", ModelStore())
@@ -139,7 +139,7 @@ def test_builds_set_every_arm_up_once_per_block_in_a_seeded_order_and_the_blocks
     assert len(setups) == 9 and setups[:3] == ["a", "twin", "slow"]
     assert all(sorted(setups[k:k + 3]) == ["a", "slow", "twin"] for k in (3, 6))
     for r in rows:
-        assert r["ab_runners_kept"] is True and r["ab_setups"] == 3 and r["ab_rounds"] == 6
+        assert r["ab_runners_kept"] is True and r["ab_setups"] == 3 and r["ab_rounds"] == 9
     assert rows[1]["ab_verdict"] == "unchanged" and rows[2]["ab_verdict"] == "regressed", rows[2]["ab_ratio"]
     # the report says what the interval's units were; a GPU arm built once is told what it misses
     notes = {i["arm"]: paired_answers.note(i) for i in paired_answers.items(rows)}
@@ -147,6 +147,21 @@ def test_builds_set_every_arm_up_once_per_block_in_a_seeded_order_and_the_blocks
     once = [{**r, "ab_setups": 1, "device": "cuda"} for r in rows]
     assert {paired_answers.note(i) for i in paired_answers.items(once)} == {
         "one build: set interleave.builds to judge across builds"}
+
+
+def test_interleaved_ids_stay_what_they_were_before_builds_and_change_with_more_builds():
+    """A plan's interleaved trials keep the ids they had before ``builds`` existed (a resumed run and
+    ``compare`` still match them); builds > 1 measures otherwise, so it gets ids of its own."""
+    plan = {"name": "ab", "device": "cpu", "models": ["torchvision:resnet18"],
+            "matrix": {"batch_sizes": [1], "backends": [{"backend": "sleep", "options": {"step_s": 0.002}, "label": x}
+                                                       for x in ("a", "b")]},
+            "measure": {"interleave": {"rounds": 6}}}
+    ids = [t.trial_id for t in expand(parse_plan(plan))]
+    assert ids == ["d7551926c424e21e", "a75b53e22ec92efe"]
+    plan["measure"]["interleave"]["builds"] = 1
+    assert [t.trial_id for t in expand(parse_plan(plan))] == ids
+    plan["measure"]["interleave"]["builds"] = 2
+    assert not set(ids) & {t.trial_id for t in expand(parse_plan(plan))}
 
 
 def test_runners_are_set_up_each_round_when_device_memory_cannot_hold_them_all(monkeypatch):
@@ -223,7 +238,7 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     ({"slowdown": 1.5}, "matrix.backends[1].slowdown: Input should be less than or equal to 1"),
     ({"sets": [["a", "c"]]}, "measure.interleave.sets[0]: no trial has the label 'c'"),
     ({"repeats": 2}, "measure: interleave: its rounds are its repeats"),
-    ({"builds": 7}, "measure: interleave: builds (7) is more than rounds (6)"),
+    ({"builds": 3}, "measure: interleave: builds (3) needs at least 9 rounds, 3 for each build"),
 ])
 def test_bad_interleave_keys_are_refused_at_the_key(write_plan, tmp_path, change, message):
     import yaml

@@ -160,9 +160,10 @@ class MeasureSpec(StrictModel):
         if self.interleave is not None and (self.repeats > 1 or self.input_pool > 1):
             raise ValueError("interleave: its rounds are its repeats, on the trial's own input; "
                              "leave repeats and input_pool at 1")
-        if self.interleave is not None and self.interleave.builds > self.interleave.rounds:
-            raise ValueError(f"interleave: builds ({self.interleave.builds}) is more than rounds "
-                             f"({self.interleave.rounds}); each build is timed in rounds of its own")
+        if self.interleave is not None and self.interleave.rounds < 3 * self.interleave.builds:
+            raise ValueError(f"interleave: builds ({self.interleave.builds}) needs at least "
+                             f"{3 * self.interleave.builds} rounds, 3 for each build (a build's median round "
+                             f"leaves out a stalled one); rounds is {self.interleave.rounds}")
         if self.interleave is not None and getattr(self, "process_repeats", 1) > 1:  # the cross-run design's key
             raise ValueError("interleave: its arms share one worker process; process_repeats is the other design, "
                              "for comparing runs: leave it at 1")
@@ -375,6 +376,10 @@ _MEASURE_KEYS_V1 = frozenset({"warmup_iters", "warmup_window", "warmup_rel_tol",
                               "iters", "min_time_s", "target_rel_ci", "max_time_s", "max_iters", "repeats"})
 
 
+#: Keys added to ``measure.interleave`` since it came, with their defaults (kept out of the id there).
+_INTERLEAVE_KEYS_ADDED: dict[str, JsonValue] = {"builds": 1}
+
+
 def trial_id(trial: Trial, math_before: MathBefore, model_digest: Callable[[ModelSpec], str] | None = None) -> str:
     """A hash of everything that decides what ``trial`` measures.
 
@@ -422,6 +427,9 @@ def _measure_ident(measure: MeasureSpec) -> dict[str, JsonValue]:
     """What of ``measure`` a trial id hashes (read-only: shared by every trial of a plan, computed once)."""
     dump = measure.model_dump(mode="json")
     defaults = type(measure)().model_dump(mode="json")
+    if dump.get("interleave"):  # keys added to interleave since it came, at their defaults: out of the id
+        dump["interleave"] = {k: v for k, v in dump["interleave"].items()
+                              if k not in _INTERLEAVE_KEYS_ADDED or v != _INTERLEAVE_KEYS_ADDED[k]}
     return {k: v for k, v in dump.items() if k in _MEASURE_KEYS_V1 or v != defaults.get(k)}
 
 

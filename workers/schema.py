@@ -159,7 +159,7 @@ _STATS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_util_pct", _F64, "NVML: the GPU's utilization during timing (the share of time a kernel ran), median "
                            "of reads every 0.2 s, %; below HOST_BOUND_UTIL_PCT the latency is the host's pace "
                            "(launch-bound) and compare judges it at the host's between-run floor"),
-    ("timing_cpu", _I64, "GPU single-stream and generation trials: the CPU the timing thread was pinned to for "
+    ("timing_cpu", _I64, "GPU single-stream and generate-scenario trials: the CPU the timing thread was pinned to for "
                          "warm-up and timing (workers/measure/affinity.py); null when not pinned"),
 ]
 

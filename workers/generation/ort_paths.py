@@ -45,6 +45,19 @@ def _ep(device: str) -> str:
     return "cuda" if str(device).startswith("cuda") else "cpu"
 
 
+def _shares_past_and_present(folder: Any) -> bool:
+    """Whether the builder wrote a decoder whose attention takes one max-length KV buffer as both its
+    past and its present (``past_present_share_buffer`` in ``genai_config.json``: its
+    GroupQueryAttention does; the packed attention of other precisions and devices grows its present)."""
+    import json
+
+    try:
+        config = json.loads((folder / "genai_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("search", {}).get("past_present_share_buffer"))
+
+
 def _loaded(load: Callable[[], T], dtype: str, ep: str) -> T:
     """``load()`` of the builder's model; a model ONNX Runtime refuses to load is a ``SkipTrial`` with
     its reason (ORT GenAI 0.18's builder writes fp32 CUDA decoders with packed ``Attention`` whose
@@ -73,6 +86,9 @@ class OrtIoBinding(GenerationRunner):
 
         self.torch, self.ort = torch, ort
         folder = self.source.onnx_model(self.dtype, _ep(self.device))
+        if not _shares_past_and_present(folder):
+            raise SkipTrial(f"the builder's {self.dtype} {_ep(self.device)} decoder does not take its past and present "
+                            "in one buffer (past_present_share_buffer in its genai_config.json), which this path binds")
         so = ort.SessionOptions()
         so.log_severity_level = 3
         self.dev_type, self.dev_id = "cpu", 0
@@ -173,6 +189,9 @@ class OrtIoBinding(GenerationRunner):
     def teardown(self) -> None:
         self.sess = self.binding = self.kv = None
         self.prefill_logits = self.step_logits = self.mask = None
+        self.prompt = self.tok = self.prompt_pos = self.step_pos = self.out = None
+        if _ep(self.device) == "cuda":
+            self.torch.cuda.empty_cache()  # the KV cache back to the device, not kept by torch's allocator
 
 
 class OrtGenAI(GenerationRunner):
