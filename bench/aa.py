@@ -21,8 +21,9 @@ The whole takes more than half an hour of GPU time, so it runs in parts, each un
 one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
 
     python bench/aa.py OUT_DIR --part list                 # the parts
-    python bench/aa.py OUT_DIR --part interleaved-resnet18-fp32-b1   # plans/aa-interleaved.yaml's units
-                                                           #   (base, twin) + 1/2/3/5% slower arms
+    python bench/aa.py OUT_DIR --part interleaved-torch-resnet18-fp32-b1   # plans/aa-interleaved.yaml's
+                                                           #   units of torch backends (base, twin) + 1/2/3/5%
+                                                           #   slower arms; interleaved-ort-...: ORT's
     python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32-b1    # cross-run side a (then b: A/A;
                                                            #   s1, s2, s3, s5: slowed candidates)
     python bench/aa.py OUT_DIR --part 'interleaved-*' --budget-s 540 --part-max-s 300
@@ -66,12 +67,16 @@ PROCESS_REPEATS = 5
 MODELS = ("resnet18", "mobilenet_v2")
 DTYPES = ("fp32", "fp16")
 BATCHES = (1, 8)  # a part per batch size: the interleaved units of a model and dtype took over 7 minutes
+#: interleaved parts per backend family of a set's base (its backend's first word): with every runner
+#: built 5 times, one slice's five units in one part would not fit a 10-minute call
+GROUPS = ("torch", "ort")
 SIDES = ("a", "b", *(f"s{round(f * 100)}" for f in LEVELS))  # cross-run: base, A/A twin, slowed candidates
 
 
 def parts() -> list[str]:
     slices = [f"{m}-{d}-b{b}" for m in MODELS for d in DTYPES for b in BATCHES]
-    return [f"interleaved-{s}" for s in slices] + [f"cross-{side}-{s}" for side in SIDES for s in slices]
+    return ([f"interleaved-{g}-{s}" for s in slices for g in GROUPS]
+            + [f"cross-{side}-{s}" for side in SIDES for s in slices])
 
 
 def run(plan: Path, out: Path, log: Path) -> float:
@@ -110,18 +115,22 @@ def label(e: dict) -> str:
     return e.get("label") or e["backend"]
 
 
-def interleaved_plan(plan: dict) -> dict:
+def interleaved_plan(plan: dict, group: str | None = None) -> dict:
     """plans/aa-interleaved.yaml's form (each set a base and its twin) with, in every set, the base
-    slowed by each of LEVELS as more arms: a unit of six per configuration."""
+    slowed by each of LEVELS as more arms: a unit of six per configuration; with ``group``, only the
+    sets whose base's backend starts with it (``GROUPS``)."""
     out = json.loads(json.dumps(plan))
     spec = out["measure"]["interleave"]
     by_label = {label(e): e for e in entries(plan)}
-    sets = []
+    sets, kept = [], []
     for names in spec["sets"]:
         base = by_label[names[0]]
+        if group is not None and base["backend"].split("-")[0] != group:
+            continue
         slowed = [{**base, "label": f"{names[0]}~s{round(f * 100)}", "slowdown": f} for f in LEVELS]
-        out["matrix"]["backends"] += slowed
+        kept += [by_label[n] for n in names] + slowed
         sets.append([*names, *(e["label"] for e in slowed)])
+    out["matrix"]["backends"] = kept
     spec["sets"] = sets
     return out
 
@@ -153,8 +162,8 @@ def facts(rows: list[dict]) -> dict:
 def interleaved_part(args: Any, name: str) -> dict:
     from orchestrator.results.read import load_results
 
-    plan = interleaved_plan(sliced(yaml.safe_load(args.interleaved_plan.read_text()),
-                                   name.removeprefix("interleaved-")))
+    group, slice_name = name.removeprefix("interleaved-").split("-", 1)
+    plan = interleaved_plan(sliced(yaml.safe_load(args.interleaved_plan.read_text()), slice_name), group)
     path = args.out / "plans" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     wall = run(path, args.out / "runs" / name, args.out / f"{name}.log")
