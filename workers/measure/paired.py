@@ -73,6 +73,12 @@ def round_orders(arms: int, rounds: int, seed: int) -> list[list[int]]:
     return out[:rounds]
 
 
+def build_blocks(rounds: int, builds: int) -> list[np.ndarray]:
+    """The rounds' indices in ``builds`` consecutive blocks, each timed on runners built afresh: the
+    split the worker builds by (``workers.scenarios._interleave``) and the interval judges by."""
+    return np.array_split(np.arange(rounds), builds)
+
+
 def paired_ratio(base: Sequence[float], cand: Sequence[float], confidence: float, *,
                  builds: int = 1) -> tuple[float, float, float] | None:
     """(ratio, low, high) of ``cand`` over ``base``, two arms' per-round medians (see the module's doc):
@@ -85,7 +91,7 @@ def paired_ratio(base: Sequence[float], cand: Sequence[float], confidence: float
     b, c = np.asarray(base, dtype=np.float64), np.asarray(cand, dtype=np.float64)
     ok = (b > 0) & (c > 0) & np.isfinite(b) & np.isfinite(c)
     if builds > 1:
-        blocks = [np.log(c[i][ok[i]] / b[i][ok[i]]) for i in np.array_split(np.arange(len(b)), builds)]
+        blocks = [np.log(c[i][ok[i]] / b[i][ok[i]]) for i in build_blocks(len(b), builds)]
         d = np.sort([float(np.median(x)) for x in blocks if len(x)])
         trim = 0.0
     else:

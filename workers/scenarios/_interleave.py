@@ -102,7 +102,7 @@ def _kept_rounds(arms: list[Arm], orders: list[list[int]], spec: Interleave, tim
     """Every round with every arm's runner set up once per build block (``spec.builds`` blocks of
     consecutive rounds, the arms built in a seeded order in each but the first: a place in the build
     order is not an arm's for good); False (nothing kept) where device memory can't hold them all."""
-    for k, block in enumerate(np.array_split(np.arange(len(orders)), spec.builds)):
+    for k, block in enumerate(paired.build_blocks(len(orders), spec.builds)):
         built = list(range(len(arms)))
         if k:
             built = [int(i) for i in np.random.default_rng([seed, k, 0xB1D]).permutation(len(arms))]
