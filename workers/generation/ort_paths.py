@@ -133,9 +133,11 @@ class OrtIoBinding(GenerationRunner):
         self.step_logits = torch.empty((b, 1, shape.vocab), dtype=tdt, device=dev)
         # the static KV cache, each buffer both past and present of every run (see the module's doc)
         self.kv_shape = (b, shape.kv_heads, self.max_len, shape.head_dim)
-        self.past_np = past_np
         self.kv = [torch.zeros(self.kv_shape, dtype=getattr(torch, past_t), device=dev) for _ in self.past_names]
         self.binding = self.sess.io_binding()
+        for past, present, buf in zip(self.past_names, self.present_names, self.kv, strict=True):
+            self._bind(past, buf, self.kv_shape, past_np)  # bound once: every run reads and writes them in place
+            self._bind(present, buf, self.kv_shape, past_np, output=True)
 
     def _bind(self, name: str, t: Any, shape: tuple[int, ...], dtype: Any, output: bool = False) -> None:
         f = self.binding.bind_output if output else self.binding.bind_input
@@ -143,19 +145,14 @@ class OrtIoBinding(GenerationRunner):
 
     def _run(self, ids: Any, pos: Any, length: int, logits: Any) -> None:
         """One run over ``ids`` at positions ``pos`` with ``length`` positions in all, its keys and
-        values written into the static cache."""
-        b = self.binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
+        values written into the static cache (bound in setup). Binding a name again replaces its
+        binding: only what changes between runs is bound here."""
         self._bind("input_ids", ids, tuple(ids.shape), np.int64)
         if self.has_positions:
             self._bind("position_ids", pos, tuple(pos.shape), np.int64)
         self._bind("attention_mask", self.mask, (self.batch, length), np.int64)
         self._bind("logits", logits, tuple(logits.shape), self.np_dtype, output=True)
-        for past, present, buf in zip(self.past_names, self.present_names, self.kv, strict=True):
-            self._bind(past, buf, self.kv_shape, self.past_np)
-            self._bind(present, buf, self.kv_shape, self.past_np, output=True)
-        self.sess.run_with_iobinding(b, self.run_options)
+        self.sess.run_with_iobinding(self.binding, self.run_options)
 
     def generate(self, prompt_ids: np.ndarray, keep_logits: int = 0) -> Generation:
         torch = self.torch
