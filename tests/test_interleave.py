@@ -239,6 +239,7 @@ def test_an_interleaved_aa_run_through_ray_gives_no_verdict_and_finds_the_slowdo
     ({"sets": [["a", "c"]]}, "measure.interleave.sets[0]: no trial has the label 'c'"),
     ({"repeats": 2}, "measure: interleave: its rounds are its repeats"),
     ({"builds": 3}, "measure: interleave: builds (3) needs at least 9 rounds, 3 for each build"),
+    ({"builds": 0}, "measure.interleave.builds: Input should be greater than or equal to 1"),
 ])
 def test_bad_interleave_keys_are_refused_at_the_key(write_plan, tmp_path, change, message):
     import yaml
