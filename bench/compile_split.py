@@ -9,7 +9,11 @@ up, twice against one Inductor cache directory (``INFER_ORCH_CACHE``):
 
 - cold: the cache empty, as on a node's first trial of this model and shape;
 - warm: the cache the cold run filled, as a worker would find it had something compiled this model and
-  shape ahead. Cold minus warm is what building ahead could hide; warm is what stays per trial.
+  shape ahead. Cold minus warm is what building ahead could hide; warm is what stays per trial;
+- ahead: a fresh cache filled by the build-ahead task's compile (``workers.backends.compile_ahead``:
+  the model traced on fake tensors, Inductor's code generated, nothing run) in a process of its own
+  (its build time, its GPU memory as NVML counts it, the GPU's utilisation meanwhile), then the
+  trial set up by a worker process: what building ahead really leaves per trial.
 
 Each run reports its setup and compile time (``compile_time_s``), Dynamo's phases
 (``torch._dynamo.utils.calculate_time_spent``: graph capture, AOT autograd, Inductor's lowering and
@@ -81,10 +85,48 @@ def child(device: str, batch: int, tiny: bool) -> dict:
     return res
 
 
-def run_child(args: argparse.Namespace, batch: int, cache: Path) -> dict:
+def builder(device: str, batch: int, tiny: bool) -> dict:
+    """The build-ahead task's compile of the trial in this process: its time, the GPU's utilisation
+    meanwhile, and this process's GPU memory after it (NVML: the CUDA context and kernels it loaded)."""
+    import torch
+
+    from bench.ahead_guard import trial_of
+    from workers.backends import compile_ahead
+    from workers.measure.envinfo import device_facts
+    from workers.measure.memory import process_gpu_memory
+    from workers.models.build import ModelStore
+
+    options = {"mode": "default" if device == "cpu" else "reduce-overhead", "channels_last": True}
+    case = {"batch": batch, "dtype": "fp32" if device == "cpu" else "fp16",
+            "backend": {"backend": "torch-compile", "options": options}}
+    trial = trial_of(case, device, tiny)
+    facts = device_facts(device)
+    util: list[int] = []
+    stop = threading.Event()
+    if device == "cuda":
+        threading.Thread(target=gpu_busy, args=(facts["gpu_uuid"], stop, util), daemon=True).start()
+    t0 = time.perf_counter()
+    built = compile_ahead.build(trial, ModelStore())
+    build_s = time.perf_counter() - t0
+    stop.set()
+    mem, why = process_gpu_memory(facts["gpu_uuid"]) if device == "cuda" else (None, "cpu")
+    allocated = torch.cuda.memory_allocated() if device == "cuda" else 0
+    return {"device_name": facts["device_name"], "torch": torch.__version__, "batch": batch, "build_s": build_s,
+            "facts": json.loads(built.path.read_text()), "gpu_mem_bytes": mem, "gpu_mem_why_not": why,
+            "torch_allocated_bytes": allocated,
+            "gpu_util_pct_mean": sum(util) / len(util) if util else None, "gpu_util_samples": len(util)}
+
+
+def run_child(args: argparse.Namespace, batch: int, cache: Path, build: bool = False) -> dict:
     env = {**os.environ, "INFER_ORCH_CACHE": str(cache),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, __file__, "--child", str(batch), "--device", args.device, *(["--tiny"] if args.tiny else [])]
+    if build:  # as a build-ahead task runs: one compile thread, for workers of this process's torch threads
+        import torch
+
+        env.update(TORCHINDUCTOR_COMPILE_THREADS="1", OMP_NUM_THREADS="1",
+                   INFER_ORCH_WORKER_THREADS=str(torch.get_num_threads()))
+    cmd = [sys.executable, __file__, "--child", str(batch), "--device", args.device, *(["--tiny"] if args.tiny else []),
+           *(["--build"] if build else [])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -99,9 +141,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,256")
     ap.add_argument("--tiny", action="store_true", help="ResNet-18 at 64x64: checks the script")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.device, args.child, args.tiny)))
+        print(json.dumps((builder if args.build else child)(args.device, args.child, args.tiny)))
         return
     if args.out is None:
         ap.error("--out is required")
@@ -111,19 +154,31 @@ def main() -> None:
         cache = Path(tempfile.mkdtemp(prefix="compile-split-"))
         cold = run_child(args, batch, cache)
         warm = run_child(args, batch, cache)
-        results.append({"batch": batch, "cold": cold, "warm": warm})
+        fresh = Path(tempfile.mkdtemp(prefix="compile-ahead-"))
+        build = run_child(args, batch, fresh, build=True)
+        ahead = run_child(args, batch, fresh)
+        results.append({"batch": batch, "cold": cold, "warm": warm, "build": build, "ahead": ahead})
     first = results[0]["cold"]  # the children's facts: this process imports neither torch nor CUDA
     (args.out / "compile.json").write_text(json.dumps({"device": first["device_name"], "results": results}, indent=2))
     print(f"\n{first['device_name']}  {time.strftime('%Y-%m-%d')}  torch {first['torch']}")
     print(f"{'batch':>5} {'cache':5} {'setup s':>8} {'compile s':>9} {'inductor s':>10} {'kernel wait s':>13} "
           f"{'GPU busy %':>10} {'FX cache':>8}")
     for r in results:
-        for name in ("cold", "warm"):
+        for name in ("cold", "warm", "ahead"):
             x = r[name]
             ph, util = x["phases_s"], x["gpu_util_pct_mean"]
             print(f"{r['batch']:>5} {name:5} {x['setup_s']:8.2f} {x['compile_time_s']:9.2f} "
                   f"{ph.get('inductor_compile') or 0:10.2f} {ph.get('async_compile.wait') or 0:13.2f} "
                   f"{'-' if util is None else f'{util:.1f}':>10} {str(x['cache_warm']):>8}")
+
+    print(f"\n{'batch':>5} {'build-ahead s':>13} {'GPU busy %':>10} {'builder GPU MiB':>15} {'torch alloc':>11} "
+          f"{'graphs':>6}")
+    for r in results:
+        b = r["build"]
+        mem = "-" if b["gpu_mem_bytes"] is None else f"{b['gpu_mem_bytes'] / 2**20:.0f}"
+        util = "-" if b["gpu_util_pct_mean"] is None else f"{b['gpu_util_pct_mean']:.1f}"
+        print(f"{r['batch']:>5} {b['build_s']:13.2f} {util:>10} {mem:>15} {b['torch_allocated_bytes']:>11} "
+              f"{b['facts']['graphs']:>6}")
 
 
 if __name__ == "__main__":

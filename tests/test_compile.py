@@ -3,6 +3,8 @@ graph breaks and recompiles recorded, a recompile while timed fails the trial.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -44,6 +46,8 @@ def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, mon
         assert r["iters"] >= 5 and r["latency_ms_median"] > 0
     assert first["compile_cache_warm"] is False and second["compile_cache_warm"] is True
     assert second["compile_time_s"] < first["compile_time_s"]
+    # nobody had built it: the first worker compiled under the compile's marker, the second found it
+    assert first["artifact_build_s"] >= first["compile_time_s"] and second["artifact_build_s"] == 0
     assert any((tmp_path / "node-cache" / "inductor").iterdir()), "Inductor wrote outside the node cache"
     # and the compiled model computes what eager computes
     outs = []
@@ -53,6 +57,27 @@ def test_compiles_in_setup_reuses_the_node_cache_and_matches_eager(tmp_path, mon
             r.step()
             outs.append(r.output())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_compile_built_ahead_on_fake_tensors_makes_the_workers_compile_warm(tmp_path, monkeypatch):
+    from workers.ahead import build
+
+    monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path / "node-cache"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # as a build-ahead task runs
+    (trial,) = mlp_trials({"backend": "torch-compile", "options": {"mode": "default"}})
+    seconds, error = build([trial], trial.seed)
+    assert error is None and seconds > 0
+    (marker,) = (tmp_path / "node-cache" / "inductor" / "ahead").glob("*.done")
+    assert json.loads(marker.read_text()) == {"by": "ahead", "graphs": 1, "fxgraph_cache_hit": 0,
+                                              "fxgraph_cache_miss": 1}
+    row = run_trial(trial, "cpu", ModelStore())
+    assert row["status"] == "ok", row.get("error")
+    # the worker compiled from the cache the fake build filled, and built nothing itself
+    assert row["compile_cache_warm"] is True and row["artifact_build_s"] == 0
+    # a torch-compile trial on GPU needs a GPU in its build task: one without is told, not crashed
+    (gpu_trial,) = expand(parse_plan({"name": "g", "device": "cuda", "models": ["torchvision:resnet18"],
+                                      "matrix": {"batch_sizes": [1], "backends": ["torch-compile"]}}))
+    assert build([gpu_trial], 0)[1] == "torch-compile: its compile needs a GPU visible, and this task has none"
 
 
 @pytest.mark.slow
@@ -151,3 +176,29 @@ def test_reduce_overhead_fp16_channels_last_on_cuda():
             r.step()
             outs.append(r.output())
     np.testing.assert_allclose(outs[0], outs[1], rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+def test_a_gpu_compile_built_ahead_puts_nothing_on_the_gpu_and_warms_the_worker(tmp_path, monkeypatch):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from workers.backends import compile_ahead
+
+    monkeypatch.setenv("INFER_ORCH_CACHE", str(tmp_path / "node-cache"))
+    data = {"name": "g", "device": "cuda", "models": ["torchvision:resnet18"],
+            "matrix": {"batch_sizes": [8], "dtypes": ["fp16"], "io": ["device"],
+                       "backends": [{"backend": "torch-compile", "label": "ro-cl",
+                                     "options": {"mode": "reduce-overhead", "channels_last": True}}]},
+            "measure": {"warmup_iters": 5, "iters": 20, "max_time_s": 3}}
+    (trial,) = expand(parse_plan(data))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        built = compile_ahead.build(trial, ModelStore())
+    assert not built.cached and json.loads(built.path.read_text())["graphs"] == 1
+    launched = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert launched == [] and torch.cuda.memory_allocated() == before
+    row = run_trial(trial, "cuda", ModelStore())
+    assert row["status"] == "ok", row.get("error")
+    assert row["compile_cache_warm"] is True and row["artifact_build_s"] == 0

@@ -21,7 +21,11 @@ Bounds, per node:
 
 The tasks ask Ray for no CPU (the workers hold the node's CPUs in Ray's books; the count above bounds
 them) and run with ``CUDA_VISIBLE_DEVICES=""``: Ray no longer hides GPUs from tasks that ask for
-none, and a CUDA call in a builder would create a context on a GPU being timed.
+none, and a CUDA call in a builder would create a context on a GPU being timed. The exception: a
+task with a ``torch-compile`` trial on a GPU (``workers.backends.compile_ahead``) sees one GPU of its
+node, the node's GPUs taken in turn (``workers.ahead.BUILD_GPU``): Inductor's CUDA code generation
+needs the device's properties and loads its kernels, a CUDA context there, no weights, no kernel
+launched. Every task compiles on one thread (``TORCHINDUCTOR_COMPILE_THREADS=1``, ``OMP_NUM_THREADS=1``).
 
 :class:`Ahead` decides without Ray (a ``submit`` function is given), as ``dispatch.Dispatcher``
 does; :func:`start` wires it to Ray for ``run_plan``.
@@ -35,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.run.dispatch import Job
+from workers.backends import compile_ahead
+from workers.backends.compile_ahead import WORKER_THREADS, needs_gpu
 from workers.contract import Trial
 
 #: Memory one builder may take (a model built in fp32 on the CPU, and its export's graph).
@@ -166,9 +172,13 @@ def artifact_key(trial: Trial) -> Hashable | None:
 class RayAhead:
     """:class:`Ahead` on Ray: its builds are tasks on their nodes; the scheduler waits on :attr:`refs`."""
 
-    def __init__(self, builders: dict[str | None, int], seed: int, shipped: Any = None) -> None:
+    def __init__(self, builders: dict[str | None, int], seed: int, shipped: Any = None,
+                 gpus: dict[str | None, int] | None = None, threads: dict[str | None, int] | None = None) -> None:
         self.core = Ahead(builders, self._submit, artifact_key)
         self.seed, self.shipped = seed, shipped
+        self.gpus = gpus or {}  # node -> its GPUs: a GPU compile's task takes them in turn
+        self.threads = threads or {}  # node -> its workers' torch threads: a CPU compile's code has the count
+        self._turn: dict[str | None, int] = {}
         self._task: Any = None
         # Their processes start now, with the workers': a task's first process starts through Ray's
         # runtime-env agent (the empty CUDA_VISIBLE_DEVICES), about a second, more on a loaded host.
@@ -213,8 +223,17 @@ class RayAhead:
             from workers.ahead import build
 
             self._task = ray.remote(build)
-        opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 0,
-                                "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}}}
+        env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+        if node in self.threads and any(compile_ahead.key(t) is not None and t.device == "cpu" for t in trials):
+            env[WORKER_THREADS] = str(self.threads[node])  # only there: the env picks the task's process
+        if self.gpus.get(node) and any(needs_gpu(t) for t in trials):
+            from workers.ahead import BUILD_GPU
+
+            turn = self._turn.get(node, 0)
+            self._turn[node] = turn + 1
+            del env["CUDA_VISIBLE_DEVICES"]
+            env[BUILD_GPU] = str(turn % self.gpus[node])
+        opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 0, "runtime_env": {"env_vars": env}}
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -236,7 +255,9 @@ def start(seats: list[Any], trials: list[Trial], builders: int | None, seed: int
     memory = _node_memory() if builders is None else {}
     counts = {node: builders if builders is not None else
               default_builders(nodes[node].cpus, per_node[node], memory.get(node)) for node in per_node}
-    return RayAhead(counts, seed, shipped) if any(counts.values()) else None
+    gpus = {node: nodes[node].gpus for node in per_node}
+    threads = {seat.node.node_id: max(1, int(seat.cpus)) for seat in seats}  # as a worker sets torch's
+    return RayAhead(counts, seed, shipped, gpus, threads) if any(counts.values()) else None
 
 
 def _node_memory() -> dict[str, float]:

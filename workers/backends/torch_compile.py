@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import model_validator
 
 from workers import torch_threads
+from workers.backends import compile_ahead
 from workers.backends.base import InvalidMeasurement, Lane
 from workers.backends.torch_eager import (
     TorchOptions,
@@ -44,7 +46,7 @@ from workers.backends.torch_eager import (
     prepare_torch,
 )
 from workers.contract import Trial
-from workers.models.build import cache_dir
+from workers.models.build import ModelStore, cache_dir
 from workers.row import Row
 
 if TYPE_CHECKING:  # numpy: not imported by the driver, which only validates options
@@ -96,7 +98,7 @@ class TorchCompile(TorchRunner):
     generation = "torch-compile"  # its generation path (workers.generation) in generation trials
     Options = CompileOptions
     columns = frozenset({"compile_time_s", "compile_cache_warm", "graph_breaks", "graph_break_reasons",
-                         "recompiles_during_timing"})
+                         "recompiles_during_timing", "artifact_wait_s", "artifact_build_s"})
 
     @classmethod
     def scenario_skip_reason(cls, trial: Trial, device_type: str) -> str | None:
@@ -108,6 +110,16 @@ class TorchCompile(TorchRunner):
                     f"several requests in flight from several threads ({trial.scenario}) is not supported there; "
                     "use torch-cudagraph (one graph per lane) or mode default")
         return super().scenario_skip_reason(trial, device_type)
+
+    @classmethod
+    def ahead(cls, trial: Trial) -> Hashable | None:
+        """The trial's compile: Inductor's code for its graphs, built on fake tensors ahead
+        (``workers.backends.compile_ahead``); None for a generation trial, another backend, ``auto``."""
+        return compile_ahead.key(trial)
+
+    @classmethod
+    def build_ahead(cls, trial: Trial, store: ModelStore) -> None:
+        compile_ahead.build(trial, store)
 
     def lanes(self, k: int) -> list[Lane]:
         lanes = [eager_lane(self.ctx, self.model, self.x, self._to_host) for _ in range(k)]
@@ -134,12 +146,20 @@ class TorchCompile(TorchRunner):
         self.model = torch.compile(model, mode=None if o.mode == "default" else o.mode, dynamic=o.dynamic,
                                    fullgraph=o.fullgraph, backend=o.backend)
         self.y: Any = None
-        t0 = time.perf_counter()
-        for _ in range(COMPILE_CALLS):
-            self.step()
-        if self.ctx.device == "cuda":
-            torch.cuda.synchronize()
-        self.compile_time_s = time.perf_counter() - t0
+        self.compile_time_s = 0.0
+
+        def compile_calls() -> None:
+            t0 = time.perf_counter()
+            for _ in range(COMPILE_CALLS):
+                self.step()
+            if self.ctx.device == "cuda":
+                torch.cuda.synchronize()
+            self.compile_time_s = time.perf_counter() - t0
+
+        if compile_ahead.key(self.ctx.trial) is not None and o.backend == "inductor":
+            self.ctx.artifact(compile_ahead.compile_once(self.ctx.trial, compile_calls))
+        else:
+            compile_calls()
         breaks = counters["graph_break"]
         self.graph_breaks = int(sum(breaks.values()))
         self.break_reasons = list(dict.fromkeys(_first_line(r) for r in breaks))
