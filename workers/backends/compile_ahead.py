@@ -45,10 +45,11 @@ WORKER_THREADS = "INFER_ORCH_WORKER_THREADS"
 
 def key(trial: Trial) -> Hashable | None:
     """The compile a ``torch-compile`` trial's setup makes, as a build-ahead key; None: nothing to build
-    ahead (a generation trial, a backend other than Inductor, a device the worker chooses: ``auto``)."""
+    ahead (a generation trial, a backend other than Inductor, a device the worker chooses: ``auto``, or
+    a ``max-autotune`` mode: its compile times candidate kernels on the device, which is the worker's)."""
     o = trial.options
     if (trial.backend != "torch-compile" or trial.new_tokens or o.get("backend", "inductor") != "inductor"
-            or trial.device not in ("cuda", "cpu")):
+            or trial.device not in ("cuda", "cpu") or str(o.get("mode", "default")).startswith("max-autotune")):
         return None
     return ("inductor", trial.model.key, trial.batch_size, trial.dtype, trial.device, trial.math,
             tuple(sorted(trial.axes.items())), o.get("mode", "default"), bool(o.get("dynamic")),
