@@ -3,6 +3,7 @@
 One trial timed with builders busy and idle, alternating in one process.
 
     python3 bench/ahead_guard.py --out $OUT/guard                    # GPU: ResNet-50 fp16, two cases
+    python3 bench/ahead_guard.py --out $OUT/guard-c --build compile  # builders compiling, a GPU visible
     python3 bench/ahead_guard.py --out /tmp/guard --device cpu --tiny  # checks the script on a CPU
 
 The cases: batch 1 on torch eager (launch-bound: the GPU waits on the host, where builders compete)
@@ -14,7 +15,11 @@ builders are switched on or off, in blocks that put each state first and second 
 ``CUDA_VISIBLE_DEVICES=""`` on the other CPUs, as build-ahead tasks run, each exporting ResNet-50 to
 ONNX (torch.onnx's TorchScript exporter) again and again; "idle" stops them (SIGSTOP), "busy" lets
 them go on (SIGCONT), so the switch costs nothing. Each state's rounds get a warm-up of
-``--warmup-s`` after the switch.
+``--warmup-s`` after the switch. With ``--build compile`` the builders are torch.compile's
+build-ahead instead (``workers.backends.compile_ahead``: ResNet-50 fp16 ``reduce-overhead`` traced on
+fake tensors, Inductor's code generated, each time into a fresh cache so that every round compiles),
+one Inductor compile thread each, with the timed GPU visible as such a task sees it: their CUDA
+contexts are on the GPU being timed.
 
 The answer per case is the paired ratio of busy to idle per-round medians with its 95% interval
 (``workers.measure.paired.paired_ratio``: rounds are the unit, so the interval holds the drift within
@@ -52,10 +57,38 @@ while True:
 """
 
 
-def start_builders(n: int, cpus: list[int], tiny: bool) -> list[subprocess.Popen]:
-    """``n`` exporting processes with no GPU, on ``cpus``; each has printed ``ready`` (imports done)."""
-    code = BUILDER.format(model="resnet18" if tiny else "resnet50", hw=64 if tiny else 224)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+COMPILER = """
+import os, sys, tempfile
+sys.path.insert(0, {repo!r})
+from bench.ahead_guard import trial_of
+from workers.backends import compile_ahead
+from workers.models.build import ModelStore
+case = {{"batch": 64, "dtype": {dtype!r},
+        "backend": {{"backend": "torch-compile", "options": {{"mode": {mode!r}, "channels_last": True}}}}}}
+trial = trial_of(case, {device!r}, {tiny!r})
+store = ModelStore()
+store.base_model(trial.model)
+print("ready", flush=True)
+while True:
+    fresh = tempfile.mkdtemp(prefix="guard-compile-")
+    os.environ["INFER_ORCH_CACHE"] = fresh
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(fresh, "triton")
+    compile_ahead.fake_compile(trial, store)
+"""
+
+
+def start_builders(n: int, cpus: list[int], tiny: bool, build: str = "export",
+                   device: str = "cuda") -> list[subprocess.Popen]:
+    """``n`` building processes on ``cpus`` (exports with no GPU, or compiles with the GPU visible);
+    each has printed ``ready`` (imports done)."""
+    if build == "compile":
+        code = COMPILER.format(repo=str(REPO), tiny=tiny, device=device,
+                               dtype="fp32" if tiny or device == "cpu" else "fp16",
+                               mode="default" if device == "cpu" else "reduce-overhead")
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    else:
+        code = BUILDER.format(model="resnet18" if tiny else "resnet50", hw=64 if tiny else 224)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     procs = []
     for i in range(n):
         cpu = {cpus[i % len(cpus)]} if cpus else None
@@ -128,6 +161,8 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="ResNet-18 at 64x64 and fp32: checks the script")
+    ap.add_argument("--build", choices=("export", "compile"), default="export",
+                    help="what the builders build: ONNX exports (no GPU) or torch.compile's code (the GPU visible)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = "fp32" if args.tiny or args.device == "cpu" else "fp16"
@@ -140,7 +175,7 @@ def main() -> None:
     others = sorted(os.sched_getaffinity(0) - ({timing} if timing is not None else set()))
     n = args.builders if args.builders is not None else min(8, max(1, len(others)))
     t0 = time.time()
-    procs = start_builders(n, others, args.tiny)
+    procs = start_builders(n, others, args.tiny, args.build, args.device)
     results = {}
     try:
         switch(procs, False)
@@ -157,8 +192,10 @@ def main() -> None:
         import torch
 
         name = torch.cuda.get_device_name()
-    (args.out / "guard.json").write_text(json.dumps({"device": name, "builders": n, "results": results}, indent=1))
-    print(f"\n{name}  {time.strftime('%Y-%m-%d')}  {n} builders (ONNX exports, no GPU), {args.rounds} rounds of "
+    (args.out / "guard.json").write_text(json.dumps({"device": name, "builders": n, "build": args.build,
+                                                     "results": results}, indent=1))
+    what = "ONNX exports, no GPU" if args.build == "export" else "torch.compile, the timed GPU visible"
+    print(f"\n{name}  {time.strftime('%Y-%m-%d')}  {n} builders ({what}), {args.rounds} rounds of "
           f"{args.round_s} s a state, {time.time() - t0:.0f} s")
     print(f"{'case':14} {'backend':16} {'batch':>5} {'idle ms':>9} {'busy ms':>9} {'busy/idle':>9} "
           f"{'95% interval':>17} verdict")
