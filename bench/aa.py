@@ -13,8 +13,10 @@ batch 1 and 8, fp32 and fp16, five backend configurations; eager at batch 1 is l
 
 - false alarms: A/A (the same configuration twice) -> regressed/improved verdicts (goal: at most 1);
 - detection power: a known slowdown injected (a backend entry's ``slowdown``: device work on a
-  GPU-bound step, a host delay on a launch-bound one) of 1, 2, 3 and 5% -> the share of trials
-  found ``regressed``, per row kind (launch-bound: ``slowdown_kind`` host; GPU-bound: device);
+  GPU-bound step, a host delay on a launch-bound one) of 1, 2, 3 and 5% interleaved, 2 and 5%
+  cross-run (each of its sides is 25 fresh processes per slice, and a launch-bound row's
+  between-process spread, 7-14%, leaves 1% out of its reach) -> the share of trials found
+  ``regressed``, per row kind (launch-bound: ``slowdown_kind`` host; GPU-bound: device);
 - the smallest injected change found in 95% of the trials, per row kind.
 
 The whole takes more than half an hour of GPU time, so it runs in parts, each under 10 minutes on
@@ -25,7 +27,7 @@ one GPU, each writing OUT_DIR/<part>.json and printing a short table last::
                                                            #   units of torch backends (base, twin) + 1/2/3/5%
                                                            #   slower arms; interleaved-ort-...: ORT's
     python bench/aa.py OUT_DIR --part cross-a-resnet18-fp32-b1    # cross-run side a (then b: A/A;
-                                                           #   s1, s2, s3, s5: slowed candidates)
+                                                           #   s2, s5: slowed candidates)
     python bench/aa.py OUT_DIR --part 'interleaved-*' --budget-s 540 --part-max-s 300
                                                            # the parts a pattern names, in order, while
                                                            #   the longest seen fits the time left;
@@ -70,7 +72,8 @@ BATCHES = (1, 8)  # a part per batch size: the interleaved units of a model and 
 #: interleaved parts per backend family of a set's base (its backend's first word): with every runner
 #: built 5 times, one slice's five units in one part would not fit a 10-minute call
 GROUPS = ("torch", "ort")
-SIDES = ("a", "b", *(f"s{round(f * 100)}" for f in LEVELS))  # cross-run: base, A/A twin, slowed candidates
+CROSS_LEVELS = (0.02, 0.05)  # injected slowdowns, cross-run
+SIDES = ("a", "b", *(f"s{round(f * 100)}" for f in CROSS_LEVELS))  # cross-run: base, A/A twin, slowed candidates
 
 
 def parts() -> list[str]:
