@@ -73,15 +73,6 @@ class RayCluster:
             self.head = name
         self.dirs[name] = d
 
-    def nodes(self) -> list[dict]:
-        """The alive nodes as Ray lists them: [{node_id, resources}], from a separate driver."""
-        code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR');"
-                "print(json.dumps([{'node_id': n['NodeID'], 'resources': n['Resources']}"
-                " for n in ray.nodes() if n['Alive']]))")
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                             timeout=120, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
     def pids(self, name: str | None = None) -> list[int]:
         """Processes of one node (or all nodes): those naming its temp dir, and their children. The
         head's Ray Client server names neither (only the GCS address) and is orphaned once ``ray

@@ -102,7 +102,7 @@ def test_builders_0_builds_nothing_ahead(ray_gpus, write_plan, tmp_path):
     build_s = 0.03
     cache = Path(os.environ["INFER_ORCH_CACHE"])
     plan = write_plan(_plan(build_s, 0, range(2001, 2003)))
-    result = run_plan(plan, out=tmp_path / "out", workers=2)
+    result = run_plan(plan, out=tmp_path / "out", workers=1)
     assert result.counts == {"ok": 4} and result.ahead is None
     builds = [b for b in _builds(cache) if b["build_s"] == build_s]
     assert len(builds) == 4 and not any(b["builder"] for b in builds)

@@ -1,9 +1,10 @@
 """infer-orch on a real two-node Ray cluster (``ray start`` processes), driven by the CLI with
 ``--address`` as users run it; and the pure parts of worker placement.
 
-The cluster: a head node declaring 2 logical GPUs and ``accelerator_type:T4``, a second node
-declaring 2 logical GPUs and ``accelerator_type:A100``, each with its own temp dir (no shared
-directory: rows reach the driver through Ray). Tests run the ``sleep`` backend (model-less).
+The cluster: a head node declaring 2 logical GPUs and ``accelerator_type:T4``, with its dashboard
+(for ``ray job submit``), a second node declaring 2 logical GPUs and ``accelerator_type:A100``, each
+with its own temp dir (no shared directory: rows reach the driver through Ray). Tests run the
+``sleep`` backend (model-less); those that take nodes down come last.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import REPO, cli, stored_rows
-from raycluster import RayCluster
+from raycluster import RAY_CLI, RayCluster, free_port
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -50,14 +51,17 @@ def plan_text(name: str, batches: list[int], step: float, extra: str = "", iters
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """Started once for the module (~15 s); torn down by pid even when a test fails."""
+    """Started once for the module (~15 s); torn down by pid even when a test fails. The head runs its
+    dashboard, the job server of ``ray job submit`` (at ``c.dashboard``)."""
     c = RayCluster()
+    # `ray job stop`: SIGTERM, then SIGKILL after this long (Ray's default: 3 s); read on the head
+    c.env["RAY_JOB_STOP_WAIT_TIME_S"] = "30"
     try:
-        c.add_node("h", num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1})
+        port = free_port()
+        c.dashboard = f"http://127.0.0.1:{port}"
+        c.add_node("h", num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1}, dashboard_port=port)
         c.add_node("w", num_cpus=2, num_gpus=2, resources={"accelerator_type:A100": 1})
-        nodes = c.nodes()
-        assert len(nodes) == 2, nodes
-        c.node_of = {("T4" if "accelerator_type:T4" in n["resources"] else "A100"): n["node_id"] for n in nodes}
+        c.node_of = {"T4": c.node_id("h"), "A100": c.node_id("w")}  # `ray start` returned: registered with the GCS
         yield c
     finally:
         c.stop()
@@ -103,6 +107,54 @@ def test_accelerator_type_runs_only_on_that_gpu_model_with_cpus_per_worker(two_n
     assert set(df.node_id) == {two_nodes.node_of["T4"]}
     assert set(df.cpus_per_worker) == {0.5}
     assert "running 6 trials on 2 cuda worker(s)" in done.stdout + done.stderr
+
+
+JOB_PLAN = """\
+name: job
+device: cpu
+models: [torchvision:resnet18]
+matrix:
+  batch_sizes: [1, 2, 3, 4, 5, 6]
+  backends:
+    - {backend: sleep, options: {step_s: 0.2}}
+measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 5, target_rel_ci: null}
+"""
+
+
+@pytest.mark.slow
+def test_a_run_submitted_as_a_ray_job_stopped_and_resumed_with_the_command_it_printed(two_nodes, tmp_path):
+    """docs/cluster.md's Ray job: `ray job submit --address http://HEAD:8265 -- infer-orch run ...`
+    on a `ray start` head with its dashboard; the run joins the cluster through RAY_ADDRESS. `ray job
+    stop` mid-run: the job's log says what is stored where (absolute) and the resume command, with
+    the cluster's address; that command, run as printed, completes the run on the cluster."""
+    import shlex
+
+    c = two_nodes
+    plan, out = tmp_path / "plan.yaml", tmp_path / "out"
+    plan.write_text(JOB_PLAN)
+    job = [*RAY_CLI, "job"]
+    dashboard = ["--address", c.dashboard]
+    ray = dict(env=c.env, capture_output=True, text=True, timeout=120)
+    submitted = subprocess.run([*job, "submit", *dashboard, "--submission-id", "io-job", "--no-wait", "--",
+                                sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--out", str(out),
+                                "--workers", "1"], **ray)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + 90
+    while stored_rows(out) < 1:
+        assert time.monotonic() < deadline, subprocess.run([*job, "logs", *dashboard, "io-job"], **ray).stdout
+        time.sleep(0.1)
+    stopped = subprocess.run([*job, "stop", *dashboard, "io-job"], **ray)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    log = subprocess.run([*job, "logs", *dashboard, "io-job"], **ray).stdout
+    stored = stored_rows(out)
+    assert f"terminated (SIGTERM): {stored} of 6 trials are stored in {out}" in log, log
+    [line] = [ln for ln in log.splitlines() if ln.startswith("resume with: ")]
+    args = shlex.split(line.removeprefix("resume with: "))
+    assert args == ["infer-orch", "run", str(plan), "--resume", str(out), "--address", c.address,
+                    "--workers", "1"]
+    resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args[1:]], cwd=REPO, **ray)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert len(pd.read_parquet(out)) == 6
 
 
 @pytest.mark.slow
@@ -307,59 +359,3 @@ def test_a_bad_wait_setting_is_refused_before_anything_runs(tmp_path, monkeypatc
     assert res.exit_code == 2
     assert f"{name}='soon': expected a positive number of seconds" in res.output
     assert not (tmp_path / "o").exists() and "Traceback" not in res.output
-
-
-JOB_PLAN = """\
-name: job
-device: cpu
-models: [torchvision:resnet18]
-matrix:
-  batch_sizes: [1, 2, 3, 4, 5, 6]
-  backends:
-    - {backend: sleep, options: {step_s: 0.2}}
-measure: {warmup_iters: 0, warmup_max_iters: 0, iters: 5, target_rel_ci: null}
-"""
-
-
-@pytest.mark.slow
-def test_a_run_submitted_as_a_ray_job_stopped_and_resumed_with_the_command_it_printed(tmp_path):
-    """docs/cluster.md's Ray job: `ray job submit --address http://HEAD:8265 -- infer-orch run ...`
-    on a `ray start` head with its dashboard; the run joins the cluster through RAY_ADDRESS. `ray job
-    stop` mid-run: the job's log says what is stored where (absolute) and the resume command, with
-    the cluster's address; that command, run as printed, completes the run on the cluster."""
-    import shlex
-
-    from raycluster import RAY_CLI, free_port
-
-    c = RayCluster()
-    c.env["RAY_JOB_STOP_SIGNAL_TIMEOUT_S"] = "30"  # SIGTERM, then SIGKILL after this long (Ray's default: 3 s)
-    plan, out = tmp_path / "plan.yaml", tmp_path / "out"
-    plan.write_text(JOB_PLAN)
-    try:
-        port = free_port()
-        c.add_node("h", num_cpus=2, num_gpus=0, resources={}, dashboard_port=port)
-        job = [*RAY_CLI, "job"]
-        dashboard = ["--address", f"http://127.0.0.1:{port}"]
-        ray = dict(env=c.env, capture_output=True, text=True, timeout=120)
-        submitted = subprocess.run([*job, "submit", *dashboard, "--submission-id", "io-job", "--no-wait", "--",
-                                    sys.executable, "-m", "orchestrator.cli", "run", str(plan), "--out", str(out),
-                                    "--workers", "1"], **ray)
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        deadline = time.monotonic() + 90
-        while stored_rows(out) < 1:
-            assert time.monotonic() < deadline, subprocess.run([*job, "logs", *dashboard, "io-job"], **ray).stdout
-            time.sleep(0.1)
-        stopped = subprocess.run([*job, "stop", *dashboard, "io-job"], **ray)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        log = subprocess.run([*job, "logs", *dashboard, "io-job"], **ray).stdout
-        stored = stored_rows(out)
-        assert f"terminated (SIGTERM): {stored} of 6 trials are stored in {out}" in log, log
-        [line] = [ln for ln in log.splitlines() if ln.startswith("resume with: ")]
-        args = shlex.split(line.removeprefix("resume with: "))
-        assert args == ["infer-orch", "run", str(plan), "--resume", str(out), "--address", c.address,
-                        "--workers", "1"]
-        resumed = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args[1:]], cwd=REPO, **ray)
-        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        assert len(pd.read_parquet(out)) == 6
-    finally:
-        c.stop()

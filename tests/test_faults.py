@@ -40,7 +40,7 @@ measure: {warmup_iters: 1, warmup_max_iters: 1, iters: 5, target_rel_ci: null, m
 @pytest.mark.slow
 def test_twenty_trials_with_abort_hang_raise_nan_all_accounted_for(ray_gpus, write_plan, tmp_path):
     out = tmp_path / "out"
-    result = run_plan(write_plan(FAULTS_PLAN), out=out)
+    result = run_plan(write_plan(FAULTS_PLAN), out=out, workers=2)  # replacing workers is the point, not spreading
     rows = {r["label"] if r["backend"] == "fault" else f"{r['label']}-{r['batch_size']}": r for r in result.rows}
     assert len(result.rows) == 20 and len(rows) == 20
     assert result.counts == {"ok": 16, "failed": 2, "timeout": 1, "parity_failed": 1}, result.counts

@@ -224,7 +224,7 @@ def test_model_files_travel_with_the_run_and_workers_use_the_shipped_copy(tmp_pa
         models.rename(tmp_path / "elsewhere")
         src.rename(tmp_path / "src-elsewhere")
 
-    run_plan(plan, out=tmp_path / "out", workers=2, on_start=move_away)
+    run_plan(plan, out=tmp_path / "out", workers=1, on_start=move_away)
     rows = load_results(tmp_path / "out").to_pylist()
     assert not models.exists() and not src.exists()
     by = {(r["model_source"].split(":")[0], r["backend"]): r for r in rows}
