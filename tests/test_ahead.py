@@ -183,3 +183,15 @@ def test_ort_exports_are_built_ahead_with_no_gpu_once_per_shape(ray_gpus, write_
     built_by_workers = sum(1 for r in result.rows if r["artifact_build_s"] > 0)
     assert built_by_workers < 3  # the build-ahead task made at least one of them
     assert all(r["export_cached"] == (r["artifact_build_s"] == 0) for r in result.rows)
+
+
+def test_a_gpu_compile_task_sees_the_one_gpu_of_its_turn_among_those_its_node_shows(monkeypatch):
+    from workers.ahead import one_gpu
+
+    for visible, turn, seen in (("2,3", 1, "3"), ("2,3", 2, "2"), ("GPU-a, GPU-b", 0, "GPU-a"), (None, 1, "1")):
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        one_gpu(turn)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == seen

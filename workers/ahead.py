@@ -61,6 +61,5 @@ def one_gpu(index: int) -> None:
     """Show this process the ``index``-th of the GPUs it sees (its node's ``CUDA_VISIBLE_DEVICES``, else
     all), and no other: as a worker's GPU is its ``cuda:0``, a compile's device is the same. Before any
     CUDA call of the process (Ray gives a task's runtime environment processes of its own)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [v for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(index + 1)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index % len(ids)]
+    ids = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index % len(ids)] if ids else str(index)

@@ -114,7 +114,7 @@ class TorchCompile(TorchRunner):
     @classmethod
     def ahead(cls, trial: Trial) -> Hashable | None:
         """The trial's compile: Inductor's code for its graphs, built on fake tensors ahead
-        (``workers.backends.compile_ahead``); None for a generation trial, another backend, ``auto``."""
+        (``workers.backends.compile_ahead.key``: None where the worker must compile it all)."""
         return compile_ahead.key(trial)
 
     @classmethod
@@ -156,7 +156,7 @@ class TorchCompile(TorchRunner):
                 torch.cuda.synchronize()
             self.compile_time_s = time.perf_counter() - t0
 
-        if compile_ahead.key(self.ctx.trial) is not None and o.backend == "inductor":
+        if compile_ahead.key(self.ctx.trial) is not None:  # a build ahead's marker: wait for it, or mark it
             self.ctx.artifact(compile_ahead.compile_once(self.ctx.trial, compile_calls))
         else:
             compile_calls()
