@@ -60,12 +60,10 @@ while True:
 COMPILER = """
 import os, sys, tempfile
 sys.path.insert(0, {repo!r})
-from bench.ahead_guard import trial_of
+from bench.compile_split import compile_trial
 from workers.backends import compile_ahead
 from workers.models.build import ModelStore
-case = {{"batch": 64, "dtype": {dtype!r},
-        "backend": {{"backend": "torch-compile", "options": {{"mode": {mode!r}, "channels_last": True}}}}}}
-trial = trial_of(case, {device!r}, {tiny!r})
+trial = compile_trial({device!r}, 64, {tiny!r})
 store = ModelStore()
 store.base_model(trial.model)
 print("ready", flush=True)
@@ -82,9 +80,7 @@ def start_builders(n: int, cpus: list[int], tiny: bool, build: str = "export",
     """``n`` building processes on ``cpus`` (exports with no GPU, or compiles with the GPU visible);
     each has printed ``ready`` (imports done)."""
     if build == "compile":
-        code = COMPILER.format(repo=str(REPO), tiny=tiny, device=device,
-                               dtype="fp32" if tiny or device == "cpu" else "fp16",
-                               mode="default" if device == "cpu" else "reduce-overhead")
+        code = COMPILER.format(repo=str(REPO), tiny=tiny, device=device)
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": "1"}
     else:
         code = BUILDER.format(model="resnet18" if tiny else "resnet50", hw=64 if tiny else 224)

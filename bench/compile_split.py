@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
@@ -50,37 +51,49 @@ def gpu_busy(uuid: str | None, stop: threading.Event, out: list[int]) -> None:
             out.append(u)
 
 
-def child(device: str, batch: int, tiny: bool) -> dict:
-    """One set-up of the trial in this process: its times, Dynamo's phases, the GPU's utilisation."""
-    import torch
-    import torch._dynamo.utils as dynamo_utils
-
+def compile_trial(device: str, batch: int, tiny: bool):
+    """The plans' ``torch-compile-cl`` trial (``reduce-overhead`` on a GPU, fp16; default on a CPU, fp32)."""
     from bench.ahead_guard import trial_of
-    from workers.backends import get
-    from workers.context import TrialContext
-    from workers.measure.envinfo import device_facts
-    from workers.models.build import ModelStore
 
     options = {"mode": "default" if device == "cpu" else "reduce-overhead", "channels_last": True}
     case = {"batch": batch, "dtype": "fp32" if device == "cpu" else "fp16",
             "backend": {"backend": "torch-compile", "options": options}}
-    trial = trial_of(case, device, tiny)
-    cls = get(trial.backend)
-    runner = cls(TrialContext(trial=trial, device=device, store=ModelStore()), cls.Options(**trial.options))
-    facts = device_facts(device)
+    return trial_of(case, device, tiny)
+
+
+def watched(device: str, facts: dict, work: Any) -> tuple[Any, float, dict]:
+    """``work()``'s result, its seconds, and the GPU's utilisation meanwhile (NVML every 50 ms, on a GPU)."""
     util: list[int] = []
     stop = threading.Event()
     if device == "cuda":
         threading.Thread(target=gpu_busy, args=(facts["gpu_uuid"], stop, util), daemon=True).start()
     t0 = time.perf_counter()
-    runner.setup()
-    setup_s = time.perf_counter() - t0
+    result = work()
+    seconds = time.perf_counter() - t0
     stop.set()
+    return result, seconds, {"gpu_util_pct_mean": sum(util) / len(util) if util else None,
+                             "gpu_util_samples": len(util)}
+
+
+def child(device: str, batch: int, tiny: bool) -> dict:
+    """One set-up of the trial in this process: its times, Dynamo's phases, the GPU's utilisation."""
+    import torch
+    import torch._dynamo.utils as dynamo_utils
+
+    from workers.backends import get
+    from workers.context import TrialContext
+    from workers.measure.envinfo import device_facts
+    from workers.models.build import ModelStore
+
+    trial = compile_trial(device, batch, tiny)
+    cls = get(trial.backend)
+    runner = cls(TrialContext(trial=trial, device=device, store=ModelStore()), cls.Options(**trial.options))
+    facts = device_facts(device)
+    _, setup_s, util = watched(device, facts, runner.setup)
     spent = dynamo_utils.calculate_time_spent()
     res = {"device_name": facts["device_name"], "torch": torch.__version__, "batch": batch, "setup_s": setup_s,
            "compile_time_s": runner.compile_time_s,
-           "cache_warm": runner.cache_warm, "phases_s": {k: spent.get(k) for k in PHASES},
-           "gpu_util_pct_mean": sum(util) / len(util) if util else None, "gpu_util_samples": len(util)}
+           "cache_warm": runner.cache_warm, "phases_s": {k: spent.get(k) for k in PHASES}, **util}
     runner.teardown()
     return res
 
@@ -90,31 +103,19 @@ def builder(device: str, batch: int, tiny: bool) -> dict:
     meanwhile, and this process's GPU memory after it (NVML: the CUDA context and kernels it loaded)."""
     import torch
 
-    from bench.ahead_guard import trial_of
     from workers.backends import compile_ahead
     from workers.measure.envinfo import device_facts
     from workers.measure.memory import process_gpu_memory
     from workers.models.build import ModelStore
 
-    options = {"mode": "default" if device == "cpu" else "reduce-overhead", "channels_last": True}
-    case = {"batch": batch, "dtype": "fp32" if device == "cpu" else "fp16",
-            "backend": {"backend": "torch-compile", "options": options}}
-    trial = trial_of(case, device, tiny)
+    trial = compile_trial(device, batch, tiny)
     facts = device_facts(device)
-    util: list[int] = []
-    stop = threading.Event()
-    if device == "cuda":
-        threading.Thread(target=gpu_busy, args=(facts["gpu_uuid"], stop, util), daemon=True).start()
-    t0 = time.perf_counter()
-    built = compile_ahead.build(trial, ModelStore())
-    build_s = time.perf_counter() - t0
-    stop.set()
+    built, build_s, util = watched(device, facts, lambda: compile_ahead.build(trial, ModelStore()))
     mem, why = process_gpu_memory(facts["gpu_uuid"]) if device == "cuda" else (None, "cpu")
     allocated = torch.cuda.memory_allocated() if device == "cuda" else 0
     return {"device_name": facts["device_name"], "torch": torch.__version__, "batch": batch, "build_s": build_s,
             "facts": json.loads(built.path.read_text()), "gpu_mem_bytes": mem, "gpu_mem_why_not": why,
-            "torch_allocated_bytes": allocated,
-            "gpu_util_pct_mean": sum(util) / len(util) if util else None, "gpu_util_samples": len(util)}
+            "torch_allocated_bytes": allocated, **util}
 
 
 def run_child(args: argparse.Namespace, batch: int, cache: Path, build: bool = False) -> dict:

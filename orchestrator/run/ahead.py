@@ -40,7 +40,6 @@ from typing import Any
 
 from orchestrator.run.dispatch import Job
 from workers.backends import compile_ahead
-from workers.backends.compile_ahead import WORKER_THREADS, needs_gpu
 from workers.contract import Trial
 
 #: Memory one builder may take (a model built in fp32 on the CPU, and its export's graph).
@@ -225,8 +224,8 @@ class RayAhead:
             self._task = ray.remote(build)
         env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
         if node in self.threads and any(compile_ahead.key(t) is not None and t.device == "cpu" for t in trials):
-            env[WORKER_THREADS] = str(self.threads[node])  # only there: the env picks the task's process
-        if self.gpus.get(node) and any(needs_gpu(t) for t in trials):
+            env[compile_ahead.WORKER_THREADS] = str(self.threads[node])  # only there: the env picks the task's process
+        if self.gpus.get(node) and any(compile_ahead.needs_gpu(t) for t in trials):
             from workers.ahead import BUILD_GPU
 
             turn = self._turn.get(node, 0)

@@ -146,7 +146,6 @@ class TorchCompile(TorchRunner):
         self.model = torch.compile(model, mode=None if o.mode == "default" else o.mode, dynamic=o.dynamic,
                                    fullgraph=o.fullgraph, backend=o.backend)
         self.y: Any = None
-        self.compile_time_s = 0.0
 
         def compile_calls() -> None:
             t0 = time.perf_counter()
